@@ -1,0 +1,1 @@
+//! Example filter (in progress).

@@ -1,0 +1,1 @@
+//! Header rewrite filter (in progress).

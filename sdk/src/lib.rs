@@ -1,0 +1,1 @@
+//! SDK (in progress).

@@ -1,0 +1,1 @@
+//! Envoy runner (in progress).
