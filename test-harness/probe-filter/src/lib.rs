@@ -1,0 +1,1 @@
+//! Probe filter (in progress).
