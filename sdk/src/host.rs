@@ -1,0 +1,376 @@
+//! Panic-free calls into the host for the values a client controls.
+//!
+//! `proxy_wasm::hostcalls` turns a header value that is not UTF-8 into a panic
+//! (`String::from_utf8(..).unwrap()`), and any status it did not expect into another. Envoy
+//! forwards `obs-text` bytes (0x80-0xFF) in header values, so a client could trap the VM with one
+//! header. This module declares the same ABI 0.2.1 imports and returns errors instead; everything
+//! the SDK reads from a request goes through it.
+//!
+//! Memory the host returns was allocated by the guest's `proxy_on_memory_allocate` (exported by
+//! the `proxy-wasm` crate) as a boxed `[u8]` of exactly the returned size, which is what makes
+//! `Vec::from_raw_parts(ptr, len, len)` sound here.
+
+use std::ptr::{null, null_mut};
+
+use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
+
+#[cfg(target_arch = "wasm32")]
+mod abi {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_add_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_replace_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+        pub fn proxy_get_buffer_bytes(
+            buffer_type: u32,
+            start: usize,
+            max_size: usize,
+            return_buffer_data: *mut *mut u8,
+            return_buffer_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_send_local_response(
+            status_code: u32,
+            status_code_details_data: *const u8,
+            status_code_details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+    }
+}
+
+/// Native builds (unit tests of pure logic) have no host: every call reports an error, none
+/// pretends to succeed.
+#[cfg(not(target_arch = "wasm32"))]
+#[allow(clippy::missing_safety_doc)]
+mod abi {
+    const UNAVAILABLE: u32 = 10; // InternalFailure
+
+    pub unsafe fn proxy_get_header_map_value(
+        _: u32,
+        _: *const u8,
+        _: usize,
+        _: *mut *mut u8,
+        _: *mut usize,
+    ) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_get_header_map_pairs(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_add_header_map_value(_: u32, _: *const u8, _: usize, _: *const u8, _: usize) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_replace_header_map_value(
+        _: u32,
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+    ) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_remove_header_map_value(_: u32, _: *const u8, _: usize) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_get_buffer_bytes(_: u32, _: usize, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_get_property(_: *const u8, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 {
+        UNAVAILABLE
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn proxy_send_local_response(
+        _: u32,
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+        _: i32,
+    ) -> u32 {
+        UNAVAILABLE
+    }
+}
+
+fn status(code: u32) -> Status {
+    match code {
+        0 => Status::Ok,
+        1 => Status::NotFound,
+        2 => Status::BadArgument,
+        3 => Status::SerializationFailure,
+        4 => Status::ParseFailure,
+        7 => Status::Empty,
+        8 => Status::CasMismatch,
+        _ => Status::InternalFailure,
+    }
+}
+
+fn unit(code: u32) -> Result<(), Status> {
+    match status(code) {
+        Status::Ok => Ok(()),
+        other => Err(other),
+    }
+}
+
+/// Takes ownership of a buffer the host wrote through `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data` must be null or a pointer the host returned for exactly `size` bytes allocated by the
+/// guest allocator, not yet owned by anything else.
+unsafe fn take(data: *mut u8, size: usize) -> Bytes {
+    if data.is_null() || size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: per this function's contract, the allocation is a boxed slice of `size` bytes.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// One header's value as bytes; `Ok(None)` when the header is absent.
+pub fn header_bytes(map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
+    let code = unsafe {
+        abi::proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    match status(code) {
+        // SAFETY: on Ok the host returned a guest allocation of `size` bytes.
+        Status::Ok => Ok(Some(unsafe { take(data, size) })),
+        Status::NotFound => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// One header's value as text; a value that is not UTF-8 is decoded lossily (U+FFFD).
+pub fn header(map: MapType, name: &str) -> Result<Option<String>, Status> {
+    Ok(header_bytes(map, name)?.map(|b| match String::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }))
+}
+
+/// Every header of a map, in order, as raw bytes.
+pub fn header_pairs(map: MapType) -> Result<Vec<(Bytes, Bytes)>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
+    let code = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
+    unit(code)?;
+    // SAFETY: on Ok the host returned a guest allocation of `size` bytes.
+    let raw = unsafe { take(data, size) };
+    deserialize_pairs(&raw).ok_or(Status::SerializationFailure)
+}
+
+/// Appends a header (a second value when the name exists).
+pub fn add_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
+    // SAFETY: pointers and lengths describe live slices for the duration of the call.
+    unit(unsafe {
+        abi::proxy_add_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
+}
+
+/// Sets a header, replacing every existing value (adding it when absent).
+pub fn set_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
+    // SAFETY: pointers and lengths describe live slices for the duration of the call.
+    unit(unsafe {
+        abi::proxy_replace_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Removes every value of a header; removing an absent header succeeds.
+pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
+    // SAFETY: pointer and length describe a live slice for the duration of the call.
+    unit(unsafe { abi::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Up to `max` bytes of a buffer from `start`; empty when the buffer is absent or empty.
+pub fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Bytes, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
+    let code = unsafe { abi::proxy_get_buffer_bytes(kind as u32, start, max, &mut data, &mut size) };
+    match status(code) {
+        // SAFETY: on Ok the host returned a guest allocation of `size` bytes.
+        Status::Ok => Ok(unsafe { take(data, size) }),
+        Status::NotFound | Status::Empty => Ok(Vec::new()),
+        other => Err(other),
+    }
+}
+
+/// A property (`request.id`, `source.address`, ...) by path segments; `Ok(None)` when unknown.
+pub fn property(path: &[&str]) -> Result<Option<Bytes>, Status> {
+    let mut serialized = Vec::with_capacity(path.iter().map(|s| s.len() + 1).sum());
+    for segment in path {
+        serialized.extend_from_slice(segment.as_bytes());
+        serialized.push(0);
+    }
+    // Envoy's path format has no trailing separator.
+    serialized.pop();
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
+    let code =
+        unsafe { abi::proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) };
+    match status(code) {
+        // SAFETY: on Ok the host returned a guest allocation of `size` bytes.
+        Status::Ok => Ok(Some(unsafe { take(data, size) })),
+        Status::NotFound => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// Sends a local reply; `details` lands in Envoy's `%RESPONSE_CODE_DETAILS%`.
+pub fn send_local_response(
+    status_code: u32,
+    details: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<(), Status> {
+    let serialized = serialize_pairs(headers);
+    let (body_ptr, body_len) = if body.is_empty() { (null(), 0) } else { (body.as_ptr(), body.len()) };
+    let (details_ptr, details_len) =
+        if details.is_empty() { (null(), 0) } else { (details.as_ptr(), details.len()) };
+    // SAFETY: pointers and lengths describe live slices (or are null with length 0).
+    unit(unsafe {
+        abi::proxy_send_local_response(
+            status_code,
+            details_ptr,
+            details_len,
+            body_ptr,
+            body_len,
+            serialized.as_ptr(),
+            serialized.len(),
+            -1,
+        )
+    })
+}
+
+/// Serializes header pairs in the ABI's map format: count, then (key len, value len) pairs, then
+/// each key and value followed by NUL.
+pub fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let body: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + body);
+    out.extend_from_slice(&len_u32(pairs.len()).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&len_u32(k.len()).to_le_bytes());
+        out.extend_from_slice(&len_u32(v.len()).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn len_u32(n: usize) -> u32 {
+    // Lengths on wasm32 are at most u32::MAX; saturating keeps native builds total.
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Parses the ABI's map format; `None` when the bytes are not a well-formed map.
+pub fn deserialize_pairs(bytes: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = read_u32(bytes, 0)? as usize;
+    let mut pos = count.checked_mul(8)?.checked_add(4)?;
+    // Each pair needs at least 8 bytes of sizes and 2 NULs: refuse absurd counts before allocating.
+    if count > bytes.len() / 10 + 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let sizes = 4 + i * 8;
+        let klen = read_u32(bytes, sizes)? as usize;
+        let vlen = read_u32(bytes, sizes + 4)? as usize;
+        let key = bytes.get(pos..pos.checked_add(klen)?)?.to_vec();
+        pos = pos.checked_add(klen)?.checked_add(1)?;
+        let value = bytes.get(pos..pos.checked_add(vlen)?)?.to_vec();
+        pos = pos.checked_add(vlen)?.checked_add(1)?;
+        out.push((key, value));
+    }
+    Some(out)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_round_trip() {
+        let pairs = [(":path", "/a"), ("x-k", ""), ("", "v")];
+        let bytes = serialize_pairs(&pairs);
+        let back = deserialize_pairs(&bytes).unwrap();
+        let back: Vec<(&str, &str)> = back
+            .iter()
+            .map(|(k, v)| (std::str::from_utf8(k).unwrap(), std::str::from_utf8(v).unwrap()))
+            .collect();
+        assert_eq!(back, pairs);
+    }
+
+    #[test]
+    fn malformed_maps_are_refused_not_panicked_on() {
+        assert_eq!(deserialize_pairs(&[]), Some(vec![]));
+        assert_eq!(deserialize_pairs(&[1, 0]), None);
+        assert_eq!(deserialize_pairs(&[255, 255, 255, 255]), None);
+        let mut bytes = serialize_pairs(&[("a", "b")]);
+        bytes.truncate(bytes.len() - 2);
+        assert_eq!(deserialize_pairs(&bytes), None);
+        // A declared length beyond the buffer.
+        let mut bytes = serialize_pairs(&[("a", "b")]);
+        bytes[4] = 200;
+        assert_eq!(deserialize_pairs(&bytes), None);
+    }
+
+    #[test]
+    fn native_builds_have_no_host() {
+        assert_eq!(header(MapType::HttpRequestHeaders, ":path"), Err(Status::InternalFailure));
+    }
+}

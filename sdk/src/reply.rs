@@ -1,0 +1,94 @@
+//! Local replies, in one place and one shape.
+//!
+//! Every reply a filter built with this SDK sends has `content-type: application/json` and a body
+//! of this shape (and only this shape, so clients and log pipelines can rely on it):
+//!
+//! ```json
+//! {"status": 401, "code": "invalid_token", "message": "Jwt is expired"}
+//! ```
+//!
+//! `code` is a stable machine-readable reason in snake case; `message` is for people and never
+//! echoes credentials. The same `code` goes to Envoy as the response code details
+//! (`%RESPONSE_CODE_DETAILS%` in access logs), prefixed with the filter's name.
+
+use proxy_wasm::types::Status;
+
+use crate::host;
+
+/// A reply the filter sends instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status code.
+    pub status: u16,
+    /// Stable reason, snake case (`invalid_token`, `forbidden`).
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Extra response headers (`www-authenticate`, `location`, ...).
+    pub headers: Vec<(String, String)>,
+    /// When set, sent as is instead of the JSON body (with its own content type in `headers`):
+    /// for passing on a body another service produced, as external auth does.
+    pub raw_body: Option<Vec<u8>>,
+}
+
+impl LocalReply {
+    /// A reply with a status, a reason code and a message.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), headers: Vec::new(), raw_body: None }
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Replaces the JSON body with `body` (the caller sets `content-type` itself).
+    pub fn raw_body(mut self, body: Vec<u8>) -> Self {
+        self.raw_body = Some(body);
+        self
+    }
+
+    /// The JSON body this reply sends.
+    pub fn json_body(&self) -> Vec<u8> {
+        let body = serde_json::json!({
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+        });
+        // Serializing a `Value` built from strings and integers cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// Sends the reply on the current stream. `filter` names the sender in response details.
+    pub fn send(&self, filter: &str) -> Result<(), Status> {
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.headers.len() + 1);
+        let body = match &self.raw_body {
+            Some(raw) => raw.clone(),
+            None => {
+                headers.push(("content-type", "application/json"));
+                self.json_body()
+            }
+        };
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Response code details are single tokens by Envoy's convention (no spaces); `code` is
+        // snake case by contract.
+        let details = format!("{filter}_{}", self.code);
+        host::send_local_response(u32::from(self.status), &details, &body, &headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape_and_escaping() {
+        let r = LocalReply::new(401, "invalid_token", "bad \"quote\"\n");
+        let v: serde_json::Value = serde_json::from_slice(&r.json_body()).unwrap();
+        assert_eq!(v["status"], 401);
+        assert_eq!(v["code"], "invalid_token");
+        assert_eq!(v["message"], "bad \"quote\"\n");
+        assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+}
