@@ -393,11 +393,20 @@ macro_rules! export {
         $crate::export!($plugin, $crate::proxy_wasm::types::LogLevel::Info);
     };
     ($plugin:ty, $level:expr) => {
-        $crate::proxy_wasm::main! {{
-            $crate::init_logging($level);
-            $crate::proxy_wasm::set_root_context(|_| -> ::std::boxed::Box<dyn $crate::proxy_wasm::traits::RootContext> {
-                ::std::boxed::Box::new($crate::Root::<$plugin>::new())
-            });
-        }}
+        // A module of its own keeps the ABI entry point out of the filter's public docs.
+        #[doc(hidden)]
+        #[allow(missing_docs)]
+        mod __gatewasm_entry {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::proxy_wasm::main! {{
+                $crate::init_logging($level);
+                $crate::proxy_wasm::set_root_context(
+                    |_| -> ::std::boxed::Box<dyn $crate::proxy_wasm::traits::RootContext> {
+                        ::std::boxed::Box::new($crate::Root::<$plugin>::new())
+                    },
+                );
+            }}
+        }
     };
 }

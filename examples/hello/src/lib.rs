@@ -1,1 +1,59 @@
-//! Example filter (in progress).
+//! A minimal SDK filter: greets the upstream with a header naming the host, refuses paths under a
+//! blocked prefix, counts requests by method. Config: `{"greeting": "hi", "blocked_prefix": "/x"}`.
+use gatewasm::config::{self, ConfigErrors, Validate};
+use gatewasm::metrics::{Counter, Family};
+use gatewasm::{Flow, HttpFilter, LocalReply, Plugin, Request, Stream, REQUEST_HEADERS};
+use std::rc::Rc;
+
+/// The configuration, parsed once and shared by every request.
+#[derive(serde::Deserialize)]
+pub struct Hello {
+    /// Text put in the `x-greeting` request header, before the host (default `hello`).
+    pub greeting: Option<String>,
+    /// Requests whose path starts with this are answered 403.
+    pub blocked_prefix: Option<String>,
+    #[serde(skip, default = "requests_by_method")]
+    requests: Family<Counter>,
+}
+fn requests_by_method() -> Family<Counter> {
+    Family::new("hello_requests_total", &["method"], 16)
+}
+
+impl Validate for Hello {
+    fn validate(&self, errors: &mut ConfigErrors) {
+        config::check_header_value(errors, "greeting", self.greeting.as_deref().unwrap_or_default());
+        if let Some(p) = self.blocked_prefix.as_deref().filter(|p| !p.starts_with('/')) {
+            errors.add("blocked_prefix", p, "must start with '/'");
+        }
+    }
+}
+
+impl Plugin for Hello {
+    const NAME: &'static str = "hello";
+    type Filter = Greeter;
+    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+        config::parse(raw)
+    }
+    fn new_filter(self: &Rc<Self>) -> Greeter {
+        Greeter(Rc::clone(self))
+    }
+}
+
+/// Per-request state: the shared configuration.
+pub struct Greeter(Rc<Hello>);
+impl HttpFilter for Greeter {
+    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        let req = Request::new();
+        if let Some((counter, _)) = self.0.requests.get(&[req.method()]) {
+            counter.inc();
+        }
+        if self.0.blocked_prefix.as_deref().is_some_and(|p| req.path().starts_with(p)) {
+            return Flow::Reply(LocalReply::new(403, "blocked_path", "this path is blocked"));
+        }
+        let greeting = self.0.greeting.as_deref().unwrap_or("hello");
+        let _ = REQUEST_HEADERS.set("x-greeting", &format!("{greeting} {}", req.host()));
+        Flow::Continue
+    }
+}
+
+gatewasm::export!(Hello);
