@@ -1,1 +1,34 @@
-//! Envoy runner (in progress).
+//! Runs a real Envoy (V8 Wasm runtime) with proxy-wasm filters built by this workspace in front
+//! of Rust test upstreams, for plain synchronous `#[test]`s.
+//!
+//! ```no_run
+//! use gatewasm_envoy::{EchoUpstream, EnvoyBuilder, Request, WasmFilter};
+//!
+//! let upstream = EchoUpstream::start()?;
+//! let envoy = EnvoyBuilder::new()
+//!     .wasm(WasmFilter::new(gatewasm_envoy::noop_filter_wasm()?).configuration("{}"))
+//!     .upstream(upstream.addr())
+//!     .start()?;
+//! let response = envoy.send(&Request::get("/hello").header("x-a", "1"))?;
+//! assert_eq!(response.status, 200);
+//! assert_eq!(response.echo()?.header("x-a"), Some("1"));
+//! # anyhow::Ok(())
+//! ```
+//!
+//! See `README.md` next to this crate for the whole API.
+
+mod client;
+mod config;
+mod runner;
+mod upstream;
+
+pub use client::{send, Echo, Request, Response};
+pub use config::{
+    duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, WasmFilter, HCM_STAT_PREFIX,
+    UPSTREAM_CLUSTER,
+};
+pub use runner::{
+    envoy_binary, noop_filter_wasm, target_dir, validate_config_file, wasm_artifact, workspace_root, Envoy,
+    EnvoyBuilder, Validation,
+};
+pub use upstream::{EchoUpstream, Received, Reply, ScriptedUpstream};

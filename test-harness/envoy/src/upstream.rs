@@ -1,0 +1,261 @@
+//! Test upstreams: HTTP/1.1 servers on 127.0.0.1, each on its own tokio runtime in background
+//! threads, so tests stay plain synchronous `#[test]`s. Dropping an upstream stops it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+
+type Handler = Arc<dyn Fn(Received) -> Reply + Send + Sync>;
+
+/// A request as an upstream received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Headers in received order, lower-case names, repeated names kept.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The request as the echo upstream reports it:
+    /// `{"method","path","headers":{name: value | [values]},"body"}`.
+    pub fn to_echo_json(&self) -> Value {
+        let mut headers = Map::new();
+        for (name, value) in &self.headers {
+            match headers.get_mut(name) {
+                None => {
+                    headers.insert(name.clone(), Value::String(value.clone()));
+                }
+                Some(Value::Array(values)) => values.push(Value::String(value.clone())),
+                Some(existing) => {
+                    let first = existing.take();
+                    *existing = Value::Array(vec![first, Value::String(value.clone())]);
+                }
+            }
+        }
+        serde_json::json!({
+            "method": self.method,
+            "path": self.path,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&self.body),
+        })
+    }
+}
+
+/// A scripted response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Response headers (repeat a name for several values).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Wait this long before answering (to test timeouts).
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// A reply with a status, no headers, empty body, no delay.
+    pub fn status(status: u16) -> Self {
+        Reply { status, headers: Vec::new(), body: Vec::new(), delay: Duration::ZERO }
+    }
+
+    /// A 200 reply with a JSON body and `content-type: application/json`.
+    pub fn json(value: &Value) -> Self {
+        Reply::status(200).header("content-type", "application/json").body(value.to_string())
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sets the delay before answering.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A running server on 127.0.0.1 with an ephemeral port. Stops on drop.
+struct Server {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Server {
+    fn start(handler: Handler) -> anyhow::Result<Server> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("gatewasm-upstream")
+            .enable_all()
+            .build()
+            .context("building the upstream's tokio runtime")?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .context("binding an upstream on 127.0.0.1:0")?;
+        let addr = listener.local_addr().context("upstream local address")?;
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| serve(handler.clone(), req));
+                    // Connection errors (client went away) are not the upstream's business.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Server { addr, runtime: Some(runtime) })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn serve(
+    handler: Handler,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = req.method().as_str().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(_) => Vec::new(),
+    };
+    let reply = handler(Received { method, path, headers, body });
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = hyper::Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Answers every request with 200 and a JSON description of what it received:
+/// `{"method":..,"path":..,"headers":{name: value or [values]},"body":..}`.
+/// Parse it on the client side with [`crate::Response::echo`].
+pub struct EchoUpstream {
+    server: Server,
+}
+
+impl EchoUpstream {
+    /// Starts the echo upstream on 127.0.0.1 with an ephemeral port.
+    pub fn start() -> anyhow::Result<EchoUpstream> {
+        let handler: Handler = Arc::new(|received: Received| {
+            Reply::json(&received.to_echo_json()).header("x-echo-upstream", "1")
+        });
+        Ok(EchoUpstream { server: Server::start(handler)? })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    replies: HashMap<String, Reply>,
+    received: Vec<Received>,
+}
+
+/// An upstream whose reply per path is set by the test (JWKS server, auth service, …). Paths
+/// match exactly on the path without query; unknown paths get 404. Every request is recorded.
+pub struct ScriptedUpstream {
+    server: Server,
+    script: Arc<Mutex<Script>>,
+}
+
+impl ScriptedUpstream {
+    /// Starts the scripted upstream on 127.0.0.1 with an ephemeral port and no scripted paths.
+    pub fn start() -> anyhow::Result<ScriptedUpstream> {
+        let script = Arc::new(Mutex::new(Script::default()));
+        let shared = script.clone();
+        let handler: Handler = Arc::new(move |received: Received| {
+            let key = received.path.split('?').next().unwrap_or_default().to_string();
+            let mut script = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            script.received.push(received);
+            script
+                .replies
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| Reply::status(404).body(format!("no script for {key}")))
+        });
+        Ok(ScriptedUpstream { server: Server::start(handler)?, script })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// Sets (or replaces) the reply for a path (without query).
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.lock().replies.insert(path.to_string(), reply);
+    }
+
+    /// All requests received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.script.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
