@@ -1,1 +1,605 @@
-//! Probe filter (in progress).
+//! A proxy-wasm HTTP filter that performs host calls named in request headers and reports the raw
+//! results, so the emulator and a real Envoy can be compared call by call.
+//!
+//! It uses the `proxy-wasm` crate only for the dispatcher (context lifecycle); every probed host
+//! call goes through the raw ABI imports declared below, so the status codes are observed as the
+//! host returned them (the crate's wrappers panic on statuses they do not expect).
+//!
+//! Request headers:
+//! - `x-probe`: ops run in `on_http_request_headers`, separated by `;`.
+//! - `x-probe-body`: ops run in `on_http_request_body`.
+//! - `x-probe-resp`: ops run in `on_http_response_headers`.
+//! - `x-probe-callresp`: ops run in `on_http_call_response` (in the HTTP context, after the SDK set
+//!   the effective context).
+//!
+//! An op is `name` or `name:arg,arg,...`. Every op appends one result line `name=...`. Results
+//! are returned in the response header `x-probe-results` (joined by ` | `) when the response
+//! passes through `on_http_response_headers`, or in the body of a local reply (`reply:CODE` op).
+//! The names of the response headers the filter saw are also reported as `x-probe-resp-seen`.
+//!
+//! Ops that end the request phase: `pause` (return Pause), `reply:CODE[,BODY]` (send a local reply
+//! with the results so far). `http_call:...` pauses the request until the call response arrives.
+
+#![allow(clippy::missing_safety_doc)]
+// `proxy_wasm::main!` defines the undocumented `_initialize` export.
+#![allow(missing_docs)]
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::cell::RefCell;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
+    fn proxy_get_log_level(ret: *mut u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(ret: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_buffer_bytes(
+        t: u32,
+        start: usize,
+        max: usize,
+        ret: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_buffer_status(t: u32, len: *mut usize, flags: *mut u32) -> u32;
+    fn proxy_set_buffer_bytes(t: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
+    fn proxy_get_header_map_pairs(t: u32, ret: *mut *mut u8, ret_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        t: u32,
+        k: *const u8,
+        ks: usize,
+        ret: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
+    fn proxy_add_header_map_value(t: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
+    fn proxy_replace_header_map_value(t: u32, k: *const u8, ks: usize, v: *const u8, vs: usize) -> u32;
+    fn proxy_remove_header_map_value(t: u32, k: *const u8, ks: usize) -> u32;
+    fn proxy_set_header_map_pairs(t: u32, d: *const u8, s: usize) -> u32;
+    fn proxy_get_property(p: *const u8, ps: usize, ret: *mut *mut u8, ret_size: *mut usize) -> u32;
+    fn proxy_set_property(p: *const u8, ps: usize, v: *const u8, vs: usize) -> u32;
+    fn proxy_get_shared_data(
+        k: *const u8,
+        ks: usize,
+        ret: *mut *mut u8,
+        ret_size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(k: *const u8, ks: usize, v: *const u8, vs: usize, cas: u32) -> u32;
+    fn proxy_register_shared_queue(n: *const u8, ns: usize, ret: *mut u32) -> u32;
+    fn proxy_resolve_shared_queue(vm: *const u8, vms: usize, n: *const u8, ns: usize, ret: *mut u32) -> u32;
+    fn proxy_dequeue_shared_queue(id: u32, ret: *mut *mut u8, ret_size: *mut usize) -> u32;
+    fn proxy_enqueue_shared_queue(id: u32, v: *const u8, vs: usize) -> u32;
+    fn proxy_continue_stream(t: u32) -> u32;
+    fn proxy_close_stream(t: u32) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        code: u32,
+        d: *const u8,
+        ds: usize,
+        b: *const u8,
+        bs: usize,
+        h: *const u8,
+        hs: usize,
+        grpc: i32,
+    ) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_grpc_call(
+        u: *const u8,
+        us: usize,
+        s: *const u8,
+        ss: usize,
+        m: *const u8,
+        ms: usize,
+        h: *const u8,
+        hs: usize,
+        b: *const u8,
+        bs: usize,
+        timeout: u32,
+        ret: *mut u32,
+    ) -> u32;
+    fn proxy_define_metric(t: u32, n: *const u8, ns: usize, ret: *mut u32) -> u32;
+    fn proxy_get_metric(id: u32, ret: *mut u64) -> u32;
+    fn proxy_record_metric(id: u32, v: u64) -> u32;
+    fn proxy_increment_metric(id: u32, v: i64) -> u32;
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(ProbeRoot { context_id, config: Vec::new() })
+    });
+}}
+
+thread_local! {
+    /// Results of ops run on the root context (tick, queue ready), reported by the next stream.
+    static ROOT_RESULTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+struct ProbeRoot {
+    context_id: u32,
+    config: Vec<u8>,
+}
+
+impl Context for ProbeRoot {}
+
+impl RootContext for ProbeRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        true
+    }
+
+    fn on_configure(&mut self, size: usize) -> bool {
+        let (st, data) = get_buffer(7, 0, size);
+        self.config = data;
+        // A plugin configuration of exactly "reject" is refused, so tests can check that path.
+        if self.config == b"reject" {
+            log(4, "probe: configuration rejected");
+            return false;
+        }
+        log(2, &format!("probe: configured root={} status={} size={}", self.context_id, st, size));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let mut now = 0u64;
+        unsafe { proxy_get_current_time_nanoseconds(&mut now) };
+        log(2, &format!("probe: tick at {now}"));
+        ROOT_RESULTS.with(|r| r.borrow_mut().push(format!("tick={now}")));
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let (st, v) = dequeue(queue_id);
+        log(2, &format!("probe: queue ready {queue_id} dequeue={st} {}", show(&v)));
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Probe {
+            context_id,
+            results: Vec::new(),
+            body_ops: String::new(),
+            resp_ops: String::new(),
+            callresp_ops: String::new(),
+        }))
+    }
+}
+
+struct Probe {
+    context_id: u32,
+    results: Vec<String>,
+    body_ops: String,
+    resp_ops: String,
+    callresp_ops: String,
+}
+
+/// What an op asks the callback to do after it.
+#[derive(PartialEq)]
+enum Flow {
+    Go,
+    Pause,
+    Stop,
+}
+
+fn log(level: u32, msg: &str) {
+    unsafe { proxy_log(level, msg.as_ptr(), msg.len()) };
+}
+
+fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
+    if ptr.is_null() || size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the host allocated `size` bytes with proxy_on_memory_allocate (the global allocator).
+    unsafe { Vec::from_raw_parts(ptr, size, size) }
+}
+
+fn get_buffer(t: u32, start: usize, max: usize) -> (u32, Vec<u8>) {
+    let mut p = std::ptr::null_mut();
+    let mut s = 0;
+    let st = unsafe { proxy_get_buffer_bytes(t, start, max, &mut p, &mut s) };
+    (st, take(p, s))
+}
+
+fn dequeue(id: u32) -> (u32, Vec<u8>) {
+    let mut p = std::ptr::null_mut();
+    let mut s = 0;
+    let st = unsafe { proxy_dequeue_shared_queue(id, &mut p, &mut s) };
+    (st, take(p, s))
+}
+
+/// Shows a value: UTF-8 text as is, anything else (e.g. an 8-byte integer) as hex.
+fn show(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) if !s.contains('\0') => format!("'{s}'"),
+        _ => {
+            let mut out = String::from("0x");
+            for b in v {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out
+        }
+    }
+}
+
+fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn count_pairs(data: &[u8]) -> String {
+    match data.get(0..4) {
+        Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+        None => "empty".to_string(),
+    }
+}
+
+fn map_type(name: &str) -> u32 {
+    match name {
+        "req" => 0,
+        "reqtr" => 1,
+        "resp" => 2,
+        "resptr" => 3,
+        "callresp" => 6,
+        "calltr" => 7,
+        other => other.parse().unwrap_or(99),
+    }
+}
+
+fn num<T: std::str::FromStr + Default>(s: Option<&&str>) -> T {
+    s.and_then(|s| s.parse().ok()).unwrap_or_default()
+}
+
+impl Probe {
+    fn run(&mut self, ops: &str) -> Flow {
+        let mut flow = Flow::Go;
+        for op in ops.split(';').map(str::trim).filter(|o| !o.is_empty()) {
+            let (name, args) = op.split_once(':').unwrap_or((op, ""));
+            let a: Vec<&str> = if args.is_empty() { Vec::new() } else { args.split(',').collect() };
+            let mut p = std::ptr::null_mut();
+            let mut s = 0usize;
+            let result = match name {
+                "ctx" => format!("{}", self.context_id),
+                "log_level" => {
+                    let mut l = 0;
+                    let st = unsafe { proxy_get_log_level(&mut l) };
+                    format!("{st},{l}")
+                }
+                "log" => {
+                    let msg = a.get(1).copied().unwrap_or("");
+                    let st = unsafe { proxy_log(num(a.first()), msg.as_ptr(), msg.len()) };
+                    format!("{st}")
+                }
+                "time" => {
+                    let mut t = 0;
+                    let st = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
+                    format!("{st},{}", t > 1_500_000_000_000_000_000)
+                }
+                "tick" => format!("{}", unsafe { proxy_set_tick_period_milliseconds(num(a.first())) }),
+                "root_results" => {
+                    ROOT_RESULTS.with(|r| r.borrow_mut().drain(..).collect::<Vec<_>>().join(","))
+                }
+                "get" => {
+                    let k = a.get(1).copied().unwrap_or("");
+                    let st = unsafe {
+                        proxy_get_header_map_value(
+                            map_type(a.first().copied().unwrap_or("")),
+                            k.as_ptr(),
+                            k.len(),
+                            &mut p,
+                            &mut s,
+                        )
+                    };
+                    format!("{st},{}", show(&take(p, s)))
+                }
+                "pairs" => {
+                    let st = unsafe {
+                        proxy_get_header_map_pairs(map_type(a.first().copied().unwrap_or("")), &mut p, &mut s)
+                    };
+                    let d = take(p, s);
+                    format!("{st},{},{}", count_pairs(&d), d.len())
+                }
+                "add" | "replace" => {
+                    let t = map_type(a.first().copied().unwrap_or(""));
+                    let k = a.get(1).copied().unwrap_or("");
+                    let v = a.get(2).copied().unwrap_or("");
+                    let st = unsafe {
+                        if name == "add" {
+                            proxy_add_header_map_value(t, k.as_ptr(), k.len(), v.as_ptr(), v.len())
+                        } else {
+                            proxy_replace_header_map_value(t, k.as_ptr(), k.len(), v.as_ptr(), v.len())
+                        }
+                    };
+                    format!("{st}")
+                }
+                "remove" => {
+                    let k = a.get(1).copied().unwrap_or("");
+                    format!("{}", unsafe {
+                        proxy_remove_header_map_value(
+                            map_type(a.first().copied().unwrap_or("")),
+                            k.as_ptr(),
+                            k.len(),
+                        )
+                    })
+                }
+                "set_pairs" => {
+                    let d = serialize_pairs(&[("x-only", "1")]);
+                    format!("{}", unsafe {
+                        proxy_set_header_map_pairs(
+                            map_type(a.first().copied().unwrap_or("")),
+                            d.as_ptr(),
+                            d.len(),
+                        )
+                    })
+                }
+                "prop" => {
+                    let path = a.first().copied().unwrap_or("").replace('.', "\0");
+                    let st = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut p, &mut s) };
+                    format!("{st},{}", show(&take(p, s)))
+                }
+                "set_prop" => {
+                    let path = a.first().copied().unwrap_or("").replace('.', "\0");
+                    let v = a.get(1).copied().unwrap_or("");
+                    format!("{}", unsafe {
+                        proxy_set_property(path.as_ptr(), path.len(), v.as_ptr(), v.len())
+                    })
+                }
+                "buf" => {
+                    let t = num(a.first());
+                    let mut len = 0usize;
+                    let mut flags = 0u32;
+                    let st0 = unsafe { proxy_get_buffer_status(t, &mut len, &mut flags) };
+                    let (st, d) = get_buffer(
+                        t,
+                        num(a.get(1)),
+                        a.get(2).and_then(|x| x.parse().ok()).unwrap_or(usize::MAX / 2),
+                    );
+                    format!("{st0},{len},{st},{}", show(&d))
+                }
+                "buf_set" => {
+                    let d = a.get(3).copied().unwrap_or("");
+                    format!("{}", unsafe {
+                        proxy_set_buffer_bytes(
+                            num(a.first()),
+                            num(a.get(1)),
+                            num(a.get(2)),
+                            d.as_ptr(),
+                            d.len(),
+                        )
+                    })
+                }
+                "shared_set" => {
+                    let k = a.first().copied().unwrap_or("");
+                    let v = a.get(1).copied().unwrap_or("");
+                    format!("{}", unsafe {
+                        proxy_set_shared_data(k.as_ptr(), k.len(), v.as_ptr(), v.len(), num(a.get(2)))
+                    })
+                }
+                "shared_get" => {
+                    let k = a.first().copied().unwrap_or("");
+                    let mut cas = 0u32;
+                    let st = unsafe { proxy_get_shared_data(k.as_ptr(), k.len(), &mut p, &mut s, &mut cas) };
+                    format!("{st},{},{cas}", show(&take(p, s)))
+                }
+                "q_register" => {
+                    let n = a.first().copied().unwrap_or("");
+                    let mut id = 0u32;
+                    let st = unsafe { proxy_register_shared_queue(n.as_ptr(), n.len(), &mut id) };
+                    format!("{st},{id}")
+                }
+                "q_resolve" => {
+                    let vm = a.first().copied().unwrap_or("");
+                    let n = a.get(1).copied().unwrap_or("");
+                    let mut id = 0u32;
+                    let st = unsafe {
+                        proxy_resolve_shared_queue(vm.as_ptr(), vm.len(), n.as_ptr(), n.len(), &mut id)
+                    };
+                    format!("{st},{id}")
+                }
+                "q_enqueue" => {
+                    let v = a.get(1).copied().unwrap_or("");
+                    format!("{}", unsafe { proxy_enqueue_shared_queue(num(a.first()), v.as_ptr(), v.len()) })
+                }
+                "q_dequeue" => {
+                    let (st, v) = dequeue(num(a.first()));
+                    format!("{st},{}", show(&v))
+                }
+                "metric_define" => {
+                    let n = a.get(1).copied().unwrap_or("");
+                    let mut id = 0u32;
+                    let st = unsafe { proxy_define_metric(num(a.first()), n.as_ptr(), n.len(), &mut id) };
+                    format!("{st},{id}")
+                }
+                "metric_inc" => {
+                    format!("{}", unsafe { proxy_increment_metric(num(a.first()), num(a.get(1))) })
+                }
+                "metric_record" => {
+                    format!("{}", unsafe { proxy_record_metric(num(a.first()), num(a.get(1))) })
+                }
+                "metric_get" => {
+                    let mut v = 0u64;
+                    let st = unsafe { proxy_get_metric(num(a.first()), &mut v) };
+                    format!("{st},{v}")
+                }
+                "continue" => format!("{}", unsafe { proxy_continue_stream(num(a.first())) }),
+                "close" => format!("{}", unsafe { proxy_close_stream(num(a.first())) }),
+                "http_call" => {
+                    // http_call:CLUSTER,AUTHORITY(- to omit),PATH(- to omit),TIMEOUT_MS[,BODY]
+                    // Made through the SDK so its dispatcher routes the response to this context.
+                    let cluster = a.first().copied().unwrap_or("");
+                    let mut headers = vec![(":method", "GET")];
+                    if let Some(&auth) = a.get(1) {
+                        if auth != "-" {
+                            headers.push((":authority", auth));
+                        }
+                    }
+                    if let Some(&path) = a.get(2) {
+                        if path != "-" {
+                            headers.push((":path", path));
+                        }
+                    }
+                    let body = a.get(4).map(|b| b.as_bytes());
+                    let timeout = std::time::Duration::from_millis(num(a.get(3)));
+                    match self.dispatch_http_call(cluster, headers, body, vec![], timeout) {
+                        Ok(token) => {
+                            flow = Flow::Pause;
+                            format!("0,{token}")
+                        }
+                        Err(st) => format!("{},0", st as u32),
+                    }
+                }
+                "grpc_call" => {
+                    let c = a.first().copied().unwrap_or("");
+                    let mut token = 0u32;
+                    let e: &[u8] = b"";
+                    let st = unsafe {
+                        proxy_grpc_call(
+                            c.as_ptr(),
+                            c.len(),
+                            c.as_ptr(),
+                            c.len(),
+                            c.as_ptr(),
+                            c.len(),
+                            e.as_ptr(),
+                            0,
+                            e.as_ptr(),
+                            0,
+                            1000,
+                            &mut token,
+                        )
+                    };
+                    format!("{st},{token}")
+                }
+                "reply" => {
+                    let code: u32 = num(a.first());
+                    self.results.push("reply".to_string());
+                    let body = match a.get(1) {
+                        Some(b) => b.to_string(),
+                        None => self.results.join("\n"),
+                    };
+                    let h = serialize_pairs(&[("x-probe-local", "1"), ("X-Upper", "Yes")]);
+                    let d = "probe_reply";
+                    let st = unsafe {
+                        proxy_send_local_response(
+                            code,
+                            d.as_ptr(),
+                            d.len(),
+                            body.as_ptr(),
+                            body.len(),
+                            h.as_ptr(),
+                            h.len(),
+                            -1,
+                        )
+                    };
+                    flow = Flow::Stop;
+                    format!("{st}")
+                }
+                "pause" => {
+                    flow = Flow::Pause;
+                    "1".to_string()
+                }
+                "panic" => panic!("probe asked to panic: {}", a.first().copied().unwrap_or("")),
+                other => format!("unknown op {other}"),
+            };
+            self.results.push(format!("{name}={result}"));
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        flow
+    }
+
+    fn header(&self, name: &str) -> String {
+        self.get_http_request_header(name).unwrap_or_default()
+    }
+}
+
+impl Context for Probe {
+    fn on_http_call_response(&mut self, token: u32, nh: usize, bs: usize, nt: usize) {
+        self.results.push(format!("callresp={token},{nh},{bs},{nt}"));
+        let ops = std::mem::take(&mut self.callresp_ops);
+        let flow = self.run(&ops);
+        if flow == Flow::Go {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Probe {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _eos: bool) -> Action {
+        let ops = self.header("x-probe");
+        self.body_ops = self.header("x-probe-body");
+        self.resp_ops = self.header("x-probe-resp");
+        self.callresp_ops = self.header("x-probe-callresp");
+        match self.run(&ops) {
+            Flow::Go => Action::Continue,
+            Flow::Pause | Flow::Stop => Action::Pause,
+        }
+    }
+
+    fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
+        self.results.push(format!("body_cb={size},{eos}"));
+        let ops = std::mem::take(&mut self.body_ops);
+        match self.run(&ops) {
+            Flow::Go => Action::Continue,
+            Flow::Pause | Flow::Stop => Action::Pause,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _eos: bool) -> Action {
+        let mut p = std::ptr::null_mut();
+        let mut s = 0usize;
+        let st = unsafe { proxy_get_header_map_pairs(2, &mut p, &mut s) };
+        let d = take(p, s);
+        let names = names_of(&d);
+        let ops = std::mem::take(&mut self.resp_ops);
+        self.run(&ops);
+        let seen = format!("{st}:{}", names.join(","));
+        let results = self.results.join(" | ");
+        let k = "x-probe-results";
+        let k2 = "x-probe-resp-seen";
+        unsafe {
+            proxy_add_header_map_value(2, k.as_ptr(), k.len(), results.as_ptr(), results.len());
+            proxy_add_header_map_value(2, k2.as_ptr(), k2.len(), seen.as_ptr(), seen.len());
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        log(2, &format!("probe: on_log ctx={} results={}", self.context_id, self.results.join(" | ")));
+    }
+}
+
+/// Names of the pairs in a serialized map.
+fn names_of(d: &[u8]) -> Vec<String> {
+    let n = match d.get(0..4) {
+        Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        None => return Vec::new(),
+    };
+    let mut sizes = Vec::new();
+    for i in 0..n {
+        let at = 4 + i * 8;
+        let (Some(k), Some(v)) = (d.get(at..at + 4), d.get(at + 4..at + 8)) else { return Vec::new() };
+        sizes.push((
+            u32::from_le_bytes([k[0], k[1], k[2], k[3]]) as usize,
+            u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize,
+        ));
+    }
+    let mut pos = 4 + n * 8;
+    let mut out = Vec::new();
+    for (ks, vs) in sizes {
+        out.push(String::from_utf8_lossy(d.get(pos..pos + ks).unwrap_or(b"?")).to_string());
+        pos += ks + 1 + vs + 1;
+    }
+    out
+}
