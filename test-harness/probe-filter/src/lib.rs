@@ -603,3 +603,24 @@ fn names_of(d: &[u8]) -> Vec<String> {
     }
     out
 }
+
+// Pure-logic tests; they also exercise the emulator's `wasi-run` runner:
+// CARGO_TARGET_WASM32_WASIP1_RUNNER=$PWD/target/debug/wasi-run cargo test --target wasm32-wasip1 -p probe-filter
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shows_text_and_binary() {
+        assert_eq!(show(b"abc"), "'abc'");
+        assert_eq!(show(&200u64.to_le_bytes()), "0xc800000000000000");
+    }
+
+    #[test]
+    fn reads_names_of_serialized_pairs() {
+        let d = serialize_pairs(&[(":status", "200"), ("x-a", "b")]);
+        assert_eq!(names_of(&d), vec![":status".to_string(), "x-a".to_string()]);
+        assert_eq!(count_pairs(&d), "2");
+        assert!(names_of(&d[..6]).is_empty());
+    }
+}
