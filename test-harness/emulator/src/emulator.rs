@@ -650,8 +650,10 @@ impl Inner {
         for (k, v) in &reply.headers {
             headers.add(k.as_bytes(), v.as_bytes());
         }
-        headers.add(b"content-length", reply.body.len().to_string().as_bytes());
+        // The probe: with a body the filter sees content-length and content-type: text/plain;
+        // without one (403 or 204, empty body), neither.
         if !reply.body.is_empty() {
+            headers.add(b"content-length", reply.body.len().to_string().as_bytes());
             headers.add(b"content-type", b"text/plain");
         }
         let request_phase = !self.stream(id)?.resp.headers_seen;

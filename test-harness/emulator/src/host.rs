@@ -57,24 +57,11 @@ impl HeaderMap {
         self.entries.retain(|(n, _)| *n != k);
     }
 
-    /// Envoy's `setCopy`: the first entry's value is replaced in place and later duplicates
-    /// are dropped; a missing header is appended.
+    /// Envoy's `setCopy`: every entry of the name is removed and the new value appended (the
+    /// probe: x-d:1, x-e:2, x-d:3 then replace x-d:4 gave x-e:2, x-d:4).
     pub fn replace(&mut self, k: &[u8], v: &[u8]) {
-        let key = self.key(k);
-        match self.entries.iter().position(|(n, _)| *n == key) {
-            Some(i) => {
-                if let Some(e) = self.entries.get_mut(i) {
-                    e.1 = v.to_vec();
-                }
-                let mut idx = 0;
-                self.entries.retain(|(n, _)| {
-                    let keep = *n != key || idx == i;
-                    idx += 1;
-                    keep
-                });
-            }
-            None => self.add(k, v),
-        }
+        self.remove(k);
+        self.add(k, v);
     }
 
     pub fn serialize(&self) -> Vec<u8> {
@@ -123,7 +110,8 @@ pub struct LocalReply {
     /// Body.
     pub body: Vec<u8>,
     /// The headers the client receives: `:status`, the module's extra headers (names lower-cased),
-    /// `content-length`, `content-type: text/plain` when there is a body, and whatever this
+    /// `content-length` and `content-type: text/plain` when there is a body (with no body Envoy
+    /// adds neither; its codec later sends `content-length: 0`), and whatever this
     /// filter's own `on_http_response_headers` changed (Envoy runs the reply through it).
     pub headers: Vec<(String, String)>,
     /// The gRPC status argument (-1: none).

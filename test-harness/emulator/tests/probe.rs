@@ -106,6 +106,54 @@ fn local_reply_from_response_replaces_response() {
 }
 
 #[test]
+fn local_reply_from_body_and_without_body() {
+    let emu = probe().build().unwrap();
+    let mut s = emu.stream();
+    s.request_headers(
+        &[(":method", "POST"), (":path", "/up"), (":authority", "h"), ("x-probe-body", "reply:402,frombody")],
+        false,
+    )
+    .unwrap();
+    s.request_body(b"xyz", false).unwrap();
+    // Envoy: x-probe-results: body_cb=3,false | reply | reply=0, and the filter saw its reply.
+    assert_eq!(results(&s), "body_cb=3,false | reply | reply=0");
+    assert_eq!(s.local_reply().unwrap().body, b"frombody");
+    assert_eq!(s.request_body(b"more", true).unwrap(), Action::Pause);
+    let s = run(&emu, &[("x-probe", "reply:403,")]);
+    // Envoy: no content-length / content-type for an empty local reply body.
+    assert_eq!(s.response_header("x-probe-resp-seen").unwrap(), "0::status,x-probe-local,x-upper");
+}
+
+#[test]
+fn replace_moves_header_to_end() {
+    let emu = probe().build().unwrap();
+    let s = run(&emu, &[("x-probe-resp", "add:resp,x-d,1;add:resp,x-e,2;add:resp,x-d,3;replace:resp,x-d,4")]);
+    let names: Vec<String> = s.response_headers_now().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(names[3..5], ["x-e=2".to_string(), "x-d=4".to_string()]);
+}
+
+#[test]
+fn body_callbacks_see_no_headers() {
+    let emu = probe().build().unwrap();
+    let mut s = emu.stream();
+    s.request_headers(
+        &[
+            (":method", "POST"),
+            (":path", "/"),
+            (":authority", "h"),
+            ("x-mixed", "AbC"),
+            ("x-probe-body", "get:req,x-mixed;get:reqtr,x"),
+        ],
+        false,
+    )
+    .unwrap();
+    s.request_body(b"hello", false).unwrap();
+    s.response_headers(&[(":status", "200")], true).unwrap();
+    // Envoy (route to a cluster, curl -d): get=2,'' | get=2,'' in a body callback.
+    assert_eq!(results(&s), "body_cb=5,false | get=2,'' | get=2,''");
+}
+
+#[test]
 fn metrics_like_envoy() {
     let emu = probe().build().unwrap();
     let s = run(&emu, &[("x-probe", "metric_define:0,c1;metric_define:1,g1;metric_define:2,h1;metric_define:0,c1;metric_define:3,bad;metric_inc:4,1;metric_inc:4,0;metric_inc:4,-1;metric_record:4,5;metric_get:4;metric_inc:5,-3;metric_get:5;metric_record:5,7;metric_get:5;metric_inc:6,1;metric_record:6,9;metric_get:6;metric_get:100;metric_inc:100,1;metric_record:100,1")]);
