@@ -1,0 +1,407 @@
+//! Benchmark scenarios and wrk driving for the `gatewasm-bench` binary.
+//!
+//! A scenario file (JSON, see `bench/header-rewrite.json`) names the request path, what a
+//! filter must have done (request headers the upstream sees, response headers the client sees)
+//! and rows, each a filter chain of raw Envoy filters or `{"wasm": {...}}` entries. The bare
+//! Envoy row and the Wasm floor row (noop filter) are always added in front.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{
+    noop_filter_wasm, wasm_artifact, workspace_root, EchoUpstream, EnvoyBuilder, HttpFilter, Request,
+    WasmFilter,
+};
+
+/// Key of the always-present bare Envoy row.
+pub const BARE: &str = "bare";
+/// Key of the always-present Wasm floor row (noop filter).
+pub const FLOOR: &str = "floor";
+
+/// A benchmark scenario as read from its JSON file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, e.g. `header-rewrite`.
+    pub name: String,
+    /// What the filters do.
+    #[serde(default)]
+    pub description: String,
+    /// Request path wrk and the checks use.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// What every row except bare and floor must do.
+    #[serde(default)]
+    pub expect: Expect,
+    /// Row key the ratio column compares against (usually `native`).
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// The scenario's rows (bare and floor are added in front).
+    pub rows: Vec<RowSpec>,
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+/// Effects a filter row must show before it is timed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Headers the upstream must receive (checked against the echo upstream).
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
+    /// Headers the client must receive.
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+}
+
+/// One row of a scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowSpec {
+    /// Short key (`native`, `lua`, `wasm`, …).
+    pub key: String,
+    /// Label in the table.
+    pub label: String,
+    /// Footnote for the table.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// The filter chain, before the router: raw Envoy HTTP filters
+    /// (`{"name": ..., "typed_config": ...}`) or `{"wasm": WasmSpec}`.
+    pub filters: Vec<Value>,
+}
+
+/// A proxy-wasm module in a scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmSpec {
+    /// Artifact file name in `target/wasm32-wasip1/release/` (with `package`).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Workspace package that builds `file` (named in the error when it is missing).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// Or an explicit path (relative paths are relative to the workspace root).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Root id.
+    #[serde(default)]
+    pub root_id: String,
+    /// Plugin configuration: a JSON string is passed as is, anything else serialised.
+    #[serde(default)]
+    pub configuration: Value,
+    /// VM id.
+    #[serde(default)]
+    pub vm_id: Option<String>,
+}
+
+impl WasmSpec {
+    /// The module path; errors (naming the build command) when it is not built.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.path {
+            let path = workspace_root().join(path);
+            if !path.is_file() {
+                bail!("{} not found", path.display());
+            }
+            return Ok(path);
+        }
+        match (&self.file, &self.package) {
+            (Some(file), Some(package)) => wasm_artifact(file, package),
+            _ => bail!("a wasm entry needs `path`, or `file` and `package`"),
+        }
+    }
+
+    fn filter(&self) -> anyhow::Result<WasmFilter> {
+        let configuration = match &self.configuration {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let mut filter =
+            WasmFilter::new(self.resolve()?).root_id(self.root_id.clone()).configuration(configuration);
+        if let Some(vm_id) = &self.vm_id {
+            filter = filter.vm_id(vm_id.clone());
+        }
+        Ok(filter)
+    }
+}
+
+/// A row ready to run: resolved filters.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Short key.
+    pub key: String,
+    /// Label in the table.
+    pub label: String,
+    /// Footnote.
+    pub note: Option<String>,
+    /// Whether the scenario's expectations apply (not for bare and floor).
+    pub check_effects: bool,
+    /// The filter chain.
+    pub filters: Vec<HttpFilter>,
+}
+
+impl Row {
+    /// An Envoy builder with this row's filters (backend still to choose).
+    pub fn builder(&self) -> EnvoyBuilder {
+        self.filters.iter().cloned().fold(EnvoyBuilder::new(), EnvoyBuilder::filter)
+    }
+}
+
+/// A row that cannot run, and why (e.g. its module is not built yet).
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// Row label.
+    pub label: String,
+    /// Reason.
+    pub reason: String,
+}
+
+impl Scenario {
+    /// Reads a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing scenario {}", path.display()))
+    }
+
+    /// The rows to run: bare, floor, then the scenario's rows. Rows whose modules are missing are
+    /// returned as skipped; the floor module is required.
+    pub fn rows(&self) -> anyhow::Result<(Vec<Row>, Vec<Skipped>)> {
+        let mut rows = vec![
+            Row {
+                key: BARE.to_string(),
+                label: "bare Envoy".to_string(),
+                note: None,
+                check_effects: false,
+                filters: Vec::new(),
+            },
+            Row {
+                key: FLOOR.to_string(),
+                label: "Wasm floor (noop filter)".to_string(),
+                note: None,
+                check_effects: false,
+                filters: vec![HttpFilter::Wasm(WasmFilter::new(noop_filter_wasm()?).configuration("{}"))],
+            },
+        ];
+        let mut skipped = Vec::new();
+        'rows: for spec in &self.rows {
+            let mut filters = Vec::new();
+            for filter in &spec.filters {
+                let Some(wasm) = filter.get("wasm") else {
+                    filters.push(HttpFilter::Raw(filter.clone()));
+                    continue;
+                };
+                let wasm: WasmSpec = serde_json::from_value(wasm.clone())
+                    .with_context(|| format!("row {}: bad wasm entry {wasm}", spec.label))?;
+                match wasm.filter() {
+                    Ok(filter) => filters.push(HttpFilter::Wasm(filter)),
+                    Err(err) => {
+                        skipped.push(Skipped { label: spec.label.clone(), reason: format!("{err:#}") });
+                        continue 'rows;
+                    }
+                }
+            }
+            rows.push(Row {
+                key: spec.key.clone(),
+                label: spec.label.clone(),
+                note: spec.note.clone(),
+                check_effects: true,
+                filters,
+            });
+        }
+        Ok((rows, skipped))
+    }
+
+    /// Runs a row's chain in front of the echo upstream and checks the expected effects.
+    pub fn preflight(&self, row: &Row) -> anyhow::Result<()> {
+        let upstream = EchoUpstream::start()?;
+        let envoy = row
+            .builder()
+            .upstream(upstream.addr())
+            .log_level("warning")
+            .start()
+            .with_context(|| format!("starting Envoy for row {}", row.label))?;
+        let response = envoy.send(&Request::get(&self.path))?;
+        if response.status != 200 {
+            bail!("row {}: status {} ({})", row.label, response.status, response.text());
+        }
+        if row.check_effects {
+            let echo = response.echo()?;
+            for (name, value) in &self.expect.request_headers {
+                if echo.header(name) != Some(value.as_str()) {
+                    bail!(
+                        "row {}: upstream did not receive {name}: {value}; it got {:?}",
+                        row.label,
+                        echo.headers
+                    );
+                }
+            }
+            self.check_response_headers(row, &response)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the expected response headers (for rows that have effects).
+    pub fn check_response_headers(&self, row: &Row, response: &crate::Response) -> anyhow::Result<()> {
+        if !row.check_effects {
+            return Ok(());
+        }
+        for (name, value) in &self.expect.response_headers {
+            if response.header(name) != Some(value.as_str()) {
+                bail!("row {}: response lacks {name}: {value}; headers {:?}", row.label, response.headers);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one wrk run reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrkResult {
+    /// Requests per second.
+    pub rps: f64,
+    /// Completed requests.
+    pub requests: u64,
+    /// Non-2xx/3xx responses.
+    pub non_2xx: u64,
+    /// Sum of connect/read/write/timeout socket errors.
+    pub socket_errors: u64,
+    /// Median latency as wrk prints it (e.g. `1.23ms`), if `--latency` was given.
+    pub p50: Option<String>,
+    /// 99th percentile latency as wrk prints it.
+    pub p99: Option<String>,
+}
+
+/// How to run wrk.
+#[derive(Debug, Clone)]
+pub struct WrkOptions {
+    /// `-t`.
+    pub threads: u32,
+    /// `-c`.
+    pub connections: u32,
+    /// `-d` in seconds.
+    pub duration_secs: u32,
+    /// Pin wrk to these CPUs (via `taskset`).
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// Runs wrk against a URL (which must be on 127.0.0.1) and parses its report.
+pub fn run_wrk(url: &str, options: &WrkOptions) -> anyhow::Result<WrkResult> {
+    if !url.starts_with("http://127.0.0.1:") {
+        bail!("refusing to load anything but 127.0.0.1: {url}");
+    }
+    let mut command = match &options.cpus {
+        Some(cpus) => {
+            let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(list.join(",")).arg("wrk");
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    command
+        .arg(format!("-t{}", options.threads))
+        .arg(format!("-c{}", options.connections))
+        .arg(format!("-d{}s", options.duration_secs))
+        .arg("--latency")
+        .arg(url);
+    let output = command.output().context("running wrk (is it installed? apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    }
+    parse_wrk(&text)
+}
+
+/// Parses wrk's text report.
+pub fn parse_wrk(text: &str) -> anyhow::Result<WrkResult> {
+    let mut rps = None;
+    let mut requests = None;
+    let mut non_2xx = 0;
+    let mut socket_errors = 0;
+    let mut p50 = None;
+    let mut p99 = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            rps = rest.trim().parse::<f64>().ok();
+        } else if line.contains(" requests in ") {
+            requests = line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok());
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx = rest.trim().parse().context("parsing wrk's non-2xx count")?;
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            socket_errors = rest
+                .split(',')
+                .filter_map(|part| part.split_whitespace().nth(1))
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum();
+        } else if let Some(rest) = line.strip_prefix("50%") {
+            p50 = Some(rest.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            p99 = Some(rest.trim().to_string());
+        }
+    }
+    match (rps, requests) {
+        (Some(rps), Some(requests)) => Ok(WrkResult { rps, requests, non_2xx, socket_errors, p50, p99 }),
+        _ => bail!("could not parse wrk output:\n{text}"),
+    }
+}
+
+/// The median of a non-empty list (mean of the middle two for even lengths); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match (sorted.get(n / 2), n % 2) {
+        (Some(&mid), 1) => mid,
+        (Some(&upper), _) => sorted.get(n / 2 - 1).map_or(upper, |&lower| (lower + upper) / 2.0),
+        (None, _) => 0.0,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 2s test @ http://127.0.0.1:1/\n  1 threads and 16 connections\n  \
+        Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   450.00us  100.00us   2.00ms   90.00%\n  \
+        Latency Distribution\n     50%  420.00us\n     75%  480.00us\n     90%  520.00us\n     99%    1.10ms\n  \
+        70000 requests in 2.00s, 9.00MB read\n  Non-2xx or 3xx responses: 3\n  \
+        Socket errors: connect 0, read 1, write 0, timeout 2\nRequests/sec:  35000.50\nTransfer/sec:      4.50MB\n";
+
+    #[test]
+    fn parses_wrk_report() {
+        let r = parse_wrk(WRK).unwrap();
+        assert_eq!(r.requests, 70000);
+        assert_eq!(r.non_2xx, 3);
+        assert_eq!(r.socket_errors, 3);
+        assert!((r.rps - 35000.5).abs() < 1e-9);
+        assert_eq!(r.p50.as_deref(), Some("420.00us"));
+        assert_eq!(r.p99.as_deref(), Some("1.10ms"));
+    }
+
+    #[test]
+    fn median_odd_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                Scenario::load(&path).unwrap();
+            }
+        }
+    }
+}
