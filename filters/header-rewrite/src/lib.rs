@@ -1,1 +1,299 @@
-//! Header rewrite filter (in progress).
+//! Header rewrite: request and response header operations (add, set, remove, rename) with
+//! value substitutions, host rewrite and path rewrite (prefix or regex), selected by rules that
+//! match on host, path, method and headers. See `README.md` for the configuration.
+//!
+//! Request path, per stream:
+//! 1. a client-sent `x-envoy-original-path` is removed (one read; a write only when present);
+//! 2. rules are matched against the request as it arrived (`first` or `all` matching rules);
+//! 3. every request value the matched rules' templates need is read once and kept, so response
+//!    operations can use request values after Envoy stops exposing the request headers;
+//! 4. request operations run, then host and path rewrites.
+//!
+//! Response path: the response operations of the rules that matched the request run; nothing is
+//! matched again.
+
+pub mod apply;
+pub mod config;
+pub mod matcher;
+pub mod rewrite;
+pub mod template;
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use gatewasm::metrics::Counter;
+use gatewasm::{
+    ConfigErrors, Flow, Headers, HttpFilter, Plugin, Request, Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
+};
+
+use crate::apply::{Applied, Sink};
+use crate::config::{Compiled, MatchMode};
+use crate::template::Source;
+
+/// Header the filter sets to the original `:path` (query included) when it rewrites the path,
+/// and removes from every client request so it cannot be spoofed.
+pub const ORIGINAL_PATH: &str = "x-envoy-original-path";
+
+/// Name of the per-rule counter family; the rule name is the `rule` label.
+pub const RULES_APPLIED: &str = "header_rewrite_rules_applied_total";
+/// Counter of operations dropped because a substituted value had control characters.
+pub const UNSAFE_DROPPED: &str = "header_rewrite_unsafe_values_dropped_total";
+
+/// The plugin: the compiled configuration and its counters.
+pub struct HeaderRewrite {
+    config: Compiled,
+    /// `config.request_headers`, shared with every stream's [`View`].
+    names: Rc<[String]>,
+    applied: Vec<Option<Counter>>,
+    dropped: Option<Counter>,
+}
+
+impl HeaderRewrite {
+    /// The compiled configuration.
+    pub fn config(&self) -> &Compiled {
+        &self.config
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn counter(name: &str) -> Option<Counter> {
+    use gatewasm::metrics::Metric;
+    match Counter::define(name) {
+        Ok(c) => Some(c),
+        Err(status) => {
+            log::warn!("header_rewrite: cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Native builds (unit tests) have no host to define metrics in.
+#[cfg(not(target_arch = "wasm32"))]
+fn counter(_name: &str) -> Option<Counter> {
+    None
+}
+
+impl Plugin for HeaderRewrite {
+    const NAME: &'static str = "header_rewrite";
+    type Filter = Rewriter;
+
+    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+        let config = config::parse(raw)?;
+        let applied = config
+            .rules
+            .iter()
+            .map(|r| counter(&gatewasm::metrics::series_name(RULES_APPLIED, &[("rule", &r.name)])))
+            .collect();
+        let dropped = counter(UNSAFE_DROPPED);
+        log::info!("header_rewrite: {} rule(s) loaded", config.rules.len());
+        let names = config.request_headers.clone().into();
+        Ok(HeaderRewrite { config, names, applied, dropped })
+    }
+
+    fn new_filter(self: &Rc<Self>) -> Rewriter {
+        Rewriter { plugin: Rc::clone(self), view: View::new(Rc::clone(&self.names)), matched: Vec::new() }
+    }
+}
+
+/// The request as it reached the filter, each part read from Envoy at most once and kept for
+/// the response phase.
+pub struct View {
+    req: Request,
+    /// Request header values by slot; allocated on first use.
+    headers: OnceCell<Vec<OnceCell<Option<String>>>>,
+    /// The plugin's slot table.
+    names: Rc<[String]>,
+}
+
+impl View {
+    fn new(names: Rc<[String]>) -> Self {
+        View { req: Request::new(), headers: OnceCell::new(), names }
+    }
+
+    /// The full `:path`, query included.
+    pub fn path_and_query(&self) -> &str {
+        self.req.path_and_query()
+    }
+}
+
+impl Source for View {
+    fn method(&self) -> &str {
+        self.req.method()
+    }
+    fn host(&self) -> Cow<'_, str> {
+        self.req.host()
+    }
+    fn authority(&self) -> &str {
+        self.req.authority()
+    }
+    fn path(&self) -> &str {
+        self.req.path()
+    }
+    fn request_header(&self, slot: usize) -> Option<&str> {
+        let cells = self.headers.get_or_init(|| self.names.iter().map(|_| OnceCell::new()).collect());
+        let name = self.names.get(slot)?;
+        cells.get(slot)?.get_or_init(|| REQUEST_HEADERS.get(name)).as_deref()
+    }
+    fn response_header(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The response side: request values from the kept [`View`], response headers from Envoy.
+struct ResponseSide<'a>(&'a View);
+
+impl Source for ResponseSide<'_> {
+    fn method(&self) -> &str {
+        self.0.method()
+    }
+    fn host(&self) -> Cow<'_, str> {
+        self.0.host()
+    }
+    fn authority(&self) -> &str {
+        self.0.authority()
+    }
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+    fn request_header(&self, slot: usize) -> Option<&str> {
+        self.0.request_header(slot)
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        RESPONSE_HEADERS.get(name)
+    }
+}
+
+/// Writes to one of Envoy's header maps; failures are logged and otherwise ignored (the request
+/// goes on as it is rather than failing).
+struct HostSink(Headers);
+
+impl Sink for HostSink {
+    fn set(&mut self, name: &str, value: &str) {
+        if let Err(status) = self.0.set(name, value) {
+            log::warn!("header_rewrite: setting {name} failed: {status:?}");
+        }
+    }
+    fn add(&mut self, name: &str, value: &str) {
+        if let Err(status) = self.0.add(name, value) {
+            log::warn!("header_rewrite: adding {name} failed: {status:?}");
+        }
+    }
+    fn remove(&mut self, name: &str) {
+        if let Err(status) = self.0.remove(name) {
+            log::warn!("header_rewrite: removing {name} failed: {status:?}");
+        }
+    }
+    fn values(&mut self, name: &str) -> Vec<String> {
+        self.0.all().into_iter().filter(|(n, _)| n == name).map(|(_, v)| v).collect()
+    }
+}
+
+/// Per-stream state: the request view and the rules that matched it.
+pub struct Rewriter {
+    plugin: Rc<HeaderRewrite>,
+    view: View,
+    /// Indexes of matched rules; after the request phase, only those with response operations.
+    matched: Vec<usize>,
+}
+
+impl Rewriter {
+    fn count_dropped(&self, applied: Applied) {
+        if applied.unsafe_dropped > 0 {
+            if let Some(c) = self.plugin.dropped {
+                c.add(u64::from(applied.unsafe_dropped));
+            }
+        }
+    }
+}
+
+impl HttpFilter for Rewriter {
+    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        // Reading first: removing an absent header would still clear Envoy's route cache.
+        if REQUEST_HEADERS.get(ORIGINAL_PATH).is_some() {
+            let _ = REQUEST_HEADERS.remove(ORIGINAL_PATH);
+        }
+        let plugin = Rc::clone(&self.plugin);
+        let cfg = &plugin.config;
+        if cfg.rules.is_empty() {
+            return Flow::Continue;
+        }
+
+        // 1. Match against the request as it arrived.
+        for (i, rule) in cfg.rules.iter().enumerate() {
+            if rule.matcher.matches(&self.view) {
+                self.matched.push(i);
+                if cfg.mode == MatchMode::First {
+                    break;
+                }
+            }
+        }
+        if self.matched.is_empty() {
+            return Flow::Continue;
+        }
+
+        // 2. Read every request value the operations will use before changing anything.
+        let rules = || self.matched.iter().filter_map(|&i| cfg.rules.get(i).map(|r| (i, r)));
+        for (_, rule) in rules() {
+            for t in rule.request.templates().chain(rule.response.templates()) {
+                t.prefetch(&self.view);
+            }
+            if rule.path_rewrite.is_some() {
+                let _ = self.view.path_and_query();
+            }
+        }
+
+        // 3. Header operations in rule order, then host and path rewrites (in `all` mode the
+        // last matching rule that rewrites wins; each rewrite starts from the original path).
+        let mut sink = HostSink(REQUEST_HEADERS);
+        let mut buf = String::new();
+        let mut host = None;
+        let mut path = None;
+        let mut dropped = Applied::default();
+        for (i, rule) in rules() {
+            let applied = apply::apply(&rule.request, &self.view, &mut sink, &mut buf);
+            dropped.unsafe_dropped += applied.unsafe_dropped;
+            if let Some(h) = &rule.host_rewrite {
+                host = Some(h.as_str());
+            }
+            if let Some(p) = &rule.path_rewrite {
+                if let Some(new) = p.apply(self.view.path_and_query()) {
+                    path = Some(new);
+                }
+            }
+            if let Some(Some(c)) = plugin.applied.get(i) {
+                c.inc();
+            }
+            log::debug!("header_rewrite: rule {} applied", rule.name);
+        }
+        if let Some(h) = host {
+            sink.set(":authority", h);
+        }
+        if let Some(p) = path {
+            sink.set(ORIGINAL_PATH, self.view.path_and_query());
+            sink.set(":path", &p);
+        }
+        self.count_dropped(dropped);
+
+        self.matched.retain(|&i| cfg.rules.get(i).is_some_and(|r| !r.response.is_empty()));
+        Flow::Continue
+    }
+
+    fn on_response_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        if self.matched.is_empty() {
+            return Flow::Continue;
+        }
+        let plugin = Rc::clone(&self.plugin);
+        let src = ResponseSide(&self.view);
+        let mut sink = HostSink(RESPONSE_HEADERS);
+        let mut buf = String::new();
+        let mut dropped = Applied::default();
+        for rule in self.matched.iter().filter_map(|&i| plugin.config.rules.get(i)) {
+            dropped.unsafe_dropped += apply::apply(&rule.response, &src, &mut sink, &mut buf).unsafe_dropped;
+        }
+        self.count_dropped(dropped);
+        Flow::Continue
+    }
+}
+
+gatewasm::export!(HeaderRewrite);
