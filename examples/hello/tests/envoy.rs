@@ -1,0 +1,65 @@
+//! The same example module in a real Envoy gives the same answers as in the emulator.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use gatewasm_envoy::{wasm_artifact, EchoUpstream, EnvoyBuilder, Request, WasmFilter};
+use serde_json::json;
+
+fn filter(config: serde_json::Value) -> WasmFilter {
+    let path = wasm_artifact("hello.wasm", "hello").unwrap_or_else(|e| panic!("{e:#}"));
+    WasmFilter::new(path).json_configuration(&config)
+}
+
+#[test]
+fn greets_blocks_and_counts_in_envoy() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .wasm(filter(json!({"greeting": "hi", "blocked_prefix": "/admin"})))
+        .upstream(upstream.addr())
+        .bootstrap_patch(
+            json!({"stats_config": {"stats_tags": [{"tag_name": "method", "regex": "(;method=([^;]*))"}]}}),
+        )
+        .start()
+        .unwrap();
+    let response = envoy.send(&Request::get("/x").header("host", "Shop.Example.com:8080")).unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echo().unwrap().header("x-greeting"), Some("hi shop.example.com"));
+
+    let response = envoy.send(&Request::post("/admin/users", "x")).unwrap();
+    assert_eq!(response.status, 403);
+    assert_eq!(response.json().unwrap()["code"], "blocked_path");
+
+    let scrape = envoy.admin_get("/stats/prometheus").unwrap();
+    assert!(scrape.contains("hello_requests_total{method=\"GET\"} 1"), "{scrape}");
+    assert!(scrape.contains("hello_requests_total{method=\"POST\"} 1"), "{scrape}");
+}
+
+#[test]
+fn envoy_refuses_bad_config_with_a_log_line_naming_the_field() {
+    let upstream = EchoUpstream::start().unwrap();
+    let log = EnvoyBuilder::new()
+        .wasm(filter(json!({"blocked_prefix": "admin"})))
+        .upstream(upstream.addr())
+        .start_expecting_failure()
+        .unwrap();
+    assert!(
+        log.contains(
+            "hello: invalid plugin configuration: `blocked_prefix` = \"admin\": must start with '/'"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_standalone_config_is_valid() {
+    // Run from the repository root, as the config's comment tells users to: the module path in
+    // it is relative to there.
+    let root = gatewasm_envoy::workspace_root();
+    let out = std::process::Command::new(gatewasm_envoy::envoy_binary().unwrap())
+        .args(["--mode", "validate", "-c", "examples/hello/envoy.yaml"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("OK"), "{text}");
+}
