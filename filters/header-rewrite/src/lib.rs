@@ -19,7 +19,7 @@ pub mod rewrite;
 pub mod template;
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use gatewasm::metrics::Counter;
@@ -140,8 +140,9 @@ impl Source for View {
     }
 }
 
-/// The response side: request values from the kept [`View`], response headers from Envoy.
-struct ResponseSide<'a>(&'a View);
+/// The response side: request values from the kept [`View`], response headers from Envoy,
+/// each read once (so substitutions see the response as it arrived, whatever `remove` did).
+struct ResponseSide<'a>(&'a View, RefCell<Vec<(String, Option<String>)>>);
 
 impl Source for ResponseSide<'_> {
     fn method(&self) -> &str {
@@ -160,7 +161,13 @@ impl Source for ResponseSide<'_> {
         self.0.request_header(slot)
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        RESPONSE_HEADERS.get(name)
+        let mut cache = self.1.borrow_mut();
+        if let Some((_, v)) = cache.iter().find(|(n, _)| *n == name) {
+            return v.clone();
+        }
+        let v = RESPONSE_HEADERS.get(name);
+        cache.push((name.to_string(), v.clone()));
+        v
     }
 }
 
@@ -284,11 +291,15 @@ impl HttpFilter for Rewriter {
             return Flow::Continue;
         }
         let plugin = Rc::clone(&self.plugin);
-        let src = ResponseSide(&self.view);
+        let src = ResponseSide(&self.view, RefCell::new(Vec::new()));
+        let rules = || self.matched.iter().filter_map(|&i| plugin.config.rules.get(i));
+        for rule in rules() {
+            rule.response.templates().for_each(|t| t.prefetch(&src));
+        }
         let mut sink = HostSink(RESPONSE_HEADERS);
         let mut buf = String::new();
         let mut dropped = Applied::default();
-        for rule in self.matched.iter().filter_map(|&i| plugin.config.rules.get(i)) {
+        for rule in rules() {
             dropped.unsafe_dropped += apply::apply(&rule.response, &src, &mut sink, &mut buf).unsafe_dropped;
         }
         self.count_dropped(dropped);

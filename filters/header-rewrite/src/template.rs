@@ -136,8 +136,8 @@ impl Template {
         self.as_literal().is_none()
     }
 
-    /// Reads every request value the template uses, so that a caching [`Source`] holds them
-    /// before the request is modified or stops being readable.
+    /// Reads every value the template uses, so that a caching [`Source`] holds them before the
+    /// headers are modified (or, for request values, stop being readable).
     pub fn prefetch(&self, src: &dyn Source) {
         for part in &self.parts {
             match part {
@@ -156,7 +156,10 @@ impl Template {
                 Part::Method => {
                     let _ = src.method();
                 }
-                Part::Literal(_) | Part::ResponseHeader(_) => {}
+                Part::ResponseHeader(name) => {
+                    let _ = src.response_header(name);
+                }
+                Part::Literal(_) => {}
             }
         }
     }

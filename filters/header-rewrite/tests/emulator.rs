@@ -1,0 +1,288 @@
+//! The built module in the emulator: what the upstream and the client would see.
+//! Build it first: cargo build --release --target wasm32-wasip1 -p header-rewrite
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel, Stream};
+use serde_json::json;
+
+fn emulator(config: &serde_json::Value) -> Emulator {
+    let path = wasm_path("header-rewrite").unwrap_or_else(|e| panic!("{e}"));
+    let emu =
+        Emulator::load(path).plugin_config(config.to_string()).log_level(LogLevel::Info).build().unwrap();
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
+
+fn request(emu: &Emulator, method: &str, authority: &str, path: &str, extra: &[(&str, &str)]) -> Stream {
+    let mut s = emu.stream();
+    let mut headers =
+        vec![(":method", method), (":path", path), (":authority", authority), (":scheme", "http")];
+    headers.extend_from_slice(extra);
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Continue);
+    s
+}
+
+fn respond(s: &mut Stream, extra: &[(&str, &str)]) {
+    let mut headers = vec![(":status", "200"), ("server", "echo")];
+    headers.extend_from_slice(extra);
+    assert_eq!(s.response_headers(&headers, true).unwrap(), Action::Continue);
+}
+
+fn all(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+}
+
+#[test]
+fn request_operations_and_substitutions() {
+    let emu = emulator(&json!({"rules": [{
+        "request": {
+            "remove": ["x-secret"],
+            "rename": [{"from": "x-old-user", "to": "x-user"}],
+            "set": [
+                {"name": "x-route-info", "value": "%METHOD% %HOST% %PATH% id=%REQUEST_ID% 100%%"},
+                {"name": "x-tenant", "value": "t-%REQ(X-Tenant-Id)%"}
+            ],
+            "add": [{"name": "x-via", "value": "gatewasm"}]
+        }
+    }]}));
+    let s = request(
+        &emu,
+        "POST",
+        "API.Example.com:8443",
+        "/v1/items?limit=5",
+        &[
+            ("x-secret", "s3cr3t"),
+            ("x-old-user", "alice"),
+            ("x-old-user", "bob"),
+            ("x-user", "mallory"),
+            ("x-request-id", "req-123"),
+            ("x-tenant-id", "acme"),
+            ("x-via", "edge"),
+        ],
+    );
+    let up = s.request_headers_now();
+    assert!(all(&up, "x-secret").is_empty());
+    assert!(all(&up, "x-old-user").is_empty());
+    assert_eq!(all(&up, "x-user"), ["alice", "bob"], "rename moves every value and replaces the target");
+    assert_eq!(all(&up, "x-route-info"), ["POST api.example.com /v1/items id=req-123 100%"]);
+    assert_eq!(all(&up, "x-tenant"), ["t-acme"]);
+    assert_eq!(all(&up, "x-via"), ["edge", "gatewasm"], "add appends");
+    // Nothing else changed.
+    assert_eq!(s.request_header(":path").as_deref(), Some("/v1/items?limit=5"));
+    assert_eq!(s.request_header(":authority").as_deref(), Some("API.Example.com:8443"));
+    assert_eq!(s.request_header("x-envoy-original-path"), None);
+}
+
+#[test]
+fn host_and_prefix_path_rewrite_keep_query_and_original_path() {
+    let emu = emulator(&json!({"rules": [{
+        "match": {"path": {"prefix": "/api/v1/"}},
+        "host_rewrite": "backend.internal",
+        "path_rewrite": {"prefix": "/v2/"}
+    }]}));
+    let s = request(&emu, "GET", "api.example.com", "/api/v1/users/7?fields=name&x", &[]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/v2/users/7?fields=name&x"));
+    assert_eq!(s.request_header(":authority").as_deref(), Some("backend.internal"));
+    assert_eq!(s.request_header("host").as_deref(), Some("backend.internal"));
+    assert_eq!(s.request_header("x-envoy-original-path").as_deref(), Some("/api/v1/users/7?fields=name&x"));
+
+    // Not under the prefix: untouched.
+    let s = request(&emu, "GET", "api.example.com", "/api/v10/users", &[]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/api/v10/users"));
+    assert_eq!(s.request_header(":authority").as_deref(), Some("api.example.com"));
+}
+
+#[test]
+fn regex_path_rewrite() {
+    let emu = emulator(&json!({"rules": [{
+        "match": {"path": {"regex": "/users/[0-9]+/profile"}},
+        "path_rewrite": {"regex": {"pattern": "^/users/([0-9]+)/profile$", "substitution": "/profiles/\\1"}}
+    }]}));
+    let s = request(&emu, "GET", "h", "/users/42/profile?v=1", &[]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/profiles/42?v=1"));
+    assert_eq!(s.request_header("x-envoy-original-path").as_deref(), Some("/users/42/profile?v=1"));
+    let s = request(&emu, "GET", "h", "/users/x/profile", &[]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/users/x/profile"));
+}
+
+#[test]
+fn spoofed_original_path_is_always_removed() {
+    let emu = emulator(&json!({"rules": [{
+        "match": {"path": {"prefix": "/old/"}},
+        "path_rewrite": {"prefix": "/new/"}
+    }]}));
+    // No rule matches: the spoofed header still goes.
+    let s = request(&emu, "GET", "h", "/other", &[("x-envoy-original-path", "/admin")]);
+    assert_eq!(s.request_header("x-envoy-original-path"), None);
+    // A rule rewrites: the header holds the real original path, once.
+    let s = request(&emu, "GET", "h", "/old/x", &[("x-envoy-original-path", "/admin")]);
+    assert_eq!(all(&s.request_headers_now(), "x-envoy-original-path"), ["/old/x"]);
+    // Even with no rules at all.
+    let emu = emulator(&json!({}));
+    let s = request(&emu, "GET", "h", "/", &[("X-Envoy-Original-Path", "/admin")]);
+    assert_eq!(s.request_header("x-envoy-original-path"), None);
+}
+
+#[test]
+fn matching_on_host_method_and_headers() {
+    let emu = emulator(&json!({"rules": [{
+        "match": {
+            "hosts": ["*.example.com"],
+            "methods": ["GET"],
+            "headers": [
+                {"name": "x-env", "exact": "prod"},
+                {"name": "x-version", "regex": "v[0-9]+"},
+                {"name": "x-debug", "present": false}
+            ]
+        },
+        "request": {"set": [{"name": "x-matched", "value": "yes"}]}
+    }]}));
+    let matched = |method: &str, host: &str, extra: &[(&str, &str)]| {
+        request(&emu, method, host, "/", extra).request_header("x-matched").is_some()
+    };
+    let good = [("x-env", "prod"), ("x-version", "v2")];
+    assert!(matched("GET", "API.Example.COM:443", &good), "host is case-insensitive, port ignored");
+    assert!(!matched("GET", "example.com", &good), "wildcard needs a subdomain");
+    assert!(!matched("POST", "a.example.com", &good));
+    assert!(!matched("GET", "a.example.com", &[("x-env", "prod"), ("x-version", "v2-beta")]));
+    assert!(!matched("GET", "a.example.com", &[("x-env", "Prod"), ("x-version", "v2")]));
+    assert!(!matched("GET", "a.example.com", &[("x-env", "prod"), ("x-version", "v2"), ("x-debug", "1")]));
+}
+
+#[test]
+fn first_match_by_default_all_on_request() {
+    let rules = json!([
+        {"match": {"path": {"prefix": "/a"}}, "request": {"add": [{"name": "x-rules", "value": "first"}]}},
+        {"request": {"add": [{"name": "x-rules", "value": "catch-all"}]}}
+    ]);
+    let emu = emulator(&json!({"rules": rules}));
+    assert_eq!(all(&request(&emu, "GET", "h", "/a", &[]).request_headers_now(), "x-rules"), ["first"]);
+    assert_eq!(all(&request(&emu, "GET", "h", "/b", &[]).request_headers_now(), "x-rules"), ["catch-all"]);
+
+    let emu = emulator(&json!({"match_mode": "all", "rules": rules}));
+    assert_eq!(
+        all(&request(&emu, "GET", "h", "/a", &[]).request_headers_now(), "x-rules"),
+        ["first", "catch-all"]
+    );
+    assert_eq!(all(&request(&emu, "GET", "h", "/b", &[]).request_headers_now(), "x-rules"), ["catch-all"]);
+}
+
+#[test]
+fn all_mode_matches_the_original_request() {
+    // Rule 0 sets a header rule 1 matches on: rule 1 must still see the request as it arrived.
+    let emu = emulator(&json!({"match_mode": "all", "rules": [
+        {"request": {"set": [{"name": "x-flag", "value": "on"}]}},
+        {"match": {"headers": [{"name": "x-flag", "present": false}]},
+         "request": {"set": [{"name": "x-saw-original", "value": "yes"}]}}
+    ]}));
+    let s = request(&emu, "GET", "h", "/", &[]);
+    assert_eq!(s.request_header("x-flag").as_deref(), Some("on"));
+    assert_eq!(s.request_header("x-saw-original").as_deref(), Some("yes"));
+}
+
+#[test]
+fn response_operations_only_for_rules_that_matched_with_request_values() {
+    let emu = emulator(&json!({"rules": [
+        {
+            "name": "api",
+            "match": {"path": {"prefix": "/api/"}},
+            "path_rewrite": {"prefix": "/"},
+            "response": {
+                "set": [{"name": "x-served-for", "value": "%REQ(x-user)% %METHOD% %PATH% via %RESP(server)%"}],
+                "remove": ["server"],
+                "rename": [{"from": "x-internal-id", "to": "x-trace"}]
+            }
+        },
+        {"name": "other", "response": {"add": [{"name": "x-other", "value": "1"}]}}
+    ]}));
+    let mut s = request(&emu, "DELETE", "h", "/api/thing?q=1", &[("x-user", "alice")]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/thing?q=1"));
+    respond(&mut s, &[("x-internal-id", "abc")]);
+    let down = s.response_headers_now();
+    // Request values are those the request arrived with (before the path rewrite), kept from
+    // the request phase: Envoy no longer exposes request headers when the response arrives.
+    assert_eq!(all(&down, "x-served-for"), ["alice DELETE /api/thing via echo"]);
+    assert!(all(&down, "server").is_empty());
+    assert_eq!(all(&down, "x-trace"), ["abc"]);
+    assert!(all(&down, "x-internal-id").is_empty());
+    assert!(all(&down, "x-other").is_empty(), "first match only");
+
+    let mut s = request(&emu, "GET", "h", "/elsewhere", &[]);
+    respond(&mut s, &[]);
+    let down = s.response_headers_now();
+    assert_eq!(all(&down, "x-other"), ["1"]);
+    assert!(all(&down, "x-served-for").is_empty());
+    assert_eq!(all(&down, "server"), ["echo"]);
+    s.log().unwrap();
+
+    assert_eq!(emu.metric("header_rewrite_rules_applied_total;rule=api"), Some(1));
+    assert_eq!(emu.metric("header_rewrite_rules_applied_total;rule=other"), Some(1));
+}
+
+#[test]
+fn non_matching_request_is_untouched() {
+    let emu = emulator(&json!({"rules": [{
+        "match": {"hosts": ["api.example.com"]},
+        "host_rewrite": "backend",
+        "request": {"remove": ["x-a"]}
+    }]}));
+    let mut s = emu.stream();
+    let headers = [
+        (":method", "GET"),
+        (":path", "/p?q"),
+        (":authority", "www.example.com"),
+        ("x-a", "1"),
+        ("x-b", "2"),
+    ];
+    s.request_headers(&headers, true).unwrap();
+    let expected: Vec<(String, String)> =
+        headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    assert_eq!(s.request_headers_now(), expected);
+}
+
+#[test]
+fn substituted_crlf_is_dropped_and_counted() {
+    let emu = emulator(&json!({"rules": [{
+        "request": {"set": [{"name": "x-copy", "value": "user=%REQ(x-user)%"}, {"name": "x-static", "value": "ok"}]}
+    }]}));
+    let s = request(&emu, "GET", "h", "/", &[("x-user", "alice\r\nx-admin: true")]);
+    assert_eq!(s.request_header("x-copy"), None);
+    assert_eq!(s.request_header("x-admin"), None);
+    assert_eq!(s.request_header("x-static").as_deref(), Some("ok"));
+    assert_eq!(emu.metric("header_rewrite_unsafe_values_dropped_total"), Some(1));
+    // A clean value goes through.
+    let s = request(&emu, "GET", "h", "/", &[("x-user", "alice")]);
+    assert_eq!(s.request_header("x-copy").as_deref(), Some("user=alice"));
+}
+
+#[test]
+fn bad_config_fails_configure_and_logs_every_field() {
+    let path = wasm_path("header-rewrite").unwrap_or_else(|e| panic!("{e}"));
+    let config = json!({"rules": [{
+        "match": {"path": {"regex": "(unclosed"}},
+        "request": {
+            "set": [{"name": "x y", "value": "v"}, {"name": "x-ok", "value": "a\r\nb"}],
+            "add": [{"name": "x-a", "value": "%BOGUS%"}]
+        },
+        "colour": "blue"
+    }]});
+    let emu = Emulator::load(path).plugin_config(config.to_string()).build().unwrap();
+    assert!(!emu.configured());
+    let logs = emu.logs();
+    let line = logs
+        .iter()
+        .find(|l| l.message.contains("invalid plugin configuration"))
+        .unwrap_or_else(|| panic!("no configuration error logged: {logs:?}"));
+    assert_eq!(line.level, LogLevel::Error);
+    for needle in [
+        "header_rewrite: invalid plugin configuration (5 errors)",
+        "`rules[0].colour`: unknown field",
+        "`rules[0].match.path.regex` = \"(unclosed\"",
+        "`rules[0].request.set[0].name` = \"x y\"",
+        "`rules[0].request.set[1].value` = \"a\\r\\nb\"",
+        "`rules[0].request.add[0].value` = \"%BOGUS%\": unknown substitution",
+    ] {
+        assert!(line.message.contains(needle), "missing {needle:?} in {}", line.message);
+    }
+}
