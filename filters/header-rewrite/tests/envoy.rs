@@ -1,0 +1,169 @@
+//! End to end through a real Envoy (V8) in front of the echo upstream.
+//! Build the module first: cargo build --release --target wasm32-wasip1 -p header-rewrite
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+
+use gatewasm_envoy::{wasm_artifact, EchoUpstream, EnvoyBuilder, Request, WasmFilter, UPSTREAM_CLUSTER};
+use serde_json::{json, Value};
+
+fn module() -> PathBuf {
+    wasm_artifact("header_rewrite.wasm", "header-rewrite").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn filter(config: &Value) -> WasmFilter {
+    WasmFilter::new(module()).name("header_rewrite").json_configuration(config)
+}
+
+fn config() -> Value {
+    json!({"rules": [
+        {
+            "name": "api",
+            "match": {"hosts": ["*.example.com"], "path": {"prefix": "/api/v1/"}, "methods": ["GET", "POST"]},
+            "host_rewrite": "backend.internal",
+            "path_rewrite": {"prefix": "/v2/"},
+            "request": {
+                "remove": ["x-secret"],
+                "rename": [{"from": "x-old", "to": "x-new"}],
+                "set": [{"name": "x-original-host", "value": "%HOST%"}, {"name": "x-user", "value": "u:%REQ(x-user-id)%"}],
+                "add": [{"name": "x-via", "value": "gatewasm"}]
+            },
+            "response": {
+                "set": [{"name": "x-rewritten-from", "value": "%METHOD% %PATH%"}],
+                "add": [{"name": "x-served-by", "value": "gatewasm"}]
+            }
+        },
+        {
+            "name": "users",
+            "match": {"path": {"regex": "/users/[0-9]+"}},
+            "path_rewrite": {"regex": {"pattern": "^/users/([0-9]+)$", "substitution": "/u/\\1"}}
+        }
+    ]})
+}
+
+#[test]
+fn rewritten_request_reaches_upstream_and_response_headers_reach_client() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new().wasm(filter(&config())).upstream(upstream.addr()).start().unwrap();
+
+    let response = envoy
+        .send(
+            &Request::get("/api/v1/items/9?limit=5&x=%20")
+                .header("host", "Shop.Example.com:8080")
+                .header("x-secret", "s3cr3t")
+                .header("x-old", "a")
+                .header("x-user-id", "alice")
+                .header("x-via", "edge"),
+        )
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-rewritten-from"), Some("GET /api/v1/items/9"));
+    assert_eq!(response.header("x-served-by"), Some("gatewasm"));
+
+    let echo = response.echo().unwrap();
+    assert_eq!(echo.path, "/v2/items/9?limit=5&x=%20");
+    assert_eq!(echo.header("host"), Some("backend.internal"));
+    assert_eq!(echo.header("x-envoy-original-path"), Some("/api/v1/items/9?limit=5&x=%20"));
+    assert_eq!(echo.header("x-secret"), None);
+    assert_eq!(echo.header("x-old"), None);
+    assert_eq!(echo.header("x-new"), Some("a"));
+    assert_eq!(echo.header("x-original-host"), Some("shop.example.com"));
+    assert_eq!(echo.header("x-user"), Some("u:alice"));
+    assert_eq!(echo.header_all("x-via"), ["edge", "gatewasm"]);
+
+    // Regex rewrite, query kept.
+    let echo = envoy.get("/users/42?full=1").unwrap().echo().unwrap();
+    assert_eq!(echo.path, "/u/42?full=1");
+    assert_eq!(echo.header("x-envoy-original-path"), Some("/users/42?full=1"));
+
+    // Nothing matches: untouched, and no response headers added.
+    let response = envoy.send(&Request::get("/api/v1/x").header("host", "other.org")).unwrap();
+    assert_eq!(response.header("x-served-by"), None);
+    let echo = response.echo().unwrap();
+    assert_eq!(echo.path, "/api/v1/x");
+    assert_eq!(echo.header("host"), Some("other.org"));
+
+    let stats = envoy.admin_get("/stats?filter=header_rewrite").unwrap();
+    assert!(stats.contains("header_rewrite_rules_applied_total;rule=api: 1"), "{stats}");
+    assert!(stats.contains("header_rewrite_rules_applied_total;rule=users: 1"), "{stats}");
+}
+
+#[test]
+fn spoofed_original_path_is_removed() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new().wasm(filter(&config())).upstream(upstream.addr()).start().unwrap();
+    // No rule matches this request.
+    let echo = envoy
+        .send(&Request::get("/plain").header("x-envoy-original-path", "/admin/delete-everything"))
+        .unwrap()
+        .echo()
+        .unwrap();
+    assert_eq!(echo.header("x-envoy-original-path"), None, "{echo:?}");
+    // A rule rewrites: the upstream sees the real original path, once.
+    let echo = envoy
+        .send(&Request::get("/users/7").header("x-envoy-original-path", "/admin"))
+        .unwrap()
+        .echo()
+        .unwrap();
+    assert_eq!(echo.header_all("x-envoy-original-path"), ["/users/7"]);
+}
+
+/// Envoy's Wasm filter clears the route cache whenever a filter changes request headers, so the
+/// router picks the route again for the rewritten `:path`/`:authority`.
+#[test]
+fn rewritten_path_is_routed_again() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .wasm(filter(&json!({"rules": [{
+            "match": {"path": {"prefix": "/old/"}},
+            "path_rewrite": {"prefix": "/rerouted/"}
+        }]})))
+        .upstream(upstream.addr())
+        .hcm_patch(json!({"route_config": {"name": "local_route", "virtual_hosts": [{
+            "name": "all",
+            "domains": ["*"],
+            "routes": [
+                {"match": {"prefix": "/rerouted/"}, "direct_response": {"status": 299, "body": {"inline_string": "rerouted"}}},
+                {"match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER}}
+            ]
+        }]}}))
+        .start()
+        .unwrap();
+    let response = envoy.get("/old/thing").unwrap();
+    assert_eq!(response.status, 299, "route not re-selected: {}", response.text());
+    assert_eq!(response.text(), "rerouted");
+    // Control: a path the filter leaves alone goes upstream.
+    assert_eq!(envoy.get("/other").unwrap().echo().unwrap().path, "/other");
+}
+
+#[test]
+fn bad_config_is_refused_with_the_field_named() {
+    let bad = json!({"rules": [{
+        "match": {"path": {"regex": "(unclosed"}},
+        "request": {
+            "set": [{"name": "x y", "value": "v"}, {"name": "x-ok", "value": "a\r\nb"}],
+            "add": [{"name": "x-a", "value": "%BOGUS%"}]
+        },
+        "colour": "blue"
+    }]});
+    let log = EnvoyBuilder::new().wasm(filter(&bad)).start_expecting_failure().unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("header_rewrite: invalid plugin configuration"))
+        .unwrap_or_else(|| panic!("no configuration error in Envoy's log:\n{log}"));
+    for needle in [
+        "(5 errors)",
+        "`rules[0].colour`: unknown field",
+        "`rules[0].match.path.regex` = \"(unclosed\"",
+        "`rules[0].request.set[0].name` = \"x y\"",
+        "`rules[0].request.set[1].value` = \"a\\r\\nb\"",
+        "`rules[0].request.add[0].value` = \"%BOGUS%\": unknown substitution",
+    ] {
+        assert!(line.contains(needle), "missing {needle:?} in {line}");
+    }
+    // Envoy 1.40: "Wasm VM failed Failed to configure base Wasm plugin", then the server exits
+    // with "Unable to create Wasm plugin header_rewrite".
+    assert!(log.contains("Failed to configure base Wasm plugin"), "{log}");
+    assert!(log.contains("Unable to create Wasm plugin header_rewrite"), "{log}");
+}
