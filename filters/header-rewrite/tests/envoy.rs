@@ -167,3 +167,37 @@ fn bad_config_is_refused_with_the_field_named() {
     assert!(log.contains("Failed to configure base Wasm plugin"), "{log}");
     assert!(log.contains("Unable to create Wasm plugin header_rewrite"), "{log}");
 }
+
+/// Why the filter strips the header: Envoy 1.40 with default settings forwards a client's
+/// `x-envoy-original-path` to the upstream as it is.
+#[test]
+fn without_the_filter_envoy_forwards_a_spoofed_original_path() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new().upstream(upstream.addr()).start().unwrap();
+    let echo = envoy
+        .send(&Request::get("/plain").header("x-envoy-original-path", "/admin"))
+        .unwrap()
+        .echo()
+        .unwrap();
+    assert_eq!(echo.header("x-envoy-original-path"), Some("/admin"));
+}
+
+/// Envoy's own replies (here the router's 503 for an unreachable upstream) pass through the
+/// filter's response side too.
+#[test]
+fn response_operations_apply_to_envoy_generated_replies() {
+    let closed = {
+        let upstream = EchoUpstream::start().unwrap();
+        upstream.addr()
+    };
+    let envoy = EnvoyBuilder::new()
+        .wasm(filter(
+            &json!({"rules": [{"response": {"set": [{"name": "x-served-by", "value": "gatewasm"}]}}]}),
+        ))
+        .upstream(closed)
+        .start()
+        .unwrap();
+    let response = envoy.get("/").unwrap();
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.header("x-served-by"), Some("gatewasm"));
+}
