@@ -241,6 +241,10 @@ pub struct BootstrapSpec {
     pub route_patches: Vec<Value>,
     /// Merged into the bootstrap at the top level (e.g. `stats_config`).
     pub bootstrap_patches: Vec<Value>,
+    /// Listener port on 127.0.0.1; 0 (the default, and what tests use) picks a free one.
+    pub listener_port: u16,
+    /// Admin port on 127.0.0.1; 0 (the default) picks a free one.
+    pub admin_port: u16,
 }
 
 impl Default for BootstrapSpec {
@@ -253,6 +257,8 @@ impl Default for BootstrapSpec {
             hcm_patches: Vec::new(),
             route_patches: Vec::new(),
             bootstrap_patches: Vec::new(),
+            listener_port: 0,
+            admin_port: 0,
         }
     }
 }
@@ -302,14 +308,15 @@ impl BootstrapSpec {
             clusters.push(cluster.to_json()?);
         }
 
-        let loopback_any_port = json!({ "socket_address": { "address": "127.0.0.1", "port_value": 0 } });
+        let loopback =
+            |port: u16| json!({ "socket_address": { "address": "127.0.0.1", "port_value": port } });
         let mut bootstrap = json!({
             "node": { "id": "gatewasm-test", "cluster": "gatewasm-test" },
-            "admin": { "address": loopback_any_port },
+            "admin": { "address": loopback(self.admin_port) },
             "static_resources": {
                 "listeners": [{
                     "name": "main",
-                    "address": loopback_any_port,
+                    "address": loopback(self.listener_port),
                     "filter_chains": [{
                         "filters": [{
                             "name": "envoy.filters.network.http_connection_manager",

@@ -200,6 +200,18 @@ impl EnvoyBuilder {
         self
     }
 
+    /// Binds the listener to a fixed 127.0.0.1 port (the demo gateway); tests keep the default 0.
+    pub fn listener_port(mut self, port: u16) -> Self {
+        self.spec.listener_port = port;
+        self
+    }
+
+    /// Binds the admin endpoint to a fixed 127.0.0.1 port; tests keep the default 0.
+    pub fn admin_port(mut self, port: u16) -> Self {
+        self.spec.admin_port = port;
+        self
+    }
+
     /// Sets `--concurrency` (worker threads; default 1).
     pub fn concurrency(mut self, concurrency: u32) -> Self {
         self.concurrency = concurrency;

@@ -1,0 +1,15 @@
+//! The demo gateway answers the requests its banner (and the README) shows.
+
+#[test]
+fn demo_gateway_answers_as_the_readme_says() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewasm-demo"))
+        .arg("--check")
+        .output()
+        .unwrap_or_else(|e| panic!("running gatewasm-demo: {e}")); // ok: test code
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

