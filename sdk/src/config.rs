@@ -159,26 +159,47 @@ pub trait Validate {
 /// their paths; a type error stops the parse (serde cannot go on past it) and is reported with its
 /// path and the value serde saw.
 pub fn parse<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, ConfigErrors> {
+    parse_with(bytes, |value: T, errors| {
+        value.validate(errors);
+        value
+    })
+}
+
+/// Parses a raw configuration `R` as [`parse`] does, then builds the filter's typed form from it
+/// with `build`, which records every further problem in the same [`ConfigErrors`] (so unknown
+/// fields and semantic errors are reported together) and returns the built value.
+///
+/// This is "parse, don't validate": `R` mirrors the JSON, `T` holds compiled regexes, parsed
+/// templates and lower-cased names, and the request path only ever sees `T`.
+pub fn parse_with<R, T>(
+    bytes: &[u8],
+    build: impl FnOnce(R, &mut ConfigErrors) -> T,
+) -> Result<T, ConfigErrors>
+where
+    R: DeserializeOwned,
+{
+    let mut errors = ConfigErrors::new();
+    let raw: R = deserialize(bytes, &mut errors)?;
+    let built = build(raw, &mut errors);
+    errors.into_result(built)
+}
+
+/// Deserializes, recording every unknown field in `errors`; a type error ends the parse.
+fn deserialize<R: DeserializeOwned>(bytes: &[u8], errors: &mut ConfigErrors) -> Result<R, ConfigErrors> {
     let bytes = trim_ascii(bytes);
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
-    let mut errors = ConfigErrors::new();
     let mut unknown = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed: Result<T, _> = serde_ignored::deserialize(&mut de, |path| unknown.push(path.to_string()));
+    let parsed: Result<R, _> = serde_ignored::deserialize(&mut de, |path| unknown.push(path.to_string()));
     let parsed = parsed.and_then(|v| de.end().map(|()| v));
     for path in unknown {
         errors.add_field(tidy_path(&path), "unknown field");
     }
-    match parsed {
-        Ok(value) => {
-            value.validate(&mut errors);
-            errors.into_result(value)
-        }
-        Err(e) => {
-            errors.errors.push(serde_error(&e));
-            Err(errors)
-        }
-    }
+    parsed.map_err(|e| {
+        let mut all = std::mem::take(errors);
+        all.errors.push(serde_error(&e));
+        all
+    })
 }
 
 /// serde_ignored writes `rules.0.name`; users read JSON paths as `rules[0].name`.
@@ -328,6 +349,24 @@ mod tests {
     #[test]
     fn trailing_garbage_is_refused() {
         assert!(parse::<Outer>(br#"{} {}"#).is_err());
+    }
+
+    #[test]
+    fn parse_with_builds_and_reports_together() {
+        #[derive(Deserialize)]
+        struct Raw {
+            pattern: String,
+        }
+        let build = |raw: Raw, errors: &mut ConfigErrors| {
+            if raw.pattern.is_empty() {
+                errors.add("pattern", &raw.pattern, "must not be empty");
+            }
+            raw.pattern.len()
+        };
+        assert_eq!(parse_with(br#"{"pattern": "abc"}"#, build), Ok(3));
+        let err = parse_with(br#"{"pattern": "", "x": 1}"#, build).unwrap_err();
+        let fields: Vec<_> = err.errors().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["x", "pattern"]);
     }
 
     #[test]

@@ -196,7 +196,7 @@ pub fn header_pairs(map: MapType) -> Result<Vec<(Bytes, Bytes)>, Status> {
 }
 
 /// Appends a header (a second value when the name exists).
-pub fn add_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
+pub fn add_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: pointers and lengths describe live slices for the duration of the call.
     unit(unsafe {
         abi::proxy_add_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
@@ -204,7 +204,7 @@ pub fn add_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
 }
 
 /// Sets a header, replacing every existing value (adding it when absent).
-pub fn set_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
+pub fn set_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: pointers and lengths describe live slices for the duration of the call.
     unit(unsafe {
         abi::proxy_replace_header_map_value(

@@ -39,6 +39,7 @@
 //! }
 //!
 //! gatewasm::export!(Greeting);
+//! # fn main() {}
 //! ```
 
 pub mod callout;

@@ -25,10 +25,23 @@ pub const REQUEST_TRAILERS: Headers = Headers(MapType::HttpRequestTrailers);
 pub const RESPONSE_TRAILERS: Headers = Headers(MapType::HttpResponseTrailers);
 
 impl Headers {
-    /// The value of `name` (case-insensitive, as Envoy stores names lower-cased); several values
-    /// come joined with `,` as Envoy joins them. A host error reads as absent, and is logged.
+    /// The value of `name` (case-insensitive, as Envoy stores names lower-cased); when the
+    /// header is repeated, Envoy returns the first value only. Bytes that are not UTF-8 become
+    /// U+FFFD (see [`Headers::get_bytes`] for the raw value). A host error reads as absent, and
+    /// is logged.
     pub fn get(self, name: &str) -> Option<String> {
         match host::header(self.0, name) {
+            Ok(v) => v,
+            Err(status) => {
+                log::debug!("reading header {name:?} failed: {status:?}");
+                None
+            }
+        }
+    }
+
+    /// The raw value of `name`, for values that must pass through unchanged (obs-text bytes).
+    pub fn get_bytes(self, name: &str) -> Option<Vec<u8>> {
+        match host::header_bytes(self.0, name) {
             Ok(v) => v,
             Err(status) => {
                 log::debug!("reading header {name:?} failed: {status:?}");
@@ -50,11 +63,21 @@ impl Headers {
 
     /// Sets `name` to `value`, replacing every existing value.
     pub fn set(self, name: &str, value: &str) -> Result<(), Status> {
+        host::set_header(self.0, name, value.as_bytes())
+    }
+
+    /// Sets `name` to raw bytes, replacing every existing value.
+    pub fn set_bytes(self, name: &str, value: &[u8]) -> Result<(), Status> {
         host::set_header(self.0, name, value)
     }
 
     /// Appends a value for `name`, keeping existing ones.
     pub fn add(self, name: &str, value: &str) -> Result<(), Status> {
+        host::add_header(self.0, name, value.as_bytes())
+    }
+
+    /// Appends a raw value for `name`, keeping existing ones.
+    pub fn add_bytes(self, name: &str, value: &[u8]) -> Result<(), Status> {
         host::add_header(self.0, name, value)
     }
 
