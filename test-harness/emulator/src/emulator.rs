@@ -251,6 +251,8 @@ impl EmulatorBuilder {
             after: Vec::new(),
             stop_iteration: false,
             done_called: false,
+            host_calls: BTreeMap::new(),
+            host_calls_by_context: HashMap::new(),
         };
         state.sync_clock();
         let engine = engine();
@@ -981,6 +983,29 @@ impl Emulator {
         })
     }
 
+    /// Host calls the module made since the emulator was built or [`Emulator::reset_host_calls`],
+    /// by import name (`proxy_get_header_map_value`, `fd_write`, ...). Each value a host call
+    /// returns also counts one `proxy_on_memory_allocate`: Envoy calls back into the module to
+    /// allocate it, a second VM crossing. Calls made in every context are included (root
+    /// context, streams, `on_tick`); see [`Stream::host_calls`] for one stream's.
+    pub fn host_calls(&self) -> BTreeMap<String, u64> {
+        self.with(|i| i.store.data().host_calls.clone())
+    }
+
+    /// The total of [`Emulator::host_calls`].
+    pub fn host_call_count(&self) -> u64 {
+        self.with(|i| i.store.data().host_calls.values().sum())
+    }
+
+    /// Starts counting host calls from zero (for every context).
+    pub fn reset_host_calls(&self) {
+        self.with(|i| {
+            let st = i.store.data_mut();
+            st.host_calls.clear();
+            st.host_calls_by_context.clear();
+        })
+    }
+
     /// Every metric the module defined.
     pub fn metrics(&self) -> Vec<Metric> {
         self.with(|i| i.store.data().metrics.values().cloned().collect())
@@ -1057,6 +1082,17 @@ impl Stream {
     /// The stream's context id.
     pub fn context_id(&self) -> u32 {
         self.id
+    }
+
+    /// Host calls the module made in this stream's context (see [`Emulator::host_calls`]),
+    /// since the stream started or the last [`Emulator::reset_host_calls`].
+    pub fn host_calls(&self) -> BTreeMap<String, u64> {
+        self.inner.borrow().store.data().host_calls_by_context.get(&self.id).cloned().unwrap_or_default()
+    }
+
+    /// The total of [`Stream::host_calls`].
+    pub fn host_call_count(&self) -> u64 {
+        self.host_calls().values().sum()
     }
 
     /// Request headers arrive (`proxy_on_request_headers`). Names are lower-cased as Envoy does;

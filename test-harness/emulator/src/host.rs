@@ -225,11 +225,19 @@ pub(crate) struct HostState {
     pub after: Vec<AfterCall>,
     pub stop_iteration: bool,
     pub done_called: bool,
+    /// Host calls made by the module (imports, plus the host's allocation callbacks into it),
+    /// by name: since build or the last reset, and by the context they were made in.
+    pub host_calls: BTreeMap<String, u64>,
+    pub host_calls_by_context: HashMap<u32, BTreeMap<String, u64>>,
 }
 
 impl WasiView for HostState {
     fn wasi(&mut self) -> &mut WasiCtx {
         &mut self.wasi
+    }
+
+    fn count_host_call(&mut self, name: &str) {
+        HostState::count_host_call(self, name);
     }
 }
 
@@ -245,6 +253,13 @@ impl HostState {
         }
     }
 
+    /// Counts one host call (an import, or an allocation callback into the module).
+    pub fn count_host_call(&mut self, name: &str) {
+        let ctx = self.ctx();
+        *self.host_calls.entry(name.to_string()).or_default() += 1;
+        *self.host_calls_by_context.entry(ctx).or_default().entry(name.to_string()).or_default() += 1;
+    }
+
     /// Keeps WASI's clock on the emulated clock.
     pub fn sync_clock(&mut self) {
         self.wasi.clock =
@@ -258,6 +273,10 @@ fn group<'a>(c: &'a C<'_>) -> Result<std::sync::MutexGuard<'a, GroupState>> {
     c.data().group.lock().map_err(|_| anyhow!("the emulator group's shared state was poisoned by a panic"))
 }
 
+/// Name under which [`HostState::host_calls`] counts the host's allocation callbacks into the
+/// module (`proxy_on_memory_allocate` or `malloc`), made for every value a host call returns.
+pub const ALLOCATE_CALLBACK: &str = "proxy_on_memory_allocate";
+
 /// Allocates in the module with its `malloc`/`proxy_on_memory_allocate` and copies `data`
 /// there, writing the pointer and size, as proxy-wasm-cpp-host's `copyToPointerSize` does.
 fn copy_out(c: &mut C<'_>, data: &[u8], ptr_ptr: u32, size_ptr: u32) -> Result<u32> {
@@ -268,6 +287,8 @@ fn copy_out(c: &mut C<'_>, data: &[u8], ptr_ptr: u32, size_ptr: u32) -> Result<u
             .malloc
             .clone()
             .ok_or_else(|| anyhow!("the module exports neither malloc nor proxy_on_memory_allocate"))?;
+        // In Envoy this is a second crossing: the host calls back into the VM to allocate.
+        c.data_mut().count_host_call(ALLOCATE_CALLBACK);
         ptr = malloc.call(&mut *c, data.len() as u32)?;
         if ptr == 0 || !write(c, ptr, data) {
             return Ok(status::INVALID_MEMORY_ACCESS);
@@ -468,16 +489,19 @@ fn unimplemented(name: &str) -> wasmtime::Error {
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     let env = "env";
     linker.func_wrap(env, "proxy_log", |mut c: C<'_>, level: u32, ptr: u32, len: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_log");
         let Some(level) = LogLevel::from_u32(level) else { return Ok(status::BAD_ARGUMENT) };
         let msg = mem!(&mut c, ptr, len);
         c.data_mut().log(level, String::from_utf8_lossy(&msg).into_owned());
         Ok(status::OK)
     })?;
     linker.func_wrap(env, "proxy_get_log_level", |mut c: C<'_>, out: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_get_log_level");
         let l = c.data().log_level.as_u32();
         Ok(if write_u32(&mut c, out, l) { status::OK } else { status::INVALID_MEMORY_ACCESS })
     })?;
     linker.func_wrap(env, "proxy_get_current_time_nanoseconds", |mut c: C<'_>, out: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_get_current_time_nanoseconds");
         let t = c.data().realtime_ns;
         Ok(if write_u64(&mut c, out, t) { status::OK } else { status::INVALID_MEMORY_ACCESS })
     })?;
@@ -485,6 +509,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_set_tick_period_milliseconds",
         |mut c: C<'_>, period: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_set_tick_period_milliseconds");
             // Envoy (Wasm::setTimerPeriod): a new period restarts the timer from now; 0 stops it.
             // Ticks go to the root context whichever context set the period.
             let st = c.data_mut();
@@ -498,6 +523,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_buffer_status",
         |mut c: C<'_>, t: u32, len_ptr: u32, flags_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_get_buffer_status");
             let len = match buffer(c.data(), t) {
                 None => return Ok(if t > 8 { status::BAD_ARGUMENT } else { status::NOT_FOUND }),
                 Some(Buf::Body(ctx, req)) => c
@@ -520,6 +546,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, t: u32, start: u32, max: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_get_buffer_bytes");
             let data = match buffer(c.data(), t) {
                 None => return Ok(if t > 8 { status::BAD_ARGUMENT } else { status::NOT_FOUND }),
                 Some(Buf::Body(ctx, req)) => c
@@ -545,6 +572,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_set_buffer_bytes",
         |mut c: C<'_>, t: u32, start: u32, len: u32, ptr: u32, size: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_set_buffer_bytes");
             let (ctx, req) = match buffer(c.data(), t) {
                 None => return Ok(if t > 8 { status::BAD_ARGUMENT } else { status::NOT_FOUND }),
                 Some(Buf::Body(ctx, req)) => (ctx, req),
@@ -580,6 +608,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_header_map_pairs",
         |mut c: C<'_>, t: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_get_header_map_pairs");
             if t > 7 {
                 return Ok(status::BAD_ARGUMENT);
             }
@@ -595,6 +624,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_set_header_map_pairs",
         |mut c: C<'_>, t: u32, ptr: u32, size: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_set_header_map_pairs");
             if t > 7 {
                 return Ok(status::BAD_ARGUMENT);
             }
@@ -611,6 +641,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_header_map_value",
         |mut c: C<'_>, t: u32, kp: u32, ks: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_get_header_map_value");
             if t > 7 {
                 return Ok(status::BAD_ARGUMENT);
             }
@@ -637,6 +668,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_add_header_map_value",
         |mut c: C<'_>, t: u32, kp: u32, ks: u32, vp: u32, vs: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_add_header_map_value");
             if t > 7 {
                 return Ok(status::BAD_ARGUMENT);
             }
@@ -651,6 +683,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_replace_header_map_value",
         |mut c: C<'_>, t: u32, kp: u32, ks: u32, vp: u32, vs: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_replace_header_map_value");
             if t > 7 {
                 return Ok(status::BAD_ARGUMENT);
             }
@@ -665,6 +698,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_remove_header_map_value",
         |mut c: C<'_>, t: u32, kp: u32, ks: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_remove_header_map_value");
             if t > 7 {
                 return Ok(status::BAD_ARGUMENT);
             }
@@ -675,6 +709,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     linker.func_wrap(env, "proxy_get_header_map_size", |mut c: C<'_>, t: u32, out: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_get_header_map_size");
         if t > 7 {
             return Ok(status::BAD_ARGUMENT);
         }
@@ -686,6 +721,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_property",
         |mut c: C<'_>, pp: u32, ps: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_get_property");
             let path = mem!(&mut c, pp, ps);
             match get_property(c.data(), &path) {
                 Some(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
@@ -698,6 +734,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_set_property",
         |mut c: C<'_>, pp: u32, ps: u32, vp: u32, vs: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_set_property");
             let path = mem!(&mut c, pp, ps);
             let value = mem!(&mut c, vp, vs);
             let st = c.data_mut();
@@ -713,6 +750,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     linker.func_wrap(env, "proxy_continue_stream", |mut c: C<'_>, t: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_continue_stream");
         let st = c.data_mut();
         let ctx = st.ctx();
         match t {
@@ -730,6 +768,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         }
     })?;
     linker.func_wrap(env, "proxy_close_stream", |mut c: C<'_>, t: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_close_stream");
         let st = c.data_mut();
         let ctx = st.ctx();
         match t {
@@ -755,6 +794,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
          hs: u32,
          grpc: i32|
          -> Result<u32> {
+            c.data_mut().count_host_call("proxy_send_local_response");
             let details = mem!(&mut c, dp, ds);
             let body = mem!(&mut c, bp, bs);
             let headers = mem!(&mut c, hp, hs);
@@ -800,6 +840,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
          timeout: u32,
          token_ptr: u32|
          -> Result<u32> {
+            c.data_mut().count_host_call("proxy_http_call");
             let cluster = mem!(&mut c, up, us);
             let body = mem!(&mut c, bp, bs);
             let headers = mem!(&mut c, hp, hs);
@@ -850,6 +891,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_define_metric",
         |mut c: C<'_>, kind: u32, np: u32, ns: u32, out: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_define_metric");
             let name = String::from_utf8_lossy(&mem!(&mut c, np, ns)).into_owned();
             // The probe: type 3 -> BadArgument.
             let Some(id) = define_metric(c.data_mut(), kind, name) else { return Ok(status::BAD_ARGUMENT) };
@@ -857,6 +899,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     linker.func_wrap(env, "proxy_increment_metric", |mut c: C<'_>, id: u32, offset: i64| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_increment_metric");
         let kind = id & 3;
         let Some(m) = metric_mut(c.data_mut(), id) else {
             // The probe: an unknown counter id -> NotFound; histogram ids never increment.
@@ -874,6 +917,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         Ok(status::OK)
     })?;
     linker.func_wrap(env, "proxy_record_metric", |mut c: C<'_>, id: u32, value: u64| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_record_metric");
         let Some(m) = metric_mut(c.data_mut(), id) else { return Ok(status::NOT_FOUND) };
         match m.kind {
             // The probe: record 5 on a counter adds 5.
@@ -887,6 +931,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         Ok(status::OK)
     })?;
     linker.func_wrap(env, "proxy_get_metric", |mut c: C<'_>, id: u32, out: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_get_metric");
         let kind = id & 3;
         if kind >= 2 {
             // The probe: get on a histogram -> BadArgument.
@@ -899,6 +944,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_shared_data",
         |mut c: C<'_>, kp: u32, ks: u32, ptr_ptr: u32, size_ptr: u32, cas_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_get_shared_data");
             let key = mem!(&mut c, kp, ks);
             let vm = c.data().vm_id.clone();
             let found = group(&c)?.shared_data.get(&(vm, key)).cloned();
@@ -915,6 +961,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_set_shared_data",
         |mut c: C<'_>, kp: u32, ks: u32, vp: u32, vs: u32, cas: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_set_shared_data");
             let key = mem!(&mut c, kp, ks);
             let value = mem!(&mut c, vp, vs);
             let vm = c.data().vm_id.clone();
@@ -925,6 +972,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_register_shared_queue",
         |mut c: C<'_>, np: u32, ns: u32, out: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_register_shared_queue");
             let name = mem!(&mut c, np, ns);
             let (vm, member, root) = (c.data().vm_id.clone(), c.data().member, c.data().root_id);
             let id = group(&c)?.register_queue(QueueKey { vm_id: vm, name }, member, root);
@@ -935,6 +983,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_resolve_shared_queue",
         |mut c: C<'_>, vp: u32, vs: u32, np: u32, ns: u32, out: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_resolve_shared_queue");
             let vm = mem!(&mut c, vp, vs);
             let name = mem!(&mut c, np, ns);
             // An empty vm_id means this VM's (the probe: "" and "probe_vm" resolve the same queue).
@@ -952,6 +1001,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_enqueue_shared_queue",
         |mut c: C<'_>, id: u32, vp: u32, vs: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_enqueue_shared_queue");
             let value = mem!(&mut c, vp, vs);
             Ok(group(&c)?.enqueue(id, value))
         },
@@ -960,6 +1010,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_dequeue_shared_queue",
         |mut c: C<'_>, id: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_dequeue_shared_queue");
             let r = group(&c)?.dequeue(id);
             match r {
                 Ok(v) => copy_out(&mut c, &v, ptr_ptr, size_ptr),
@@ -968,6 +1019,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     linker.func_wrap(env, "proxy_set_effective_context", |mut c: C<'_>, id: u32| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_set_effective_context");
         let st = c.data_mut();
         if id == st.root_id || st.streams.contains_key(&id) {
             st.effective = Some(id);
@@ -977,6 +1029,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         }
     })?;
     linker.func_wrap(env, "proxy_done", |mut c: C<'_>| -> Result<u32> {
+        c.data_mut().count_host_call("proxy_done");
         // Envoy: Ok only for a root context whose on_done returned false during shutdown.
         let st = c.data_mut();
         if st.done_called {
@@ -988,6 +1041,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         env,
         "proxy_get_status",
         |mut c: C<'_>, code_ptr: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_get_status");
             if !write_u32(&mut c, code_ptr, 0) {
                 return Ok(status::INVALID_MEMORY_ACCESS);
             }

@@ -120,6 +120,9 @@ impl std::error::Error for ProcExit {}
 pub trait WasiView: 'static {
     /// The WASI state.
     fn wasi(&mut self) -> &mut WasiCtx;
+
+    /// Called at the start of every WASI import, with its name (the emulator counts host calls).
+    fn count_host_call(&mut self, _name: &str) {}
 }
 
 pub(crate) fn memory<T>(caller: &mut Caller<'_, T>) -> Option<wasmtime::Memory> {
@@ -196,6 +199,7 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
             m,
             "fd_write",
             |mut c: Caller<'_, T>, fd: i32, iovs: u32, n: u32, nwritten: u32| -> i32 {
+                c.data_mut().count_host_call("fd_write");
                 if fd != 1 && fd != 2 {
                     return errno::BADF;
                 }
@@ -234,15 +238,25 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
         linker.func_wrap(
             m,
             "fd_read",
-            |_: Caller<'_, T>, _fd: i32, _iovs: u32, _n: u32, _nread: u32| -> i32 { errno::NOSYS },
+            |mut c: Caller<'_, T>, _fd: i32, _iovs: u32, _n: u32, _nread: u32| -> i32 {
+                c.data_mut().count_host_call("fd_read");
+                errno::NOSYS
+            },
         )?;
-        linker.func_wrap(m, "fd_close", |_: Caller<'_, T>, _fd: i32| -> i32 { errno::SUCCESS })?;
+        linker.func_wrap(m, "fd_close", |mut c: Caller<'_, T>, _fd: i32| -> i32 {
+            c.data_mut().count_host_call("fd_close");
+            errno::SUCCESS
+        })?;
         linker.func_wrap(
             m,
             "fd_seek",
-            |_: Caller<'_, T>, _fd: i32, _off: i64, _whence: i32, _new: u32| -> i32 { errno::BADF },
+            |mut c: Caller<'_, T>, _fd: i32, _off: i64, _whence: i32, _new: u32| -> i32 {
+                c.data_mut().count_host_call("fd_seek");
+                errno::BADF
+            },
         )?;
-        linker.func_wrap(m, "fd_sync", |_: Caller<'_, T>, fd: i32| -> i32 {
+        linker.func_wrap(m, "fd_sync", |mut c: Caller<'_, T>, fd: i32| -> i32 {
+            c.data_mut().count_host_call("fd_sync");
             if fd == 1 || fd == 2 {
                 errno::SUCCESS
             } else {
@@ -250,6 +264,7 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
             }
         })?;
         linker.func_wrap(m, "fd_fdstat_get", |mut c: Caller<'_, T>, fd: i32, out: u32| -> i32 {
+            c.data_mut().count_host_call("fd_fdstat_get");
             // As proxy-wasm-cpp-host: only stdout/stderr exist, as character devices with FD_WRITE.
             if fd != 1 && fd != 2 {
                 return errno::BADF;
@@ -263,23 +278,30 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
                 errno::FAULT
             }
         })?;
-        linker.func_wrap(m, "fd_fdstat_set_flags", |_: Caller<'_, T>, _fd: i32, _flags: i32| -> i32 {
+        linker.func_wrap(m, "fd_fdstat_set_flags", |mut c: Caller<'_, T>, _fd: i32, _flags: i32| -> i32 {
+            c.data_mut().count_host_call("fd_fdstat_set_flags");
             errno::NOSYS
         })?;
-        linker
-            .func_wrap(m, "fd_prestat_get", |_: Caller<'_, T>, _fd: i32, _out: u32| -> i32 { errno::BADF })?;
+        linker.func_wrap(m, "fd_prestat_get", |mut c: Caller<'_, T>, _fd: i32, _out: u32| -> i32 {
+            c.data_mut().count_host_call("fd_prestat_get");
+            errno::BADF
+        })?;
         linker.func_wrap(
             m,
             "fd_prestat_dir_name",
-            |_: Caller<'_, T>, _fd: i32, _p: u32, _l: u32| -> i32 { errno::NOSYS },
+            |mut c: Caller<'_, T>, _fd: i32, _p: u32, _l: u32| -> i32 {
+                c.data_mut().count_host_call("fd_prestat_dir_name");
+                errno::NOSYS
+            },
         )?;
-        linker.func_wrap(m, "fd_filestat_get", |_: Caller<'_, T>, _fd: i32, _out: u32| -> i32 {
+        linker.func_wrap(m, "fd_filestat_get", |mut c: Caller<'_, T>, _fd: i32, _out: u32| -> i32 {
+            c.data_mut().count_host_call("fd_filestat_get");
             errno::BADF
         })?;
         linker.func_wrap(
             m,
             "path_open",
-            |_: Caller<'_, T>,
+            |mut c: Caller<'_, T>,
              _fd: i32,
              _df: i32,
              _p: u32,
@@ -289,14 +311,21 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
              _ri: i64,
              _ff: i32,
              _out: u32|
-             -> i32 { errno::NOENT },
+             -> i32 {
+                c.data_mut().count_host_call("path_open");
+                errno::NOENT
+            },
         )?;
         linker.func_wrap(
             m,
             "path_filestat_get",
-            |_: Caller<'_, T>, _fd: i32, _f: i32, _p: u32, _pl: u32, _out: u32| -> i32 { errno::NOTSUP },
+            |mut c: Caller<'_, T>, _fd: i32, _f: i32, _p: u32, _pl: u32, _out: u32| -> i32 {
+                c.data_mut().count_host_call("path_filestat_get");
+                errno::NOTSUP
+            },
         )?;
         linker.func_wrap(m, "environ_sizes_get", |mut c: Caller<'_, T>, count: u32, size: u32| -> i32 {
+            c.data_mut().count_host_call("environ_sizes_get");
             let env: Vec<String> = c.data_mut().wasi().env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let (n, s) = strings_sizes(&env);
             if write_u32(&mut c, count, n) && write_u32(&mut c, size, s) {
@@ -306,10 +335,12 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
             }
         })?;
         linker.func_wrap(m, "environ_get", |mut c: Caller<'_, T>, array: u32, buf: u32| -> i32 {
+            c.data_mut().count_host_call("environ_get");
             let env: Vec<String> = c.data_mut().wasi().env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             put_strings(&mut c, &env, array, buf)
         })?;
         linker.func_wrap(m, "args_sizes_get", |mut c: Caller<'_, T>, count: u32, size: u32| -> i32 {
+            c.data_mut().count_host_call("args_sizes_get");
             let args = c.data_mut().wasi().args.clone();
             let (n, s) = strings_sizes(&args);
             if write_u32(&mut c, count, n) && write_u32(&mut c, size, s) {
@@ -319,6 +350,7 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
             }
         })?;
         linker.func_wrap(m, "args_get", |mut c: Caller<'_, T>, array: u32, buf: u32| -> i32 {
+            c.data_mut().count_host_call("args_get");
             let args = c.data_mut().wasi().args.clone();
             put_strings(&mut c, &args, array, buf)
         })?;
@@ -326,6 +358,7 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
             m,
             "clock_time_get",
             |mut c: Caller<'_, T>, id: i32, _precision: i64, out: u32| -> i32 {
+                c.data_mut().count_host_call("clock_time_get");
                 let clock = c.data_mut().wasi().clock;
                 match clock_now(clock, id as u32) {
                     Some(t) => {
@@ -340,6 +373,7 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
             },
         )?;
         linker.func_wrap(m, "clock_res_get", |mut c: Caller<'_, T>, id: i32, out: u32| -> i32 {
+            c.data_mut().count_host_call("clock_res_get");
             if id != 0 && id != 1 {
                 return errno::NOTSUP;
             }
@@ -350,6 +384,7 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
             }
         })?;
         linker.func_wrap(m, "random_get", |mut c: Caller<'_, T>, buf: u32, len: u32| -> i32 {
+            c.data_mut().count_host_call("random_get");
             // proxy-wasm-cpp-host caps a single call at 64 KiB.
             if len > 64 * 1024 {
                 return errno::INVAL;
@@ -362,11 +397,15 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
                 errno::FAULT
             }
         })?;
-        linker.func_wrap(m, "sched_yield", |_: Caller<'_, T>| -> i32 { errno::SUCCESS })?;
+        linker.func_wrap(m, "sched_yield", |mut c: Caller<'_, T>| -> i32 {
+            c.data_mut().count_host_call("sched_yield");
+            errno::SUCCESS
+        })?;
         linker.func_wrap(
             m,
             "poll_oneoff",
             |mut c: Caller<'_, T>, input: u32, out: u32, n: u32, nevents: u32| -> i32 {
+                c.data_mut().count_host_call("poll_oneoff");
                 // Clock subscriptions complete at once (a sleeping test thread just goes on); the
                 // event records the subscription's userdata, as WASI requires.
                 let mut count = 0u32;
@@ -389,7 +428,8 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<()> {
                 }
             },
         )?;
-        linker.func_wrap(m, "proc_exit", |_: Caller<'_, T>, code: i32| -> Result<()> {
+        linker.func_wrap(m, "proc_exit", |mut c: Caller<'_, T>, code: i32| -> Result<()> {
+            c.data_mut().count_host_call("proc_exit");
             Err(anyhow!(ProcExit(code)))
         })?;
     }
