@@ -60,7 +60,9 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 pub use callout::{Callout, CalloutError, CalloutResponse, CalloutResult};
 pub use config::{ConfigError, ConfigErrors};
 pub use reply::LocalReply;
-pub use request::{Headers, Request, REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_HEADERS, RESPONSE_TRAILERS};
+pub use request::{
+    HeaderSnapshot, Headers, Request, REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_HEADERS, RESPONSE_TRAILERS,
+};
 
 /// Re-exported so filters use the exact version the SDK was built against.
 pub use proxy_wasm;

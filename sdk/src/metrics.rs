@@ -27,7 +27,7 @@
 //! byte outside a safe set as `%XX`, so no value can forge another label and no two values share
 //! a name, and callers bound the number of series with [`Family`]'s cap.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use proxy_wasm::types::{MetricType, Status};
@@ -99,6 +99,54 @@ impl Counter {
     /// Adds `n`.
     pub fn add(self, n: u64) {
         let _ = hostcalls::increment_metric(self.0, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// A counter that counts in the VM and reaches the host only when flushed: no host call on the
+/// request path. Flush it from [`crate::Plugin::on_tick`] (with a
+/// [`crate::Plugin::tick_period`] of [`FLUSH_PERIOD`], say), so Envoy's value lags by up to
+/// one period; what was counted since the last flush is lost if the VM stops.
+#[derive(Debug)]
+pub struct LocalCounter {
+    counter: Counter,
+    pending: Cell<u64>,
+}
+
+/// A flush period for [`LocalCounter`]s: Envoy's stats lag by at most this much.
+pub const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl LocalCounter {
+    /// A local counter in front of `counter`.
+    pub fn new(counter: Counter) -> Self {
+        Self { counter, pending: Cell::new(0) }
+    }
+
+    /// Adds one, locally.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`, locally.
+    pub fn add(&self, n: u64) {
+        self.pending.set(self.pending.get().saturating_add(n));
+    }
+
+    /// What was counted since the last flush.
+    pub fn pending(&self) -> u64 {
+        self.pending.get()
+    }
+
+    /// Sends what was counted to the host (one host call, none when nothing was counted). On
+    /// failure the count is kept for the next flush.
+    pub fn flush(&self) {
+        let n = self.pending.get();
+        if n == 0 {
+            return;
+        }
+        let delta = i64::try_from(n).unwrap_or(i64::MAX);
+        if hostcalls::increment_metric(self.counter.0, delta).is_ok() {
+            self.pending.set(n.saturating_sub(delta.unsigned_abs()));
+        }
     }
 }
 
@@ -261,5 +309,19 @@ mod tests {
         assert_eq!(sanitize_label_value(&"x".repeat(500)).len(), MAX_LABEL_VALUE);
         assert!(sanitize_label_value(&"\u{e9}".repeat(100)).len() <= MAX_LABEL_VALUE);
         assert_eq!(tag_regex("host"), "(;host=([^;]*))");
+    }
+
+    #[test]
+    fn local_counter_keeps_its_count_until_a_flush_succeeds() {
+        let c = LocalCounter::new(Counter(4));
+        c.inc();
+        c.add(2);
+        assert_eq!(c.pending(), 3);
+        // Native builds have no host: the flush fails and the count is kept.
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            c.flush();
+            assert_eq!(c.pending(), 3);
+        }
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! Every read is a host call (and Envoy calls back into the module to allocate the answer), so
 //! [`Request`] caches what it has read: a filter asking for the path three times pays once.
+//! A filter that needs two or more request values can read them all with one call:
+//! [`Request::snapshot`] (backed by a [`HeaderSnapshot`]) answers every lookup locally.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -87,6 +89,69 @@ impl Headers {
     }
 }
 
+/// Every header of a map as it was at one moment, read with a single host call
+/// (`proxy_get_header_map_pairs`), answering lookups without calling the host again.
+///
+/// One call plus one allocation callback, however many headers are looked up, where
+/// [`Headers::get`] costs that per header present; the map is copied once, so for a single
+/// lookup on a request with large headers `get` may be cheaper. Lookups see the map as it was
+/// when read, not later changes. Names compare case-insensitively and the first value of a
+/// repeated header is the one returned, as with [`Headers::get`]; values that are not UTF-8
+/// read with U+FFFD.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderSnapshot {
+    entries: Vec<(String, String)>,
+}
+
+impl HeaderSnapshot {
+    /// Reads `headers` now. A host error (no such map in this callback) reads as an empty map,
+    /// and is logged at debug.
+    pub fn read(headers: Headers) -> Self {
+        match host::header_pairs(headers.0) {
+            Ok(pairs) => Self::from_pairs(pairs),
+            Err(status) => {
+                log::debug!("reading header map failed: {status:?}");
+                Self::default()
+            }
+        }
+    }
+
+    /// A snapshot of raw pairs (names and values as the host gave them).
+    pub fn from_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        Self { entries: pairs.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect() }
+    }
+
+    /// Every header, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The first value of `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// Every value of `name` (case-insensitive), in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Number of header entries (a repeated header counts once per value).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the map was empty (or could not be read).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 fn lossy(bytes: Vec<u8>) -> String {
     match String::from_utf8(bytes) {
         Ok(s) => s,
@@ -94,13 +159,16 @@ fn lossy(bytes: Vec<u8>) -> String {
     }
 }
 
-/// A read-through view of the current request; each part is fetched on first use.
+/// A view of the current request. Either read-through ([`Request::new`]: each part fetched
+/// on first use, one host call each) or a snapshot ([`Request::snapshot`]: every header read
+/// with one host call, every lookup answered locally).
 #[derive(Debug, Default)]
 pub struct Request {
     method: OnceCell<String>,
     authority: OnceCell<String>,
     path: OnceCell<String>,
     cookie: OnceCell<Option<String>>,
+    snapshot: Option<HeaderSnapshot>,
 }
 
 impl Request {
@@ -109,13 +177,31 @@ impl Request {
         Self::default()
     }
 
+    /// A view of the current stream's request headers as they are now, read with one host call
+    /// ([`HeaderSnapshot`]); nothing is read from the host afterwards, so later changes (by this
+    /// filter or others) are not seen. Worth it as soon as two or more values are needed.
+    pub fn snapshot() -> Self {
+        Self { snapshot: Some(HeaderSnapshot::read(REQUEST_HEADERS)), ..Self::default() }
+    }
+
+    /// The headers, when this view is a [`Request::snapshot`].
+    pub fn headers(&self) -> Option<&HeaderSnapshot> {
+        self.snapshot.as_ref()
+    }
+
     /// The method (`:method`), empty when the host has none.
     pub fn method(&self) -> &str {
+        if let Some(s) = &self.snapshot {
+            return s.get(":method").unwrap_or_default();
+        }
         self.method.get_or_init(|| REQUEST_HEADERS.get(":method").unwrap_or_default())
     }
 
     /// The `:authority` as sent (the Host header for HTTP/1.1), port included.
     pub fn authority(&self) -> &str {
+        if let Some(s) = &self.snapshot {
+            return s.get(":authority").unwrap_or_default();
+        }
         self.authority.get_or_init(|| REQUEST_HEADERS.get(":authority").unwrap_or_default())
     }
 
@@ -126,6 +212,9 @@ impl Request {
 
     /// The full `:path`, query included.
     pub fn path_and_query(&self) -> &str {
+        if let Some(s) = &self.snapshot {
+            return s.get(":path").unwrap_or_default();
+        }
         self.path.get_or_init(|| REQUEST_HEADERS.get(":path").unwrap_or_default())
     }
 
@@ -146,17 +235,70 @@ impl Request {
 
     /// The first cookie named `name` from the `Cookie` header(s).
     pub fn cookie(&self, name: &str) -> Option<&str> {
+        if let Some(s) = &self.snapshot {
+            return http::cookie(s.get("cookie")?, name);
+        }
         let header = self.cookie.get_or_init(|| REQUEST_HEADERS.get("cookie")).as_deref()?;
         http::cookie(header, name)
     }
 
-    /// A request header (see [`Headers::get`]); not cached.
+    /// A request header (see [`Headers::get`]); not cached, except in a snapshot, which answers
+    /// it locally.
     pub fn header(&self, name: &str) -> Option<String> {
+        if let Some(s) = &self.snapshot {
+            return s.get(name).map(str::to_string);
+        }
         REQUEST_HEADERS.get(name)
     }
 
-    /// Forgets what was read, after the filter itself changed the request.
+    /// Forgets what was read, after the filter itself changed the request; a snapshot becomes
+    /// a read-through view.
     pub fn invalidate(&mut self) {
         *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_lookups() {
+        let pairs = [
+            (":method", "GET"),
+            (":path", "/a/b?c=1"),
+            (":authority", "Example.COM:8080"),
+            ("x-multi", "1"),
+            ("X-Multi", "2"),
+            ("cookie", "a=1; sid=xyz"),
+        ];
+        let s = HeaderSnapshot::from_pairs(
+            pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+        );
+        assert_eq!(s.len(), 6);
+        assert_eq!(s.get("x-multi"), Some("1"));
+        assert_eq!(s.get("X-MULTI"), Some("1"));
+        assert_eq!(s.get_all("x-multi").collect::<Vec<_>>(), ["1", "2"]);
+        assert!(!s.contains("x-absent"));
+        let req = Request { snapshot: Some(s), ..Request::default() };
+        assert_eq!(req.method(), "GET");
+        assert_eq!(req.path(), "/a/b");
+        assert_eq!(req.query(), Some("c=1"));
+        assert_eq!(req.host(), "example.com");
+        assert_eq!(req.authority(), "Example.COM:8080");
+        assert_eq!(req.cookie("sid"), Some("xyz"));
+        assert_eq!(req.header("x-multi").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn snapshot_of_non_utf8_values() {
+        let s = HeaderSnapshot::from_pairs(vec![
+            (b"x-bin".to_vec(), vec![0xff, 0xfe]),
+            (b"x-ok".to_vec(), b"fine".to_vec()),
+        ]);
+        assert_eq!(s.get("x-bin"), Some("\u{fffd}\u{fffd}"));
+        assert_eq!(s.get("x-ok"), Some("fine"));
+        assert!(HeaderSnapshot::default().is_empty());
     }
 }

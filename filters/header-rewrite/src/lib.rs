@@ -3,7 +3,10 @@
 //! match on host, path, method and headers. See `README.md` for the configuration.
 //!
 //! Request path, per stream:
-//! 1. a client-sent `x-envoy-original-path` is removed (one read; a write only when present);
+//! 1. a client-sent `x-envoy-original-path` is removed (a write only when present). When the
+//!    rules need any request value, every request header is read with one host call
+//!    ([`gatewasm::Request::snapshot`]) and this check is answered from it; otherwise it is one
+//!    `get` of that header;
 //! 2. rules are matched against the request as it arrived (`first` or `all` matching rules);
 //! 3. every request value the matched rules' templates need is read once and kept, so response
 //!    operations can use request values after Envoy stops exposing the request headers;
@@ -45,6 +48,9 @@ pub struct HeaderRewrite {
     config: Compiled,
     /// `config.request_headers`, shared with every stream's [`View`].
     names: Rc<[String]>,
+    /// Whether some rule needs a request value (match, substitution, path rewrite): then the
+    /// request headers are read with one host call instead of one per value.
+    snapshot: bool,
     applied: Vec<Option<Counter>>,
     dropped: Option<Counter>,
 }
@@ -88,7 +94,12 @@ impl Plugin for HeaderRewrite {
         let dropped = counter(UNSAFE_DROPPED);
         log::info!("header_rewrite: {} rule(s) loaded", config.rules.len());
         let names = config.request_headers.clone().into();
-        Ok(HeaderRewrite { config, names, applied, dropped })
+        let snapshot = config.rules.iter().any(|r| {
+            !r.matcher.is_empty()
+                || r.path_rewrite.is_some()
+                || r.request.templates().chain(r.response.templates()).any(|t| t.is_dynamic())
+        });
+        Ok(HeaderRewrite { config, names, snapshot, applied, dropped })
     }
 
     fn new_filter(self: &Rc<Self>) -> Rewriter {
@@ -111,6 +122,19 @@ impl View {
         View { req: Request::new(), headers: OnceCell::new(), names }
     }
 
+    /// Every request header read now, with one host call.
+    fn snapshot(names: Rc<[String]>) -> Self {
+        View { req: Request::snapshot(), headers: OnceCell::new(), names }
+    }
+
+    /// Whether the client sent `x-envoy-original-path`.
+    fn has_original_path(&self) -> bool {
+        match self.req.headers() {
+            Some(h) => h.contains(ORIGINAL_PATH),
+            None => REQUEST_HEADERS.get(ORIGINAL_PATH).is_some(),
+        }
+    }
+
     /// The full `:path`, query included.
     pub fn path_and_query(&self) -> &str {
         self.req.path_and_query()
@@ -131,6 +155,14 @@ impl Source for View {
         self.req.path()
     }
     fn request_header(&self, slot: usize) -> Option<&str> {
+        if let Some(h) = self.req.headers() {
+            let name = self.names.get(slot)?;
+            // Removed before anything else looks at the request (it is in the snapshot).
+            if name == ORIGINAL_PATH {
+                return None;
+            }
+            return h.get(name);
+        }
         let cells = self.headers.get_or_init(|| self.names.iter().map(|_| OnceCell::new()).collect());
         let name = self.names.get(slot)?;
         cells.get(slot)?.get_or_init(|| REQUEST_HEADERS.get(name)).as_deref()
@@ -216,11 +248,14 @@ impl Rewriter {
 
 impl HttpFilter for Rewriter {
     fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        if plugin.snapshot {
+            self.view = View::snapshot(Rc::clone(&plugin.names));
+        }
         // Reading first: removing an absent header would still clear Envoy's route cache.
-        if REQUEST_HEADERS.get(ORIGINAL_PATH).is_some() {
+        if self.view.has_original_path() {
             let _ = REQUEST_HEADERS.remove(ORIGINAL_PATH);
         }
-        let plugin = Rc::clone(&self.plugin);
         let cfg = &plugin.config;
         if cfg.rules.is_empty() {
             return Flow::Continue;

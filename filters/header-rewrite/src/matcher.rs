@@ -98,6 +98,11 @@ pub struct Match {
 }
 
 impl Match {
+    /// True when there is no condition (every request matches).
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.path.is_none() && self.methods.is_empty() && self.headers.is_empty()
+    }
+
     /// Whether the request matches. Cheap checks first; each request value is read only when a
     /// condition needs it (and the [`Source`] caches it).
     pub fn matches(&self, src: &dyn Source) -> bool {

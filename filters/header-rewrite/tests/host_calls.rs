@@ -1,0 +1,134 @@
+//! Host calls per request, counted by the emulator: each one crosses from the VM into Envoy
+//! (about 1 µs in Envoy 1.40 with V8), so a change that adds one shows up here as a failing
+//! count, long before a benchmark would notice. Counts, not timings.
+//! Build first: cargo build --release --target wasm32-wasip1 -p header-rewrite
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+
+use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel};
+use serde_json::{json, Value};
+
+fn emulator(config: &Value) -> Emulator {
+    let path = wasm_path("header-rewrite").unwrap_or_else(|e| panic!("{e}"));
+    let emu =
+        Emulator::load(path).plugin_config(config.to_string()).log_level(LogLevel::Info).build().unwrap();
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
+
+/// One request/response through a fresh stream (after one warm-up stream, so first-use
+/// allocations and metric definitions are not counted); the host calls per phase.
+fn per_request(emu: &Emulator, request: &[(&str, &str)]) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    for round in 0..2 {
+        emu.reset_host_calls();
+        let mut s = emu.stream();
+        assert_eq!(s.request_headers(request, true).unwrap(), Action::Continue);
+        let req = s.host_calls();
+        emu.reset_host_calls();
+        assert_eq!(
+            s.response_headers(&[(":status", "200"), ("server", "echo")], true).unwrap(),
+            Action::Continue
+        );
+        s.log().unwrap();
+        let resp = s.host_calls();
+        if round == 1 {
+            return (req, resp);
+        }
+    }
+    unreachable!()
+}
+
+const BENCH_REQUEST: &[(&str, &str)] = &[
+    (":method", "GET"),
+    (":path", "/bench/item?id=1"),
+    (":authority", "localhost:10000"),
+    (":scheme", "http"),
+    ("user-agent", "wrk"),
+    ("x-forwarded-proto", "http"),
+    ("x-request-id", "7b0d6f0e-8a4e-4b8e-9d5c-3c1e4d2f9a10"),
+];
+
+fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+const PAIRS: &str = "proxy_get_header_map_pairs";
+const GET: &str = "proxy_get_header_map_value";
+const ALLOC: &str = "proxy_on_memory_allocate";
+const ADD: &str = "proxy_add_header_map_value";
+const SET: &str = "proxy_replace_header_map_value";
+const REMOVE: &str = "proxy_remove_header_map_value";
+const METRIC: &str = "proxy_increment_metric";
+
+fn bench_config() -> Value {
+    let bench: Value =
+        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/header-rewrite.json")).unwrap();
+    let wasm = bench["rows"].as_array().unwrap().iter().find(|r| r["key"] == "wasm").unwrap();
+    wasm["filters"][0]["wasm"]["configuration"].clone()
+}
+
+#[test]
+fn bench_config_reads_once_and_writes_what_changes() {
+    let emu = emulator(&bench_config());
+    let (req, resp) = per_request(&emu, BENCH_REQUEST);
+    // One read of every request header (answers the anti-spoofing check and the path match),
+    // the allocation callback it needs, one add, the rule's counter.
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (ADD, 1), (METRIC, 1)]));
+    assert_eq!(resp, calls(&[(SET, 1)]));
+}
+
+#[test]
+fn spoofed_original_path_costs_one_remove() {
+    let emu = emulator(&bench_config());
+    let mut request = BENCH_REQUEST.to_vec();
+    request.push(("x-envoy-original-path", "/admin"));
+    let (req, _) = per_request(&emu, &request);
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (REMOVE, 1), (ADD, 1), (METRIC, 1)]));
+}
+
+#[test]
+fn no_rules_is_one_read_without_allocation() {
+    let emu = emulator(&json!({"rules": []}));
+    let (req, resp) = per_request(&emu, BENCH_REQUEST);
+    assert_eq!(req, calls(&[(GET, 1)]), "a header that is absent returns no value to allocate");
+    assert!(resp.is_empty());
+    // A rule that needs no request value does not read the request either.
+    let emu = emulator(&json!({"rules": [{"response": {"set": [{"name": "x-a", "value": "1"}]}}]}));
+    let (req, resp) = per_request(&emu, BENCH_REQUEST);
+    assert_eq!(req, calls(&[(GET, 1), (METRIC, 1)]));
+    assert_eq!(resp, calls(&[(SET, 1)]));
+}
+
+#[test]
+fn non_matching_request_costs_one_read() {
+    let emu = emulator(&json!({"rules": [
+        {"match": {"path": {"prefix": "/api/"}, "headers": [{"name": "x-env", "exact": "prod"}]},
+         "request": {"add": [{"name": "x-a", "value": "1"}]},
+         "response": {"set": [{"name": "x-b", "value": "1"}]}}
+    ]}));
+    let (req, resp) = per_request(&emu, BENCH_REQUEST);
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1)]));
+    assert!(resp.is_empty(), "nothing on the response when no rule matched");
+}
+
+#[test]
+fn typical_rewrite_reads_once() {
+    let emu = emulator(&json!({"rules": [{
+        "match": {"hosts": ["localhost"], "path": {"prefix": "/bench/"}, "methods": ["GET"],
+                  "headers": [{"name": "user-agent", "exact": "wrk"}]},
+        "request": {
+            "remove": ["x-forwarded-proto"],
+            "set": [{"name": "x-route", "value": "%METHOD% %PATH% %REQ(x-request-id)%"}]
+        },
+        "host_rewrite": "backend",
+        "path_rewrite": {"prefix": "/v2/"},
+        "response": {"remove": ["server"], "set": [{"name": "x-req", "value": "%REQUEST_ID%"}]}
+    }]}));
+    let (req, resp) = per_request(&emu, BENCH_REQUEST);
+    // Reads: one. Writes: remove, set x-route, :authority, x-envoy-original-path, :path.
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (REMOVE, 1), (SET, 4), (METRIC, 1)]));
+    // The response side uses the request values kept from the request phase.
+    assert_eq!(resp, calls(&[(REMOVE, 1), (SET, 1)]));
+}
