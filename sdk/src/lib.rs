@@ -51,6 +51,9 @@ pub mod metrics;
 pub mod reply;
 pub mod request;
 
+#[cfg(test)]
+mod robustness;
+
 use std::rc::Rc;
 use std::time::Duration;
 

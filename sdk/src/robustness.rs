@@ -1,0 +1,124 @@
+//! Robustness: every parser that sees client or host bytes, fed many random inputs, must return
+//! (never panic) and keep its invariants. Deterministic (fixed seeds), so a failure reproduces;
+//! runs natively and compiled to wasm32.
+
+use crate::{config, host, http, metrics};
+
+/// xorshift64*: small, deterministic, good enough to spray inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Bytes biased toward the characters parsers split on.
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        const SPECIAL: &[u8] = b"%?#&=;:[]. \t\"+/\r\n\0\xff\xc3\xa9";
+        let len = self.below(max + 1);
+        (0..len)
+            .map(|_| {
+                if self.below(3) == 0 {
+                    SPECIAL[self.below(SPECIAL.len())]
+                } else {
+                    (self.next() & 0xff) as u8
+                }
+            })
+            .collect()
+    }
+
+    fn text(&mut self, max: usize) -> String {
+        String::from_utf8_lossy(&self.bytes(max)).into_owned()
+    }
+}
+
+const ROUNDS: usize = 3000;
+
+#[test]
+fn request_parsers_never_panic() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..ROUNDS {
+        let s = rng.text(64);
+        let (path, query) = http::split_path(&s);
+        assert!(path.len() <= s.len());
+        if let Some(q) = query {
+            let _ = http::query_params(q).count();
+            let _ = http::query_param(q, "token");
+        }
+        let _ = http::cookies(&s).count();
+        let _ = http::cookie(&s, "id_token");
+        let host = http::normalize_host(&s);
+        assert!(!host.bytes().any(|b| b.is_ascii_uppercase()));
+        let _ = http::decode_query_component(&s);
+    }
+}
+
+#[test]
+fn label_values_are_always_safe_and_bounded() {
+    let mut rng = Rng(42);
+    for _ in 0..ROUNDS {
+        let s = rng.text(300);
+        let v = metrics::sanitize_label_value(&s);
+        assert!(!v.is_empty() && v.len() <= metrics::MAX_LABEL_VALUE, "{v:?}");
+        assert!(!v.contains(';') && !v.contains('=') && !v.contains(':'), "{v:?}");
+        assert!(v.is_ascii());
+    }
+}
+
+#[test]
+fn host_maps_never_panic_on_malformed_bytes() {
+    let mut rng = Rng(7);
+    for _ in 0..ROUNDS {
+        let mut bytes = rng.bytes(48);
+        // Half the time, start from a well-formed map and corrupt it.
+        if rng.below(2) == 0 {
+            let pairs = [("a", "b"), (":path", "/x")];
+            bytes = host::serialize_pairs(&pairs);
+            let at = rng.below(bytes.len());
+            if let Some(b) = bytes.get_mut(at) {
+                *b = (rng.next() & 0xff) as u8;
+            }
+        }
+        if let Some(pairs) = host::deserialize_pairs(&bytes) {
+            let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert!(total <= bytes.len());
+        }
+    }
+}
+
+#[test]
+fn config_parser_never_panics() {
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Conf {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        items: Vec<u32>,
+    }
+    impl config::Validate for Conf {}
+    let mut rng = Rng(11);
+    let seeds: [&[u8]; 4] = [br#"{"name": "x", "items": [1, 2]}"#, b"{}", b"[]", br#"{"items": [{"a": 1}]}"#];
+    for i in 0..ROUNDS {
+        let mut bytes = seeds[i % seeds.len()].to_vec();
+        let cuts = rng.below(4);
+        for _ in 0..cuts {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = rng.below(bytes.len());
+            bytes[at] = rng.bytes(1).first().copied().unwrap_or(b'"');
+        }
+        match config::parse::<Conf>(&bytes) {
+            Ok(_) => {}
+            Err(e) => assert!(!e.errors().is_empty()),
+        }
+    }
+}
