@@ -20,6 +20,10 @@
 //! Ops that end the request phase: `pause` (return Pause), `reply:CODE[,BODY]` (send a local reply
 //! with the results so far). `http_call:...` pauses the request until the call response arrives.
 
+// A test instrument, loaded only by tests: it panics when a request asks it to (that is how the
+// emulator's trap handling is checked against Envoy), and it indexes ABI buffers it has
+// length-checked; the production lints for filters do not apply to it.
+#![allow(clippy::panic, clippy::indexing_slicing)]
 #![allow(clippy::missing_safety_doc)]
 // `proxy_wasm::main!` defines the undocumented `_initialize` export.
 #![allow(missing_docs)]

@@ -1,0 +1,46 @@
+//! The benchmark's header work (read `:path`, add `x-bench: 1` to the request when it starts
+//! with `/`, set `x-served-by: gatewasm` on the response) written directly on the `proxy-wasm`
+//! crate with the fewest host calls, no SDK, no configuration: the hand-written baseline that
+//! shows what the SDK and the header-rewrite filter add on top of the ABI's own cost.
+// `proxy_wasm::main!` defines the undocumented `_initialize` export.
+#![allow(missing_docs)]
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Raw) });
+}}
+
+struct Raw;
+
+impl Context for Raw {}
+
+impl HttpContext for Raw {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Bytes, not String: a non-UTF-8 value must not panic this baseline either.
+        if let Ok(Some(path)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path") {
+            if path.first() == Some(&b'/') {
+                let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, "x-bench", "1");
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "x-served-by", Some("gatewasm"));
+        Action::Continue
+    }
+}
+
+impl RootContext for Raw {
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Raw))
+    }
+}
