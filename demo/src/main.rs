@@ -78,13 +78,21 @@ fn check(envoy: &Envoy) -> anyhow::Result<()> {
     ensure!(r.status == 403, "GET /admin/settings: status {}", r.status);
     ensure!(r.json()?.get("code").and_then(|c| c.as_str()) == Some("blocked_path"), "403 body {}", r.text());
 
-    let scrape = envoy.admin_get("/stats/prometheus")?;
-    ensure!(scrape.contains("hello_requests_total{method=\"GET\"} 2"), "hello metric missing");
-    ensure!(
-        scrape.contains("header_rewrite_rules_applied_total{rule=\"api\"} 1"),
-        "header-rewrite metric missing"
-    );
-    Ok(())
+    // header-rewrite's rule counters reach Envoy from its 1 s tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let scrape = envoy.admin_get("/stats/prometheus")?;
+        let hello = scrape.contains("hello_requests_total{method=\"GET\"} 2");
+        let rewrite = scrape.contains("header_rewrite_rules_applied_total{rule=\"api\"} 1");
+        if hello && rewrite {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "metrics missing (hello: {hello}, header-rewrite: {rewrite})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn banner(listener: u16, admin: u16) -> String {

@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
-use gatewasm::metrics::Counter;
+use gatewasm::metrics::{Counter, LocalCounter, FLUSH_PERIOD};
 use gatewasm::{
     ConfigErrors, Flow, Headers, HttpFilter, Plugin, Request, Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
 };
@@ -51,7 +51,8 @@ pub struct HeaderRewrite {
     /// Whether some rule needs a request value (match, substitution, path rewrite): then the
     /// request headers are read with one host call instead of one per value.
     snapshot: bool,
-    applied: Vec<Option<Counter>>,
+    /// Per-rule counts, kept in the VM and flushed to Envoy from the tick: no host call per request.
+    applied: Vec<Option<LocalCounter>>,
     dropped: Option<Counter>,
 }
 
@@ -89,7 +90,10 @@ impl Plugin for HeaderRewrite {
         let applied = config
             .rules
             .iter()
-            .map(|r| counter(&gatewasm::metrics::series_name(RULES_APPLIED, &[("rule", &r.name)])))
+            .map(|r| {
+                counter(&gatewasm::metrics::series_name(RULES_APPLIED, &[("rule", &r.name)]))
+                    .map(LocalCounter::new)
+            })
             .collect();
         let dropped = counter(UNSAFE_DROPPED);
         log::info!("header_rewrite: {} rule(s) loaded", config.rules.len());
@@ -104,6 +108,16 @@ impl Plugin for HeaderRewrite {
 
     fn new_filter(self: &Rc<Self>) -> Rewriter {
         Rewriter { plugin: Rc::clone(self), view: View::new(Rc::clone(&self.names)), matched: Vec::new() }
+    }
+
+    fn tick_period(&self) -> Option<std::time::Duration> {
+        Some(FLUSH_PERIOD)
+    }
+
+    fn on_tick(self: &Rc<Self>) {
+        for counter in self.applied.iter().flatten() {
+            counter.flush();
+        }
     }
 }
 

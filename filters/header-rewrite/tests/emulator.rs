@@ -216,6 +216,9 @@ fn response_operations_only_for_rules_that_matched_with_request_values() {
     assert_eq!(all(&down, "server"), ["echo"]);
     s.log().unwrap();
 
+    // Rule counters are counted in the VM and reach Envoy on the next tick (1 s).
+    assert_eq!(emu.metric("header_rewrite_rules_applied_total;rule=api"), Some(0));
+    emu.advance_clock(std::time::Duration::from_secs(1)).unwrap();
     assert_eq!(emu.metric("header_rewrite_rules_applied_total;rule=api"), Some(1));
     assert_eq!(emu.metric("header_rewrite_rules_applied_total;rule=other"), Some(1));
 }

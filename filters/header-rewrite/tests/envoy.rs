@@ -84,7 +84,14 @@ fn rewritten_request_reaches_upstream_and_response_headers_reach_client() {
     assert_eq!(echo.path, "/api/v1/x");
     assert_eq!(echo.header("host"), Some("other.org"));
 
-    let stats = envoy.admin_get("/stats?filter=header_rewrite").unwrap();
+    // Rule counters reach Envoy from the filter's 1 s tick.
+    let stats = wait_for_stats(
+        &envoy,
+        &[
+            "header_rewrite_rules_applied_total;rule=api: 1",
+            "header_rewrite_rules_applied_total;rule=users: 1",
+        ],
+    );
     assert!(stats.contains("header_rewrite_rules_applied_total;rule=api: 1"), "{stats}");
     assert!(stats.contains("header_rewrite_rules_applied_total;rule=users: 1"), "{stats}");
 }
@@ -200,4 +207,17 @@ fn response_operations_apply_to_envoy_generated_replies() {
     let response = envoy.get("/").unwrap();
     assert_eq!(response.status, 503, "{}", response.text());
     assert_eq!(response.header("x-served-by"), Some("gatewasm"));
+}
+
+/// The header_rewrite stats once they contain every `wanted` line, or after 5 s (the caller's
+/// assertions then show what was there).
+fn wait_for_stats(envoy: &gatewasm_envoy::Envoy, wanted: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stats = envoy.admin_get("/stats?filter=header_rewrite").unwrap();
+        if wanted.iter().all(|w| stats.contains(w)) || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
