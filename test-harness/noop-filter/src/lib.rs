@@ -1,6 +1,9 @@
 //! A filter that enters the VM for every stream event and does nothing: it measures what merely
 //! having a Wasm filter in the chain costs, so benchmarks can separate that from a filter's own work.
 
+// `proxy_wasm::main!` defines the undocumented `_initialize` export.
+#![allow(missing_docs)]
+
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
