@@ -52,6 +52,24 @@ ensure_deb_package() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
 }
 
+# ensure_packaging_tools: what gatewasm-pack and its tests use. wasm-opt (binaryen) optimises the
+# shipped modules; docker-registry and skopeo run the registry round-trip tests. Debian's
+# docker-registry package enables a service on all interfaces (:5000) where systemd runs; the tests
+# start their own on 127.0.0.1 only, so a freshly installed service is stopped and disabled.
+ensure_packaging_tools() {
+    ensure_deb wasm-opt binaryen
+    ensure_deb skopeo skopeo
+    if ! command -v docker-registry >/dev/null 2>&1; then
+        ensure_deb_package docker-registry
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            log "stopping and disabling the docker-registry service (the tests start their own on 127.0.0.1)"
+            local sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo="sudo"
+            $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
+        fi
+    fi
+}
+
 build_modules() {
     log "building filters (release, wasm32-wasip1)"
     local args=()

@@ -1,0 +1,95 @@
+//! `gatewasm-pack`: builds the shipped filters and packages each one as a reproducible OCI image
+//! in the formats Istio's Wasm image fetcher accepts, writes it as an OCI image layout directory,
+//! and pushes it to a registry over the OCI distribution API.
+//!
+//! The same module bytes always give the same blobs and the same manifest digest: the tar entry,
+//! the gzip header and every JSON document are written with fixed fields (see [`image`]).
+
+pub mod compile;
+pub mod image;
+pub mod registry;
+
+use sha2::{Digest as _, Sha256};
+
+/// A filter the project ships as an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Cargo package name, also the image name (`<registry>/<name>:<tag>`).
+    pub name: &'static str,
+    /// File name of the compiled module in `target/wasm32-wasip1/release/`.
+    pub module: &'static str,
+}
+
+/// Every filter that ships as an image: the production filters and the `hello` example.
+/// This is the one list; `./scripts/package` and the tests read it through this crate
+/// (`gatewasm-pack list` prints it).
+pub const SHIPPED: &[Filter] = &[
+    Filter { name: "header-rewrite", module: "header_rewrite.wasm" },
+    Filter { name: "hello", module: "hello.wasm" },
+];
+
+/// Finds a shipped filter by name.
+pub fn shipped(name: &str) -> Option<Filter> {
+    SHIPPED.iter().copied().find(|f| f.name == name)
+}
+
+/// The Wasm binary magic, `\0asm`.
+pub const WASM_MAGIC: [u8; 4] = *b"\0asm";
+
+/// Refuses bytes that are not a Wasm module: Istio (`isValidWasmBinary`) wants at least the
+/// 8-byte header (magic and version), starting with `\0asm`. `what` names the input in the error.
+pub fn check_module(bytes: &[u8], what: &str) -> anyhow::Result<()> {
+    if bytes.len() < 8 || bytes.get(..4) != Some(&WASM_MAGIC[..]) {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        anyhow::bail!(
+            "{what} is not a Wasm module: it must start with the magic \\0asm (00 61 73 6d) and hold \
+             at least the 8-byte header; it has {} bytes starting with [{}]",
+            bytes.len(),
+            head.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Lower-case hex SHA-256 of `bytes` (no `sha256:` prefix): what Envoy's `remote` code source
+/// and Istio's `WasmPlugin.spec.sha256` for `http(s)://` URLs hold.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// OCI digest string of `bytes`: `sha256:<hex>`.
+pub fn oci_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_wasm() {
+        assert!(check_module(b"\0asm\x01\0\0\0", "m").is_ok());
+        let err = check_module(b"MZ\x90\0\x03\0\0\0", "x.wasm").unwrap_err().to_string();
+        assert!(err.contains("x.wasm is not a Wasm module"), "{err}");
+        assert!(err.contains("[4d 5a 90 00]"), "{err}");
+        assert!(check_module(b"\0asm", "short").is_err(), "header shorter than 8 bytes");
+        assert!(check_module(b"", "empty").is_err());
+    }
+
+    #[test]
+    fn digests() {
+        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(oci_digest(b"").len(), 7 + 64);
+    }
+
+    #[test]
+    fn shipped_list() {
+        assert_eq!(shipped("hello").map(|f| f.module), Some("hello.wasm"));
+        assert!(shipped("noop-filter").is_none(), "test modules do not ship");
+    }
+}

@@ -1,0 +1,254 @@
+//! `gatewasm-pack`: package the shipped filters as OCI images and push them. Run `--help`.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use gatewasm_pack::compile::{self, WasmOpt, DEFAULT_OPT_LEVEL};
+use gatewasm_pack::image::{Format, Image};
+use gatewasm_pack::registry::{self, Credentials, Target, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
+use gatewasm_pack::{check_module, sha256_hex, shipped, Filter, SHIPPED};
+
+const USAGE: &str = "\
+gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push them.
+
+USAGE:
+  gatewasm-pack [package] [--filter NAME]... [--format image|artifact] [--wasm-opt auto|require|skip]
+                [--opt-level -Oz|-O3|...] [--out DIR] [--tag TAG] [--no-build]
+      Build the shipped filters (cargo, release, wasm32-wasip1), optionally run wasm-opt, and write
+      each as an OCI image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm.
+  gatewasm-pack file MODULE.wasm --name NAME [--format ..] [--wasm-opt ..] [--opt-level ..] [--out DIR] [--tag TAG]
+      Package one module file the same way (as DIR/NAME/).
+  gatewasm-pack push --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR] [--tag TAG]
+                [--plain-http] [--username USER] [--password-stdin]
+      Push the layouts DIR/<filter>/ as HOST[:PORT]/PATH/<filter>:TAG.
+  gatewasm-pack list
+      Print the shipped filters.
+
+DEFAULTS: every shipped filter, --format image, --wasm-opt auto (runs when `wasm-opt` is on PATH),
+--opt-level -Oz, --out <target>/oci, --tag <the workspace version>.
+CREDENTIALS: --username or $GATEWASM_REGISTRY_USERNAME, with the password from --password-stdin or
+$GATEWASM_REGISTRY_PASSWORD; or a bearer token in $GATEWASM_REGISTRY_TOKEN. Never printed.
+";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gatewasm-pack: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Default)]
+struct Options {
+    filters: Vec<String>,
+    format: Format,
+    wasm_opt: WasmOpt,
+    opt_level: Option<String>,
+    out: Option<PathBuf>,
+    tag: Option<String>,
+    no_build: bool,
+    name: Option<String>,
+    module: Option<PathBuf>,
+    registry: Option<String>,
+    plain_http: bool,
+    username: Option<String>,
+    password_stdin: bool,
+}
+
+fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let mut args = args.into_iter().peekable();
+    let command = match args.peek().map(String::as_str) {
+        Some("package" | "file" | "push" | "list" | "help") => args.next().unwrap_or_default(),
+        _ => "package".to_owned(),
+    };
+    let mut o = Options::default();
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            "--filter" => o.filters.push(value("--filter")?),
+            "--format" => o.format = value("--format")?.parse()?,
+            "--wasm-opt" => o.wasm_opt = value("--wasm-opt")?.parse()?,
+            "--opt-level" => o.opt_level = Some(value("--opt-level")?),
+            "--out" => o.out = Some(value("--out")?.into()),
+            "--tag" => o.tag = Some(value("--tag")?),
+            "--name" => o.name = Some(value("--name")?),
+            "--registry" => o.registry = Some(value("--registry")?),
+            "--username" => o.username = Some(value("--username")?),
+            "--no-build" => o.no_build = true,
+            "--plain-http" => o.plain_http = true,
+            "--password-stdin" => o.password_stdin = true,
+            flag if flag.starts_with('-') => bail!("unknown option {flag:?} (see --help)"),
+            _ if command == "file" && o.module.is_none() => o.module = Some(arg.into()),
+            other => bail!("unexpected argument {other:?} (see --help)"),
+        }
+    }
+    match command.as_str() {
+        "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        "list" => {
+            for f in SHIPPED {
+                println!("{}\t{}", f.name, f.module);
+            }
+            Ok(())
+        }
+        "file" => package_file(&o),
+        "push" => push(&o),
+        _ => package(&o),
+    }
+}
+
+fn out_dir(o: &Options) -> PathBuf {
+    o.out.clone().unwrap_or_else(|| compile::target_dir().join("oci"))
+}
+
+fn tag(o: &Options) -> anyhow::Result<String> {
+    let tag = o.tag.clone().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
+    // OCI distribution spec tag grammar: [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        bail!("--tag {tag:?} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-]*, at most 128 characters)");
+    }
+    Ok(tag)
+}
+
+fn selected(o: &Options) -> anyhow::Result<Vec<Filter>> {
+    if o.filters.is_empty() {
+        return Ok(SHIPPED.to_vec());
+    }
+    o.filters
+        .iter()
+        .map(|name| {
+            shipped(name).with_context(|| {
+                let names: Vec<&str> = SHIPPED.iter().map(|f| f.name).collect();
+                format!("--filter {name:?} is not a shipped filter (shipped: {})", names.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn package(o: &Options) -> anyhow::Result<()> {
+    let filters = selected(o)?;
+    let tag = tag(o)?;
+    if !o.no_build {
+        compile::cargo_build(&filters)?;
+    }
+    for f in &filters {
+        let path = compile::module_path(f);
+        let module = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading {} (build it: cargo build --release --target wasm32-wasip1 -p {})",
+                path.display(),
+                f.name
+            )
+        })?;
+        package_one(o, f.name, &module, &path, &tag)?;
+    }
+    Ok(())
+}
+
+fn package_file(o: &Options) -> anyhow::Result<()> {
+    let module_path = o.module.clone().context("file: give the module path (see --help)")?;
+    let name = o.name.clone().context("file: --name NAME is required")?;
+    if name.is_empty()
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        bail!("--name {name:?}: use lower-case letters, digits, '.', '_' and '-' (an image name)");
+    }
+    let module = std::fs::read(&module_path).with_context(|| format!("reading {}", module_path.display()))?;
+    package_one(o, &name, &module, &module_path, &tag(o)?)
+}
+
+fn package_one(o: &Options, name: &str, module: &[u8], source: &Path, tag: &str) -> anyhow::Result<()> {
+    check_module(module, &source.display().to_string())?;
+    let out = out_dir(o);
+    let level = o.opt_level.as_deref().unwrap_or(DEFAULT_OPT_LEVEL);
+    let scratch = out.join(".wasm-opt").join(name);
+    let (module, optimized) = compile::optimize(module, o.wasm_opt, level, &scratch)?;
+    let _ = std::fs::remove_dir_all(out.join(".wasm-opt"));
+    let image = Image::build(name, &module, o.format)?;
+    let layout = out.join(name);
+    image.write_layout(&layout, tag)?;
+    let module_file = out.join(format!("{name}.wasm"));
+    std::fs::write(&module_file, &module).with_context(|| format!("writing {}", module_file.display()))?;
+    let module_sha = sha256_hex(&module);
+    let digest = image.digest();
+    let digest_hex = digest.trim_start_matches("sha256:");
+    println!(
+        "{name}: {}; module {}",
+        o.format,
+        optimized
+            .map_or_else(|| "as cargo built it (no wasm-opt)".to_owned(), |v| format!("optimised by {v}"))
+    );
+    println!("  layout           {} (tag {tag})", layout.display());
+    println!("  module           {} ({} bytes)", module_file.display(), module.len());
+    println!("  module sha256    {module_sha}");
+    println!(
+        "                   -> Envoy `remote` code source sha256; WasmPlugin spec.sha256 for http(s):// URLs"
+    );
+    println!("  manifest digest  {digest}");
+    println!("                   -> WasmPlugin spec.sha256 for oci:// URLs: {digest_hex}");
+    println!("                      (or pin the URL: oci://<registry>/{name}@{digest})");
+    Ok(())
+}
+
+fn push(o: &Options) -> anyhow::Result<()> {
+    let registry = o.registry.clone().context("push: --registry HOST[:PORT][/PATH] is required")?;
+    let registry = registry.trim_end_matches('/').to_owned();
+    let path_has_colon = registry.split_once('/').is_some_and(|(_, path)| path.contains(':'));
+    if registry.is_empty() || registry.contains("://") || registry.contains('@') || path_has_colon {
+        bail!("--registry {registry:?}: give HOST[:PORT][/PATH] without a scheme, tag or digest");
+    }
+    let names: Vec<String> = if o.filters.is_empty() {
+        SHIPPED.iter().map(|f| f.name.to_owned()).collect()
+    } else {
+        o.filters.clone()
+    };
+    let password = if o.password_stdin {
+        let mut p = String::new();
+        std::io::stdin().read_to_string(&mut p).context("--password-stdin: reading the password")?;
+        Some(p.trim_end_matches(['\n', '\r']).to_owned())
+    } else {
+        std::env::var(PASSWORD_ENV).ok()
+    };
+    let username = o.username.clone().or_else(|| std::env::var(USERNAME_ENV).ok());
+    let credentials = Credentials::resolve(username, password, std::env::var(TOKEN_ENV).ok())?;
+    let out = out_dir(o);
+    for name in &names {
+        let layout = out.join(name);
+        let (image, layout_tag) =
+            Image::read_layout(&layout).with_context(|| format!("--filter {name:?}: reading its layout"))?;
+        let tag = match (&o.tag, layout_tag) {
+            (Some(_), _) | (None, None) => tag(o)?,
+            (None, Some(t)) => t,
+        };
+        let target = Target {
+            reference: format!("{registry}/{name}:{tag}"),
+            plain_http: o.plain_http,
+            credentials: credentials.clone(),
+        };
+        let pushed = registry::push_blocking(&image, &target)?;
+        let hex = pushed.manifest_digest.trim_start_matches("sha256:");
+        println!(
+            "pushed {} ({} blobs uploaded, {} already there)",
+            pushed.reference, pushed.uploaded, pushed.already_present
+        );
+        println!("  manifest digest  {}", pushed.manifest_digest);
+        println!("  WasmPlugin       url: oci://{}", pushed.reference);
+        println!("                   sha256: {hex}");
+        println!("  pinned           oci://{registry}/{name}@{}", pushed.manifest_digest);
+    }
+    Ok(())
+}
