@@ -9,7 +9,9 @@
 //! How Envoy reports failures: the callout runs through Envoy's async HTTP client and router, so
 //! a timeout usually arrives as a `504` the router generated and a connection failure as a `503`;
 //! a reset arrives as an answer with no headers at all. The SDK reports
-//! [`CalloutError::Timeout`] when the answer came at or after the deadline and is a 504 or empty,
+//! [`CalloutError::Timeout`] when the answer came at the deadline (within a tenth of the timeout,
+//! at most 50 ms: Envoy's timer runs on another clock than the one it reports) and is a 504 or
+//! empty,
 //! [`CalloutError::Failed`] for any other empty answer, and everything else as a response for the
 //! filter to judge.
 
@@ -115,8 +117,14 @@ pub(crate) struct Pending {
 impl Pending {
     /// Reads the answer Envoy is delivering for this callout.
     pub(crate) fn read(&self, num_headers: usize, body_size: usize) -> CalloutResult {
+        // Envoy's timer and the clock it reports are not the same clock: its timeout can fire a
+        // little before `timeout` has passed by `get_current_time` (seen in Envoy 1.40: a 300 ms
+        // timeout answered after 299.x ms). Allow a tenth of the timeout, at most 50 ms.
+        let slack = (self.timeout / 10).min(Duration::from_millis(50));
         let late = match (self.started, crate::clock::now()) {
-            (Some(start), Some(now)) => now.duration_since(start).map(|d| d >= self.timeout).unwrap_or(false),
+            (Some(start), Some(now)) => {
+                now.duration_since(start).map(|d| d + slack >= self.timeout).unwrap_or(false)
+            }
             _ => false,
         };
         if num_headers == 0 {
