@@ -185,14 +185,68 @@ pub fn header(map: MapType, name: &str) -> Result<Option<String>, Status> {
 
 /// Every header of a map, in order, as raw bytes.
 pub fn header_pairs(map: MapType) -> Result<Vec<(Bytes, Bytes)>, Status> {
+    deserialize_pairs(&header_pairs_raw(map)?).ok_or(Status::SerializationFailure)
+}
+
+/// Every header of a map in the ABI's serialized form, exactly as the host wrote it: one host
+/// call and one allocation; [`PairsIter`] reads it without copying.
+pub fn header_pairs_raw(map: MapType) -> Result<Bytes, Status> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
     let code = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
     unit(code)?;
     // SAFETY: on Ok the host returned a guest allocation of `size` bytes.
-    let raw = unsafe { take(data, size) };
-    deserialize_pairs(&raw).ok_or(Status::SerializationFailure)
+    Ok(unsafe { take(data, size) })
+}
+
+/// The pairs of a serialized map, borrowed from it. Stops at the first malformed entry; use
+/// [`is_well_formed`] first to tell a short map from a broken one.
+#[derive(Debug, Clone)]
+pub struct PairsIter<'a> {
+    bytes: &'a [u8],
+    index: usize,
+    count: usize,
+    pos: usize,
+}
+
+impl<'a> PairsIter<'a> {
+    /// Iterates the pairs of `bytes` (an empty slice is an empty map).
+    pub fn new(bytes: &'a [u8]) -> Self {
+        let count = read_u32(bytes, 0).map_or(0, |c| c as usize);
+        let pos = count.checked_mul(8).and_then(|n| n.checked_add(4)).unwrap_or(usize::MAX);
+        Self { bytes, index: 0, count, pos }
+    }
+}
+
+impl<'a> Iterator for PairsIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let sizes = self.index.checked_mul(8)?.checked_add(4)?;
+        let klen = read_u32(self.bytes, sizes)? as usize;
+        let vlen = read_u32(self.bytes, sizes.checked_add(4)?)? as usize;
+        let key_end = self.pos.checked_add(klen)?;
+        let key = self.bytes.get(self.pos..key_end)?;
+        let value_start = key_end.checked_add(1)?;
+        let value_end = value_start.checked_add(vlen)?;
+        let value = self.bytes.get(value_start..value_end)?;
+        self.pos = value_end.checked_add(1)?;
+        self.index += 1;
+        Some((key, value))
+    }
+}
+
+/// True when `bytes` is a complete serialized map (every declared pair present).
+pub fn is_well_formed(bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    let Some(count) = read_u32(bytes, 0) else { return false };
+    PairsIter::new(bytes).count() == count as usize
 }
 
 /// Appends a header (a second value when the name exists).
@@ -309,7 +363,7 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Parses the ABI's map format; `None` when the bytes are not a well-formed map.
+/// Parses the ABI's map format into owned pairs; `None` when the bytes are not a well-formed map.
 pub fn deserialize_pairs(bytes: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
     if bytes.is_empty() {
         return Some(Vec::new());

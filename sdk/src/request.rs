@@ -93,22 +93,36 @@ impl Headers {
 /// (`proxy_get_header_map_pairs`), answering lookups without calling the host again.
 ///
 /// One call plus one allocation callback, however many headers are looked up, where
-/// [`Headers::get`] costs that per header present; the map is copied once, so for a single
-/// lookup on a request with large headers `get` may be cheaper. Lookups see the map as it was
-/// when read, not later changes. Names compare case-insensitively and the first value of a
-/// repeated header is the one returned, as with [`Headers::get`]; values that are not UTF-8
-/// read with U+FFFD.
-#[derive(Debug, Clone, Default)]
+/// [`Headers::get`] costs that per header present. The host's buffer is kept as it came and
+/// walked on each lookup (no copy, no allocation per header: on the request path every
+/// allocation in the VM shows). Lookups see the map as it was when read, not later changes.
+/// Names compare case-insensitively and the first value of a repeated header is the one
+/// returned, as with [`Headers::get`]; values that are not UTF-8 read with U+FFFD.
+#[derive(Debug, Clone)]
 pub struct HeaderSnapshot {
-    entries: Vec<(String, String)>,
+    repr: Repr,
+}
+
+#[derive(Debug, Clone)]
+enum Repr {
+    /// The host's serialized map, checked well-formed and UTF-8 throughout.
+    Raw(Vec<u8>),
+    /// Decoded pairs: for maps with bytes that are not UTF-8, and for snapshots built by hand.
+    Owned(Vec<(String, String)>),
+}
+
+impl Default for HeaderSnapshot {
+    fn default() -> Self {
+        Self { repr: Repr::Owned(Vec::new()) }
+    }
 }
 
 impl HeaderSnapshot {
     /// Reads `headers` now. A host error (no such map in this callback) reads as an empty map,
     /// and is logged at debug.
     pub fn read(headers: Headers) -> Self {
-        match host::header_pairs(headers.0) {
-            Ok(pairs) => Self::from_pairs(pairs),
+        match host::header_pairs_raw(headers.0) {
+            Ok(raw) => Self::from_serialized(raw),
             Err(status) => {
                 log::debug!("reading header map failed: {status:?}");
                 Self::default()
@@ -116,14 +130,32 @@ impl HeaderSnapshot {
         }
     }
 
+    /// A snapshot of a map in the ABI's serialized form; a malformed map reads as empty.
+    pub fn from_serialized(raw: Vec<u8>) -> Self {
+        if !host::is_well_formed(&raw) {
+            log::debug!("malformed header map ignored");
+            return Self::default();
+        }
+        let utf8 = host::PairsIter::new(&raw)
+            .all(|(k, v)| std::str::from_utf8(k).is_ok() && std::str::from_utf8(v).is_ok());
+        if utf8 {
+            return Self { repr: Repr::Raw(raw) };
+        }
+        let pairs = host::PairsIter::new(&raw).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        Self::from_pairs(pairs)
+    }
+
     /// A snapshot of raw pairs (names and values as the host gave them).
     pub fn from_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
-        Self { entries: pairs.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect() }
+        Self { repr: Repr::Owned(pairs.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect()) }
     }
 
     /// Every header, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    pub fn iter(&self) -> SnapshotIter<'_> {
+        match &self.repr {
+            Repr::Raw(raw) => SnapshotIter::Raw(host::PairsIter::new(raw)),
+            Repr::Owned(pairs) => SnapshotIter::Owned(pairs.iter()),
+        }
     }
 
     /// The first value of `name` (case-insensitive).
@@ -143,12 +175,35 @@ impl HeaderSnapshot {
 
     /// Number of header entries (a repeated header counts once per value).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.iter().count()
     }
 
     /// True when the map was empty (or could not be read).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.iter().next().is_none()
+    }
+}
+
+/// The headers of a [`HeaderSnapshot`], in order.
+#[derive(Debug, Clone)]
+pub enum SnapshotIter<'a> {
+    /// Over the host's buffer.
+    Raw(host::PairsIter<'a>),
+    /// Over decoded pairs.
+    Owned(std::slice::Iter<'a, (String, String)>),
+}
+
+impl<'a> Iterator for SnapshotIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            // Checked UTF-8 when the snapshot was taken, so the fallbacks never apply.
+            SnapshotIter::Raw(it) => it
+                .next()
+                .map(|(k, v)| (std::str::from_utf8(k).unwrap_or(""), std::str::from_utf8(v).unwrap_or(""))),
+            SnapshotIter::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
     }
 }
 
@@ -300,5 +355,34 @@ mod tests {
         assert_eq!(s.get("x-bin"), Some("\u{fffd}\u{fffd}"));
         assert_eq!(s.get("x-ok"), Some("fine"));
         assert!(HeaderSnapshot::default().is_empty());
+    }
+
+    #[test]
+    fn serialized_snapshot_reads_in_place() {
+        let raw =
+            host::serialize_pairs(&[(":path", "/a?b=1"), ("x-multi", "1"), ("x-multi", "2"), ("x-e", "")]);
+        let s = HeaderSnapshot::from_serialized(raw);
+        assert!(matches!(s.repr, Repr::Raw(_)));
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.get(":PATH"), Some("/a?b=1"));
+        assert_eq!(s.get_all("x-multi").collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(s.get("x-e"), Some(""));
+        assert_eq!(s.get("x-absent"), None);
+    }
+
+    #[test]
+    fn serialized_snapshot_with_non_utf8_or_broken_bytes() {
+        let mut raw = host::serialize_pairs(&[("x-bin", "ab"), ("x-ok", "fine")]);
+        // Make x-bin's value two bytes that are not UTF-8.
+        let at = raw.windows(3).position(|w| w == b"ab\0").unwrap();
+        raw[at] = 0xff;
+        raw[at + 1] = 0xfe;
+        let s = HeaderSnapshot::from_serialized(raw.clone());
+        assert!(matches!(s.repr, Repr::Owned(_)));
+        assert_eq!(s.get("x-bin"), Some("\u{fffd}\u{fffd}"));
+        assert_eq!(s.get("x-ok"), Some("fine"));
+        raw.truncate(raw.len() - 3);
+        assert!(HeaderSnapshot::from_serialized(raw).is_empty());
+        assert!(HeaderSnapshot::from_serialized(Vec::new()).is_empty());
     }
 }

@@ -89,7 +89,12 @@ fn host_maps_never_panic_on_malformed_bytes() {
         if let Some(pairs) = host::deserialize_pairs(&bytes) {
             let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
             assert!(total <= bytes.len());
+            assert_eq!(host::PairsIter::new(&bytes).count(), pairs.len());
+            assert!(host::is_well_formed(&bytes));
         }
+        let snapshot = crate::HeaderSnapshot::from_serialized(bytes.clone());
+        let _ = snapshot.get(":path");
+        assert!(snapshot.len() <= bytes.len());
     }
 }
 
