@@ -1,7 +1,7 @@
 //! Panic-free calls into the host for the values a client controls.
 //!
 //! `proxy_wasm::hostcalls` turns a header value that is not UTF-8 into a panic
-//! (`String::from_utf8(..).unwrap()`), and any status it did not expect into another. Envoy
+//! (`String::from_utf8` followed by `unwrap`), and any status it did not expect into another. Envoy
 //! forwards `obs-text` bytes (0x80-0xFF) in header values, so a client could trap the VM with one
 //! header. This module declares the same ABI 0.2.1 imports and returns errors instead; everything
 //! the SDK reads from a request goes through it.
