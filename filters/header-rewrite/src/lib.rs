@@ -3,10 +3,11 @@
 //! match on host, path, method and headers. See `README.md` for the configuration.
 //!
 //! Request path, per stream:
-//! 1. a client-sent `x-envoy-original-path` is removed (a write only when present). When the
-//!    rules need any request value, every request header is read with one host call
-//!    ([`gatewasm::Request::snapshot`]) and this check is answered from it; otherwise it is one
-//!    `get` of that header;
+//! 1. when `strip_original_path` is on (by default when some rule rewrites the path), a
+//!    client-sent `x-envoy-original-path` is removed (a write only when present). When the rules
+//!    may need two or more request values (this check counts as one), every request header is
+//!    read with one host call ([`gatewasm::Request::snapshot`]) and everything is answered from
+//!    it; with exactly one, that value alone is read; with none, nothing is;
 //! 2. rules are matched against the request as it arrived (`first` or `all` matching rules);
 //! 3. every request value the matched rules' templates need is read once and kept, so response
 //!    operations can use request values after Envoy stops exposing the request headers;
@@ -32,7 +33,7 @@ use gatewasm::{
 
 use crate::apply::{Applied, Sink};
 use crate::config::{Compiled, MatchMode};
-use crate::template::Source;
+use crate::template::{Part, Source};
 
 /// Header the filter sets to the original `:path` (query included) when it rewrites the path,
 /// and removes from every client request so it cannot be spoofed.
@@ -48,9 +49,13 @@ pub struct HeaderRewrite {
     config: Compiled,
     /// `config.request_headers`, shared with every stream's [`View`].
     names: Rc<[String]>,
-    /// Whether some rule needs a request value (match, substitution, path rewrite): then the
-    /// request headers are read with one host call instead of one per value.
+    /// Whether the request needs two or more values (counting the check for a spoofed
+    /// `x-envoy-original-path`): then every request header is read with one host call instead
+    /// of one call per value.
     snapshot: bool,
+    /// Whether a client's `x-envoy-original-path` is removed (`strip_original_path`, on by
+    /// default when some rule rewrites the path).
+    strips_original_path: bool,
     /// Per-rule counts, kept in the VM and flushed to Envoy from the tick: no host call per request.
     applied: Vec<Option<LocalCounter>>,
     dropped: Option<Counter>,
@@ -81,6 +86,25 @@ fn counter(_name: &str) -> Option<Counter> {
     None
 }
 
+/// How many distinct request values (pseudo-headers and header slots) the rules may read.
+fn request_values(config: &Compiled) -> usize {
+    let (mut method, mut authority, mut path) = (false, false, false);
+    for rule in &config.rules {
+        method |= !rule.matcher.methods.is_empty();
+        authority |= !rule.matcher.hosts.is_empty();
+        path |= rule.matcher.path.is_some() || rule.path_rewrite.is_some();
+        for part in rule.request.templates().chain(rule.response.templates()).flat_map(|t| t.parts()) {
+            match part {
+                Part::Method => method = true,
+                Part::Host | Part::Authority => authority = true,
+                Part::Path => path = true,
+                Part::RequestHeader(_) | Part::ResponseHeader(_) | Part::Literal(_) => {}
+            }
+        }
+    }
+    usize::from(method) + usize::from(authority) + usize::from(path) + config.request_headers.len()
+}
+
 impl Plugin for HeaderRewrite {
     const NAME: &'static str = "header_rewrite";
     type Filter = Rewriter;
@@ -98,12 +122,12 @@ impl Plugin for HeaderRewrite {
         let dropped = counter(UNSAFE_DROPPED);
         log::info!("header_rewrite: {} rule(s) loaded", config.rules.len());
         let names = config.request_headers.clone().into();
-        let snapshot = config.rules.iter().any(|r| {
-            !r.matcher.is_empty()
-                || r.path_rewrite.is_some()
-                || r.request.templates().chain(r.response.templates()).any(|t| t.is_dynamic())
-        });
-        Ok(HeaderRewrite { config, names, snapshot, applied, dropped })
+        let strips_original_path = config.strip_original_path;
+        // One pairs read costs about what one value read costs plus 1 µs (it returns every
+        // header): worth it only when two or more values are needed (BENCHMARKS.md).
+        let reads = request_values(&config) + usize::from(strips_original_path);
+        let snapshot = reads >= 2;
+        Ok(HeaderRewrite { config, names, snapshot, strips_original_path, applied, dropped })
     }
 
     fn new_filter(self: &Rc<Self>) -> Rewriter {
@@ -267,7 +291,7 @@ impl HttpFilter for Rewriter {
             self.view = View::snapshot(Rc::clone(&plugin.names));
         }
         // Reading first: removing an absent header would still clear Envoy's route cache.
-        if self.view.has_original_path() {
+        if plugin.strips_original_path && self.view.has_original_path() {
             let _ = REQUEST_HEADERS.remove(ORIGINAL_PATH);
         }
         let cfg = &plugin.config;

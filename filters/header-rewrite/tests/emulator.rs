@@ -118,10 +118,23 @@ fn spoofed_original_path_is_always_removed() {
     // A rule rewrites: the header holds the real original path, once.
     let s = request(&emu, "GET", "h", "/old/x", &[("x-envoy-original-path", "/admin")]);
     assert_eq!(all(&s.request_headers_now(), "x-envoy-original-path"), ["/old/x"]);
-    // Even with no rules at all.
-    let emu = emulator(&json!({}));
+    // Asked for explicitly, even with no rules at all.
+    let emu = emulator(&json!({"strip_original_path": true}));
     let s = request(&emu, "GET", "h", "/", &[("X-Envoy-Original-Path", "/admin")]);
     assert_eq!(s.request_header("x-envoy-original-path"), None);
+}
+
+#[test]
+fn without_path_rewrites_the_original_path_header_is_left_as_envoy_leaves_it() {
+    // The filter never sets the header then, and checking for it costs a read per request.
+    let emu = emulator(&json!({"rules": [{"request": {"set": [{"name": "x-a", "value": "1"}]}}]}));
+    let s = request(&emu, "GET", "h", "/", &[("x-envoy-original-path", "/admin")]);
+    assert_eq!(s.request_header("x-envoy-original-path").as_deref(), Some("/admin"));
+    let emu = emulator(&json!({"strip_original_path": false, "rules": [{
+        "match": {"path": {"prefix": "/old/"}}, "path_rewrite": {"prefix": "/new/"}
+    }]}));
+    let s = request(&emu, "GET", "h", "/other", &[("x-envoy-original-path", "/admin")]);
+    assert_eq!(s.request_header("x-envoy-original-path").as_deref(), Some("/admin"));
 }
 
 #[test]
