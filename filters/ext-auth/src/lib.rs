@@ -1,0 +1,1 @@
+//! External authorization filter (being built).

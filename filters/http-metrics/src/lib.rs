@@ -1,0 +1,1 @@
+//! Per-host/per-route metrics filter (being built).

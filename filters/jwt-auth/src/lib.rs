@@ -1,0 +1,1 @@
+//! JWT verification filter (being built; see the crate's README once it lands).

@@ -1,0 +1,1 @@
+//! Access log to Kafka filter (being built).

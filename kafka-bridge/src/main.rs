@@ -1,0 +1,2 @@
+//! Kafka REST bridge (being built).
+fn main() {}
