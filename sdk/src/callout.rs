@@ -104,8 +104,53 @@ pub enum CalloutError {
     Failed,
 }
 
-/// What [`crate::HttpFilter::on_callout`] receives.
+/// What [`crate::HttpFilter::on_callout`] and [`crate::Plugin::on_callout`] receive.
 pub type CalloutResult = Result<CalloutResponse, CalloutError>;
+
+/// Names a callout sent from the root context with [`dispatch`]; [`crate::Plugin::on_callout`]
+/// receives it with the answer, so a plugin with several callouts in flight tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CalloutId(u32);
+
+/// Most root-context callouts in flight per VM; [`dispatch`] refuses more, so a plugin that
+/// dispatches on every tick while its cluster hangs cannot grow this table without bound.
+pub const MAX_ROOT_CALLOUTS: usize = 64;
+
+thread_local! {
+    // One VM is one thread: Envoy never calls into a VM from two threads at once.
+    static ROOT_PENDING: std::cell::RefCell<Vec<Pending>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sends `callout` from the root context: the answer arrives in [`crate::Plugin::on_callout`]
+/// with the returned id. Call it from [`crate::Plugin::on_tick`] or [`crate::Plugin::on_callout`]
+/// (background work: key refreshes, batch uploads). From a stream callback use
+/// [`crate::Stream::dispatch`] instead: a callout belongs to the context that sent it, and Envoy
+/// cancels it when that stream ends.
+///
+/// Refused with `BadArgument` when [`MAX_ROOT_CALLOUTS`] are already in flight.
+pub fn dispatch(callout: &Callout) -> Result<CalloutId, CalloutError> {
+    let full = ROOT_PENDING.with(|p| p.borrow().len() >= MAX_ROOT_CALLOUTS);
+    if full {
+        return Err(CalloutError::Dispatch(Status::BadArgument));
+    }
+    let token = callout.dispatch().map_err(CalloutError::Dispatch)?;
+    ROOT_PENDING.with(|p| p.borrow_mut().push(Pending::new(token, callout)));
+    Ok(CalloutId(token))
+}
+
+/// Number of root-context callouts in flight.
+pub fn in_flight() -> usize {
+    ROOT_PENDING.with(|p| p.borrow().len())
+}
+
+/// Removes and returns the pending root callout with `token`.
+pub(crate) fn take_root(token: u32) -> Option<(CalloutId, Pending)> {
+    ROOT_PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        let at = pending.iter().position(|c| c.token == token)?;
+        Some((CalloutId(token), pending.swap_remove(at)))
+    })
+}
 
 pub(crate) struct Pending {
     pub token: u32,
@@ -115,6 +160,15 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    pub(crate) fn new(token: u32, callout: &Callout) -> Self {
+        Self {
+            token,
+            started: crate::clock::now(),
+            timeout: callout.timeout,
+            max_response_bytes: callout.max_response_bytes,
+        }
+    }
+
     /// Reads the answer Envoy is delivering for this callout.
     pub(crate) fn read(&self, num_headers: usize, body_size: usize) -> CalloutResult {
         // Envoy's timer and the clock it reports are not the same clock: its timeout can fire a

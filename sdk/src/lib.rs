@@ -60,7 +60,7 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 
-pub use callout::{Callout, CalloutError, CalloutResponse, CalloutResult};
+pub use callout::{dispatch, Callout, CalloutError, CalloutId, CalloutResponse, CalloutResult};
 pub use config::{ConfigError, ConfigErrors};
 pub use reply::LocalReply;
 pub use request::{
@@ -105,6 +105,12 @@ pub trait Plugin: Sized + 'static {
 
     /// Periodic work in the root context (refreshing keys, flushing batches).
     fn on_tick(self: &Rc<Self>) {}
+
+    /// A callout sent with [`dispatch`] answered, failed or timed out. State it updates lives in
+    /// `Cell`/`RefCell` fields: the plugin is shared with every stream.
+    fn on_callout(self: &Rc<Self>, id: CalloutId, result: CalloutResult) {
+        let _ = (id, result);
+    }
 }
 
 /// Per-stream callbacks. Each returns what happens next; none can fail the VM.
@@ -171,12 +177,7 @@ impl Stream {
             return Err(CalloutError::Dispatch(proxy_wasm::types::Status::BadArgument));
         }
         let token = callout.dispatch().map_err(CalloutError::Dispatch)?;
-        self.pending = Some(callout::Pending {
-            token,
-            started: clock::now(),
-            timeout: callout.timeout,
-            max_response_bytes: callout.max_response_bytes,
-        });
+        self.pending = Some(callout::Pending::new(token, callout));
         Ok(())
     }
 
@@ -219,7 +220,24 @@ impl<P: Plugin> Default for Root<P> {
     }
 }
 
-impl<P: Plugin> Context for Root<P> {}
+impl<P: Plugin> Context for Root<P> {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((id, pending)) = callout::take_root(token_id) else {
+            log::warn!("{}: answer for unknown callout {token_id} ignored", P::NAME);
+            return;
+        };
+        let result = pending.read(num_headers, body_size);
+        if let Some(plugin) = &self.plugin {
+            plugin.on_callout(id, result);
+        }
+    }
+}
 
 impl<P: Plugin> RootContext for Root<P> {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
