@@ -70,6 +70,16 @@ ensure_packaging_tools() {
     fi
 }
 
+TANSU_VERSION="0.6.0"
+# ensure_tansu: the Kafka-protocol broker the access-log tests produce to (memory storage, on
+# loopback). Built from crates.io once (about ten minutes) and kept in ~/.cargo/bin.
+ensure_tansu() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    command -v tansu >/dev/null 2>&1 && return
+    log "installing tansu $TANSU_VERSION (Kafka-protocol broker for the tests; about ten minutes, once)"
+    cargo install --locked --version "$TANSU_VERSION" tansu --features dynostore
+}
+
 build_modules() {
     log "building filters (release, wasm32-wasip1)"
     local args=()
