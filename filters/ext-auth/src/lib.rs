@@ -1,1 +1,372 @@
-//! External authorization filter (being built).
+//! External authorization over HTTP, with Envoy `ext_authz` (HTTP mode) and Ambassador
+//! `AuthService` semantics: every request the rules select is first sent, without its body unless
+//! configured, to an auth service; an allowing answer lets it through with identity headers
+//! copied from the answer, any other answer goes back to the client as given, and a failing
+//! auth service refuses the request (or lets it through, marked, with `failure_mode_allow`).
+//! See `README.md` for the configuration.
+//!
+//! Per stream:
+//! 1. every request header is read with one host call; the client's copies of the headers the
+//!    filter sets upstream are removed (checked or not, so they can never be spoofed);
+//! 2. the rules decide whether the request is checked;
+//! 3. the check request is built from the headers read, and sent; or, with
+//!    `with_request_body`, the body is buffered first (413 when over the limit, unless partial
+//!    bodies are allowed);
+//! 4. until the answer arrives, the request (headers, body and trailers) is held;
+//! 5. the answer allows, denies or fails ([`check::decide`]); the latency goes to a histogram
+//!    and the outcome to a counter.
+
+pub mod check;
+pub mod config;
+pub mod rules;
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use gatewasm::metrics::{Counter, Histogram, LocalCounter, FLUSH_PERIOD};
+use gatewasm::proxy_wasm::types::BufferType;
+use gatewasm::{
+    host, Callout, CalloutResult, ConfigErrors, Flow, HttpFilter, Plugin, Request, Stream, REQUEST_HEADERS,
+    RESPONSE_HEADERS,
+};
+
+use crate::check::{ClientRequest, Decision};
+use crate::config::{Action, Settings, FAILURE_MODE_ALLOWED};
+
+/// Counter family of check outcomes; the `result` label is `allowed`, `denied`, `error` or
+/// `timeout` (timeouts are not also counted as errors).
+pub const CHECKS: &str = "ext_auth_checks_total";
+/// Counter of requests the rules let through unchecked.
+pub const SKIPPED: &str = "ext_auth_skipped_total";
+/// Counter of requests let through after an auth service failure (`failure_mode_allow`).
+pub const FAILURE_MODE_ALLOWED_TOTAL: &str = "ext_auth_failure_mode_allowed_total";
+/// Counter of requests refused with 413 because their body was over `with_request_body.max_bytes`.
+pub const BODY_TOO_LARGE: &str = "ext_auth_body_too_large_total";
+/// Histogram of the time from sending the check to its answer (or timeout), in milliseconds.
+pub const DURATION: &str = "ext_auth_check_duration_ms";
+
+/// The counters, each counted in the VM and flushed from the tick (no host call per request).
+struct Counters {
+    allowed: Option<LocalCounter>,
+    denied: Option<LocalCounter>,
+    error: Option<LocalCounter>,
+    timeout: Option<LocalCounter>,
+    skipped: Option<LocalCounter>,
+    failure_mode_allowed: Option<LocalCounter>,
+    body_too_large: Option<LocalCounter>,
+}
+
+impl Counters {
+    fn define() -> Self {
+        let result = |r: &str| local(&gatewasm::metrics::series_name(CHECKS, &[("result", r)]));
+        Counters {
+            allowed: result("allowed"),
+            denied: result("denied"),
+            error: result("error"),
+            timeout: result("timeout"),
+            skipped: local(SKIPPED),
+            failure_mode_allowed: local(FAILURE_MODE_ALLOWED_TOTAL),
+            body_too_large: local(BODY_TOO_LARGE),
+        }
+    }
+
+    fn all(&self) -> [&Option<LocalCounter>; 7] {
+        [
+            &self.allowed,
+            &self.denied,
+            &self.error,
+            &self.timeout,
+            &self.skipped,
+            &self.failure_mode_allowed,
+            &self.body_too_large,
+        ]
+    }
+}
+
+fn inc(counter: &Option<LocalCounter>) {
+    if let Some(c) = counter {
+        c.inc();
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn define<M: gatewasm::metrics::Metric>(name: &str) -> Option<M> {
+    match M::define(name) {
+        Ok(m) => Some(m),
+        Err(status) => {
+            log::warn!("ext_auth: cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Native builds (unit tests) have no host to define metrics in.
+#[cfg(not(target_arch = "wasm32"))]
+fn define<M: gatewasm::metrics::Metric>(_name: &str) -> Option<M> {
+    None
+}
+
+fn local(name: &str) -> Option<LocalCounter> {
+    define::<Counter>(name).map(LocalCounter::new)
+}
+
+/// The plugin: settings and metrics.
+pub struct ExtAuth {
+    settings: Settings,
+    counters: Counters,
+    duration: Option<Histogram>,
+}
+
+impl ExtAuth {
+    /// The settings in use.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl Plugin for ExtAuth {
+    const NAME: &'static str = "ext_auth";
+    type Filter = ExtAuthFilter;
+
+    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+        let settings = config::parse(raw)?;
+        log::info!(
+            "ext_auth: checking with cluster {} ({} rule(s), timeout {} ms)",
+            settings.cluster,
+            settings.rules.len(),
+            settings.timeout.as_millis()
+        );
+        Ok(ExtAuth { settings, counters: Counters::define(), duration: define::<Histogram>(DURATION) })
+    }
+
+    fn new_filter(self: &Rc<Self>) -> ExtAuthFilter {
+        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, started: None, buffered: 0 }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        Some(FLUSH_PERIOD)
+    }
+
+    fn on_tick(self: &Rc<Self>) {
+        for counter in self.counters.all().into_iter().flatten() {
+            counter.flush();
+        }
+    }
+}
+
+/// Where a stream is.
+enum State {
+    /// Nothing decided yet.
+    Start,
+    /// Buffering the body before the check; the check request is built.
+    Buffering(Box<Callout>),
+    /// The check is in flight: hold everything.
+    Checking,
+    /// Allowed or skipped; headers still to add to the client's response.
+    Passed(Vec<(String, String)>),
+    /// Answered locally (denied, failed or too large).
+    Done,
+}
+
+/// Per-stream state.
+pub struct ExtAuthFilter {
+    plugin: Rc<ExtAuth>,
+    state: State,
+    /// When the check was sent.
+    started: Option<SystemTime>,
+    /// Request body bytes buffered so far.
+    buffered: usize,
+}
+
+impl ExtAuthFilter {
+    fn settings(&self) -> &Settings {
+        &self.plugin.settings
+    }
+
+    fn send(&mut self, stream: &mut Stream, call: &Callout) -> Flow {
+        self.started = gatewasm::clock::now();
+        match stream.dispatch(call) {
+            Ok(()) => {
+                self.state = State::Checking;
+                Flow::Pause
+            }
+            Err(e) => {
+                log::warn!("ext_auth: cannot call cluster {}: {e:?}", call.cluster);
+                self.failed(false)
+            }
+        }
+    }
+
+    /// The auth service failed: refuse, or let through marked when `failure_mode_allow` says so.
+    fn failed(&mut self, timeout: bool) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        inc(if timeout { &plugin.counters.timeout } else { &plugin.counters.error });
+        let settings = &plugin.settings;
+        if settings.failure_mode_allow {
+            inc(&plugin.counters.failure_mode_allowed);
+            if settings.failure_mode_allow_header_add {
+                if let Err(status) = REQUEST_HEADERS.set(FAILURE_MODE_ALLOWED, "true") {
+                    log::warn!("ext_auth: marking the request failed: {status:?}");
+                }
+            }
+            self.state = State::Passed(Vec::new());
+            return Flow::Continue;
+        }
+        self.state = State::Done;
+        Flow::Reply(check::error_reply(settings, timeout))
+    }
+
+    /// Sends the buffered check with the first `min(size, max)` body bytes.
+    fn send_with_body(&mut self, stream: &mut Stream, size: usize, end_of_stream: bool) -> Flow {
+        let State::Buffering(mut call) = std::mem::replace(&mut self.state, State::Start) else {
+            return Flow::Continue;
+        };
+        let max = self.settings().body.map_or(0, |b| b.max_bytes);
+        let want = size.min(max);
+        let body = if want == 0 {
+            Vec::new()
+        } else {
+            match host::buffer(BufferType::HttpRequestBody, 0, want) {
+                Ok(body) => body,
+                Err(status) => {
+                    log::warn!("ext_auth: reading the request body failed: {status:?}");
+                    self.state = State::Done;
+                    return self.failed(false);
+                }
+            }
+        };
+        check::attach_body(&mut call, body, size > max || !end_of_stream);
+        self.send(stream, &call)
+    }
+}
+
+impl HttpFilter for ExtAuthFilter {
+    fn on_request_headers(&mut self, stream: &mut Stream, end_of_stream: bool) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        let settings = &plugin.settings;
+        let req = Request::snapshot();
+        let Some(headers) = req.headers() else {
+            return self.failed(false);
+        };
+        // Before anything else, checked or not: these headers are the filter's to set.
+        for name in &settings.strip {
+            if headers.contains(name) {
+                if let Err(status) = REQUEST_HEADERS.remove(name) {
+                    log::warn!("ext_auth: removing the client's {name} failed: {status:?}");
+                }
+            }
+        }
+        if rules::decide(&settings.rules, settings.default, req.method(), &req.host(), req.path())
+            == Action::Skip
+        {
+            inc(&plugin.counters.skipped);
+            self.state = State::Passed(Vec::new());
+            return Flow::Continue;
+        }
+        let call = check::request(
+            settings,
+            ClientRequest {
+                method: req.method(),
+                path: req.path_and_query(),
+                authority: req.authority(),
+                headers: headers.iter(),
+            },
+        );
+        // Upgrades (WebSocket) have no body to wait for, as in Envoy.
+        if settings.body.is_some() && !end_of_stream && !headers.contains("upgrade") {
+            self.state = State::Buffering(Box::new(call));
+            return Flow::Pause;
+        }
+        self.send(stream, &call)
+    }
+
+    fn on_request_body(&mut self, stream: &mut Stream, body_size: usize, end_of_stream: bool) -> Flow {
+        match &self.state {
+            State::Buffering(_) => {
+                self.buffered = body_size;
+                let Some(body) = self.settings().body else {
+                    return Flow::Continue;
+                };
+                if body_size > body.max_bytes && !body.allow_partial {
+                    inc(&self.plugin.counters.body_too_large);
+                    self.state = State::Done;
+                    return Flow::Reply(check::too_large_reply(body.max_bytes));
+                }
+                if end_of_stream || (body.allow_partial && body_size >= body.max_bytes) {
+                    return self.send_with_body(stream, body_size, end_of_stream);
+                }
+                Flow::Pause
+            }
+            // Returning Continue here would let Envoy pass the held headers on before the answer.
+            State::Checking => Flow::Pause,
+            State::Start | State::Passed(_) | State::Done => Flow::Continue,
+        }
+    }
+
+    fn on_request_trailers(&mut self, stream: &mut Stream) -> Flow {
+        match &self.state {
+            State::Buffering(_) => {
+                let size = self.buffered;
+                self.send_with_body(stream, size, true)
+            }
+            State::Checking => Flow::Pause,
+            State::Start | State::Passed(_) | State::Done => Flow::Continue,
+        }
+    }
+
+    fn on_callout(&mut self, _stream: &mut Stream, result: CalloutResult) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        if let (Some(histogram), Some(started)) = (plugin.duration, self.started) {
+            let ms = gatewasm::clock::since(started).as_millis();
+            histogram.record(u64::try_from(ms).unwrap_or(u64::MAX));
+        }
+        match check::decide(&plugin.settings, &result) {
+            Decision::Allow(allow) => {
+                inc(&plugin.counters.allowed);
+                apply_upstream(&allow);
+                self.state = State::Passed(allow.client);
+                Flow::Continue
+            }
+            Decision::Deny(reply) => {
+                inc(&plugin.counters.denied);
+                self.state = State::Done;
+                Flow::Reply(reply)
+            }
+            Decision::Error { timeout } => {
+                if let Ok(resp) = &result {
+                    log::debug!("ext_auth: auth service answered {}", resp.status);
+                }
+                self.failed(timeout)
+            }
+        }
+    }
+
+    fn on_response_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        if let State::Passed(client) = &mut self.state {
+            for (name, value) in client.drain(..) {
+                if let Err(status) = RESPONSE_HEADERS.add(&name, &value) {
+                    log::warn!("ext_auth: adding {name} to the response failed: {status:?}");
+                }
+            }
+        }
+        Flow::Continue
+    }
+}
+
+/// Writes an allowing answer's headers onto the held request.
+fn apply_upstream(allow: &check::Allow) {
+    for (i, (name, value)) in allow.upstream.iter().enumerate() {
+        let first = !allow.upstream.iter().take(i).any(|(n, _)| n == name);
+        let written = if first { REQUEST_HEADERS.set(name, value) } else { REQUEST_HEADERS.add(name, value) };
+        if let Err(status) = written {
+            log::warn!("ext_auth: setting {name} upstream failed: {status:?}");
+        }
+    }
+    for name in &allow.remove {
+        if let Err(status) = REQUEST_HEADERS.remove(name) {
+            log::warn!("ext_auth: removing {name} failed: {status:?}");
+        }
+    }
+}
+
+gatewasm::export!(ExtAuth);

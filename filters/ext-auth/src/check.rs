@@ -1,0 +1,356 @@
+//! The check itself, as pure functions: the request sent to the auth service, and what its
+//! answer means for the client request.
+
+use gatewasm::{Callout, CalloutError, CalloutResponse, CalloutResult, LocalReply};
+
+use crate::config::{is_reserved, Settings, HEADERS_TO_REMOVE, PARTIAL_BODY};
+
+/// The parts of the client request the check request is built from.
+pub struct ClientRequest<'a, I> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, query included.
+    pub path: &'a str,
+    /// `:authority`.
+    pub authority: &'a str,
+    /// Every request header, in order, lower-case names (pseudo-headers are skipped).
+    pub headers: I,
+}
+
+/// The check request for a client request: its method, its path behind `path_prefix`, the
+/// allowed headers it carries, the configured extra headers, and no body (`content-length: 0`).
+pub fn request<'a, I>(settings: &Settings, client: ClientRequest<'a, I>) -> Callout
+where
+    I: Iterator<Item = (&'a str, &'a str)>,
+{
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(8);
+    let mut cookie: Option<String> = None;
+    for (name, value) in client.headers {
+        if name.starts_with(':')
+            || name == PARTIAL_BODY
+            || is_reserved(name)
+            || !settings.request_headers.contains(name)
+            || settings.headers_to_add.iter().any(|(n, _)| n == name)
+        {
+            continue;
+        }
+        if name == "cookie" {
+            // Several Cookie headers (HTTP/2 sends one per cookie) become one, as RFC 6265 wants
+            // for HTTP/1.1, which is how the auth service is called.
+            match &mut cookie {
+                Some(c) => {
+                    c.push_str("; ");
+                    c.push_str(value);
+                }
+                None => cookie = Some(value.to_string()),
+            }
+            continue;
+        }
+        headers.push((name.to_string(), value.to_string()));
+    }
+    if let Some(c) = cookie {
+        headers.push(("cookie".to_string(), c));
+    }
+    headers.extend(settings.headers_to_add.iter().cloned());
+    headers.push(("content-length".to_string(), "0".to_string()));
+    Callout {
+        cluster: settings.cluster.clone(),
+        method: client.method.to_string(),
+        path: format!("{}{}", settings.path_prefix, client.path),
+        authority: settings.authority.clone().unwrap_or_else(|| client.authority.to_string()),
+        headers,
+        body: Vec::new(),
+        timeout: settings.timeout,
+        max_response_bytes: settings.max_denied_body_bytes,
+    }
+}
+
+/// Puts the buffered request body into a check request; `partial` says whether it was cut
+/// (sent as `x-envoy-auth-partial-body`). Envoy sets `content-length` from the body.
+pub fn attach_body(call: &mut Callout, body: Vec<u8>, partial: bool) {
+    call.headers.retain(|(n, _)| n != "content-length");
+    if body.is_empty() {
+        call.headers.push(("content-length".to_string(), "0".to_string()));
+    }
+    call.headers.push((PARTIAL_BODY.to_string(), if partial { "true" } else { "false" }.to_string()));
+    call.body = body;
+}
+
+/// What the auth service's answer means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the request through, with these changes.
+    Allow(Allow),
+    /// Answer the client with the auth service's answer.
+    Deny(LocalReply),
+    /// The auth service failed: timed out (`timeout`), unreachable, or answered 5xx.
+    Error {
+        /// True for a timeout.
+        timeout: bool,
+    },
+}
+
+/// Changes an allowing answer makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// Headers set on the upstream request, in answer order; a name's first value replaces the
+    /// request's, later ones are added.
+    pub upstream: Vec<(String, String)>,
+    /// Request headers the answer asked to remove (`x-envoy-auth-headers-to-remove`).
+    pub remove: Vec<String>,
+    /// Headers added to the client's response.
+    pub client: Vec<(String, String)>,
+}
+
+/// Judges the auth service's answer.
+pub fn decide(settings: &Settings, result: &CalloutResult) -> Decision {
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(CalloutError::Timeout) => return Decision::Error { timeout: true },
+        Err(CalloutError::Failed | CalloutError::Dispatch(_)) => return Decision::Error { timeout: false },
+    };
+    if !(200..500).contains(&resp.status) {
+        // 5xx (Envoy's own 503 for a refused connection included), no status, or 1xx.
+        return Decision::Error { timeout: false };
+    }
+    if settings.allowed_statuses.contains(&resp.status) {
+        Decision::Allow(allow(settings, resp))
+    } else {
+        Decision::Deny(deny(settings, resp))
+    }
+}
+
+fn answer_headers(resp: &CalloutResponse) -> impl Iterator<Item = (&str, &str)> {
+    resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).filter(|(n, _)| !n.starts_with(':'))
+}
+
+fn allow(settings: &Settings, resp: &CalloutResponse) -> Allow {
+    let mut out = Allow::default();
+    for (name, value) in answer_headers(resp) {
+        if settings.upstream_headers.iter().any(|n| n == name) {
+            out.upstream.push((name.to_string(), value.to_string()));
+        }
+        if settings.client_headers_on_success.contains(name) {
+            out.client.push((name.to_string(), value.to_string()));
+        }
+        if name == HEADERS_TO_REMOVE {
+            out.remove.extend(
+                value
+                    .split(',')
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty() && !n.starts_with(':') && n != "host"),
+            );
+        }
+    }
+    out
+}
+
+fn deny(settings: &Settings, resp: &CalloutResponse) -> LocalReply {
+    let mut reply =
+        LocalReply::new(resp.status, "denied", "denied by the auth service").raw_body(resp.body.clone());
+    for (name, value) in answer_headers(resp) {
+        let pass =
+            settings.client_headers.contains(name) || (name == "content-type" && !resp.body.is_empty());
+        if pass {
+            reply.headers.push((name.to_string(), value.to_string()));
+        }
+    }
+    reply
+}
+
+/// The reply when the auth service failed and the filter fails closed.
+pub fn error_reply(settings: &Settings, timeout: bool) -> LocalReply {
+    if timeout {
+        LocalReply::new(settings.status_on_error, "auth_timeout", "the auth service did not answer in time")
+    } else {
+        LocalReply::new(settings.status_on_error, "auth_error", "the auth service failed")
+    }
+}
+
+/// The reply when the body is over `with_request_body.max_bytes` and partial bodies are not
+/// allowed.
+pub fn too_large_reply(max_bytes: usize) -> LocalReply {
+    LocalReply::new(413, "body_too_large", format!("the request body is over {max_bytes} bytes"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use gatewasm::proxy_wasm::types::Status;
+
+    fn settings(json: &str) -> Settings {
+        parse(json.as_bytes()).unwrap()
+    }
+
+    fn client<'a>(
+        headers: &'a [(&'a str, &'a str)],
+    ) -> ClientRequest<'a, impl Iterator<Item = (&'a str, &'a str)> + 'a> {
+        ClientRequest {
+            method: "POST",
+            path: "/api/orders?x=1",
+            authority: "shop.example.com",
+            headers: headers.iter().copied(),
+        }
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> CalloutResult {
+        let mut all = vec![(":status".to_string(), status.to_string())];
+        all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        Ok(CalloutResponse { status, headers: all, body: body.as_bytes().to_vec(), truncated: false })
+    }
+
+    const CLIENT: &[(&str, &str)] = &[
+        (":method", "POST"),
+        (":path", "/api/orders?x=1"),
+        ("authorization", "Basic YWRtaW46MTIz"),
+        ("cookie", "a=1"),
+        ("cookie", "id_token=t"),
+        ("user-agent", "curl"),
+        ("x-forwarded-proto", "https"),
+        ("content-type", "application/json"),
+        ("content-length", "17"),
+        ("x-qotm-session", "s1"),
+        ("x-secret", "nope"),
+        ("x-envoy-auth-partial-body", "true"),
+        ("x-gateway", "client"),
+    ];
+
+    #[test]
+    fn check_request_carries_method_prefixed_path_and_allowed_headers_only() {
+        let s = settings(
+            r#"{"cluster": "auth", "path_prefix": "/extauth", "timeout_ms": 300,
+                "allowed_request_headers": ["x-qotm-session", "x-envoy-auth-*"],
+                "headers_to_add": [{"name": "X-Gateway", "value": "edge"}]}"#,
+        );
+        let call = request(&s, client(CLIENT));
+        assert_eq!(call.cluster, "auth");
+        assert_eq!(call.method, "POST");
+        assert_eq!(call.path, "/extauth/api/orders?x=1");
+        assert_eq!(call.authority, "shop.example.com", "the client's authority, as Envoy sends it");
+        assert_eq!(call.timeout, std::time::Duration::from_millis(300));
+        assert!(call.body.is_empty());
+        let h: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(
+            h,
+            [
+                ("authorization", "Basic YWRtaW46MTIz"),
+                ("user-agent", "curl"),
+                ("x-forwarded-proto", "https"),
+                ("x-qotm-session", "s1"),
+                ("cookie", "a=1; id_token=t"),
+                ("x-gateway", "edge"),
+                ("content-length", "0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn fixed_authority_and_body() {
+        let s = settings(r#"{"cluster": "auth", "authority": "auth.internal:8080"}"#);
+        let mut call = request(&s, client(CLIENT));
+        assert_eq!(call.authority, "auth.internal:8080");
+        attach_body(&mut call, b"{\"user\":\"admin\"}".to_vec(), false);
+        assert_eq!(call.body, b"{\"user\":\"admin\"}");
+        assert!(!call.headers.iter().any(|(n, _)| n == "content-length"), "Envoy sets it from the body");
+        assert!(call.headers.contains(&(PARTIAL_BODY.into(), "false".into())));
+        let mut call = request(&s, client(CLIENT));
+        attach_body(&mut call, Vec::new(), true);
+        assert!(call.headers.contains(&("content-length".into(), "0".into())));
+        assert!(call.headers.contains(&(PARTIAL_BODY.into(), "true".into())));
+    }
+
+    #[test]
+    fn allowed_statuses_allow_and_copy_configured_headers() {
+        let s = settings(
+            r#"{"cluster": "auth", "allowed_statuses": [200, 202],
+                "allowed_upstream_headers": ["x-admin-id", "x-admin-email", "x-groups"],
+                "allowed_client_headers_on_success": ["set-cookie"]}"#,
+        );
+        let ans = answer(
+            202,
+            &[
+                ("x-admin-id", "1"),
+                ("x-admin-email", "admin@qq.com"),
+                ("x-groups", "a"),
+                ("x-groups", "b"),
+                ("x-other", "no"),
+                ("set-cookie", "sid=1"),
+                ("x-envoy-auth-headers-to-remove", "authorization, :path,host,Cookie"),
+            ],
+            "ignored",
+        );
+        let Decision::Allow(a) = decide(&s, &ans) else { panic!("not allowed") };
+        assert_eq!(
+            a.upstream,
+            [
+                ("x-admin-id".into(), "1".into()),
+                ("x-admin-email".into(), "admin@qq.com".into()),
+                ("x-groups".into(), "a".into()),
+                ("x-groups".into(), "b".into()),
+            ]
+        );
+        assert_eq!(a.remove, ["authorization", "cookie"], "pseudo-headers and host are never removed");
+        assert_eq!(a.client, [("set-cookie".into(), "sid=1".into())]);
+        // 201 is not in the set: the answer goes to the client.
+        assert!(matches!(decide(&s, &answer(201, &[], "")), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn any_other_answer_reaches_the_client_as_given() {
+        let s = settings(r#"{"cluster": "auth", "allowed_client_headers": ["x-login-*"]}"#);
+        let body = r#"{"admin":{"id":1},"id_token":"tok"}"#;
+        let ans = answer(
+            201,
+            &[
+                ("content-type", "application/json"),
+                ("set-cookie", "id_token=tok; HttpOnly"),
+                ("set-cookie", "other=1"),
+                ("x-login-id", "7"),
+                ("authorization", "Bearer leaked"),
+                ("x-powered-by", "Express"),
+            ],
+            body,
+        );
+        let Decision::Deny(reply) = decide(&s, &ans) else { panic!("not denied") };
+        assert_eq!(reply.status, 201);
+        assert_eq!(reply.raw_body.as_deref(), Some(body.as_bytes()));
+        assert_eq!(
+            reply.headers,
+            [
+                ("content-type".to_string(), "application/json".to_string()),
+                ("set-cookie".to_string(), "id_token=tok; HttpOnly".to_string()),
+                ("set-cookie".to_string(), "other=1".to_string()),
+                ("x-login-id".to_string(), "7".to_string()),
+            ]
+        );
+        // No body: no content type.
+        let Decision::Deny(reply) =
+            decide(&s, &answer(302, &[("location", "/login"), ("content-type", "text/html")], ""))
+        else {
+            panic!("not denied")
+        };
+        assert_eq!(reply.headers, [("location".to_string(), "/login".to_string())]);
+        assert_eq!(reply.raw_body.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn failures_are_errors() {
+        let s = settings(r#"{"cluster": "auth"}"#);
+        assert_eq!(decide(&s, &Err(CalloutError::Timeout)), Decision::Error { timeout: true });
+        assert_eq!(decide(&s, &Err(CalloutError::Failed)), Decision::Error { timeout: false });
+        assert_eq!(
+            decide(&s, &Err(CalloutError::Dispatch(Status::BadArgument))),
+            Decision::Error { timeout: false }
+        );
+        for status in [500, 503, 504, 0, 100] {
+            assert_eq!(decide(&s, &answer(status, &[], "x")), Decision::Error { timeout: false }, "{status}");
+        }
+        let r = error_reply(&s, true);
+        assert_eq!((r.status, r.code), (403, "auth_timeout"));
+        let s = settings(r#"{"cluster": "auth", "status_on_error": 503}"#);
+        assert_eq!(error_reply(&s, false).status, 503);
+        assert_eq!(too_large_reply(10).status, 413);
+    }
+}

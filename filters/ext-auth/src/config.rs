@@ -1,0 +1,589 @@
+//! The configuration as written (JSON, [`RawConfig`]) and as the request path uses it
+//! ([`Settings`]: names lower-cased, regexes compiled, defaults filled in).
+//!
+//! [`parse`] reports every problem at once, each with its JSON path and value
+//! (`allowed_statuses[1] = 503: a 5xx answer is an auth service failure and never allows`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use gatewasm::config::{self, ConfigErrors};
+
+use crate::rules::{HostPattern, PathMatch, Rule, RuleMatch};
+
+/// Headers sent to the auth service when the client sent them, besides `:method`, `:path` and
+/// `:authority` (Ambassador AuthService's fixed list; Envoy's HTTP `ext_authz` sends only
+/// `Authorization` by default).
+pub const DEFAULT_REQUEST_HEADERS: [&str; 8] = [
+    "authorization",
+    "cookie",
+    "from",
+    "proxy-authorization",
+    "user-agent",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Headers of a denying answer passed on to the client (besides `content-type`, which goes with
+/// a body).
+pub const DEFAULT_CLIENT_HEADERS: [&str; 4] =
+    ["location", "set-cookie", "www-authenticate", "proxy-authenticate"];
+
+/// Header added upstream when `failure_mode_allow` lets a request through unchecked (Envoy's
+/// name), and removed from every client request.
+pub const FAILURE_MODE_ALLOWED: &str = "x-envoy-auth-failure-mode-allowed";
+
+/// Header on the check request saying whether the body sent is cut (Envoy's name); a client's
+/// copy is never forwarded.
+pub const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
+
+/// Header an allowing answer may carry to name request headers to remove before the request
+/// goes upstream (Envoy's HTTP `ext_authz` convention: comma-separated names).
+pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
+
+/// Default callout timeout (Envoy's `ext_authz` default; Ambassador's is 5 s).
+pub const DEFAULT_TIMEOUT_MS: u64 = 200;
+
+/// Largest `timeout_ms`: a check that takes longer is a hung request.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// Default bound on the denying answer's body passed to the client.
+pub const DEFAULT_MAX_DENIED_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest `with_request_body.max_bytes` and `max_denied_body_bytes`: Envoy's default
+/// per-connection buffer limit, past which Envoy itself answers 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The plugin configuration.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawConfig {
+    /// Envoy cluster of the auth service (in Istio: `outbound|PORT||HOST`). Required.
+    #[serde(default)]
+    pub cluster: String,
+    /// `:authority` of the check request. Default: the client request's own, as Envoy sends it.
+    pub authority: Option<String>,
+    /// Give up on the auth service after this many milliseconds (default 200, at most 60000).
+    pub timeout_ms: Option<u64>,
+    /// Prepended to the client's path (query included) in the check request, e.g. `/extauth`.
+    #[serde(default)]
+    pub path_prefix: String,
+    /// Client request headers sent to the auth service in addition to the defaults; a name
+    /// ending in `*` is a prefix (`x-auth-*`).
+    #[serde(default)]
+    pub allowed_request_headers: Vec<String>,
+    /// Headers added to every check request, replacing a client header of the same name.
+    #[serde(default)]
+    pub headers_to_add: Vec<RawHeader>,
+    /// Send the request body to the auth service (buffered first). Default: no body.
+    pub with_request_body: Option<RawBody>,
+    /// Answer statuses that allow the request (default `[200]`); e.g. `[200, 202]` for
+    /// oauth2-proxy. Any other non-5xx answer is a denial passed to the client as given.
+    pub allowed_statuses: Option<Vec<u16>>,
+    /// Headers of an allowing answer copied onto the request going upstream (e.g. `x-admin-id`);
+    /// the client's own copies of these are always removed, checked or not.
+    #[serde(default)]
+    pub allowed_upstream_headers: Vec<String>,
+    /// Headers of a denying answer passed to the client, in addition to the defaults.
+    #[serde(default)]
+    pub allowed_client_headers: Vec<String>,
+    /// Headers of an allowing answer added to the client's response (e.g. `set-cookie`).
+    #[serde(default)]
+    pub allowed_client_headers_on_success: Vec<String>,
+    /// Status sent when the auth service times out, cannot be reached or answers 5xx (default
+    /// 403, as Envoy).
+    pub status_on_error: Option<u16>,
+    /// Let the request through when the auth service fails (default false: fail closed).
+    #[serde(default)]
+    pub failure_mode_allow: bool,
+    /// With `failure_mode_allow`, mark such requests upstream with
+    /// `x-envoy-auth-failure-mode-allowed: true` (default true).
+    pub failure_mode_allow_header_add: Option<bool>,
+    /// Bound on the denying answer's body passed to the client (default 65536); the rest is cut.
+    pub max_denied_body_bytes: Option<usize>,
+    /// Which requests are checked: the first rule whose `match` holds decides; none: `default`.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    /// What happens to a request no rule matches (default `check`).
+    #[serde(default)]
+    pub default: Action,
+}
+
+/// A header name and value.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeader {
+    /// Header name.
+    #[serde(default)]
+    pub name: String,
+    /// Header value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Request body buffering.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBody {
+    /// Most body bytes held and sent (1 to 1048576). Required.
+    #[serde(default)]
+    pub max_bytes: usize,
+    /// Send the first `max_bytes` of a longer body (marked partial) instead of answering 413.
+    #[serde(default)]
+    pub allow_partial: bool,
+}
+
+/// Check or skip.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Ask the auth service.
+    #[default]
+    Check,
+    /// Let the request through without asking (health checks, public assets).
+    Skip,
+}
+
+/// One rule.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Name for logs (default: the rule's index).
+    pub name: Option<String>,
+    /// Conditions, all of which must hold; absent means every request.
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    /// What to do with a matching request.
+    #[serde(default)]
+    pub action: Action,
+}
+
+/// Request conditions.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Host patterns, any of which matches: `api.example.com` or `*.example.com`, compared
+    /// case-insensitively without the port.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path condition on the path without query string.
+    pub path: Option<RawPath>,
+    /// Methods, any of which matches.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPath {
+    /// The whole path.
+    pub exact: Option<String>,
+    /// A string prefix of the path.
+    pub prefix: Option<String>,
+    /// A regex (regex-lite syntax) matching the whole path.
+    pub regex: Option<String>,
+}
+
+/// A set of header names: exact names and prefixes, lower-case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameSet {
+    /// Exact names.
+    pub exact: Vec<String>,
+    /// Name prefixes (from `name*`).
+    pub prefixes: Vec<String>,
+}
+
+impl NameSet {
+    /// Whether `name` (lower-case, as Envoy gives names) is in the set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.exact.iter().any(|n| n == name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// True when the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    fn insert(&mut self, name: &str) {
+        if !self.exact.iter().any(|n| n == name) {
+            self.exact.push(name.to_string());
+        }
+    }
+}
+
+/// Body settings in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodySettings {
+    /// Most bytes held and sent.
+    pub max_bytes: usize,
+    /// Send a cut body instead of answering 413.
+    pub allow_partial: bool,
+}
+
+/// The configuration as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Auth service cluster.
+    pub cluster: String,
+    /// Fixed `:authority`, or the client's.
+    pub authority: Option<String>,
+    /// Callout timeout.
+    pub timeout: Duration,
+    /// Path prefix.
+    pub path_prefix: String,
+    /// Client headers sent to the auth service.
+    pub request_headers: NameSet,
+    /// Headers added to the check request (lower-case names).
+    pub headers_to_add: Vec<(String, String)>,
+    /// Body buffering, when on.
+    pub body: Option<BodySettings>,
+    /// Allowing statuses.
+    pub allowed_statuses: Vec<u16>,
+    /// Answer headers copied upstream on allow (exact names: they are also removed from every
+    /// client request).
+    pub upstream_headers: Vec<String>,
+    /// Answer headers passed to the client on denial.
+    pub client_headers: NameSet,
+    /// Answer headers added to the client's response on allow.
+    pub client_headers_on_success: NameSet,
+    /// Status on auth service failure.
+    pub status_on_error: u16,
+    /// Allow on failure.
+    pub failure_mode_allow: bool,
+    /// Mark failure-allowed requests upstream.
+    pub failure_mode_allow_header_add: bool,
+    /// Bound on the denied body.
+    pub max_denied_body_bytes: usize,
+    /// Rules in order.
+    pub rules: Vec<Rule>,
+    /// Action when no rule matches.
+    pub default: Action,
+    /// Client headers removed from every request: `upstream_headers` and the failure marker.
+    pub strip: Vec<String>,
+}
+
+/// Headers that must never be copied between requests and answers: framing and hop-by-hop
+/// headers, and the Host header (`:authority` in Envoy).
+pub fn is_reserved(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "proxy-connection"
+    ) || name.starts_with(':')
+}
+
+/// Parses and compiles a configuration, reporting every problem.
+pub fn parse(bytes: &[u8]) -> Result<Settings, ConfigErrors> {
+    config::parse_with(bytes, |raw: RawConfig, errors| compile(&raw, errors))
+}
+
+/// Compiles a parsed configuration, recording every problem in `errors`.
+pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
+    if raw.cluster.is_empty() {
+        errors.add_field("cluster", "required: the Envoy cluster of the auth service");
+    } else if raw.cluster.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        errors.add("cluster", &raw.cluster, "a cluster name has no spaces or control characters");
+    }
+    if let Some(a) = &raw.authority {
+        if a.is_empty() || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)) {
+            errors.add("authority", a, "must be a host name or address, optionally with a port");
+        }
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+        errors.add("timeout_ms", timeout_ms, format!("must be 1 to {MAX_TIMEOUT_MS}"));
+    }
+    if !raw.path_prefix.is_empty()
+        && (!raw.path_prefix.starts_with('/')
+            || raw.path_prefix.ends_with('/')
+            || raw.path_prefix.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#'))
+    {
+        errors.add(
+            "path_prefix",
+            &raw.path_prefix,
+            "must start with `/`, not end with `/`, and have no whitespace, control characters, `?` or `#`",
+        );
+    }
+
+    let mut request_headers = NameSet::default();
+    for name in DEFAULT_REQUEST_HEADERS {
+        request_headers.insert(name);
+    }
+    names(errors, "allowed_request_headers", &raw.allowed_request_headers, true, &mut request_headers);
+    let mut headers_to_add = Vec::new();
+    for (i, h) in raw.headers_to_add.iter().enumerate() {
+        let at = format!("headers_to_add[{i}]");
+        let name = h.name.to_ascii_lowercase();
+        config::check_header_name(errors, format!("{at}.name"), &h.name);
+        if is_reserved(&name) || name == PARTIAL_BODY {
+            errors.add(format!("{at}.name"), &h.name, "set by the filter or by Envoy: cannot be added");
+        }
+        config::check_header_value(errors, format!("{at}.value"), &h.value);
+        headers_to_add.push((name, h.value.clone()));
+    }
+
+    let body = raw.with_request_body.as_ref().map(|b| {
+        if b.max_bytes == 0 || b.max_bytes > MAX_BODY_BYTES {
+            errors.add(
+                "with_request_body.max_bytes",
+                b.max_bytes,
+                format!("must be 1 to {MAX_BODY_BYTES} (Envoy's default buffer limit)"),
+            );
+        }
+        BodySettings { max_bytes: b.max_bytes, allow_partial: b.allow_partial }
+    });
+
+    let allowed_statuses = raw.allowed_statuses.clone().unwrap_or_else(|| vec![200]);
+    if allowed_statuses.is_empty() {
+        errors.add_field("allowed_statuses", "give at least one status, or leave it out for [200]");
+    }
+    for (i, &s) in allowed_statuses.iter().enumerate() {
+        if !(200..500).contains(&s) {
+            let why = if (500..600).contains(&s) {
+                "a 5xx answer is an auth service failure and never allows"
+            } else {
+                "must be a 2xx, 3xx or 4xx status"
+            };
+            errors.add(format!("allowed_statuses[{i}]"), s, why);
+        }
+    }
+
+    let mut upstream = NameSet::default();
+    names(errors, "allowed_upstream_headers", &raw.allowed_upstream_headers, false, &mut upstream);
+    let mut client_headers = NameSet::default();
+    for name in DEFAULT_CLIENT_HEADERS {
+        client_headers.insert(name);
+    }
+    names(errors, "allowed_client_headers", &raw.allowed_client_headers, true, &mut client_headers);
+    let mut on_success = NameSet::default();
+    names(
+        errors,
+        "allowed_client_headers_on_success",
+        &raw.allowed_client_headers_on_success,
+        true,
+        &mut on_success,
+    );
+
+    let status_on_error = raw.status_on_error.unwrap_or(403);
+    if !(200..600).contains(&status_on_error) {
+        errors.add("status_on_error", status_on_error, "must be an HTTP status from 200 to 599");
+    }
+    let max_denied_body_bytes = raw.max_denied_body_bytes.unwrap_or(DEFAULT_MAX_DENIED_BODY_BYTES);
+    if max_denied_body_bytes > MAX_BODY_BYTES {
+        errors.add(
+            "max_denied_body_bytes",
+            max_denied_body_bytes,
+            format!("must be at most {MAX_BODY_BYTES}"),
+        );
+    }
+    if raw.failure_mode_allow_header_add.is_some() && !raw.failure_mode_allow {
+        errors.add_field("failure_mode_allow_header_add", "only meaningful with `failure_mode_allow: true`");
+    }
+
+    let rules = raw.rules.iter().enumerate().filter_map(|(i, r)| rule(errors, i, r)).collect();
+
+    let mut strip = upstream.exact.clone();
+    strip.push(FAILURE_MODE_ALLOWED.to_string());
+    Settings {
+        cluster: raw.cluster.clone(),
+        authority: raw.authority.clone(),
+        timeout: Duration::from_millis(timeout_ms),
+        path_prefix: raw.path_prefix.clone(),
+        request_headers,
+        headers_to_add,
+        body,
+        allowed_statuses,
+        upstream_headers: upstream.exact,
+        client_headers,
+        client_headers_on_success: on_success,
+        status_on_error,
+        failure_mode_allow: raw.failure_mode_allow,
+        failure_mode_allow_header_add: raw.failure_mode_allow_header_add.unwrap_or(true),
+        max_denied_body_bytes,
+        rules,
+        default: raw.default,
+        strip,
+    }
+}
+
+/// Adds the names of `list` (field `at`) to `set`, lower-cased; `name*` is a prefix when
+/// `prefixes` allows it.
+fn names(errors: &mut ConfigErrors, at: &str, list: &[String], prefixes: bool, set: &mut NameSet) {
+    for (i, raw) in list.iter().enumerate() {
+        let field = format!("{at}[{i}]");
+        let lower = raw.to_ascii_lowercase();
+        let (name, prefix) = match lower.strip_suffix('*') {
+            Some(p) if prefixes => (p, true),
+            Some(_) => {
+                errors.add(field, raw, "exact names only here: each one is removed from client requests");
+                continue;
+            }
+            None => (lower.as_str(), false),
+        };
+        if !config::is_header_name(name) || name.starts_with(':') {
+            errors.add(field, raw, "not a valid HTTP header name (RFC 9110 token)");
+        } else if is_reserved(name) {
+            errors.add(field, raw, "a pseudo-, framing or hop-by-hop header cannot be passed on");
+        } else if prefix {
+            set.prefixes.push(name.to_string());
+        } else {
+            set.insert(name);
+        }
+    }
+}
+
+fn rule(errors: &mut ConfigErrors, index: usize, raw: &RawRule) -> Option<Rule> {
+    let at = format!("rules[{index}]");
+    let before = errors.errors().len();
+    let name = match &raw.name {
+        Some(n) if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) => {
+            errors.add(format!("{at}.name"), n, "must be 1 to 64 printable ASCII characters");
+            n.clone()
+        }
+        Some(n) => n.clone(),
+        None => index.to_string(),
+    };
+    let m = &raw.matcher;
+    let mut matcher = RuleMatch::default();
+    for (i, host) in m.hosts.iter().enumerate() {
+        match HostPattern::parse(host) {
+            Ok(p) => matcher.hosts.push(p),
+            Err(why) => errors.add(format!("{at}.match.hosts[{i}]"), host, why),
+        }
+    }
+    if let Some(p) = &m.path {
+        match PathMatch::parse(p.exact.as_deref(), p.prefix.as_deref(), p.regex.as_deref()) {
+            Ok(p) => matcher.path = Some(p),
+            Err((field, why)) => match field {
+                Some(f) => {
+                    let value = p.exact.as_deref().or(p.prefix.as_deref()).or(p.regex.as_deref());
+                    errors.add(format!("{at}.match.path.{f}"), value.unwrap_or_default(), why);
+                }
+                None => errors.add_field(format!("{at}.match.path"), why),
+            },
+        }
+    }
+    for (i, method) in m.methods.iter().enumerate() {
+        if config::is_header_name(method) && !method.starts_with(':') {
+            matcher.methods.push(method.to_ascii_uppercase());
+        } else {
+            errors.add(format!("{at}.match.methods[{i}]"), method, "not an HTTP method (RFC 9110 token)");
+        }
+    }
+    (errors.errors().len() == before).then_some(Rule { name, matcher, action: raw.action })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn errors_of(json: &str) -> Vec<String> {
+        match parse(json.as_bytes()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_envoy_and_ambassador_defaults() {
+        let s = parse(br#"{"cluster": "auth"}"#).unwrap();
+        assert_eq!(s.cluster, "auth");
+        assert_eq!(s.timeout, Duration::from_millis(200));
+        assert_eq!(s.allowed_statuses, [200]);
+        assert_eq!(s.status_on_error, 403);
+        assert!(!s.failure_mode_allow);
+        assert!(s.body.is_none());
+        for h in DEFAULT_REQUEST_HEADERS {
+            assert!(s.request_headers.contains(h), "{h}");
+        }
+        assert!(!s.request_headers.contains("x-api-key"));
+        for h in DEFAULT_CLIENT_HEADERS {
+            assert!(s.client_headers.contains(h), "{h}");
+        }
+        assert!(!s.client_headers.contains("authorization"), "never echo credentials to the client");
+        assert_eq!(s.strip, [FAILURE_MODE_ALLOWED]);
+        assert_eq!(s.default, Action::Check);
+    }
+
+    #[test]
+    fn seed_config() {
+        let s = parse(
+            br#"{"cluster": "example-auth", "path_prefix": "/extauth", "timeout_ms": 5000,
+                "allowed_request_headers": ["X-Qotm-Session", "x-auth-*"],
+                "allowed_upstream_headers": ["x-qotm-session", "X-Admin-Id", "x-admin-email"],
+                "allowed_statuses": [200, 202],
+                "with_request_body": {"max_bytes": 4096, "allow_partial": true},
+                "rules": [{"name": "health", "match": {"path": {"exact": "/healthz"}, "methods": ["get"]},
+                           "action": "skip"}]}"#,
+        )
+        .unwrap();
+        assert!(s.request_headers.contains("x-qotm-session"));
+        assert!(s.request_headers.contains("x-auth-user"));
+        assert_eq!(s.upstream_headers, ["x-qotm-session", "x-admin-id", "x-admin-email"]);
+        assert_eq!(s.strip, ["x-qotm-session", "x-admin-id", "x-admin-email", FAILURE_MODE_ALLOWED]);
+        assert_eq!(s.body, Some(BodySettings { max_bytes: 4096, allow_partial: true }));
+        assert_eq!(s.rules.len(), 1);
+        assert_eq!(s.rules[0].name, "health");
+        assert_eq!(s.rules[0].matcher.methods, ["GET"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let errs = errors_of(
+            r#"{"timeout_ms": 0, "path_prefix": "extauth/", "allowed_statuses": [200, 503, 99],
+                "allowed_request_headers": ["bad header", "content-length"],
+                "allowed_upstream_headers": ["x-id-*"],
+                "headers_to_add": [{"name": "x-a", "value": "a\nb"}, {"name": "host", "value": "h"}],
+                "with_request_body": {"max_bytes": 0}, "status_on_error": 99,
+                "failure_mode_allow_header_add": false, "max_denied_body_bytes": 99999999,
+                "rules": [{"match": {"path": {"prefix": "/a", "exact": "/b"}, "hosts": ["a:80"], "methods": ["G T"]}},
+                          {"match": {"path": {"regex": "("}}}],
+                "bogus": 1}"#,
+        );
+        let joined = errs.join("\n");
+        for field in [
+            "bogus",
+            "cluster",
+            "timeout_ms",
+            "path_prefix",
+            "allowed_statuses[1]",
+            "allowed_statuses[2]",
+            "allowed_request_headers[0]",
+            "allowed_request_headers[1]",
+            "allowed_upstream_headers[0]",
+            "headers_to_add[0].value",
+            "headers_to_add[1].name",
+            "with_request_body.max_bytes",
+            "status_on_error",
+            "failure_mode_allow_header_add",
+            "max_denied_body_bytes",
+            "rules[0].match.path",
+            "rules[0].match.hosts[0]",
+            "rules[0].match.methods[0]",
+            "rules[1].match.path.regex",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(&format!("`{field}`"))),
+                "no error for {field} in:\n{joined}"
+            );
+        }
+        assert!(joined.contains("never allows"), "{joined}");
+    }
+
+    #[test]
+    fn type_errors_stop_with_a_path() {
+        let errs = errors_of(r#"{"cluster": "a", "timeout_ms": "fast"}"#);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("invalid type"), "{errs:?}");
+    }
+}

@@ -1,0 +1,259 @@
+//! The built module in the emulator: the check request the auth service gets, and what the
+//! upstream and the client see for each kind of answer.
+//! Build it first: cargo build --release --target wasm32-wasip1 -p ext-auth
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::time::Duration;
+
+use gatewasm_emulator::{wasm_path, Action, Emulator, HttpCall, LogLevel, Stream};
+use serde_json::{json, Value};
+
+fn emulator(config: &Value) -> Emulator {
+    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
+    let emu = Emulator::load(path)
+        .plugin_config(config.to_string())
+        .cluster("auth")
+        .log_level(LogLevel::Info)
+        .build()
+        .unwrap();
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
+
+fn seed_config() -> Value {
+    json!({
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "timeout_ms": 500,
+        "allowed_request_headers": ["x-qotm-session"],
+        "allowed_upstream_headers": ["x-qotm-session", "x-admin-id", "x-admin-email"],
+        "rules": [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "action": "skip"}]
+    })
+}
+
+/// A GET (no body) with `extra` headers; the filter must pause for its check.
+fn get(emu: &Emulator, path: &str, extra: &[(&str, &str)]) -> (Stream, HttpCall) {
+    let mut s = emu.stream();
+    let mut headers =
+        vec![(":method", "GET"), (":path", path), (":authority", "shop.example.com"), (":scheme", "http")];
+    headers.extend_from_slice(extra);
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause);
+    let calls = emu.http_calls();
+    assert_eq!(calls.len(), 1, "one check per request");
+    (s, calls[0].clone())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+fn all<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+}
+
+#[test]
+fn check_request_has_method_prefixed_path_and_only_allowed_headers() {
+    let emu = emulator(&seed_config());
+    let (_s, call) = get(
+        &emu,
+        "/extauth/nodebackend/?a=1",
+        &[
+            ("authorization", "Bearer tok"),
+            ("cookie", "id_token=tok"),
+            ("user-agent", "curl/8"),
+            ("x-qotm-session", "s1"),
+            ("x-request-id", "r1"),
+            ("x-secret", "s"),
+        ],
+    );
+    assert_eq!(call.cluster, "auth");
+    assert_eq!(call.timeout, Some(Duration::from_millis(500)));
+    assert!(call.body.is_empty());
+    let h = &call.headers;
+    assert_eq!(header(h, ":method"), Some("GET"));
+    assert_eq!(header(h, ":path"), Some("/extauth/extauth/nodebackend/?a=1"));
+    assert_eq!(header(h, ":authority"), Some("shop.example.com"));
+    assert_eq!(header(h, "content-length"), Some("0"));
+    assert_eq!(header(h, "authorization"), Some("Bearer tok"));
+    assert_eq!(header(h, "cookie"), Some("id_token=tok"));
+    assert_eq!(header(h, "user-agent"), Some("curl/8"));
+    assert_eq!(header(h, "x-qotm-session"), Some("s1"));
+    assert_eq!(header(h, "x-request-id"), None);
+    assert_eq!(header(h, "x-secret"), None);
+}
+
+#[test]
+fn allow_copies_identity_headers_and_strips_the_clients_copies() {
+    let emu = emulator(&seed_config());
+    let (s, call) = get(
+        &emu,
+        "/extauth/nodebackend/",
+        &[
+            ("authorization", "Bearer tok"),
+            ("x-admin-id", "999"),
+            ("x-admin-email", "evil@x"),
+            ("x-qotm-session", "s1"),
+        ],
+    );
+    // The spoofed copies are gone before the answer comes.
+    assert_eq!(s.request_header("x-admin-id"), None);
+    assert_eq!(s.request_header("x-admin-email"), None);
+    emu.respond_http_call(
+        call.token,
+        &[(":status", "200"), ("x-admin-id", "1"), ("x-admin-email", "admin@qq.com"), ("x-other", "no")],
+        b"",
+        &[],
+    )
+    .unwrap();
+    assert!(!s.request_paused());
+    let up = s.request_headers_now();
+    assert_eq!(all(&up, "x-admin-id"), ["1"]);
+    assert_eq!(all(&up, "x-admin-email"), ["admin@qq.com"]);
+    assert_eq!(
+        all(&up, "x-qotm-session"),
+        Vec::<&str>::new(),
+        "not in the answer: the client's copy is not kept"
+    );
+    assert_eq!(header(&up, "x-other"), None);
+    assert_eq!(header(&up, "authorization"), Some("Bearer tok"));
+    assert!(s.local_reply().is_none());
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_checks_total;result=allowed"), Some(1));
+    let durations = emu.metrics().into_iter().find(|m| m.name == "ext_auth_check_duration_ms").unwrap();
+    assert_eq!(durations.recorded.len(), 1);
+}
+
+#[test]
+fn a_login_answered_201_reaches_the_client_unchanged() {
+    let emu = emulator(&seed_config());
+    let (s, call) = get(&emu, "/extauth/login", &[("authorization", "Basic YWRtaW5AcXEuY29tOjEyMw==")]);
+    let body = br#"{"admin":{"name":"Admin","email":"admin@qq.com","id":1},"id_token":"tok"}"#;
+    emu.respond_http_call(
+        call.token,
+        &[
+            (":status", "201"),
+            ("content-type", "application/json; charset=utf-8"),
+            ("set-cookie", "id_token=tok; Max-Age=86400; Path=/; HttpOnly"),
+            ("x-powered-by", "Express"),
+        ],
+        body,
+        &[],
+    )
+    .unwrap();
+    let reply = s.local_reply().expect("the answer goes to the client");
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.body, body);
+    assert_eq!(reply.details, "ext_auth_denied");
+    assert_eq!(header(&reply.headers, "set-cookie"), Some("id_token=tok; Max-Age=86400; Path=/; HttpOnly"));
+    assert!(all(&reply.headers, "content-type").contains(&"application/json; charset=utf-8"));
+    assert_eq!(header(&reply.headers, "x-powered-by"), None);
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_checks_total;result=denied"), Some(1));
+}
+
+#[test]
+fn allowed_statuses_and_client_headers_on_success() {
+    let mut config = seed_config();
+    config["allowed_statuses"] = json!([200, 202]);
+    config["allowed_client_headers_on_success"] = json!(["set-cookie"]);
+    let emu = emulator(&config);
+    let (mut s, call) = get(&emu, "/oauth2/x", &[]);
+    emu.respond_http_call(call.token, &[(":status", "202"), ("set-cookie", "_oauth2_proxy=1")], b"", &[])
+        .unwrap();
+    assert!(!s.request_paused());
+    assert_eq!(
+        s.response_headers(&[(":status", "200"), ("set-cookie", "app=1")], true).unwrap(),
+        Action::Continue
+    );
+    assert_eq!(all(&s.response_headers_now(), "set-cookie"), ["app=1", "_oauth2_proxy=1"]);
+}
+
+#[test]
+fn failures_refuse_with_status_on_error() {
+    let mut config = seed_config();
+    config["status_on_error"] = json!(503);
+    let emu = emulator(&config);
+    // Timeout: Envoy answers the callout with a 504 at the deadline.
+    let (s, _) = get(&emu, "/a", &[]);
+    emu.advance_clock(Duration::from_millis(600)).unwrap();
+    let reply = s.local_reply().expect("refused");
+    assert_eq!((reply.status, reply.details.as_str()), (503, "ext_auth_auth_timeout"));
+    // A reset.
+    let (s, call) = get(&emu, "/a", &[]);
+    emu.fail_http_call(call.token).unwrap();
+    assert_eq!(s.local_reply().unwrap().details, "ext_auth_auth_error");
+    // 5xx from the auth service (or Envoy's 503 for a refused connection).
+    let (s, call) = get(&emu, "/a", &[]);
+    emu.respond_http_call(call.token, &[(":status", "500")], b"boom", &[]).unwrap();
+    let reply = s.local_reply().unwrap();
+    assert_eq!(reply.status, 503);
+    assert!(!String::from_utf8_lossy(&reply.body).contains("boom"), "the auth service's error is not shown");
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_checks_total;result=timeout"), Some(1));
+    assert_eq!(emu.metric("ext_auth_checks_total;result=error"), Some(2));
+}
+
+#[test]
+fn failure_mode_allow_lets_through_marked() {
+    let mut config = seed_config();
+    config["failure_mode_allow"] = json!(true);
+    let emu = emulator(&config);
+    let (s, call) = get(&emu, "/a", &[("x-envoy-auth-failure-mode-allowed", "false"), ("x-admin-id", "7")]);
+    emu.respond_http_call(call.token, &[(":status", "503")], b"", &[]).unwrap();
+    assert!(!s.request_paused());
+    assert!(s.local_reply().is_none());
+    let up = s.request_headers_now();
+    assert_eq!(all(&up, "x-envoy-auth-failure-mode-allowed"), ["true"]);
+    assert_eq!(header(&up, "x-admin-id"), None, "no identity without a check");
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_failure_mode_allowed_total"), Some(1));
+    // Without the marker.
+    let mut config = seed_config();
+    config["failure_mode_allow"] = json!(true);
+    config["failure_mode_allow_header_add"] = json!(false);
+    let emu = emulator(&config);
+    let (s, _) = get(&emu, "/a", &[]);
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert!(!s.request_paused());
+    assert_eq!(s.request_header("x-envoy-auth-failure-mode-allowed"), None);
+}
+
+#[test]
+fn skipped_requests_are_not_checked_but_still_stripped() {
+    let emu = emulator(&seed_config());
+    let mut s = emu.stream();
+    let a = s
+        .request_headers(
+            &[(":method", "GET"), (":path", "/healthz"), (":authority", "h"), ("x-admin-id", "1")],
+            true,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Continue);
+    assert!(emu.http_calls().is_empty());
+    assert_eq!(s.request_header("x-admin-id"), None);
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_skipped_total"), Some(1));
+}
+
+#[test]
+fn unknown_cluster_fails_closed_at_once() {
+    let emu = emulator(&json!({"cluster": "nowhere"}));
+    let mut s = emu.stream();
+    s.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "h")], true).unwrap();
+    assert_eq!(s.local_reply().unwrap().status, 403);
+}
+
+#[test]
+fn bad_config_is_refused_with_fields() {
+    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
+    let emu = Emulator::load(path)
+        .plugin_config(json!({"timeout_ms": 0, "allowed_statuses": [500]}).to_string())
+        .build()
+        .unwrap();
+    assert!(!emu.configured());
+    let logs = format!("{:?}", emu.logs());
+    for field in ["`cluster`", "`timeout_ms`", "`allowed_statuses[0]`"] {
+        assert!(logs.contains(field), "{field} not named in {logs}");
+    }
+}
