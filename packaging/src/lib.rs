@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod image;
+pub mod manifests;
 pub mod registry;
 
 use sha2::{Digest as _, Sha256};

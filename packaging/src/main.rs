@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use gatewasm_pack::compile::{self, WasmOpt, DEFAULT_OPT_LEVEL};
-use gatewasm_pack::image::{Format, Image};
+use gatewasm_pack::image::{Format, Image, MODULE_SHA256_ANNOTATION};
+use gatewasm_pack::manifests;
 use gatewasm_pack::registry::{self, Credentials, Target, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
 use gatewasm_pack::{check_module, sha256_hex, shipped, Filter, SHIPPED};
 
@@ -23,6 +24,10 @@ USAGE:
   gatewasm-pack push --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR] [--tag TAG]
                 [--plain-http] [--username USER] [--password-stdin]
       Push the layouts DIR/<filter>/ as HOST[:PORT]/PATH/<filter>:TAG.
+  gatewasm-pack manifests --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR]
+      Write the Istio manifests of istio-envoyfilters/ to DIR/istio/ with the registry, the tag and
+      the digests of the layouts DIR/<filter>/ (WasmPlugin sha256: the manifest digest; EnvoyFilter
+      sha256: the module's sha256).
   gatewasm-pack list
       Print the shipped filters.
 
@@ -62,7 +67,7 @@ struct Options {
 fn run(args: Vec<String>) -> anyhow::Result<()> {
     let mut args = args.into_iter().peekable();
     let command = match args.peek().map(String::as_str) {
-        Some("package" | "file" | "push" | "list" | "help") => args.next().unwrap_or_default(),
+        Some("package" | "file" | "push" | "manifests" | "list" | "help") => args.next().unwrap_or_default(),
         _ => "package".to_owned(),
     };
     let mut o = Options::default();
@@ -103,6 +108,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         }
         "file" => package_file(&o),
         "push" => push(&o),
+        "manifests" => manifests(&o),
         _ => package(&o),
     }
 }
@@ -204,13 +210,88 @@ fn package_one(o: &Options, name: &str, module: &[u8], source: &Path, tag: &str)
     Ok(())
 }
 
-fn push(o: &Options) -> anyhow::Result<()> {
-    let registry = o.registry.clone().context("push: --registry HOST[:PORT][/PATH] is required")?;
+fn registry_arg(o: &Options, command: &str) -> anyhow::Result<String> {
+    let registry = o
+        .registry
+        .clone()
+        .with_context(|| format!("{command}: --registry HOST[:PORT][/PATH] is required"))?;
     let registry = registry.trim_end_matches('/').to_owned();
     let path_has_colon = registry.split_once('/').is_some_and(|(_, path)| path.contains(':'));
     if registry.is_empty() || registry.contains("://") || registry.contains('@') || path_has_colon {
         bail!("--registry {registry:?}: give HOST[:PORT][/PATH] without a scheme, tag or digest");
     }
+    Ok(registry)
+}
+
+fn manifests(o: &Options) -> anyhow::Result<()> {
+    let registry = registry_arg(o, "manifests")?;
+    let filters = selected(o)?;
+    let out = out_dir(o);
+    let source = compile::workspace_root().join(manifests::MANIFESTS_DIR);
+    let dest = out.join("istio");
+    let mut rendered = Vec::new();
+    for f in &filters {
+        let (image, layout_tag) = Image::read_layout(&out.join(f.name))
+            .with_context(|| format!("{}: reading its layout (run `gatewasm-pack package` first)", f.name))?;
+        let tag = match (&o.tag, layout_tag) {
+            (Some(_), _) | (None, None) => tag(o)?,
+            (None, Some(t)) => t,
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&image.manifest.data).context("parsing the image manifest")?;
+        let module_sha256 = manifest
+            .pointer(&format!("/annotations/{}", MODULE_SHA256_ANNOTATION.replace('/', "~1")))
+            .and_then(serde_json::Value::as_str)
+            .with_context(|| format!("{}: the image manifest has no {MODULE_SHA256_ANNOTATION}", f.name))?;
+        let r = manifests::Rendering {
+            registry: &registry,
+            tag: &tag,
+            manifest_digest: image.digest().trim_start_matches("sha256:"),
+            module_sha256,
+        };
+        let from = source.join(f.name);
+        let to = dest.join(f.name);
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        for file in ["wasmplugin.yaml", "envoyfilter.yaml", "kustomization.yaml"] {
+            let text = std::fs::read_to_string(from.join(file))
+                .with_context(|| format!("{}: reading {}", f.name, from.join(file).display()))?;
+            let text = manifests::render(&text, f.name, env!("CARGO_PKG_VERSION"), &r)
+                .with_context(|| format!("rendering {}", from.join(file).display()))?;
+            std::fs::write(to.join(file), text)
+                .with_context(|| format!("writing {}", to.join(file).display()))?;
+        }
+        println!("{}: {}", f.name, to.display());
+        println!("  WasmPlugin       url: oci://{registry}/{}:{tag}", f.name);
+        println!("                   sha256: {}  (manifest digest)", r.manifest_digest);
+        println!("  EnvoyFilter      sha256: {module_sha256}  (module)");
+        rendered.push(f.name);
+    }
+    let server = source.join("module-server");
+    let server_out = dest.join("module-server");
+    std::fs::create_dir_all(&server_out).with_context(|| format!("creating {}", server_out.display()))?;
+    for file in ["module-server.yaml", "kustomization.yaml"] {
+        std::fs::copy(server.join(file), server_out.join(file))
+            .with_context(|| format!("copying {}", server.join(file).display()))?;
+    }
+    let mut kustomization = String::from(
+        "# kubectl apply -k: every rendered filter as a WasmPlugin (written by gatewasm-pack manifests).\n\
+         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+    );
+    for name in rendered {
+        kustomization.push_str(&format!("- {name}\n"));
+    }
+    std::fs::write(dest.join("kustomization.yaml"), kustomization)
+        .with_context(|| format!("writing {}", dest.join("kustomization.yaml").display()))?;
+    println!(
+        "apply: kubectl apply -k {}/<filter>   (or -f {}/<filter>/envoyfilter.yaml)",
+        dest.display(),
+        dest.display()
+    );
+    Ok(())
+}
+
+fn push(o: &Options) -> anyhow::Result<()> {
+    let registry = registry_arg(o, "push")?;
     let names: Vec<String> = if o.filters.is_empty() {
         SHIPPED.iter().map(|f| f.name.to_owned()).collect()
     } else {

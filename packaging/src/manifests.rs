@@ -1,0 +1,129 @@
+//! The Istio manifests of `istio-envoyfilters/` with real values: the committed files name a
+//! placeholder registry and an all-zero sha256 on lines marked [`MANIFEST_DIGEST_MARK`] or
+//! [`MODULE_SHA256_MARK`]; [`render`] puts in the registry, the tag and the digests of the
+//! images `gatewasm-pack package` wrote, so what a user applies matches what they pushed.
+//!
+//! Only marked lines and the placeholder registry change; comments and layout are kept.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+/// The folder of the manifests, relative to the workspace root.
+pub const MANIFESTS_DIR: &str = "istio-envoyfilters";
+
+/// The registry (and path) the committed `WasmPlugin` URLs name:
+/// `oci://registry.example.com/gatewasm/<filter>:<version>`.
+pub const PLACEHOLDER_REGISTRY: &str = "registry.example.com/gatewasm";
+
+/// The placeholder digest: 64 zeros, which Istio's CRD accepts (`^[a-f0-9]{64}$`) and no module
+/// or image has, so an unrendered manifest fails closed.
+pub const PLACEHOLDER_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Marks the line holding a `WasmPlugin`'s `sha256` (the image's manifest digest).
+pub const MANIFEST_DIGEST_MARK: &str = "# gatewasm:manifest-digest";
+
+/// Marks the line holding an `EnvoyFilter`'s `remote.sha256` (the module's sha256).
+pub const MODULE_SHA256_MARK: &str = "# gatewasm:module-sha256";
+
+/// The files every filter folder holds.
+pub const FILTER_FILES: &[&str] =
+    &["wasmplugin.yaml", "envoyfilter.yaml", "kustomization.yaml", "expect.yaml"];
+
+/// Folders of `istio-envoyfilters/` that are not filters.
+pub const SUPPORT_DIRS: &[&str] = &["schemas", "module-server"];
+
+/// The digests and place of one packaged filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendering<'a> {
+    /// `HOST[:PORT][/PATH]` the images were pushed to.
+    pub registry: &'a str,
+    /// The image tag.
+    pub tag: &'a str,
+    /// The image's manifest digest, hex without `sha256:`.
+    pub manifest_digest: &'a str,
+    /// The module's sha256, hex.
+    pub module_sha256: &'a str,
+}
+
+/// The filter folders of `dir` (`istio-envoyfilters/`): every sub-folder but [`SUPPORT_DIRS`],
+/// sorted by name.
+pub fn filter_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if path.is_dir() && !SUPPORT_DIRS.contains(&name.as_str()) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Renders one committed manifest of filter `filter`: the placeholder registry and version tag
+/// of `oci://` URLs, and the placeholder digest on marked lines. Fails when a marked line holds
+/// no placeholder, so a manifest cannot silently keep a stale value.
+pub fn render(text: &str, filter: &str, version: &str, r: &Rendering<'_>) -> anyhow::Result<String> {
+    let committed_url = format!("oci://{PLACEHOLDER_REGISTRY}/{filter}:{version}");
+    let url = format!("oci://{}/{filter}:{}", r.registry, r.tag);
+    let mut out = String::with_capacity(text.len() + 256);
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let value = if line.contains(MANIFEST_DIGEST_MARK) {
+            Some(r.manifest_digest)
+        } else if line.contains(MODULE_SHA256_MARK) {
+            Some(r.module_sha256)
+        } else {
+            None
+        };
+        match value {
+            Some(value) => {
+                if !line.contains(PLACEHOLDER_DIGEST) {
+                    bail!("line {}: a marked line without the placeholder digest: {}", n + 1, line.trim());
+                }
+                out.push_str(&line.replacen(PLACEHOLDER_DIGEST, value, 1));
+            }
+            None => out.push_str(&line.replace(&committed_url, &url)),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: Rendering<'static> =
+        Rendering { registry: "r.io:5000/team", tag: "t1", manifest_digest: "aa", module_sha256: "bb" };
+
+    #[test]
+    fn renders_marked_lines_and_urls() {
+        let text = format!(
+            "url: oci://{PLACEHOLDER_REGISTRY}/f:0.1.0\nsha256: \"{PLACEHOLDER_DIGEST}\"  {MANIFEST_DIGEST_MARK}\n\
+             x: {PLACEHOLDER_DIGEST}\n  sha256: \"{PLACEHOLDER_DIGEST}\"  {MODULE_SHA256_MARK}\n"
+        );
+        let out = render(&text, "f", "0.1.0", &R).unwrap_or_default();
+        assert_eq!(
+            out,
+            format!(
+                "url: oci://r.io:5000/team/f:t1\nsha256: \"aa\"  {MANIFEST_DIGEST_MARK}\nx: {PLACEHOLDER_DIGEST}\n  \
+                 sha256: \"bb\"  {MODULE_SHA256_MARK}\n"
+            ),
+            "unmarked lines keep their digits"
+        );
+    }
+
+    #[test]
+    fn other_filters_and_versions_are_left_alone() {
+        let text =
+            format!("url: oci://{PLACEHOLDER_REGISTRY}/g:0.1.0\nurl: oci://{PLACEHOLDER_REGISTRY}/f:0.0.9");
+        assert_eq!(render(&text, "f", "0.1.0", &R).unwrap_or_default(), text);
+    }
+
+    #[test]
+    fn a_marked_line_without_placeholder_is_an_error() {
+        let text = format!("sha256: \"abc\"  {MODULE_SHA256_MARK}\n");
+        let err = render(&text, "f", "0.1.0", &R).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

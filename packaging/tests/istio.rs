@@ -1,0 +1,801 @@
+//! The Istio manifests of `istio-envoyfilters/`, proven without a cluster: every manifest against
+//! Istio's CRD schemas (the copy in `istio-envoyfilters/schemas/`), the conventions every filter
+//! folder follows, each `EnvoyFilter`'s Wasm filter and the Envoy config each `WasmPlugin` turns
+//! into run in a real Envoy with the module fetched over HTTP and checked by sha256, and every
+//! Envoy config file passing `envoy --mode validate`. Filter folders are discovered, so a folder
+//! added later is covered by every test here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gatewasm_envoy::{Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, ScriptedUpstream};
+use gatewasm_pack::compile::workspace_root;
+use gatewasm_pack::manifests::{
+    filter_dirs, FILTER_FILES, MANIFESTS_DIR, MANIFEST_DIGEST_MARK, MODULE_SHA256_MARK, PLACEHOLDER_DIGEST,
+    PLACEHOLDER_REGISTRY,
+};
+use gatewasm_pack::{sha256_hex, SHIPPED};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER: &str = "envoy.filters.http.router";
+/// Istio's prefix for a WasmPlugin's HTTP filter and extension config name
+/// (`pilot/pkg/model`, `WasmPluginResourceNamePrefix`).
+const WASMPLUGIN_RESOURCE_PREFIX: &str = "extensions.istio.io/wasmplugin/";
+
+// ---------------------------------------------------------------------------------------------
+// Reading the manifests
+
+fn manifests_dir() -> PathBuf {
+    workspace_root().join(MANIFESTS_DIR)
+}
+
+/// Every filter folder: (name, path). Fails when there is none (the discovery itself is broken).
+fn filters() -> Vec<(String, PathBuf)> {
+    let dirs = filter_dirs(&manifests_dir()).unwrap();
+    assert!(!dirs.is_empty(), "no filter folders found in {}", manifests_dir().display());
+    dirs.into_iter().map(|d| (d.file_name().unwrap().to_string_lossy().into_owned(), d)).collect()
+}
+
+/// The YAML documents of a file, as JSON values.
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    yaml_docs_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml_docs_str(text: &str) -> Result<Vec<Value>, String> {
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn one_doc(path: &Path) -> Value {
+    let mut docs = yaml_docs(path);
+    assert_eq!(docs.len(), 1, "{}: one document expected", path.display());
+    docs.remove(0)
+}
+
+/// Every YAML file under `dir` (recursively), but the CRD copy in `schemas/`.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "schemas") {
+                continue;
+            }
+            out.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn module_bytes(filter: &str) -> Vec<u8> {
+    let file = format!("{}.wasm", filter.replace('-', "_"));
+    let path = gatewasm_envoy::wasm_artifact(&file, filter).unwrap_or_else(|e| panic!("{e:#}"));
+    std::fs::read(path).unwrap()
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or_else(|| panic!("no string at {pointer} in {v:#}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema validation
+
+/// A kind's CRD schema as a Kubernetes API server applies it with strict field validation
+/// (`kubectl apply`'s default): the `openAPIV3Schema` of the served, stored version, where an
+/// object that lists `properties` and does not say `x-kubernetes-preserve-unknown-fields`
+/// accepts no other field, plus the `apiVersion`, `kind` and `metadata` every object has.
+fn crd_schema(kind: &str) -> (String, Value) {
+    let crds = yaml_docs(&manifests_dir().join("schemas").join("wasmplugin-envoyfilter-crds.yaml"));
+    let crd = crds
+        .iter()
+        .find(|c| c.pointer("/spec/names/kind").and_then(Value::as_str) == Some(kind))
+        .unwrap_or_else(|| panic!("no CRD for {kind}"));
+    let group = str_at(crd, "/spec/group");
+    let version = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .and_then(|vs| vs.iter().find(|v| v["storage"] == true && v["served"] == true))
+        .unwrap_or_else(|| panic!("{kind}: no served storage version"));
+    let api_version = format!("{group}/{}", str_at(version, "/name"));
+    let mut schema = version.pointer("/schema/openAPIV3Schema").unwrap().clone();
+    strict(&mut schema);
+    let props = schema["properties"].as_object_mut().unwrap();
+    props.insert("apiVersion".into(), json!({"enum": [api_version]}));
+    props.insert("kind".into(), json!({"enum": [kind]}));
+    props.insert(
+        "metadata".into(),
+        json!({
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": false,
+            "properties": {
+                // DNS-1123 subdomain, as Kubernetes requires of object names.
+                "name": {"type": "string", "maxLength": 253,
+                         "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
+                "namespace": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
+            }
+        }),
+    );
+    schema["required"] = json!(["apiVersion", "kind", "metadata", "spec"]);
+    (api_version, schema)
+}
+
+fn strict(schema: &mut Value) {
+    let Some(obj) = schema.as_object_mut() else { return };
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if obj.contains_key("properties") && !preserve && !obj.contains_key("additionalProperties") {
+        obj.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for (key, value) in obj.iter_mut() {
+        match key.as_str() {
+            "properties" => value.as_object_mut().into_iter().flatten().for_each(|(_, v)| strict(v)),
+            "items" | "additionalProperties" => strict(value),
+            "anyOf" | "allOf" | "oneOf" => value.as_array_mut().into_iter().flatten().for_each(strict),
+            _ => {}
+        }
+    }
+}
+
+/// Checks manifests against the two CRDs: JSON Schema, then the CRDs' CEL rules
+/// (`x-kubernetes-validations`) that concern gateway manifests, by hand.
+struct Validator {
+    kinds: BTreeMap<String, (String, jsonschema::Validator)>,
+}
+
+impl Validator {
+    fn new() -> Self {
+        let mut kinds = BTreeMap::new();
+        for kind in ["WasmPlugin", "EnvoyFilter"] {
+            let (api_version, schema) = crd_schema(kind);
+            let validator = jsonschema::draft4::new(&schema).unwrap_or_else(|e| panic!("{kind} schema: {e}"));
+            kinds.insert(kind.to_string(), (api_version, validator));
+        }
+        Validator { kinds }
+    }
+
+    /// Every problem with `doc`, each as `<path>: <message>`.
+    fn errors(&self, doc: &Value) -> Vec<String> {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let Some((_, validator)) = self.kinds.get(kind) else {
+            return vec![format!("/kind: {kind:?} is neither WasmPlugin nor EnvoyFilter")];
+        };
+        let mut errors: Vec<String> =
+            validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+        let spec = &doc["spec"];
+        let set = |field: &str| spec.get(field).is_some_and(|v| !v.is_null());
+        match kind {
+            "WasmPlugin" => {
+                if [set("selector"), set("targetRef"), set("targetRefs")].iter().filter(|s| **s).count() > 1 {
+                    errors.push("/spec: only one of targetRefs or selector can be set".into());
+                }
+                if let Some(url) = spec["url"].as_str() {
+                    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+                    if !["", "http", "https", "oci", "file"].contains(&scheme) {
+                        errors.push(format!(
+                            "/spec/url: url must have schema one of [http, https, file, oci]: {url}"
+                        ));
+                    }
+                }
+                for (key, value) in
+                    spec.pointer("/selector/matchLabels").and_then(Value::as_object).into_iter().flatten()
+                {
+                    if key.is_empty() || key.contains('*') || value.as_str().is_some_and(|v| v.contains('*'))
+                    {
+                        errors.push(format!(
+                            "/spec/selector/matchLabels: empty key or wildcard in {key}: {value}"
+                        ));
+                    }
+                }
+            }
+            _ => {
+                if set("workloadSelector") && set("targetRefs") {
+                    errors.push("/spec: only one of targetRefs or workloadSelector can be set".into());
+                }
+            }
+        }
+        errors
+    }
+}
+
+#[test]
+fn every_manifest_matches_istio_crd_schemas() {
+    let validator = Validator::new();
+    let mut checked = 0;
+    for path in yaml_files(&manifests_dir()) {
+        for doc in yaml_docs(&path) {
+            let kind = doc["kind"].as_str().unwrap_or_default();
+            if kind != "WasmPlugin" && kind != "EnvoyFilter" {
+                continue;
+            }
+            let errors = validator.errors(&doc);
+            assert!(
+                errors.is_empty(),
+                "{}: {kind} does not match Istio's CRD:\n{}",
+                path.display(),
+                errors.join("\n")
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2 * filters().len(), "{checked} manifests checked");
+}
+
+#[test]
+fn the_validator_rejects_broken_manifests() {
+    let validator = Validator::new();
+    let (_, dir) = &filters()[0];
+    let wasmplugin = one_doc(&dir.join("wasmplugin.yaml"));
+    let envoyfilter = one_doc(&dir.join("envoyfilter.yaml"));
+    assert!(validator.errors(&wasmplugin).is_empty() && validator.errors(&envoyfilter).is_empty());
+
+    type Edit = fn(&mut Value);
+    let cases: &[(&str, &Value, Edit, &str)] = &[
+        ("unknown phase", &wasmplugin, |d| d["spec"]["phase"] = json!("AUTHENTICATION"), "/spec/phase"),
+        ("sha256 not lower-case hex", &wasmplugin, |d| d["spec"]["sha256"] = json!("ABCDEF"), "/spec/sha256"),
+        (
+            "sha256: prefix",
+            &wasmplugin,
+            |d| d["spec"]["sha256"] = json!(format!("sha256:{PLACEHOLDER_DIGEST}")),
+            "/spec/sha256",
+        ),
+        ("misspelt field", &wasmplugin, |d| d["spec"]["failstrategy"] = json!("FAIL_OPEN"), "failstrategy"),
+        (
+            "misspelt fail strategy",
+            &wasmplugin,
+            |d| d["spec"]["failStrategy"] = json!("FAIL_CLOSED"),
+            "/spec/failStrategy",
+        ),
+        ("no url", &wasmplugin, |d| drop(d["spec"].as_object_mut().unwrap().remove("url")), "url"),
+        ("priority as text", &wasmplugin, |d| d["spec"]["priority"] = json!("high"), "/spec/priority"),
+        ("pluginName empty", &wasmplugin, |d| d["spec"]["pluginName"] = json!(""), "/spec/pluginName"),
+        (
+            "unknown pull policy",
+            &wasmplugin,
+            |d| d["spec"]["imagePullPolicy"] = json!("Never"),
+            "/spec/imagePullPolicy",
+        ),
+        (
+            "selector and targetRefs",
+            &wasmplugin,
+            |d| {
+                d["spec"]["targetRefs"] =
+                    json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}])
+            },
+            "only one of targetRefs or selector",
+        ),
+        ("ftp url", &wasmplugin, |d| d["spec"]["url"] = json!("ftp://example.com/x.wasm"), "/spec/url"),
+        (
+            "wildcard label",
+            &wasmplugin,
+            |d| d["spec"]["selector"]["matchLabels"]["istio"] = json!("ingress*"),
+            "matchLabels",
+        ),
+        (
+            "wrong apiVersion",
+            &wasmplugin,
+            |d| d["apiVersion"] = json!("extensions.istio.io/v1"),
+            "/apiVersion",
+        ),
+        ("no name", &wasmplugin, |d| drop(d["metadata"].as_object_mut().unwrap().remove("name")), "name"),
+        (
+            "upper-case name",
+            &wasmplugin,
+            |d| d["metadata"]["name"] = json!("Header-Rewrite"),
+            "/metadata/name",
+        ),
+        (
+            "unknown applyTo",
+            &envoyfilter,
+            |d| d["spec"]["configPatches"][0]["applyTo"] = json!("HTTP_FILTERS"),
+            "applyTo",
+        ),
+        (
+            "unknown operation",
+            &envoyfilter,
+            |d| d["spec"]["configPatches"][0]["patch"]["operation"] = json!("INSERT"),
+            "operation",
+        ),
+        (
+            "unknown context",
+            &envoyfilter,
+            |d| d["spec"]["configPatches"][0]["match"]["context"] = json!("INGRESS"),
+            "context",
+        ),
+        (
+            "misspelt match field",
+            &envoyfilter,
+            |d| d["spec"]["configPatches"][0]["match"]["listner"] = json!({}),
+            "listner",
+        ),
+        (
+            "labels not a map",
+            &envoyfilter,
+            |d| d["spec"]["workloadSelector"]["labels"] = json!(["istio"]),
+            "labels",
+        ),
+        (
+            "workloadSelector and targetRefs",
+            &envoyfilter,
+            |d| {
+                d["spec"]["targetRefs"] =
+                    json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}])
+            },
+            "only one of targetRefs or workloadSelector",
+        ),
+    ];
+    for (what, doc, edit, expected) in cases {
+        let mut broken = (*doc).clone();
+        edit(&mut broken);
+        let errors = validator.errors(&broken);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{what}: expected an error mentioning {expected:?}, got {errors:#?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conventions of a filter folder
+
+/// The `EnvoyFilter` priority that puts a filter where a `WasmPlugin` of this phase runs
+/// (patches with a lower priority are applied first, so run earlier before the router).
+fn envoyfilter_priority(phase: &str) -> i64 {
+    match phase {
+        "AUTHN" => -300,
+        "AUTHZ" => -200,
+        "STATS" => -100,
+        _ => 0,
+    }
+}
+
+fn failure_policy(fail_strategy: &str) -> &'static str {
+    match fail_strategy {
+        "FAIL_OPEN" => "FAIL_OPEN",
+        "FAIL_RELOAD" => "FAIL_RELOAD",
+        _ => "FAIL_CLOSED",
+    }
+}
+
+/// The parts of an `EnvoyFilter` the tests run: the HTTP filter its HTTP_FILTER patch inserts
+/// and the clusters its CLUSTER patches add.
+struct EnvoyFilterParts {
+    filter: Value,
+    clusters: Vec<Value>,
+}
+
+fn envoyfilter_parts(doc: &Value, what: &str) -> EnvoyFilterParts {
+    let patches = doc.pointer("/spec/configPatches").and_then(Value::as_array).unwrap();
+    let mut filters = Vec::new();
+    let mut clusters = Vec::new();
+    for patch in patches {
+        assert_eq!(
+            patch.pointer("/match/context"),
+            Some(&json!("GATEWAY")),
+            "{what}: every patch applies to gateways"
+        );
+        match patch["applyTo"].as_str() {
+            Some("HTTP_FILTER") => {
+                assert_eq!(patch.pointer("/patch/operation"), Some(&json!("INSERT_BEFORE")), "{what}");
+                let filter = patch.pointer("/match/listener/filterChain/filter").unwrap();
+                assert_eq!(filter["name"], HCM, "{what}");
+                assert_eq!(
+                    filter.pointer("/subFilter/name"),
+                    Some(&json!(ROUTER)),
+                    "{what}: inserted before the router"
+                );
+                filters.push(patch.pointer("/patch/value").unwrap().clone());
+            }
+            Some("CLUSTER") => {
+                assert_eq!(patch.pointer("/patch/operation"), Some(&json!("ADD")), "{what}");
+                clusters.push(patch.pointer("/patch/value").unwrap().clone());
+            }
+            other => panic!("{what}: unexpected patch applyTo {other:?}"),
+        }
+    }
+    assert_eq!(filters.len(), 1, "{what}: one HTTP_FILTER patch");
+    EnvoyFilterParts { filter: filters.remove(0), clusters }
+}
+
+/// The line of `text` holding `mark`; it must hold the placeholder digest.
+fn assert_marked_placeholder(text: &str, mark: &str, what: &str) {
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(mark)).collect();
+    assert_eq!(lines.len(), 1, "{what}: one line marked {mark}");
+    assert!(
+        lines[0].contains(PLACEHOLDER_DIGEST),
+        "{what}: the marked line holds the placeholder: {}",
+        lines[0]
+    );
+}
+
+#[test]
+fn every_filter_folder_follows_the_convention() {
+    let version = env!("CARGO_PKG_VERSION");
+    let top = one_doc(&manifests_dir().join("kustomization.yaml"));
+    let server = yaml_docs(&manifests_dir().join("module-server").join("module-server.yaml"));
+    let served: Vec<String> = server
+        .iter()
+        .filter_map(|d| d.pointer("/spec/template/spec/volumes/0/projected/sources"))
+        .flat_map(|s| s.as_array().unwrap().iter().map(|c| str_at(c, "/configMap/name").to_string()))
+        .collect();
+    for (name, dir) in filters() {
+        for file in FILTER_FILES {
+            assert!(
+                dir.join(file).is_file(),
+                "{name}: {file} missing (each filter folder holds {FILTER_FILES:?})"
+            );
+        }
+        let wp_text = std::fs::read_to_string(dir.join("wasmplugin.yaml")).unwrap();
+        let ef_text = std::fs::read_to_string(dir.join("envoyfilter.yaml")).unwrap();
+        let wp = one_doc(&dir.join("wasmplugin.yaml"));
+        let ef = one_doc(&dir.join("envoyfilter.yaml"));
+        let what = format!("{name}/wasmplugin.yaml");
+
+        // WasmPlugin
+        assert_eq!(wp["kind"], "WasmPlugin", "{what}");
+        assert_eq!(str_at(&wp, "/metadata/name"), name, "{what}: named after its folder");
+        assert_eq!(
+            wp.pointer("/spec/selector/matchLabels"),
+            Some(&json!({"istio": "ingressgateway"})),
+            "{what}"
+        );
+        assert_eq!(
+            str_at(&wp, "/spec/url"),
+            format!("oci://{PLACEHOLDER_REGISTRY}/{name}:{version}"),
+            "{what}: the image ./scripts/package builds, tagged with the workspace version"
+        );
+        assert_eq!(str_at(&wp, "/spec/sha256"), PLACEHOLDER_DIGEST, "{what}");
+        assert_marked_placeholder(&wp_text, MANIFEST_DIGEST_MARK, &what);
+        assert_eq!(str_at(&wp, "/spec/pluginName"), name, "{what}");
+        let phase = str_at(&wp, "/spec/phase");
+        let fail_strategy = str_at(&wp, "/spec/failStrategy");
+        assert!(wp.pointer("/spec/imagePullPolicy").is_some(), "{what}: imagePullPolicy chosen");
+        assert!(
+            wp.pointer("/spec/pluginConfig").is_some_and(Value::is_object),
+            "{what}: an example pluginConfig"
+        );
+
+        // EnvoyFilter: the same filter, config and failure policy.
+        let what = format!("{name}/envoyfilter.yaml");
+        assert_eq!(ef["kind"], "EnvoyFilter", "{what}");
+        assert_eq!(ef["metadata"], wp["metadata"], "{what}: same name and namespace as the WasmPlugin");
+        assert_eq!(
+            ef.pointer("/spec/workloadSelector/labels"),
+            wp.pointer("/spec/selector/matchLabels"),
+            "{what}"
+        );
+        assert_eq!(
+            ef.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0),
+            envoyfilter_priority(phase),
+            "{what}: the priority of phase {phase}"
+        );
+        let parts = envoyfilter_parts(&ef, &what);
+        assert_eq!(parts.filter.pointer("/typed_config/@type"), Some(&json!(WASM_TYPE)), "{what}");
+        let config = parts.filter.pointer("/typed_config/config").unwrap();
+        let namespace = str_at(&wp, "/metadata/namespace");
+        assert_eq!(config["name"], format!("{namespace}.{name}"), "{what}: named as a WasmPlugin's is");
+        assert_eq!(config["root_id"], wp["spec"]["pluginName"], "{what}: root_id = pluginName");
+        assert_eq!(
+            config["failure_policy"],
+            failure_policy(fail_strategy),
+            "{what}: failStrategy {fail_strategy}"
+        );
+        assert_eq!(config.pointer("/configuration/@type"), Some(&json!(STRING_VALUE_TYPE)), "{what}");
+        let configuration: Value = serde_json::from_str(str_at(config, "/configuration/value")).unwrap();
+        assert_eq!(
+            configuration, wp["spec"]["pluginConfig"],
+            "{what}: configuration = the WasmPlugin's pluginConfig"
+        );
+        assert_eq!(config.pointer("/vm_config/runtime"), Some(&json!("envoy.wasm.runtime.v8")), "{what}");
+        let remote =
+            config.pointer("/vm_config/code/remote").unwrap_or_else(|| panic!("{what}: code.remote"));
+        assert_eq!(str_at(remote, "/sha256"), PLACEHOLDER_DIGEST, "{what}");
+        assert_marked_placeholder(&ef_text, MODULE_SHA256_MARK, &what);
+        assert!(
+            str_at(remote, "/http_uri/uri").ends_with(&format!("/{name}.wasm")),
+            "{what}: the module's URL"
+        );
+        assert!(remote.pointer("/http_uri/timeout").is_some(), "{what}: a fetch timeout");
+        let cluster = str_at(remote, "/http_uri/cluster");
+        assert!(
+            parts.clusters.iter().any(|c| c["name"] == cluster) || cluster.starts_with("outbound|"),
+            "{what}: the module cluster {cluster} is added by a CLUSTER patch or is Istio's own (outbound|port||host)"
+        );
+        assert!(
+            served.contains(&format!("gatewasm-module-{name}")),
+            "{name}: module-server serves gatewasm-module-{name}"
+        );
+
+        // kustomize: the folder applies the WasmPlugin; the top level applies every folder.
+        let k = one_doc(&dir.join("kustomization.yaml"));
+        assert_eq!(k["kind"], "Kustomization");
+        assert_eq!(
+            k["resources"],
+            json!(["wasmplugin.yaml"]),
+            "{name}/kustomization.yaml: the WasmPlugin only"
+        );
+        assert!(
+            top["resources"].as_array().unwrap().contains(&json!(name)),
+            "kustomization.yaml lists {name}"
+        );
+    }
+    // Every resource a kustomization names exists (a file, or a folder with a kustomization).
+    for path in yaml_files(&manifests_dir()).into_iter().filter(|p| p.ends_with("kustomization.yaml")) {
+        let k = one_doc(&path);
+        for r in k["resources"].as_array().unwrap() {
+            let target = path.parent().unwrap().join(r.as_str().unwrap());
+            assert!(
+                target.is_file() || target.join("kustomization.yaml").is_file(),
+                "{}: resource {r} does not exist",
+                path.display()
+            );
+        }
+    }
+    for f in SHIPPED {
+        assert!(
+            manifests_dir().join(f.name).is_dir(),
+            "shipped filter {} has no folder in {MANIFESTS_DIR}/",
+            f.name
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the manifests in Envoy
+
+/// A folder's `expect.yaml`: requests and what must come of them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    requests: Vec<Case>,
+    /// Clusters the filter calls (JWKS, auth service, …), by the name its config uses, each
+    /// answered by a scripted server: path → reply.
+    #[serde(default)]
+    services: BTreeMap<String, BTreeMap<String, ScriptedReply>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    request: CaseRequest,
+    status: u16,
+    #[serde(default)]
+    upstream: Option<CaseUpstream>,
+    /// Response headers: a value, or null for "absent".
+    #[serde(default)]
+    response_headers: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    body_contains: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseRequest {
+    #[serde(default = "get")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseUpstream {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptedReply {
+    #[serde(default = "ok")]
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+}
+
+fn ok() -> u16 {
+    200
+}
+
+fn expectations(dir: &Path) -> Expect {
+    let doc = one_doc(&dir.join("expect.yaml"));
+    serde_json::from_value(doc).unwrap_or_else(|e| panic!("{}/expect.yaml: {e}", dir.display()))
+}
+
+/// The scripted servers of `expect.services`, by cluster name.
+fn start_services(expect: &Expect) -> BTreeMap<String, ScriptedUpstream> {
+    expect
+        .services
+        .iter()
+        .map(|(cluster, replies)| {
+            let server = ScriptedUpstream::start().unwrap();
+            for (path, r) in replies {
+                let mut reply = Reply::status(r.status).body(r.body.clone());
+                for (k, v) in &r.headers {
+                    reply = reply.header(k, v);
+                }
+                server.set(path, reply);
+            }
+            (cluster.clone(), server)
+        })
+        .collect()
+}
+
+/// A server for the module at the path of `uri`, as the gateway's module server would.
+fn module_server(uri: &str, module: &[u8]) -> (ScriptedUpstream, String) {
+    let path =
+        uri.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_else(|| panic!("no path in {uri}"));
+    let server = ScriptedUpstream::start().unwrap();
+    server.set(&path, Reply::status(200).header("content-type", "application/wasm").body(module.to_vec()));
+    (server, path)
+}
+
+/// Sends every request of `expect` and checks the answers.
+fn check_requests(envoy: &Envoy, expect: &Expect, what: &str) {
+    for case in &expect.requests {
+        let r = &case.request;
+        let mut request = Request::new(&r.method, &r.path).body(r.body.clone());
+        for (k, v) in &r.headers {
+            request = request.header(k, v);
+        }
+        let response = envoy.send(&request).unwrap();
+        let label = format!("{what}: {} {}", r.method, r.path);
+        assert_eq!(response.status, case.status, "{label}: {}", response.text());
+        for (name, value) in &case.response_headers {
+            assert_eq!(response.header(name), value.as_deref(), "{label}: response header {name}");
+        }
+        if let Some(needle) = &case.body_contains {
+            assert!(response.text().contains(needle.as_str()), "{label}: body {:?}", response.text());
+        }
+        if let Some(upstream) = &case.upstream {
+            let echo =
+                response.echo().unwrap_or_else(|e| panic!("{label}: not the echo upstream's answer: {e}"));
+            if let Some(path) = &upstream.path {
+                assert_eq!(&echo.path, path, "{label}: upstream path");
+            }
+            for (name, value) in &upstream.headers {
+                assert_eq!(echo.header(name), value.as_deref(), "{label}: upstream header {name}");
+            }
+        }
+    }
+}
+
+/// The Envoy config Istio derives from a `WasmPlugin` (`pilot/pkg/model/extensions.go`,
+/// `buildPluginConfig`): name `<namespace>.<name>`, `root_id` = `pluginName`, `pluginConfig`
+/// as a JSON string in a `StringValue`, the V8 runtime, `failStrategy` as `failure_policy`, and
+/// the module as a remote code source. (In a cluster the Istio agent fetches the image, checks
+/// its manifest digest and hands Envoy the module as a local file; here Envoy fetches the module
+/// itself and checks the module's sha256.)
+fn wasmplugin_filter(doc: &Value, uri: &str, cluster: &str, sha256: &str) -> Value {
+    let spec = &doc["spec"];
+    let name = format!("{}.{}", str_at(doc, "/metadata/namespace"), str_at(doc, "/metadata/name"));
+    let mut config = json!({
+        "name": name,
+        "root_id": spec["pluginName"].as_str().unwrap_or_default(),
+        "vm_config": {
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"remote": {"http_uri": {"uri": uri, "cluster": cluster, "timeout": "30s"}, "sha256": sha256}}
+        },
+    });
+    if let Some(plugin_config) = spec["pluginConfig"].as_object().filter(|c| !c.is_empty()) {
+        config["configuration"] =
+            json!({"@type": STRING_VALUE_TYPE, "value": Value::Object(plugin_config.clone()).to_string()});
+    }
+    if let Some(strategy) = spec["failStrategy"].as_str() {
+        config["failure_policy"] = json!(failure_policy(strategy));
+    }
+    json!({"name": format!("{WASMPLUGIN_RESOURCE_PREFIX}{name}"), "typed_config": {"@type": WASM_TYPE, "config": config}})
+}
+
+#[test]
+fn each_envoyfilter_runs_in_envoy_with_the_module_fetched_by_sha256() {
+    for (name, dir) in filters() {
+        let ef = one_doc(&dir.join("envoyfilter.yaml"));
+        let what = format!("{name}/envoyfilter.yaml");
+        let mut parts = envoyfilter_parts(&ef, &what);
+        let module = module_bytes(&name);
+        let remote = parts.filter.pointer_mut("/typed_config/config/vm_config/code/remote").unwrap();
+        let uri = str_at(remote, "/http_uri/uri").to_string();
+        let module_cluster = str_at(remote, "/http_uri/cluster").to_string();
+        // The one change: the real module's sha256 where the committed file has the placeholder
+        // (what `./scripts/package manifests` writes).
+        remote["sha256"] = json!(sha256_hex(&module));
+        let (server, module_path) = module_server(&uri, &module);
+        let expect = expectations(&dir);
+        let services = start_services(&expect);
+
+        let upstream = EchoUpstream::start().unwrap();
+        let mut builder = EnvoyBuilder::new().raw_filter(parts.filter.clone()).upstream(upstream.addr());
+        // The clusters of the CLUSTER patches, by their names, pointing at the local servers.
+        for cluster in parts.clusters.drain(..) {
+            let cname = str_at(&cluster, "/name");
+            let addr = if cname == module_cluster {
+                server.addr()
+            } else {
+                services
+                    .get(cname)
+                    .unwrap_or_else(|| panic!("{what}: expect.yaml must script cluster {cname}"))
+                    .addr()
+            };
+            builder = builder.cluster(Cluster::new(cname, addr));
+        }
+        if !module_cluster.starts_with("outbound|") {
+            assert!(
+                builder.bootstrap().unwrap().to_string().contains(&format!("\"name\":\"{module_cluster}\"")),
+                "{what}"
+            );
+        } else {
+            builder = builder.cluster(Cluster::new(&module_cluster, server.addr()));
+        }
+        for (cname, service) in &services {
+            if !builder.bootstrap().unwrap().to_string().contains(&format!("\"name\":\"{cname}\"")) {
+                builder = builder.cluster(Cluster::new(cname, service.addr()));
+            }
+        }
+        let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let fetched = server.received();
+        assert!(!fetched.is_empty(), "{what}: Envoy did not fetch the module");
+        assert_eq!(fetched[0].path, module_path, "{what}");
+        assert_eq!(fetched[0].header("host"), uri.split('/').nth(2), "{what}: Host of http_uri");
+        check_requests(&envoy, &expect, &what);
+    }
+}
+
+#[test]
+fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
+    for (name, dir) in filters() {
+        let wp = one_doc(&dir.join("wasmplugin.yaml"));
+        let what = format!("{name}/wasmplugin.yaml");
+        let module = module_bytes(&name);
+        let uri = format!("http://gatewasm-modules.test/{name}.wasm");
+        let (server, _) = module_server(&uri, &module);
+        let expect = expectations(&dir);
+        let services = start_services(&expect);
+        let upstream = EchoUpstream::start().unwrap();
+        let filter = wasmplugin_filter(&wp, &uri, "module-server", &sha256_hex(&module));
+        assert_eq!(
+            serde_json::from_str::<Value>(str_at(&filter, "/typed_config/config/configuration/value"))
+                .unwrap(),
+            wp["spec"]["pluginConfig"]
+        );
+        let mut builder = EnvoyBuilder::new()
+            .raw_filter(filter)
+            .upstream(upstream.addr())
+            .cluster(Cluster::new("module-server", server.addr()));
+        for (cname, service) in &services {
+            builder = builder.cluster(Cluster::new(cname, service.addr()));
+        }
+        let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert_eq!(server.received().len(), 1, "{what}: the module fetched once");
+        check_requests(&envoy, &expect, &what);
+    }
+}
