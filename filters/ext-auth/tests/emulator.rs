@@ -120,7 +120,7 @@ fn allow_copies_identity_headers_and_strips_the_clients_copies() {
     assert!(s.local_reply().is_none());
     emu.advance_clock(Duration::from_secs(2)).unwrap();
     assert_eq!(emu.metric("ext_auth_checks_total;result=allowed"), Some(1));
-    let durations = emu.metrics().into_iter().find(|m| m.name == "ext_auth_check_duration_ms").unwrap();
+    let durations = emu.metrics().into_iter().find(|m| m.name == "ext_auth_check_duration_us").unwrap();
     assert_eq!(durations.recorded.len(), 1);
 }
 

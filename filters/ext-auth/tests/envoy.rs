@@ -1,0 +1,317 @@
+//! End to end through a real Envoy (V8) with a real auth service (`tests/auth_service`) and the
+//! echo upstream: the seed's login and protected-path flow, spoofed identity headers, a slow,
+//! down or failing auth service, and request bodies.
+//! Build the module first: cargo build --release --target wasm32-wasip1 -p ext-auth
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod auth_service;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use auth_service::{AuthService, ADMIN_BASIC, ADMIN_TOKEN};
+use gatewasm_envoy::{
+    merge, wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Reply, Request,
+    ScriptedUpstream, WasmFilter,
+};
+use serde_json::{json, Value};
+
+fn module() -> PathBuf {
+    wasm_artifact("ext_auth.wasm", "ext-auth").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The filter, optionally with Envoy's `allow_on_headers_stop_iteration` (needed to hold the
+/// request headers while the body is buffered for the check).
+fn filter(config: &Value, stop_iteration: bool) -> HttpFilter {
+    let wasm = WasmFilter::new(module()).name("ext_auth").json_configuration(config);
+    let mut json = wasm.to_json();
+    if stop_iteration {
+        merge(&mut json, &json!({"typed_config": {"config": {"allow_on_headers_stop_iteration": true}}}));
+    }
+    HttpFilter::Raw(json)
+}
+
+/// The seed's AuthService as this filter's configuration.
+fn seed_config() -> Value {
+    json!({
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "timeout_ms": 1000,
+        "allowed_request_headers": ["x-qotm-session"],
+        "allowed_upstream_headers": ["x-qotm-session", "x-admin-id", "x-admin-email"],
+        "rules": [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "action": "skip"}]
+    })
+}
+
+fn start(config: &Value, auth: SocketAddr, upstream: SocketAddr, stop_iteration: bool) -> Envoy {
+    EnvoyBuilder::new()
+        .filter(filter(config, stop_iteration))
+        .cluster(Cluster::new("auth", auth).connect_timeout(Duration::from_millis(250)))
+        .upstream(upstream)
+        .bootstrap_patch(json!({
+            "stats_flush_interval": "1s",
+            "stats_config": {"stats_tags": [
+                {"tag_name": "result", "regex": gatewasm::metrics::tag_regex("result")}
+            ]}
+        }))
+        .start()
+        .unwrap()
+}
+
+/// A loopback address where nothing listens.
+fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Waits until Envoy's Prometheus output has every `wanted` line: the filter's counters reach
+/// Envoy from a 1 s tick, histograms at the next stats flush.
+fn assert_stats(envoy: &Envoy, wanted: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let text = envoy.admin_get("/stats/prometheus").unwrap();
+        let missing: Vec<&&str> = wanted.iter().filter(|w| !text.lines().any(|l| l == **w)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let ours: Vec<&str> = text.lines().filter(|l| l.starts_with("ext_auth")).collect();
+            panic!("missing {missing:?} in:\n{}", ours.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn seed_flow_login_then_protected_path_with_identity_headers() {
+    let auth = AuthService::start();
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = start(&seed_config(), auth.addr(), upstream.addr(), false);
+
+    // The login is answered by the auth service itself, 201 with the token, as the client gets it.
+    let login = envoy.send(&Request::post("/login", "").header("authorization", ADMIN_BASIC)).unwrap();
+    assert_eq!(login.status, 201, "{}\n{}", login.text(), envoy.log_tail(30));
+    let body = login.json().unwrap();
+    assert_eq!(body["id_token"], ADMIN_TOKEN);
+    assert_eq!(body["admin"]["email"], "admin@qq.com");
+    assert_eq!(login.header_all("content-type"), ["application/json; charset=utf-8"]);
+    let cookie = login.header("set-cookie").unwrap();
+    assert!(cookie.starts_with(&format!("id_token={ADMIN_TOKEN};")), "{cookie}");
+    assert_eq!(login.header("x-powered-by"), None, "not an allowed client header");
+    assert_eq!(login.header("x-echo-upstream"), None, "the upstream never saw the login");
+    let check = auth.seen().pop().unwrap();
+    assert_eq!((check.method.as_str(), check.path.as_str()), ("POST", "/extauth/login"));
+    assert_eq!(check.header("content-length"), Some("0"));
+    assert!(check.body.is_empty());
+
+    let wrong = envoy
+        .send(&Request::post("/login", "").header("authorization", "Basic YWRtaW5AcXEuY29tOndyb25n"))
+        .unwrap();
+    assert_eq!(wrong.status, 400);
+    assert_eq!(wrong.json().unwrap()["message"], "Username or password is incorrect");
+
+    // The protected path with the cookie: allowed, identity from the auth service only.
+    let ok = envoy
+        .send(
+            &Request::get("/nodebackend/?x=1")
+                .header("cookie", &format!("id_token={ADMIN_TOKEN}"))
+                .header("x-admin-id", "999")
+                .header("x-admin-email", "evil@example.com")
+                .header("x-qotm-session", "q1"),
+        )
+        .unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let echo = ok.echo().unwrap();
+    assert_eq!(echo.path, "/nodebackend/?x=1");
+    assert_eq!(echo.header_all("x-admin-id"), ["1"]);
+    assert_eq!(echo.header_all("x-admin-email"), ["admin@qq.com"]);
+    assert!(echo.header_all("x-qotm-session").is_empty(), "the auth service did not send it");
+    assert_eq!(echo.header("x-powered-by"), None);
+    let check = auth.seen().pop().unwrap();
+    assert_eq!(check.path, "/extauth/nodebackend/?x=1");
+    assert_eq!(check.header("x-qotm-session"), Some("q1"));
+    assert_eq!(check.header("x-admin-id"), None, "the spoofed header never reaches the auth service either");
+
+    // Bearer and query tokens work too (the seed's middleware).
+    let bearer = envoy
+        .send(&Request::get("/nodebackend/").header("authorization", &format!("Bearer {ADMIN_TOKEN}")))
+        .unwrap();
+    assert_eq!(bearer.echo().unwrap().header("x-admin-id"), Some("1"));
+    let query = envoy.send(&Request::get(&format!("/nodebackend/?token={ADMIN_TOKEN}"))).unwrap();
+    assert_eq!(query.status, 200);
+
+    // No token: the auth service's 401 and its JSON body reach the client.
+    let denied = envoy.send(&Request::get("/nodebackend/").header("x-admin-id", "1")).unwrap();
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.json().unwrap()["error"]["msg"], "No token!");
+    assert_eq!(denied.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(denied.header("x-echo-upstream"), None);
+
+    // Any other path: allowed by the auth service without identity; spoofed copies are gone.
+    let other = envoy.send(&Request::get("/public").header("x-admin-id", "1")).unwrap();
+    assert_eq!(other.status, 200);
+    assert!(other.echo().unwrap().header_all("x-admin-id").is_empty());
+
+    // Health checks skip the check, and are still stripped.
+    let before = auth.seen().len();
+    let health = envoy.send(&Request::get("/healthz").header("x-admin-email", "evil@example.com")).unwrap();
+    assert_eq!(health.status, 200);
+    assert_eq!(health.echo().unwrap().header("x-admin-email"), None);
+    assert_eq!(auth.seen().len(), before);
+
+    assert_stats(
+        &envoy,
+        &[
+            "ext_auth_checks_total{result=\"allowed\"} 4",
+            "ext_auth_checks_total{result=\"denied\"} 3",
+            "ext_auth_skipped_total{} 1",
+            "ext_auth_check_duration_us_count{} 7",
+        ],
+    );
+}
+
+#[test]
+fn slow_failing_or_down_auth_service_is_refused_promptly() {
+    let auth = AuthService::start();
+    let upstream = EchoUpstream::start().unwrap();
+    let mut config = seed_config();
+    config["timeout_ms"] = json!(300);
+    let envoy = start(&config, auth.addr(), upstream.addr(), false);
+
+    let started = Instant::now();
+    let slow = envoy.send(&Request::get("/slow")).unwrap();
+    assert_eq!(slow.status, 403, "{}", slow.text());
+    assert!(started.elapsed() < auth_service::SLOW, "answered after {:?}", started.elapsed());
+    assert_eq!(slow.json().unwrap()["code"], "auth_timeout");
+
+    let boom = envoy.send(&Request::get("/boom")).unwrap();
+    assert_eq!(boom.status, 403);
+    assert!(!boom.text().contains("stack trace"), "a 5xx is not passed to the client: {}", boom.text());
+    assert_eq!(boom.json().unwrap()["code"], "auth_error");
+
+    assert_stats(
+        &envoy,
+        &["ext_auth_checks_total{result=\"timeout\"} 1", "ext_auth_checks_total{result=\"error\"} 1"],
+    );
+    drop(envoy);
+
+    // Down: connection refused, with a configured status.
+    config["status_on_error"] = json!(503);
+    let envoy = start(&config, closed_port(), upstream.addr(), false);
+    let started = Instant::now();
+    let down = envoy.send(&Request::get("/nodebackend/").header("cookie", "id_token=x")).unwrap();
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert_eq!(down.json().unwrap()["code"], "auth_error");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(envoy);
+
+    // Down with failure_mode_allow: through, marked, without identity.
+    let mut config = seed_config();
+    config["failure_mode_allow"] = json!(true);
+    let envoy = start(&config, closed_port(), upstream.addr(), false);
+    let through = envoy
+        .send(
+            &Request::get("/nodebackend/")
+                .header("x-admin-id", "1")
+                .header("x-envoy-auth-failure-mode-allowed", "false"),
+        )
+        .unwrap();
+    assert_eq!(through.status, 200, "{}", through.text());
+    let echo = through.echo().unwrap();
+    assert_eq!(echo.header_all("x-envoy-auth-failure-mode-allowed"), ["true"]);
+    assert_eq!(echo.header("x-admin-id"), None);
+}
+
+#[test]
+fn without_with_request_body_the_body_goes_upstream_only_after_the_check() {
+    let auth = AuthService::start();
+    let upstream = ScriptedUpstream::start().unwrap();
+    upstream.set("/nodebackend/orders", Reply::status(200).body("created"));
+    let envoy = start(&seed_config(), auth.addr(), upstream.addr(), false);
+
+    let body = "x".repeat(100_000);
+    let ok = envoy
+        .send(
+            &Request::post("/nodebackend/orders", body.as_str())
+                .header("content-type", "text/plain")
+                .header("cookie", &format!("id_token={ADMIN_TOKEN}")),
+        )
+        .unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let got = upstream.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body.len(), 100_000);
+    assert_eq!(got[0].header("x-admin-id"), Some("1"));
+    let check = auth.seen().pop().unwrap();
+    assert_eq!(check.method, "POST");
+    assert_eq!(check.header("content-length"), Some("0"));
+    assert!(check.body.is_empty(), "the body is not sent by default");
+
+    // Denied: the upstream never sees the request, nor its body.
+    let denied = envoy.send(&Request::post("/nodebackend/orders", body.as_str())).unwrap();
+    assert_eq!(denied.status, 401);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[test]
+fn with_request_body_the_auth_service_judges_the_body() {
+    let auth = AuthService::start();
+    let upstream = ScriptedUpstream::start().unwrap();
+    upstream.set("/upload", Reply::status(200).body("stored"));
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 64});
+    let envoy = start(&config, auth.addr(), upstream.addr(), true);
+
+    let ok = envoy.send(&Request::post("/upload", "please allow this").header("x-admin-id", "9")).unwrap();
+    assert_eq!(ok.status, 200, "{}\n{}", ok.text(), envoy.log_tail(30));
+    let check = auth.seen().pop().unwrap();
+    assert_eq!(check.body, b"please allow this");
+    assert_eq!(check.header("content-length"), Some("17"));
+    assert_eq!(check.header("x-envoy-auth-partial-body"), Some("false"));
+    let got = upstream.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"please allow this");
+    assert_eq!(got[0].header("x-admin-id"), Some("1"), "identity set while the body was held");
+
+    let denied = envoy.send(&Request::post("/upload", "no way")).unwrap();
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.text(), "forbidden body");
+    assert_eq!(upstream.received().len(), 1, "the upstream never saw the denied request");
+
+    let large = envoy.send(&Request::post("/upload", "allow ".repeat(20).as_str())).unwrap();
+    assert_eq!(large.status, 413, "{}", large.text());
+    assert_eq!(large.json().unwrap()["code"], "body_too_large");
+    assert_eq!(upstream.received().len(), 1);
+
+    // A request without a body is checked at once.
+    let get = envoy.send(&Request::get("/upload")).unwrap();
+    assert_eq!(get.status, 403);
+    assert!(auth.seen().pop().unwrap().header("x-envoy-auth-partial-body").is_none());
+    drop(envoy);
+
+    // Partial bodies: the first 64 bytes are judged, the whole body goes upstream.
+    config["with_request_body"] = json!({"max_bytes": 64, "allow_partial": true});
+    let envoy = start(&config, auth.addr(), upstream.addr(), true);
+    let long = format!("allow{}", "-".repeat(200));
+    let ok = envoy.send(&Request::post("/upload", long.as_str())).unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let check = auth.seen().pop().unwrap();
+    assert_eq!(check.body.len(), 64);
+    assert_eq!(check.header("x-envoy-auth-partial-body"), Some("true"));
+    assert_eq!(upstream.received().last().unwrap().body.len(), long.len());
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_fields() {
+    let log = EnvoyBuilder::new()
+        .filter(filter(
+            &json!({"cluster": "auth", "allowed_statuses": [503], "rules": [{"match": {"hosts": ["a:1"]}}]}),
+            false,
+        ))
+        .start_expecting_failure()
+        .unwrap();
+    assert!(log.contains("allowed_statuses[0]"), "{log}");
+    assert!(log.contains("rules[0].match.hosts[0]"), "{log}");
+}
