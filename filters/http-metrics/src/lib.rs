@@ -1,1 +1,200 @@
-//! Per-host/per-route metrics filter (being built).
+//! Per-host and per-route request metrics with a hard bound on cardinality, as Prometheus labels.
+//! See `README.md` for the configuration.
+//!
+//! Per stream:
+//! - body callbacks add up the request and response body bytes (their size comes with the
+//!   callback: no host call);
+//! - at the end of the stream (`on_log`, after the response, also for requests answered by an
+//!   earlier filter or by Envoy itself), one read of every request header, one of
+//!   `response.code`, one of `request.duration` (and `xds.cluster_name` when the `cluster` label
+//!   is on), then one histogram record per configured histogram. The request counter is counted
+//!   in the VM and flushed from a 1 s tick.
+//!
+//! Labels are computed from the configuration compiled once: configured hosts or one fixed
+//! value, route templates or normalised paths, standard methods or `other`, the code or its
+//! class; every value is escaped so that no two inputs share a series (see [`labels`]). The
+//! [`series::Registry`] holds at most `max_series` label sets across all VMs of the plugin.
+
+pub mod config;
+pub mod envoy;
+pub mod labels;
+pub mod series;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use gatewasm::metrics::FLUSH_PERIOD;
+use gatewasm::{ConfigErrors, HeaderSnapshot, HttpFilter, Plugin, Stream, REQUEST_HEADERS};
+
+use crate::config::Compiled;
+use crate::labels::{NONE_VALUE, OTHER_VALUE};
+use crate::series::{Families, Registry, Sample};
+
+/// The plugin: compiled configuration, the series registry and scratch buffers reused by every
+/// stream of the VM (streams of one VM never run at the same time).
+pub struct HttpMetrics {
+    config: Compiled,
+    registry: Registry<envoy::Envoy>,
+    scratch: RefCell<Scratch>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    path: String,
+    status: String,
+    key: String,
+}
+
+impl HttpMetrics {
+    /// The compiled configuration.
+    pub fn config(&self) -> &Compiled {
+        &self.config
+    }
+
+    /// Computes the labels of the finished request and records it.
+    fn observe(&self, request_bytes: u64, response_bytes: u64) {
+        let cfg = &self.config;
+        let headers = HeaderSnapshot::read(REQUEST_HEADERS);
+        let code = u64_property(&["response", "code"]);
+        let duration_ns =
+            if cfg.histograms.duration { u64_property(&["request", "duration"]).unwrap_or(0) } else { 0 };
+        let cluster =
+            cfg.upstream_cluster.then(|| match gatewasm::host::property(&["xds", "cluster_name"]) {
+                Ok(Some(name)) if !name.is_empty() => labels::value(&String::from_utf8_lossy(&name)),
+                _ => NONE_VALUE.to_string(),
+            });
+        let header = cfg.header.as_ref().map(|h| match (headers.get(&h.name), &h.values) {
+            (None, _) => NONE_VALUE.to_string(),
+            (Some(v), None) => labels::value(v),
+            (Some(v), Some(allowed)) => allowed
+                .iter()
+                .find(|(raw, _)| raw == v)
+                .map_or_else(|| OTHER_VALUE.to_string(), |(_, label)| label.clone()),
+        });
+
+        let mut guard = self.scratch.borrow_mut();
+        let scratch = &mut *guard;
+        let host = labels::host_label(&cfg.hosts, headers.get(":authority").unwrap_or(""), &cfg.other_host);
+        let path = self.path_label(headers.get(":path").unwrap_or(""), &mut scratch.path);
+        let method = labels::method_label(headers.get(":method").unwrap_or(""));
+        labels::status_label(code, cfg.status_class, &mut scratch.status);
+
+        let mut values: [&str; 6] = [host, path, method, "", "", ""];
+        let mut n = 3;
+        for extra in
+            [cluster.as_deref(), header.as_deref(), Some(scratch.status.as_str())].into_iter().flatten()
+        {
+            if let Some(slot) = values.get_mut(n) {
+                *slot = extra;
+                n += 1;
+            }
+        }
+        let values = values.get(..n).unwrap_or_default();
+        scratch.key.clear();
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                scratch.key.push(';');
+            }
+            scratch.key.push_str(v);
+        }
+        let sample = Sample { duration_ms: duration_ns / 1_000_000, request_bytes, response_bytes };
+        self.registry.record(&scratch.key, values, sample);
+    }
+
+    /// The `path` label: the first matching route's, else the normalised path, else the fixed
+    /// value. The query string never reaches a label.
+    fn path_label<'a>(&'a self, raw: &str, buf: &'a mut String) -> &'a str {
+        let path = labels::strip_query(raw);
+        let cfg = &self.config;
+        if let Some(label) = cfg.routes.iter().find_map(|r| r.matches(path)) {
+            return label;
+        }
+        match cfg.normalize {
+            Some(n) if labels::normalize(path, n, buf) => buf.as_str(),
+            _ => &cfg.other_path,
+        }
+    }
+}
+
+/// A property holding a little-endian 64-bit integer (`response.code`, `request.duration`).
+fn u64_property(path: &[&str]) -> Option<u64> {
+    let bytes = gatewasm::host::property(path).ok()??;
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+impl Plugin for HttpMetrics {
+    const NAME: &'static str = "http_metrics";
+    type Filter = Recorder;
+
+    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+        let config = config::parse(raw)?;
+        // Shared data is per VM id: the namespace separates plugins and configurations, so a new
+        // configuration starts a fresh count.
+        let namespace = format!("gatewasm.http_metrics.{:016x}", labels::fnv1a(raw));
+        let registry = Registry::new(
+            envoy::Envoy,
+            Families::new(&config.prefix),
+            config.label_names(),
+            config.histograms,
+            config.max_series,
+            namespace,
+        );
+        log::info!(
+            "http_metrics: {} host(s), {} route(s), at most {} label sets",
+            config.hosts.len(),
+            config.routes.len(),
+            config.max_series
+        );
+        Ok(HttpMetrics { config, registry, scratch: RefCell::new(Scratch::default()) })
+    }
+
+    fn new_filter(self: &Rc<Self>) -> Recorder {
+        Recorder { plugin: Rc::clone(self), request_bytes: 0, response_bytes: 0 }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        Some(FLUSH_PERIOD)
+    }
+
+    fn on_tick(self: &Rc<Self>) {
+        self.registry.flush(envoy::vm_memory());
+    }
+}
+
+/// Per-stream state: body bytes seen so far.
+pub struct Recorder {
+    plugin: Rc<HttpMetrics>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl HttpFilter for Recorder {
+    fn on_request_body(
+        &mut self,
+        _stream: &mut Stream,
+        body_size: usize,
+        _end_of_stream: bool,
+    ) -> gatewasm::Flow {
+        // The filter never buffers, so each callback reports the new chunk only.
+        self.request_bytes = self.request_bytes.saturating_add(body_size as u64);
+        gatewasm::Flow::Continue
+    }
+
+    fn on_response_body(
+        &mut self,
+        _stream: &mut Stream,
+        body_size: usize,
+        _end_of_stream: bool,
+    ) -> gatewasm::Flow {
+        self.response_bytes = self.response_bytes.saturating_add(body_size as u64);
+        gatewasm::Flow::Continue
+    }
+
+    fn on_log(&mut self, _stream: &mut Stream) {
+        self.plugin.observe(self.request_bytes, self.response_bytes);
+    }
+}
+
+gatewasm::export!(HttpMetrics);
