@@ -10,6 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use gatewasm_envoy::{Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, ScriptedUpstream};
 use gatewasm_pack::compile::workspace_root;
@@ -798,4 +799,114 @@ fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
         assert_eq!(server.received().len(), 1, "{what}: the module fetched once");
         check_requests(&envoy, &expect, &what);
     }
+}
+
+#[test]
+fn envoy_refuses_a_module_whose_sha256_differs() {
+    // Each committed EnvoyFilter as is: its placeholder sha256 matches no module, so Envoy
+    // refuses the real module it fetches and the filter fails closed (its failure_policy).
+    for (name, dir) in filters() {
+        let ef = one_doc(&dir.join("envoyfilter.yaml"));
+        let parts = envoyfilter_parts(&ef, &name);
+        let remote = parts.filter.pointer("/typed_config/config/vm_config/code/remote").unwrap();
+        let (server, _) = module_server(str_at(remote, "/http_uri/uri"), &module_bytes(&name));
+        let upstream = EchoUpstream::start().unwrap();
+        let envoy = EnvoyBuilder::new()
+            .raw_filter(parts.filter.clone())
+            .upstream(upstream.addr())
+            .cluster(Cluster::new(str_at(remote, "/http_uri/cluster"), server.addr()))
+            .component_log_level(Some("wasm:info,config:debug"))
+            .start()
+            .unwrap();
+        // The fetch (and its retries) ends before the listener takes traffic.
+        let response = envoy.get("/").unwrap();
+        assert_eq!(response.status, 503, "{name}: {}", response.text());
+        assert_eq!(response.header("x-echo-upstream"), None, "{name}: nothing reached the upstream");
+        let log = envoy.log();
+        assert!(
+            log.contains("]: data is invalid"),
+            "{name}: Envoy fetched the module and found its sha256 wrong"
+        );
+        assert!(log.contains("Plugin configured to fail closed failed to load"), "{name}");
+        assert!(!server.received().is_empty(), "{name}: the module was served");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// envoy --mode validate
+
+/// `envoy --mode validate -c <path>` from the repository root (configs name modules by paths
+/// relative to it, as their comments tell users to run them).
+fn validate_from_root(path: &Path) -> (bool, String) {
+    let out = Command::new(gatewasm_envoy::envoy_binary().unwrap())
+        .args(["--mode", "validate", "--disable-hot-restart", "--log-level", "warning", "-c"])
+        .arg(path)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Every Envoy bootstrap file under `examples/`.
+fn example_configs() -> Vec<PathBuf> {
+    let files = yaml_files(&workspace_root().join("examples"));
+    let configs: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|p| yaml_docs(p).iter().any(|d| d.get("static_resources").is_some()))
+        .collect();
+    assert!(configs.len() >= 2, "{configs:?}");
+    configs
+}
+
+#[test]
+fn every_envoy_config_passes_envoy_validate() {
+    for path in example_configs() {
+        let (ok, output) = validate_from_root(&path);
+        assert!(ok && output.contains("OK"), "{}:\n{output}", path.display());
+    }
+    // Each EnvoyFilter's patches as Envoy gets them: the HTTP filter before the router and the
+    // CLUSTER patches' clusters verbatim (DNS names and all), next to a route to an upstream.
+    for (name, dir) in filters() {
+        let ef = one_doc(&dir.join("envoyfilter.yaml"));
+        let parts = envoyfilter_parts(&ef, &name);
+        let mut builder =
+            EnvoyBuilder::new().raw_filter(parts.filter.clone()).upstream("127.0.0.1:9".parse().unwrap());
+        let mut clusters =
+            builder.bootstrap().unwrap()["static_resources"]["clusters"].as_array().unwrap().clone();
+        clusters.extend(parts.clusters);
+        builder = builder.bootstrap_patch(json!({"static_resources": {"clusters": clusters}}));
+        let validation = builder.validate().unwrap();
+        assert!(validation.ok, "{name}/envoyfilter.yaml in Envoy:\n{}", validation.output);
+    }
+}
+
+#[test]
+fn the_standalone_remote_example_loads_its_module_by_sha256() {
+    // examples/remote-envoy.yaml's Wasm filter and module cluster, with the sha256 its comment
+    // has users put in, in front of the echo upstream.
+    let path = workspace_root().join("examples").join("remote-envoy.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_marked_placeholder(&text, MODULE_SHA256_MARK, "examples/remote-envoy.yaml");
+    let doc = one_doc(&path);
+    let hcm = doc.pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config").unwrap();
+    let mut filter = hcm.pointer("/http_filters/0").unwrap().clone();
+    let module = module_bytes("hello");
+    let remote = filter.pointer_mut("/typed_config/config/vm_config/code/remote").unwrap();
+    remote["sha256"] = json!(sha256_hex(&module));
+    let (uri, cluster) =
+        (str_at(remote, "/http_uri/uri").to_string(), str_at(remote, "/http_uri/cluster").to_string());
+    let (server, module_path) = module_server(&uri, &module);
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .raw_filter(filter)
+        .upstream(upstream.addr())
+        .cluster(Cluster::new(&cluster, server.addr()))
+        .start()
+        .unwrap();
+    assert_eq!(server.received()[0].path, module_path);
+    let echo =
+        envoy.send(&Request::get("/anything").header("host", "Shop.Example.com")).unwrap().echo().unwrap();
+    assert_eq!(echo.header("x-greeting"), Some("hi shop.example.com"));
+    assert_eq!(envoy.get("/admin/users").unwrap().status, 403);
 }
