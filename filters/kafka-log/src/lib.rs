@@ -1,1 +1,400 @@
-//! Access log to Kafka filter (being built).
+//! Access logs to Kafka: one JSON record per request (Istio's JSON access-log field names by
+//! default), buffered per worker and sent in batches over the Kafka REST produce API (v2) from
+//! the root context. See `README.md` for the configuration and the record.
+//!
+//! Request path, per stream: the clock is read when the request headers arrive; body sizes are
+//! counted from the body callbacks (no host call); at the end of the stream (`on_log`) the
+//! response headers (one read), then, if the status condition passes, the request headers (one
+//! read) and each configured attribute (one read each) are read, the record is written as JSON
+//! and pushed to the buffer. Nothing waits for Kafka: when the buffer is full the record is
+//! dropped and counted.
+//!
+//! Root context, on a tick and whenever a produce request answers: due batches are sent (at
+//! most `max_in_flight` at once), answers are read per record in the shape of each REST proxy
+//! (`produce`), and what may succeed later is retried with exponential backoff (`outbox`).
+
+pub mod config;
+pub mod outbox;
+pub mod produce;
+pub mod record;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use gatewasm::metrics::{Counter, Gauge};
+use gatewasm::{
+    Callout, CalloutError, CalloutId, CalloutResult, ConfigErrors, HeaderSnapshot, HttpFilter, Plugin,
+    Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
+};
+
+use crate::config::Compiled;
+use crate::outbox::{Entry, Outbox, Stats};
+use crate::produce::Answer;
+use crate::record::{Reader, Source, Timing};
+
+/// Counter of records stored in Kafka.
+pub const SENT: &str = "kafka_log_records_sent_total";
+/// Counter of records given up on (non-retriable errors, or out of attempts).
+pub const FAILED: &str = "kafka_log_records_failed_total";
+/// Counter of record retries (a record sent three times counts two).
+pub const RETRIED: &str = "kafka_log_records_retried_total";
+/// Counter of records dropped because the buffer was full.
+pub const DROPPED: &str = "kafka_log_records_dropped_total";
+/// Gauge of records held (waiting, in flight, waiting to be retried), summed over workers.
+pub const BUFFERED: &str = "kafka_log_records_buffered";
+
+/// Longest period between ticks: batches leave at most this late after they are due.
+const MAX_TICK: Duration = Duration::from_millis(100);
+/// Shortest period between two warnings of the same kind.
+const WARN_EVERY_MS: u64 = 10_000;
+
+/// Metrics, defined once per VM (Envoy shares them by name across workers).
+struct Metrics {
+    sent: Option<Counter>,
+    failed: Option<Counter>,
+    retried: Option<Counter>,
+    dropped: Option<Counter>,
+    buffered: Option<Gauge>,
+}
+
+#[cfg(target_arch = "wasm32")]
+fn define<M: gatewasm::metrics::Metric>(name: &str) -> Option<M> {
+    match M::define(name) {
+        Ok(m) => Some(m),
+        Err(status) => {
+            log::warn!("kafka_log: cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Native builds (unit tests) have no host to define metrics in.
+#[cfg(not(target_arch = "wasm32"))]
+fn define<M: gatewasm::metrics::Metric>(_name: &str) -> Option<M> {
+    None
+}
+
+/// Rate-limited warnings: what was counted at the last warning, and when.
+#[derive(Debug, Default, Clone, Copy)]
+struct Warned {
+    at_ms: Option<u64>,
+    dropped: u64,
+    failed: u64,
+}
+
+/// The plugin: configuration, this worker's buffer and its callouts.
+pub struct KafkaLog {
+    config: Compiled,
+    /// Whether any field needs the request header map / the response header map.
+    reads_request: bool,
+    reads_response: bool,
+    outbox: RefCell<Outbox>,
+    /// Produce requests in flight: callout id and batch id.
+    calls: RefCell<Vec<(CalloutId, u64)>>,
+    rng: Cell<u64>,
+    metrics: Metrics,
+    /// Stats last flushed to the counters, and the buffered count last added to the gauge.
+    flushed: Cell<Stats>,
+    buffered_reported: Cell<u64>,
+    warned: Cell<Warned>,
+}
+
+fn now_ns() -> Option<u64> {
+    gatewasm::clock::now()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl KafkaLog {
+    /// The compiled configuration.
+    pub fn config(&self) -> &Compiled {
+        &self.config
+    }
+
+    /// xorshift64*: sampling and backoff jitter need no host call and no cryptographic quality.
+    fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn sampled(&self) -> bool {
+        let rate = self.config.sample_rate;
+        if rate >= 1.0 {
+            return true;
+        }
+        // 53 random bits as a fraction in [0, 1).
+        ((self.random() >> 11) as f64) / ((1u64 << 53) as f64) < rate
+    }
+
+    /// Sends every batch that is due, as long as callouts may be added.
+    fn pump(&self, now_ms: u64) {
+        loop {
+            let Some(send) = self.outbox.borrow_mut().due(now_ms) else { return };
+            let mut call = Callout::get(&self.config.cluster, &self.config.authority, &self.config.path);
+            call.method = "POST".to_string();
+            call.headers = Vec::with_capacity(self.config.headers.len() + 2);
+            call.headers.push(("content-type".to_string(), "application/vnd.kafka.json.v2+json".to_string()));
+            call.headers.push(("accept".to_string(), "application/vnd.kafka.v2+json".to_string()));
+            call.headers.extend(self.config.headers.iter().cloned());
+            call.body = send.body;
+            call.timeout = self.config.timeout;
+            // Room for one result per record in any of the proxies' shapes.
+            call.max_response_bytes = 4096 + send.records * 256;
+            match gatewasm::dispatch(&call) {
+                Ok(id) => self.calls.borrow_mut().push((id, send.id)),
+                Err(err) => {
+                    let random = self.random();
+                    let why = Answer::RetryAll(format!("dispatch refused: {err:?}"));
+                    self.outbox.borrow_mut().complete(send.id, &why, now_ms, random);
+                    self.warn_failure(
+                        now_ms,
+                        &format!("cannot send to cluster {}: {err:?}", self.config.cluster),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn warn_failure(&self, now_ms: u64, why: &str) {
+        let mut w = self.warned.get();
+        if w.at_ms.is_some_and(|at| now_ms.saturating_sub(at) < WARN_EVERY_MS) {
+            return;
+        }
+        w.at_ms = Some(now_ms);
+        self.warned.set(w);
+        log::warn!("kafka_log: produce to topic {} failed ({why}); retrying with backoff", self.config.topic);
+    }
+
+    /// Counters and gauge to Envoy, and the rate-limited warnings for drops and failures.
+    fn report(&self, now_ms: u64) {
+        let (stats, held) = {
+            let outbox = self.outbox.borrow();
+            (outbox.stats(), outbox.held())
+        };
+        let last = self.flushed.replace(stats);
+        let add = |counter: Option<Counter>, now: u64, before: u64| {
+            if let Some(c) = counter {
+                if now > before {
+                    c.add(now - before);
+                }
+            }
+        };
+        add(self.metrics.sent, stats.sent, last.sent);
+        add(self.metrics.failed, stats.failed, last.failed);
+        add(self.metrics.retried, stats.retried, last.retried);
+        add(self.metrics.dropped, stats.dropped, last.dropped);
+        let held_records = held.0 as u64;
+        let before = self.buffered_reported.replace(held_records);
+        if let (Some(g), true) = (self.metrics.buffered, held_records != before) {
+            g.add(held_records as i64 - before as i64);
+        }
+
+        let mut w = self.warned.get();
+        let quiet = w.at_ms.is_some_and(|at| now_ms.saturating_sub(at) < WARN_EVERY_MS);
+        let (dropped, failed) = (stats.dropped - w.dropped, stats.failed - w.failed);
+        if !quiet && (dropped > 0 || failed > 0) {
+            let limits = &self.config.limits;
+            log::warn!(
+                "kafka_log: {dropped} record(s) dropped (buffer full: {} records, {} bytes held; limits {} records, {} bytes) \
+                 and {failed} failed since the last warning",
+                held.0,
+                held.1,
+                limits.buffer_max_records,
+                limits.buffer_max_bytes
+            );
+            w = Warned { at_ms: Some(now_ms), dropped: stats.dropped, failed: stats.failed };
+            self.warned.set(w);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    now_ns().map_or(0, |ns| ns / 1_000_000)
+}
+
+impl Plugin for KafkaLog {
+    const NAME: &'static str = "kafka_log";
+    type Filter = LogStream;
+
+    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+        let config = config::parse(raw)?;
+        let reads_request =
+            config.fields.iter().any(|f| matches!(f.source, Source::RequestHeader(_) | Source::Path));
+        let reads_response = config.has_status_condition()
+            || config
+                .fields
+                .iter()
+                .any(|f| matches!(f.source, Source::ResponseHeader(_) | Source::ResponseCode));
+        log::info!(
+            "kafka_log: {} field(s) to topic {} through cluster {}",
+            config.fields.len(),
+            config.topic,
+            config.cluster
+        );
+        Ok(KafkaLog {
+            outbox: RefCell::new(Outbox::new(config.limits.clone())),
+            config,
+            reads_request,
+            reads_response,
+            calls: RefCell::new(Vec::new()),
+            rng: Cell::new(now_ns().unwrap_or(0x9E37_79B9_7F4A_7C15) | 1),
+            metrics: Metrics {
+                sent: define(SENT),
+                failed: define(FAILED),
+                retried: define(RETRIED),
+                dropped: define(DROPPED),
+                buffered: define(BUFFERED),
+            },
+            flushed: Cell::new(Stats::default()),
+            buffered_reported: Cell::new(0),
+            warned: Cell::new(Warned::default()),
+        })
+    }
+
+    fn new_filter(self: &Rc<Self>) -> LogStream {
+        LogStream {
+            plugin: Rc::clone(self),
+            sampled: self.sampled(),
+            start_ns: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        Some(self.config.limits.flush_interval.clamp(Duration::from_millis(10), MAX_TICK))
+    }
+
+    fn on_tick(self: &Rc<Self>) {
+        let now = now_ms();
+        self.pump(now);
+        self.report(now);
+    }
+
+    fn on_callout(self: &Rc<Self>, id: CalloutId, result: CalloutResult) {
+        let batch = {
+            let mut calls = self.calls.borrow_mut();
+            let Some(at) = calls.iter().position(|(c, _)| *c == id) else {
+                log::debug!("kafka_log: answer for an unknown produce request");
+                return;
+            };
+            calls.swap_remove(at).1
+        };
+        let now = now_ms();
+        let answer = match result {
+            Ok(resp) => {
+                let records = self.outbox.borrow().records_in(batch).unwrap_or(0);
+                produce::classify(resp.status, &resp.body, records)
+            }
+            Err(CalloutError::Timeout) => Answer::RetryAll("timeout".to_string()),
+            Err(CalloutError::Failed) => Answer::RetryAll("connection failed".to_string()),
+            Err(CalloutError::Dispatch(status)) => Answer::RetryAll(format!("dispatch failed: {status:?}")),
+        };
+        match &answer {
+            Answer::RetryAll(why) => self.warn_failure(now, why),
+            Answer::FailAll(why) => {
+                log::warn!(
+                    "kafka_log: produce to topic {} refused ({why}); the batch is dropped",
+                    self.config.topic
+                )
+            }
+            Answer::Records(_) => {}
+        }
+        let random = self.random();
+        self.outbox.borrow_mut().complete(batch, &answer, now, random);
+        self.pump(now);
+    }
+}
+
+/// Per-stream state: what the stream measured itself, and whether it is sampled.
+pub struct LogStream {
+    plugin: Rc<KafkaLog>,
+    sampled: bool,
+    start_ns: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// The stream's values as Envoy holds them at the end of the stream.
+struct HostReader {
+    request: HeaderSnapshot,
+    response: HeaderSnapshot,
+}
+
+impl Reader for HostReader {
+    fn request_header(&self, name: &str) -> Option<&str> {
+        self.request.get(name)
+    }
+    fn response_header(&self, name: &str) -> Option<&str> {
+        self.response.get(name)
+    }
+    fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+        let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+        gatewasm::host::property(&segments).ok().flatten()
+    }
+}
+
+impl HttpFilter for LogStream {
+    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> gatewasm::Flow {
+        if self.sampled {
+            self.start_ns = now_ns();
+        }
+        gatewasm::Flow::Continue
+    }
+
+    fn on_request_body(&mut self, _stream: &mut Stream, body_size: usize, _eos: bool) -> gatewasm::Flow {
+        self.bytes_in += body_size as u64;
+        gatewasm::Flow::Continue
+    }
+
+    fn on_response_body(&mut self, _stream: &mut Stream, body_size: usize, _eos: bool) -> gatewasm::Flow {
+        self.bytes_out += body_size as u64;
+        gatewasm::Flow::Continue
+    }
+
+    fn on_log(&mut self, _stream: &mut Stream) {
+        if !self.sampled {
+            return;
+        }
+        let plugin = &self.plugin;
+        let response = if plugin.reads_response {
+            HeaderSnapshot::read(RESPONSE_HEADERS)
+        } else {
+            HeaderSnapshot::default()
+        };
+        if plugin.config.has_status_condition() {
+            let code = response.get(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+            if !plugin.config.status_logged(code) {
+                return;
+            }
+        }
+        let request = if plugin.reads_request {
+            HeaderSnapshot::read(REQUEST_HEADERS)
+        } else {
+            HeaderSnapshot::default()
+        };
+        let end_ns = now_ns();
+        let timing = Timing {
+            // A stream that never reached this filter's request callback (an earlier filter
+            // answered it) is dated by its end.
+            start_ns: self.start_ns.or(end_ns),
+            end_ns,
+            bytes_received: self.bytes_in,
+            bytes_sent: self.bytes_out,
+        };
+        let reader = HostReader { request, response };
+        let mut text = String::with_capacity(768);
+        let key =
+            record::write_record(&plugin.config.fields, &reader, &timing, plugin.config.key_field, &mut text);
+        let at_ms = end_ns.map_or(0, |ns| ns / 1_000_000);
+        plugin.outbox.borrow_mut().push(Entry { text, key, at_ms });
+    }
+}
+
+gatewasm::export!(KafkaLog);

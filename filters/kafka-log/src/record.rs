@@ -1,0 +1,510 @@
+//! One access-log record: which fields it has, where each value comes from, and the JSON it is
+//! written as. Values are read through [`Reader`] so the same code runs against Envoy (see
+//! `lib.rs`) and against fixed values in unit tests.
+
+use std::fmt::Write as _;
+
+use crate::config::REDACTED;
+
+/// Where a field's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// When the request reached the filter (VM clock), ISO 8601 UTC with milliseconds.
+    StartTime,
+    /// Milliseconds from [`Source::StartTime`] to the end of the stream.
+    Duration,
+    /// Request body bytes the filter saw.
+    BytesReceived,
+    /// Response body bytes the filter saw.
+    BytesSent,
+    /// `x-envoy-original-path` when present (the path before a rewrite), else `:path`.
+    Path,
+    /// The response's `:status` (0 when no response was sent).
+    ResponseCode,
+    /// A request header (lower-case name).
+    RequestHeader(String),
+    /// A response header (lower-case name).
+    ResponseHeader(String),
+    /// An Envoy attribute, by path segments, and how its bytes read.
+    Property(Vec<String>, PropertyKind),
+    /// A fixed JSON value, as text.
+    Value(String),
+}
+
+/// How Envoy serializes an attribute's value (proxy-wasm `get_property`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropertyKind {
+    /// Bytes of a string.
+    Str,
+    /// 8-byte little-endian integer.
+    Int,
+    /// One byte, 0 or 1.
+    Bool,
+    /// `response.flags`: 8-byte bit set, written as Envoy's short flag names (`UH,UF`, `-`).
+    Flags,
+    /// 8-byte little-endian nanoseconds since the Unix epoch, written as ISO 8601.
+    Timestamp,
+}
+
+impl PropertyKind {
+    /// The kind of a known attribute; strings for the others.
+    pub fn of(path: &str) -> PropertyKind {
+        match path {
+            "response.flags" => PropertyKind::Flags,
+            "request.time" => PropertyKind::Timestamp,
+            "connection.mtls" => PropertyKind::Bool,
+            "response.code"
+            | "response.grpc_status"
+            | "request.size"
+            | "request.total_size"
+            | "response.size"
+            | "response.total_size"
+            | "request.duration"
+            | "connection.id"
+            | "source.port"
+            | "destination.port"
+            | "upstream.port" => PropertyKind::Int,
+            _ => PropertyKind::Str,
+        }
+    }
+}
+
+/// A record field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Name in the record.
+    pub name: String,
+    /// `"name":`, escaped once at configuration time.
+    pub key_json: String,
+    /// Where the value comes from.
+    pub source: Source,
+    /// Whether a present value is written as [`REDACTED`].
+    pub redact: bool,
+}
+
+impl Field {
+    /// A field named `name`.
+    pub fn new(name: &str, source: Source, redact: bool) -> Field {
+        let mut key_json = String::with_capacity(name.len() + 3);
+        write_str(&mut key_json, name);
+        key_json.push(':');
+        Field { name: name.to_string(), key_json, source, redact }
+    }
+}
+
+fn property(path: &str) -> Source {
+    Source::Property(path.split('.').map(str::to_string).collect(), PropertyKind::of(path))
+}
+
+/// The default fields: the names and meanings of Istio's JSON access log.
+pub fn default_fields() -> Vec<Field> {
+    let header = |h: &str| Source::RequestHeader(h.to_string());
+    vec![
+        Field::new("start_time", Source::StartTime, false),
+        Field::new("method", header(":method"), false),
+        Field::new("path", Source::Path, false),
+        Field::new("protocol", property("request.protocol"), false),
+        Field::new("response_code", Source::ResponseCode, false),
+        Field::new("response_flags", property("response.flags"), false),
+        Field::new("bytes_received", Source::BytesReceived, false),
+        Field::new("bytes_sent", Source::BytesSent, false),
+        Field::new("duration", Source::Duration, false),
+        Field::new(
+            "upstream_service_time",
+            Source::ResponseHeader("x-envoy-upstream-service-time".to_string()),
+            false,
+        ),
+        Field::new("x_forwarded_for", header("x-forwarded-for"), false),
+        Field::new("user_agent", header("user-agent"), false),
+        Field::new("request_id", header("x-request-id"), false),
+        Field::new("authority", header(":authority"), false),
+        Field::new("upstream_host", property("upstream.address"), false),
+        Field::new("upstream_cluster", property("xds.cluster_name"), false),
+        Field::new("route_name", property("xds.route_name"), false),
+        Field::new("downstream_remote_address", property("source.address"), false),
+    ]
+}
+
+/// What the stream measured itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// Unix time in nanoseconds when the request reached the filter.
+    pub start_ns: Option<u64>,
+    /// Unix time in nanoseconds at the end of the stream.
+    pub end_ns: Option<u64>,
+    /// Request body bytes.
+    pub bytes_received: u64,
+    /// Response body bytes.
+    pub bytes_sent: u64,
+}
+
+/// Values of the stream being logged.
+pub trait Reader {
+    /// First value of a request header.
+    fn request_header(&self, name: &str) -> Option<&str>;
+    /// First value of a response header.
+    fn response_header(&self, name: &str) -> Option<&str>;
+    /// An attribute's raw bytes (`None` when Envoy has none).
+    fn property(&self, path: &[String]) -> Option<Vec<u8>>;
+}
+
+/// Writes one record as a JSON object into `out` (cleared first). Returns the byte range in
+/// `out` of the value of field `key` when it is present and not `null`.
+pub fn write_record(
+    fields: &[Field],
+    reader: &dyn Reader,
+    timing: &Timing,
+    key: Option<usize>,
+    out: &mut String,
+) -> Option<std::ops::Range<usize>> {
+    out.clear();
+    out.push('{');
+    let mut key_range = None;
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&field.key_json);
+        let start = out.len();
+        write_value(field, reader, timing, out);
+        if key == Some(i) && &out[start..] != "null" {
+            key_range = Some(start..out.len());
+        }
+    }
+    out.push('}');
+    key_range
+}
+
+fn write_opt_str(out: &mut String, value: Option<&str>, redact: bool) {
+    match value {
+        None => out.push_str("null"),
+        Some(_) if redact => write_str(out, REDACTED),
+        Some(v) => write_str(out, v),
+    }
+}
+
+fn write_value(field: &Field, reader: &dyn Reader, timing: &Timing, out: &mut String) {
+    match &field.source {
+        Source::StartTime => match timing.start_ns {
+            Some(ns) => {
+                out.push('"');
+                write_iso8601(out, ns);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        },
+        Source::Duration => match (timing.start_ns, timing.end_ns) {
+            (Some(start), Some(end)) => {
+                let _ = write!(out, "{}", end.saturating_sub(start) / 1_000_000);
+            }
+            _ => out.push_str("null"),
+        },
+        Source::BytesReceived => {
+            let _ = write!(out, "{}", timing.bytes_received);
+        }
+        Source::BytesSent => {
+            let _ = write!(out, "{}", timing.bytes_sent);
+        }
+        Source::Path => {
+            let path =
+                reader.request_header("x-envoy-original-path").or_else(|| reader.request_header(":path"));
+            write_opt_str(out, path, field.redact);
+        }
+        Source::ResponseCode => {
+            let code = reader.response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+            let _ = write!(out, "{code}");
+        }
+        Source::RequestHeader(name) => write_opt_str(out, reader.request_header(name), field.redact),
+        Source::ResponseHeader(name) => write_opt_str(out, reader.response_header(name), field.redact),
+        Source::Property(path, kind) => match reader.property(path) {
+            None => out.push_str("null"),
+            Some(_) if field.redact => write_str(out, REDACTED),
+            Some(bytes) => write_property(out, &bytes, *kind),
+        },
+        Source::Value(json) => out.push_str(json),
+    }
+}
+
+fn le_u64(bytes: &[u8]) -> Option<u64> {
+    let array: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_le_bytes(array))
+}
+
+fn write_property(out: &mut String, bytes: &[u8], kind: PropertyKind) {
+    match kind {
+        PropertyKind::Str => write_str(out, &String::from_utf8_lossy(bytes)),
+        PropertyKind::Int => match le_u64(bytes) {
+            Some(v) => {
+                let _ = write!(out, "{}", v as i64);
+            }
+            None => out.push_str("null"),
+        },
+        PropertyKind::Bool => match bytes {
+            [0] => out.push_str("false"),
+            [_] => out.push_str("true"),
+            _ => out.push_str("null"),
+        },
+        PropertyKind::Flags => match le_u64(bytes) {
+            Some(bits) => {
+                out.push('"');
+                write_flags(out, bits);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        },
+        PropertyKind::Timestamp => match le_u64(bytes) {
+            Some(ns) => {
+                out.push('"');
+                write_iso8601(out, ns);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        },
+    }
+}
+
+/// Envoy's short response flag names, by bit (`envoy/stream_info/stream_info.h`,
+/// `CoreResponseFlag`, in order), as `%RESPONSE_FLAGS%` prints them.
+pub const RESPONSE_FLAGS: [&str; 30] = [
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX",
+    "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO",
+];
+
+/// Writes a flag bit set as `%RESPONSE_FLAGS%` does: names joined by `,`, `-` for none.
+pub fn write_flags(out: &mut String, bits: u64) {
+    if bits == 0 {
+        out.push('-');
+        return;
+    }
+    let mut first = true;
+    for (bit, name) in RESPONSE_FLAGS.iter().enumerate() {
+        if bits & (1u64 << bit) != 0 {
+            if !first {
+                out.push(',');
+            }
+            out.push_str(name);
+            first = false;
+        }
+    }
+    // Flags newer than this table: their bit number, so nothing is silently lost.
+    for bit in RESPONSE_FLAGS.len()..64 {
+        if bits & (1u64 << bit) != 0 {
+            if !first {
+                out.push(',');
+            }
+            let _ = write!(out, "bit{bit}");
+            first = false;
+        }
+    }
+}
+
+/// Writes Unix nanoseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`, the format of Envoy's `%START_TIME%`
+/// in Istio's JSON access log.
+pub fn write_iso8601(out: &mut String, unix_ns: u64) {
+    let ms = (unix_ns / 1_000_000) % 1000;
+    let secs = unix_ns / 1_000_000_000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    );
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm, for
+/// non-negative day counts).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Writes `s` as a JSON string.
+pub fn write_str(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..=0x1f | 0x7f => None,
+            _ => continue,
+        };
+        out.push_str(s.get(run..i).unwrap_or(""));
+        match escape {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+        }
+        run = i + 1;
+    }
+    out.push_str(s.get(run..).unwrap_or(""));
+    out.push('"');
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct Fixed {
+        request: HashMap<&'static str, &'static str>,
+        response: HashMap<&'static str, &'static str>,
+        properties: HashMap<String, Vec<u8>>,
+    }
+
+    impl Reader for Fixed {
+        fn request_header(&self, name: &str) -> Option<&str> {
+            self.request.get(name).copied()
+        }
+        fn response_header(&self, name: &str) -> Option<&str> {
+            self.response.get(name).copied()
+        }
+        fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+            self.properties.get(&path.join(".")).cloned()
+        }
+    }
+
+    fn full_stream() -> Fixed {
+        Fixed {
+            request: HashMap::from([
+                (":method", "POST"),
+                (":path", "/v2/users?id=7"),
+                ("x-envoy-original-path", "/api/users?id=7"),
+                (":authority", "shop.example.com"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("user-agent", "curl/8.0 \"quoted\"\n"),
+                ("x-request-id", "2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01"),
+                ("authorization", "Bearer secret"),
+            ]),
+            response: HashMap::from([(":status", "503"), ("x-envoy-upstream-service-time", "12")]),
+            properties: HashMap::from([
+                ("request.protocol".to_string(), b"HTTP/1.1".to_vec()),
+                ("response.flags".to_string(), ((1u64 << 1) | (1u64 << 5)).to_le_bytes().to_vec()),
+                ("upstream.address".to_string(), b"10.1.2.3:8080".to_vec()),
+                ("xds.cluster_name".to_string(), b"outbound|8080||users.default.svc.cluster.local".to_vec()),
+                ("xds.route_name".to_string(), b"users".to_vec()),
+                ("source.address".to_string(), b"192.168.1.9:51234".to_vec()),
+                ("connection.mtls".to_string(), vec![1]),
+            ]),
+        }
+    }
+
+    const TIMING: Timing = Timing {
+        start_ns: Some(1_700_000_000_123_456_789),
+        end_ns: Some(1_700_000_000_123_456_789 + 42_900_000),
+        bytes_received: 17,
+        bytes_sent: 2048,
+    };
+
+    fn record(fields: &[Field], reader: &dyn Reader, key: Option<usize>) -> (Value, Option<String>) {
+        let mut out = String::new();
+        let range = write_record(fields, reader, &TIMING, key, &mut out);
+        let key = range.map(|r| out[r].to_string());
+        (serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")), key)
+    }
+
+    #[test]
+    fn default_record_matches_istio_names_and_types() {
+        let (v, key) = record(&default_fields(), &full_stream(), Some(12));
+        assert_eq!(
+            v,
+            json!({
+                "start_time": "2023-11-14T22:13:20.123Z",
+                "method": "POST",
+                "path": "/api/users?id=7",
+                "protocol": "HTTP/1.1",
+                "response_code": 503,
+                "response_flags": "UH,UF",
+                "bytes_received": 17,
+                "bytes_sent": 2048,
+                "duration": 42,
+                "upstream_service_time": "12",
+                "x_forwarded_for": "10.0.0.1",
+                "user_agent": "curl/8.0 \"quoted\"\n",
+                "request_id": "2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01",
+                "authority": "shop.example.com",
+                "upstream_host": "10.1.2.3:8080",
+                "upstream_cluster": "outbound|8080||users.default.svc.cluster.local",
+                "route_name": "users",
+                "downstream_remote_address": "192.168.1.9:51234",
+            })
+        );
+        assert_eq!(key.as_deref(), Some("\"2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01\""));
+    }
+
+    #[test]
+    fn missing_values_are_null_and_no_response_is_code_0() {
+        let (v, key) = record(&default_fields(), &Fixed::default(), Some(12));
+        assert_eq!(v["response_code"], 0);
+        assert!(v["method"].is_null() && v["upstream_host"].is_null() && v["response_flags"].is_null());
+        assert_eq!(key, None);
+    }
+
+    #[test]
+    fn redaction_and_extra_kinds() {
+        let fields = vec![
+            Field::new("auth", Source::RequestHeader("authorization".into()), true),
+            Field::new("absent_auth", Source::ResponseHeader("set-cookie".into()), true),
+            Field::new(
+                "mtls",
+                Source::Property(vec!["connection".into(), "mtls".into()], PropertyKind::Bool),
+                false,
+            ),
+            Field::new("fixed", Source::Value("{\"a\":[1]}".into()), false),
+            Field::new("weird \"name\"", Source::Value("1".into()), false),
+        ];
+        let (v, _) = record(&fields, &full_stream(), None);
+        assert_eq!(
+            v,
+            json!({"auth": "[REDACTED]", "absent_auth": null, "mtls": true, "fixed": {"a": [1]}, "weird \"name\"": 1})
+        );
+    }
+
+    #[test]
+    fn flags_and_time() {
+        let mut s = String::new();
+        write_flags(&mut s, 0);
+        assert_eq!(s, "-");
+        s.clear();
+        write_flags(&mut s, (1 << 0) | (1 << 29) | (1 << 40));
+        assert_eq!(s, "LH,UDO,bit40");
+        s.clear();
+        write_iso8601(&mut s, 0);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+        s.clear();
+        write_iso8601(&mut s, 951_782_400_999_000_000); // 2000-02-29, a leap day
+        assert_eq!(s, "2000-02-29T00:00:00.999Z");
+        s.clear();
+        write_iso8601(&mut s, 4_102_444_799_000_000_000);
+        assert_eq!(s, "2099-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn strings_are_escaped_for_json() {
+        for raw in ["plain", "q\"b\\s", "ctl\u{1}\u{1f}\u{7f}", "tab\tnl\ncr\r", "unicode é ✓", ""] {
+            let mut s = String::new();
+            write_str(&mut s, raw);
+            assert_eq!(serde_json::from_str::<String>(&s).unwrap(), raw, "{s}");
+        }
+    }
+}
