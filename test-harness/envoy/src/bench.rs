@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    noop_filter_wasm, wasm_artifact, workspace_root, EchoUpstream, EnvoyBuilder, HttpFilter, Request,
-    WasmFilter,
+    noop_filter_wasm, wasm_artifact, workspace_root, Cluster, EchoUpstream, EnvoyBuilder, FixedUpstream,
+    HttpFilter, Reply, Request, WasmFilter,
 };
 
 /// Key of the always-present bare Envoy row.
@@ -43,6 +43,40 @@ pub struct Scenario {
     pub baseline: Option<String>,
     /// The scenario's rows (bare and floor are added in front).
     pub rows: Vec<RowSpec>,
+    /// Local services the rows call (an auth service, say): each is started once, answers every
+    /// request with its reply, and is an Envoy cluster of that name in the scenario's rows.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// A local service a scenario's filters call out to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Envoy cluster name the filters use.
+    pub cluster: String,
+    /// Status of every answer (default 200).
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// Headers of every answer.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body of every answer.
+    #[serde(default)]
+    pub body: String,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+/// The running services of a scenario; they stop when the last row holding them is dropped.
+pub struct Services(Vec<FixedUpstream>);
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(FixedUpstream::addr)).finish()
+    }
 }
 
 fn default_path() -> String {
@@ -145,12 +179,17 @@ pub struct Row {
     pub check_effects: bool,
     /// The filter chain.
     pub filters: Vec<HttpFilter>,
+    /// Clusters of the scenario's services (empty for bare and floor).
+    pub clusters: Vec<Cluster>,
+    /// Keeps the services those clusters point at running.
+    pub services: Option<std::sync::Arc<Services>>,
 }
 
 impl Row {
-    /// An Envoy builder with this row's filters (backend still to choose).
+    /// An Envoy builder with this row's filters and clusters (backend still to choose).
     pub fn builder(&self) -> EnvoyBuilder {
-        self.filters.iter().cloned().fold(EnvoyBuilder::new(), EnvoyBuilder::filter)
+        let builder = self.filters.iter().cloned().fold(EnvoyBuilder::new(), EnvoyBuilder::filter);
+        self.clusters.iter().cloned().fold(builder, EnvoyBuilder::cluster)
     }
 }
 
@@ -173,6 +212,20 @@ impl Scenario {
     /// The rows to run: bare, floor, then the scenario's rows. Rows whose modules are missing are
     /// returned as skipped; the floor module is required.
     pub fn rows(&self) -> anyhow::Result<(Vec<Row>, Vec<Skipped>)> {
+        let mut started = Vec::new();
+        let mut clusters = Vec::new();
+        for service in &self.services {
+            let reply =
+                service.headers.iter().fold(
+                    Reply::status(service.status).body(service.body.clone()),
+                    |reply, (name, value)| reply.header(name, value),
+                );
+            let upstream = FixedUpstream::start(reply)
+                .with_context(|| format!("starting service for cluster {}", service.cluster))?;
+            clusters.push(Cluster::new(service.cluster.clone(), upstream.addr()));
+            started.push(upstream);
+        }
+        let services = (!started.is_empty()).then(|| std::sync::Arc::new(Services(started)));
         let mut rows = vec![
             Row {
                 key: BARE.to_string(),
@@ -180,6 +233,8 @@ impl Scenario {
                 note: None,
                 check_effects: false,
                 filters: Vec::new(),
+                clusters: Vec::new(),
+                services: None,
             },
             Row {
                 key: FLOOR.to_string(),
@@ -187,6 +242,8 @@ impl Scenario {
                 note: None,
                 check_effects: false,
                 filters: vec![HttpFilter::Wasm(WasmFilter::new(noop_filter_wasm()?).configuration("{}"))],
+                clusters: Vec::new(),
+                services: None,
             },
         ];
         let mut skipped = Vec::new();
@@ -213,6 +270,8 @@ impl Scenario {
                 note: spec.note.clone(),
                 check_effects: true,
                 filters,
+                clusters: clusters.clone(),
+                services: services.clone(),
             });
         }
         Ok((rows, skipped))

@@ -209,6 +209,26 @@ impl EchoUpstream {
     }
 }
 
+/// Answers every request, whatever its path, with the same [`Reply`]: a stand-in for an auth
+/// service or any other callout target in benchmarks. Requests are not recorded (no lock on
+/// the request path).
+pub struct FixedUpstream {
+    server: Server,
+}
+
+impl FixedUpstream {
+    /// Starts it on 127.0.0.1 with an ephemeral port.
+    pub fn start(reply: Reply) -> anyhow::Result<FixedUpstream> {
+        let handler: Handler = Arc::new(move |_: Received| reply.clone());
+        Ok(FixedUpstream { server: Server::start(handler)? })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+}
+
 #[derive(Default)]
 struct Script {
     replies: HashMap<String, Reply>,
