@@ -1,1 +1,373 @@
-//! JWT verification filter (being built; see the crate's README once it lands).
+//! JWT verification at the gateway, with the concepts and answers of Envoy's `jwt_authn`:
+//! providers (issuer, audiences, keys, token locations, outputs), rules that choose what a
+//! request needs, and 401/403 answers with `WWW-Authenticate: Bearer`. See `README.md`.
+//!
+//! Request path, per stream:
+//! 1. every request header is read with one host call ([`gatewasm::Request::snapshot`]);
+//! 2. any client-sent copy of a header a provider sets (`x-admin-id`, the payload header) is
+//!    removed, on every request, before anything else;
+//! 3. the first matching rule's requirement is evaluated ([`verifier`]): tokens extracted
+//!    ([`extractor`]), each verified once ([`verifier::Provider::verify`]: the verified-token
+//!    cache first, then parse, claims and signature);
+//! 4. on success the outputs are written and the tokens removed (unless `forward`); on failure
+//!    the request is answered 401/403 and does not go upstream.
+//!
+//! Root context: a tick flushes the counters and fetches remote key sets that are due
+//! ([`jwks_cache`]); their answers arrive in [`Plugin::on_callout`].
+
+pub mod config;
+pub mod extractor;
+pub mod jwks_cache;
+pub mod jwt;
+pub mod keys;
+pub mod matcher;
+pub mod status;
+pub mod verifier;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use gatewasm::metrics::{Counter, LocalCounter, FLUSH_PERIOD};
+use gatewasm::{
+    Callout, CalloutId, CalloutResult, ConfigErrors, Flow, HttpFilter, LocalReply, Plugin, Request, Stream,
+    REQUEST_HEADERS,
+};
+use serde_json::Value;
+
+use crate::config::Compiled;
+use crate::extractor::{Location, RequestView};
+use crate::jwks_cache::{FetchOutcome, KeySource};
+use crate::status::Status;
+use crate::verifier::{Evaluation, Success};
+
+/// Requests let through (a rule matched and its requirement passed).
+pub const ALLOWED: &str = "jwt_auth_allowed_total";
+/// Requests refused, by `reason` (see [`Status::DENY_CODES`]).
+pub const DENIED: &str = "jwt_auth_denied_total";
+/// JWKS fetches by `provider` and `result` (`ok`, `failed`).
+pub const JWKS_FETCHES: &str = "jwt_auth_jwks_fetches_total";
+
+/// Tick period when some provider has a remote key set: the first fetch goes out this soon
+/// after the configuration is loaded, and an unknown `kid` is re-fetched this soon.
+const REMOTE_TICK: Duration = Duration::from_millis(200);
+
+/// The plugin: providers, rules and counters.
+pub struct JwtAuth {
+    config: Compiled,
+    allowed: Option<LocalCounter>,
+    denied: Vec<(&'static str, LocalCounter)>,
+    fetches: Vec<(Option<Counter>, Option<Counter>)>,
+    /// Remote fetches in flight: callout and provider index.
+    in_flight: RefCell<Vec<(CalloutId, usize)>>,
+    /// Whether some provider fetches its keys.
+    remote: bool,
+}
+
+#[cfg(target_arch = "wasm32")]
+fn counter(name: &str) -> Option<Counter> {
+    use gatewasm::metrics::Metric;
+    match Counter::define(name) {
+        Ok(c) => Some(c),
+        Err(status) => {
+            log::warn!("jwt_auth: cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+/// Native builds (unit tests) have no host to define metrics in.
+#[cfg(not(target_arch = "wasm32"))]
+fn counter(_name: &str) -> Option<Counter> {
+    None
+}
+
+fn now_ms() -> u64 {
+    gatewasm::clock::now()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl JwtAuth {
+    /// The compiled configuration.
+    pub fn config(&self) -> &Compiled {
+        &self.config
+    }
+
+    fn count_denied(&self, status: Status) {
+        if let Some((_, c)) = self.denied.iter().find(|(code, _)| *code == status.code()) {
+            c.inc();
+        }
+    }
+
+    fn fetch_due(self: &Rc<Self>) {
+        let now = now_ms();
+        for (index, p) in self.config.providers.iter().enumerate() {
+            let KeySource::Remote(remote) = &p.keys else { continue };
+            let Some(for_kid) = remote.due(now) else { continue };
+            let c = &remote.config;
+            let mut call = Callout::get(&c.cluster, &c.authority, &c.path);
+            call.timeout = Duration::from_millis(c.timeout_ms);
+            call.max_response_bytes = c.max_bytes;
+            call.headers.push(("accept".into(), "application/json".into()));
+            match gatewasm::dispatch(&call) {
+                Ok(id) => {
+                    remote.sent(now, for_kid);
+                    self.in_flight.borrow_mut().push((id, index));
+                    log::debug!("jwt_auth: fetching JWKS of provider {}", p.name);
+                }
+                Err(e) => {
+                    remote.send_failed(now);
+                    self.count_fetch(index, false);
+                    log::warn!("jwt_auth: JWKS fetch of provider {} could not be sent: {e:?}", p.name);
+                }
+            }
+        }
+    }
+
+    fn count_fetch(&self, index: usize, ok: bool) {
+        if let Some((good, bad)) = self.fetches.get(index) {
+            if let Some(c) = if ok { good } else { bad } {
+                c.inc();
+            }
+        }
+    }
+}
+
+impl Plugin for JwtAuth {
+    const NAME: &'static str = "jwt_auth";
+    type Filter = JwtFilter;
+
+    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+        let config = config::parse(raw)?;
+        let allowed = counter(ALLOWED).map(LocalCounter::new);
+        let denied = Status::DENY_CODES
+            .iter()
+            .filter_map(|code| {
+                let name = gatewasm::metrics::series_name(DENIED, &[("reason", code)]);
+                counter(&name).map(|c| (*code, LocalCounter::new(c)))
+            })
+            .collect();
+        let fetches = config
+            .providers
+            .iter()
+            .map(|p| {
+                let name = |result| {
+                    gatewasm::metrics::series_name(JWKS_FETCHES, &[("provider", &p.name), ("result", result)])
+                };
+                (counter(&name("ok")), counter(&name("failed")))
+            })
+            .collect();
+        let remote = config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_)));
+        log::info!("jwt_auth: {} provider(s), {} rule(s) loaded", config.providers.len(), config.rules.len());
+        Ok(JwtAuth { config, allowed, denied, fetches, in_flight: RefCell::new(Vec::new()), remote })
+    }
+
+    fn new_filter(self: &Rc<Self>) -> JwtFilter {
+        JwtFilter { plugin: Rc::clone(self) }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        Some(if self.remote { REMOTE_TICK } else { FLUSH_PERIOD })
+    }
+
+    fn on_tick(self: &Rc<Self>) {
+        if let Some(c) = &self.allowed {
+            c.flush();
+        }
+        for (_, c) in &self.denied {
+            c.flush();
+        }
+        if self.remote {
+            self.fetch_due();
+        }
+    }
+
+    fn on_callout(self: &Rc<Self>, id: CalloutId, result: CalloutResult) {
+        let index = {
+            let mut in_flight = self.in_flight.borrow_mut();
+            let Some(at) = in_flight.iter().position(|(i, _)| *i == id) else { return };
+            in_flight.swap_remove(at).1
+        };
+        let Some(p) = self.config.providers.get(index) else { return };
+        let KeySource::Remote(remote) = &p.keys else { return };
+        let outcome = match &result {
+            Ok(resp) => remote.answered(now_ms(), Some(resp.status), &resp.body, resp.truncated),
+            Err(_) => remote.answered(now_ms(), None, &[], false),
+        };
+        match outcome {
+            FetchOutcome::Updated { keys, changed } => {
+                self.count_fetch(index, true);
+                if changed {
+                    // Tokens verified with keys that may be gone must be verified again.
+                    p.cache.borrow_mut().clear();
+                    log::info!("jwt_auth: provider {}: {keys} key(s) from its JWKS", p.name);
+                }
+            }
+            FetchOutcome::Failed(why) => {
+                self.count_fetch(index, false);
+                let kept = if remote.state.borrow().keys.is_some() {
+                    "keeping the last key set"
+                } else {
+                    "no keys yet"
+                };
+                log::warn!("jwt_auth: provider {}: JWKS fetch failed: {why}; {kept}", p.name);
+            }
+        }
+    }
+}
+
+/// The request as the extractor sees it: the snapshot of its headers.
+struct View<'a>(&'a Request);
+
+impl RequestView for View<'_> {
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        match self.0.headers() {
+            Some(h) => h.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v).collect(),
+            None => Vec::new(),
+        }
+    }
+    fn query(&self) -> Option<&str> {
+        self.0.query()
+    }
+}
+
+/// Per-stream state.
+pub struct JwtFilter {
+    plugin: Rc<JwtAuth>,
+}
+
+/// The `realm` of the `WWW-Authenticate` answer: the request URL without its query (which may
+/// hold the token itself), as `scheme://host/path`.
+fn realm(req: &Request) -> String {
+    let scheme = req.headers().and_then(|h| h.get("x-forwarded-proto")).unwrap_or("http");
+    let realm = format!("{scheme}://{}{}", req.authority(), req.path());
+    // Quotes or control characters would break the header; drop them.
+    realm.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
+}
+
+fn deny(status: Status, req: &Request) -> LocalReply {
+    let mut value = format!("Bearer realm=\"{}\"", realm(req));
+    if status != Status::Missing {
+        value.push_str(", error=\"invalid_token\"");
+    }
+    let code = if status == Status::AudienceNotAllowed { "forbidden" } else { "invalid_token" };
+    let mut reply = LocalReply::new(status.http_status(), code, status.message());
+    if status == Status::Missing {
+        reply.code = "missing_token";
+    }
+    reply.header("www-authenticate", value)
+}
+
+/// A claim as a header value: strings as they are, numbers and booleans in JSON form; other
+/// values (objects, lists, null) are not copied.
+fn claim_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success]) {
+    let mut path: Option<String> = None;
+    let mut cookie: Option<Option<String>> = None;
+    let mut removed_headers: Vec<&str> = Vec::new();
+    for s in successes {
+        let Some(p) = plugin.config.providers.get(s.provider) else { continue };
+        let o = &p.outputs;
+        for (header, claim) in &o.claim_to_headers {
+            let value = s.verified.claims.get(claim).and_then(claim_value);
+            match value {
+                Some(v) if gatewasm::config::is_header_value(&v) => {
+                    let _ = REQUEST_HEADERS.set(header, &v);
+                }
+                Some(_) => log::debug!("jwt_auth: claim {claim} has characters a header cannot carry"),
+                None => {}
+            }
+        }
+        if let Some(h) = &o.forward_payload_header {
+            let _ = REQUEST_HEADERS.set(h, &s.verified.payload_b64);
+        }
+        if o.forward {
+            continue;
+        }
+        match p.locations.get(s.location) {
+            Some(Location::Header { name, .. }) if !removed_headers.contains(&name.as_str()) => {
+                let _ = REQUEST_HEADERS.remove(name);
+                removed_headers.push(name);
+            }
+            Some(Location::Cookie(name)) => {
+                let current = match &cookie {
+                    Some(c) => c.clone(),
+                    None => req.headers().and_then(|h| h.get("cookie")).map(str::to_string),
+                };
+                cookie = Some(current.and_then(|c| extractor::without_cookie(&c, name)));
+            }
+            Some(Location::Param(name)) => {
+                let current = path.clone().unwrap_or_else(|| req.path_and_query().to_string());
+                path = Some(extractor::without_param(&current, name));
+            }
+            Some(Location::Header { .. }) | None => {}
+        }
+    }
+    match cookie {
+        Some(Some(c)) => {
+            let _ = REQUEST_HEADERS.set("cookie", &c);
+        }
+        Some(None) => {
+            let _ = REQUEST_HEADERS.remove("cookie");
+        }
+        None => {}
+    }
+    if let Some(p) = path {
+        let _ = REQUEST_HEADERS.set(":path", &p);
+    }
+}
+
+impl HttpFilter for JwtFilter {
+    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        let cfg = &plugin.config;
+        let req = Request::snapshot();
+        // Spoofed outputs go first, whatever happens next.
+        if let Some(h) = req.headers() {
+            for name in &cfg.output_headers {
+                if h.contains(name) {
+                    let _ = REQUEST_HEADERS.remove(name);
+                }
+            }
+        }
+        let method = req.method();
+        if cfg.bypass_cors_preflight && method == "OPTIONS" {
+            let h = req.headers();
+            if h.is_some_and(|h| h.contains("origin") && h.contains("access-control-request-method")) {
+                return Flow::Continue;
+            }
+        }
+        let host = req.host();
+        let Some(rule) = matcher::first_match(&cfg.rules, &host, req.path(), method) else {
+            return Flow::Continue;
+        };
+        let Some(requirement) = &rule.requires else {
+            return Flow::Continue;
+        };
+        let now = now_ms() / 1000;
+        let view = View(&req);
+        let mut successes = Vec::new();
+        let status = Evaluation::new(&cfg.providers, &view, now).run(requirement, &mut successes);
+        if status != Status::Ok {
+            plugin.count_denied(status);
+            log::debug!("jwt_auth: denied: {}", status.message());
+            return Flow::Reply(deny(status, &req));
+        }
+        if let Some(c) = &plugin.allowed {
+            c.inc();
+        }
+        write_outputs(&plugin, &req, &successes);
+        Flow::Continue
+    }
+}
+
+gatewasm::export!(JwtAuth);

@@ -1,0 +1,204 @@
+//! Where tokens are found in a request: headers (with an optional scheme prefix), cookies and
+//! query parameters, as Envoy's `jwt_authn` extractor looks for them, and how a token is removed
+//! again before the request goes upstream.
+
+use std::borrow::Cow;
+
+use gatewasm::http;
+
+/// One place a token may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A request header (name lower-cased), the token after `prefix` when there is one.
+    Header {
+        /// Header name, lower-case.
+        name: String,
+        /// Text before the token (`Bearer `), matched case-insensitively.
+        prefix: Option<String>,
+    },
+    /// A cookie, by its exact (case-sensitive) name.
+    Cookie(String),
+    /// A query parameter, by its decoded name.
+    Param(String),
+}
+
+/// The locations used when a provider names none: Envoy's default.
+pub fn default_locations() -> Vec<Location> {
+    vec![
+        Location::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
+        Location::Param("access_token".into()),
+    ]
+}
+
+/// What the extractor reads a request through.
+pub trait RequestView {
+    /// Every value of a request header (name lower-case), in order.
+    fn header_values(&self, name: &str) -> Vec<&str>;
+    /// The query string, without `?`.
+    fn query(&self) -> Option<&str>;
+}
+
+/// A token found in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found<'r> {
+    /// Index of the location in the provider's list.
+    pub location: usize,
+    /// The token.
+    pub token: Cow<'r, str>,
+}
+
+/// The token in a header value after `prefix`: the prefix matched case-insensitively (an
+/// authentication scheme is case-insensitive, RFC 9110 section 11.1), spaces after it skipped,
+/// the token ending at the first space or comma (several credentials in one value).
+pub fn after_prefix<'v>(value: &'v str, prefix: Option<&str>) -> Option<&'v str> {
+    let rest = match prefix {
+        None => value.trim(),
+        Some(p) => {
+            let head = value.get(..p.len())?;
+            if !head.eq_ignore_ascii_case(p) {
+                return None;
+            }
+            value.get(p.len()..)?.trim_start()
+        }
+    };
+    let token = rest.split([' ', ',', '\t']).next().unwrap_or_default();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Every token in `locations`, in location order.
+pub fn extract<'r>(locations: &[Location], req: &'r dyn RequestView) -> Vec<Found<'r>> {
+    let mut found = Vec::new();
+    for (i, loc) in locations.iter().enumerate() {
+        match loc {
+            Location::Header { name, prefix } => {
+                for value in req.header_values(name) {
+                    if let Some(t) = after_prefix(value, prefix.as_deref()) {
+                        found.push(Found { location: i, token: Cow::Borrowed(t) });
+                    }
+                }
+            }
+            Location::Cookie(name) => {
+                for header in req.header_values("cookie") {
+                    for (n, v) in http::cookies(header) {
+                        if n == name && !v.is_empty() {
+                            found.push(Found { location: i, token: Cow::Borrowed(v) });
+                        }
+                    }
+                }
+            }
+            Location::Param(name) => {
+                if let Some(q) = req.query() {
+                    for (n, v) in http::query_params(q) {
+                        if n == name.as_str() && !v.is_empty() {
+                            found.push(Found { location: i, token: v });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A `Cookie` header value without the cookies named `name`; `None` when nothing is left.
+pub fn without_cookie(header: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = header
+        .split(';')
+        .map(str::trim)
+        .filter(|piece| !piece.is_empty())
+        .filter(|piece| piece.split_once('=').is_none_or(|(n, _)| n.trim() != name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+/// A `:path` without the query parameters named `name` (compared after decoding).
+pub fn without_param(path_and_query: &str, name: &str) -> String {
+    let (path, query) = http::split_path(path_and_query);
+    let Some(query) = query else {
+        return path_and_query.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let n = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            http::decode_query_component(n) != name
+        })
+        .collect();
+    if kept.is_empty() || kept.iter().all(|p| p.is_empty()) {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    struct Req(Vec<(&'static str, &'static str)>, Option<&'static str>);
+
+    impl RequestView for Req {
+        fn header_values(&self, name: &str) -> Vec<&str> {
+            self.0.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect()
+        }
+        fn query(&self) -> Option<&str> {
+            self.1
+        }
+    }
+
+    fn tokens(locs: &[Location], req: &Req) -> Vec<(usize, String)> {
+        extract(locs, req).into_iter().map(|f| (f.location, f.token.into_owned())).collect()
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(after_prefix("Bearer a.b.c", Some("Bearer ")), Some("a.b.c"));
+        assert_eq!(after_prefix("bearer a.b.c", Some("Bearer ")), Some("a.b.c"));
+        assert_eq!(after_prefix("BEARER   a.b.c, other", Some("Bearer ")), Some("a.b.c"));
+        assert_eq!(after_prefix("Basic dXNlcg==", Some("Bearer ")), None);
+        assert_eq!(after_prefix("Bearer ", Some("Bearer ")), None);
+        assert_eq!(after_prefix("Bear", Some("Bearer ")), None);
+        assert_eq!(after_prefix("é", Some("Bearer ")), None);
+        assert_eq!(after_prefix(" a.b.c ", None), Some("a.b.c"));
+    }
+
+    #[test]
+    fn the_seeds_three_locations_in_order() {
+        let locs = vec![
+            Location::Cookie("id_token".into()),
+            Location::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
+            Location::Param("token".into()),
+        ];
+        let req = Req(
+            vec![("cookie", "a=1; id_token=C.C.C"), ("authorization", "Bearer H.H.H")],
+            Some("x=1&token=Q%2EQ.Q"),
+        );
+        assert_eq!(tokens(&locs, &req), [(0, "C.C.C".into()), (1, "H.H.H".into()), (2, "Q.Q.Q".into())]);
+        assert!(tokens(&locs, &Req(vec![("cookie", "id_token=")], Some("token="))).is_empty());
+        assert!(tokens(&default_locations(), &Req(vec![], Some("access_token=A.A.A"))).len() == 1);
+    }
+
+    #[test]
+    fn repeated_headers_and_cookies_all_count() {
+        let locs =
+            vec![Location::Header { name: "x-jwt".into(), prefix: None }, Location::Cookie("t".into())];
+        let req = Req(vec![("x-jwt", "a"), ("x-jwt", "b"), ("cookie", "t=c"), ("cookie", "t=d; t=e")], None);
+        let got: Vec<String> = tokens(&locs, &req).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(got, ["a", "b", "c", "d", "e"]);
+    }
+
+    #[test]
+    fn removal() {
+        assert_eq!(without_cookie("a=1; id_token=x; b=2", "id_token").as_deref(), Some("a=1; b=2"));
+        assert_eq!(without_cookie("id_token=x", "id_token"), None);
+        assert_eq!(
+            without_cookie("id_tokenx=1;novalue", "id_token").as_deref(),
+            Some("id_tokenx=1; novalue")
+        );
+        assert_eq!(without_param("/a?token=x&b=2", "token"), "/a?b=2");
+        assert_eq!(without_param("/a?to%6Ben=x", "token"), "/a");
+        assert_eq!(without_param("/a?b=1", "token"), "/a?b=1");
+        assert_eq!(without_param("/a", "token"), "/a");
+    }
+}

@@ -1,0 +1,356 @@
+//! A provider's keys (inline, or fetched from a JWKS endpoint and refreshed) and its cache of
+//! verified tokens.
+//!
+//! Remote keys are fetched from the root context only, on the plugin's tick: when there are
+//! none yet (retrying every `retry_interval` after a failure), when `cache_duration` has passed,
+//! and when a token named a `kid` the current set lacks (at most once per
+//! `refetch_unknown_kid_interval`). Until the first set arrives, tokens of the provider fail
+//! (fail closed); a failed or unusable answer keeps the last good set.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use crate::jwt::Claims;
+use crate::keys::{self, KeySet};
+
+/// Where a remote JWKS lives and how often to fetch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// Envoy cluster the fetch goes through.
+    pub cluster: String,
+    /// `:authority` of the fetch.
+    pub authority: String,
+    /// Path (and query) of the fetch.
+    pub path: String,
+    /// Fetch timeout, ms.
+    pub timeout_ms: u64,
+    /// Refresh period of a good set, ms.
+    pub cache_duration_ms: u64,
+    /// Wait after a failed fetch, ms.
+    pub retry_interval_ms: u64,
+    /// Least time between two fetches caused by unknown `kid`s, ms.
+    pub refetch_unknown_kid_ms: u64,
+    /// Largest JWKS document read, bytes.
+    pub max_bytes: usize,
+}
+
+/// What happened to a fetch, for logs and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// A new key set is in use.
+    Updated {
+        /// Keys in the new set.
+        keys: usize,
+        /// Whether it differs from the previous one.
+        changed: bool,
+    },
+    /// The fetch failed; the previous set (if any) stays.
+    Failed(String),
+}
+
+/// The state of a remote key set.
+#[derive(Debug, Default)]
+pub struct RemoteState {
+    /// The current set, once one arrived.
+    pub keys: Option<Rc<KeySet>>,
+    /// The JWKS document the current set came from (to tell whether a refresh changed it).
+    pub document: Vec<u8>,
+    /// When the current set arrived, ms.
+    pub fetched_at: Option<u64>,
+    /// When the last fetch was sent, ms.
+    pub attempted_at: Option<u64>,
+    /// Whether a fetch is in flight.
+    pub in_flight: bool,
+    /// A token named a `kid` the set lacks.
+    pub unknown_kid_seen: bool,
+    /// When the last fetch for an unknown `kid` was sent, ms.
+    pub unknown_kid_fetched_at: Option<u64>,
+    /// Whether the last fetch failed.
+    pub last_failed: bool,
+}
+
+/// A remote JWKS and its state.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    /// Where and how often.
+    pub config: RemoteConfig,
+    /// What is known.
+    pub state: RefCell<RemoteState>,
+}
+
+impl RemoteJwks {
+    /// A key set not fetched yet.
+    pub fn new(config: RemoteConfig) -> Self {
+        Self { config, state: RefCell::new(RemoteState::default()) }
+    }
+
+    /// Whether a fetch should be sent now (`now` in ms), and whether it is for an unknown kid.
+    pub fn due(&self, now: u64) -> Option<bool> {
+        let s = self.state.borrow();
+        if s.in_flight {
+            return None;
+        }
+        let since = |t: Option<u64>| t.map_or(u64::MAX, |t| now.saturating_sub(t));
+        let c = &self.config;
+        if s.keys.is_none() || s.last_failed {
+            return (since(s.attempted_at) >= c.retry_interval_ms).then_some(false);
+        }
+        if s.unknown_kid_seen && since(s.unknown_kid_fetched_at) >= c.refetch_unknown_kid_ms {
+            return Some(true);
+        }
+        (since(s.fetched_at) >= c.cache_duration_ms).then_some(false)
+    }
+
+    /// Records that a fetch was sent.
+    pub fn sent(&self, now: u64, for_unknown_kid: bool) {
+        let mut s = self.state.borrow_mut();
+        s.in_flight = true;
+        s.attempted_at = Some(now);
+        if for_unknown_kid {
+            s.unknown_kid_seen = false;
+            s.unknown_kid_fetched_at = Some(now);
+        }
+    }
+
+    /// Records that a fetch could not be sent.
+    pub fn send_failed(&self, now: u64) {
+        let mut s = self.state.borrow_mut();
+        s.attempted_at = Some(now);
+        s.last_failed = true;
+    }
+
+    /// Takes the answer to a fetch: a good document replaces the set, anything else keeps it.
+    pub fn answered(&self, now: u64, status: Option<u16>, body: &[u8], truncated: bool) -> FetchOutcome {
+        let mut s = self.state.borrow_mut();
+        s.in_flight = false;
+        let parsed = match status {
+            None => Err("no answer (timeout or connection failure)".to_string()),
+            Some(200) if truncated => Err(format!("document larger than {} bytes", self.config.max_bytes)),
+            Some(200) => std::str::from_utf8(body)
+                .map_err(|_| "document is not UTF-8".to_string())
+                .and_then(|text| keys::parse_jwks(text).map(|(set, _)| set)),
+            Some(code) => Err(format!("status {code}")),
+        };
+        match parsed {
+            Ok(set) => {
+                let changed = s.document != body;
+                let keys = set.keys.len();
+                if changed || s.keys.is_none() {
+                    s.keys = Some(Rc::new(set));
+                    s.document = body.to_vec();
+                }
+                s.fetched_at = Some(now);
+                s.last_failed = false;
+                FetchOutcome::Updated { keys, changed }
+            }
+            Err(why) => {
+                s.last_failed = true;
+                FetchOutcome::Failed(why)
+            }
+        }
+    }
+
+    /// Notes that a token named `kid` and the current set has no such key.
+    pub fn unknown_kid(&self) {
+        let mut s = self.state.borrow_mut();
+        if s.keys.is_some() {
+            s.unknown_kid_seen = true;
+        }
+    }
+}
+
+/// A provider's keys.
+#[derive(Debug)]
+pub enum KeySource {
+    /// From the configuration.
+    Local(Rc<KeySet>),
+    /// From a JWKS endpoint.
+    Remote(RemoteJwks),
+}
+
+impl KeySource {
+    /// The keys to verify with now; `None` while a remote set has not arrived.
+    pub fn current(&self) -> Option<Rc<KeySet>> {
+        match self {
+            KeySource::Local(k) => Some(Rc::clone(k)),
+            KeySource::Remote(r) => r.state.borrow().keys.clone(),
+        }
+    }
+}
+
+/// A token that verified, kept so it need not be verified again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Its claims.
+    pub claims: Claims,
+    /// Its payload segment as sent (base64url).
+    pub payload_b64: String,
+}
+
+/// Verified tokens by token text: bounded in entries, oldest out first, entries dropped once
+/// `exp` (with the clock skew) has passed. Keyed by the whole token (hashed by the map with a
+/// per-process random key), so a lookup never confuses two tokens.
+#[derive(Debug)]
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<Rc<str>, Rc<Verified>>,
+    order: VecDeque<Rc<str>>,
+    hits: Cell<u64>,
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, entries: HashMap::new(), order: VecDeque::new(), hits: Cell::new(0) }
+    }
+
+    /// The entry for `token`.
+    pub fn get(&self, token: &str) -> Option<Rc<Verified>> {
+        let hit = self.entries.get(token).cloned();
+        if hit.is_some() {
+            self.hits.set(self.hits.get() + 1);
+        }
+        hit
+    }
+
+    /// Lookups that found their token.
+    pub fn hits(&self) -> u64 {
+        self.hits.get()
+    }
+
+    /// Forgets `token`.
+    pub fn remove(&mut self, token: &str) {
+        self.entries.remove(token);
+    }
+
+    /// Keeps `verified` for `token`, evicting the oldest entries beyond the capacity.
+    pub fn insert(&mut self, token: &str, verified: Rc<Verified>) {
+        if self.capacity == 0 {
+            return;
+        }
+        // `order` may hold keys already removed (expired); it is bounded all the same.
+        while self.entries.len() >= self.capacity || self.order.len() >= self.capacity.saturating_mul(2) {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        let key: Rc<str> = Rc::from(token);
+        self.order.push_back(Rc::clone(&key));
+        self.entries.insert(key, verified);
+    }
+
+    /// Forgets everything (the keys changed).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+    }
+
+    /// Number of tokens kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn remote() -> RemoteJwks {
+        RemoteJwks::new(RemoteConfig {
+            cluster: "idp".into(),
+            authority: "idp".into(),
+            path: "/jwks".into(),
+            timeout_ms: 1000,
+            cache_duration_ms: 600_000,
+            retry_interval_ms: 1000,
+            refetch_unknown_kid_ms: 30_000,
+            max_bytes: 65536,
+        })
+    }
+
+    const JWKS: &[u8] =
+        br#"{"keys":[{"kty":"oct","kid":"a","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#;
+
+    #[test]
+    fn fetch_schedule() {
+        let r = remote();
+        assert_eq!(r.due(0), Some(false), "nothing yet: fetch at once");
+        r.sent(0, false);
+        assert_eq!(r.due(10), None, "one fetch at a time");
+        assert!(matches!(r.answered(20, None, b"", false), FetchOutcome::Failed(_)));
+        assert!(r.state.borrow().keys.is_none());
+        assert_eq!(r.due(500), None, "retry waits");
+        assert_eq!(r.due(1020), Some(false));
+        r.sent(1020, false);
+        assert_eq!(
+            r.answered(1030, Some(200), JWKS, false),
+            FetchOutcome::Updated { keys: 1, changed: true }
+        );
+        assert_eq!(r.due(2000), None, "fresh");
+        r.unknown_kid();
+        assert_eq!(r.due(2000), Some(true), "unknown kid: refetch now");
+        r.sent(2000, true);
+        assert_eq!(
+            r.answered(2010, Some(200), JWKS, false),
+            FetchOutcome::Updated { keys: 1, changed: false }
+        );
+        r.unknown_kid();
+        assert_eq!(r.due(3000), None, "rate-limited");
+        assert_eq!(r.due(32_000), Some(true));
+        assert_eq!(r.due(601_030), Some(true));
+    }
+
+    #[test]
+    fn failures_keep_the_last_good_set() {
+        let r = remote();
+        r.sent(0, false);
+        r.answered(1, Some(200), JWKS, false);
+        for (status, body, truncated) in [
+            (Some(503), &b"down"[..], false),
+            (Some(200), b"{}", false),
+            (Some(200), JWKS, true),
+            (None, b"", false),
+        ] {
+            r.sent(2, false);
+            assert!(matches!(r.answered(3, status, body, truncated), FetchOutcome::Failed(_)));
+            assert!(r.state.borrow().keys.as_ref().unwrap().has_kid("a"));
+        }
+        assert_eq!(r.due(500), None);
+        assert_eq!(r.due(1003), Some(false), "a failure is retried after retry_interval");
+    }
+
+    fn v() -> Rc<Verified> {
+        Rc::new(Verified { claims: Claims::default(), payload_b64: String::new() })
+    }
+
+    #[test]
+    fn token_cache_is_bounded() {
+        let mut c = TokenCache::new(2);
+        c.insert("a", v());
+        c.insert("b", v());
+        c.insert("c", v());
+        assert_eq!(c.len(), 2);
+        assert!(c.get("a").is_none());
+        assert!(c.get("b").is_some() && c.get("c").is_some());
+        for i in 0..100 {
+            c.insert(&i.to_string(), v());
+            c.remove(&i.to_string());
+        }
+        assert!(c.order.len() <= 4);
+        c.clear();
+        assert!(c.is_empty());
+        let mut off = TokenCache::new(0);
+        off.insert("a", v());
+        assert!(off.get("a").is_none());
+    }
+}

@@ -1,0 +1,298 @@
+//! Verifying tokens for providers, and requirements (provider, any, all, allow missing) over a
+//! request's tokens, with Envoy's `jwt_authn` semantics:
+//! - a provider requirement needs at least one token in the provider's locations, and every
+//!   token found there must verify (a good token next to a bad one fails: the upstream could
+//!   otherwise read the bad one);
+//! - checks run in Envoy's order: format, issuer, `exp`/`nbf`, audiences, then key and
+//!   signature; so a token for the wrong audience is answered 403 as Envoy answers it;
+//! - `requires_any` passes when one alternative passes; otherwise it reports the most telling
+//!   failure (a missing token or another issuer's token only when nothing else failed).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::extractor::{self, Found, Location, RequestView};
+use crate::jwks_cache::{KeySource, TokenCache, Verified};
+use crate::jwt::{self, Alg};
+use crate::matcher::Requirement;
+use crate::status::Status;
+
+/// What a provider does with a token that verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// `(header, claim path)`: the claim's value (string, number or boolean) goes upstream in
+    /// the header.
+    pub claim_to_headers: Vec<(String, String)>,
+    /// Header that receives the payload segment (base64url).
+    pub forward_payload_header: Option<String>,
+    /// Keep the token in the request (otherwise it is removed from where it was found).
+    pub forward: bool,
+}
+
+/// A configured provider.
+#[derive(Debug)]
+pub struct Provider {
+    /// Its name in the configuration.
+    pub name: String,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Allowed audiences (normalized); empty: not checked.
+    pub audiences: Vec<String>,
+    /// Allowed algorithms; empty: every algorithm a key fits.
+    pub algorithms: Vec<Alg>,
+    /// Where its tokens are.
+    pub locations: Vec<Location>,
+    /// Clock skew for `exp`/`nbf`, seconds.
+    pub clock_skew: u64,
+    /// Whether `exp` is required.
+    pub require_expiration: bool,
+    /// Longest allowed lifetime, seconds.
+    pub max_lifetime: Option<u64>,
+    /// Largest token accepted, bytes.
+    pub max_token_bytes: usize,
+    /// What happens upstream of a verified token.
+    pub outputs: Outputs,
+    /// Its keys.
+    pub keys: KeySource,
+    /// Its verified tokens.
+    pub cache: RefCell<TokenCache>,
+}
+
+/// Audiences compare without `http://`/`https://` and a trailing `/`, as Envoy compares them.
+pub fn normalize_audience(aud: &str) -> &str {
+    let a = aud.strip_prefix("https://").or_else(|| aud.strip_prefix("http://")).unwrap_or(aud);
+    a.strip_suffix('/').unwrap_or(a)
+}
+
+fn audiences_ok(allowed: &[String], token: &[String]) -> bool {
+    allowed.is_empty() || token.iter().any(|a| allowed.iter().any(|b| b == normalize_audience(a)))
+}
+
+impl Provider {
+    /// Verifies one token at time `now` (seconds); `audiences` replace the provider's when given.
+    pub fn verify(
+        &self,
+        token: &str,
+        now: u64,
+        audiences: Option<&[String]>,
+    ) -> Result<Rc<Verified>, Status> {
+        if token.len() > self.max_token_bytes {
+            return Err(Status::TooLarge);
+        }
+        let audiences = audiences.unwrap_or(&self.audiences);
+        let cached = self.cache.borrow().get(token);
+        if let Some(v) = cached {
+            if v.claims.exp.is_some_and(|exp| now > exp.saturating_add(self.clock_skew)) {
+                self.cache.borrow_mut().remove(token);
+                return Err(Status::Expired);
+            }
+            if !audiences_ok(audiences, &v.claims.aud) {
+                return Err(Status::AudienceNotAllowed);
+            }
+            return Ok(v);
+        }
+
+        let jwt = jwt::parse(token)?;
+        let c = &jwt.claims;
+        if let Some(iss) = &self.issuer {
+            if c.iss.as_deref() != Some(iss.as_str()) {
+                return Err(Status::UnknownIssuer);
+            }
+        }
+        if c.exp.is_some_and(|exp| now > exp.saturating_add(self.clock_skew)) {
+            return Err(Status::Expired);
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.clock_skew)) {
+            return Err(Status::NotYetValid);
+        }
+        if self.require_expiration && c.exp.is_none() {
+            return Err(Status::MissingExpiration);
+        }
+        if let Some(max) = self.max_lifetime {
+            let exp = c.exp.ok_or(Status::MissingExpiration)?;
+            let start = c.iat.or(c.nbf).unwrap_or(now);
+            if exp.saturating_sub(start) > max {
+                return Err(Status::LifetimeExceeded);
+            }
+        }
+        if !audiences_ok(audiences, &c.aud) {
+            return Err(Status::AudienceNotAllowed);
+        }
+        if !self.algorithms.is_empty() && !self.algorithms.contains(&jwt.alg) {
+            return Err(Status::AlgNotAllowed);
+        }
+        let keys = self.keys.current().ok_or(Status::JwksUnavailable)?;
+        match keys.verify(&jwt) {
+            Status::Ok => {}
+            Status::KidAlgMismatch => {
+                if let (Some(kid), KeySource::Remote(remote)) = (&jwt.kid, &self.keys) {
+                    if !keys.has_kid(kid) {
+                        remote.unknown_kid();
+                    }
+                }
+                return Err(Status::KidAlgMismatch);
+            }
+            other => return Err(other),
+        }
+        let verified = Rc::new(Verified { claims: jwt.claims, payload_b64: jwt.payload_b64.to_string() });
+        self.cache.borrow_mut().insert(token, Rc::clone(&verified));
+        Ok(verified)
+    }
+}
+
+/// A token that verified, and where it was.
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// Provider index.
+    pub provider: usize,
+    /// Location index in the provider's list.
+    pub location: usize,
+    /// The verified token.
+    pub verified: Rc<Verified>,
+}
+
+/// One request's evaluation: tokens are extracted per provider once.
+pub struct Evaluation<'a> {
+    providers: &'a [Provider],
+    req: &'a dyn RequestView,
+    now: u64,
+    found: Vec<Option<Vec<Found<'a>>>>,
+}
+
+impl<'a> Evaluation<'a> {
+    /// An evaluation of `req` at time `now` (seconds).
+    pub fn new(providers: &'a [Provider], req: &'a dyn RequestView, now: u64) -> Self {
+        Self { providers, req, now, found: providers.iter().map(|_| None).collect() }
+    }
+
+    fn tokens(&mut self, provider: usize) -> Vec<Found<'a>> {
+        let Some(slot) = self.found.get_mut(provider) else {
+            return Vec::new();
+        };
+        if slot.is_none() {
+            let locations = self.providers.get(provider).map(|p| p.locations.as_slice()).unwrap_or_default();
+            *slot = Some(extractor::extract(locations, self.req));
+        }
+        slot.clone().unwrap_or_default()
+    }
+
+    /// Evaluates `req`, appending the verified tokens to `out` when it passes.
+    pub fn run(&mut self, requirement: &Requirement, out: &mut Vec<Success>) -> Status {
+        match requirement {
+            Requirement::Provider { provider, audiences } => {
+                self.provider(*provider, audiences.as_deref(), out)
+            }
+            Requirement::Any(alternatives) => {
+                let mut failure: Option<Status> = None;
+                for alt in alternatives {
+                    let mut mine = Vec::new();
+                    match self.run(alt, &mut mine) {
+                        Status::Ok => {
+                            out.append(&mut mine);
+                            return Status::Ok;
+                        }
+                        s => {
+                            let better = match failure {
+                                None => true,
+                                Some(f) => {
+                                    !s.is_weak() || (f == Status::Missing && s == Status::UnknownIssuer)
+                                }
+                            };
+                            if better {
+                                failure = Some(s);
+                            }
+                        }
+                    }
+                }
+                failure.unwrap_or(Status::Missing)
+            }
+            Requirement::All(all) => {
+                let mut mine = Vec::new();
+                for r in all {
+                    let s = self.run(r, &mut mine);
+                    if s != Status::Ok {
+                        return s;
+                    }
+                }
+                out.append(&mut mine);
+                Status::Ok
+            }
+            Requirement::AllowMissing => self.any_provider(false, out),
+            Requirement::AllowMissingOrFailed => self.any_provider(true, out),
+        }
+    }
+
+    fn provider(&mut self, index: usize, audiences: Option<&[String]>, out: &mut Vec<Success>) -> Status {
+        let Some(p) = self.providers.get(index) else {
+            return Status::UnknownIssuer;
+        };
+        let found = self.tokens(index);
+        if found.is_empty() {
+            return Status::Missing;
+        }
+        let mut mine: Vec<Success> = Vec::with_capacity(found.len());
+        for (i, f) in found.iter().enumerate() {
+            // The same token in two places is verified once.
+            let earlier = found.iter().take(i).position(|g| g.token == f.token);
+            let verified = match earlier.and_then(|e| mine.get(e)) {
+                Some(s) => Rc::clone(&s.verified),
+                None => match p.verify(&f.token, self.now, audiences) {
+                    Ok(v) => v,
+                    Err(s) => return s,
+                },
+            };
+            mine.push(Success { provider: index, location: f.location, verified });
+        }
+        out.append(&mut mine);
+        Status::Ok
+    }
+
+    /// Tokens are optional: each token found in any provider's locations must verify with a
+    /// provider that has that location and its issuer, unless `ignore_failures`.
+    fn any_provider(&mut self, ignore_failures: bool, out: &mut Vec<Success>) -> Status {
+        let mut mine = Vec::new();
+        for index in 0..self.providers.len() {
+            for f in self.tokens(index) {
+                if mine.iter().any(|s: &(usize, usize, Rc<str>)| *s.2 == *f.token) {
+                    continue;
+                }
+                mine.push((index, f.location, Rc::from(f.token.as_ref())));
+            }
+        }
+        let mut failure = None;
+        for (index, location, token) in mine {
+            let Some(loc) = self.providers.get(index).and_then(|p| p.locations.get(location)) else {
+                continue;
+            };
+            // Providers with the same location, this one first; the first whose issuer fits.
+            let candidates =
+                std::iter::once(index).chain((0..self.providers.len()).filter(|&i| {
+                    i != index && self.providers.get(i).is_some_and(|p| p.locations.contains(loc))
+                }));
+            let mut result = Err(Status::UnknownIssuer);
+            for c in candidates {
+                let Some(p) = self.providers.get(c) else { continue };
+                result = p.verify(&token, self.now, None).map(|v| (c, v));
+                if result.as_ref().err() != Some(&Status::UnknownIssuer) {
+                    break;
+                }
+            }
+            match result {
+                Ok((c, verified)) => {
+                    let location = self
+                        .providers
+                        .get(c)
+                        .and_then(|p| p.locations.iter().position(|l| l == loc))
+                        .unwrap_or(location);
+                    out.push(Success { provider: c, location, verified });
+                }
+                Err(s) if failure.is_none() => failure = Some(s),
+                Err(_) => {}
+            }
+        }
+        match failure {
+            Some(s) if !ignore_failures => s,
+            _ => Status::Ok,
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Attacks and edge cases against the verifier and the requirement logic (native, no host):
+//! `alg: none`, key confusion, tampering, malformed parts, claim types, skew boundaries, `crit`,
+//! hostile `kid`s, embedded keys, oversized tokens, several tokens, the cache.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use common::{b64, now, Signer, SECRET};
+use jwt_auth::config::{self, Compiled};
+use jwt_auth::extractor::RequestView;
+use jwt_auth::status::Status;
+use jwt_auth::verifier::Evaluation;
+use rsa::pkcs8::EncodePublicKey as _;
+use serde_json::{json, Value};
+
+fn compile(cfg: Value) -> Compiled {
+    config::parse(cfg.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn provider_cfg(jwks: Value) -> Value {
+    json!({
+        "providers": {"p": {"issuer": "https://issuer.test", "audiences": ["api"], "local_jwks": jwks}},
+        "rules": [{"requires": {"provider_name": "p"}}]
+    })
+}
+
+fn claims(extra: Value) -> Value {
+    let mut c = json!({"iss": "https://issuer.test", "aud": "api", "sub": "u1", "exp": now() + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn check(c: &Compiled, token: &str) -> Status {
+    match c.providers[0].verify(token, now(), None) {
+        Ok(_) => Status::Ok,
+        Err(s) => s,
+    }
+}
+
+#[test]
+fn alg_none_in_every_case_is_refused() {
+    let s = Signer::hmac();
+    let c = compile(provider_cfg(s.jwks("k")));
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let unsigned =
+            format!("{}.{}.", b64(json!({"alg": alg}).to_string()), b64(claims(json!({})).to_string()));
+        assert_eq!(check(&c, &unsigned), Status::HeaderNotImplementedAlg, "{alg}");
+        let signed = s.token_with_header(json!({"alg": alg}), &claims(json!({})));
+        assert_eq!(check(&c, &signed), Status::HeaderNotImplementedAlg, "{alg}");
+    }
+}
+
+#[test]
+fn rsa_public_key_is_never_an_hmac_secret() {
+    let rsa = Signer::rsa();
+    let Signer::Rsa(private) = &rsa else { unreachable!() };
+    let public = private.to_public_key();
+    let pem = public.to_public_key_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+    let der = public.to_public_key_der().unwrap();
+    let c = compile(provider_cfg(rsa.jwks("k")));
+    assert_eq!(check(&c, &rsa.token("k", &claims(json!({})))), Status::Ok);
+    for secret in [pem.as_bytes().to_vec(), der.as_bytes().to_vec()] {
+        let forged = Signer::Hmac(secret).token("k", &claims(json!({})));
+        assert_eq!(check(&c, &forged), Status::KidAlgMismatch);
+    }
+    // The same with the key given as PEM.
+    let c = compile(json!({
+        "providers": {"p": {"keys": [{"pem": pem}]}}, "rules": [{"requires": {"provider_name": "p"}}]
+    }));
+    let forged = Signer::Hmac(pem.as_bytes().to_vec()).token("k", &claims(json!({})));
+    assert_eq!(check(&c, &forged), Status::KidAlgMismatch);
+    // And an HMAC key never verifies RS256.
+    let c = compile(provider_cfg(Signer::hmac().jwks("k")));
+    assert_eq!(check(&c, &rsa.token("k", &claims(json!({})))), Status::KidAlgMismatch);
+}
+
+#[test]
+fn tampering_and_malformed_parts() {
+    let s = Signer::p256();
+    let c = compile(provider_cfg(s.jwks("k")));
+    let good = s.token("k", &claims(json!({})));
+    assert_eq!(check(&c, &good), Status::Ok);
+    let parts: Vec<&str> = good.split('.').collect();
+    let evil = b64(claims(json!({"sub": "admin"})).to_string());
+    assert_eq!(check(&c, &format!("{}.{evil}.{}", parts[0], parts[2])), Status::VerificationFailed);
+    assert_eq!(
+        check(&c, &format!("{}.{}.{}", parts[0], parts[1], b64([0u8; 64]))),
+        Status::VerificationFailed
+    );
+    assert_eq!(
+        check(&c, &format!("{}.{}.{}", parts[0], parts[1], b64([1u8; 10]))),
+        Status::VerificationFailed
+    );
+    assert_eq!(check(&c, &format!("{}.{}.%%%", parts[0], parts[1])), Status::SignatureBadBase64);
+    assert_eq!(check(&c, &format!("{}.@@.{}", parts[0], parts[2])), Status::PayloadBadBase64);
+    assert_eq!(check(&c, &format!("$$.{}.{}", parts[1], parts[2])), Status::HeaderBadBase64);
+    assert_eq!(check(&c, "a.b"), Status::BadFormat);
+    assert_eq!(check(&c, ""), Status::BadFormat);
+    assert_eq!(check(&c, "...."), Status::BadFormat);
+}
+
+#[test]
+fn registered_claims_must_be_numbers() {
+    let s = Signer::hmac();
+    let c = compile(provider_cfg(s.jwks("k")));
+    for (claim, status) in [
+        ("exp", Status::PayloadExpNotNumber),
+        ("nbf", Status::PayloadNbfNotNumber),
+        ("iat", Status::PayloadIatNotNumber),
+    ] {
+        for bad in [json!("1999999999"), json!(null), json!([1]), json!(-5)] {
+            let t = s.token("k", &claims(json!({claim: bad})));
+            assert_eq!(check(&c, &t), status, "{claim}={bad}");
+        }
+    }
+    let t = s.token("k", &claims(json!({"iss": 7})));
+    assert_eq!(check(&c, &t), Status::PayloadIssNotString);
+}
+
+#[test]
+fn exp_and_nbf_on_the_skew_boundaries() {
+    let s = Signer::hmac();
+    let c = compile(provider_cfg(s.jwks("k")));
+    let n = 2_000_000_000;
+    let at = |claims_extra: Value| {
+        let t = s.token("k", &claims(claims_extra));
+        match c.providers[0].verify(&t, n, None) {
+            Ok(_) => Status::Ok,
+            Err(s) => s,
+        }
+    };
+    assert_eq!(at(json!({"exp": n - 60})), Status::Ok);
+    assert_eq!(at(json!({"exp": n - 61})), Status::Expired);
+    assert_eq!(at(json!({"exp": n + 600, "nbf": n + 60})), Status::Ok);
+    assert_eq!(at(json!({"exp": n + 600, "nbf": n + 61})), Status::NotYetValid);
+}
+
+#[test]
+fn crit_kid_and_embedded_keys() {
+    let s = Signer::rsa();
+    let c = compile(provider_cfg(s.jwks("k")));
+    let t = s.token_with_header(json!({"kid": "k", "crit": ["exp"], "exp": 1}), &claims(json!({})));
+    assert_eq!(check(&c, &t), Status::HeaderUnknownCrit);
+    for kid in ["../../../../etc/passwd", "' OR 1=1 --", "k\0", "k/../k", &"k".repeat(5000)] {
+        let t = s.token(kid, &claims(json!({})));
+        assert_eq!(check(&c, &t), Status::KidAlgMismatch, "{kid:.20}");
+    }
+    // An attacker's key embedded in the header (jwk), or pointed to (jku, x5u), is never used.
+    let attacker = Signer::p256();
+    let header = json!({"alg": "ES256", "kid": "k", "jwk": attacker.jwk("k"), "jku": "http://127.0.0.1:1/jwks", "x5u": "http://127.0.0.1:1/x"});
+    let t = attacker.token_with_header(header, &claims(json!({})));
+    assert_eq!(check(&c, &t), Status::KidAlgMismatch);
+    let mixed = compile(provider_cfg(json!({"keys": [s.jwk("k"), Signer::p256().jwk("k")]})));
+    let t = attacker
+        .token_with_header(json!({"alg": "ES256", "kid": "k", "jwk": attacker.jwk("k")}), &claims(json!({})));
+    assert_eq!(check(&mixed, &t), Status::VerificationFailed);
+}
+
+#[test]
+fn issuer_audience_lifetime_and_algorithms() {
+    let s = Signer::hmac();
+    let c = compile(provider_cfg(s.jwks("k")));
+    assert_eq!(check(&c, &s.token("k", &claims(json!({"iss": "https://other"})))), Status::UnknownIssuer);
+    let mut no_iss = claims(json!({}));
+    no_iss.as_object_mut().unwrap().remove("iss");
+    assert_eq!(check(&c, &s.token("k", &no_iss)), Status::UnknownIssuer);
+    assert_eq!(check(&c, &s.token("k", &claims(json!({"aud": "other"})))), Status::AudienceNotAllowed);
+    assert_eq!(check(&c, &s.token("k", &claims(json!({"aud": ["x", "https://api/"]})))), Status::Ok);
+    assert_eq!(Status::AudienceNotAllowed.http_status(), 403);
+
+    let strict = compile(json!({
+        "providers": {"p": {"keys": [{"secret": SECRET}], "max_lifetime_seconds": 3600, "algorithms": ["HS512"]}},
+        "rules": [{"requires": {"provider_name": "p"}}]
+    }));
+    let n = now();
+    assert_eq!(check(&strict, &s.token("k", &json!({"exp": n + 60}))), Status::AlgNotAllowed);
+    let s512 = |c: &Value| {
+        let input = format!("{}.{}", b64(json!({"alg": "HS512"}).to_string()), b64(c.to_string()));
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<sha2::Sha512>::new_from_slice(SECRET.as_bytes()).unwrap();
+        m.update(input.as_bytes());
+        format!("{input}.{}", b64(m.finalize().into_bytes()))
+    };
+    // A 32-byte secret is too short for HS512 (RFC 7518 section 3.2).
+    assert_eq!(check(&strict, &s512(&json!({"exp": n + 60}))), Status::KidAlgMismatch);
+    let long = compile(json!({
+        "providers": {"p": {"keys": [{"secret": "x".repeat(64)}], "max_lifetime_seconds": 3600, "require_expiration": true}},
+        "rules": [{"requires": {"provider_name": "p"}}]
+    }));
+    let hs512 = |c: &Value| {
+        let input = format!("{}.{}", b64(json!({"alg": "HS512"}).to_string()), b64(c.to_string()));
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<sha2::Sha512>::new_from_slice("x".repeat(64).as_bytes()).unwrap();
+        m.update(input.as_bytes());
+        format!("{input}.{}", b64(m.finalize().into_bytes()))
+    };
+    assert_eq!(check(&long, &hs512(&json!({"exp": n + 60, "iat": n}))), Status::Ok);
+    assert_eq!(check(&long, &hs512(&json!({"iat": n}))), Status::MissingExpiration);
+    assert_eq!(check(&long, &hs512(&json!({"exp": n + 7200, "iat": n}))), Status::LifetimeExceeded);
+}
+
+#[test]
+fn oversized_tokens_are_refused_before_parsing() {
+    let s = Signer::hmac();
+    let c = compile(provider_cfg(s.jwks("k")));
+    let big = s.token("k", &claims(json!({"pad": "x".repeat(1 << 20)})));
+    assert!(big.len() > 1_000_000);
+    assert_eq!(check(&c, &big), Status::TooLarge);
+    assert_eq!(Status::TooLarge.http_status(), 401);
+}
+
+#[test]
+fn cached_tokens_still_expire() {
+    let s = Signer::hmac();
+    let c = compile(provider_cfg(s.jwks("k")));
+    let n = 2_000_000_000;
+    let t = s.token("k", &claims(json!({"exp": n + 10})));
+    assert!(c.providers[0].verify(&t, n, None).is_ok());
+    assert_eq!(c.providers[0].cache.borrow().len(), 1);
+    assert!(c.providers[0].verify(&t, n + 70, None).is_ok(), "within skew");
+    assert_eq!(c.providers[0].cache.borrow().hits(), 1);
+    assert_eq!(c.providers[0].verify(&t, n + 71, None).unwrap_err(), Status::Expired);
+    assert_eq!(c.providers[0].cache.borrow().len(), 0, "expired entries leave the cache");
+    // A cached token is still checked against the audiences of the requirement.
+    let t = s.token("k", &claims(json!({})));
+    assert!(c.providers[0].verify(&t, now(), None).is_ok());
+    let other = vec!["other".to_string()];
+    assert_eq!(c.providers[0].verify(&t, now(), Some(&other)).unwrap_err(), Status::AudienceNotAllowed);
+}
+
+struct Req(Vec<(&'static str, String)>, Option<String>);
+
+impl RequestView for Req {
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+    }
+    fn query(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+}
+
+fn two_providers(rules: Value) -> Compiled {
+    let a = Signer::hmac();
+    compile(json!({
+        "providers": {
+            "a": {"issuer": "https://a", "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}], "from_params": ["token"], "from_cookies": ["id_token"]},
+            "b": {"issuer": "https://b", "audiences": ["b-api"], "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}]}
+        },
+        "rules": rules
+    }))
+}
+
+fn run(c: &Compiled, rule: usize, req: &Req) -> (Status, usize) {
+    let mut out = Vec::new();
+    let r = c.rules[rule].requires.as_ref().unwrap();
+    let s = Evaluation::new(&c.providers, req, now()).run(r, &mut out);
+    (s, out.len())
+}
+
+fn tok(iss: &str, aud: &str) -> String {
+    Signer::hmac().token("k", &json!({"iss": iss, "aud": aud, "exp": now() + 600}))
+}
+
+#[test]
+fn every_token_must_verify() {
+    let c = two_providers(json!([{"requires": {"provider_name": "a"}}]));
+    let good = tok("https://a", "x");
+    let bad = Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://a", "exp": now() + 600}));
+    let req =
+        |h: &str, q: &str| Req(vec![("authorization", format!("Bearer {h}"))], Some(format!("token={q}")));
+    assert_eq!(run(&c, 0, &req(&good, &good)), (Status::Ok, 2));
+    assert_eq!(run(&c, 0, &req(&good, &bad)).0, Status::VerificationFailed, "a bad token next to a good one");
+    assert_eq!(run(&c, 0, &req(&bad, &good)).0, Status::VerificationFailed);
+    let other = tok("https://a", "y");
+    assert_eq!(run(&c, 0, &req(&good, &other)), (Status::Ok, 2), "two different good tokens");
+    assert_eq!(run(&c, 0, &Req(vec![], None)).0, Status::Missing);
+    let cookie = Req(vec![("cookie", format!("x=1; id_token={good}"))], None);
+    assert_eq!(run(&c, 0, &cookie), (Status::Ok, 1));
+}
+
+#[test]
+fn requirement_combinations() {
+    let c = two_providers(json!([
+        {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
+        {"requires": {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
+        {"requires": {"allow_missing": {}}},
+        {"requires": {"allow_missing_or_failed": {}}},
+        {"requires": {"requires_any": {"requirements": [{"provider_name": "b"}, {"allow_missing": {}}]}}},
+        {"requires": {"provider_and_audiences": {"provider_name": "b", "audiences": ["other"]}}}
+    ]));
+    let bearer = |t: &str| Req(vec![("authorization", format!("Bearer {t}"))], None);
+    let a = tok("https://a", "x");
+    let b = tok("https://b", "b-api");
+    let b_wrong_aud = tok("https://b", "nope");
+    let c_iss = tok("https://c", "x");
+    let none = Req(vec![], None);
+
+    assert_eq!(run(&c, 0, &bearer(&a)).0, Status::Ok, "any: a");
+    assert_eq!(run(&c, 0, &bearer(&b)).0, Status::Ok, "any: b");
+    assert_eq!(run(&c, 0, &bearer(&b_wrong_aud)).0, Status::AudienceNotAllowed, "any: the telling failure");
+    assert_eq!(run(&c, 0, &bearer(&c_iss)).0, Status::UnknownIssuer);
+    assert_eq!(run(&c, 0, &none).0, Status::Missing);
+
+    assert_eq!(run(&c, 1, &bearer(&a)).0, Status::UnknownIssuer, "all: b fails on a's token");
+    let both = Req(vec![("authorization", format!("Bearer {b}"))], Some(format!("token={a}")));
+    assert_eq!(
+        run(&c, 1, &both).0,
+        Status::UnknownIssuer,
+        "a reads both locations: b's token in its header fails a's issuer check"
+    );
+
+    assert_eq!(run(&c, 2, &none), (Status::Ok, 0), "allow_missing: nothing");
+    assert_eq!(run(&c, 2, &bearer(&a)), (Status::Ok, 1));
+    assert_eq!(run(&c, 2, &bearer(&b)), (Status::Ok, 1), "the provider of the token's issuer");
+    assert_eq!(run(&c, 2, &bearer(&c_iss)).0, Status::UnknownIssuer, "as Envoy 1.40 answers");
+    assert_eq!(run(&c, 2, &bearer(&b_wrong_aud)).0, Status::AudienceNotAllowed);
+    assert_eq!(run(&c, 2, &bearer("garbage")).0, Status::BadFormat);
+
+    assert_eq!(run(&c, 3, &bearer("garbage")), (Status::Ok, 0), "allow_missing_or_failed");
+    assert_eq!(run(&c, 3, &bearer(&a)), (Status::Ok, 1));
+
+    assert_eq!(run(&c, 4, &bearer(&c_iss)).0, Status::UnknownIssuer, "as Envoy 1.40 answers");
+    assert_eq!(run(&c, 4, &none).0, Status::Ok);
+
+    assert_eq!(run(&c, 5, &bearer(&b)).0, Status::AudienceNotAllowed, "audiences replaced");
+}
