@@ -255,7 +255,14 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
         for file in ["wasmplugin.yaml", "envoyfilter.yaml", "kustomization.yaml"] {
             let text = std::fs::read_to_string(from.join(file))
                 .with_context(|| format!("{}: reading {}", f.name, from.join(file).display()))?;
-            let text = manifests::render(&text, f.name, env!("CARGO_PKG_VERSION"), &r)
+            let header = format!(
+                "# {}/{}/{file}, written by `gatewasm-pack manifests` with registry {registry}, tag {tag}\n\
+                 # and the digests of the image in {} (edit the committed file, not this one).\n",
+                manifests::MANIFESTS_DIR,
+                f.name,
+                out.join(f.name).display()
+            );
+            let text = manifests::render(&text, f.name, env!("CARGO_PKG_VERSION"), &r, &header)
                 .with_context(|| format!("rendering {}", from.join(file).display()))?;
             std::fs::write(to.join(file), text)
                 .with_context(|| format!("writing {}", to.join(file).display()))?;

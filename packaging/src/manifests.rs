@@ -62,13 +62,26 @@ pub fn filter_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Renders one committed manifest of filter `filter`: the placeholder registry and version tag
-/// of `oci://` URLs, and the placeholder digest on marked lines. Fails when a marked line holds
-/// no placeholder, so a manifest cannot silently keep a stale value.
-pub fn render(text: &str, filter: &str, version: &str, r: &Rendering<'_>) -> anyhow::Result<String> {
+/// of `oci://` URLs, and the placeholder digest on marked lines. The comment block that opens
+/// the file (how to fill it in) is replaced by `header`. Fails when a marked line holds no
+/// placeholder, so a manifest cannot silently keep a stale value.
+pub fn render(
+    text: &str,
+    filter: &str,
+    version: &str,
+    r: &Rendering<'_>,
+    header: &str,
+) -> anyhow::Result<String> {
     let committed_url = format!("oci://{PLACEHOLDER_REGISTRY}/{filter}:{version}");
     let url = format!("oci://{}/{filter}:{}", r.registry, r.tag);
     let mut out = String::with_capacity(text.len() + 256);
+    out.push_str(header);
+    let mut opening = true;
     for (n, line) in text.split_inclusive('\n').enumerate() {
+        opening = opening && line.starts_with('#');
+        if opening {
+            continue;
+        }
         let value = if line.contains(MANIFEST_DIGEST_MARK) {
             Some(r.manifest_digest)
         } else if line.contains(MODULE_SHA256_MARK) {
@@ -102,11 +115,12 @@ mod tests {
             "url: oci://{PLACEHOLDER_REGISTRY}/f:0.1.0\nsha256: \"{PLACEHOLDER_DIGEST}\"  {MANIFEST_DIGEST_MARK}\n\
              x: {PLACEHOLDER_DIGEST}\n  sha256: \"{PLACEHOLDER_DIGEST}\"  {MODULE_SHA256_MARK}\n"
         );
-        let out = render(&text, "f", "0.1.0", &R).unwrap_or_default();
+        let out =
+            render(&format!("# how to fill in\n#\n{text}"), "f", "0.1.0", &R, "# h\n").unwrap_or_default();
         assert_eq!(
             out,
             format!(
-                "url: oci://r.io:5000/team/f:t1\nsha256: \"aa\"  {MANIFEST_DIGEST_MARK}\nx: {PLACEHOLDER_DIGEST}\n  \
+                "# h\nurl: oci://r.io:5000/team/f:t1\nsha256: \"aa\"  {MANIFEST_DIGEST_MARK}\nx: {PLACEHOLDER_DIGEST}\n  \
                  sha256: \"bb\"  {MODULE_SHA256_MARK}\n"
             ),
             "unmarked lines keep their digits"
@@ -117,13 +131,13 @@ mod tests {
     fn other_filters_and_versions_are_left_alone() {
         let text =
             format!("url: oci://{PLACEHOLDER_REGISTRY}/g:0.1.0\nurl: oci://{PLACEHOLDER_REGISTRY}/f:0.0.9");
-        assert_eq!(render(&text, "f", "0.1.0", &R).unwrap_or_default(), text);
+        assert_eq!(render(&text, "f", "0.1.0", &R, "").unwrap_or_default(), text);
     }
 
     #[test]
     fn a_marked_line_without_placeholder_is_an_error() {
         let text = format!("sha256: \"abc\"  {MODULE_SHA256_MARK}\n");
-        let err = render(&text, "f", "0.1.0", &R).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("line 1"), "{err}");
+        let err = render(&format!("# c\n{text}"), "f", "0.1.0", &R, "").map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 }

@@ -717,57 +717,61 @@ fn wasmplugin_filter(doc: &Value, uri: &str, cluster: &str, sha256: &str) -> Val
     json!({"name": format!("{WASMPLUGIN_RESOURCE_PREFIX}{name}"), "typed_config": {"@type": WASM_TYPE, "config": config}})
 }
 
+/// Runs an `EnvoyFilter`'s Wasm filter in Envoy as its patches give it, in front of the echo
+/// upstream, with `module` served where its `http_uri` points, and checks `expect`. The clusters
+/// of its CLUSTER patches keep their names and point at local servers: the module's at the
+/// module server, the others at `expect.services`.
+fn run_envoyfilter(ef: &Value, module: &[u8], expect: &Expect, what: &str) {
+    let parts = envoyfilter_parts(ef, what);
+    let remote = parts.filter.pointer("/typed_config/config/vm_config/code/remote").unwrap();
+    let uri = str_at(remote, "/http_uri/uri");
+    let module_cluster = str_at(remote, "/http_uri/cluster");
+    let (server, module_path) = module_server(uri, module);
+    let services = start_services(expect);
+    let upstream = EchoUpstream::start().unwrap();
+    let mut builder = EnvoyBuilder::new().raw_filter(parts.filter.clone()).upstream(upstream.addr());
+    let mut names: Vec<&str> = parts.clusters.iter().map(|c| str_at(c, "/name")).collect();
+    if module_cluster.starts_with("outbound|") {
+        // Istio's own cluster for a mesh Service: there in a mesh, added here.
+        names.push(module_cluster);
+    }
+    for (cname, _) in &services {
+        if !names.contains(&cname.as_str()) {
+            names.push(cname);
+        }
+    }
+    assert!(names.contains(&module_cluster), "{what}: no cluster {module_cluster} for the module");
+    for cname in names {
+        let addr = if cname == module_cluster {
+            server.addr()
+        } else {
+            let service = services.get(cname);
+            service.unwrap_or_else(|| panic!("{what}: expect.yaml must script cluster {cname}")).addr()
+        };
+        builder = builder.cluster(Cluster::new(cname, addr));
+    }
+    let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let fetched = server.received();
+    assert!(!fetched.is_empty(), "{what}: Envoy did not fetch the module");
+    assert_eq!(fetched[0].path, module_path, "{what}");
+    assert_eq!(fetched[0].header("host"), uri.split('/').nth(2), "{what}: Host of http_uri");
+    check_requests(&envoy, expect, what);
+}
+
 #[test]
 fn each_envoyfilter_runs_in_envoy_with_the_module_fetched_by_sha256() {
     for (name, dir) in filters() {
-        let ef = one_doc(&dir.join("envoyfilter.yaml"));
-        let what = format!("{name}/envoyfilter.yaml");
-        let mut parts = envoyfilter_parts(&ef, &what);
+        let mut ef = one_doc(&dir.join("envoyfilter.yaml"));
         let module = module_bytes(&name);
-        let remote = parts.filter.pointer_mut("/typed_config/config/vm_config/code/remote").unwrap();
-        let uri = str_at(remote, "/http_uri/uri").to_string();
-        let module_cluster = str_at(remote, "/http_uri/cluster").to_string();
-        // The one change: the real module's sha256 where the committed file has the placeholder
+        // The one change: the module's sha256 where the committed file has the placeholder
         // (what `./scripts/package manifests` writes).
-        remote["sha256"] = json!(sha256_hex(&module));
-        let (server, module_path) = module_server(&uri, &module);
-        let expect = expectations(&dir);
-        let services = start_services(&expect);
-
-        let upstream = EchoUpstream::start().unwrap();
-        let mut builder = EnvoyBuilder::new().raw_filter(parts.filter.clone()).upstream(upstream.addr());
-        // The clusters of the CLUSTER patches, by their names, pointing at the local servers.
-        for cluster in parts.clusters.drain(..) {
-            let cname = str_at(&cluster, "/name");
-            let addr = if cname == module_cluster {
-                server.addr()
-            } else {
-                services
-                    .get(cname)
-                    .unwrap_or_else(|| panic!("{what}: expect.yaml must script cluster {cname}"))
-                    .addr()
-            };
-            builder = builder.cluster(Cluster::new(cname, addr));
-        }
-        if !module_cluster.starts_with("outbound|") {
-            assert!(
-                builder.bootstrap().unwrap().to_string().contains(&format!("\"name\":\"{module_cluster}\"")),
-                "{what}"
-            );
-        } else {
-            builder = builder.cluster(Cluster::new(&module_cluster, server.addr()));
-        }
-        for (cname, service) in &services {
-            if !builder.bootstrap().unwrap().to_string().contains(&format!("\"name\":\"{cname}\"")) {
-                builder = builder.cluster(Cluster::new(cname, service.addr()));
+        for patch in ef.pointer_mut("/spec/configPatches").and_then(Value::as_array_mut).unwrap() {
+            if let Some(remote) = patch.pointer_mut("/patch/value/typed_config/config/vm_config/code/remote")
+            {
+                remote["sha256"] = json!(sha256_hex(&module));
             }
         }
-        let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
-        let fetched = server.received();
-        assert!(!fetched.is_empty(), "{what}: Envoy did not fetch the module");
-        assert_eq!(fetched[0].path, module_path, "{what}");
-        assert_eq!(fetched[0].header("host"), uri.split('/').nth(2), "{what}: Host of http_uri");
-        check_requests(&envoy, &expect, &what);
+        run_envoyfilter(&ef, &module, &expectations(&dir), &format!("{name}/envoyfilter.yaml"));
     }
 }
 
@@ -909,4 +913,69 @@ fn the_standalone_remote_example_loads_its_module_by_sha256() {
         envoy.send(&Request::get("/anything").header("host", "Shop.Example.com")).unwrap().echo().unwrap();
     assert_eq!(echo.header("x-greeting"), Some("hi shop.example.com"));
     assert_eq!(envoy.get("/admin/users").unwrap().status, 403);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gatewasm-pack manifests
+
+#[test]
+fn rendered_manifests_carry_the_packaged_digests_and_run() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    common::pack_ok(&["package", "--no-build", "--wasm-opt", "skip", "--out", dir, "--tag", "t1"]);
+    let stdout = common::pack_ok(&["manifests", "--registry", "registry.test:5000/team", "--out", dir]);
+    let validator = Validator::new();
+    let rendered = out.path().join("istio");
+    for f in SHIPPED {
+        let (image, _) = gatewasm_pack::image::Image::read_layout(&out.path().join(f.name)).unwrap();
+        let digest = image.digest().strip_prefix("sha256:").unwrap().to_string();
+        let module = std::fs::read(out.path().join(format!("{}.wasm", f.name))).unwrap();
+        let module_sha = sha256_hex(&module);
+        assert!(stdout.contains(&digest) && stdout.contains(&module_sha), "{stdout}");
+
+        let wp_path = rendered.join(f.name).join("wasmplugin.yaml");
+        let ef_path = rendered.join(f.name).join("envoyfilter.yaml");
+        for path in [&wp_path, &ef_path] {
+            let text = std::fs::read_to_string(path).unwrap();
+            assert!(!text.contains(PLACEHOLDER_DIGEST), "{}: a placeholder is left", path.display());
+            assert!(
+                !text.contains(PLACEHOLDER_REGISTRY),
+                "{}: the placeholder registry is left",
+                path.display()
+            );
+            let errors = validator.errors(&one_doc(path));
+            assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+        }
+        let wp = one_doc(&wp_path);
+        assert_eq!(str_at(&wp, "/spec/url"), format!("oci://registry.test:5000/team/{}:t1", f.name));
+        assert_eq!(str_at(&wp, "/spec/sha256"), digest, "{}: the image's manifest digest", f.name);
+        // Everything else is the committed WasmPlugin.
+        let mut committed = one_doc(&manifests_dir().join(f.name).join("wasmplugin.yaml"));
+        committed["spec"]["url"] = wp["spec"]["url"].clone();
+        committed["spec"]["sha256"] = json!(digest);
+        assert_eq!(wp, committed, "{}", f.name);
+
+        // The rendered EnvoyFilter runs unchanged with the packaged module.
+        let ef = one_doc(&ef_path);
+        let expect = expectations(&manifests_dir().join(f.name));
+        run_envoyfilter(&ef, &module, &expect, &format!("rendered {}/envoyfilter.yaml", f.name));
+        assert_eq!(
+            one_doc(&rendered.join(f.name).join("kustomization.yaml")),
+            one_doc(&manifests_dir().join(f.name).join("kustomization.yaml"))
+        );
+    }
+    let top = one_doc(&rendered.join("kustomization.yaml"));
+    let names: Vec<&str> = SHIPPED.iter().map(|f| f.name).collect();
+    assert_eq!(top["resources"], json!(names));
+    assert!(rendered.join("module-server").join("module-server.yaml").is_file());
+
+    // Without the layouts: an error that says what to run first.
+    let empty = tempfile::tempdir().unwrap();
+    let failed =
+        common::pack(&["manifests", "--registry", "r.test", "--out", empty.path().to_str().unwrap()]);
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("run `gatewasm-pack package` first"), "{stderr}");
+    let failed = common::pack(&["manifests", "--out", dir]);
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("--registry"), "registry required");
 }
