@@ -735,7 +735,7 @@ fn run_envoyfilter(ef: &Value, module: &[u8], expect: &Expect, what: &str) {
         // Istio's own cluster for a mesh Service: there in a mesh, added here.
         names.push(module_cluster);
     }
-    for (cname, _) in &services {
+    for cname in services.keys() {
         if !names.contains(&cname.as_str()) {
             names.push(cname);
         }
