@@ -56,6 +56,21 @@ pub struct RawConfig {
     /// Which histograms are recorded: any of `duration`, `request_bytes`, `response_bytes`
     /// (default all three). Each costs one host call per request.
     pub histograms: Option<Vec<String>>,
+    /// How labels are written into stat names: `envoy` (default; a standalone Envoy's
+    /// `stats_tags` from `envoy-stats.json`) or `istio` (Istio's `extraStatTags`).
+    #[serde(default)]
+    pub stat_names: StatNames,
+}
+
+/// The stat-name form.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StatNames {
+    /// `family;label=value`.
+    #[default]
+    Envoy,
+    /// `familylabel=.=value;.;`.
+    Istio,
 }
 
 /// What unmatched paths become.
@@ -154,6 +169,8 @@ pub struct Compiled {
     pub max_series: usize,
     /// Histograms recorded.
     pub histograms: Histograms,
+    /// Stat-name form.
+    pub stat_names: StatNames,
 }
 
 impl Compiled {
@@ -350,6 +367,23 @@ fn compile(raw: RawConfig, errors: &mut ConfigErrors) -> Compiled {
         }
     }
 
+    if raw.stat_names == StatNames::Istio {
+        // Istio's tag regex for `code` is `(code=\.=(.*?);\.;)`, unanchored: it would also match
+        // inside a label named `xcode`.
+        if let Some(h) = &header {
+            if ["host", "path", "method", "cluster", "code"]
+                .iter()
+                .any(|n| h.label.ends_with(n) || n.ends_with(h.label.as_str()))
+            {
+                errors.add(
+                    "request_header.label",
+                    &h.label,
+                    "with `stat_names: istio` it may not end with, or be the end of, another label name (host, path, method, cluster, code)",
+                );
+            }
+        }
+    }
+
     Compiled {
         prefix,
         hosts,
@@ -362,6 +396,7 @@ fn compile(raw: RawConfig, errors: &mut ConfigErrors) -> Compiled {
         header,
         max_series,
         histograms,
+        stat_names: raw.stat_names,
     }
 }
 
@@ -388,6 +423,21 @@ mod tests {
         assert!(!c.status_class);
         assert_eq!(c.histograms, Histograms { duration: true, request_bytes: true, response_bytes: true });
         assert_eq!(c.label_names(), ["host", "path", "method", "code"]);
+        assert_eq!(c.stat_names, StatNames::Envoy);
+    }
+
+    #[test]
+    fn istio_names_need_unambiguous_label_names() {
+        assert_eq!(
+            fields(r#"{"stat_names": "istio", "request_header": {"name": "x-vhost"}}"#),
+            ["request_header.label"]
+        );
+        assert_eq!(
+            fields(r#"{"stat_names": "istio", "request_header": {"name": "x", "label": "de"}}"#),
+            ["request_header.label"]
+        );
+        let c = parse(br#"{"stat_names": "istio", "request_header": {"name": "x-tenant"}}"#).unwrap();
+        assert_eq!(c.stat_names, StatNames::Istio);
     }
 
     #[test]

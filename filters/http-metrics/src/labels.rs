@@ -117,6 +117,37 @@ pub fn is_plain_value(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_LABEL_VALUE && s.bytes().all(is_safe)
 }
 
+/// Words that Istio's own `stats_tags` (bootstrap template, `use_all_default_tags: false`) look
+/// for before a `.` without anchoring: `(cache\.(.+?)\.)`, `(component\.(.+?)\.)`,
+/// `(tag\.(.+?);\.)`, `(wasm_filter\.(.+?)\.)`, `rbac(\.(allowed|denied))`.
+const ISTIO_WORDS_BEFORE_DOT: [&str; 5] = ["cache", "component", "tag", "wasm_filter", "rbac"];
+/// And after a `.`: `(\.istio_dry_run_(allow|deny)_)`, `(\.shadow_(allowed|denied))`.
+const ISTIO_WORDS_AFTER_DOT: [&str; 2] = ["istio_dry_run_", "shadow_"];
+
+/// A value made safe inside an Istio proxy's stat name: every `.` that one of Istio's own
+/// unanchored tag regexes could take as the start or end of its tag becomes `%2E`
+/// (`cache.example.com` is `cache%2Eexample.com`), so no Istio tag cuts into it. Unambiguous: a
+/// client's own `%2E` is `%252E` by then.
+pub fn istio_safe(value: &str) -> std::borrow::Cow<'_, str> {
+    let risky = |i: usize| {
+        let (before, after) = (value.get(..i).unwrap_or(""), value.get(i + 1..).unwrap_or(""));
+        ISTIO_WORDS_BEFORE_DOT.iter().any(|w| before.ends_with(w))
+            || ISTIO_WORDS_AFTER_DOT.iter().any(|w| after.starts_with(w))
+    };
+    if !value.char_indices().any(|(i, c)| c == '.' && risky(i)) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 6);
+    for (i, c) in value.char_indices() {
+        if c == '.' && risky(i) {
+            out.push_str("%2E");
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// One configured host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -412,6 +443,19 @@ mod tests {
             value("outbound|8080||svc.ns.svc.cluster.local"),
             "outbound%7C8080%7C%7Csvc.ns.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn istio_words_lose_their_dot() {
+        assert_eq!(istio_safe("api.example.com"), "api.example.com");
+        assert_eq!(istio_safe("cache.example.com"), "cache%2Eexample.com");
+        assert_eq!(istio_safe("/mycache.v1/component.x/tag.y"), "/mycache%2Ev1/component%2Ex/tag%2Ey");
+        assert_eq!(istio_safe("/a/rbac.allowed"), "/a/rbac%2Eallowed");
+        assert_eq!(
+            istio_safe("/a.shadow_denied.b.istio_dry_run_allow_"),
+            "/a%2Eshadow_denied.b%2Eistio_dry_run_allow_"
+        );
+        assert_eq!(istio_safe("wasm_filter."), "wasm_filter%2E");
     }
 
     #[test]

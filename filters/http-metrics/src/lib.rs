@@ -27,9 +27,9 @@ use std::time::Duration;
 use gatewasm::metrics::FLUSH_PERIOD;
 use gatewasm::{ConfigErrors, HeaderSnapshot, HttpFilter, Plugin, Stream, REQUEST_HEADERS};
 
-use crate::config::Compiled;
+use crate::config::{Compiled, StatNames};
 use crate::labels::{NONE_VALUE, OTHER_VALUE};
-use crate::series::{Families, Registry, Sample};
+use crate::series::{Families, NameFormat, Registry, Sample};
 
 /// The plugin: compiled configuration, the series registry and scratch buffers reused by every
 /// stream of the VM (streams of one VM never run at the same time).
@@ -91,15 +91,31 @@ impl HttpMetrics {
             }
         }
         let values = values.get(..n).unwrap_or_default();
-        scratch.key.clear();
+        if cfg.stat_names == StatNames::Istio {
+            let safe: Vec<std::borrow::Cow<'_, str>> = values.iter().map(|v| labels::istio_safe(v)).collect();
+            let safe: Vec<&str> = safe.iter().map(|v| v.as_ref()).collect();
+            return self.record(&mut scratch.key, &safe, duration_ns, request_bytes, response_bytes);
+        }
+        self.record(&mut scratch.key, values, duration_ns, request_bytes, response_bytes);
+    }
+
+    fn record(
+        &self,
+        key: &mut String,
+        values: &[&str],
+        duration_ns: u64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        key.clear();
         for (i, v) in values.iter().enumerate() {
             if i > 0 {
-                scratch.key.push(';');
+                key.push(';');
             }
-            scratch.key.push_str(v);
+            key.push_str(v);
         }
         let sample = Sample { duration_ms: duration_ns / 1_000_000, request_bytes, response_bytes };
-        self.registry.record(&scratch.key, values, sample);
+        self.registry.record(key, values, sample);
     }
 
     /// The `path` label: the first matching route's, else the normalised path, else the fixed
@@ -135,7 +151,13 @@ impl Plugin for HttpMetrics {
         let namespace = format!("gatewasm.http_metrics.{:016x}", labels::fnv1a(raw));
         let registry = Registry::new(
             envoy::Envoy,
-            Families::new(&config.prefix),
+            Families::new(
+                &config.prefix,
+                match config.stat_names {
+                    StatNames::Envoy => NameFormat::Envoy,
+                    StatNames::Istio => NameFormat::Istio,
+                },
+            ),
             config.label_names(),
             config.histograms,
             config.max_series,

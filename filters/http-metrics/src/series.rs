@@ -51,11 +51,50 @@ pub struct Families {
     pub series: String,
     /// `<prefix>_vm_memory_bytes` (gauge, no labels): linear memory of every VM of the plugin.
     pub memory: String,
+    /// How labels are written into stat names.
+    pub format: NameFormat,
+}
+
+/// How labels are written into a stat name; each form has its tag regexes (see the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameFormat {
+    /// `family;host=api.example.com;code=200`: regex `(;host=([^;]*))`, for a standalone Envoy's
+    /// `stats_config.stats_tags`.
+    #[default]
+    Envoy,
+    /// `familyhost=.=api.example.com;.;code=.=200;.;`: Istio's `extraStatTags` regex
+    /// `(host=\.=(.*?);\.;)` removes each pair, leaving the family name.
+    Istio,
+}
+
+impl Families {
+    /// The stat name of `family` with `labels` set to `values` (escaped label values).
+    pub fn series_name(&self, family: &str, labels: &[String], values: &[&str]) -> String {
+        let mut n = String::with_capacity(family.len() + 80);
+        n.push_str(family);
+        for (label, value) in labels.iter().zip(values) {
+            match self.format {
+                NameFormat::Envoy => {
+                    n.push(';');
+                    n.push_str(label);
+                    n.push('=');
+                    n.push_str(value);
+                }
+                NameFormat::Istio => {
+                    n.push_str(label);
+                    n.push_str("=.=");
+                    n.push_str(value);
+                    n.push_str(";.;");
+                }
+            }
+        }
+        n
+    }
 }
 
 impl Families {
     /// The names for `prefix`.
-    pub fn new(prefix: &str) -> Self {
+    pub fn new(prefix: &str, format: NameFormat) -> Self {
         Families {
             requests: format!("{prefix}_requests_total"),
             duration: format!("{prefix}_request_duration_ms"),
@@ -64,6 +103,7 @@ impl Families {
             overflow: format!("{prefix}_series_overflow_total"),
             series: format!("{prefix}_series"),
             memory: format!("{prefix}_vm_memory_bytes"),
+            format,
         }
     }
 }
@@ -263,17 +303,7 @@ impl<H: Host> Registry<H> {
     }
 
     fn define(&self, values: &[&str]) -> Option<Series> {
-        let name = |family: &str| {
-            let mut n = String::with_capacity(family.len() + 64);
-            n.push_str(family);
-            for (label, value) in self.labels.iter().zip(values) {
-                n.push(';');
-                n.push_str(label);
-                n.push('=');
-                n.push_str(value);
-            }
-            n
-        };
+        let name = |family: &str| self.families.series_name(family, &self.labels, values);
         let h = |on: bool, family: &str| {
             if on {
                 self.host.define(MetricType::Histogram, &name(family))
@@ -422,7 +452,7 @@ pub(crate) mod tests {
     fn registry(envoy: &Fake, max: usize) -> Registry<Fake> {
         Registry::new(
             envoy.clone(),
-            Families::new("m"),
+            Families::new("m", NameFormat::Envoy),
             vec!["host".into(), "code".into()],
             ALL,
             max,
@@ -520,6 +550,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn istio_names_put_each_pair_where_extra_stat_tags_find_it() {
+        let f = Families::new("m", NameFormat::Istio);
+        let labels = vec!["host".to_string(), "code".to_string()];
+        assert_eq!(
+            f.series_name(&f.requests, &labels, &["a.example.com", "200"]),
+            "m_requests_totalhost=.=a.example.com;.;code=.=200;.;"
+        );
+        let f = Families::new("m", NameFormat::Envoy);
+        assert_eq!(
+            f.series_name(&f.requests, &labels, &["a.example.com", "200"]),
+            "m_requests_total;host=a.example.com;code=200"
+        );
+    }
+
+    #[test]
     fn memory_gauge_adds_each_vms_growth() {
         let envoy = Fake::default();
         let vm1 = registry(&envoy, 5);
@@ -535,7 +580,7 @@ pub(crate) mod tests {
         let envoy = Fake::default();
         let r = Registry::new(
             envoy.clone(),
-            Families::new("m"),
+            Families::new("m", NameFormat::Envoy),
             vec!["host".into()],
             Histograms { duration: true, request_bytes: false, response_bytes: false },
             5,

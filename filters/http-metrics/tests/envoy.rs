@@ -320,3 +320,95 @@ fn bad_config_is_refused_with_the_field_named() {
     }
     assert!(log.contains("Unable to create Wasm plugin http_metrics"), "{log}");
 }
+
+/// The `stats_config` an Istio proxy gets from Istio's bootstrap template
+/// (`tools/packaging/common/envoy_bootstrap.json`) with
+/// `proxy.istio.io/config: {extraStatTags: [host, path, method, code]}` and
+/// `sidecar.istio.io/statsHistogramBuckets: {"wasmcustom.gatewasm_http_request_bytes": [...]}`:
+/// Istio's own tags, unanchored ones included, then one `(<tag>=\.=(.*?);\.;)` per extra tag.
+fn istio_stats_config() -> Value {
+    let mut tags = vec![
+        json!({"tag_name": "cluster_name", "regex": "^cluster\\.((.+?(\\..+?\\.svc\\.cluster\\.local)?)\\.)"}),
+        json!({"tag_name": "tcp_prefix", "regex": "^tcp\\.((.*?)\\.)\\w+?$"}),
+        json!({"tag_name": "response_code", "regex": "_rq(_(\\d{3}))$"}),
+        json!({"tag_name": "response_code_class", "regex": "_rq(_(\\dxx))$"}),
+        json!({"tag_name": "http_conn_manager_listener_prefix", "regex": "^listener(?=\\.).*?\\.http\\.(((?:[_.[:digit:]]*|[_\\[\\]aAbBcCdDeEfF[:digit:]]*))\\.)"}),
+        json!({"tag_name": "http_conn_manager_prefix", "regex": "^http\\.(((?:[_.[:digit:]]*|[_\\[\\]aAbBcCdDeEfF[:digit:]]*))\\.)"}),
+        json!({"tag_name": "listener_address", "regex": "^listener\\.(((?:[_.[:digit:]]*|[_\\[\\]aAbBcCdDeEfF[:digit:]]*))\\.)"}),
+        json!({"tag_name": "mongo_prefix", "regex": "^mongo\\.(.+?)\\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$"}),
+    ];
+    for tag in ["host", "path", "method", "code"] {
+        tags.push(json!({"tag_name": tag, "regex": format!("({tag}=\\.=(.*?);\\.;)")}));
+    }
+    tags.extend([
+        json!({"tag_name": "cache", "regex": "(cache\\.(.+?)\\.)"}),
+        json!({"tag_name": "component", "regex": "(component\\.(.+?)\\.)"}),
+        json!({"tag_name": "tag", "regex": "(tag\\.(.+?);\\.)"}),
+        json!({"tag_name": "wasm_filter", "regex": "(wasm_filter\\.(.+?)\\.)"}),
+        json!({"tag_name": "authz_enforce_result", "regex": "rbac(\\.(allowed|denied))"}),
+        json!({"tag_name": "authz_dry_run_action", "regex": "(\\.istio_dry_run_(allow|deny)_)"}),
+        json!({"tag_name": "authz_dry_run_result", "regex": "(\\.shadow_(allowed|denied))"}),
+    ]);
+    json!({
+        "stats_config": {
+            "use_all_default_tags": false,
+            "stats_tags": tags,
+            "histogram_bucket_settings": [
+                {"match": {"prefix": "wasmcustom.gatewasm_http_request_bytes"}, "buckets": [1, 100, 1000]}
+            ],
+            "stats_matcher": {"inclusion_list": {"patterns": [
+                {"prefix": "reporter="}, {"prefix": "cluster_manager"}, {"prefix": "listener_manager"},
+                {"prefix": "server"}, {"prefix": "cluster.xds-grpc"}, {"prefix": "wasm"},
+                {"prefix": "component"}, {"prefix": "istio"}
+            ]}}
+        },
+        "stats_flush_interval": "0.100s"
+    })
+}
+
+/// `stat_names: istio` on an Istio-shaped proxy: the same labels through `extraStatTags`, and
+/// values that Istio's own unanchored tags would otherwise cut into.
+#[test]
+fn istio_extra_stat_tags_give_the_same_labels() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .wasm(filter(&json!({
+            "stat_names": "istio",
+            "hosts": ["api.example.com", "cache.example.com"],
+            "routes": [{"template": "/users/{id}"}]
+        })))
+        .upstream(upstream.addr())
+        .bootstrap_patch(istio_stats_config())
+        .start()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(send(&envoy, Request::get("/users/7").header("host", "api.example.com")), 200);
+    }
+    assert_eq!(
+        send(
+            &envoy,
+            Request::post("/component.v1/rbac.allowed/x", "abc").header("host", "cache.example.com")
+        ),
+        200
+    );
+    let f = scrape_until(&envoy, |f| {
+        total(f, "gatewasm_http_requests_total") == 3
+            && histograms(f, "gatewasm_http_request_bytes").values().map(|(c, _)| c).sum::<u64>() == 3
+    });
+    let l = |host: &str, path: &str, method: &str| {
+        labels(&[("host", host), ("path", path), ("method", method), ("code", "200")])
+    };
+    let want: BTreeMap<_, _> = [
+        (l("api.example.com", "/users/{id}", "GET"), 2),
+        (l("cache%2Eexample.com", "/component%2Ev1/rbac%2Eallowed/x", "POST"), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counters(&f, "gatewasm_http_requests_total"), want);
+    let bytes = histograms(&f, "gatewasm_http_request_bytes");
+    let (count, buckets) = &bytes[&l("cache%2Eexample.com", "/component%2Ev1/rbac%2Eallowed/x", "POST")];
+    assert_eq!(*count, 1);
+    let bounds: Vec<f64> = buckets.iter().map(|(b, _)| *b).collect();
+    assert_eq!(bounds, [1.0, 100.0, 1000.0, f64::INFINITY], "the bucket setting matched the family's prefix");
+    assert_eq!(histograms(&f, "gatewasm_http_request_duration_ms").len(), 2);
+}
