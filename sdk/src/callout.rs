@@ -157,6 +157,8 @@ pub(crate) struct Pending {
     pub started: Option<std::time::SystemTime>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
+    /// How long the callout took, set by [`Pending::read`] from the clock reading it makes anyway.
+    pub elapsed: std::cell::Cell<Option<Duration>>,
 }
 
 impl Pending {
@@ -166,6 +168,7 @@ impl Pending {
             started: crate::clock::now(),
             timeout: callout.timeout,
             max_response_bytes: callout.max_response_bytes,
+            elapsed: std::cell::Cell::new(None),
         }
     }
 
@@ -175,12 +178,12 @@ impl Pending {
         // little before `timeout` has passed by `get_current_time` (seen in Envoy 1.40: a 300 ms
         // timeout answered after 299.x ms). Allow a tenth of the timeout, at most 50 ms.
         let slack = (self.timeout / 10).min(Duration::from_millis(50));
-        let late = match (self.started, crate::clock::now()) {
-            (Some(start), Some(now)) => {
-                now.duration_since(start).map(|d| d + slack >= self.timeout).unwrap_or(false)
-            }
-            _ => false,
+        let elapsed = match (self.started, crate::clock::now()) {
+            (Some(start), Some(now)) => now.duration_since(start).ok(),
+            _ => None,
         };
+        self.elapsed.set(elapsed);
+        let late = elapsed.is_some_and(|d| d + slack >= self.timeout);
         if num_headers == 0 {
             return Err(if late { CalloutError::Timeout } else { CalloutError::Failed });
         }

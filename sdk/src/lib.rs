@@ -163,11 +163,19 @@ pub struct Stream {
     phase: Phase,
     pending: Option<callout::Pending>,
     replied: bool,
+    callout_elapsed: Option<Duration>,
 }
 
 impl Stream {
     fn new(name: &'static str) -> Self {
-        Self { name, phase: Phase::Request, pending: None, replied: false }
+        Self { name, phase: Phase::Request, pending: None, replied: false, callout_elapsed: None }
+    }
+
+    /// In [`HttpFilter::on_callout`]: how long the callout being answered took, from dispatch to
+    /// answer by the host clock (`None` when the host has no clock). Measured from the clock
+    /// readings the SDK makes anyway to recognise timeouts, so it costs no host call.
+    pub fn callout_elapsed(&self) -> Option<Duration> {
+        self.callout_elapsed
     }
 
     /// Sends `callout`; its answer arrives in [`HttpFilter::on_callout`]. One callout at a time:
@@ -334,6 +342,7 @@ impl<P: Plugin> Context for StreamContext<P> {
             }
         };
         let result = pending.read(num_headers, body_size);
+        self.stream.callout_elapsed = pending.elapsed.get();
         let flow = self.filter.on_callout(&mut self.stream, result);
         match flow {
             Flow::Continue => {
