@@ -21,7 +21,7 @@ pub mod config;
 pub mod rules;
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gatewasm::metrics::{Counter, Histogram, LocalCounter, FLUSH_PERIOD};
 use gatewasm::proxy_wasm::types::BufferType;
@@ -141,7 +141,7 @@ impl Plugin for ExtAuth {
     }
 
     fn new_filter(self: &Rc<Self>) -> ExtAuthFilter {
-        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, started: None, buffered: 0 }
+        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, buffered: 0 }
     }
 
     fn tick_period(&self) -> Option<Duration> {
@@ -173,8 +173,6 @@ enum State {
 pub struct ExtAuthFilter {
     plugin: Rc<ExtAuth>,
     state: State,
-    /// When the check was sent.
-    started: Option<SystemTime>,
     /// Request body bytes buffered so far.
     buffered: usize,
 }
@@ -185,7 +183,6 @@ impl ExtAuthFilter {
     }
 
     fn send(&mut self, stream: &mut Stream, call: &Callout) -> Flow {
-        self.started = gatewasm::clock::now();
         match stream.dispatch(call) {
             Ok(()) => {
                 self.state = State::Checking;
@@ -315,11 +312,10 @@ impl HttpFilter for ExtAuthFilter {
         }
     }
 
-    fn on_callout(&mut self, _stream: &mut Stream, result: CalloutResult) -> Flow {
+    fn on_callout(&mut self, stream: &mut Stream, result: CalloutResult) -> Flow {
         let plugin = Rc::clone(&self.plugin);
-        if let (Some(histogram), Some(started)) = (plugin.duration, self.started) {
-            let us = gatewasm::clock::since(started).as_micros();
-            histogram.record(u64::try_from(us).unwrap_or(u64::MAX));
+        if let (Some(histogram), Some(elapsed)) = (plugin.duration, stream.callout_elapsed()) {
+            histogram.record(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         }
         match check::decide(&plugin.settings, &result) {
             Decision::Allow(allow) => {

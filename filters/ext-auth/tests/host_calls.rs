@@ -1,0 +1,104 @@
+//! Host calls per request, counted by the emulator: each one crosses from the VM into Envoy
+//! (about 1 µs in Envoy 1.40 with V8), so a change that adds one shows up here as a failing
+//! count. Counts, not timings.
+//! Build first: cargo build --release --target wasm32-wasip1 -p ext-auth
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+
+use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel};
+use serde_json::{json, Value};
+
+fn emulator(config: &Value) -> Emulator {
+    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
+    let emu = Emulator::load(path)
+        .plugin_config(config.to_string())
+        .cluster("auth")
+        .cluster("ext_auth")
+        .log_level(LogLevel::Info)
+        .build()
+        .unwrap();
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
+
+const REQUEST: &[(&str, &str)] = &[
+    (":method", "GET"),
+    (":path", "/bench/item?id=1"),
+    (":authority", "localhost:10000"),
+    (":scheme", "http"),
+    ("user-agent", "wrk"),
+    ("authorization", "Bearer tok"),
+    ("x-forwarded-proto", "http"),
+    ("x-request-id", "7b0d6f0e-8a4e-4b8e-9d5c-3c1e4d2f9a10"),
+];
+
+/// Host calls of one allowed request (after a warm-up stream): request headers, the answer, the
+/// response headers.
+fn allowed_request(emu: &Emulator, answer: &[(&str, &str)]) -> [BTreeMap<String, u64>; 3] {
+    let mut out = None;
+    for _ in 0..2 {
+        emu.reset_host_calls();
+        let mut s = emu.stream();
+        assert_eq!(s.request_headers(REQUEST, true).unwrap(), Action::Pause);
+        let req = s.host_calls();
+        let token = emu.http_calls()[0].token;
+        emu.reset_host_calls();
+        emu.respond_http_call(token, answer, b"", &[]).unwrap();
+        let callout = emu.host_calls();
+        assert!(!s.request_paused());
+        emu.reset_host_calls();
+        assert_eq!(s.response_headers(&[(":status", "200")], true).unwrap(), Action::Continue);
+        s.log().unwrap();
+        let resp = s.host_calls();
+        out = Some([req, callout, resp]);
+    }
+    out.unwrap()
+}
+
+fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+const PAIRS: &str = "proxy_get_header_map_pairs";
+const ALLOC: &str = "proxy_on_memory_allocate";
+const DISPATCH: &str = "proxy_http_call";
+const TIME: &str = "proxy_get_current_time_nanoseconds";
+const SET: &str = "proxy_replace_header_map_value";
+const RECORD: &str = "proxy_record_metric";
+const CONTINUE: &str = "proxy_continue_stream";
+const EFFECTIVE: &str = "proxy_set_effective_context";
+
+#[test]
+fn bench_config_allowed_request() {
+    let bench: Value =
+        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/ext-auth.json")).unwrap();
+    let wasm = bench["rows"].as_array().unwrap().iter().find(|r| r["key"] == "wasm").unwrap();
+    let config = wasm["filters"][0]["wasm"]["configuration"].clone();
+    let emu = emulator(&config);
+    let [req, callout, resp] = allowed_request(&emu, &[(":status", "200"), ("x-user-id", "1")]);
+    // One read of every request header (and the allocation Envoy calls back for), the callout,
+    // and the clock (the SDK's, for the deadline; the histogram uses the same readings).
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (DISPATCH, 1), (TIME, 1)]), "request headers");
+    // Back on the stream's context, the answer's headers, the clock once, one header set, the
+    // histogram, and resuming the request.
+    assert_eq!(
+        callout,
+        calls(&[(EFFECTIVE, 1), (PAIRS, 1), (ALLOC, 1), (TIME, 1), (SET, 1), (RECORD, 1), (CONTINUE, 1)]),
+        "answer"
+    );
+    // Nothing on the response path; counters are counted in the VM.
+    assert_eq!(resp, calls(&[]), "response headers");
+}
+
+#[test]
+fn a_spoofed_header_costs_one_remove() {
+    let emu = emulator(&json!({"cluster": "auth", "allowed_upstream_headers": ["x-user-id"]}));
+    let mut s = emu.stream();
+    let mut request = REQUEST.to_vec();
+    request.push(("x-user-id", "evil"));
+    emu.reset_host_calls();
+    s.request_headers(&request, true).unwrap();
+    assert_eq!(s.host_calls().get("proxy_remove_header_map_value"), Some(&1));
+}
