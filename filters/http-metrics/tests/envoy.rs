@@ -412,3 +412,35 @@ fn istio_extra_stat_tags_give_the_same_labels() {
     assert_eq!(bounds, [1.0, 100.0, 1000.0, f64::INFINITY], "the bucket setting matched the family's prefix");
     assert_eq!(histograms(&f, "gatewasm_http_request_duration_ms").len(), 2);
 }
+
+/// The standalone example is a valid Envoy 1.40 configuration and carries the same tags and
+/// buckets as `envoy-stats.json` (which the tests above run with).
+#[test]
+fn standalone_example_is_valid_and_matches_the_shipped_stats_config() {
+    let root = gatewasm_envoy::workspace_root();
+    let out = std::process::Command::new(gatewasm_envoy::envoy_binary().unwrap())
+        .args(["--mode", "validate", "-c", "filters/http-metrics/envoy.yaml"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+
+    let example = std::fs::read_to_string(root.join("filters/http-metrics/envoy.yaml")).unwrap();
+    let shipped: Value = serde_json::from_str(&shipped_stats_config()).unwrap();
+    for tag in shipped["stats_config"]["stats_tags"].as_array().unwrap() {
+        let line = format!(
+            "{{tag_name: {}, regex: \"{}\"}}",
+            tag["tag_name"].as_str().unwrap(),
+            tag["regex"].as_str().unwrap()
+        );
+        assert!(example.contains(&line), "envoy.yaml lacks {line}");
+    }
+    for setting in shipped["stats_config"]["histogram_bucket_settings"].as_array().unwrap() {
+        let prefix = setting["match"]["prefix"].as_str().unwrap();
+        let buckets: Vec<String> =
+            setting["buckets"].as_array().unwrap().iter().map(Value::to_string).collect();
+        let block = format!("- match: {{prefix: {prefix}}}\n    buckets: [{}]", buckets.join(", "));
+        assert!(example.contains(&block), "envoy.yaml lacks {block}");
+    }
+}
