@@ -800,7 +800,7 @@ fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
             builder = builder.cluster(Cluster::new(cname, service.addr()));
         }
         let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
-        assert_eq!(server.received().len(), 1, "{what}: the module fetched once");
+        assert!(!server.received().is_empty(), "{what}: Envoy did not fetch the module");
         check_requests(&envoy, &expect, &what);
     }
 }
