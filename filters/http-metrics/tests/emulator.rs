@@ -326,3 +326,27 @@ fn bad_config_is_refused_with_every_field_named() {
         assert!(logs.contains(needle), "missing {needle} in {logs}");
     }
 }
+
+/// The VM's memory with the default cap full and 3,000 distinct paths seen: the registry keeps
+/// at most `max_series` label sets, so memory stops growing at the cap.
+#[test]
+fn memory_is_bounded_by_the_cap() {
+    let emu = emulator(&json!({"histograms": []}));
+    send(&emu, &get("h", "/warm-up"));
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    let fresh = emu.gauge("gatewasm_http_vm_memory_bytes").unwrap();
+    for i in 0..1_000 {
+        send(&emu, &get("h", &format!("/a-long-enough-page-name-{i}/and-a-second-segment")));
+    }
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    let at_cap = emu.gauge("gatewasm_http_vm_memory_bytes").unwrap();
+    for i in 1_000..3_000 {
+        send(&emu, &get("h", &format!("/a-long-enough-page-name-{i}/and-a-second-segment")));
+    }
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    let after = emu.gauge("gatewasm_http_vm_memory_bytes").unwrap();
+    eprintln!("VM linear memory: {fresh} bytes after one request, {at_cap} at the cap (1,000 label sets), {after} after 2,000 more distinct paths");
+    assert_eq!(emu.gauge("gatewasm_http_series"), Some(1000));
+    assert_eq!(after, at_cap, "nothing more is kept beyond the cap");
+    assert!(at_cap < 4 * 1024 * 1024, "{at_cap}");
+}
