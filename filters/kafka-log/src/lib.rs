@@ -75,12 +75,14 @@ fn define<M: gatewasm::metrics::Metric>(_name: &str) -> Option<M> {
     None
 }
 
-/// Rate-limited warnings: what was counted at the last warning, and when.
+/// Rate-limited warnings, each kind on its own clock: when the last drop/failure summary was
+/// logged and what was counted then, and when the last produce failure was logged.
 #[derive(Debug, Default, Clone, Copy)]
 struct Warned {
     at_ms: Option<u64>,
     dropped: u64,
     failed: u64,
+    produce_at_ms: Option<u64>,
 }
 
 /// The plugin: configuration, this worker's buffer and its callouts.
@@ -163,10 +165,10 @@ impl KafkaLog {
 
     fn warn_failure(&self, now_ms: u64, why: &str) {
         let mut w = self.warned.get();
-        if w.at_ms.is_some_and(|at| now_ms.saturating_sub(at) < WARN_EVERY_MS) {
+        if w.produce_at_ms.is_some_and(|at| now_ms.saturating_sub(at) < WARN_EVERY_MS) {
             return;
         }
-        w.at_ms = Some(now_ms);
+        w.produce_at_ms = Some(now_ms);
         self.warned.set(w);
         log::warn!("kafka_log: produce to topic {} failed ({why}); retrying with backoff", self.config.topic);
     }
@@ -208,7 +210,7 @@ impl KafkaLog {
                 limits.buffer_max_records,
                 limits.buffer_max_bytes
             );
-            w = Warned { at_ms: Some(now_ms), dropped: stats.dropped, failed: stats.failed };
+            w = Warned { at_ms: Some(now_ms), dropped: stats.dropped, failed: stats.failed, ..w };
             self.warned.set(w);
         }
     }

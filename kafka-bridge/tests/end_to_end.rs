@@ -1,0 +1,210 @@
+//! End to end: a real Envoy (two workers) with the kafka-log filter, the bridge, and a tansu
+//! Kafka-protocol broker; an independent consumer (kafka-python) reads the topic back. Faults:
+//! the bridge stopped for 10 s, the broker stopped and restarted, a full buffer.
+//! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gatewasm_envoy::{wasm_artifact, Cluster, Envoy, EnvoyBuilder, Request, WasmFilter};
+use serde_json::{json, Value};
+use support::{consume, Bridge, Broker, Message};
+
+const TOPIC: &str = "access-logs";
+
+fn envoy(bridge: &Bridge, extra: &Value) -> Envoy {
+    let mut config = json!({
+        "cluster": "kafka-bridge", "topic": TOPIC, "key_field": "request_id",
+        "flush_interval_ms": 200, "timeout_ms": 8000,
+        "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 1000},
+    });
+    gatewasm_envoy::merge(&mut config, extra);
+    let wasm = wasm_artifact("kafka_log.wasm", "kafka-log").unwrap();
+    EnvoyBuilder::new()
+        .wasm(WasmFilter::new(wasm).json_configuration(&config))
+        .direct_response(200, "ok")
+        .cluster(Cluster::new("kafka-bridge", bridge.addr))
+        .concurrency(2)
+        .start()
+        .unwrap()
+}
+
+/// Sends `ids.len()` requests over `threads` threads, `GET /orders/<id>` with that request id.
+fn send_all(envoy: &Envoy, ids: &[String], threads: usize) {
+    let addr = envoy.listener_addr();
+    std::thread::scope(|scope| {
+        for chunk in ids.chunks(ids.len().div_ceil(threads).max(1)) {
+            scope.spawn(move || {
+                for id in chunk {
+                    let request = Request::get(&format!("/orders/{id}")).header("x-request-id", id);
+                    let response = gatewasm_envoy::send(addr, &request).unwrap();
+                    assert_eq!(response.status, 200);
+                }
+            });
+        }
+    });
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:05}")).collect()
+}
+
+/// The filter's counter or gauge summed over workers (Envoy shares it by name).
+fn stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy.stats().unwrap().iter().filter(|(k, _)| k.ends_with(name)).map(|(_, v)| *v).sum()
+}
+
+/// Waits until `kafka_log_records_sent_total` reaches `n`.
+fn wait_sent(envoy: &Envoy, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sent = stat(envoy, "kafka_log_records_sent_total");
+        if sent >= n {
+            assert_eq!(sent, n, "more records sent than requests");
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "sent {sent} of {n} (dropped {}, failed {}, buffered {}); Envoy log:\n{}",
+                stat(envoy, "kafka_log_records_dropped_total"),
+                stat(envoy, "kafka_log_records_failed_total"),
+                stat(envoy, "kafka_log_records_buffered"),
+                envoy.log_tail(30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every id arrived exactly once, keyed by itself, with the request's fields.
+fn assert_exactly_once(messages: &[Message], ids: &[String]) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in messages {
+        let id = m.value["request_id"].as_str().unwrap_or_else(|| panic!("no request_id: {:?}", m.value));
+        *seen.entry(id).or_default() += 1;
+        assert_eq!(m.key.as_deref(), Some(format!("\"{id}\"").as_str()), "key of {id}");
+        assert_eq!(m.value["method"], "GET");
+        assert_eq!(m.value["path"], format!("/orders/{id}"));
+        assert_eq!(m.value["response_code"], 200);
+        assert_eq!(m.value["protocol"], "HTTP/1.1");
+        assert_eq!(m.value["bytes_sent"], 2);
+    }
+    let duplicated: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(duplicated.is_empty(), "delivered more than once: {duplicated:?}");
+    let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(id.as_str())).collect();
+    assert!(missing.is_empty(), "{} of {} missing, e.g. {:?}", missing.len(), ids.len(), missing.first());
+    assert_eq!(seen.len(), ids.len(), "records that no request made");
+}
+
+#[test]
+fn five_thousand_requests_arrive_exactly_once() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 2);
+    let bridge = Bridge::start(&["--brokers", &broker.bootstrap()]);
+    let envoy = envoy(&bridge, &json!({}));
+    let all = ids("e2e", 5000);
+    send_all(&envoy, &all, 4);
+    wait_sent(&envoy, 5000, Duration::from_secs(60));
+    let messages = consume(&broker.bootstrap(), TOPIC, 5000, Duration::from_secs(60));
+    assert_exactly_once(&messages, &all);
+    assert!(messages.iter().any(|m| m.partition == 0) && messages.iter().any(|m| m.partition == 1));
+    assert_eq!(stat(&envoy, "kafka_log_records_dropped_total"), 0);
+    assert_eq!(stat(&envoy, "kafka_log_records_failed_total"), 0);
+}
+
+#[test]
+fn bridge_stopped_for_ten_seconds_loses_nothing() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 2);
+    let mut bridge = Bridge::start(&["--brokers", &broker.bootstrap()]);
+    let envoy = envoy(&bridge, &json!({}));
+    let before = ids("before", 500);
+    send_all(&envoy, &before, 2);
+    assert!(bridge.stop(), "the bridge did not stop cleanly:\n{}", bridge.log_text());
+    let stopped = Instant::now();
+    let during = ids("during", 500);
+    for chunk in during.chunks(50) {
+        send_all(&envoy, chunk, 1);
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+    assert!(
+        stat(&envoy, "kafka_log_records_retried_total") > 0,
+        "nothing was retried while the bridge was down"
+    );
+    bridge.restart();
+    wait_sent(&envoy, 1000, Duration::from_secs(60));
+    let all: Vec<String> = before.into_iter().chain(during).collect();
+    let messages = consume(&broker.bootstrap(), TOPIC, all.len(), Duration::from_secs(60));
+    assert_exactly_once(&messages, &all);
+    assert_eq!(stat(&envoy, "kafka_log_records_dropped_total"), 0);
+}
+
+#[test]
+fn broker_stopped_and_restarted_loses_nothing() {
+    let mut broker = Broker::start();
+    broker.create_topic(TOPIC, 2);
+    let bridge = Bridge::start(&["--brokers", &broker.bootstrap(), "--delivery-timeout-ms", "2000"]);
+    let envoy = envoy(&bridge, &json!({}));
+    let before = ids("before", 500);
+    send_all(&envoy, &before, 2);
+    wait_sent(&envoy, 500, Duration::from_secs(30));
+    // Memory storage: what the first broker stored is read now, before it goes.
+    let first = consume(&broker.bootstrap(), TOPIC, 500, Duration::from_secs(30));
+    broker.stop();
+    let during = ids("during", 500);
+    send_all(&envoy, &during, 2);
+    // Long enough for the bridge to report the records failed (retriable) and the filter to retry.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        stat(&envoy, "kafka_log_records_retried_total") > 0,
+        "nothing was retried while the broker was down"
+    );
+    broker.restart();
+    broker.create_topic(TOPIC, 2);
+    wait_sent(&envoy, 1000, Duration::from_secs(60));
+    let second = consume(&broker.bootstrap(), TOPIC, 500, Duration::from_secs(60));
+    let all: Vec<String> = before.into_iter().chain(during).collect();
+    let messages: Vec<Message> = first.into_iter().chain(second).collect();
+    assert_exactly_once(&messages, &all);
+}
+
+#[test]
+fn a_full_buffer_drops_and_counts_and_stays_bounded() {
+    // The bridge writes JSON lines here; it is down while the buffer fills.
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("records.jsonl");
+    let mut bridge = Bridge::start(&["--output", &output.to_string_lossy()]);
+    let envoy = envoy(&bridge, &json!({"buffer_max_records": 100, "batch_max_size": 50, "max_in_flight": 1}));
+    bridge.stop();
+    let all = ids("flood", 1000);
+    send_all(&envoy, &all, 2);
+    // Counters reach Envoy on the next tick.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut dropped, mut buffered) = (0, 0);
+    while Instant::now() < deadline {
+        dropped = stat(&envoy, "kafka_log_records_dropped_total");
+        buffered = stat(&envoy, "kafka_log_records_buffered");
+        if dropped + buffered == 1000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(dropped + buffered, 1000, "dropped {dropped}, buffered {buffered}");
+    assert!((100..=200).contains(&buffered), "each of the two workers holds at most 100: {buffered}");
+    assert!(envoy.log().contains("record(s) dropped (buffer full"), "{}", envoy.log_tail(20));
+    bridge.restart();
+    wait_sent(&envoy, buffered, Duration::from_secs(30));
+    let text = std::fs::read_to_string(&output).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len() as u64, buffered);
+    let mut got: Vec<&str> = lines.iter().map(|l| l["value"]["request_id"].as_str().unwrap()).collect();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len() as u64, buffered, "each kept record written once");
+    assert_eq!(stat(&envoy, "kafka_log_records_buffered"), 0);
+}
