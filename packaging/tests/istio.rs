@@ -693,10 +693,10 @@ fn check_requests(envoy: &Envoy, expect: &Expect, what: &str) {
 /// The Envoy config Istio derives from a `WasmPlugin` (`pilot/pkg/model/extensions.go`,
 /// `buildPluginConfig`): name `<namespace>.<name>`, `root_id` = `pluginName`, `pluginConfig`
 /// as a JSON string in a `StringValue`, the V8 runtime, `failStrategy` as `failure_policy`, and
-/// the module as a remote code source. (In a cluster the Istio agent fetches the image, checks
-/// its manifest digest and hands Envoy the module as a local file; here Envoy fetches the module
-/// itself and checks the module's sha256.)
-fn wasmplugin_filter(doc: &Value, uri: &str, cluster: &str, sha256: &str) -> Value {
+/// `code` for the module: istiod sends a remote source with the WasmPlugin's URL, and Istio's
+/// agent fetches the image, checks its manifest digest and hands Envoy the module as a local
+/// file (`pkg/wasm/convert.go`).
+fn wasmplugin_filter(doc: &Value, code: Value) -> Value {
     let spec = &doc["spec"];
     let name = format!("{}.{}", str_at(doc, "/metadata/namespace"), str_at(doc, "/metadata/name"));
     let mut config = json!({
@@ -704,7 +704,7 @@ fn wasmplugin_filter(doc: &Value, uri: &str, cluster: &str, sha256: &str) -> Val
         "root_id": spec["pluginName"].as_str().unwrap_or_default(),
         "vm_config": {
             "runtime": "envoy.wasm.runtime.v8",
-            "code": {"remote": {"http_uri": {"uri": uri, "cluster": cluster, "timeout": "30s"}, "sha256": sha256}}
+            "code": code
         },
     });
     if let Some(plugin_config) = spec["pluginConfig"].as_object().filter(|c| !c.is_empty()) {
@@ -786,7 +786,10 @@ fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
         let expect = expectations(&dir);
         let services = start_services(&expect);
         let upstream = EchoUpstream::start().unwrap();
-        let filter = wasmplugin_filter(&wp, &uri, "module-server", &sha256_hex(&module));
+        // Envoy fetches the module itself here and checks the module's sha256 (the agent's part,
+        // image and manifest digest, is in `rendered_manifests_carry_the_packaged_digests_and_run`).
+        let remote = json!({"http_uri": {"uri": uri, "cluster": "module-server", "timeout": "30s"}, "sha256": sha256_hex(&module)});
+        let filter = wasmplugin_filter(&wp, json!({ "remote": remote }));
         assert_eq!(
             serde_json::from_str::<Value>(str_at(&filter, "/typed_config/config/configuration/value"))
                 .unwrap(),
@@ -947,6 +950,7 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
             assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
         }
         let wp = one_doc(&wp_path);
+        let expect = expectations(&manifests_dir().join(f.name));
         assert_eq!(str_at(&wp, "/spec/url"), format!("oci://registry.test:5000/team/{}:t1", f.name));
         assert_eq!(str_at(&wp, "/spec/sha256"), digest, "{}: the image's manifest digest", f.name);
         // Everything else is the committed WasmPlugin.
@@ -955,9 +959,28 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
         committed["spec"]["sha256"] = json!(digest);
         assert_eq!(wp, committed, "{}", f.name);
 
+        // What Istio's agent does with the rendered WasmPlugin: the image whose manifest digest is
+        // spec.sha256 (the layout holds the bytes the registry serves, byte for byte: see
+        // tests/registry.rs), plugin.wasm from its last layer, given to Envoy as a local file.
+        assert_eq!(image.digest(), format!("sha256:{}", str_at(&wp, "/spec/sha256")));
+        let entries = common::untar_gz(&image.layers.last().unwrap().data);
+        let plugin = entries.iter().find(|e| e.0 == "plugin.wasm").unwrap();
+        assert!(plugin.2 == module, "{}: plugin.wasm is the packaged module", f.name);
+        let plugin_path = out.path().join(format!("{}.plugin.wasm", f.name));
+        std::fs::write(&plugin_path, &plugin.2).unwrap();
+        let filter = wasmplugin_filter(&wp, json!({"local": {"filename": plugin_path}}));
+        let upstream = EchoUpstream::start().unwrap();
+        let services = start_services(&expect);
+        let mut builder = EnvoyBuilder::new().raw_filter(filter).upstream(upstream.addr());
+        for (cname, service) in &services {
+            builder = builder.cluster(Cluster::new(cname, service.addr()));
+        }
+        let envoy = builder.start().unwrap_or_else(|e| panic!("rendered {}/wasmplugin.yaml: {e:#}", f.name));
+        check_requests(&envoy, &expect, &format!("rendered {}/wasmplugin.yaml", f.name));
+        drop(envoy);
+
         // The rendered EnvoyFilter runs unchanged with the packaged module.
         let ef = one_doc(&ef_path);
-        let expect = expectations(&manifests_dir().join(f.name));
         run_envoyfilter(&ef, &module, &expect, &format!("rendered {}/envoyfilter.yaml", f.name));
         assert_eq!(
             one_doc(&rendered.join(f.name).join("kustomization.yaml")),
