@@ -1002,3 +1002,31 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
     let failed = common::pack(&["manifests", "--out", dir]);
     assert!(String::from_utf8_lossy(&failed.stderr).contains("--registry"), "registry required");
 }
+
+#[test]
+fn expect_services_answer_under_istio_cluster_names() {
+    // The `services` of an expect.yaml (for filters that call a JWKS endpoint, an auth service…):
+    // scripted replies under a cluster named as Istio names it, which Envoy accepts as is.
+    let expect: Expect = serde_json::from_value(
+        yaml_docs_str(
+            "requests: []\nservices:\n  outbound|8080||auth.test.svc.cluster.local:\n    \
+             /check: {status: 201, headers: {x-user: alice}, body: allowed}\n",
+        )
+        .unwrap()
+        .remove(0),
+    )
+    .unwrap();
+    let services = start_services(&expect);
+    let name = "outbound|8080||auth.test.svc.cluster.local";
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .upstream(upstream.addr())
+        .cluster(Cluster::new(name, services[name].addr()))
+        .route_patch(json!({"route": {"cluster": name}}))
+        .start()
+        .unwrap();
+    let response = envoy.get("/check").unwrap();
+    assert_eq!((response.status, response.text().as_str()), (201, "allowed"));
+    assert_eq!(response.header("x-user"), Some("alice"));
+    assert_eq!(envoy.get("/other").unwrap().status, 404, "unscripted paths");
+}
