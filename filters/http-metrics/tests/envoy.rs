@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use gatewasm_envoy::{EchoUpstream, Envoy, EnvoyBuilder, Request, WasmFilter};
+use gatewasm_envoy::{EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Request, WasmFilter};
 use openmetrics_parser::{MetricNumber, PrometheusType, PrometheusValue};
 use serde_json::{json, Value};
 
@@ -226,7 +226,7 @@ fn a_mix_of_hosts_and_paths_becomes_labelled_series() {
 }
 
 #[test]
-fn envoy_replies_and_status_classes_are_counted() {
+fn envoy_and_earlier_filter_replies_are_counted() {
     let closed = EchoUpstream::start().unwrap().addr();
     let upstream = EchoUpstream::start().unwrap();
     let config = json!({"status": "class", "unmatched_paths": "fixed", "routes": [{"prefix": "/api/"}]});
@@ -247,6 +247,30 @@ fn envoy_replies_and_status_classes_are_counted() {
         [(l("/api/*"), 1), (l("other"), 1)].into_iter().collect()
     );
     drop(upstream);
+
+    // A filter before this one answers on its own (as an auth filter's 401 does): this filter's
+    // request side never runs, and the request is still counted with its host and path.
+    let upstream = EchoUpstream::start().unwrap();
+    let guarded = EnvoyBuilder::new()
+        .filter(HttpFilter::lua(
+            "function envoy_on_request(h)\n  if h:headers():get(\":path\") == \"/api/private\" then\n    h:respond({[\":status\"] = \"401\"}, \"no\")\n  end\nend\n",
+        ))
+        .wasm(filter(&json!({"hosts": ["api.example.com"], "routes": [{"prefix": "/api/"}]})))
+        .upstream(upstream.addr())
+        .arg("--config-yaml")
+        .arg(&shipped_stats_config())
+        .start()
+        .unwrap();
+    assert_eq!(send(&guarded, Request::get("/api/private").header("host", "api.example.com")), 401);
+    assert_eq!(send(&guarded, Request::get("/api/public").header("host", "api.example.com")), 200);
+    let f = scrape_until(&guarded, |f| total(f, "gatewasm_http_requests_total") == 2);
+    let l = |code: &str| {
+        labels(&[("host", "api.example.com"), ("path", "/api/*"), ("method", "GET"), ("code", code)])
+    };
+    assert_eq!(
+        counters(&f, "gatewasm_http_requests_total"),
+        [(l("401"), 1), (l("200"), 1)].into_iter().collect()
+    );
 }
 
 /// 10,000 requests with random paths and hosts over two workers: the series stay within the cap
