@@ -338,5 +338,6 @@ fn push(o: &Options) -> anyhow::Result<()> {
         println!("                   sha256: {hex}");
         println!("  pinned           oci://{registry}/{name}@{}", pushed.manifest_digest);
     }
+    println!("Istio manifests with these images: gatewasm-pack manifests --registry {registry}");
     Ok(())
 }
