@@ -321,10 +321,10 @@ fn ten_thousand_random_paths_and_hosts_stay_within_the_cap() {
         other => panic!("{other:?}"),
     };
     eprintln!(
-        "after {N} requests: linear memory of both VMs {memory} bytes; Envoy heap allocated {allocated_before} before, {} after",
+        "after {N} requests: linear memory of the plugin's VMs (two workers and the main thread) {memory} bytes; Envoy heap allocated {allocated_before} before, {} after",
         allocated(&envoy)
     );
-    assert!(memory <= 4.0 * 1024.0 * 1024.0, "two VMs hold {memory} bytes");
+    assert!(memory <= 6.0 * 1024.0 * 1024.0, "the VMs hold {memory} bytes");
 }
 
 #[test]
