@@ -91,22 +91,17 @@ impl HttpMetrics {
             }
         }
         let values = values.get(..n).unwrap_or_default();
+        let sample = Sample { duration_ms: duration_ns / 1_000_000, request_bytes, response_bytes };
         if cfg.stat_names == StatNames::Istio {
             let safe: Vec<std::borrow::Cow<'_, str>> = values.iter().map(|v| labels::istio_safe(v)).collect();
             let safe: Vec<&str> = safe.iter().map(|v| v.as_ref()).collect();
-            return self.record(&mut scratch.key, &safe, duration_ns, request_bytes, response_bytes);
+            return self.record(&mut scratch.key, &safe, sample);
         }
-        self.record(&mut scratch.key, values, duration_ns, request_bytes, response_bytes);
+        self.record(&mut scratch.key, values, sample);
     }
 
-    fn record(
-        &self,
-        key: &mut String,
-        values: &[&str],
-        duration_ns: u64,
-        request_bytes: u64,
-        response_bytes: u64,
-    ) {
+    /// Records `sample` under the label set `values`, keyed by the values joined with `;`.
+    fn record(&self, key: &mut String, values: &[&str], sample: Sample) {
         key.clear();
         for (i, v) in values.iter().enumerate() {
             if i > 0 {
@@ -114,7 +109,6 @@ impl HttpMetrics {
             }
             key.push_str(v);
         }
-        let sample = Sample { duration_ms: duration_ns / 1_000_000, request_bytes, response_bytes };
         self.registry.record(key, values, sample);
     }
 
