@@ -653,10 +653,13 @@ impl Inner {
             headers.add(k.as_bytes(), v.as_bytes());
         }
         // The probe: with a body the filter sees content-length and content-type: text/plain;
-        // without one (403 or 204, empty body), neither.
+        // without one (403 or 204, empty body), neither. A content-type the module gave is kept
+        // and no second one added (ext-auth's Envoy tests: one `application/json`).
         if !reply.body.is_empty() {
             headers.add(b"content-length", reply.body.len().to_string().as_bytes());
-            headers.add(b"content-type", b"text/plain");
+            if !reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                headers.add(b"content-type", b"text/plain");
+            }
         }
         let request_phase = !self.stream(id)?.resp.headers_seen;
         {

@@ -110,9 +110,10 @@ pub struct LocalReply {
     /// Body.
     pub body: Vec<u8>,
     /// The headers the client receives: `:status`, the module's extra headers (names lower-cased),
-    /// `content-length` and `content-type: text/plain` when there is a body (with no body Envoy
-    /// adds neither; its codec later sends `content-length: 0`), and whatever this
-    /// filter's own `on_http_response_headers` changed (Envoy runs the reply through it).
+    /// `content-length` and, unless the module gave one, `content-type: text/plain` when there is
+    /// a body (with no body Envoy adds neither; its codec later sends `content-length: 0`), and
+    /// whatever this filter's own `on_http_response_headers` changed (Envoy runs the reply
+    /// through it).
     pub headers: Vec<(String, String)>,
     /// The gRPC status argument (-1: none).
     pub grpc_status: i32,
