@@ -146,7 +146,7 @@ fn a_login_answered_201_reaches_the_client_unchanged() {
     assert_eq!(reply.body, body);
     assert_eq!(reply.details, "ext_auth_denied");
     assert_eq!(header(&reply.headers, "set-cookie"), Some("id_token=tok; Max-Age=86400; Path=/; HttpOnly"));
-    assert!(all(&reply.headers, "content-type").contains(&"application/json; charset=utf-8"));
+    assert_eq!(all(&reply.headers, "content-type"), ["application/json; charset=utf-8"]);
     assert_eq!(header(&reply.headers, "x-powered-by"), None);
     emu.advance_clock(Duration::from_secs(2)).unwrap();
     assert_eq!(emu.metric("ext_auth_checks_total;result=denied"), Some(1));
