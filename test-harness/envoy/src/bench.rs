@@ -109,6 +109,10 @@ pub struct RowSpec {
     /// The filter chain, before the router: raw Envoy HTTP filters
     /// (`{"name": ..., "typed_config": ...}`) or `{"wasm": WasmSpec}`.
     pub filters: Vec<Value>,
+    /// Merged into the HTTP connection manager's typed config, for work that is not an HTTP
+    /// filter (a native `access_log`, say).
+    #[serde(default)]
+    pub hcm_patch: Option<Value>,
 }
 
 /// A proxy-wasm module in a scenario.
@@ -183,13 +187,16 @@ pub struct Row {
     pub clusters: Vec<Cluster>,
     /// Keeps the services those clusters point at running.
     pub services: Option<std::sync::Arc<Services>>,
+    /// Merged into the HTTP connection manager's typed config.
+    pub hcm_patch: Option<Value>,
 }
 
 impl Row {
     /// An Envoy builder with this row's filters and clusters (backend still to choose).
     pub fn builder(&self) -> EnvoyBuilder {
         let builder = self.filters.iter().cloned().fold(EnvoyBuilder::new(), EnvoyBuilder::filter);
-        self.clusters.iter().cloned().fold(builder, EnvoyBuilder::cluster)
+        let builder = self.clusters.iter().cloned().fold(builder, EnvoyBuilder::cluster);
+        self.hcm_patch.iter().cloned().fold(builder, EnvoyBuilder::hcm_patch)
     }
 }
 
@@ -235,6 +242,7 @@ impl Scenario {
                 filters: Vec::new(),
                 clusters: Vec::new(),
                 services: None,
+                hcm_patch: None,
             },
             Row {
                 key: FLOOR.to_string(),
@@ -244,6 +252,7 @@ impl Scenario {
                 filters: vec![HttpFilter::Wasm(WasmFilter::new(noop_filter_wasm()?).configuration("{}"))],
                 clusters: Vec::new(),
                 services: None,
+                hcm_patch: None,
             },
         ];
         let mut skipped = Vec::new();
@@ -272,6 +281,7 @@ impl Scenario {
                 filters,
                 clusters: clusters.clone(),
                 services: services.clone(),
+                hcm_patch: spec.hcm_patch.clone(),
             });
         }
         Ok((rows, skipped))
