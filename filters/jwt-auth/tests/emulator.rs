@@ -1,0 +1,397 @@
+//! The built module in the emulator: the seed's three token locations, outputs and spoofing,
+//! Envoy's answers, remote JWKS (first fetch, rotation, failures, timeouts), expiry on the host
+//! clock, counters, refused configurations.
+//! Build it first: cargo build --release --target wasm32-wasip1 -p jwt-auth
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Signer, SECRET};
+use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel, Stream};
+use serde_json::{json, Value};
+
+/// The emulator's clock starts here (2030-01-01T00:00:00Z).
+const T0: u64 = 1_893_456_000;
+
+fn emulator(config: &Value) -> Emulator {
+    let emu = build(config);
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
+
+fn build(config: &Value) -> Emulator {
+    let path = wasm_path("jwt-auth").unwrap_or_else(|e| panic!("{e}"));
+    Emulator::load(path)
+        .plugin_config(config.to_string())
+        .cluster("idp")
+        .time(UNIX_EPOCH + Duration::from_secs(T0))
+        .log_level(LogLevel::Info)
+        .build()
+        .unwrap()
+}
+
+fn request(emu: &Emulator, path: &str, extra: &[(&str, &str)]) -> (Stream, Action) {
+    let mut s = emu.stream();
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "gw.example.com"),
+        (":scheme", "http"),
+        ("x-forwarded-proto", "https"),
+    ];
+    headers.extend_from_slice(extra);
+    let action = s.request_headers(&headers, true).unwrap();
+    (s, action)
+}
+
+/// The seed's login provider: an HS256 secret, the token in the `id_token` cookie, a bearer
+/// header or the `token` parameter, `id` and `email` to headers.
+fn seed_config() -> Value {
+    json!({
+        "providers": {"login": {
+            "keys": [{"secret": SECRET}],
+            "from_cookies": ["id_token"],
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "claim_to_headers": [
+                {"header_name": "x-admin-id", "claim_name": "id"},
+                {"header_name": "x-admin-email", "claim_name": "email"}
+            ]
+        }},
+        "rules": [
+            {"match": {"prefix": "/extauth/login"}},
+            {"match": {"prefix": "/extauth/nodebackend"}, "requires": {"provider_name": "login"}}
+        ]
+    })
+}
+
+/// The login endpoint's token: `{name, email, id, iat, exp: iat + 24 h}`.
+fn login_token(iat: u64) -> String {
+    Signer::hmac().token_with_header(
+        json!({"typ": "JWT"}),
+        &json!({"name": "Admin", "email": "admin@qq.com", "id": 1, "iat": iat, "exp": iat + 86_400}),
+    )
+}
+
+fn reply_json(s: &Stream) -> (u32, Value, Option<String>) {
+    let r = s.local_reply().expect("a local reply");
+    let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.clone());
+    (r.status, serde_json::from_slice(&r.body).unwrap(), www)
+}
+
+#[test]
+fn the_seeds_three_token_locations_set_the_admin_headers() {
+    let emu = emulator(&seed_config());
+    let token = login_token(T0);
+
+    let cookie = format!("theme=dark; id_token={token}");
+    let (s, a) = request(&emu, "/extauth/nodebackend/", &[("cookie", &cookie), ("x-admin-id", "999")]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-admin-id").as_deref(), Some("1"), "the claim, not the client's copy");
+    assert_eq!(s.request_header("x-admin-email").as_deref(), Some("admin@qq.com"));
+    assert_eq!(s.request_header("cookie").as_deref(), Some("theme=dark"), "the token cookie is removed");
+
+    let bearer = format!("Bearer {token}");
+    let (s, a) = request(&emu, "/extauth/nodebackend/", &[("authorization", &bearer)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-admin-id").as_deref(), Some("1"));
+    assert_eq!(s.request_header("authorization"), None, "removed unless `forward`");
+
+    let (s, a) = request(&emu, &format!("/extauth/nodebackend/?a=1&token={token}"), &[]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-admin-email").as_deref(), Some("admin@qq.com"));
+    assert_eq!(s.request_header(":path").as_deref(), Some("/extauth/nodebackend/?a=1"));
+}
+
+#[test]
+fn spoofed_admin_headers_are_removed_everywhere() {
+    let emu = emulator(&seed_config());
+    // Not protected: no token needed, but the client's x-admin-id never passes.
+    let (s, a) = request(
+        &emu,
+        "/extauth/login",
+        &[("x-admin-id", "1"), ("X-Admin-Email", "boss@example.com"), ("x-other", "kept")],
+    );
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-admin-id"), None);
+    assert_eq!(s.request_header("x-admin-email"), None);
+    assert_eq!(s.request_header("x-other").as_deref(), Some("kept"));
+    // No rule at all.
+    let (s, _) = request(&emu, "/elsewhere", &[("x-admin-id", "1")]);
+    assert_eq!(s.request_header("x-admin-id"), None);
+    // Refused requests never go upstream, spoofed header or not.
+    let (s, a) = request(&emu, "/extauth/nodebackend/", &[("x-admin-id", "1")]);
+    assert_eq!(a, Action::Pause);
+    assert_eq!(s.local_reply().unwrap().status, 401);
+    // A token without an `email` claim: the header is not set, and the client's copy is gone.
+    let t = Signer::hmac().token("k", &json!({"id": 7, "exp": T0 + 60}));
+    let (s, a) = request(
+        &emu,
+        "/extauth/nodebackend/",
+        &[("authorization", &format!("Bearer {t}")), ("x-admin-email", "x@y")],
+    );
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-admin-id").as_deref(), Some("7"));
+    assert_eq!(s.request_header("x-admin-email"), None);
+}
+
+#[test]
+fn answers_as_envoy_gives_them() {
+    let emu = emulator(&seed_config());
+    let (s, a) = request(&emu, "/extauth/nodebackend/x?token=&q=1", &[]);
+    assert_eq!(a, Action::Pause);
+    let (status, body, www) = reply_json(&s);
+    assert_eq!(status, 401);
+    assert_eq!(body, json!({"status": 401, "code": "missing_token", "message": "Jwt is missing"}));
+    assert_eq!(www.as_deref(), Some("Bearer realm=\"https://gw.example.com/extauth/nodebackend/x\""));
+    assert_eq!(s.local_reply().unwrap().details, "jwt_auth_missing_token");
+
+    let wrong = Signer::Hmac(vec![7; 32]).token("k", &json!({"id": 1, "exp": T0 + 60}));
+    let (s, _) = request(&emu, &format!("/extauth/nodebackend/?token={wrong}"), &[]);
+    let (status, body, www) = reply_json(&s);
+    assert_eq!(status, 401);
+    assert_eq!(body["message"], "Jwt verification fails");
+    assert_eq!(body["code"], "invalid_token");
+    assert_eq!(
+        www.as_deref(),
+        Some("Bearer realm=\"https://gw.example.com/extauth/nodebackend/\", error=\"invalid_token\""),
+        "the realm never carries the query (nor the token in it)"
+    );
+
+    let expired = login_token(T0 - 86_400 - 61);
+    let (s, _) = request(&emu, "/extauth/nodebackend/", &[("authorization", &format!("Bearer {expired}"))]);
+    assert_eq!(reply_json(&s).1["message"], "Jwt is expired");
+
+    let (s, _) = request(&emu, "/extauth/nodebackend/", &[("authorization", "Bearer not-a-jwt")]);
+    assert_eq!(
+        reply_json(&s).1["message"],
+        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+    );
+
+    let big = format!("Bearer {}", "a".repeat(9000));
+    let (s, _) = request(&emu, "/extauth/nodebackend/", &[("authorization", &big)]);
+    assert_eq!(reply_json(&s).0, 401);
+}
+
+#[test]
+fn audience_mismatch_is_forbidden() {
+    let emu = emulator(&json!({
+        "providers": {"p": {"issuer": "https://issuer.test", "audiences": ["api"], "keys": [{"secret": SECRET}]}},
+        "rules": [{"requires": {"provider_name": "p"}}]
+    }));
+    let t = Signer::hmac().token("k", &json!({"iss": "https://issuer.test", "aud": "other", "exp": T0 + 60}));
+    let (s, _) = request(&emu, "/a", &[("authorization", &format!("Bearer {t}"))]);
+    let (status, body, www) = reply_json(&s);
+    assert_eq!(status, 403);
+    assert_eq!(body["message"], "Audiences in Jwt are not allowed");
+    assert_eq!(body["code"], "forbidden");
+    assert_eq!(www.as_deref(), Some("Bearer realm=\"https://gw.example.com/a\", error=\"invalid_token\""));
+}
+
+#[test]
+fn expiry_follows_the_host_clock_even_for_cached_tokens() {
+    let emu = emulator(&seed_config());
+    let t = Signer::hmac().token("k", &json!({"id": 1, "exp": T0 + 30}));
+    let h = format!("Bearer {t}");
+    assert_eq!(request(&emu, "/extauth/nodebackend/", &[("authorization", &h)]).1, Action::Continue);
+    assert_eq!(request(&emu, "/extauth/nodebackend/", &[("authorization", &h)]).1, Action::Continue);
+    emu.advance_clock(Duration::from_secs(30 + 60)).unwrap();
+    assert_eq!(request(&emu, "/extauth/nodebackend/", &[("authorization", &h)]).1, Action::Continue, "skew");
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    let (s, a) = request(&emu, "/extauth/nodebackend/", &[("authorization", &h)]);
+    assert_eq!(a, Action::Pause);
+    assert_eq!(reply_json(&s).1["message"], "Jwt is expired");
+}
+
+#[test]
+fn cors_preflight_can_pass() {
+    let mut cfg = seed_config();
+    cfg["bypass_cors_preflight"] = json!(true);
+    let emu = emulator(&cfg);
+    let mut s = emu.stream();
+    let headers = [
+        (":method", "OPTIONS"),
+        (":path", "/extauth/nodebackend/"),
+        (":authority", "gw"),
+        ("origin", "https://app.example.com"),
+        ("access-control-request-method", "GET"),
+    ];
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Continue);
+    let mut s = emu.stream();
+    assert_eq!(s.request_headers(&headers[..4], true).unwrap(), Action::Pause, "not a preflight");
+}
+
+#[test]
+fn counters_by_reason() {
+    let emu = emulator(&seed_config());
+    let good = format!("Bearer {}", login_token(T0));
+    request(&emu, "/extauth/nodebackend/", &[("authorization", &good)]);
+    request(&emu, "/extauth/nodebackend/", &[]);
+    request(&emu, "/extauth/nodebackend/", &[]);
+    request(&emu, "/extauth/nodebackend/", &[("authorization", "Bearer a.b")]);
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_allowed_total"), Some(1));
+    assert_eq!(emu.metric("jwt_auth_denied_total;reason=missing"), Some(2));
+    assert_eq!(emu.metric("jwt_auth_denied_total;reason=malformed"), Some(1));
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_each_field() {
+    let emu = build(&json!({
+        "providers": {"p": {"keys": [{"secret": "short"}], "algorithms": ["none"]}},
+        "rules": [{"requires": {"provider_name": "q"}}]
+    }));
+    assert!(!emu.configured());
+    for field in
+        ["providers.p.keys[0].secret", "providers.p.algorithms[0]", "rules[0].requires.provider_name"]
+    {
+        assert!(emu.logged(field), "{field}: {:?}", emu.logs());
+    }
+    assert!(!emu.logged("short"), "a secret is never logged");
+}
+
+fn remote_config() -> Value {
+    json!({
+        "providers": {"idp": {
+            "issuer": "https://idp.test",
+            "remote_jwks": {
+                "http_uri": {"uri": "https://idp.test/.well-known/jwks.json", "cluster": "idp", "timeout_ms": 500},
+                "cache_duration_seconds": 300,
+                "retry_interval_seconds": 2,
+                "refetch_unknown_kid_seconds": 10
+            },
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    })
+}
+
+fn bearer_for(signer: &Signer, kid: &str, sub: &str) -> String {
+    format!("Bearer {}", signer.token(kid, &json!({"iss": "https://idp.test", "sub": sub, "exp": T0 + 3600})))
+}
+
+fn jwks_calls(emu: &Emulator) -> Vec<u32> {
+    emu.http_calls().into_iter().filter(|c| c.cluster == "idp").map(|c| c.token).collect()
+}
+
+/// Advances the clock in small steps until a JWKS fetch is in flight; how long that took.
+fn advance_until_fetch(emu: &Emulator, max: Duration) -> Duration {
+    let step = Duration::from_millis(100);
+    let mut waited = Duration::ZERO;
+    while jwks_calls(emu).is_empty() && waited < max {
+        emu.advance_clock(step).unwrap();
+        waited += step;
+    }
+    assert_eq!(jwks_calls(emu).len(), 1, "no fetch within {max:?}");
+    waited
+}
+
+fn answer(emu: &Emulator, token: u32, status: &str, body: &Value) {
+    emu.respond_http_call(
+        token,
+        &[(":status", status), ("content-type", "application/json")],
+        body.to_string().as_bytes(),
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn remote_jwks_fail_closed_then_fetched_rotated_and_kept_on_failure() {
+    let emu = emulator(&remote_config());
+    let k1 = Signer::rsa();
+    let k2 = Signer::p256();
+
+    // Before the first fetch: refused, never let through.
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer_for(&k1, "k1", "alice"))]);
+    assert_eq!(a, Action::Pause);
+    assert_eq!(reply_json(&s).1["message"], "Jwks remote fetch is failed");
+
+    // The first tick sends the fetch, from the root context.
+    emu.advance_clock(Duration::from_millis(250)).unwrap();
+    let calls = emu.http_calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.context_id, emu.root_context_id());
+    let header = |n: &str| call.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(header(":path").as_deref(), Some("/.well-known/jwks.json"));
+    assert_eq!(header(":authority").as_deref(), Some("idp.test"));
+    assert_eq!(call.timeout, Some(Duration::from_millis(500)));
+    answer(&emu, call.token, "200", &k1.jwks("k1"));
+
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer_for(&k1, "k1", "alice"))]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+
+    // Rotation: a token with a new kid is refused and asks for a refetch, sent at the next tick.
+    let (s, _) = request(&emu, "/a", &[("authorization", &bearer_for(&k2, "k2", "bob"))]);
+    assert_eq!(reply_json(&s).1["message"], "Jwks doesn't have key to match kid or alg from Jwt");
+    emu.advance_clock(Duration::from_millis(250)).unwrap();
+    let calls = jwks_calls(&emu);
+    assert_eq!(calls.len(), 1, "one refetch");
+    answer(&emu, calls[0], "200", &json!({"keys": [k2.jwk("k2")]}));
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer_for(&k2, "k2", "bob"))]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("bob"));
+    let (s, _) = request(&emu, "/a", &[("authorization", &bearer_for(&k1, "k1", "alice"))]);
+    assert_eq!(reply_json(&s).0, 401, "the retired key no longer verifies (cache cleared)");
+
+    // Unknown kids do not hammer the JWKS server: at most one refetch per 10 s.
+    for _ in 0..5 {
+        request(&emu, "/a", &[("authorization", &bearer_for(&k1, "k9", "eve"))]);
+        emu.advance_clock(Duration::from_millis(250)).unwrap();
+    }
+    let calls = jwks_calls(&emu);
+    assert!(calls.is_empty(), "rate-limited: {calls:?}");
+    let waited = advance_until_fetch(&emu, Duration::from_secs(12));
+    assert!(waited >= Duration::from_secs(8), "{waited:?}");
+    let calls = jwks_calls(&emu);
+
+    // That fetch fails (reset): the last good set stays.
+    emu.fail_http_call(calls[0]).unwrap();
+    assert_eq!(request(&emu, "/a", &[("authorization", &bearer_for(&k2, "k2", "bob"))]).1, Action::Continue);
+    // The retry (2 s later) answers 500: still kept.
+    let waited = advance_until_fetch(&emu, Duration::from_secs(3));
+    assert!(waited >= Duration::from_millis(1500), "retried after retry_interval, not before: {waited:?}");
+    answer(&emu, jwks_calls(&emu)[0], "500", &json!({}));
+    // The next one times out (500 ms): still kept.
+    advance_until_fetch(&emu, Duration::from_secs(3));
+    emu.advance_clock(Duration::from_millis(600)).unwrap();
+    assert!(jwks_calls(&emu).is_empty(), "timed out");
+    // Then a garbage document: still kept.
+    advance_until_fetch(&emu, Duration::from_secs(3));
+    answer(&emu, jwks_calls(&emu)[0], "200", &json!({"keys": "nope"}));
+    let new = format!(
+        "Bearer {}",
+        k2.token("k2", &json!({"iss": "https://idp.test", "sub": "carol", "exp": T0 + 3600}))
+    );
+    let (s, a) = request(&emu, "/a", &[("authorization", &new)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("carol"));
+
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_jwks_fetches_total;provider=idp;result=ok"), Some(2));
+    assert_eq!(emu.metric("jwt_auth_jwks_fetches_total;provider=idp;result=failed"), Some(4));
+    assert!(emu.logged("JWKS fetch failed"), "{:?}", emu.logs());
+}
+
+#[test]
+fn remote_jwks_refreshes_on_its_interval() {
+    let emu = emulator(&remote_config());
+    let k1 = Signer::ed25519();
+    emu.advance_clock(Duration::from_millis(250)).unwrap();
+    answer(&emu, jwks_calls(&emu)[0], "200", &k1.jwks("k1"));
+    emu.advance_clock(Duration::from_secs(299)).unwrap();
+    assert!(jwks_calls(&emu).is_empty());
+    assert!(
+        advance_until_fetch(&emu, Duration::from_secs(2)) < Duration::from_secs(2),
+        "refreshed after cache_duration"
+    );
+    let now = emu.now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert!(now > T0);
+    let (_, a) = request(&emu, "/a", &[("authorization", &bearer_for(&k1, "k1", "alice"))]);
+    assert_eq!(a, Action::Continue, "keys stay usable while the refresh is in flight");
+}

@@ -1,0 +1,328 @@
+//! End to end through a real Envoy (V8): the seed's scenario (login token in a cookie, a bearer
+//! header or a query parameter; `x-admin-id` from the token, a client's copy removed), the same
+//! answers as Envoy's own `jwt_authn` for the same cases, and a remote JWKS served by a test
+//! server: fail closed before the first fetch, key rotation, the server failing and going away.
+//! Build the module first: cargo build --release --target wasm32-wasip1 -p jwt-auth
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{now, Signer, SECRET};
+use gatewasm_envoy::{
+    wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, Response, ScriptedUpstream,
+    WasmFilter,
+};
+use serde_json::{json, Value};
+
+fn module() -> PathBuf {
+    wasm_artifact("jwt_auth.wasm", "jwt-auth").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn filter(config: &Value) -> WasmFilter {
+    WasmFilter::new(module()).name("jwt_auth").json_configuration(config)
+}
+
+fn seed_config() -> Value {
+    json!({
+        "providers": {"login": {
+            "keys": [{"secret": SECRET}],
+            "from_cookies": ["id_token"],
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "claim_to_headers": [
+                {"header_name": "x-admin-id", "claim_name": "id"},
+                {"header_name": "x-admin-email", "claim_name": "email"}
+            ]
+        }},
+        "rules": [
+            {"match": {"prefix": "/extauth/login"}},
+            {"match": {"prefix": "/extauth/nodebackend"}, "requires": {"provider_name": "login"}}
+        ]
+    })
+}
+
+fn login_token() -> String {
+    let iat = now();
+    Signer::hmac().token_with_header(
+        json!({"typ": "JWT"}),
+        &json!({"name": "Admin", "email": "admin@qq.com", "id": 1, "iat": iat, "exp": iat + 86_400}),
+    )
+}
+
+#[test]
+fn the_seeds_scenario_through_envoy() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new().wasm(filter(&seed_config())).upstream(upstream.addr()).start().unwrap();
+    let token = login_token();
+
+    let requests = [
+        Request::get("/extauth/nodebackend/").header("cookie", &format!("lang=zh; id_token={token}")),
+        Request::get("/extauth/nodebackend/").header("authorization", &format!("Bearer {token}")),
+        Request::get(&format!("/extauth/nodebackend/?token={token}&page=2")),
+    ];
+    for req in requests {
+        let req = req.header("x-admin-id", "42").header("x-admin-email", "mallory@example.com");
+        let response = envoy.send(&req).unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        let echo = response.echo().unwrap();
+        assert_eq!(echo.header_all("x-admin-id"), ["1"], "the token's id, never the client's");
+        assert_eq!(echo.header_all("x-admin-email"), ["admin@qq.com"]);
+        assert_eq!(echo.header("authorization"), None);
+        assert!(!echo.path.contains("token="), "{}", echo.path);
+        assert!(!echo.header("cookie").unwrap_or_default().contains("id_token"));
+    }
+
+    // The login endpoint needs no token; a spoofed x-admin-id still never reaches upstream.
+    let echo = envoy
+        .send(&Request::post("/extauth/login", "u=a").header("x-admin-id", "1"))
+        .unwrap()
+        .echo()
+        .unwrap();
+    assert_eq!(echo.header("x-admin-id"), None);
+
+    // No token: 401, the JSON reply, WWW-Authenticate without error.
+    let response = envoy.send(&Request::get("/extauth/nodebackend/").header("x-admin-id", "1")).unwrap();
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some("Bearer realm=\"http://localhost/extauth/nodebackend/\"")
+    );
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(
+        response.json().unwrap(),
+        json!({"status": 401, "code": "missing_token", "message": "Jwt is missing"})
+    );
+
+    // A token signed with another secret.
+    let forged = Signer::Hmac(b"another-secret-another-secret-32".to_vec())
+        .token("k", &json!({"id": 1, "exp": now() + 60}));
+    let response = envoy
+        .send(&Request::get("/extauth/nodebackend/").header("cookie", &format!("id_token={forged}")))
+        .unwrap();
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some("Bearer realm=\"http://localhost/extauth/nodebackend/\", error=\"invalid_token\"")
+    );
+    assert_eq!(response.json().unwrap()["message"], "Jwt verification fails");
+}
+
+/// The same provider and rules, as Envoy's `jwt_authn` and as this filter.
+fn parity_envoys() -> (Envoy, Envoy) {
+    let jwks = Signer::hmac().jwks("k").to_string();
+    let provider = |native: bool| {
+        let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
+        json!({
+            "issuer": "https://issuer.test",
+            "audiences": ["api"],
+            "local_jwks": keys,
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "from_cookies": ["id_token"]
+        })
+    };
+    let rules = json!([
+        {"match": {"prefix": "/optional"}, "requires": {"allow_missing": {}}},
+        {"match": {"prefix": "/either"}, "requires": {"requires_any": {"requirements": [{"provider_name": "p"}, {"allow_missing": {}}]}}},
+        {"match": {"prefix": "/public"}},
+        {"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}
+    ]);
+    let native = EnvoyBuilder::new()
+        .raw_filter(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"p": provider(true)},
+                "rules": rules
+            }
+        }))
+        .start()
+        .unwrap();
+    let ours = EnvoyBuilder::new()
+        .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
+        .start()
+        .unwrap();
+    (native, ours)
+}
+
+/// Status, WWW-Authenticate with the realm's query removed (Envoy puts the whole URL there,
+/// token included; this filter never does), and the message.
+fn answer(r: &Response, native: bool) -> (u16, Option<String>, String) {
+    let www = r.header("www-authenticate").map(|w| {
+        let Some(start) = w.find("realm=\"") else { return w.to_string() };
+        let rest = &w[start + 7..];
+        let end = rest.find('"').unwrap();
+        let realm = rest[..end].split('?').next().unwrap().to_string();
+        format!("{}realm=\"{realm}\"{}", &w[..start], &rest[end + 1..])
+    });
+    let message = if r.status == 200 {
+        String::new()
+    } else if native {
+        r.text()
+    } else {
+        r.json().unwrap()["message"].as_str().unwrap().to_string()
+    };
+    (r.status, www, message)
+}
+
+#[test]
+fn same_answers_as_envoys_jwt_authn() {
+    let (native, ours) = parity_envoys();
+    let s = Signer::hmac();
+    let n = now();
+    let tok = |c: Value| s.token("k", &c);
+    let good = tok(json!({"iss": "https://issuer.test", "aud": "api", "exp": n + 600}));
+    let bad_aud = tok(json!({"iss": "https://issuer.test", "aud": "other", "exp": n + 600}));
+    let other_iss = tok(json!({"iss": "https://elsewhere", "aud": "api", "exp": n + 600}));
+    let expired = tok(json!({"iss": "https://issuer.test", "aud": "api", "exp": n - 600}));
+    let not_yet = tok(json!({"iss": "https://issuer.test", "aud": "api", "exp": n + 600, "nbf": n + 600}));
+    let forged = Signer::Hmac(vec![3; 32])
+        .token("k", &json!({"iss": "https://issuer.test", "aud": "api", "exp": n + 600}));
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let cases: Vec<(&str, Request)> = vec![
+        ("missing", Request::get("/a?x=1")),
+        ("good bearer", Request::get("/a").header("authorization", &bearer(&good))),
+        ("good cookie", Request::get("/a").header("cookie", &format!("id_token={good}"))),
+        ("good query", Request::get(&format!("/a?token={good}"))),
+        ("audience not allowed", Request::get("/a").header("authorization", &bearer(&bad_aud))),
+        ("other issuer", Request::get("/a").header("authorization", &bearer(&other_iss))),
+        ("expired", Request::get("/a").header("authorization", &bearer(&expired))),
+        ("not yet valid", Request::get("/a").header("authorization", &bearer(&not_yet))),
+        ("bad signature", Request::get("/a").header("authorization", &bearer(&forged))),
+        ("garbage", Request::get("/a").header("authorization", "Bearer garbage")),
+        (
+            "good and bad token",
+            Request::get(&format!("/a?token={forged}")).header("authorization", &bearer(&good)),
+        ),
+        (
+            "two good tokens",
+            Request::get(&format!("/a?token={good}")).header("cookie", &format!("id_token={good}")),
+        ),
+        ("allow_missing, none", Request::get("/optional")),
+        ("allow_missing, good", Request::get("/optional").header("authorization", &bearer(&good))),
+        ("allow_missing, bad", Request::get("/optional").header("authorization", &bearer(&forged))),
+        (
+            "allow_missing, other issuer",
+            Request::get("/optional").header("authorization", &bearer(&other_iss)),
+        ),
+        ("any, none", Request::get("/either")),
+        ("any, audience", Request::get("/either").header("authorization", &bearer(&bad_aud))),
+        ("any, other issuer", Request::get("/either").header("authorization", &bearer(&other_iss))),
+        ("no requirement", Request::get("/public").header("authorization", "Bearer garbage")),
+    ];
+    for (name, req) in cases {
+        let a = answer(&native.send(&req).unwrap(), true);
+        let b = answer(&ours.send(&req).unwrap(), false);
+        assert_eq!(a, b, "{name}: native {a:?}, jwt-auth {b:?}");
+    }
+}
+
+#[test]
+fn refused_configuration_names_the_field() {
+    let bad = json!({"providers": {"p": {"keys": [{"secret": "too-short"}]}}, "rules": [{"requires": {"provider_name": "nope"}}]});
+    let log = EnvoyBuilder::new().wasm(filter(&bad)).start_expecting_failure().unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("jwt_auth: invalid plugin configuration"))
+        .unwrap_or_else(|| panic!("no configuration error in Envoy's log:\n{log}"));
+    assert!(line.contains("`providers.p.keys[0].secret`"), "{line}");
+    assert!(line.contains("`rules[0].requires.provider_name` = \"nope\""), "{line}");
+    assert!(!line.contains("too-short"), "secrets are never logged: {line}");
+}
+
+fn remote_config() -> Value {
+    json!({
+        "providers": {"idp": {
+            "issuer": "https://idp.test",
+            "remote_jwks": {
+                "http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp", "timeout_ms": 1000},
+                "cache_duration_seconds": 1,
+                "retry_interval_seconds": 1,
+                "refetch_unknown_kid_seconds": 0
+            },
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    })
+}
+
+fn bearer_for(signer: &Signer, kid: &str, sub: &str) -> Request {
+    let t = signer.token(kid, &json!({"iss": "https://idp.test", "sub": sub, "exp": now() + 600}));
+    Request::get("/api").header("authorization", &format!("Bearer {t}"))
+}
+
+/// Sends `req` until the status is `want` (keys are fetched on the filter's tick).
+fn eventually(envoy: &Envoy, req: &Request, want: u16) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = envoy.send(req).unwrap();
+        if r.status == want || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn remote_jwks_fail_closed_rotation_and_outage() {
+    let idp = ScriptedUpstream::start().unwrap();
+    idp.set("/jwks", Reply::status(503).body("starting"));
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .wasm(filter(&remote_config()))
+        .cluster(Cluster::new("idp", idp.addr()))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let k1 = Signer::rsa();
+    let k2 = Signer::p256();
+
+    // No keys yet (the JWKS server answers 503): refused, never let through.
+    std::thread::sleep(Duration::from_millis(600));
+    let r = envoy.send(&bearer_for(&k1, "k1", "alice")).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json().unwrap()["message"], "Jwks remote fetch is failed");
+    let fetches = idp.received();
+    assert!(!fetches.is_empty(), "the filter fetched");
+    assert_eq!(fetches[0].header("host"), Some("idp.test"));
+
+    // The server comes up: the keys arrive on the next retry.
+    idp.set("/jwks", Reply::json(&k1.jwks("k1")));
+    let r = eventually(&envoy, &bearer_for(&k1, "k1", "alice"), 200);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().unwrap().header("x-user"), Some("alice"));
+
+    // Rotation: the issuer adds k2; a k2 token triggers a refetch and then passes.
+    idp.set("/jwks", Reply::json(&json!({"keys": [k1.jwk("k1"), k2.jwk("k2")]})));
+    let r = eventually(&envoy, &bearer_for(&k2, "k2", "bob"), 200);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().unwrap().header("x-user"), Some("bob"));
+
+    // The issuer retires k1: once refreshed (every second here), k1 tokens fail.
+    idp.set("/jwks", Reply::json(&k2.jwks("k2")));
+    let r = eventually(&envoy, &bearer_for(&k1, "k1", "alice"), 401);
+    assert_eq!(r.status, 401);
+
+    // The JWKS server fails, then goes away: the last good set stays in use.
+    idp.set("/jwks", Reply::status(500));
+    let before = idp.received().len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(idp.received().len() > before, "refreshes went on and failed");
+    assert_eq!(envoy.send(&bearer_for(&k2, "k2", "carol")).unwrap().status, 200);
+    drop(idp);
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = envoy.send(&bearer_for(&k2, "k2", "dave")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().unwrap().header("x-user"), Some("dave"));
+    let log = envoy.log();
+    assert!(log.contains("JWKS fetch failed"), "{log}");
+
+    let stats = envoy.admin_get("/stats?filter=jwt_auth_jwks").unwrap();
+    assert!(stats.contains("jwt_auth_jwks_fetches_total;provider=idp;result=failed"), "{stats}");
+    assert!(stats.contains("jwt_auth_jwks_fetches_total;provider=idp;result=ok"), "{stats}");
+}

@@ -1,0 +1,84 @@
+//! Host calls per request, counted by the emulator (each crossing into Envoy costs about 1 µs):
+//! the benchmark's configuration must read every request header once, the clock once, and
+//! write only the output header. Counts, not timings.
+//! Build first: cargo build --release --target wasm32-wasip1 -p jwt-auth
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+
+use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel};
+use serde_json::Value;
+
+fn scenario() -> Value {
+    serde_json::from_str(include_str!("../../../test-harness/envoy/bench/jwt-auth.json")).unwrap()
+}
+
+fn row_config(key: &str) -> Value {
+    let s = scenario();
+    let row = s["rows"].as_array().unwrap().iter().find(|r| r["key"] == key).unwrap();
+    row["filters"][0]["wasm"]["configuration"].clone()
+}
+
+fn emulator(config: &Value) -> Emulator {
+    let path = wasm_path("jwt-auth").unwrap_or_else(|e| panic!("{e}"));
+    let emu =
+        Emulator::load(path).plugin_config(config.to_string()).log_level(LogLevel::Info).build().unwrap();
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
+
+fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+/// The request phase's host calls of the second request (the first warms the cache and
+/// defines nothing new: metrics are defined at configure time).
+fn request_calls(emu: &Emulator, extra: &[(&str, &str)]) -> (BTreeMap<String, u64>, Option<String>) {
+    let s = scenario();
+    let path = s["path"].as_str().unwrap();
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "localhost:10000"),
+        (":scheme", "http"),
+        ("user-agent", "wrk"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "7b0d6f0e-8a4e-4b8e-9d5c-3c1e4d2f9a10"),
+    ];
+    headers.extend_from_slice(extra);
+    let mut result = None;
+    for _ in 0..2 {
+        emu.reset_host_calls();
+        let mut st = emu.stream();
+        assert_eq!(st.request_headers(&headers, true).unwrap(), Action::Continue, "{:?}", st.local_reply());
+        result = Some((st.host_calls(), st.request_header("x-jwt-sub")));
+        st.response_headers(&[(":status", "200")], true).unwrap();
+        st.log().unwrap();
+    }
+    result.unwrap()
+}
+
+const PAIRS: &str = "proxy_get_header_map_pairs";
+const ALLOC: &str = "proxy_on_memory_allocate";
+const TIME: &str = "proxy_get_current_time_nanoseconds";
+const SET: &str = "proxy_replace_header_map_value";
+const REMOVE: &str = "proxy_remove_header_map_value";
+
+#[test]
+fn bench_request_reads_once_and_writes_the_claim() {
+    for key in ["wasm-rs256-cache", "wasm-rs256", "wasm-es256-cache", "wasm-es256"] {
+        let emu = emulator(&row_config(key));
+        let (req, sub) = request_calls(&emu, &[]);
+        assert_eq!(sub.as_deref(), Some("bench-user"), "{key}");
+        assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (TIME, 1), (SET, 1)]), "{key}");
+    }
+}
+
+#[test]
+fn a_spoofed_output_costs_one_removal() {
+    let emu = emulator(&row_config("wasm-es256-cache"));
+    let (req, sub) = request_calls(&emu, &[("x-jwt-sub", "admin")]);
+    assert_eq!(sub.as_deref(), Some("bench-user"));
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (TIME, 1), (REMOVE, 1), (SET, 1)]));
+}
