@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Signer, SECRET};
+use common::{remote_config, seed_config, Signer, SECRET};
 use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel, Stream};
 use serde_json::{json, Value};
 
@@ -45,27 +45,6 @@ fn request(emu: &Emulator, path: &str, extra: &[(&str, &str)]) -> (Stream, Actio
     headers.extend_from_slice(extra);
     let action = s.request_headers(&headers, true).unwrap();
     (s, action)
-}
-
-/// The seed's login provider: an HS256 secret, the token in the `id_token` cookie, a bearer
-/// header or the `token` parameter, `id` and `email` to headers.
-fn seed_config() -> Value {
-    json!({
-        "providers": {"login": {
-            "keys": [{"secret": SECRET}],
-            "from_cookies": ["id_token"],
-            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-            "from_params": ["token"],
-            "claim_to_headers": [
-                {"header_name": "x-admin-id", "claim_name": "id"},
-                {"header_name": "x-admin-email", "claim_name": "email"}
-            ]
-        }},
-        "rules": [
-            {"match": {"prefix": "/extauth/login"}},
-            {"match": {"prefix": "/extauth/nodebackend"}, "requires": {"provider_name": "login"}}
-        ]
-    })
 }
 
 /// The login endpoint's token: `{name, email, id, iat, exp: iat + 24 h}`.
@@ -253,22 +232,6 @@ fn bad_configuration_is_refused_naming_each_field() {
     assert!(!emu.logged("short"), "a secret is never logged");
 }
 
-fn remote_config() -> Value {
-    json!({
-        "providers": {"idp": {
-            "issuer": "https://idp.test",
-            "remote_jwks": {
-                "http_uri": {"uri": "https://idp.test/.well-known/jwks.json", "cluster": "idp", "timeout_ms": 500},
-                "cache_duration_seconds": 300,
-                "retry_interval_seconds": 2,
-                "refetch_unknown_kid_seconds": 10
-            },
-            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
-        }},
-        "rules": [{"requires": {"provider_name": "idp"}}]
-    })
-}
-
 fn bearer_for(signer: &Signer, kid: &str, sub: &str) -> String {
     format!("Bearer {}", signer.token(kid, &json!({"iss": "https://idp.test", "sub": sub, "exp": T0 + 3600})))
 }
@@ -301,7 +264,7 @@ fn answer(emu: &Emulator, token: u32, status: &str, body: &Value) {
 
 #[test]
 fn remote_jwks_fail_closed_then_fetched_rotated_and_kept_on_failure() {
-    let emu = emulator(&remote_config());
+    let emu = emulator(&remote_config("https://idp.test/.well-known/jwks.json", 500, [300, 2, 10]));
     let k1 = Signer::rsa();
     let k2 = Signer::p256();
 
@@ -380,7 +343,7 @@ fn remote_jwks_fail_closed_then_fetched_rotated_and_kept_on_failure() {
 
 #[test]
 fn remote_jwks_refreshes_on_its_interval() {
-    let emu = emulator(&remote_config());
+    let emu = emulator(&remote_config("https://idp.test/.well-known/jwks.json", 500, [300, 2, 10]));
     let k1 = Signer::ed25519();
     emu.advance_clock(Duration::from_millis(250)).unwrap();
     answer(&emu, jwks_calls(&emu)[0], "200", &k1.jwks("k1"));

@@ -11,7 +11,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{now, Signer, SECRET};
+use common::{now, remote_config, seed_config, Signer};
 use gatewasm_envoy::{
     wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, Response, ScriptedUpstream,
     WasmFilter,
@@ -24,25 +24,6 @@ fn module() -> PathBuf {
 
 fn filter(config: &Value) -> WasmFilter {
     WasmFilter::new(module()).name("jwt_auth").json_configuration(config)
-}
-
-fn seed_config() -> Value {
-    json!({
-        "providers": {"login": {
-            "keys": [{"secret": SECRET}],
-            "from_cookies": ["id_token"],
-            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-            "from_params": ["token"],
-            "claim_to_headers": [
-                {"header_name": "x-admin-id", "claim_name": "id"},
-                {"header_name": "x-admin-email", "claim_name": "email"}
-            ]
-        }},
-        "rules": [
-            {"match": {"prefix": "/extauth/login"}},
-            {"match": {"prefix": "/extauth/nodebackend"}, "requires": {"provider_name": "login"}}
-        ]
-    })
 }
 
 fn login_token() -> String {
@@ -235,22 +216,6 @@ fn refused_configuration_names_the_field() {
     assert!(!line.contains("too-short"), "secrets are never logged: {line}");
 }
 
-fn remote_config() -> Value {
-    json!({
-        "providers": {"idp": {
-            "issuer": "https://idp.test",
-            "remote_jwks": {
-                "http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp", "timeout_ms": 1000},
-                "cache_duration_seconds": 1,
-                "retry_interval_seconds": 1,
-                "refetch_unknown_kid_seconds": 0
-            },
-            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
-        }},
-        "rules": [{"requires": {"provider_name": "idp"}}]
-    })
-}
-
 fn bearer_for(signer: &Signer, kid: &str, sub: &str) -> Request {
     let t = signer.token(kid, &json!({"iss": "https://idp.test", "sub": sub, "exp": now() + 600}));
     Request::get("/api").header("authorization", &format!("Bearer {t}"))
@@ -274,7 +239,7 @@ fn remote_jwks_fail_closed_rotation_and_outage() {
     idp.set("/jwks", Reply::status(503).body("starting"));
     let upstream = EchoUpstream::start().unwrap();
     let envoy = EnvoyBuilder::new()
-        .wasm(filter(&remote_config()))
+        .wasm(filter(&remote_config("http://idp.test/jwks", 1000, [1, 1, 0])))
         .cluster(Cluster::new("idp", idp.addr()))
         .upstream(upstream.addr())
         .start()

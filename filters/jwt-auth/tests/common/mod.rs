@@ -132,3 +132,43 @@ impl Signer {
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
+
+/// The seed's login provider: an HS256 secret, the token in the `id_token` cookie, a bearer
+/// header or the `token` parameter; `id` and `email` to `x-admin-id` and `x-admin-email`;
+/// `/extauth/login` open, `/extauth/nodebackend` protected.
+pub fn seed_config() -> Value {
+    json!({
+        "providers": {"login": {
+            "keys": [{"secret": SECRET}],
+            "from_cookies": ["id_token"],
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "claim_to_headers": [
+                {"header_name": "x-admin-id", "claim_name": "id"},
+                {"header_name": "x-admin-email", "claim_name": "email"}
+            ]
+        }},
+        "rules": [
+            {"match": {"prefix": "/extauth/login"}},
+            {"match": {"prefix": "/extauth/nodebackend"}, "requires": {"provider_name": "login"}}
+        ]
+    })
+}
+
+/// A provider `idp` (issuer `https://idp.test`) with its keys at `uri` through cluster `idp`,
+/// `sub` to `x-user`; intervals in seconds: refresh, retry, unknown-kid refetch.
+pub fn remote_config(uri: &str, timeout_ms: u64, intervals: [u64; 3]) -> Value {
+    json!({
+        "providers": {"idp": {
+            "issuer": "https://idp.test",
+            "remote_jwks": {
+                "http_uri": {"uri": uri, "cluster": "idp", "timeout_ms": timeout_ms},
+                "cache_duration_seconds": intervals[0],
+                "retry_interval_seconds": intervals[1],
+                "refetch_unknown_kid_seconds": intervals[2]
+            },
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    })
+}
