@@ -445,6 +445,90 @@ mod tests {
         );
     }
 
+    /// Random inputs, biased towards the bytes that matter (delimiters, escapes, markers, dots,
+    /// ID-like runs, long values): outputs keep to the label alphabet and the length bound, and
+    /// no two different inputs share an output.
+    #[test]
+    fn random_inputs_never_collide() {
+        let alphabet: &[&str] = &[
+            "a",
+            "Z",
+            "0",
+            "7",
+            "f",
+            "-",
+            ".",
+            "/",
+            "%",
+            "%2",
+            "%25",
+            "{",
+            "}",
+            "{id}",
+            "*",
+            ";",
+            "=",
+            ":",
+            "\"",
+            "\\",
+            " ",
+            "\n",
+            "\u{e9}",
+            "\u{1F600}",
+            "other",
+            "none",
+            "overflow",
+            "cache.",
+            ".shadow_",
+            "~",
+            "%~",
+            "123e4567-e89b-12d3-a456-426614174000",
+            "deadbeefdeadbeef",
+            "x".repeat(40).leak(),
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let allowed = |out: &str| out.bytes().all(|b| is_safe(b) || b == b'%');
+        let mut seen_values = std::collections::HashMap::new();
+        let mut seen_paths = std::collections::HashMap::new();
+        let mut seen_istio = std::collections::HashMap::new();
+        for _ in 0..30_000 {
+            let len = (next() % 12) as usize;
+            let input: String =
+                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+
+            let v = value(&input);
+            assert!(allowed(&v) && v.len() <= MAX_LABEL_VALUE, "{input:?} -> {v:?}");
+            if let Some(other) = seen_values.insert(v.clone(), input.clone()) {
+                assert_eq!(other, input, "two values share {v:?}");
+            }
+            let i = istio_safe(&v).into_owned();
+            if let Some(other) = seen_istio.insert(i.clone(), input.clone()) {
+                assert_eq!(other, input, "two values share {i:?} in the istio form");
+            }
+
+            let path = format!("/{input}");
+            let mut out = String::new();
+            assert!(normalize(strip_query(&path), N, &mut out));
+            assert!(allowed(&out) && out.len() <= MAX_LABEL_VALUE, "{path:?} -> {out:?}");
+            // Normalisation merges on purpose (IDs, depth); a path with neither must keep its
+            // own label.
+            let plain = !path.contains(['?', '#'])
+                && path.split('/').skip(1).all(|seg| !is_id(seg, N.min_hex_len))
+                && path.matches('/').count() <= N.max_depth;
+            if plain {
+                if let Some(other) = seen_paths.insert(out.clone(), path.clone()) {
+                    assert_eq!(other, path, "two paths share {out:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn istio_words_lose_their_dot() {
         assert_eq!(istio_safe("api.example.com"), "api.example.com");
