@@ -315,3 +315,43 @@ fn bad_configuration_is_refused_naming_the_fields() {
     assert!(log.contains("allowed_statuses[0]"), "{log}");
     assert!(log.contains("rules[0].match.hosts[0]"), "{log}");
 }
+
+/// Sends a chunked POST in separate writes, so Envoy delivers the body in several callbacks.
+fn chunked_post(envoy: &Envoy, path: &str, chunks: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(envoy.listener_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    for chunk in chunks {
+        write!(conn, "{:x}\r\n{chunk}\r\n", chunk.len()).unwrap();
+        conn.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    conn.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn a_body_in_several_chunks_is_sent_whole() {
+    // Envoy hands a buffering Wasm filter the whole body buffered so far in each callback
+    // (body_size grows: 7, then 15), and the check goes once the body ends.
+    let auth = AuthService::start();
+    let upstream = ScriptedUpstream::start().unwrap();
+    upstream.set("/upload", Reply::status(200).body("stored"));
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 1024});
+    let envoy = start(&config, auth.addr(), upstream.addr(), true);
+    let answer = chunked_post(&envoy, "/upload", &["please ", "allow me", "!"]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{}", envoy.log_tail(30));
+    let checks: Vec<_> = auth.seen().into_iter().filter(|s| s.path == "/extauth/upload").collect();
+    assert_eq!(checks.len(), 1, "one check per request");
+    assert_eq!(checks[0].body, b"please allow me!");
+    assert_eq!(checks[0].header("x-envoy-auth-partial-body"), Some("false"));
+    assert_eq!(upstream.received()[0].body, b"please allow me!");
+}
