@@ -2,10 +2,12 @@
 //! See `README.md` for the configuration.
 //!
 //! Per stream:
+//! - request headers: every request header in one read, kept for the end of the stream (the
+//!   labels describe the request as it reached this filter, before later rewrites);
 //! - body callbacks add up the request and response body bytes (their size comes with the
 //!   callback: no host call);
 //! - at the end of the stream (`on_log`, after the response, also for requests answered by an
-//!   earlier filter or by Envoy itself), one read of every request header, one of
+//!   earlier filter or by Envoy itself, whose headers are read there instead), one read of
 //!   `response.code`, one of `request.duration` (and `xds.cluster_name` when the `cluster` label
 //!   is on), then one histogram record per configured histogram. The request counter is counted
 //!   in the VM and flushed from a 1 s tick.
@@ -52,10 +54,10 @@ impl HttpMetrics {
         &self.config
     }
 
-    /// Computes the labels of the finished request and records it.
-    fn observe(&self, request_bytes: u64, response_bytes: u64) {
+    /// Computes the labels of the finished request from `headers` (the request as it reached
+    /// this filter) and records it.
+    fn observe(&self, headers: &HeaderSnapshot, request_bytes: u64, response_bytes: u64) {
         let cfg = &self.config;
-        let headers = HeaderSnapshot::read(REQUEST_HEADERS);
         let code = u64_property(&["response", "code"]);
         let duration_ns =
             if cfg.histograms.duration { u64_property(&["request", "duration"]).unwrap_or(0) } else { 0 };
@@ -167,7 +169,7 @@ impl Plugin for HttpMetrics {
     }
 
     fn new_filter(self: &Rc<Self>) -> Recorder {
-        Recorder { plugin: Rc::clone(self), request_bytes: 0, response_bytes: 0 }
+        Recorder { plugin: Rc::clone(self), headers: None, request_bytes: 0, response_bytes: 0 }
     }
 
     fn tick_period(&self) -> Option<Duration> {
@@ -179,14 +181,23 @@ impl Plugin for HttpMetrics {
     }
 }
 
-/// Per-stream state: body bytes seen so far.
+/// Per-stream state: the request headers as they reached the filter, body bytes seen so far.
 pub struct Recorder {
     plugin: Rc<HttpMetrics>,
+    headers: Option<HeaderSnapshot>,
     request_bytes: u64,
     response_bytes: u64,
 }
 
 impl HttpFilter for Recorder {
+    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> gatewasm::Flow {
+        // Read now, as the request reached this filter: by the end of the stream a later filter
+        // may have rewritten the path or host (header-rewrite), and the labels must be what the
+        // client called. Kept as the host's buffer, no copy.
+        self.headers = Some(HeaderSnapshot::read(REQUEST_HEADERS));
+        gatewasm::Flow::Continue
+    }
+
     fn on_request_body(
         &mut self,
         _stream: &mut Stream,
@@ -209,7 +220,11 @@ impl HttpFilter for Recorder {
     }
 
     fn on_log(&mut self, _stream: &mut Stream) {
-        self.plugin.observe(self.request_bytes, self.response_bytes);
+        // A request answered by an earlier filter never reached `on_request_headers`: Envoy
+        // still holds its headers at the end of the stream, so they are read here instead. One
+        // read per request either way.
+        let headers = self.headers.take().unwrap_or_else(|| HeaderSnapshot::read(REQUEST_HEADERS));
+        self.plugin.observe(&headers, self.request_bytes, self.response_bytes);
     }
 }
 

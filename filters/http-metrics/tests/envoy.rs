@@ -468,3 +468,25 @@ fn standalone_example_is_valid_and_matches_the_shipped_stats_config() {
         assert!(example.contains(&block), "envoy.yaml lacks {block}");
     }
 }
+
+/// A filter after this one rewrites the path and host (as header-rewrite does): the labels are
+/// still what the client called.
+#[test]
+fn labels_are_the_request_as_it_reached_the_filter() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .wasm(filter(&json!({"hosts": ["api.example.com", "backend.internal"], "routes": [{"prefix": "/api/"}]})))
+        .filter(HttpFilter::lua(
+            "function envoy_on_request(h)\n  h:headers():replace(\":path\", \"/v2/users\")\n  h:headers():replace(\":authority\", \"backend.internal\")\nend\n",
+        ))
+        .upstream(upstream.addr())
+        .arg("--config-yaml")
+        .arg(&shipped_stats_config())
+        .start()
+        .unwrap();
+    let response = envoy.send(&Request::get("/api/users?id=7").header("host", "api.example.com")).unwrap();
+    assert_eq!(response.echo().unwrap().path, "/v2/users", "the later filter did rewrite");
+    let f = scrape_until(&envoy, |f| total(f, "gatewasm_http_requests_total") == 1);
+    let want = labels(&[("host", "api.example.com"), ("path", "/api/*"), ("method", "GET"), ("code", "200")]);
+    assert_eq!(counters(&f, "gatewasm_http_requests_total"), [(want, 1)].into_iter().collect());
+}
