@@ -355,3 +355,34 @@ fn a_body_in_several_chunks_is_sent_whole() {
     assert_eq!(checks[0].header("x-envoy-auth-partial-body"), Some("false"));
     assert_eq!(upstream.received()[0].body, b"please allow me!");
 }
+
+/// Headers copied from the answer can choose the route: Envoy's Wasm host clears the route cache
+/// when a filter changes request headers, as Ambassador's `clear_route_cache: true` does.
+#[test]
+fn identity_headers_can_choose_the_route() {
+    let auth = AuthService::start();
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .filter(filter(&seed_config(), false))
+        .cluster(Cluster::new("auth", auth.addr()))
+        .upstream(upstream.addr())
+        .hcm_patch(json!({"route_config": {"name": "local_route", "virtual_hosts": [{
+            "name": "all",
+            "domains": ["*"],
+            "routes": [
+                {"match": {"prefix": "/", "headers": [{"name": "x-admin-id", "string_match": {"exact": "1"}}]},
+                 "direct_response": {"status": 299, "body": {"inline_string": "admin route"}}},
+                {"match": {"prefix": "/"}, "route": {"cluster": gatewasm_envoy::UPSTREAM_CLUSTER}}
+            ]
+        }]}}))
+        .start()
+        .unwrap();
+    let admin = envoy
+        .send(&Request::get("/nodebackend/").header("cookie", &format!("id_token={ADMIN_TOKEN}")))
+        .unwrap();
+    assert_eq!(admin.status, 299, "route not re-selected: {}", admin.text());
+    // A forged header does not reach the route match either.
+    let forged = envoy.send(&Request::get("/public").header("x-admin-id", "1")).unwrap();
+    assert_eq!(forged.status, 200, "{}", forged.text());
+    assert!(forged.echo().is_ok());
+}
