@@ -6,20 +6,11 @@
 
 use std::time::Duration;
 
-use gatewasm_emulator::{wasm_path, Action, Emulator, HttpCall, LogLevel, Stream};
-use serde_json::{json, Value};
+mod emu;
 
-fn emulator(config: &Value) -> Emulator {
-    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
-    let emu = Emulator::load(path)
-        .plugin_config(config.to_string())
-        .cluster("auth")
-        .log_level(LogLevel::Info)
-        .build()
-        .unwrap();
-    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
-    emu
-}
+use emu::emulator;
+use gatewasm_emulator::{wasm_path, Action, Emulator, HttpCall, Stream};
+use serde_json::{json, Value};
 
 fn seed_config() -> Value {
     json!({

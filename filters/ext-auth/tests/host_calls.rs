@@ -7,21 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel};
-use serde_json::{json, Value};
+mod emu;
 
-fn emulator(config: &Value) -> Emulator {
-    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
-    let emu = Emulator::load(path)
-        .plugin_config(config.to_string())
-        .cluster("auth")
-        .cluster("ext_auth")
-        .log_level(LogLevel::Info)
-        .build()
-        .unwrap();
-    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
-    emu
-}
+use emu::emulator;
+use gatewasm_emulator::{Action, Emulator};
+use serde_json::{json, Value};
 
 const REQUEST: &[(&str, &str)] = &[
     (":method", "GET"),

@@ -1,0 +1,18 @@
+//! The built module in the emulator, configured, with the clusters the tests' configurations use.
+
+use gatewasm_emulator::{wasm_path, Emulator, LogLevel};
+use serde_json::Value;
+
+/// The module with `config`; fails the test if the configuration is refused.
+pub fn emulator(config: &Value) -> Emulator {
+    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
+    let emu = Emulator::load(path)
+        .plugin_config(config.to_string())
+        .cluster("auth")
+        .cluster("ext_auth")
+        .log_level(LogLevel::Info)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
