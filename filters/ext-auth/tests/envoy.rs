@@ -386,3 +386,35 @@ fn identity_headers_can_choose_the_route() {
     assert_eq!(forged.status, 200, "{}", forged.text());
     assert!(forged.echo().is_ok());
 }
+
+/// `default: skip` with rules naming what to check: the gateway's other paths never reach the
+/// auth service (the configuration proposed for the demo gateway).
+#[test]
+fn default_skip_checks_only_the_listed_paths() {
+    let auth = AuthService::start();
+    let upstream = EchoUpstream::start().unwrap();
+    let config = json!({
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "allowed_upstream_headers": ["x-admin-id", "x-admin-email"],
+        "default": "skip",
+        "rules": [
+            {"name": "login", "match": {"path": {"exact": "/login"}, "methods": ["POST"]}, "action": "check"},
+            {"name": "protected", "match": {"path": {"prefix": "/nodebackend/"}}, "action": "check"}
+        ]
+    });
+    let envoy = start(&config, auth.addr(), upstream.addr(), false);
+    let other = envoy.send(&Request::get("/api/users?id=7").header("x-admin-id", "1")).unwrap();
+    assert_eq!(other.status, 200);
+    assert_eq!(other.echo().unwrap().header("x-admin-id"), None, "stripped even when skipped");
+    assert!(auth.seen().is_empty(), "not checked");
+    let login = envoy.send(&Request::post("/login", "").header("authorization", ADMIN_BASIC)).unwrap();
+    assert_eq!(login.status, 201);
+    let ok = envoy
+        .send(&Request::get("/nodebackend/").header("cookie", &format!("id_token={ADMIN_TOKEN}")))
+        .unwrap();
+    assert_eq!(ok.echo().unwrap().header("x-admin-email"), Some("admin@qq.com"));
+    let denied = envoy.send(&Request::get("/nodebackend/")).unwrap();
+    assert_eq!(denied.status, 401);
+    assert_eq!(auth.seen().len(), 3);
+}
