@@ -188,13 +188,37 @@ pub struct Verified {
     pub payload_b64: String,
 }
 
+/// Hashes a token by its last [`TAIL`] bytes (the signature, which no one can choose for a
+/// token that verified) and its length, with FNV-1a: a lookup hashes 32 bytes instead of the
+/// whole token. The map still compares whole tokens, so two tokens are never confused; only
+/// verified tokens are inserted, so colliding entries cannot be planted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TailHasher(u64);
+
+/// Bytes of a token that [`TailHasher`] hashes.
+pub const TAIL: usize = 32;
+
+impl std::hash::Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = bytes.get(bytes.len().saturating_sub(TAIL)..).unwrap_or(bytes);
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in tail.iter().copied().chain((bytes.len() as u64).to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Verified tokens by token text: bounded in entries, oldest out first, entries dropped once
-/// `exp` (with the clock skew) has passed. Keyed by the whole token (hashed by the map with a
-/// per-process random key), so a lookup never confuses two tokens.
+/// `exp` (with the clock skew) has passed.
 #[derive(Debug)]
 pub struct TokenCache {
     capacity: usize,
-    entries: HashMap<Rc<str>, Rc<Verified>>,
+    entries: HashMap<Rc<str>, Rc<Verified>, std::hash::BuildHasherDefault<TailHasher>>,
     order: VecDeque<Rc<str>>,
     hits: Cell<u64>,
 }
@@ -202,7 +226,7 @@ pub struct TokenCache {
 impl TokenCache {
     /// A cache of at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, entries: HashMap::new(), order: VecDeque::new(), hits: Cell::new(0) }
+        Self { capacity, entries: HashMap::default(), order: VecDeque::new(), hits: Cell::new(0) }
     }
 
     /// The entry for `token`.
@@ -331,6 +355,21 @@ mod tests {
 
     fn v() -> Rc<Verified> {
         Rc::new(Verified { claims: Claims::default(), payload_b64: String::new() })
+    }
+
+    #[test]
+    fn tail_hash_tells_tokens_apart_by_their_ends_and_lengths() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = |s: &str| BuildHasherDefault::<TailHasher>::default().hash_one(s);
+        let a = format!("{}{}", "x".repeat(100), "signature-a-0123456789abcdef0123");
+        let b = format!("{}{}", "y".repeat(100), "signature-a-0123456789abcdef0123");
+        assert_eq!(h(&a), h(&b), "only the tail and the length count");
+        assert_ne!(h(&a), h(&a.replace("sig", "SIG")));
+        assert_ne!(h("ab"), h("abc"));
+        let mut c = TokenCache::new(4);
+        c.insert(&a, v());
+        assert!(c.get(&a).is_some());
+        assert!(c.get(&b).is_none(), "same hash, different token: no hit");
     }
 
     #[test]

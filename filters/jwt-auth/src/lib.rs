@@ -24,7 +24,7 @@ pub mod matcher;
 pub mod status;
 pub mod verifier;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -62,6 +62,10 @@ pub struct JwtAuth {
     in_flight: RefCell<Vec<(CalloutId, usize)>>,
     /// Whether some provider fetches its keys.
     remote: bool,
+    /// The host's clock, seconds, as read at the last tick: requests compare `exp`/`nbf` with
+    /// it instead of reading the clock each (a host call). At most one tick period old (200 ms
+    /// with remote keys, 1 s otherwise), well inside any clock skew.
+    clock: Cell<Option<u64>>,
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -160,7 +164,15 @@ impl Plugin for JwtAuth {
             .collect();
         let remote = config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_)));
         log::info!("jwt_auth: {} provider(s), {} rule(s) loaded", config.providers.len(), config.rules.len());
-        Ok(JwtAuth { config, allowed, denied, fetches, in_flight: RefCell::new(Vec::new()), remote })
+        Ok(JwtAuth {
+            config,
+            allowed,
+            denied,
+            fetches,
+            in_flight: RefCell::new(Vec::new()),
+            remote,
+            clock: Cell::new(None),
+        })
     }
 
     fn new_filter(self: &Rc<Self>) -> JwtFilter {
@@ -172,6 +184,7 @@ impl Plugin for JwtAuth {
     }
 
     fn on_tick(self: &Rc<Self>) {
+        self.clock.set(Some(now_ms() / 1000));
         if let Some(c) = &self.allowed {
             c.flush();
         }
@@ -353,7 +366,15 @@ impl HttpFilter for JwtFilter {
         let Some(requirement) = &rule.requires else {
             return Flow::Continue;
         };
-        let now = now_ms() / 1000;
+        let now = match plugin.clock.get() {
+            Some(t) => t,
+            None => {
+                // Before the first tick.
+                let t = now_ms() / 1000;
+                plugin.clock.set(Some(t));
+                t
+            }
+        };
         let view = View(&req);
         let mut successes = Vec::new();
         let status = Evaluation::new(&cfg.providers, &view, now).run(requirement, &mut successes);
