@@ -20,8 +20,9 @@ pub mod check;
 pub mod config;
 pub mod rules;
 
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use gatewasm::metrics::{Counter, Histogram, LocalCounter, FLUSH_PERIOD};
 use gatewasm::proxy_wasm::types::BufferType;
@@ -116,7 +117,17 @@ pub struct ExtAuth {
     settings: Settings,
     counters: Counters,
     duration: Option<Histogram>,
+    /// Whether this VM has seen a request body since `with_request_body` made it wait for one.
+    body_seen: Cell<bool>,
+    /// When a request first waited for its body while none had been seen (the clock is read
+    /// only until a body arrives).
+    waiting_since: Cell<Option<SystemTime>>,
+    /// Whether the missing-body error was logged (once per VM).
+    warned: Cell<bool>,
 }
+
+/// How long requests may wait for a first body before the filter says why they hang.
+pub const BODY_WAIT_WARNING: Duration = Duration::from_secs(10);
 
 impl ExtAuth {
     /// The settings in use.
@@ -137,7 +148,14 @@ impl Plugin for ExtAuth {
             settings.rules.len(),
             settings.timeout.as_millis()
         );
-        Ok(ExtAuth { settings, counters: Counters::define(), duration: define::<Histogram>(DURATION) })
+        Ok(ExtAuth {
+            settings,
+            counters: Counters::define(),
+            duration: define::<Histogram>(DURATION),
+            body_seen: Cell::new(false),
+            waiting_since: Cell::new(None),
+            warned: Cell::new(false),
+        })
     }
 
     fn new_filter(self: &Rc<Self>) -> ExtAuthFilter {
@@ -151,6 +169,24 @@ impl Plugin for ExtAuth {
     fn on_tick(self: &Rc<Self>) {
         for counter in self.counters.all().into_iter().flatten() {
             counter.flush();
+        }
+        // Without Envoy's `allow_on_headers_stop_iteration`, a Wasm filter that holds the
+        // request headers never gets the body: say so instead of leaving requests to hang
+        // silently until Envoy's stream idle timeout.
+        if let Some(since) = self.waiting_since.get() {
+            if !self.body_seen.get()
+                && !self.warned.get()
+                && gatewasm::clock::since(since) >= BODY_WAIT_WARNING
+            {
+                self.warned.set(true);
+                log::error!(
+                    "ext_auth: requests have waited {} s for a body that never reached the filter: \
+                     with_request_body needs `allow_on_headers_stop_iteration: true` in the Wasm \
+                     filter's config (Envoy 1.35+); without it Envoy holds the body until its \
+                     stream idle timeout",
+                    BODY_WAIT_WARNING.as_secs()
+                );
+            }
         }
     }
 }
@@ -272,6 +308,9 @@ impl HttpFilter for ExtAuthFilter {
         );
         // Upgrades (WebSocket) have no body to wait for, as in Envoy.
         if settings.body.is_some() && !end_of_stream && !headers.contains("upgrade") {
+            if !plugin.body_seen.get() && plugin.waiting_since.get().is_none() {
+                plugin.waiting_since.set(gatewasm::clock::now());
+            }
             self.state = State::Buffering(Box::new(call));
             return Flow::Pause;
         }
@@ -281,6 +320,7 @@ impl HttpFilter for ExtAuthFilter {
     fn on_request_body(&mut self, stream: &mut Stream, body_size: usize, end_of_stream: bool) -> Flow {
         match &self.state {
             State::Buffering(_) => {
+                self.plugin.body_seen.set(true);
                 self.buffered = body_size;
                 let Some(body) = self.settings().body else {
                     return Flow::Continue;

@@ -248,3 +248,21 @@ fn bad_config_is_refused_with_fields() {
         assert!(logs.contains(field), "{field} not named in {logs}");
     }
 }
+
+#[test]
+fn a_body_that_never_arrives_is_explained_in_the_log() {
+    // The emulator holds data while a filter holds the headers, as Envoy does without
+    // `allow_on_headers_stop_iteration`: the body never reaches the filter.
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 100});
+    let emu = emulator(&config);
+    let mut s = emu.stream();
+    let headers = [(":method", "POST"), (":path", "/upload"), (":authority", "h")];
+    assert_eq!(s.request_headers(&headers, false).unwrap(), Action::Pause);
+    assert_eq!(s.request_body(b"allow", true).unwrap(), Action::Pause);
+    assert!(emu.http_calls().is_empty());
+    emu.advance_clock(Duration::from_secs(5)).unwrap();
+    assert!(!emu.logged("allow_on_headers_stop_iteration"));
+    emu.advance_clock(Duration::from_secs(6)).unwrap();
+    assert!(emu.logged("allow_on_headers_stop_iteration"), "{:?}", emu.logs());
+}

@@ -418,3 +418,23 @@ fn default_skip_checks_only_the_listed_paths() {
     assert_eq!(denied.status, 401);
     assert_eq!(auth.seen().len(), 3);
 }
+
+/// Without `allow_on_headers_stop_iteration`, Envoy turns the filter's hold on the headers into
+/// "stop everything": the body never reaches the filter, the request waits, and the filter's
+/// log says why.
+#[test]
+fn with_request_body_without_stop_iteration_is_explained() {
+    let auth = AuthService::start();
+    let upstream = EchoUpstream::start().unwrap();
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 64});
+    let envoy = start(&config, auth.addr(), upstream.addr(), false);
+    let waited = envoy.send(&Request::post("/upload", "please allow this").timeout(Duration::from_secs(1)));
+    assert!(waited.is_err(), "answered: {:?}", waited.map(|r| r.status));
+    assert!(auth.seen().is_empty(), "no check without the body");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !envoy.log().contains("allow_on_headers_stop_iteration") {
+        assert!(Instant::now() < deadline, "no explanation in the log:\n{}", envoy.log_tail(20));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
