@@ -290,9 +290,13 @@ impl HttpFilter for ExtAuthFilter {
                 }
             }
         }
-        if rules::decide(&settings.rules, settings.default, req.method(), &req.host(), req.path())
-            == Action::Skip
-        {
+        // Without rules, the host is not normalized (an allocation) for nothing.
+        let action = if settings.rules.is_empty() {
+            settings.default
+        } else {
+            rules::decide(&settings.rules, settings.default, req.method(), &req.host(), req.path())
+        };
+        if action == Action::Skip {
             inc(&plugin.counters.skipped);
             self.state = State::Passed(Vec::new());
             return Flow::Continue;
