@@ -47,6 +47,11 @@ pub struct Scenario {
     /// request with its reply, and is an Envoy cluster of that name in the scenario's rows.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// A wrk Lua script (`wrk -s`, path relative to the workspace root) for requests that change
+    /// from one to the next, a fresh token each, say; `path` is still the request the checks
+    /// before timing send.
+    #[serde(default)]
+    pub wrk_script: Option<PathBuf>,
 }
 
 /// A local service a scenario's filters call out to.
@@ -358,6 +363,8 @@ pub struct WrkOptions {
     pub duration_secs: u32,
     /// Pin wrk to these CPUs (via `taskset`).
     pub cpus: Option<Vec<usize>>,
+    /// A Lua script for wrk (`-s`).
+    pub script: Option<PathBuf>,
 }
 
 /// Runs wrk against a URL (which must be on 127.0.0.1) and parses its report.
@@ -378,8 +385,11 @@ pub fn run_wrk(url: &str, options: &WrkOptions) -> anyhow::Result<WrkResult> {
         .arg(format!("-t{}", options.threads))
         .arg(format!("-c{}", options.connections))
         .arg(format!("-d{}s", options.duration_secs))
-        .arg("--latency")
-        .arg(url);
+        .arg("--latency");
+    if let Some(script) = &options.script {
+        command.arg("-s").arg(script);
+    }
+    command.arg(url);
     let output = command.output().context("running wrk (is it installed? apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {

@@ -136,6 +136,7 @@ fn measure(
         connections: options.connections,
         duration_secs: secs,
         cpus: pin.then(|| vec![1]),
+        script: scenario.wrk_script.as_ref().map(|s| workspace_root().join(s)),
     };
     for round in 1..=options.rounds {
         for (row, row_results) in rows.iter().zip(results.iter_mut()) {
@@ -216,6 +217,12 @@ fn table(
         "Envoy `--concurrency 1`, `direct_response` 200, `wrk -t{} -c{} -d{}s` on `{}`, median of {} interleaved rounds.\n\n",
         options.threads, options.connections, options.duration, scenario.path, options.rounds
     ));
+    if let Some(script) = &scenario.wrk_script {
+        out.push_str(&format!(
+            "Requests come from the wrk script `{}` (they differ from one to the next; the path above is the one checked before timing).\n\n",
+            script.display()
+        ));
+    }
     let baseline_name = baseline.unwrap_or("baseline");
     out.push_str(&format!(
         "| Configuration | req/s (median) | req/s range | p50 latency | added µs/req vs bare | × {baseline_name} (added cost) |\n"
