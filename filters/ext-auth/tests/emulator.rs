@@ -266,3 +266,38 @@ fn a_body_that_never_arrives_is_explained_in_the_log() {
     emu.advance_clock(Duration::from_secs(6)).unwrap();
     assert!(emu.logged("allow_on_headers_stop_iteration"), "{:?}", emu.logs());
 }
+
+#[test]
+fn a_long_denial_body_is_cut_at_the_bound() {
+    let mut config = seed_config();
+    config["max_denied_body_bytes"] = json!(10);
+    let emu = emulator(&config);
+    let (s, call) = get(&emu, "/a", &[]);
+    emu.respond_http_call(
+        call.token,
+        &[(":status", "401"), ("content-type", "text/plain")],
+        &[b'x'; 30],
+        &[],
+    )
+    .unwrap();
+    let reply = s.local_reply().unwrap();
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.body, b"xxxxxxxxxx");
+}
+
+#[test]
+fn headers_to_remove_from_an_allowing_answer() {
+    let emu = emulator(&seed_config());
+    let (s, call) = get(&emu, "/a", &[("authorization", "Bearer tok"), ("x-internal", "1")]);
+    emu.respond_http_call(
+        call.token,
+        &[(":status", "200"), ("x-envoy-auth-headers-to-remove", "authorization, X-Internal, :path")],
+        b"",
+        &[],
+    )
+    .unwrap();
+    let up = s.request_headers_now();
+    assert_eq!(header(&up, "authorization"), None);
+    assert_eq!(header(&up, "x-internal"), None);
+    assert_eq!(header(&up, ":path"), Some("/a"));
+}
