@@ -38,17 +38,24 @@ fn start(listener: u16, admin: u16, upstream: &EchoUpstream) -> anyhow::Result<E
     let hello = WasmFilter::new(wasm_artifact("hello.wasm", "hello")?)
         .name("hello")
         .json_configuration(&json!({"greeting": "hello from", "blocked_prefix": "/admin"}));
+    // Measures every request as it arrived, before the others act on it: known hosts keep their
+    // name, /api/* is one route, other paths are normalised ({id} for numbers, UUIDs, hex).
+    let http_metrics = WasmFilter::new(wasm_artifact("http_metrics.wasm", "http-metrics")?)
+        .name("http-metrics")
+        .json_configuration(&json!({"hosts": ["shop.example.com"], "routes": [{"prefix": "/api/"}]}));
+    let tags: Vec<_> = ["host", "path", "method", "code", "rule"]
+        .iter()
+        .map(|t| json!({"tag_name": t, "regex": format!("(;{t}=([^;]*))")}))
+        .collect();
     EnvoyBuilder::new()
+        .wasm(http_metrics)
         .wasm(hello)
         .wasm(header_rewrite)
         .upstream(upstream.addr())
         .listener_port(listener)
         .admin_port(admin)
         .log_level("warning")
-        .bootstrap_patch(json!({"stats_config": {"stats_tags": [
-            {"tag_name": "method", "regex": "(;method=([^;]*))"},
-            {"tag_name": "rule", "regex": "(;rule=([^;]*))"}
-        ]}}))
+        .bootstrap_patch(json!({"stats_config": {"stats_tags": tags}}))
         .start()
 }
 
@@ -78,19 +85,25 @@ fn check(envoy: &Envoy) -> anyhow::Result<()> {
     ensure!(r.status == 403, "GET /admin/settings: status {}", r.status);
     ensure!(r.json()?.get("code").and_then(|c| c.as_str()) == Some("blocked_path"), "403 body {}", r.text());
 
+    let r = envoy.get("/orders/12345/items?page=2")?;
+    ensure!(r.status == 200, "GET /orders/12345/items: status {}", r.status);
+
     // header-rewrite's rule counters reach Envoy from its 1 s tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let wanted = [
+        "hello_requests_total{method=\"GET\"} 3",
+        "header_rewrite_rules_applied_total{rule=\"api\"} 1",
+        "gatewasm_http_requests_total{host=\"shop.example.com\",path=\"/api/*\",method=\"GET\",code=\"200\"} 1",
+        "gatewasm_http_requests_total{host=\"other\",path=\"/admin/settings\",method=\"GET\",code=\"403\"} 1",
+        "gatewasm_http_requests_total{host=\"other\",path=\"/orders/{id}/items\",method=\"GET\",code=\"200\"} 1",
+    ];
     loop {
         let scrape = envoy.admin_get("/stats/prometheus")?;
-        let hello = scrape.contains("hello_requests_total{method=\"GET\"} 2");
-        let rewrite = scrape.contains("header_rewrite_rules_applied_total{rule=\"api\"} 1");
-        if hello && rewrite {
+        let missing: Vec<&str> = wanted.iter().copied().filter(|w| !scrape.contains(w)).collect();
+        if missing.is_empty() {
             return Ok(());
         }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "metrics missing (hello: {hello}, header-rewrite: {rewrite})"
-        );
+        ensure!(std::time::Instant::now() < deadline, "metrics missing: {missing:?}\n{scrape}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -98,8 +111,8 @@ fn check(envoy: &Envoy) -> anyhow::Result<()> {
 fn banner(listener: u16, admin: u16) -> String {
     format!(
         r#"
-gatewasm demo gateway: Envoy on 127.0.0.1:{listener} (admin 127.0.0.1:{admin}), filters hello and
-header-rewrite, in front of an echo upstream that answers with the request it received.
+gatewasm demo gateway: Envoy on 127.0.0.1:{listener} (admin 127.0.0.1:{admin}), filters http-metrics,
+hello and header-rewrite, in front of an echo upstream that answers with the request it received.
 
   # header-rewrite: /api/* goes upstream as /v2/* with Host backend.internal, x-debug removed,
   # x-gateway added, x-envoy-original-path kept; the answer carries x-served-by.
@@ -109,8 +122,11 @@ header-rewrite, in front of an echo upstream that answers with the request it re
   # hello: paths under /admin are refused with the SDK's JSON reply.
   curl -si localhost:{listener}/admin/settings
 
-  # Per-method and per-rule counters, as Prometheus labels.
-  curl -s localhost:{admin}/stats/prometheus | grep -E '^(hello|header_rewrite)'
+  # http-metrics: numbers in paths become {{id}}, the query never reaches a label.
+  curl -s 'localhost:{listener}/orders/12345/items?page=2' -o /dev/null
+
+  # Per-host/route/method/code series, per-method and per-rule counters, as Prometheus labels.
+  curl -s localhost:{admin}/stats/prometheus | grep -E '^(gatewasm_http_requests_total|hello|header_rewrite)'
 
 Ctrl-C stops the gateway.
 "#
