@@ -20,8 +20,9 @@
 //!     regex: "(;method=([^;]*))"
 //! ```
 //!
-//! The same regexes go into Istio's `proxy.istio.io/config` annotation (`proxyStatsMatcher` plus
-//! `extraStatTags`) or mesh config. [`tag_regex`] prints the regex for a label name.
+//! [`tag_regex`] prints the regex for a label name. Istio's `extraStatTags` uses its own regex
+//! (`(<name>=\.=(.*?);\.;)`), not these: on an Istio gateway, patch the bootstrap's `stats_tags`
+//! or write names in Istio's form (the http-metrics filter's `stat_names: istio`).
 //!
 //! Label values are client input (a Host header, a path): [`sanitize_label_value`] escapes every
 //! byte outside a safe set as `%XX`, so no value can forge another label and no two values share
