@@ -158,12 +158,13 @@ fn broker_stopped_and_restarted_loses_nothing() {
     broker.stop();
     let during = ids("during", 500);
     send_all(&envoy, &during, 2);
-    // Long enough for the bridge to report the records failed (retriable) and the filter to retry.
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        stat(&envoy, "kafka_log_records_retried_total") > 0,
-        "nothing was retried while the broker was down"
-    );
+    // The bridge reports the records failed (retriable) after its 2 s delivery timeout, and the
+    // filter retries them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stat(&envoy, "kafka_log_records_retried_total") == 0 {
+        assert!(Instant::now() < deadline, "nothing was retried while the broker was down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     broker.restart();
     broker.create_topic(TOPIC, 2);
     wait_sent(&envoy, 1000, Duration::from_secs(60));

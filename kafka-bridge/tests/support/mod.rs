@@ -2,7 +2,7 @@
 //! memory storage, and an independent consumer (kafka-python), all on 127.0.0.1 with free
 //! ports, each stopped when dropped (and killed with the test process if it dies).
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -151,10 +151,12 @@ impl Broker {
         assert!(output.status.success() || text.contains("exist"), "creating topic {topic}: {text}");
     }
 
-    /// Stops the broker (its memory storage is gone with it).
+    /// Stops the broker as a crash would (SIGKILL: tansu's own shutdown waits seconds for its
+    /// clients); its memory storage is gone with it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(3));
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -175,6 +177,23 @@ impl Drop for Broker {
         self.stop();
         if std::thread::panicking() {
             eprintln!("---- tansu log ----\n{}", read_lossy(&self.log()));
+        }
+    }
+}
+
+/// The bridge binary: the one Cargo built for these tests, else (for the example, which Cargo
+/// gives no binary path) `target/release/gatewasm-kafka-bridge`.
+pub fn bridge_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_gatewasm-kafka-bridge") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let path = gatewasm_envoy::target_dir().join("release/gatewasm-kafka-bridge");
+            assert!(
+                path.is_file(),
+                "{} not found: cargo build --release -p gatewasm-kafka-bridge",
+                path.display()
+            );
+            path
         }
     }
 }
@@ -206,7 +225,7 @@ impl Bridge {
 
     fn launch(&mut self) {
         self.starts += 1;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gatewasm-kafka-bridge"));
+        let mut command = Command::new(bridge_binary());
         command.arg("--listen").arg(self.addr.to_string()).args(&self.args);
         self.child = Some(spawn(&mut command, &self.log()));
         wait_listening(self.addr, "the bridge", &self.log());
