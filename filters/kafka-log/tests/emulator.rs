@@ -329,3 +329,46 @@ fn bad_configuration_is_refused_with_the_field() {
     assert!(emu.logged("`topic` = \"bad topic\""), "{:?}", emu.logs());
     assert!(emu.logged("`batch_max_size` = 0"), "{:?}", emu.logs());
 }
+
+#[test]
+fn produce_requests_carry_the_configured_authority_prefix_and_headers() {
+    let config = base(json!({
+        "authority": "rest-proxy.logging",
+        "path_prefix": "/kafka",
+        "headers": {"Authorization": "Basic Z2F0ZXdheTpzM2NyZXQ="},
+        "flush_interval_ms": 100,
+    }));
+    let emu = emulator(&config);
+    request(&emu, "h", "200", &[]);
+    tick(&emu);
+    tick(&emu);
+    let call = emu.http_calls().remove(0);
+    assert_eq!(header(&call, ":authority"), Some("rest-proxy.logging"));
+    assert_eq!(header(&call, ":path"), Some("/kafka/topics/access-logs"));
+    assert_eq!(header(&call, "authorization"), Some("Basic Z2F0ZXdheTpzM2NyZXQ="));
+    assert_eq!(header(&call, "accept"), Some("application/vnd.kafka.v2+json"));
+}
+
+#[test]
+fn an_unknown_cluster_is_retried_and_warned_about_at_most_every_ten_seconds() {
+    let path = wasm_path("kafka-log").unwrap();
+    // The emulator refuses callouts to clusters it was not told about, as Envoy does.
+    let emu = Emulator::load(path)
+        .plugin_config(base(json!({"cluster": "missing", "flush_interval_ms": 100})).to_string())
+        .cluster(CLUSTER)
+        .log_level(LogLevel::Info)
+        .build()
+        .unwrap();
+    assert!(emu.configured());
+    request(&emu, "u", "200", &[]);
+    emu.advance_clock(Duration::from_secs(5)).unwrap();
+    let warned = |emu: &Emulator| {
+        emu.logs().iter().filter(|l| l.message.contains("cannot send to cluster missing")).count()
+    };
+    assert_eq!(warned(&emu), 1, "{:?}", emu.logs());
+    // Backoff is at most 5 s by default: a retry, and its warning, come within the next 10 s.
+    emu.advance_clock(Duration::from_secs(10)).unwrap();
+    assert_eq!(warned(&emu), 2);
+    assert_eq!(emu.gauge("kafka_log_records_buffered"), Some(1), "kept for when the cluster exists");
+    assert!(emu.metric("kafka_log_records_retried_total").unwrap() > 5);
+}
