@@ -335,6 +335,76 @@ mod tests {
         assert_eq!(reply.raw_body.as_deref(), Some(&b""[..]));
     }
 
+    /// Random client requests and auth answers: nothing panics, and what crosses over is only
+    /// what the configuration lets through.
+    #[test]
+    fn random_requests_and_answers_keep_the_invariants() {
+        let s = settings(
+            r#"{"cluster": "auth", "allowed_request_headers": ["x-a*"], "allowed_statuses": [200, 202],
+                "allowed_upstream_headers": ["x-admin-id"], "allowed_client_headers_on_success": ["set-cookie"]}"#,
+        );
+        let names = [
+            ":path",
+            ":status",
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "cookie",
+            "authorization",
+            "x-admin-id",
+            "x-a",
+            "x-abc",
+            "set-cookie",
+            "location",
+            "content-type",
+            "x-envoy-auth-partial-body",
+            "x-envoy-auth-headers-to-remove",
+            "X-Admin-Id",
+            "",
+        ];
+        let values = ["", "1", " , ,", ":path, host", "a\u{0}b", "é", ",,,x-admin-id,,", "Bearer t"];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % n as u64).unwrap()
+        };
+        for _ in 0..5000 {
+            let pairs: Vec<(&str, &str)> =
+                (0..next(8)).map(|_| (names[next(names.len())], values[next(values.len())])).collect();
+            let call = request(
+                &s,
+                ClientRequest { method: "GET", path: "/p", authority: "h", headers: pairs.iter().copied() },
+            );
+            for (n, _) in &call.headers {
+                assert!(
+                    n == "content-length" || n == "cookie" || n == "authorization" || n.starts_with("x-a"),
+                    "{n} sent"
+                );
+                assert!(n != "x-envoy-auth-partial-body" && !n.starts_with(':'));
+            }
+            assert!(call.headers.iter().filter(|(n, _)| n == "cookie").count() <= 1);
+            let status = [0u16, 100, 200, 201, 202, 302, 401, 500, 503, 599, 700][next(11)];
+            let headers: Vec<(&str, &str)> =
+                pairs.iter().copied().filter(|(n, _)| !n.starts_with(':')).collect();
+            match decide(&s, &answer(status, &headers, values[next(values.len())])) {
+                Decision::Allow(a) => {
+                    assert!([200, 202].contains(&status));
+                    assert!(a.upstream.iter().all(|(n, _)| n == "x-admin-id"));
+                    assert!(a.client.iter().all(|(n, _)| n == "set-cookie"));
+                    assert!(a.remove.iter().all(|n| !n.is_empty() && !n.starts_with(':') && n != "host"));
+                }
+                Decision::Deny(r) => {
+                    assert!((200..500).contains(&r.status));
+                    assert!(r.headers.iter().all(|(n, _)| n != "authorization" && n != "content-length"));
+                }
+                Decision::Error { timeout } => assert!(!timeout && !(200..500).contains(&status)),
+            }
+        }
+    }
+
     #[test]
     fn failures_are_errors() {
         let s = settings(r#"{"cluster": "auth"}"#);
