@@ -11,11 +11,12 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rsa::traits::PublicKeyParts as _;
-use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
+use rsa::{BigUint, RsaPublicKey};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use sha2::{Sha256, Sha384, Sha512};
 
 use crate::jwt::{Alg, Jwt, KeyKind};
+use crate::rsa_public::RsaKey;
 use crate::status::Status;
 
 /// Smallest RSA modulus accepted, in bits (NIST SP 800-131A; RFC 7518 section 3.3).
@@ -32,7 +33,7 @@ pub enum Material {
     /// A shared secret for HS256/384/512.
     Hmac(Vec<u8>),
     /// An RSA public key for RS* and PS*.
-    Rsa(Box<RsaPublicKey>),
+    Rsa(Box<RsaKey>),
     /// A P-256 key for ES256.
     P256(p256::ecdsa::VerifyingKey),
     /// A P-384 key for ES384.
@@ -124,18 +125,7 @@ pub fn verify_with(key: &Material, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {
         (Material::Hmac(k), Alg::HS256) => hmac_ok::<Hmac<Sha256>>(k, msg, sig),
         (Material::Hmac(k), Alg::HS384) => hmac_ok::<Hmac<Sha384>>(k, msg, sig),
         (Material::Hmac(k), Alg::HS512) => hmac_ok::<Hmac<Sha512>>(k, msg, sig),
-        (Material::Rsa(k), Alg::RS256) => {
-            k.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig).is_ok()
-        }
-        (Material::Rsa(k), Alg::RS384) => {
-            k.verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig).is_ok()
-        }
-        (Material::Rsa(k), Alg::RS512) => {
-            k.verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg), sig).is_ok()
-        }
-        (Material::Rsa(k), Alg::PS256) => k.verify(Pss::new::<Sha256>(), &Sha256::digest(msg), sig).is_ok(),
-        (Material::Rsa(k), Alg::PS384) => k.verify(Pss::new::<Sha384>(), &Sha384::digest(msg), sig).is_ok(),
-        (Material::Rsa(k), Alg::PS512) => k.verify(Pss::new::<Sha512>(), &Sha512::digest(msg), sig).is_ok(),
+        (Material::Rsa(k), alg) => k.verify(alg, msg, sig),
         (Material::P256(k), Alg::ES256) => {
             // JWS carries R || S (RFC 7518 section 3.4), not DER.
             p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
@@ -217,7 +207,7 @@ pub fn parse_jwk(value: &Value) -> Result<Option<Key>, String> {
         "RSA" => {
             let n = BigUint::from_bytes_be(&b64_member(key, "n")?);
             let e = BigUint::from_bytes_be(&b64_member(key, "e")?);
-            Material::Rsa(Box::new(rsa_key(n, e)?))
+            Material::Rsa(Box::new(RsaKey::new(rsa_key(n, e)?)))
         }
         "EC" => {
             let x = b64_member(key, "x")?;
@@ -289,13 +279,13 @@ pub fn parse_pem(pem: &str) -> Result<Material, String> {
     if pem.starts_with("-----BEGIN RSA PUBLIC KEY-----") {
         let key =
             RsaPublicKey::from_pkcs1_pem(pem).map_err(|e| format!("not a PKCS#1 RSA public key: {e}"))?;
-        return rsa_key(key.n().clone(), key.e().clone()).map(|k| Material::Rsa(Box::new(k)));
+        return rsa_key(key.n().clone(), key.e().clone()).map(|k| Material::Rsa(Box::new(RsaKey::new(k))));
     }
     if !pem.starts_with("-----BEGIN PUBLIC KEY-----") {
         return Err("expected `-----BEGIN PUBLIC KEY-----` or `-----BEGIN RSA PUBLIC KEY-----` (private keys are refused)".into());
     }
     if let Ok(key) = RsaPublicKey::from_public_key_pem(pem) {
-        return rsa_key(key.n().clone(), key.e().clone()).map(|k| Material::Rsa(Box::new(k)));
+        return rsa_key(key.n().clone(), key.e().clone()).map(|k| Material::Rsa(Box::new(RsaKey::new(k))));
     }
     if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
         return Ok(Material::P256(key));

@@ -21,6 +21,7 @@ pub mod jwks_cache;
 pub mod jwt;
 pub mod keys;
 pub mod matcher;
+pub mod rsa_public;
 pub mod status;
 pub mod verifier;
 

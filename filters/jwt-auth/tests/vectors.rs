@@ -110,3 +110,57 @@ fn rfc8037_a4_ed25519() {
     assert!(verify_with(&key.material, Alg::EdDSA, RFC8037_INPUT.as_bytes(), &sig));
     assert!(!verify_with(&key.material, Alg::EdDSA, b"tampered", &sig));
 }
+
+mod common;
+
+/// The Montgomery fast path (src/rsa_public.rs) against the `rsa` crate: signatures the crate
+/// makes (PKCS#1 v1.5 and PSS, three hashes, two keys) verify, and every altered one fails, as
+/// the crate's own verification says.
+#[test]
+fn rsa_fast_path_agrees_with_the_rsa_crate() {
+    use rsa::{Pkcs1v15Sign, Pss};
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    for private in [common::rsa_key(), common::rsa_key_2()] {
+        let public = private.to_public_key();
+        let key = jwt_auth::rsa_public::RsaKey::new(public.clone());
+        let msg = b"eyJhbGciOiJQUzI1NiJ9.eyJzdWIiOiJ4In0";
+        let mut rng = rand::rngs::OsRng;
+        let cases: Vec<(Alg, Vec<u8>)> = vec![
+            (Alg::RS256, private.sign(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg)).unwrap()),
+            (Alg::RS384, private.sign(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg)).unwrap()),
+            (Alg::RS512, private.sign(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg)).unwrap()),
+            (
+                Alg::PS256,
+                private.sign_with_rng(&mut rng, Pss::new::<Sha256>(), &Sha256::digest(msg)).unwrap(),
+            ),
+            (
+                Alg::PS384,
+                private.sign_with_rng(&mut rng, Pss::new::<Sha384>(), &Sha384::digest(msg)).unwrap(),
+            ),
+            (
+                Alg::PS512,
+                private.sign_with_rng(&mut rng, Pss::new::<Sha512>(), &Sha512::digest(msg)).unwrap(),
+            ),
+        ];
+        for (alg, sig) in &cases {
+            assert!(key.verify(*alg, msg, sig), "{alg:?}");
+            assert!(!key.verify(*alg, b"other message", sig), "{alg:?}");
+            for other in [Alg::RS256, Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512] {
+                assert_eq!(key.verify(other, msg, sig), other == *alg, "{alg:?} as {other:?}");
+            }
+            for i in [0, 1, sig.len() / 2, sig.len() - 1] {
+                let mut bad = sig.clone();
+                bad[i] ^= 0x01;
+                assert!(!key.verify(*alg, msg, &bad), "{alg:?} byte {i}");
+            }
+            assert!(!key.verify(*alg, msg, &sig[1..]), "short");
+            let mut long = sig.clone();
+            long.insert(0, 0);
+            assert!(!key.verify(*alg, msg, &long), "long");
+        }
+        // A value at or above the modulus is not a signature.
+        let n = rsa::traits::PublicKeyParts::n(&public).to_bytes_be();
+        assert!(!key.verify(Alg::RS256, msg, &n));
+        assert!(!key.verify(Alg::RS256, msg, &vec![0xff; n.len()]));
+    }
+}
