@@ -120,6 +120,7 @@ pub struct EmulatorBuilder {
     clusters: Option<HashSet<String>>,
     time: SystemTime,
     env: Vec<(String, String)>,
+    hold_headers: bool,
 }
 
 impl EmulatorBuilder {
@@ -139,7 +140,17 @@ impl EmulatorBuilder {
             // A fixed default start time keeps tests reproducible: 2024-01-01T00:00:00Z.
             time: UNIX_EPOCH + Duration::from_secs(1_704_067_200),
             env: Vec::new(),
+            hold_headers: false,
         }
+    }
+
+    /// Envoy's `allow_on_headers_stop_iteration` (Wasm `PluginConfig`, Envoy 1.35+): a Pause
+    /// from a headers callback holds the headers while body data and trailers still reach the
+    /// filter (Envoy's StopIteration). Off by default, as in Envoy: a Pause stops everything
+    /// until the filter resumes.
+    pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> Self {
+        self.hold_headers = allow;
+        self
     }
 
     /// The plugin configuration (`configuration` in Envoy's Wasm filter), e.g. a JSON string.
@@ -241,6 +252,7 @@ impl EmulatorBuilder {
             http_calls: BTreeMap::new(),
             next_http_token: 0,
             clusters: self.clusters,
+            hold_headers: self.hold_headers,
             tick_period_ms: 0,
             next_tick: None,
             realtime_ns: realtime,
@@ -524,9 +536,13 @@ impl Inner {
             }
             None => Action::Continue,
         };
+        let hold = self.store.data().hold_headers;
         let d = self.dir(id, side)?;
         if action == Action::Continue {
             d.headers_live = false;
+        } else if hold {
+            // Envoy with allow_on_headers_stop_iteration: the headers wait, data still comes.
+            d.held = true;
         } else {
             d.stopped = true;
         }
@@ -569,6 +585,8 @@ impl Inner {
             d.forwarded.extend_from_slice(&body);
             d.body_live = false;
             d.buffering = false;
+            // Data that continues takes held headers along (Envoy's filter manager).
+            d.held = false;
         } else {
             d.buffering = true;
         }
@@ -606,6 +624,7 @@ impl Inner {
             d.forwarded.extend_from_slice(&body);
             d.body_live = false;
             d.buffering = false;
+            d.held = false;
         } else {
             d.stopped = true;
         }
@@ -620,6 +639,7 @@ impl Inner {
         }
         let d = self.dir(id, side)?;
         d.stopped = false;
+        d.held = false;
         let body = std::mem::take(&mut d.body);
         d.forwarded.extend_from_slice(&body);
         d.buffering = false;
@@ -730,7 +750,8 @@ impl Inner {
                             s.req.trailers_live = false;
                         }
                         let side = if t == 0 { Side::Request } else { Side::Response };
-                        let stopped = self.dir(id, side).map(|d| d.stopped || d.buffering).unwrap_or(false);
+                        let stopped =
+                            self.dir(id, side).map(|d| d.stopped || d.buffering || d.held).unwrap_or(false);
                         if stopped {
                             self.resume(id, side)?;
                         }
@@ -1232,12 +1253,12 @@ impl Stream {
 
     /// Whether the filter is holding the request (headers or trailers paused, not resumed).
     pub fn request_paused(&self) -> bool {
-        self.read(|s| s.req.stopped || s.req.buffering).unwrap_or(false)
+        self.read(|s| s.req.stopped || s.req.buffering || s.req.held).unwrap_or(false)
     }
 
     /// Whether the filter is holding the response.
     pub fn response_paused(&self) -> bool {
-        self.read(|s| s.resp.stopped || s.resp.buffering).unwrap_or(false)
+        self.read(|s| s.resp.stopped || s.resp.buffering || s.resp.held).unwrap_or(false)
     }
 
     /// Whether the filter will be called no more for this stream (local reply, reset, logged).

@@ -94,6 +94,9 @@ pub(crate) struct Dir {
     pub stopped: bool,
     /// The last body callback returned Pause (StopIterationAndBuffer).
     pub buffering: bool,
+    /// A headers callback returned Pause with `allow_on_headers_stop_iteration`: the headers
+    /// wait, body data and trailers still go to the filter.
+    pub held: bool,
     pub queued_body: Option<(Vec<u8>, bool)>,
     pub queued_trailers: Option<HeaderMap>,
     /// End of stream seen by the filter.
@@ -216,6 +219,8 @@ pub(crate) struct HostState {
     pub http_calls: BTreeMap<u32, HttpCall>,
     pub next_http_token: u32,
     pub clusters: Option<HashSet<String>>,
+    /// Envoy's `allow_on_headers_stop_iteration`.
+    pub hold_headers: bool,
     pub tick_period_ms: u32,
     pub next_tick: Option<u64>,
     pub realtime_ns: u64,
