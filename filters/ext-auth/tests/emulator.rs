@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod emu;
 
-use emu::emulator;
+use emu::{emulator, emulator_holding_headers};
 use gatewasm_emulator::{wasm_path, Action, Emulator, HttpCall, Stream};
 use serde_json::{json, Value};
 
@@ -300,4 +300,71 @@ fn headers_to_remove_from_an_allowing_answer() {
     assert_eq!(header(&up, "authorization"), None);
     assert_eq!(header(&up, "x-internal"), None);
     assert_eq!(header(&up, ":path"), Some("/a"));
+}
+
+fn post(emu: &Emulator, path: &str) -> Stream {
+    let mut s = emu.stream();
+    let headers = [(":method", "POST"), (":path", path), (":authority", "h"), ("x-admin-id", "9")];
+    assert_eq!(s.request_headers(&headers, false).unwrap(), Action::Pause);
+    s
+}
+
+#[test]
+fn with_request_body_the_body_is_buffered_then_sent() {
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 32});
+    let emu = emulator_holding_headers(&config);
+    let mut s = post(&emu, "/upload");
+    assert_eq!(s.request_header("x-admin-id"), None, "stripped at once");
+    assert_eq!(s.request_body(b"please ", false).unwrap(), Action::Pause);
+    assert!(emu.http_calls().is_empty(), "waits for the end of the body");
+    assert_eq!(s.request_body(b"allow me", true).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().unwrap();
+    assert_eq!(call.body, b"please allow me");
+    assert_eq!(header(&call.headers, "x-envoy-auth-partial-body"), Some("false"));
+    assert_eq!(header(&call.headers, ":method"), Some("POST"));
+    emu.respond_http_call(call.token, &[(":status", "200"), ("x-admin-id", "1")], b"", &[]).unwrap();
+    assert!(!s.request_paused());
+    assert_eq!(s.request_body_now(), b"please allow me");
+    assert_eq!(all(&s.request_headers_now(), "x-admin-id"), ["1"]);
+}
+
+#[test]
+fn with_request_body_too_large_or_partial() {
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 8});
+    let emu = emulator_holding_headers(&config);
+    let mut s = post(&emu, "/upload");
+    s.request_body(b"0123456789", false).unwrap();
+    let reply = s.local_reply().expect("413");
+    assert_eq!((reply.status, reply.details.as_str()), (413, "ext_auth_body_too_large"));
+    assert!(emu.http_calls().is_empty());
+
+    config["with_request_body"] = json!({"max_bytes": 8, "allow_partial": true});
+    let emu = emulator_holding_headers(&config);
+    let mut s = post(&emu, "/upload");
+    assert_eq!(s.request_body(b"0123456789", false).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().expect("sent once max_bytes arrived");
+    assert_eq!(call.body, b"01234567");
+    assert_eq!(header(&call.headers, "x-envoy-auth-partial-body"), Some("true"));
+    // More body while the check is out is held too, then everything goes on.
+    assert_eq!(s.request_body(b"abc", true).unwrap(), Action::Pause);
+    emu.respond_http_call(call.token, &[(":status", "200")], b"", &[]).unwrap();
+    assert!(!s.request_paused());
+    assert_eq!(s.request_body_now(), b"0123456789abc");
+}
+
+#[test]
+fn with_request_body_trailers_end_the_body() {
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 32});
+    let emu = emulator_holding_headers(&config);
+    let mut s = post(&emu, "/upload");
+    s.request_body(b"grpc-ish", false).unwrap();
+    assert_eq!(s.request_trailers(&[("x-checksum", "1")]).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().expect("sent at the trailers");
+    assert_eq!(call.body, b"grpc-ish");
+    assert_eq!(header(&call.headers, "x-envoy-auth-partial-body"), Some("false"));
+    emu.respond_http_call(call.token, &[(":status", "403")], b"no", &[]).unwrap();
+    assert_eq!(s.local_reply().unwrap().status, 403);
 }
