@@ -249,10 +249,21 @@ fn without_with_request_body_the_body_goes_upstream_only_after_the_check() {
     assert_eq!(check.header("content-length"), Some("0"));
     assert!(check.body.is_empty(), "the body is not sent by default");
 
+    // Larger than Envoy's 1 MiB buffer limit: held by flow control, not refused with 413.
+    let big = "y".repeat(3 << 20);
+    let ok = envoy
+        .send(
+            &Request::post("/nodebackend/orders", big.as_str())
+                .header("cookie", &format!("id_token={ADMIN_TOKEN}")),
+        )
+        .unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(upstream.received().last().unwrap().body.len(), 3 << 20);
+
     // Denied: the upstream never sees the request, nor its body.
     let denied = envoy.send(&Request::post("/nodebackend/orders", body.as_str())).unwrap();
     assert_eq!(denied.status, 401);
-    assert_eq!(upstream.received().len(), 1);
+    assert_eq!(upstream.received().len(), 2);
 }
 
 #[test]
