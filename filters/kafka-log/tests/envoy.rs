@@ -37,6 +37,7 @@ fn envoy(upstream: SocketAddr, proxy: &ScriptedUpstream, config: &Value) -> Envo
         .wasm(filter(config))
         .upstream(upstream)
         .cluster(Cluster::new(PROXY, proxy.addr()))
+        .route_patch(json!({"name": "orders"}))
         .concurrency(2)
         .start()
         .unwrap()
@@ -112,8 +113,7 @@ fn every_field_as_envoy_fills_it_one_record_per_request() {
         assert_eq!(v["mtls"], false);
         let start = v["start_time"].as_str().unwrap();
         assert!(start.len() == 24 && start.ends_with('Z'), "{start}");
-        // Envoy's route in these tests has no name.
-        assert!(v["route_name"].is_null() || v["route_name"] == "", "{v}");
+        assert_eq!(v["route_name"], "orders");
         assert!(v["x_forwarded_for"].is_null() || v["x_forwarded_for"].is_string(), "{v}");
     }
     let stats = envoy.stats().unwrap();
