@@ -57,7 +57,13 @@ where
         cluster: settings.cluster.clone(),
         method: client.method.to_string(),
         path: format!("{}{}", settings.path_prefix, client.path),
-        authority: settings.authority.clone().unwrap_or_else(|| client.authority.to_string()),
+        // Envoy refuses a callout without an authority; a request without one (HTTP/1.0) gets
+        // the cluster's name.
+        authority: match (&settings.authority, client.authority) {
+            (Some(fixed), _) => fixed.clone(),
+            (None, "") => settings.cluster.clone(),
+            (None, a) => a.to_string(),
+        },
         headers,
         body: Vec::new(),
         timeout: settings.timeout,
@@ -259,6 +265,9 @@ mod tests {
         attach_body(&mut call, Vec::new(), true);
         assert!(call.headers.contains(&("content-length".into(), "0".into())));
         assert!(call.headers.contains(&(PARTIAL_BODY.into(), "true".into())));
+        let s = settings(r#"{"cluster": "auth"}"#);
+        let no_host = ClientRequest { method: "GET", path: "/", authority: "", headers: std::iter::empty() };
+        assert_eq!(request(&s, no_host).authority, "auth");
     }
 
     #[test]
