@@ -35,12 +35,20 @@ fn envoy(bridge: &Bridge, extra: &Value) -> Envoy {
 
 /// Sends `ids.len()` requests over `threads` threads, `GET /orders/<id>` with that request id.
 fn send_all(envoy: &Envoy, ids: &[String], threads: usize) {
+    send_all_with(envoy, ids, threads, &[]);
+}
+
+/// [`send_all`] with extra request headers.
+fn send_all_with(envoy: &Envoy, ids: &[String], threads: usize, extra: &[(&str, &str)]) {
     let addr = envoy.listener_addr();
     std::thread::scope(|scope| {
         for chunk in ids.chunks(ids.len().div_ceil(threads).max(1)) {
             scope.spawn(move || {
                 for id in chunk {
-                    let request = Request::get(&format!("/orders/{id}")).header("x-request-id", id);
+                    let request = extra.iter().fold(
+                        Request::get(&format!("/orders/{id}")).header("x-request-id", id),
+                        |r, (name, value)| r.header(name, value),
+                    );
                     let response = gatewasm_envoy::send(addr, &request).unwrap();
                     assert_eq!(response.status, 200);
                 }
@@ -174,30 +182,55 @@ fn broker_stopped_and_restarted_loses_nothing() {
     assert_exactly_once(&messages, &all);
 }
 
+/// Resident memory of a process, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until every request of `total` is either dropped or buffered; returns both counts.
+fn wait_accounted(envoy: &Envoy, total: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut dropped, mut buffered) = (0, 0);
+    while Instant::now() < deadline {
+        dropped = stat(envoy, "kafka_log_records_dropped_total");
+        buffered = stat(envoy, "kafka_log_records_buffered");
+        if dropped + buffered == total {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(dropped + buffered, total, "dropped {dropped}, buffered {buffered}");
+    (dropped, buffered)
+}
+
 #[test]
 fn a_full_buffer_drops_and_counts_and_stays_bounded() {
     // The bridge writes JSON lines here; it is down while the buffer fills.
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("records.jsonl");
     let mut bridge = Bridge::start(&["--output", &output.to_string_lossy()]);
-    let envoy = envoy(&bridge, &json!({"buffer_max_records": 100, "batch_max_size": 50, "max_in_flight": 1}));
+    let config = json!({"buffer_max_records": 100, "batch_max_size": 50, "max_in_flight": 1,
+                        "fields": {"request_headers": {"pad": "x-pad"}}});
+    let envoy = envoy(&bridge, &config);
     bridge.stop();
-    let all = ids("flood", 1000);
-    send_all(&envoy, &all, 2);
-    // Counters reach Envoy on the next tick.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut dropped, mut buffered) = (0, 0);
-    while Instant::now() < deadline {
-        dropped = stat(&envoy, "kafka_log_records_dropped_total");
-        buffered = stat(&envoy, "kafka_log_records_buffered");
-        if dropped + buffered == 1000 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(dropped + buffered, 1000, "dropped {dropped}, buffered {buffered}");
+    // 4 KiB records: 5,000 of them held would be 20 MiB.
+    let pad = "p".repeat(4096);
+    let first = ids("flood", 1000);
+    send_all_with(&envoy, &first, 2, &[("x-pad", &pad)]);
+    let (_, buffered) = wait_accounted(&envoy, 1000);
     assert!((100..=200).contains(&buffered), "each of the two workers holds at most 100: {buffered}");
     assert!(envoy.log().contains("record(s) dropped (buffer full"), "{}", envoy.log_tail(20));
+    let pid = envoy.pid().unwrap();
+    let rss_before = rss_kib(pid);
+    let more = ids("more", 4000);
+    send_all_with(&envoy, &more, 4, &[("x-pad", &pad)]);
+    let (_, buffered) = wait_accounted(&envoy, 5000);
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    assert!((100..=200).contains(&buffered), "{buffered}");
+    assert!(grown < 8 * 1024, "Envoy grew by {grown} KiB while 4,000 more 4 KiB records were dropped");
+
     bridge.restart();
     wait_sent(&envoy, buffered, Duration::from_secs(30));
     let text = std::fs::read_to_string(&output).unwrap();
