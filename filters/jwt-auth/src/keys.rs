@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use rsa::traits::PublicKeyParts as _;
 use rsa::{BigUint, RsaPublicKey};
 use serde_json::{Map, Value};
-use sha2::{Sha256, Sha384, Sha512};
+use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
 use crate::jwt::{Alg, Jwt, KeyKind};
 use crate::rsa_public::RsaKey;
@@ -35,9 +35,9 @@ pub enum Material {
     /// An RSA public key for RS* and PS*.
     Rsa(Box<RsaKey>),
     /// A P-256 key for ES256.
-    P256(p256::ecdsa::VerifyingKey),
+    P256(Box<crate::ec_verify::p256v::Key>),
     /// A P-384 key for ES384.
-    P384(p384::ecdsa::VerifyingKey),
+    P384(Box<crate::ec_verify::p384v::Key>),
     /// An Ed25519 key for EdDSA.
     Ed25519(ed25519_dalek::VerifyingKey),
 }
@@ -120,19 +120,14 @@ fn hash_len(alg: Alg) -> usize {
 /// Whether `sig` is a valid signature of `msg` by `key` under `alg` (the kinds already match).
 pub fn verify_with(key: &Material, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {
     use ed25519_dalek::Signature as EdSignature;
-    use p256::ecdsa::signature::Verifier as _;
     match (key, alg) {
         (Material::Hmac(k), Alg::HS256) => hmac_ok::<Hmac<Sha256>>(k, msg, sig),
         (Material::Hmac(k), Alg::HS384) => hmac_ok::<Hmac<Sha384>>(k, msg, sig),
         (Material::Hmac(k), Alg::HS512) => hmac_ok::<Hmac<Sha512>>(k, msg, sig),
         (Material::Rsa(k), alg) => k.verify(alg, msg, sig),
-        (Material::P256(k), Alg::ES256) => {
-            // JWS carries R || S (RFC 7518 section 3.4), not DER.
-            p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-        }
-        (Material::P384(k), Alg::ES384) => {
-            p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-        }
+        // JWS carries R || S (RFC 7518 section 3.4), not DER.
+        (Material::P256(k), Alg::ES256) => k.verify_prehash(&Sha256::digest(msg), sig),
+        (Material::P384(k), Alg::ES384) => k.verify_prehash(&Sha384::digest(msg), sig),
         (Material::Ed25519(k), Alg::EdDSA) => {
             EdSignature::from_slice(sig).is_ok_and(|s| k.verify_strict(msg, &s).is_ok())
         }
@@ -213,8 +208,12 @@ pub fn parse_jwk(value: &Value) -> Result<Option<Key>, String> {
             let x = b64_member(key, "x")?;
             let y = b64_member(key, "y")?;
             match member(key, "crv")? {
-                Some("P-256") => Material::P256(ec_key_p256(&x, &y)?),
-                Some("P-384") => Material::P384(ec_key_p384(&x, &y)?),
+                Some("P-256") => {
+                    Material::P256(Box::new(crate::ec_verify::p256v::Key::new(ec_key_p256(&x, &y)?)))
+                }
+                Some("P-384") => {
+                    Material::P384(Box::new(crate::ec_verify::p384v::Key::new(ec_key_p384(&x, &y)?)))
+                }
                 _ => return Ok(None),
             }
         }
@@ -288,10 +287,10 @@ pub fn parse_pem(pem: &str) -> Result<Material, String> {
         return rsa_key(key.n().clone(), key.e().clone()).map(|k| Material::Rsa(Box::new(RsaKey::new(k))));
     }
     if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-        return Ok(Material::P256(key));
+        return Ok(Material::P256(Box::new(crate::ec_verify::p256v::Key::new(key))));
     }
     if let Ok(key) = p384::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-        return Ok(Material::P384(key));
+        return Ok(Material::P384(Box::new(crate::ec_verify::p384v::Key::new(key))));
     }
     if let Ok(key) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
         return Ok(Material::Ed25519(key));

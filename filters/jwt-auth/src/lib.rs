@@ -16,6 +16,7 @@
 //! ([`jwks_cache`]); their answers arrive in [`Plugin::on_callout`].
 
 pub mod config;
+pub mod ec_verify;
 pub mod extractor;
 pub mod jwks_cache;
 pub mod jwt;

@@ -164,3 +164,51 @@ fn rsa_fast_path_agrees_with_the_rsa_crate() {
         assert!(!key.verify(Alg::RS256, msg, &vec![0xff; n.len()]));
     }
 }
+
+/// The joint scalar multiplication (src/ec_verify.rs) against the `p256`/`p384` crates' own
+/// verification: random keys and messages, their signatures (and the high-S twin, which ECDSA
+/// accepts) verify, altered ones and other keys' do not, exactly as the crates decide.
+#[test]
+fn ecdsa_fast_path_agrees_with_the_curve_crates() {
+    use p256::ecdsa::signature::{Signer as _, Verifier as _};
+    use sha2::{Digest, Sha256, Sha384};
+    let mut rng = rand::rngs::OsRng;
+    for round in 0..40 {
+        let msg = format!("header.payload-{round}");
+        // P-256
+        let sk = p256::ecdsa::SigningKey::random(&mut rng);
+        let key = jwt_auth::ec_verify::p256v::Key::new(*sk.verifying_key());
+        let sig: p256::ecdsa::Signature = sk.sign(msg.as_bytes());
+        let h = Sha256::digest(msg.as_bytes());
+        assert!(key.verify_prehash(&h, &sig.to_bytes()));
+        let (r, s) = sig.split_scalars();
+        let high = p256::ecdsa::Signature::from_scalars(*r, -*s).unwrap();
+        assert_eq!(
+            key.verify_prehash(&h, &high.to_bytes()),
+            sk.verifying_key().verify(msg.as_bytes(), &high).is_ok()
+        );
+        let mut bad = sig.to_bytes().to_vec();
+        bad[round % 64] ^= 1 << (round % 8);
+        let crate_says = p256::ecdsa::Signature::from_slice(&bad)
+            .is_ok_and(|s| sk.verifying_key().verify(msg.as_bytes(), &s).is_ok());
+        assert_eq!(key.verify_prehash(&h, &bad), crate_says);
+        assert!(!key.verify_prehash(&Sha256::digest(b"other"), &sig.to_bytes()));
+        let other =
+            jwt_auth::ec_verify::p256v::Key::new(*p256::ecdsa::SigningKey::random(&mut rng).verifying_key());
+        assert!(!other.verify_prehash(&h, &sig.to_bytes()));
+        assert!(!key.verify_prehash(&h, &sig.to_bytes()[..63]));
+        assert!(!key.verify_prehash(&h, &[0u8; 64]), "r = s = 0");
+        // P-384
+        let sk = p384::ecdsa::SigningKey::random(&mut rng);
+        let key = jwt_auth::ec_verify::p384v::Key::new(*sk.verifying_key());
+        let sig: p384::ecdsa::Signature = sk.sign(msg.as_bytes());
+        let h = Sha384::digest(msg.as_bytes());
+        assert!(key.verify_prehash(&h, &sig.to_bytes()));
+        let mut bad = sig.to_bytes().to_vec();
+        bad[round % 96] ^= 1 << (round % 8);
+        let crate_says = p384::ecdsa::Signature::from_slice(&bad)
+            .is_ok_and(|s| sk.verifying_key().verify(msg.as_bytes(), &s).is_ok());
+        assert_eq!(key.verify_prehash(&h, &bad), crate_says);
+        assert!(!key.verify_prehash(&Sha384::digest(b"other"), &sig.to_bytes()));
+    }
+}
