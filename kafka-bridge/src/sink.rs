@@ -62,9 +62,9 @@ impl Sink {
             .set("linger.ms", settings.linger_ms.to_string())
             .set("batch.size", settings.batch_bytes.to_string())
             .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
-            // A record already sent to a broker that stops answering waits for this, not for
-            // message.timeout.ms (default 30 s): bound it too, so every answer comes within the
-            // delivery timeout and a client whose timeout is longer never sends a batch twice.
+            // The acks=all wait the broker enforces (default 30 s): no longer than the client
+            // side waits, so a broker does not store a record after it was reported failed.
+            // librdkafka itself bounds each produce request by the remaining message timeout.
             .set("request.timeout.ms", settings.delivery_timeout.as_millis().max(1).to_string());
         for (key, value) in &settings.extra {
             config.set(key, value);
