@@ -1,17 +1,15 @@
-//! End to end through a real Envoy (V8) with a real auth service (`tests/auth_service`) and the
-//! echo upstream: the seed's login and protected-path flow, spoofed identity headers, a slow,
+//! End to end through a real Envoy (V8) with a real auth service
+//! (`gatewasm_envoy::auth_service`) and the echo upstream: the seed's login and protected-path flow, spoofed identity headers, a slow,
 //! down or failing auth service, and request bodies.
 //! Build the module first: cargo build --release --target wasm32-wasip1 -p ext-auth
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-mod auth_service;
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use auth_service::{AuthService, ADMIN_BASIC, ADMIN_TOKEN};
+use gatewasm_envoy::auth_service::{self, AuthService, ADMIN_BASIC, ADMIN_TOKEN};
 use gatewasm_envoy::{
     merge, wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Reply, Request,
     ScriptedUpstream, WasmFilter,
@@ -86,7 +84,7 @@ fn assert_stats(envoy: &Envoy, wanted: &[&str]) {
 
 #[test]
 fn seed_flow_login_then_protected_path_with_identity_headers() {
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = EchoUpstream::start().unwrap();
     let envoy = start(&seed_config(), auth.addr(), upstream.addr(), false);
 
@@ -174,7 +172,7 @@ fn seed_flow_login_then_protected_path_with_identity_headers() {
 
 #[test]
 fn slow_failing_or_down_auth_service_is_refused_promptly() {
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = EchoUpstream::start().unwrap();
     let mut config = seed_config();
     config["timeout_ms"] = json!(300);
@@ -226,7 +224,7 @@ fn slow_failing_or_down_auth_service_is_refused_promptly() {
 
 #[test]
 fn without_with_request_body_the_body_goes_upstream_only_after_the_check() {
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = ScriptedUpstream::start().unwrap();
     upstream.set("/nodebackend/orders", Reply::status(200).body("created"));
     let envoy = start(&seed_config(), auth.addr(), upstream.addr(), false);
@@ -268,7 +266,7 @@ fn without_with_request_body_the_body_goes_upstream_only_after_the_check() {
 
 #[test]
 fn with_request_body_the_auth_service_judges_the_body() {
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = ScriptedUpstream::start().unwrap();
     upstream.set("/upload", Reply::status(200).body("stored"));
     let mut config = seed_config();
@@ -352,7 +350,7 @@ fn chunked_post(envoy: &Envoy, path: &str, chunks: &[&str]) -> String {
 fn a_body_in_several_chunks_is_sent_whole() {
     // Envoy hands a buffering Wasm filter the whole body buffered so far in each callback
     // (body_size grows: 7, then 15), and the check goes once the body ends.
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = ScriptedUpstream::start().unwrap();
     upstream.set("/upload", Reply::status(200).body("stored"));
     let mut config = seed_config();
@@ -371,7 +369,7 @@ fn a_body_in_several_chunks_is_sent_whole() {
 /// when a filter changes request headers, as Ambassador's `clear_route_cache: true` does.
 #[test]
 fn identity_headers_can_choose_the_route() {
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = EchoUpstream::start().unwrap();
     let envoy = EnvoyBuilder::new()
         .filter(filter(&seed_config(), false))
@@ -402,7 +400,7 @@ fn identity_headers_can_choose_the_route() {
 /// auth service (the configuration proposed for the demo gateway).
 #[test]
 fn default_skip_checks_only_the_listed_paths() {
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = EchoUpstream::start().unwrap();
     let config = json!({
         "cluster": "auth",
@@ -435,7 +433,7 @@ fn default_skip_checks_only_the_listed_paths() {
 /// log says why.
 #[test]
 fn with_request_body_without_stop_iteration_is_explained() {
-    let auth = AuthService::start();
+    let auth = AuthService::start().unwrap();
     let upstream = EchoUpstream::start().unwrap();
     let mut config = seed_config();
     config["with_request_body"] = json!({"max_bytes": 64});

@@ -1,9 +1,8 @@
-//! The seed's auth service, rewritten for the tests: a login that answers 201 with a token and a
+//! An auth service in the shape of the one in the project's user story (an Ambassador
+//! `AuthService` backend), for the ext-auth filter's tests and the demo gateway: a login that answers 201 with a token and a
 //! cookie, a protected path that accepts that token (cookie, bearer or `?token=`) and answers
 //! with the caller's identity in `x-admin-id` / `x-admin-email`, and paths that are slow, fail
 //! or judge the request body. Loopback only, its own tokio runtime, stops on drop.
-
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,15 +50,15 @@ pub struct AuthService {
 
 impl AuthService {
     /// Starts it on 127.0.0.1 with a free port.
-    pub fn start() -> AuthService {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let listener =
-            runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0))).expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local address");
+    pub fn start() -> anyhow::Result<AuthService> {
+        Self::start_on(0)
+    }
+
+    /// Starts it on 127.0.0.1:`port` (0 for a free one).
+    pub fn start_on(port: u16) -> anyhow::Result<AuthService> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))?;
+        let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         runtime.spawn(async move {
@@ -76,7 +75,7 @@ impl AuthService {
                 });
             }
         });
-        AuthService { addr, seen, runtime: Some(runtime) }
+        Ok(AuthService { addr, seen, runtime: Some(runtime) })
     }
 
     /// Where it listens.

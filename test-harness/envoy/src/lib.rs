@@ -17,6 +17,7 @@
 //!
 //! See `README.md` next to this crate for the whole API.
 
+pub mod auth_service;
 pub mod bench;
 mod client;
 mod config;
