@@ -52,6 +52,59 @@ pub struct Scenario {
     /// before timing send.
     #[serde(default)]
     pub wrk_script: Option<PathBuf>,
+    /// Local programs the rows call (the Kafka bridge, say): each is started once on a free
+    /// loopback port and is an Envoy cluster of that name in the scenario's rows.
+    #[serde(default)]
+    pub processes: Vec<ProcessSpec>,
+}
+
+/// A local program a scenario's filters call out to, started by the bench.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// Envoy cluster name the filters use.
+    pub cluster: String,
+    /// Executable, relative to the workspace root (e.g. `target/release/<binary>`).
+    pub command: PathBuf,
+    /// Cargo package that builds `command` (named in the error when it is missing).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// Arguments; `{addr}` becomes the `127.0.0.1:<port>` it must listen on.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+impl ProcessSpec {
+    /// Starts the program and waits (at most 30 s) until it accepts connections.
+    fn start(&self) -> anyhow::Result<(std::process::Child, std::net::SocketAddr)> {
+        let command = workspace_root().join(&self.command);
+        if !command.is_file() {
+            let build = self
+                .package
+                .as_deref()
+                .map_or(String::new(), |p| format!("; build it with `cargo build --release -p {p}`"));
+            bail!("{} not found{build}", command.display());
+        }
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let args: Vec<String> = self.args.iter().map(|a| a.replace("{addr}", &addr.to_string())).collect();
+        let mut child = Command::new(&command)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", command.display()))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} {args:?} did not listen on {addr}", command.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok((child, addr))
+    }
 }
 
 /// A local service a scenario's filters call out to.
@@ -75,12 +128,25 @@ fn default_status() -> u16 {
     200
 }
 
-/// The running services of a scenario; they stop when the last row holding them is dropped.
-pub struct Services(Vec<FixedUpstream>);
+/// The running services and processes of a scenario; they stop when the last row holding them
+/// is dropped.
+pub struct Services(Vec<FixedUpstream>, Vec<std::process::Child>);
 
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(FixedUpstream::addr)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(FixedUpstream::addr))
+            .entries(self.1.iter().map(std::process::Child::id))
+            .finish()
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for child in &mut self.1 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -237,7 +303,22 @@ impl Scenario {
             clusters.push(Cluster::new(service.cluster.clone(), upstream.addr()));
             started.push(upstream);
         }
-        let services = (!started.is_empty()).then(|| std::sync::Arc::new(Services(started)));
+        let mut children = Vec::new();
+        for process in &self.processes {
+            // Kept in `children` at once, so an error below still stops what already started.
+            match process.start() {
+                Ok((child, addr)) => {
+                    children.push(child);
+                    clusters.push(Cluster::new(process.cluster.clone(), addr));
+                }
+                Err(err) => {
+                    drop(Services(Vec::new(), children));
+                    return Err(err.context(format!("process for cluster {}", process.cluster)));
+                }
+            }
+        }
+        let services = (!started.is_empty() || !children.is_empty())
+            .then(|| std::sync::Arc::new(Services(started, children)));
         let mut rows = vec![
             Row {
                 key: BARE.to_string(),
