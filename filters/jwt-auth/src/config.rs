@@ -435,7 +435,8 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
         return match keys::parse_jwks(&text) {
             Ok((set, _)) => Some(KeySource::Local(Rc::new(set))),
             Err(e) => {
-                errors.add(format!("{at}.local_jwks"), shorten(&text), e);
+                // Never quote the document: an `oct` key is a secret.
+                errors.add(format!("{at}.local_jwks"), "<redacted>", e);
                 None
             }
         };
@@ -481,10 +482,6 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
         }
     }
     Some(KeySource::Local(Rc::new(set)))
-}
-
-fn shorten(s: &str) -> String {
-    s.chars().take(60).collect()
 }
 
 fn remote_jwks(at: &str, raw: &RawRemoteJwks, errors: &mut ConfigErrors) -> Option<RemoteJwks> {

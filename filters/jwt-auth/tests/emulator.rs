@@ -358,3 +358,53 @@ fn remote_jwks_refreshes_on_its_interval() {
     let (_, a) = request(&emu, "/a", &[("authorization", &bearer_for(&k1, "k1", "alice"))]);
     assert_eq!(a, Action::Continue, "keys stay usable while the refresh is in flight");
 }
+
+#[test]
+fn outputs_payload_header_nested_claims_and_forward() {
+    let emu = emulator(&json!({
+        "providers": {"p": {
+            "keys": [{"secret": SECRET, "kid": "k1", "alg": "HS256"}],
+            "forward": true,
+            "forward_payload_header": "x-jwt-payload",
+            "claim_to_headers": [
+                {"header_name": "x-tenant", "claim_name": "org.tenant"},
+                {"header_name": "x-admin", "claim_name": "admin"},
+                {"header_name": "x-level", "claim_name": "level"},
+                {"header_name": "x-roles", "claim_name": "roles"},
+                {"header_name": "x-evil", "claim_name": "evil"}
+            ]
+        }},
+        "rules": [{"match": {"prefix": "/api/", "methods": ["GET"]}, "requires": {"provider_name": "p"}}]
+    }));
+    let claims = json!({"org": {"tenant": "acme"}, "admin": true, "level": 3.5, "roles": ["a", "b"], "evil": "x\r\ny", "exp": T0 + 60});
+    let t = Signer::hmac().token("k1", &claims);
+    let bearer = format!("Bearer {t}");
+    let (s, a) = request(
+        &emu,
+        "/api/x",
+        &[("authorization", &bearer), ("x-jwt-payload", "forged"), ("x-roles", "admin")],
+    );
+    assert_eq!(a, Action::Continue);
+    assert_eq!(
+        s.request_header("authorization").as_deref(),
+        Some(bearer.as_str()),
+        "forward keeps the token"
+    );
+    assert_eq!(s.request_header("x-jwt-payload").as_deref(), t.split('.').nth(1));
+    assert_eq!(s.request_header("x-tenant").as_deref(), Some("acme"));
+    assert_eq!(s.request_header("x-admin").as_deref(), Some("true"));
+    assert_eq!(s.request_header("x-level").as_deref(), Some("3.5"));
+    assert_eq!(s.request_header("x-roles"), None, "lists are not copied, and the client's copy is gone");
+    assert_eq!(s.request_header("x-evil"), None, "values a header cannot carry are not copied");
+    // Other methods and paths are not checked.
+    let mut st = emu.stream();
+    let headers = [(":method", "POST"), (":path", "/api/x"), (":authority", "gw")];
+    assert_eq!(st.request_headers(&headers, true).unwrap(), Action::Continue);
+    let (_, a) = request(&emu, "/other", &[]);
+    assert_eq!(a, Action::Continue);
+    // A key bound to HS256 and kid k1 does not verify another kid.
+    let t2 = Signer::hmac().token("k2", &claims);
+    let (s, a) = request(&emu, "/api/x", &[("authorization", &format!("Bearer {t2}"))]);
+    assert_eq!(a, Action::Pause);
+    assert_eq!(reply_json(&s).1["message"], "Jwks doesn't have key to match kid or alg from Jwt");
+}
