@@ -70,6 +70,23 @@ ensure_packaging_tools() {
     fi
 }
 
+KAFKA_PYTHON_VERSION="3.0.12"
+# ensure_kafka_python: the independent consumer the Kafka end-to-end tests read the topic with
+# (not the bridge's librdkafka), in the project's .venv (created by ensure_envoy).
+ensure_kafka_python() {
+    if "$VENV/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
+        return
+    fi
+    log "installing kafka-python $KAFKA_PYTHON_VERSION into .venv"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "kafka-python==$KAFKA_PYTHON_VERSION"
+}
+
+# build_bridge: the Kafka bridge the demo (and its check in the tests) starts beside Envoy.
+build_bridge() {
+    log "building the Kafka bridge"
+    (cd "$ROOT" && cargo build -p gatewasm-kafka-bridge)
+}
+
 TANSU_VERSION="0.6.0"
 # ensure_tansu: the Kafka-protocol broker the access-log tests produce to (memory storage, on
 # loopback). Built from crates.io once (about ten minutes) and kept in ~/.cargo/bin.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use gatewasm_envoy::auth_service::{AuthService, ADMIN_TOKEN};
-use gatewasm_envoy::{wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, Request, WasmFilter};
+use gatewasm_envoy::{
+    target_dir, wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, LocalProcess, Request, WasmFilter,
+};
 use serde_json::json;
 
 /// Where the gateway listens unless `GATEWASM_DEMO_PORT` says otherwise.
@@ -23,7 +25,25 @@ fn port(var: &str, default: u16) -> anyhow::Result<u16> {
     }
 }
 
-fn start(listener: u16, admin: u16, upstream: &EchoUpstream, auth: &AuthService) -> anyhow::Result<Envoy> {
+/// The services the filters call: the auth service for ext-auth, the Kafka bridge for kafka-log.
+struct Services {
+    upstream: EchoUpstream,
+    auth: AuthService,
+    bridge: LocalProcess,
+}
+
+/// Starts the Kafka bridge without brokers: it appends each record to `log` as a JSON line.
+fn start_bridge(log: &std::path::Path) -> anyhow::Result<LocalProcess> {
+    let args = ["--listen".into(), "{addr}".into(), "--output".into(), log.display().to_string()];
+    LocalProcess::start(
+        &target_dir().join("debug/gatewasm-kafka-bridge"),
+        &args,
+        Some("gatewasm-kafka-bridge"),
+        None,
+    )
+}
+
+fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy> {
     let header_rewrite = WasmFilter::new(wasm_artifact("header_rewrite.wasm", "header-rewrite")?)
         .name("header-rewrite")
         .json_configuration(&json!({
@@ -57,6 +77,15 @@ fn start(listener: u16, admin: u16, upstream: &EchoUpstream, auth: &AuthService)
                 {"name": "protected", "match": {"path": {"prefix": "/nodebackend/"}}, "action": "check"}
             ]
         }));
+    // Last in the chain: one JSON record per request, batched to the bridge from the root
+    // context's tick; the client's Authorization is copied as [REDACTED].
+    let kafka_log = WasmFilter::new(wasm_artifact("kafka_log.wasm", "kafka-log")?)
+        .name("kafka-log")
+        .json_configuration(&json!({
+            "cluster": "kafka-bridge", "topic": "access-logs", "key_field": "request_id",
+            "flush_interval_ms": 200,
+            "fields": {"request_headers": {"auth": "authorization"}, "values": {"gateway": "gatewasm-demo"}}
+        }));
     let tags: Vec<_> = ["host", "path", "method", "code", "rule", "result"]
         .iter()
         .map(|t| json!({"tag_name": t, "regex": format!("(;{t}=([^;]*))")}))
@@ -66,8 +95,10 @@ fn start(listener: u16, admin: u16, upstream: &EchoUpstream, auth: &AuthService)
         .wasm(ext_auth)
         .wasm(hello)
         .wasm(header_rewrite)
-        .upstream(upstream.addr())
-        .cluster(Cluster::new("ext_auth", auth.addr()))
+        .wasm(kafka_log)
+        .upstream(services.upstream.addr())
+        .cluster(Cluster::new("ext_auth", services.auth.addr()))
+        .cluster(Cluster::new("kafka-bridge", services.bridge.addr()))
         .listener_port(listener)
         .admin_port(admin)
         .log_level("warning")
@@ -76,7 +107,7 @@ fn start(listener: u16, admin: u16, upstream: &EchoUpstream, auth: &AuthService)
 }
 
 /// Sends the requests the banner shows and checks what each filter did.
-fn check(envoy: &Envoy) -> anyhow::Result<()> {
+fn check(envoy: &Envoy, access_log: &std::path::Path) -> anyhow::Result<()> {
     let r = envoy
         .send(&Request::get("/api/users?id=7").header("host", "Shop.Example.com").header("x-debug", "1"))?;
     ensure!(r.status == 200, "GET /api/users: status {}", r.status);
@@ -125,16 +156,24 @@ fn check(envoy: &Envoy) -> anyhow::Result<()> {
     let r = envoy.get("/orders/12345/items?page=2")?;
     ensure!(r.status == 200, "GET /orders/12345/items: status {}", r.status);
 
+    let r = envoy.send(
+        &Request::get("/api/orders/7")
+            .header("host", "shop.example.com")
+            .header("authorization", "Bearer s3cret"),
+    )?;
+    ensure!(r.status == 200, "GET /api/orders/7: status {}", r.status);
+    check_access_log(access_log)?;
+
     // header-rewrite's rule counters reach Envoy from its 1 s tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let wanted = [
         // hello sees the requests ext-auth lets through: the login's 201 and the 401 are answers
         // from the auth service, which ext-auth counts as denials.
-        "hello_requests_total{method=\"GET\"} 4",
+        "hello_requests_total{method=\"GET\"} 5",
         "ext_auth_checks_total{result=\"allowed\"} 1",
         "ext_auth_checks_total{result=\"denied\"} 2",
-        "header_rewrite_rules_applied_total{rule=\"api\"} 1",
-        "gatewasm_http_requests_total{host=\"shop.example.com\",path=\"/api/*\",method=\"GET\",code=\"200\"} 1",
+        "header_rewrite_rules_applied_total{rule=\"api\"} 2",
+        "gatewasm_http_requests_total{host=\"shop.example.com\",path=\"/api/*\",method=\"GET\",code=\"200\"} 2",
         "gatewasm_http_requests_total{host=\"other\",path=\"/admin/settings\",method=\"GET\",code=\"403\"} 1",
         "gatewasm_http_requests_total{host=\"other\",path=\"/orders/{id}/items\",method=\"GET\",code=\"200\"} 1",
     ];
@@ -149,12 +188,42 @@ fn check(envoy: &Envoy) -> anyhow::Result<()> {
     }
 }
 
-fn banner(listener: u16, admin: u16) -> String {
+/// kafka-log's record of the last request reaches the bridge's file within a flush or two.
+fn check_access_log(path: &std::path::Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found =
+            text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|r| {
+                let record = r.get("value").unwrap_or(r);
+                record.get("path").and_then(|p| p.as_str()) == Some("/api/orders/7")
+            });
+        if let Some(found) = found {
+            let record = found.get("value").unwrap_or(&found);
+            ensure!(record["auth"] == "[REDACTED]", "Authorization not redacted: {found}");
+            // As Envoy's %REQ(:AUTHORITY)%: the host header-rewrite set; the path is the original.
+            ensure!(record["authority"] == "backend.internal", "authority: {found}");
+            ensure!(record["response_code"] == 200, "response_code: {found}");
+            ensure!(record["gateway"] == "gatewasm-demo", "gateway: {found}");
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no record for /api/orders/7 in {}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn banner(listener: u16, admin: u16, access_log: &std::path::Path) -> String {
+    let access_log = access_log.display();
     format!(
         r#"
 gatewasm demo gateway: Envoy on 127.0.0.1:{listener} (admin 127.0.0.1:{admin}), filters http-metrics,
-ext-auth, hello and header-rewrite, in front of an echo upstream that answers with the request it
-received, and an auth service for ext-auth.
+ext-auth, hello, header-rewrite and kafka-log, in front of an echo upstream that answers with the
+request it received; an auth service for ext-auth; the Kafka bridge for kafka-log, writing JSON
+lines to {access_log} (no Kafka needed).
 
   # header-rewrite: /api/* goes upstream as /v2/* with Host backend.internal, x-debug removed,
   # x-gateway added, x-envoy-original-path kept; the answer carries x-served-by.
@@ -175,8 +244,12 @@ received, and an auth service for ext-auth.
   # http-metrics: numbers in paths become {{id}}, the query never reaches a label.
   curl -s 'localhost:{listener}/orders/12345/items?page=2' -o /dev/null
 
+  # kafka-log: one JSON record per request, batched to the bridge; Authorization is redacted.
+  curl -s localhost:{listener}/api/orders/7 -H 'Host: shop.example.com' -H 'Authorization: Bearer s3cret' -o /dev/null
+  sleep 1; tail -n 1 {access_log}
+
   # Per-host/route/method/code series, per-method and per-rule counters, as Prometheus labels.
-  curl -s localhost:{admin}/stats/prometheus | grep -E '^(gatewasm_http_requests_total|ext_auth_checks|hello|header_rewrite)'
+  curl -s localhost:{admin}/stats/prometheus | grep -E '^(gatewasm_http_requests_total|ext_auth_checks|kafka_log|hello|header_rewrite)'
 
 Ctrl-C stops the gateway.
 "#
@@ -190,15 +263,27 @@ fn main() -> anyhow::Result<()> {
     } else {
         (port("GATEWASM_DEMO_PORT", DEFAULT_PORT)?, port("GATEWASM_DEMO_ADMIN_PORT", DEFAULT_ADMIN_PORT)?)
     };
-    let upstream = EchoUpstream::start()?;
-    let auth = AuthService::start()?;
-    let envoy = start(listener, admin, &upstream, &auth)?;
+    // The check writes its access log to a temporary directory; the demo keeps it in target/demo.
+    let scratch = tempfile::tempdir()?;
+    let access_log = if check_only {
+        scratch.path().join("access-log.jsonl")
+    } else {
+        let dir = target_dir().join("demo");
+        std::fs::create_dir_all(&dir)?;
+        dir.join("access-log.jsonl")
+    };
+    let services = Services {
+        upstream: EchoUpstream::start()?,
+        auth: AuthService::start()?,
+        bridge: start_bridge(&access_log)?,
+    };
+    let envoy = start(listener, admin, &services)?;
     if check_only {
-        check(&envoy)?;
+        check(&envoy, &access_log)?;
         println!("demo check: 1 passed, 0 failed");
         return Ok(());
     }
-    print!("{}", banner(envoy.listener_addr().port(), envoy.admin_addr().port()));
+    print!("{}", banner(envoy.listener_addr().port(), envoy.admin_addr().port(), &access_log));
     // Envoy is tied to this process (it dies with it), so waiting is all there is to do.
     loop {
         std::thread::sleep(Duration::from_secs(3600));

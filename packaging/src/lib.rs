@@ -28,6 +28,7 @@ pub const SHIPPED: &[Filter] = &[
     Filter { name: "header-rewrite", module: "header_rewrite.wasm" },
     Filter { name: "http-metrics", module: "http_metrics.wasm" },
     Filter { name: "ext-auth", module: "ext_auth.wasm" },
+    Filter { name: "kafka-log", module: "kafka_log.wasm" },
     Filter { name: "hello", module: "hello.wasm" },
 ];
 

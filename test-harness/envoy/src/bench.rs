@@ -5,6 +5,7 @@
 //! and rows, each a filter chain of raw Envoy filters or `{"wasm": {...}}` entries. The bare
 //! Envoy row and the Wasm floor row (noop filter) are always added in front.
 
+use crate::LocalProcess;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,35 +76,10 @@ pub struct ProcessSpec {
 }
 
 impl ProcessSpec {
-    /// Starts the program and waits (at most 30 s) until it accepts connections.
-    fn start(&self) -> anyhow::Result<(std::process::Child, std::net::SocketAddr)> {
-        let command = workspace_root().join(&self.command);
-        if !command.is_file() {
-            let build = self
-                .package
-                .as_deref()
-                .map_or(String::new(), |p| format!("; build it with `cargo build --release -p {p}`"));
-            bail!("{} not found{build}", command.display());
-        }
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let args: Vec<String> = self.args.iter().map(|a| a.replace("{addr}", &addr.to_string())).collect();
-        let mut child = Command::new(&command)
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", command.display()))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{} {args:?} did not listen on {addr}", command.display());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Ok((child, addr))
+    /// Starts the program and waits until it accepts connections.
+    fn start(&self) -> anyhow::Result<LocalProcess> {
+        let package = self.package.as_deref().map(|p| format!("--release -p {p}"));
+        LocalProcess::start(&workspace_root().join(&self.command), &self.args, package.as_deref(), None)
     }
 }
 
@@ -130,23 +106,14 @@ fn default_status() -> u16 {
 
 /// The running services and processes of a scenario; they stop when the last row holding them
 /// is dropped.
-pub struct Services(Vec<FixedUpstream>, Vec<std::process::Child>);
+pub struct Services(Vec<FixedUpstream>, Vec<LocalProcess>);
 
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
             .entries(self.0.iter().map(FixedUpstream::addr))
-            .entries(self.1.iter().map(std::process::Child::id))
+            .entries(self.1.iter().map(LocalProcess::id))
             .finish()
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for child in &mut self.1 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -307,9 +274,9 @@ impl Scenario {
         for process in &self.processes {
             // Kept in `children` at once, so an error below still stops what already started.
             match process.start() {
-                Ok((child, addr)) => {
+                Ok(child) => {
+                    clusters.push(Cluster::new(process.cluster.clone(), child.addr()));
                     children.push(child);
-                    clusters.push(Cluster::new(process.cluster.clone(), addr));
                 }
                 Err(err) => {
                     drop(Services(Vec::new(), children));

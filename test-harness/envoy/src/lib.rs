@@ -21,6 +21,7 @@ pub mod auth_service;
 pub mod bench;
 mod client;
 mod config;
+mod process;
 mod runner;
 mod upstream;
 
@@ -29,6 +30,7 @@ pub use config::{
     duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, WasmFilter, HCM_STAT_PREFIX,
     UPSTREAM_CLUSTER,
 };
+pub use process::LocalProcess;
 pub use runner::{
     envoy_binary, noop_filter_wasm, target_dir, validate_config_file, wasm_artifact, workspace_root, Envoy,
     EnvoyBuilder, Validation,

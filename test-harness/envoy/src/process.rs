@@ -1,0 +1,80 @@
+//! Local programs the tests, the benchmarks and the demo start beside Envoy (the Kafka bridge,
+//! say): on a free loopback port, waited for until they accept connections, killed on drop.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// How long a program may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running local program; it is killed when this is dropped.
+#[derive(Debug)]
+pub struct LocalProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl LocalProcess {
+    /// Starts `command` with `args`, where `{addr}` becomes the `127.0.0.1:<free port>` it must
+    /// listen on, and waits until it accepts connections. `package` names the Cargo package that
+    /// builds `command`, for the error when it is missing. Output goes to `log` when given.
+    pub fn start(
+        command: &Path,
+        args: &[String],
+        package: Option<&str>,
+        log: Option<&Path>,
+    ) -> anyhow::Result<LocalProcess> {
+        if !command.is_file() {
+            let build = package.map_or(String::new(), |p| format!("; build it with `cargo build -p {p}`"));
+            bail!("{} not found{build}", command.display());
+        }
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let args: Vec<String> = args.iter().map(|a| a.replace("{addr}", &addr.to_string())).collect();
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file =
+                    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let child = Command::new(command)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", command.display()))?;
+        // Owned at once, so an early return below still stops it.
+        let mut process = LocalProcess { child, addr };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline || process.child.try_wait()?.is_some() {
+                bail!("{} {args:?} did not listen on {addr}", command.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(process)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LocalProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
