@@ -87,11 +87,12 @@ pub fn extract<'r>(locations: &[Location], req: &'r dyn RequestView) -> Vec<Foun
                 }
             }
             Location::Param(name) => {
-                if let Some(q) = req.query() {
-                    for (n, v) in http::query_params(q) {
-                        if n == name.as_str() && !v.is_empty() {
-                            found.push(Found { location: i, token: v });
-                        }
+                // Only the names are decoded until one matches: other parameters' values (a
+                // second token, say) are never scanned.
+                for pair in req.query().unwrap_or_default().split('&') {
+                    let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if !v.is_empty() && http::decode_query_component(n) == name.as_str() {
+                        found.push(Found { location: i, token: http::decode_query_component(v) });
                     }
                 }
             }
