@@ -60,7 +60,7 @@ macro_rules! curve {
         pub mod $module {
             use $krate::ecdsa::{Signature, VerifyingKey};
             use $krate::elliptic_curve::group::Group as _;
-            use $krate::elliptic_curve::ops::Reduce;
+            use $krate::elliptic_curve::ops::{Invert, Reduce};
             use $krate::elliptic_curve::point::AffineCoordinates as _;
             use $krate::elliptic_curve::PrimeField as _;
             use $krate::{$uint, AffinePoint, FieldBytes, ProjectivePoint, Scalar};
@@ -107,8 +107,9 @@ macro_rules! curve {
                     };
                     let (r, s) = sig.split_scalars();
                     let e = <Scalar as Reduce<$uint>>::reduce_bytes(&hash);
-                    // `s` is non-zero, so it has an inverse.
-                    let Some(s_inv) = Option::<Scalar>::from(s.invert()) else {
+                    // `s` is non-zero, so it has an inverse; `s` is public, so the variable-time
+                    // inversion (binary extended Euclid where the crate has one) is safe.
+                    let Some(s_inv) = Option::<Scalar>::from(Invert::invert_vartime(&*s)) else {
                         return false;
                     };
                     let u1 = e * s_inv;
