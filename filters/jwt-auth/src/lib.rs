@@ -158,6 +158,10 @@ impl Plugin for JwtAuth {
             .providers
             .iter()
             .map(|p| {
+                // Only providers that fetch their keys have fetch counters.
+                if !matches!(p.keys, KeySource::Remote(_)) {
+                    return (None, None);
+                }
                 let name = |result| {
                     gatewasm::metrics::series_name(JWKS_FETCHES, &[("provider", &p.name), ("result", result)])
                 };
