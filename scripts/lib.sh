@@ -81,10 +81,11 @@ ensure_kafka_python() {
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "kafka-python==$KAFKA_PYTHON_VERSION"
 }
 
-# build_bridge: the Kafka bridge the demo (and its check in the tests) starts beside Envoy.
+# build_bridge: the Kafka bridge (release) that the demo, its check in the tests and the
+# benchmarks start beside Envoy.
 build_bridge() {
     log "building the Kafka bridge"
-    (cd "$ROOT" && cargo build -p gatewasm-kafka-bridge)
+    (cd "$ROOT" && cargo build --release -p gatewasm-kafka-bridge)
 }
 
 TANSU_VERSION="0.6.0"

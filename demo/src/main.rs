@@ -13,6 +13,10 @@ use gatewasm_envoy::{
 };
 use serde_json::json;
 
+/// An HS256 token for the demo secret: `{"name":"Admin","email":"admin@qq.com","id":1}`, valid
+/// until 2100.
+const DEMO_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJuYW1lIjoiQWRtaW4iLCJlbWFpbCI6ImFkbWluQHFxLmNvbSIsImlkIjoxLCJpYXQiOjE3NjQwMDAwMDAsImV4cCI6NDEwMjQ0NDgwMH0.iK8q66hzQBfVMzUR11JlMVw-PCysHjJTqkOl1TiVp90";
+
 /// Where the gateway listens unless `GATEWASM_DEMO_PORT` says otherwise.
 const DEFAULT_PORT: u16 = 10000;
 /// Envoy's admin endpoint unless `GATEWASM_DEMO_ADMIN_PORT` says otherwise.
@@ -36,9 +40,9 @@ struct Services {
 fn start_bridge(log: &std::path::Path) -> anyhow::Result<LocalProcess> {
     let args = ["--listen".into(), "{addr}".into(), "--output".into(), log.display().to_string()];
     LocalProcess::start(
-        &target_dir().join("debug/gatewasm-kafka-bridge"),
+        &target_dir().join("release/gatewasm-kafka-bridge"),
         &args,
-        Some("gatewasm-kafka-bridge"),
+        Some("cargo build --release -p gatewasm-kafka-bridge"),
         None,
     )
 }
@@ -64,6 +68,25 @@ fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy
     let http_metrics = WasmFilter::new(wasm_artifact("http_metrics.wasm", "http-metrics")?)
         .name("http-metrics")
         .json_configuration(&json!({"hosts": ["shop.example.com"], "routes": [{"prefix": "/api/"}]}));
+    // /jwt/* needs a token signed with the demo secret, from the id_token cookie, a bearer header
+    // or ?token=; its id and email claims go upstream as x-user-id / x-user-email. Each filter
+    // removes client copies of the identity headers it sets from every request, so the two
+    // identity sources of this demo use different headers (ext-auth owns x-admin-*).
+    let jwt_auth = WasmFilter::new(wasm_artifact("jwt_auth.wasm", "jwt-auth")?)
+        .name("jwt-auth")
+        .json_configuration(&json!({
+            "providers": {"login": {
+                "keys": [{"secret": "gatewasm-demo-secret-change-me-0123456789"}],
+                "from_cookies": ["id_token"],
+                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                "from_params": ["token"],
+                "claim_to_headers": [
+                    {"header_name": "x-user-id", "claim_name": "id"},
+                    {"header_name": "x-user-email", "claim_name": "email"}
+                ]
+            }},
+            "rules": [{"match": {"prefix": "/jwt/"}, "requires": {"provider_name": "login"}}]
+        }));
     // The login and /nodebackend/ are asked of the auth service (the user story's Ambassador
     // AuthService setup); everything else passes unchecked.
     let ext_auth = WasmFilter::new(wasm_artifact("ext_auth.wasm", "ext-auth")?)
@@ -86,12 +109,13 @@ fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy
             "flush_interval_ms": 200,
             "fields": {"request_headers": {"auth": "authorization"}, "values": {"gateway": "gatewasm-demo"}}
         }));
-    let tags: Vec<_> = ["host", "path", "method", "code", "rule", "result"]
+    let tags: Vec<_> = ["host", "path", "method", "code", "rule", "result", "provider", "reason"]
         .iter()
         .map(|t| json!({"tag_name": t, "regex": format!("(;{t}=([^;]*))")}))
         .collect();
     EnvoyBuilder::new()
         .wasm(http_metrics)
+        .wasm(jwt_auth)
         .wasm(ext_auth)
         .wasm(hello)
         .wasm(header_rewrite)
@@ -132,6 +156,24 @@ fn check(envoy: &Envoy, access_log: &std::path::Path) -> anyhow::Result<()> {
     ensure!(r.status == 403, "GET /admin/settings: status {}", r.status);
     ensure!(r.json()?.get("code").and_then(|c| c.as_str()) == Some("blocked_path"), "403 body {}", r.text());
 
+    for (how, request) in [
+        ("cookie", Request::get("/jwt/profile").header("cookie", &format!("id_token={DEMO_JWT}"))),
+        ("bearer", Request::get("/jwt/profile").header("authorization", &format!("Bearer {DEMO_JWT}"))),
+        ("query", Request::get(&format!("/jwt/profile?token={DEMO_JWT}"))),
+    ] {
+        let r = envoy.send(&request.header("x-user-id", "999"))?;
+        ensure!(r.status == 200, "GET /jwt/profile with a {how} token: status {} {}", r.status, r.text());
+        let echo = r.echo()?;
+        ensure!(echo.header("x-user-id") == Some("1"), "{how}: x-user-id {:?}", echo.header("x-user-id"));
+        ensure!(echo.header("x-user-email") == Some("admin@qq.com"), "{how}: x-user-email missing");
+    }
+    let r = envoy.get("/jwt/profile")?;
+    ensure!(r.status == 401, "GET /jwt/profile without a token: status {}", r.status);
+    ensure!(
+        r.header("www-authenticate").is_some_and(|w| w.starts_with("Bearer realm=")),
+        "no WWW-Authenticate"
+    );
+
     let r = envoy.send(
         &Request::post("/login", Vec::new()).header("authorization", "Basic YWRtaW5AcXEuY29tOjEyMw=="),
     )?;
@@ -169,7 +211,7 @@ fn check(envoy: &Envoy, access_log: &std::path::Path) -> anyhow::Result<()> {
     let wanted = [
         // hello sees the requests ext-auth lets through: the login's 201 and the 401 are answers
         // from the auth service, which ext-auth counts as denials.
-        "hello_requests_total{method=\"GET\"} 5",
+        "hello_requests_total{method=\"GET\"} 8",
         "ext_auth_checks_total{result=\"allowed\"} 1",
         "ext_auth_checks_total{result=\"denied\"} 2",
         "header_rewrite_rules_applied_total{rule=\"api\"} 2",
@@ -221,7 +263,7 @@ fn banner(listener: u16, admin: u16, access_log: &std::path::Path) -> String {
     format!(
         r#"
 gatewasm demo gateway: Envoy on 127.0.0.1:{listener} (admin 127.0.0.1:{admin}), filters http-metrics,
-ext-auth, hello, header-rewrite and kafka-log, in front of an echo upstream that answers with the
+jwt-auth, ext-auth, hello, header-rewrite and kafka-log, in front of an echo upstream that answers with the
 request it received; an auth service for ext-auth; the Kafka bridge for kafka-log, writing JSON
 lines to {access_log} (no Kafka needed).
 
@@ -232,6 +274,14 @@ lines to {access_log} (no Kafka needed).
 
   # hello: paths under /admin are refused with the SDK's JSON reply.
   curl -si localhost:{listener}/admin/settings
+
+  # jwt-auth: /jwt/* needs a token (cookie id_token, bearer or ?token=); its claims become
+  # x-user-id / x-user-email upstream, the client's own copies are removed.
+  TOKEN={DEMO_JWT}
+  curl -si localhost:{listener}/jwt/profile -H "Cookie: id_token=$TOKEN" -H 'x-user-id: 999'
+  curl -si localhost:{listener}/jwt/profile -H "Authorization: Bearer $TOKEN"
+  curl -si "localhost:{listener}/jwt/profile?token=$TOKEN"
+  curl -si localhost:{listener}/jwt/profile          # 401 with WWW-Authenticate
 
   # ext-auth: the login is answered by the auth service itself: 201, the token and its cookie.
   curl -si -X POST localhost:{listener}/login -u admin@qq.com:123
@@ -249,7 +299,7 @@ lines to {access_log} (no Kafka needed).
   sleep 1; tail -n 1 {access_log}
 
   # Per-host/route/method/code series, per-method and per-rule counters, as Prometheus labels.
-  curl -s localhost:{admin}/stats/prometheus | grep -E '^(gatewasm_http_requests_total|ext_auth_checks|kafka_log|hello|header_rewrite)'
+  curl -s localhost:{admin}/stats/prometheus | grep -E '^(gatewasm_http_requests_total|jwt_auth|ext_auth_checks|kafka_log|hello|header_rewrite)'
 
 Ctrl-C stops the gateway.
 "#

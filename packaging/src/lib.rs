@@ -26,6 +26,7 @@ pub struct Filter {
 /// (`gatewasm-pack list` prints it).
 pub const SHIPPED: &[Filter] = &[
     Filter { name: "header-rewrite", module: "header_rewrite.wasm" },
+    Filter { name: "jwt-auth", module: "jwt_auth.wasm" },
     Filter { name: "http-metrics", module: "http_metrics.wasm" },
     Filter { name: "ext-auth", module: "ext_auth.wasm" },
     Filter { name: "kafka-log", module: "kafka_log.wasm" },

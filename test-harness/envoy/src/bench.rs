@@ -78,8 +78,8 @@ pub struct ProcessSpec {
 impl ProcessSpec {
     /// Starts the program and waits until it accepts connections.
     fn start(&self) -> anyhow::Result<LocalProcess> {
-        let package = self.package.as_deref().map(|p| format!("--release -p {p}"));
-        LocalProcess::start(&workspace_root().join(&self.command), &self.args, package.as_deref(), None)
+        let build = self.package.as_deref().map(|p| format!("cargo build --release -p {p}"));
+        LocalProcess::start(&workspace_root().join(&self.command), &self.args, build.as_deref(), None)
     }
 }
 

@@ -20,16 +20,16 @@ pub struct LocalProcess {
 
 impl LocalProcess {
     /// Starts `command` with `args`, where `{addr}` becomes the `127.0.0.1:<free port>` it must
-    /// listen on, and waits until it accepts connections. `package` names the Cargo package that
-    /// builds `command`, for the error when it is missing. Output goes to `log` when given.
+    /// listen on, and waits until it accepts connections. `build` is the command that builds
+    /// `command`, for the error when it is missing. Output goes to `log` when given.
     pub fn start(
         command: &Path,
         args: &[String],
-        package: Option<&str>,
+        build: Option<&str>,
         log: Option<&Path>,
     ) -> anyhow::Result<LocalProcess> {
         if !command.is_file() {
-            let build = package.map_or(String::new(), |p| format!("; build it with `cargo build -p {p}`"));
+            let build = build.map_or(String::new(), |b| format!("; build it with `{b}`"));
             bail!("{} not found{build}", command.display());
         }
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
