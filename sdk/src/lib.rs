@@ -47,6 +47,7 @@ pub mod clock;
 pub mod config;
 pub mod host;
 pub mod http;
+pub mod matcher;
 pub mod metrics;
 pub mod reply;
 pub mod request;

@@ -2,7 +2,7 @@
 //! (never panic) and keep its invariants. Deterministic (fixed seeds), so a failure reproduces;
 //! runs natively and compiled to wasm32.
 
-use crate::{config, host, http, metrics};
+use crate::{config, host, http, matcher, metrics};
 
 /// xorshift64*: small, deterministic, good enough to spray inputs.
 struct Rng(u64);
@@ -124,6 +124,41 @@ fn config_parser_never_panics() {
         match config::parse::<Conf>(&bytes) {
             Ok(_) => {}
             Err(e) => assert!(!e.errors().is_empty()),
+        }
+    }
+}
+
+#[test]
+fn matcher_parsers_never_panic_and_agree_with_matching() {
+    let mut rng = Rng(23);
+    for _ in 0..ROUNDS {
+        let s = rng.text(40);
+        if let Ok(p) = matcher::HostPattern::parse(&s) {
+            // Stored lower-case, as the request's host is normalized.
+            if let matcher::HostPattern::Exact(h) | matcher::HostPattern::Subdomain(h) = &p {
+                assert!(!h.bytes().any(|b| b.is_ascii_uppercase()) && !h.is_empty(), "{s:?}");
+                assert_eq!(p.matches(h), matches!(p, matcher::HostPattern::Exact(_)), "{s:?}");
+            }
+        }
+        let t = rng.text(40);
+        let (exact, prefix, regex) = match rng.below(4) {
+            0 => (Some(s.as_str()), None, None),
+            1 => (None, Some(s.as_str()), None),
+            2 => (None, None, Some(s.as_str())),
+            _ => (Some(s.as_str()), Some(t.as_str()), None),
+        };
+        match matcher::PathMatch::parse(exact, prefix, regex) {
+            Ok(m) => {
+                let _ = m.matches(&t);
+                if exact.is_some() {
+                    assert!(m.matches(&s));
+                }
+            }
+            Err(matcher::PathError::Regex(msg)) => assert!(!msg.contains('\n')),
+            Err(_) => {}
+        }
+        if let Some(m) = matcher::parse_method(&s) {
+            assert!(!m.bytes().any(|b| b.is_ascii_lowercase()));
         }
     }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use gatewasm::config::{self, ConfigErrors};
+use gatewasm::matcher::{parse_method, PathError};
 
-use crate::rules::{HostPattern, PathMatch, Rule, RuleMatch};
+use crate::rules::{HostPattern, PathMatch, RequestMatch, Rule};
 
 /// Headers sent to the auth service when the client sent them, besides `:method`, `:path` and
 /// `:authority` (Ambassador AuthService's fixed list; Envoy's HTTP `ext_authz` sends only
@@ -453,30 +454,42 @@ fn rule(errors: &mut ConfigErrors, index: usize, raw: &RawRule) -> Option<Rule> 
         None => index.to_string(),
     };
     let m = &raw.matcher;
-    let mut matcher = RuleMatch::default();
+    let mut matcher = RequestMatch::default();
     for (i, host) in m.hosts.iter().enumerate() {
+        // Rules match host names; an address literal (`[::1]`) is not accepted here.
         match HostPattern::parse(host) {
-            Ok(p) => matcher.hosts.push(p),
-            Err(why) => errors.add(format!("{at}.match.hosts[{i}]"), host, why),
+            Ok(p) if !p.is_ip_literal() => matcher.hosts.push(p),
+            _ => errors.add(
+                format!("{at}.match.hosts[{i}]"),
+                host,
+                "a host is `api.example.com`, `*.example.com` or `*`, without a port",
+            ),
         }
     }
     if let Some(p) = &m.path {
         match PathMatch::parse(p.exact.as_deref(), p.prefix.as_deref(), p.regex.as_deref()) {
             Ok(p) => matcher.path = Some(p),
-            Err((field, why)) => match field {
-                Some(f) => {
-                    let value = p.exact.as_deref().or(p.prefix.as_deref()).or(p.regex.as_deref());
-                    errors.add(format!("{at}.match.path.{f}"), value.unwrap_or_default(), why);
-                }
-                None => errors.add_field(format!("{at}.match.path"), why),
-            },
+            Err(PathError::Count) => {
+                errors.add_field(format!("{at}.match.path"), "give exactly one of `exact`, `prefix`, `regex`")
+            }
+            Err(e) => {
+                let value = p.exact.as_deref().or(p.prefix.as_deref()).or(p.regex.as_deref());
+                let why = match &e {
+                    PathError::Regex(msg) => format!("invalid regex: {msg}"),
+                    _ => "must start with `/` and have no whitespace, control characters, `?` or `#`"
+                        .to_string(),
+                };
+                let field = e.field().unwrap_or_default();
+                errors.add(format!("{at}.match.path.{field}"), value.unwrap_or_default(), why);
+            }
         }
     }
     for (i, method) in m.methods.iter().enumerate() {
-        if config::is_header_name(method) && !method.starts_with(':') {
-            matcher.methods.push(method.to_ascii_uppercase());
-        } else {
-            errors.add(format!("{at}.match.methods[{i}]"), method, "not an HTTP method (RFC 9110 token)");
+        match parse_method(method) {
+            Some(upper) => matcher.methods.push(upper),
+            None => {
+                errors.add(format!("{at}.match.methods[{i}]"), method, "not an HTTP method (RFC 9110 token)")
+            }
         }
     }
     (errors.errors().len() == before).then_some(Rule { name, matcher, action: raw.action })

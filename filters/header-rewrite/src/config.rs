@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use gatewasm::config::{self, ConfigErrors, Validate};
 
+use gatewasm::matcher::{self as shared, HostError, PathError};
+
 use crate::matcher::{full_match_regex, HeaderMatch, HostPattern, Match, PathMatch, ValueMatch};
 use crate::rewrite::{envoy_substitution, is_path_text, rewrite_regex, PathRewrite};
 use crate::template::Template;
@@ -349,10 +351,13 @@ impl Compiler<'_> {
             m.path = self.path_match(&format!("{at}.path"), path);
         }
         for (i, method) in raw.methods.iter().enumerate() {
-            if config::is_header_name(method) && !method.starts_with(':') {
-                m.methods.push(method.to_ascii_uppercase());
-            } else {
-                self.errors.add(format!("{at}.methods[{i}]"), method, "not an HTTP method (RFC 9110 token)");
+            match shared::parse_method(method) {
+                Some(upper) => m.methods.push(upper),
+                None => self.errors.add(
+                    format!("{at}.methods[{i}]"),
+                    method,
+                    "not an HTTP method (RFC 9110 token)",
+                ),
             }
         }
         for (i, h) in raw.headers.iter().enumerate() {
@@ -390,63 +395,35 @@ impl Compiler<'_> {
     }
 
     fn host_pattern(&mut self, at: &str, host: &str) -> Option<HostPattern> {
-        let lower = host.to_ascii_lowercase();
-        if lower == "*" {
-            return Some(HostPattern::Any);
-        }
-        let (wild, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
+        let why = match HostPattern::parse(host) {
+            Ok(p) => return Some(p),
+            Err(HostError::Malformed) => "a host is `name.example.com`, `*.example.com` or `*`",
+            Err(HostError::Port) => "ports are ignored when matching: remove the port",
+            Err(HostError::NotAHostName) => "not a host name (letters, digits, `-`, `.`)",
         };
-        let valid_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_';
-        if name.is_empty() || name.contains('*') {
-            self.errors.add(at, host, "a host is `name.example.com`, `*.example.com` or `*`");
-            return None;
-        }
-        if !name.starts_with('[') && name.contains(':') {
-            self.errors.add(at, host, "ports are ignored when matching: remove the port");
-            return None;
-        }
-        if !name.starts_with('[') && !name.bytes().all(valid_char) {
-            self.errors.add(at, host, "not a host name (letters, digits, `-`, `.`)");
-            return None;
-        }
-        let name = name.strip_suffix('.').unwrap_or(name);
-        Some(if wild {
-            HostPattern::Suffix(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_string())
-        })
+        self.errors.add(at, host, why);
+        None
     }
 
     fn path_match(&mut self, at: &str, raw: &RawPathMatch) -> Option<PathMatch> {
-        let given = usize::from(raw.exact.is_some())
-            + usize::from(raw.prefix.is_some())
-            + usize::from(raw.regex.is_some());
-        if given != 1 {
-            self.errors.add_field(at, "give exactly one of `exact`, `prefix`, `regex`");
-            return None;
-        }
-        if let Some(p) = raw.exact.clone().or(raw.prefix.clone()) {
-            let field = if raw.prefix.is_some() { "prefix" } else { "exact" };
-            if !p.starts_with('/') || !is_path_text(&p) {
-                self.errors.add(
-                    format!("{at}.{field}"),
-                    &p,
-                    "must start with `/` and contain no whitespace, control characters, `?` or `#`",
-                );
-                return None;
-            }
-            return Some(if raw.prefix.is_some() { PathMatch::Prefix(p) } else { PathMatch::Exact(p) });
-        }
-        let r = raw.regex.clone().unwrap_or_default();
-        match full_match_regex(&r) {
-            Ok(re) => Some(PathMatch::Regex(re)),
-            Err(e) => {
-                self.errors.add(format!("{at}.regex"), &r, format!("invalid regex: {e}"));
-                None
+        let err = match PathMatch::parse(raw.exact.as_deref(), raw.prefix.as_deref(), raw.regex.as_deref()) {
+            Ok(p) => return Some(p),
+            Err(e) => e,
+        };
+        let value =
+            raw.exact.as_deref().or(raw.prefix.as_deref()).or(raw.regex.as_deref()).unwrap_or_default();
+        match err {
+            PathError::Count => self.errors.add_field(at, "give exactly one of `exact`, `prefix`, `regex`"),
+            PathError::NotAPath(field) => self.errors.add(
+                format!("{at}.{field}"),
+                value,
+                "must start with `/` and contain no whitespace, control characters, `?` or `#`",
+            ),
+            PathError::Regex(e) => {
+                self.errors.add(format!("{at}.regex"), value, format!("invalid regex: {e}"))
             }
         }
+        None
     }
 
     fn path_rewrite(&mut self, at: &str, raw: &RawPathRewrite, matcher: &Match) -> Option<PathRewrite> {
@@ -645,7 +622,7 @@ mod tests {
         assert_eq!(c.rules[1].name, "1");
         assert_eq!(r.matcher.methods, ["GET", "POST"]);
         assert!(matches!(&r.matcher.hosts[0], HostPattern::Exact(h) if h == "api.example.com"));
-        assert!(matches!(&r.matcher.hosts[1], HostPattern::Suffix(h) if h == ".example.org"));
+        assert!(matches!(&r.matcher.hosts[1], HostPattern::Subdomain(h) if h == ".example.org"));
         assert!(matches!(r.matcher.hosts[2], HostPattern::Any));
         assert_eq!(r.request.remove, ["x-drop"]);
         assert_eq!(r.request.rename, [("x-old".to_string(), "x-new".to_string())]);

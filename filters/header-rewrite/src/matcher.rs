@@ -2,51 +2,10 @@
 
 use regex_lite::Regex;
 
+use gatewasm::matcher;
+pub use gatewasm::matcher::{full_match_regex, HostPattern, PathMatch};
+
 use crate::template::Source;
-
-/// One host pattern.
-#[derive(Debug, Clone)]
-pub enum HostPattern {
-    /// `api.example.com` (stored lower-case).
-    Exact(String),
-    /// `*.example.com`: stored as `.example.com`; matches any subdomain, not the bare domain.
-    Suffix(String),
-    /// `*`: any host.
-    Any,
-}
-
-impl HostPattern {
-    /// Whether a normalized host (lower-case, no port) matches.
-    pub fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => host == h,
-            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
-            HostPattern::Any => true,
-        }
-    }
-}
-
-/// How the path (without query) is matched.
-#[derive(Debug, Clone)]
-pub enum PathMatch {
-    /// The whole path.
-    Exact(String),
-    /// A prefix of the path (plain string prefix, as Envoy's `prefix`).
-    Prefix(String),
-    /// A regex that must match the whole path.
-    Regex(Regex),
-}
-
-impl PathMatch {
-    /// Whether `path` matches.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-            PathMatch::Regex(r) => r.is_match(path),
-        }
-    }
-}
 
 /// What a header must look like.
 #[derive(Debug, Clone)]
@@ -106,17 +65,12 @@ impl Match {
     /// Whether the request matches. Cheap checks first; each request value is read only when a
     /// condition needs it (and the [`Source`] caches it).
     pub fn matches(&self, src: &dyn Source) -> bool {
-        if !self.methods.is_empty() {
-            let method = src.method();
-            if !self.methods.iter().any(|m| m == method) {
-                return false;
-            }
+        // The emptiness checks come first, so a value no condition needs is never read.
+        if !self.methods.is_empty() && !matcher::method_matches(&self.methods, src.method()) {
+            return false;
         }
-        if !self.hosts.is_empty() {
-            let host = src.host();
-            if !self.hosts.iter().any(|h| h.matches(&host)) {
-                return false;
-            }
+        if !self.hosts.is_empty() && !matcher::host_matches(&self.hosts, &src.host()) {
+            return false;
         }
         if let Some(path) = &self.path {
             if !path.matches(src.path()) {
@@ -125,19 +79,6 @@ impl Match {
         }
         self.headers.iter().all(|h| h.matches(src))
     }
-}
-
-/// Compiles `pattern` to match a whole string (`^(?:pattern)$`).
-pub fn full_match_regex(pattern: &str) -> Result<Regex, String> {
-    // Compiled alone first: a pattern such as `a)|(.*` is invalid alone but would be valid, and
-    // match anything, once wrapped.
-    Regex::new(pattern).map_err(|e| one_line(&e.to_string()))?;
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| one_line(&e.to_string()))
-}
-
-/// A regex error message on one line (regex-lite's messages span several).
-pub fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -178,44 +119,11 @@ mod tests {
     }
 
     #[test]
-    fn hosts() {
-        let exact = HostPattern::Exact("api.example.com".into());
-        let wild = HostPattern::Suffix(".example.com".into());
-        assert!(exact.matches("api.example.com"));
-        assert!(!exact.matches("xapi.example.com"));
-        assert!(wild.matches("a.example.com"));
-        assert!(wild.matches("a.b.example.com"));
-        assert!(!wild.matches("example.com"));
-        assert!(!wild.matches(".example.com"));
-        assert!(!wild.matches("badexample.com"));
-        assert!(HostPattern::Any.matches(""));
-    }
-
-    #[test]
-    fn paths() {
-        assert!(PathMatch::Exact("/a".into()).matches("/a"));
-        assert!(!PathMatch::Exact("/a".into()).matches("/a/"));
-        assert!(PathMatch::Prefix("/api/".into()).matches("/api/x"));
-        assert!(!PathMatch::Prefix("/api/".into()).matches("/api"));
-        let r = PathMatch::Regex(full_match_regex("/users/[0-9]+").unwrap());
-        assert!(r.matches("/users/42"));
-        assert!(!r.matches("/users/42/x"), "regex must match the whole path");
-        assert!(!r.matches("/v1/users/42"));
-        // Alternation stays inside the anchors.
-        let alt = PathMatch::Regex(full_match_regex("/a|/b").unwrap());
-        assert!(!alt.matches("/a/x"));
-        assert!(alt.matches("/b"));
-        assert!(full_match_regex("(").is_err());
-        assert!(full_match_regex(")|(.*").is_err(), "must not escape the anchors");
-        assert!(full_match_regex("a)(").is_err());
-    }
-
-    #[test]
     fn all_conditions_must_hold() {
         let m = Match {
             hosts: vec![
                 HostPattern::Exact("api.example.com".into()),
-                HostPattern::Suffix(".internal".into()),
+                HostPattern::Subdomain(".internal".into()),
             ],
             path: Some(PathMatch::Prefix("/v1/".into())),
             methods: vec!["GET".into(), "POST".into()],

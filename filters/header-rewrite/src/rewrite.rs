@@ -4,7 +4,8 @@
 
 use regex_lite::Regex;
 
-use crate::matcher::one_line;
+pub use gatewasm::matcher::is_path_text;
+use gatewasm::matcher::one_line;
 
 /// A compiled path rewrite.
 #[derive(Debug, Clone)]
@@ -97,12 +98,6 @@ pub fn envoy_substitution(regex: &Regex, substitution: &str) -> Result<String, S
 /// Compiles an unanchored rewrite pattern.
 pub fn rewrite_regex(pattern: &str) -> Result<Regex, String> {
     Regex::new(pattern).map_err(|e| one_line(&e.to_string()))
-}
-
-/// Whether `s` may appear in a path produced by configuration: no whitespace, control
-/// characters, `?` or `#` (the query is always the client's, kept as is).
-pub fn is_path_text(s: &str) -> bool {
-    s.bytes().all(|b| b > 0x20 && b != 0x7f && b != b'?' && b != b'#')
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use serde::Deserialize;
 
 use gatewasm::config::{self, ConfigErrors};
 
-use crate::labels::{self, is_plain_value, HostPattern, Normalize, Route, OTHER_VALUE, OVERFLOW_VALUE};
+use crate::labels::{
+    self, is_plain_value, HostLabel, HostPattern, Normalize, Route, OTHER_VALUE, OVERFLOW_VALUE,
+};
 
 /// Default cap on distinct label sets.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
@@ -150,7 +152,7 @@ pub struct Compiled {
     /// Metric name prefix.
     pub prefix: String,
     /// Configured hosts.
-    pub hosts: Vec<HostPattern>,
+    pub hosts: Vec<HostLabel>,
     /// Label of other hosts.
     pub other_host: String,
     /// Routes in order.
@@ -225,31 +227,29 @@ fn compile(raw: RawConfig, errors: &mut ConfigErrors) -> Compiled {
     for (i, h) in raw.hosts.iter().enumerate() {
         let at = format!("hosts[{i}]");
         let lower = h.to_ascii_lowercase();
-        let (bare, wildcard) = match lower.strip_prefix("*.") {
-            Some(rest) => (rest, true),
-            None => (lower.as_str(), false),
-        };
+        let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+        // Stricter than the shared parser: dot-separated non-empty labels, as a label value
+        // should be a real host name.
         let valid = !bare.is_empty()
             && bare
                 .split('.')
                 .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-        if !valid {
-            errors.add(
-                at,
-                h,
-                "must be a host name (`api.example.com`) or `*.` and a domain (`*.example.com`), without port",
-            );
-            continue;
-        }
+        let pattern = match HostPattern::parse(&lower) {
+            Ok(p) if valid => p,
+            _ => {
+                errors.add(
+                    at,
+                    h,
+                    "must be a host name (`api.example.com`) or `*.` and a domain (`*.example.com`), without port",
+                );
+                continue;
+            }
+        };
         if lower == other_host || lower == OVERFLOW_VALUE {
             errors.add(at, h, "is the value other hosts get (`other_host`) or `overflow`");
             continue;
         }
-        hosts.push(if wildcard {
-            HostPattern::Suffix { suffix: format!(".{bare}"), label: lower.clone() }
-        } else {
-            HostPattern::Exact(lower)
-        });
+        hosts.push(HostLabel { pattern, label: lower });
     }
 
     let mut routes = Vec::new();
@@ -464,11 +464,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.prefix, "edge");
-        assert_eq!(c.hosts[0], HostPattern::Exact("api.example.com".into()));
-        assert_eq!(
-            c.hosts[1],
-            HostPattern::Suffix { suffix: ".example.org".into(), label: "*.example.org".into() }
-        );
+        assert_eq!(c.hosts[0].pattern, HostPattern::Exact("api.example.com".into()));
+        assert_eq!(c.hosts[0].label, "api.example.com");
+        assert_eq!(c.hosts[1].pattern, HostPattern::Subdomain(".example.org".into()));
+        assert_eq!(c.hosts[1].label, "*.example.org");
         assert_eq!(c.routes.len(), 4);
         assert_eq!(c.routes[1].label(), "/static/*");
         assert_eq!(c.routes[2].label(), "/img");

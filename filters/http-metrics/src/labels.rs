@@ -16,6 +16,7 @@
 
 use regex_lite::Regex;
 
+pub use gatewasm::matcher::HostPattern;
 pub use gatewasm::metrics::{MAX_LABEL_VALUE, OVERFLOW_VALUE};
 
 /// Value of an optional label (`cluster`, the request header) when the request has none.
@@ -148,36 +149,20 @@ pub fn istio_safe(value: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// One configured host.
+/// One configured host and the `host` label of the requests it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// `api.example.com` (lower case).
-    Exact(String),
-    /// `*.example.com`: stored as `.example.com`; any subdomain, not the bare domain. The label
-    /// is the pattern as written (`*.example.com`), so subdomains cannot create series.
-    Suffix {
-        /// `.example.com`.
-        suffix: String,
-        /// `*.example.com`, the label value.
-        label: String,
-    },
+pub struct HostLabel {
+    /// `api.example.com`, or `*.example.com`: any subdomain, not the bare domain.
+    pub pattern: HostPattern,
+    /// The host (lower case), or the pattern as written (`*.example.com`), so subdomains cannot
+    /// create series.
+    pub label: String,
 }
 
 /// The `host` label: the configured host or pattern the request's host matches, else `other`.
-pub fn host_label<'a>(hosts: &'a [HostPattern], authority: &str, other: &'a str) -> &'a str {
+pub fn host_label<'a>(hosts: &'a [HostLabel], authority: &str, other: &'a str) -> &'a str {
     let host = gatewasm::http::normalize_host(authority);
-    for pattern in hosts {
-        match pattern {
-            HostPattern::Exact(h) if *h == host => return h,
-            HostPattern::Suffix { suffix, label }
-                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) =>
-            {
-                return label
-            }
-            _ => {}
-        }
-    }
-    other
+    hosts.iter().find(|h| h.pattern.matches(&host)).map_or(other, |h| h.label.as_str())
 }
 
 /// The `method` label: a standard method as it is, anything else `other`.
@@ -545,8 +530,14 @@ mod tests {
     #[test]
     fn hosts() {
         let hosts = vec![
-            HostPattern::Exact("api.example.com".into()),
-            HostPattern::Suffix { suffix: ".example.org".into(), label: "*.example.org".into() },
+            HostLabel {
+                pattern: HostPattern::Exact("api.example.com".into()),
+                label: "api.example.com".into(),
+            },
+            HostLabel {
+                pattern: HostPattern::Subdomain(".example.org".into()),
+                label: "*.example.org".into(),
+            },
         ];
         assert_eq!(host_label(&hosts, "API.Example.COM:8443", "other"), "api.example.com");
         assert_eq!(host_label(&hosts, "api.example.com.", "other"), "api.example.com");

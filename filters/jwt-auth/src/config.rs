@@ -8,17 +8,17 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use regex_lite::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
 use gatewasm::config::{self, ConfigErrors};
+use gatewasm::matcher::{full_match_regex, parse_method, HostPattern, PathMatch};
 
 use crate::extractor::{default_locations, Location};
 use crate::jwks_cache::{KeySource, RemoteConfig, RemoteJwks, TokenCache};
 use crate::jwt::Alg;
 use crate::keys::{self, Key, KeySet};
-use crate::matcher::{Host, Match, Path, Requirement, Rule};
+use crate::matcher::{Match, Requirement, Rule};
 use crate::verifier::{normalize_audience, Outputs, Provider};
 
 /// Default `clock_skew_seconds` (Envoy's).
@@ -540,12 +540,11 @@ fn matcher(at: &str, raw: &RawMatch, errors: &mut ConfigErrors) -> Match {
         errors.add_field(at, "give at most one of `prefix`, `path`, `regex`");
     }
     m.path = match (&raw.prefix, &raw.path, &raw.regex) {
-        (Some(p), _, _) => Some(Path::Prefix(p.clone())),
-        (_, Some(p), _) => Some(Path::Exact(p.clone())),
-        (_, _, Some(r)) => match Regex::new(r).and_then(|_| Regex::new(&format!("^(?:{r})$"))) {
-            Ok(re) => Some(Path::Regex(re)),
-            Err(e) => {
-                let msg = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        (Some(p), _, _) => Some(PathMatch::Prefix(p.clone())),
+        (_, Some(p), _) => Some(PathMatch::Exact(p.clone())),
+        (_, _, Some(r)) => match full_match_regex(r) {
+            Ok(re) => Some(PathMatch::Regex(re)),
+            Err(msg) => {
                 errors.add(format!("{at}.regex"), r, format!("invalid regex: {msg}"));
                 None
             }
@@ -553,26 +552,20 @@ fn matcher(at: &str, raw: &RawMatch, errors: &mut ConfigErrors) -> Match {
         _ => None,
     };
     for (i, h) in raw.hosts.iter().enumerate() {
-        let lower = h.to_ascii_lowercase();
-        let (wild, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
-        };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-            errors.add(
+        // Rules name hosts: `*` and address literals (`[::1]`) are not accepted here.
+        match HostPattern::parse(h) {
+            Ok(p) if p != HostPattern::Any && !p.is_ip_literal() => m.hosts.push(p),
+            _ => errors.add(
                 format!("{at}.hosts[{i}]"),
                 h,
                 "a host is `api.example.com` or `*.example.com`, without port",
-            );
-            continue;
+            ),
         }
-        m.hosts.push(if wild { Host::Subdomain(format!(".{name}")) } else { Host::Exact(name.to_string()) });
     }
     for (i, method) in raw.methods.iter().enumerate() {
-        if config::is_header_name(method) && !method.starts_with(':') {
-            m.methods.push(method.to_ascii_uppercase());
-        } else {
-            errors.add(format!("{at}.methods[{i}]"), method, "not an HTTP method");
+        match parse_method(method) {
+            Some(upper) => m.methods.push(upper),
+            None => errors.add(format!("{at}.methods[{i}]"), method, "not an HTTP method"),
         }
     }
     m

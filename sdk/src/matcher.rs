@@ -1,0 +1,314 @@
+//! Request matching shared by filters: host patterns, path conditions and methods.
+//!
+//! Every matcher compares with the request as [`crate::request::Request`] gives it: the host
+//! normalized by [`crate::http::normalize_host`] (lower-case, no port, no trailing dot), the path
+//! without its query string, the method as sent. Parsers take the configuration text and report
+//! what is wrong as a kind, so each filter keeps its own error wording and field paths.
+
+use regex_lite::Regex;
+
+/// One host pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `api.example.com` (stored lower-case, without trailing dot).
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: any subdomain, not the domain itself.
+    Subdomain(String),
+    /// `*`: any host.
+    Any,
+}
+
+/// Why a host pattern was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// Empty, or a `*` other than a leading `*.` (or the whole pattern).
+    Malformed,
+    /// A port is given; hosts are compared without port.
+    Port,
+    /// A character other than letters, digits, `-`, `.` and `_`.
+    NotAHostName,
+}
+
+impl HostPattern {
+    /// Parses a pattern as written in a configuration: `api.example.com`, `*.example.com` or `*`,
+    /// case-insensitive, a trailing dot ignored. A bracketed IPv6 literal (`[::1]`) is taken as
+    /// written; filters that do not match on addresses reject it with [`HostPattern::is_ip_literal`].
+    pub fn parse(text: &str) -> Result<Self, HostError> {
+        let lower = text.to_ascii_lowercase();
+        if lower == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (wild, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        // Stripped first, as `normalize_host` strips it from the request's host.
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() || name.contains('*') {
+            return Err(HostError::Malformed);
+        }
+        if !name.starts_with('[') {
+            if name.contains(':') {
+                return Err(HostError::Port);
+            }
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+                return Err(HostError::NotAHostName);
+            }
+        }
+        Ok(if wild {
+            HostPattern::Subdomain(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
+    }
+
+    /// True for a bracketed address pattern (`[::1]`), which only some filters accept.
+    pub fn is_ip_literal(&self) -> bool {
+        match self {
+            HostPattern::Exact(h) => h.starts_with('['),
+            HostPattern::Subdomain(s) => s.starts_with(".["),
+            HostPattern::Any => false,
+        }
+    }
+
+    /// Whether a normalized host (lower-case, no port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host == h,
+            HostPattern::Subdomain(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::Any => true,
+        }
+    }
+}
+
+/// A condition on the path without its query string.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// A plain string prefix, as Envoy's route `prefix` (`/api` also matches `/apix`).
+    Prefix(String),
+    /// A regex that must match the whole path.
+    Regex(Regex),
+}
+
+/// Why a path condition was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    /// Not exactly one of `exact`, `prefix`, `regex` was given.
+    Count,
+    /// The `exact` or `prefix` text (named) does not start with `/` or contains whitespace, a
+    /// control character, `?` or `#`.
+    NotAPath(&'static str),
+    /// The regex does not compile; regex-lite's message on one line.
+    Regex(String),
+}
+
+impl PathError {
+    /// The configuration field the error is about (`exact`, `prefix`, `regex`); none for
+    /// [`PathError::Count`].
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            PathError::Count => None,
+            PathError::NotAPath(field) => Some(field),
+            PathError::Regex(_) => Some("regex"),
+        }
+    }
+}
+
+impl PathMatch {
+    /// Builds the condition from exactly one of its three forms.
+    pub fn parse(exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>) -> Result<Self, PathError> {
+        match (exact, prefix, regex) {
+            (Some(p), None, None) if is_path_literal(p) => Ok(PathMatch::Exact(p.to_string())),
+            (Some(_), None, None) => Err(PathError::NotAPath("exact")),
+            (None, Some(p), None) if is_path_literal(p) => Ok(PathMatch::Prefix(p.to_string())),
+            (None, Some(_), None) => Err(PathError::NotAPath("prefix")),
+            (None, None, Some(r)) => full_match_regex(r).map(PathMatch::Regex).map_err(PathError::Regex),
+            _ => Err(PathError::Count),
+        }
+    }
+
+    /// Whether `path` (without query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// True for text usable as a literal path: starts with `/`, no whitespace, control character,
+/// `?` (the query is not part of the matched path) or `#`.
+pub fn is_path_literal(text: &str) -> bool {
+    text.starts_with('/') && is_path_text(text)
+}
+
+/// True for text without whitespace, control characters, `?` or `#` (path pieces, rewrites).
+pub fn is_path_text(text: &str) -> bool {
+    text.bytes().all(|b| b > b' ' && b != 0x7f && b != b'?' && b != b'#')
+}
+
+/// Compiles `pattern` to match a whole string (`^(?:pattern)$`); on error, the message on one line.
+pub fn full_match_regex(pattern: &str) -> Result<Regex, String> {
+    // Compiled alone first: a pattern such as `a)|(.*` is invalid alone but would be valid, and
+    // match anything, once wrapped.
+    Regex::new(pattern).map_err(|e| one_line(&e.to_string()))?;
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| one_line(&e.to_string()))
+}
+
+/// A message on one line (regex-lite's span several, which a log line or a config error should not).
+pub fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A configured method upper-cased, or `None` when it is not an RFC 9110 token.
+pub fn parse_method(text: &str) -> Option<String> {
+    (crate::config::is_header_name(text) && !text.starts_with(':')).then(|| text.to_ascii_uppercase())
+}
+
+/// Whether `method` is one of `methods` (upper-case, from [`parse_method`]); an empty list matches
+/// every method.
+pub fn method_matches(methods: &[String], method: &str) -> bool {
+    methods.is_empty() || methods.iter().any(|m| m == method)
+}
+
+/// Whether a normalized host matches one of `hosts`; an empty list matches every host.
+pub fn host_matches(hosts: &[HostPattern], host: &str) -> bool {
+    hosts.is_empty() || hosts.iter().any(|h| h.matches(host))
+}
+
+/// Conditions on host, path and method, all of which must hold; empty lists and no path match
+/// everything.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMatch {
+    /// Any of these hosts.
+    pub hosts: Vec<HostPattern>,
+    /// The path.
+    pub path: Option<PathMatch>,
+    /// Any of these methods (upper-case, from [`parse_method`]).
+    pub methods: Vec<String>,
+}
+
+impl RequestMatch {
+    /// Whether a request with this method, normalized host and path (no query) matches.
+    pub fn matches(&self, method: &str, host: &str, path: &str) -> bool {
+        method_matches(&self.methods, method)
+            && host_matches(&self.hosts, host)
+            && self.path.as_ref().is_none_or(|p| p.matches(path))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns_parse() {
+        assert_eq!(HostPattern::parse("API.example.com."), Ok(HostPattern::Exact("api.example.com".into())));
+        assert_eq!(HostPattern::parse("*.Example.org"), Ok(HostPattern::Subdomain(".example.org".into())));
+        assert_eq!(HostPattern::parse("*"), Ok(HostPattern::Any));
+        assert_eq!(HostPattern::parse("svc_a.internal"), Ok(HostPattern::Exact("svc_a.internal".into())));
+        assert_eq!(HostPattern::parse(""), Err(HostError::Malformed));
+        assert_eq!(HostPattern::parse("*."), Err(HostError::Malformed));
+        assert_eq!(HostPattern::parse("."), Err(HostError::Malformed));
+        assert_eq!(HostPattern::parse("a*.b"), Err(HostError::Malformed));
+        assert_eq!(HostPattern::parse("*.*.b"), Err(HostError::Malformed));
+        assert_eq!(HostPattern::parse("a.com:80"), Err(HostError::Port));
+        assert_eq!(HostPattern::parse("a b"), Err(HostError::NotAHostName));
+        assert_eq!(HostPattern::parse("a/b"), Err(HostError::NotAHostName));
+        let ip = HostPattern::parse("[::1]").unwrap();
+        assert_eq!(ip, HostPattern::Exact("[::1]".into()));
+        assert!(ip.is_ip_literal());
+        assert!(HostPattern::parse("*.[x]").unwrap().is_ip_literal());
+        assert!(!HostPattern::parse("a.b").unwrap().is_ip_literal());
+        assert!(!HostPattern::Any.is_ip_literal());
+    }
+
+    #[test]
+    fn hosts_match() {
+        let exact = HostPattern::parse("api.example.com").unwrap();
+        let sub = HostPattern::parse("*.example.com").unwrap();
+        assert!(exact.matches("api.example.com"));
+        assert!(!exact.matches("xapi.example.com"));
+        assert!(sub.matches("a.example.com"));
+        assert!(sub.matches("a.b.example.com"));
+        assert!(!sub.matches("example.com"), "the domain itself is not a subdomain");
+        assert!(!sub.matches(".example.com"));
+        assert!(!sub.matches("badexample.com"));
+        assert!(HostPattern::Any.matches(""));
+        assert!(host_matches(&[], "anything"));
+        assert!(host_matches(&[exact.clone(), sub.clone()], "x.example.com"));
+        assert!(!host_matches(&[exact, sub], "example.com"));
+    }
+
+    #[test]
+    fn paths() {
+        let exact = PathMatch::parse(Some("/a"), None, None).unwrap();
+        assert!(exact.matches("/a"));
+        assert!(!exact.matches("/a/"));
+        let prefix = PathMatch::parse(None, Some("/api"), None).unwrap();
+        assert!(prefix.matches("/api/x"));
+        assert!(prefix.matches("/apix"), "a plain string prefix, as Envoy's");
+        assert!(!prefix.matches("/ap"));
+        let re = PathMatch::parse(None, None, Some("/users/[0-9]+")).unwrap();
+        assert!(re.matches("/users/42"));
+        assert!(!re.matches("/users/42/x"), "the regex matches the whole path");
+        assert!(!re.matches("/v1/users/42"));
+        let alt = PathMatch::parse(None, None, Some("/a|/b")).unwrap();
+        assert!(!alt.matches("/a/x"), "alternation stays inside the anchors");
+        assert!(alt.matches("/b"));
+    }
+
+    #[test]
+    fn path_errors_name_the_field() {
+        let err = |e: Option<&str>, p: Option<&str>, r: Option<&str>| PathMatch::parse(e, p, r).unwrap_err();
+        assert_eq!(err(None, None, None), PathError::Count);
+        assert_eq!(err(Some("/a"), Some("/b"), None), PathError::Count);
+        assert_eq!(err(Some("/a"), None, Some("/b")).field(), None);
+        assert_eq!(err(Some("x"), None, None), PathError::NotAPath("exact"));
+        assert_eq!(err(None, Some("/a?b"), None), PathError::NotAPath("prefix"));
+        assert_eq!(err(None, Some("/a b"), None).field(), Some("prefix"));
+        assert_eq!(err(Some("/a#b"), None, None).field(), Some("exact"));
+        let regex = err(None, None, Some("("));
+        assert_eq!(regex.field(), Some("regex"));
+        assert!(matches!(&regex, PathError::Regex(m) if !m.contains('\n') && !m.is_empty()));
+        assert!(full_match_regex(")|(.*").is_err(), "must not escape the anchors");
+        assert!(full_match_regex("a)(").is_err());
+        assert!(is_path_text("/é"));
+        assert!(!is_path_text("/\u{7f}"));
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(parse_method("get").as_deref(), Some("GET"));
+        assert_eq!(parse_method("PURGE").as_deref(), Some("PURGE"));
+        assert_eq!(parse_method("G T"), None);
+        assert_eq!(parse_method(":method"), None);
+        assert_eq!(parse_method(""), None);
+        assert!(method_matches(&[], "DELETE"));
+        let list = ["GET".to_string(), "POST".to_string()];
+        assert!(method_matches(&list, "POST"));
+        assert!(!method_matches(&list, "get"), "methods are case-sensitive");
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let m = RequestMatch {
+            hosts: vec![
+                HostPattern::parse("api.example.com").unwrap(),
+                HostPattern::parse("*.internal").unwrap(),
+            ],
+            path: Some(PathMatch::parse(None, Some("/v1/"), None).unwrap()),
+            methods: vec!["GET".into()],
+        };
+        assert!(m.matches("GET", "api.example.com", "/v1/x"));
+        assert!(m.matches("GET", "a.internal", "/v1/"));
+        assert!(!m.matches("GET", "internal", "/v1/x"));
+        assert!(!m.matches("POST", "api.example.com", "/v1/x"));
+        assert!(!m.matches("GET", "api.example.com", "/v2/x"));
+        assert!(RequestMatch::default().matches("", "", ""), "no condition matches everything");
+    }
+}
