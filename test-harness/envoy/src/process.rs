@@ -1,7 +1,9 @@
 //! Local programs the tests, the benchmarks and the demo start beside Envoy (the Kafka bridge,
 //! say): on a free loopback port, waited for until they accept connections, killed on drop.
 
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,13 +44,11 @@ impl LocalProcess {
             }
             None => (Stdio::null(), Stdio::null()),
         };
-        let child = Command::new(command)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {}", command.display()))?;
+        let mut cmd = Command::new(command);
+        cmd.args(&args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        // Killed with its parent even when the parent is killed by a signal and runs no Drop.
+        die_with_parent(&mut cmd, None);
+        let child = cmd.spawn().with_context(|| format!("starting {}", command.display()))?;
         // Owned at once, so an early return below still stops it.
         let mut process = LocalProcess { child, addr };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -76,5 +76,31 @@ impl Drop for LocalProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Makes the child get SIGKILL when the thread that spawns it dies, and pins it to `cpu_set`
+/// when given: no child outlives the test, benchmark or demo that started it.
+pub(crate) fn die_with_parent(command: &mut Command, cpu_set: Option<libc::cpu_set_t>) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, sched_setaffinity) on values computed before the fork; it
+    // allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then nobody would kill us.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if let Some(set) = &cpu_set {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }

@@ -1,9 +1,7 @@
 //! Starting, probing and tearing down a real Envoy process.
 
 use std::fs::File;
-use std::io;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -351,30 +349,9 @@ impl EnvoyBuilder {
         }
         command.args(&self.extra_args).stdin(Stdio::null()).stdout(log).stderr(log_err);
 
-        let parent = std::process::id();
-        let cpu_set = self.cpu_affinity.as_ref().map(|cpus| cpu_set(cpus));
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (prctl, getppid, sched_setaffinity) on values computed
-        // before the fork; it allocates nothing and takes no lock.
-        unsafe {
-            command.pre_exec(move || {
-                // Envoy dies with SIGKILL when the thread that spawned it dies (for example the
-                // test process is killed), so no Envoy outlives a test run.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died between fork and prctl: then nobody would kill us.
-                if libc::getppid() as u32 != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                if let Some(set) = &cpu_set {
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        // Envoy dies with SIGKILL when the thread that spawned it dies (for example the test
+        // process is killed), so no Envoy outlives a test run.
+        crate::process::die_with_parent(&mut command, self.cpu_affinity.as_ref().map(|cpus| cpu_set(cpus)));
         let child = command.spawn().with_context(|| format!("spawning {}", envoy.display()))?;
         Ok(Process { child: Some(child), dir: Some(dir), admin_path, log_path })
     }
