@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 mod emu;
 
 use emu::emulator;
-use gatewasm_emulator::{Action, Emulator};
-use serde_json::{json, Value};
+use gatewasm_emulator::{host_call_counts as calls, Action, Emulator};
+use gatewasm_envoy::bench::Scenario;
+use serde_json::json;
 
 const REQUEST: &[(&str, &str)] = &[
     (":method", "GET"),
@@ -47,10 +48,6 @@ fn allowed_request(emu: &Emulator, answer: &[(&str, &str)]) -> [BTreeMap<String,
     out.unwrap()
 }
 
-fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
-}
-
 const PAIRS: &str = "proxy_get_header_map_pairs";
 const ALLOC: &str = "proxy_on_memory_allocate";
 const DISPATCH: &str = "proxy_http_call";
@@ -62,10 +59,11 @@ const EFFECTIVE: &str = "proxy_set_effective_context";
 
 #[test]
 fn bench_config_allowed_request() {
-    let bench: Value =
-        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/ext-auth.json")).unwrap();
-    let wasm = bench["rows"].as_array().unwrap().iter().find(|r| r["key"] == "wasm").unwrap();
-    let config = wasm["filters"][0]["wasm"]["configuration"].clone();
+    let config =
+        serde_json::from_str::<Scenario>(include_str!("../../../test-harness/envoy/bench/ext-auth.json"))
+            .unwrap()
+            .wasm_configuration("wasm")
+            .unwrap();
     let emu = emulator(&config);
     let [req, callout, resp] = allowed_request(&emu, &[(":status", "200"), ("x-user-id", "1")]);
     // One read of every request header (and the allocation Envoy calls back for), the callout,

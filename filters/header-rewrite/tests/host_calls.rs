@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel};
+use gatewasm_emulator::{host_call_counts as calls, wasm_path, Action, Emulator, LogLevel};
+use gatewasm_envoy::bench::Scenario;
 use serde_json::{json, Value};
 
 fn emulator(config: &Value) -> Emulator {
@@ -50,10 +51,6 @@ const BENCH_REQUEST: &[(&str, &str)] = &[
     ("x-request-id", "7b0d6f0e-8a4e-4b8e-9d5c-3c1e4d2f9a10"),
 ];
 
-fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
-}
-
 const PAIRS: &str = "proxy_get_header_map_pairs";
 const GET: &str = "proxy_get_header_map_value";
 const ALLOC: &str = "proxy_on_memory_allocate";
@@ -63,10 +60,10 @@ const REMOVE: &str = "proxy_remove_header_map_value";
 const METRIC: &str = "proxy_increment_metric";
 
 fn bench_config() -> Value {
-    let bench: Value =
-        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/header-rewrite.json")).unwrap();
-    let wasm = bench["rows"].as_array().unwrap().iter().find(|r| r["key"] == "wasm").unwrap();
-    wasm["filters"][0]["wasm"]["configuration"].clone()
+    serde_json::from_str::<Scenario>(include_str!("../../../test-harness/envoy/bench/header-rewrite.json"))
+        .unwrap()
+        .wasm_configuration("wasm")
+        .unwrap()
 }
 
 #[test]

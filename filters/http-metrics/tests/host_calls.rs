@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel};
+use gatewasm_emulator::{host_call_counts as calls, wasm_path, Action, Emulator, LogLevel};
+use gatewasm_envoy::bench::Scenario;
 use serde_json::{json, Value};
 
 fn emulator(config: &Value) -> Emulator {
@@ -50,10 +51,6 @@ fn one_request(emu: &Emulator, path: &str) -> [BTreeMap<String, u64>; 3] {
     [req, resp, emu.host_calls()]
 }
 
-fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
-}
-
 const PAIRS: &str = "proxy_get_header_map_pairs";
 const PROPERTY: &str = "proxy_get_property";
 const ALLOC: &str = "proxy_on_memory_allocate";
@@ -64,10 +61,10 @@ const SHARED_GET: &str = "proxy_get_shared_data";
 const SHARED_SET: &str = "proxy_set_shared_data";
 
 fn bench_config() -> Value {
-    let bench: Value =
-        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/http-metrics.json")).unwrap();
-    let row = bench["rows"].as_array().unwrap().iter().find(|r| r["key"] == "wasm").unwrap();
-    row["filters"][0]["wasm"]["configuration"].clone()
+    serde_json::from_str::<Scenario>(include_str!("../../../test-harness/envoy/bench/http-metrics.json"))
+        .unwrap()
+        .wasm_configuration("wasm")
+        .unwrap()
 }
 
 #[test]

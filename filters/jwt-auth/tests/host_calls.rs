@@ -8,17 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel};
+use gatewasm_emulator::{host_call_counts as calls, wasm_path, Action, Emulator, LogLevel};
+use gatewasm_envoy::bench::Scenario;
 use serde_json::Value;
 
-fn scenario() -> Value {
+fn scenario() -> Scenario {
     serde_json::from_str(include_str!("../../../test-harness/envoy/bench/jwt-auth.json")).unwrap()
 }
 
 fn row_config(key: &str) -> Value {
-    let s = scenario();
-    let row = s["rows"].as_array().unwrap().iter().find(|r| r["key"] == key).unwrap();
-    row["filters"][0]["wasm"]["configuration"].clone()
+    scenario().wasm_configuration(key).unwrap()
 }
 
 fn emulator(config: &Value) -> Emulator {
@@ -29,15 +28,11 @@ fn emulator(config: &Value) -> Emulator {
     emu
 }
 
-fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
-}
-
 /// The request phase's host calls of the second request (the first warms the cache and
 /// defines nothing new: metrics are defined at configure time).
 fn request_calls(emu: &Emulator, extra: &[(&str, &str)]) -> (BTreeMap<String, u64>, Option<String>) {
     let s = scenario();
-    let path = s["path"].as_str().unwrap();
+    let path = s.path.as_str();
     let mut headers = vec![
         (":method", "GET"),
         (":path", path),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_emulator::{wasm_path, Emulator, LogLevel};
+use gatewasm_emulator::{host_call_counts as calls, wasm_path, Emulator, LogLevel};
 use serde_json::{json, Value};
 
 fn emulator(config: &Value) -> Emulator {
@@ -50,10 +50,6 @@ fn per_request(emu: &Emulator, status: &str) -> [BTreeMap<String, u64>; 3] {
         out[2] = s.host_calls();
     }
     out
-}
-
-fn calls(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
-    pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
 }
 
 const BASE: &str = r#"{"cluster": "kafka-bridge", "topic": "access-logs"}"#;

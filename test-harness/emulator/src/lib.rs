@@ -61,6 +61,12 @@ pub enum Error {
     Usage(String),
 }
 
+/// Host-call counts as [`Emulator::host_calls`] reports them, from `(import name, count)` pairs:
+/// what a host-call test expects.
+pub fn host_call_counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(name, count)| (name.to_string(), *count)).collect()
+}
+
 /// Where the tests of this workspace find built modules: `$GATEWASM_WASM_DIR`, or
 /// `<workspace>/target/wasm32-wasip1/release`. Fails (never skips) when the module is missing.
 pub fn wasm_path(name: &str) -> Result<std::path::PathBuf, Error> {

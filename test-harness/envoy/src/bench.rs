@@ -248,6 +248,13 @@ pub struct Skipped {
 }
 
 impl Scenario {
+    /// The `configuration` of the Wasm filter in row `key` (its first filter): what the filters'
+    /// host-call tests run, so they pin the calls of exactly the configuration benchmarked.
+    pub fn wasm_configuration(&self, key: &str) -> Option<Value> {
+        let row = self.rows.iter().find(|r| r.key == key)?;
+        row.filters.first()?.get("wasm")?.get("configuration").cloned()
+    }
+
     /// Reads a scenario file.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
