@@ -1,7 +1,7 @@
 //! Host calls per request, counted by the emulator: each crosses from the VM into Envoy (about
 //! 1 µs in Envoy 1.40 with V8). Pins what one logged request costs with the default fields, and
 //! that sampled-out and status-filtered requests cost (almost) nothing.
-//! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log
+//! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log -p log-calls-filter
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -11,7 +11,11 @@ use gatewasm_emulator::{host_call_counts as calls, wasm_path, Emulator, LogLevel
 use serde_json::{json, Value};
 
 fn emulator(config: &Value) -> Emulator {
-    let path = wasm_path("kafka-log").unwrap_or_else(|e| panic!("{e}"));
+    module("kafka-log", config)
+}
+
+fn module(name: &str, config: &Value) -> Emulator {
+    let path = wasm_path(name).unwrap_or_else(|e| panic!("{e}"));
     let emu = Emulator::load(path)
         .plugin_config(config.to_string())
         .cluster("kafka-bridge")
@@ -70,6 +74,13 @@ fn default_fields_cost_two_map_reads_six_attributes_and_two_clock_reads() {
             ("proxy_on_memory_allocate", 8),
         ])
     );
+}
+
+#[test]
+fn the_benchmark_host_call_row_makes_the_same_calls_as_the_default_record() {
+    let filter = per_request(&emulator(&serde_json::from_str(BASE).unwrap()), "200");
+    let calls_only = per_request(&module("log-calls-filter", &json!("")), "200");
+    assert_eq!(calls_only, filter);
 }
 
 #[test]
