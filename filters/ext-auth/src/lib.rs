@@ -13,8 +13,9 @@
 //!    `with_request_body`, the body is buffered first (413 when over the limit, unless partial
 //!    bodies are allowed);
 //! 4. until the answer arrives, the request (headers, body and trailers) is held;
-//! 5. the answer allows, denies or fails ([`check::decide`]); the latency goes to a histogram
-//!    and the outcome to a counter.
+//! 5. the answer allows, denies or fails ([`check::decide`]); the outcome goes to a counter
+//!    (counted in the VM, flushed from the tick) and, with `duration_histogram`, the latency to
+//!    a histogram.
 
 pub mod check;
 pub mod config;
@@ -44,7 +45,7 @@ pub const FAILURE_MODE_ALLOWED_TOTAL: &str = "ext_auth_failure_mode_allowed_tota
 /// Counter of requests refused with 413 because their body was over `with_request_body.max_bytes`.
 pub const BODY_TOO_LARGE: &str = "ext_auth_body_too_large_total";
 /// Histogram of the time from sending the check to its answer (or timeout), in microseconds
-/// (a local auth service answers well within a millisecond).
+/// (a local auth service answers well within a millisecond); only with `duration_histogram`.
 pub const DURATION: &str = "ext_auth_check_duration_us";
 
 /// The counters, each counted in the VM and flushed from the tick (no host call per request).
@@ -116,6 +117,7 @@ fn local(name: &str) -> Option<LocalCounter> {
 pub struct ExtAuth {
     settings: Settings,
     counters: Counters,
+    /// The latency histogram, when `duration_histogram` asks for it.
     duration: Option<Histogram>,
     /// Whether this VM has seen a request body since `with_request_body` made it wait for one.
     body_seen: Cell<bool>,
@@ -149,12 +151,12 @@ impl Plugin for ExtAuth {
             settings.timeout.as_millis()
         );
         Ok(ExtAuth {
-            settings,
             counters: Counters::define(),
-            duration: define::<Histogram>(DURATION),
+            duration: if settings.duration_histogram { define::<Histogram>(DURATION) } else { None },
             body_seen: Cell::new(false),
             waiting_since: Cell::new(None),
             warned: Cell::new(false),
+            settings,
         })
     }
 

@@ -111,8 +111,40 @@ fn allow_copies_identity_headers_and_strips_the_clients_copies() {
     assert!(s.local_reply().is_none());
     emu.advance_clock(Duration::from_secs(2)).unwrap();
     assert_eq!(emu.metric("ext_auth_checks_total;result=allowed"), Some(1));
-    let durations = emu.metrics().into_iter().find(|m| m.name == "ext_auth_check_duration_us").unwrap();
-    assert_eq!(durations.recorded.len(), 1);
+}
+
+/// Outcomes are counted in the VM and reach the host's counters from the 1 s tick, never per
+/// request; the latency histogram exists only when `duration_histogram` asks for it.
+#[test]
+fn counters_reach_the_host_from_the_tick_and_the_histogram_is_opt_in() {
+    const ALLOWED: &str = "ext_auth_checks_total;result=allowed";
+    const DENIED: &str = "ext_auth_checks_total;result=denied";
+    for histogram in [false, true] {
+        let mut config = seed_config();
+        config["duration_histogram"] = json!(histogram);
+        let emu = emulator(&config);
+        for status in ["200", "200", "200", "401"] {
+            let (_s, call) = get(&emu, "/nodebackend/", &[]);
+            emu.advance_clock(Duration::from_millis(3)).unwrap();
+            emu.respond_http_call(call.token, &[(":status", status)], b"", &[]).unwrap();
+        }
+        // Defined at configuration, still zero: nothing was sent to the host per request.
+        assert_eq!(emu.metric(ALLOWED), Some(0));
+        assert_eq!(emu.metric(DENIED), Some(0));
+        emu.advance_clock(Duration::from_millis(1100)).unwrap();
+        assert_eq!(emu.metric(ALLOWED), Some(3), "histogram {histogram}");
+        assert_eq!(emu.metric(DENIED), Some(1));
+        // A tick with nothing new adds nothing.
+        emu.advance_clock(Duration::from_secs(1)).unwrap();
+        assert_eq!(emu.metric(ALLOWED), Some(3));
+        let durations = emu.metrics().into_iter().find(|m| m.name == "ext_auth_check_duration_us");
+        if histogram {
+            let recorded = durations.expect("histogram defined").recorded;
+            assert_eq!(recorded, [3000, 3000, 3000, 3000], "microseconds from dispatch to answer");
+        } else {
+            assert!(durations.is_none(), "no histogram unless asked for");
+        }
+    }
 }
 
 #[test]

@@ -165,7 +165,32 @@ fn seed_flow_login_then_protected_path_with_identity_headers() {
             "ext_auth_checks_total{result=\"allowed\"} 4",
             "ext_auth_checks_total{result=\"denied\"} 3",
             "ext_auth_skipped_total{} 1",
-            "ext_auth_check_duration_us_count{} 7",
+        ],
+    );
+    let stats = envoy.admin_get("/stats/prometheus").unwrap();
+    assert!(!stats.contains("ext_auth_check_duration_us"), "the histogram is opt-in");
+}
+
+/// With `duration_histogram`, every check's latency is recorded; Envoy's own timing of the auth
+/// cluster, which the default relies on, counts the same checks.
+#[test]
+fn the_duration_histogram_is_opt_in() {
+    let auth = AuthService::start().unwrap();
+    let upstream = EchoUpstream::start().unwrap();
+    let mut config = seed_config();
+    config["duration_histogram"] = json!(true);
+    let envoy = start(&config, auth.addr(), upstream.addr(), false);
+    for _ in 0..3 {
+        assert_eq!(envoy.send(&Request::get("/public")).unwrap().status, 200);
+    }
+    assert_eq!(envoy.send(&Request::get("/nodebackend/")).unwrap().status, 401);
+    assert_stats(
+        &envoy,
+        &[
+            "ext_auth_checks_total{result=\"allowed\"} 3",
+            "ext_auth_checks_total{result=\"denied\"} 1",
+            "ext_auth_check_duration_us_count{} 4",
+            "envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"auth\"} 4",
         ],
     );
 }

@@ -57,26 +57,47 @@ const RECORD: &str = "proxy_record_metric";
 const CONTINUE: &str = "proxy_continue_stream";
 const EFFECTIVE: &str = "proxy_set_effective_context";
 
+fn bench_config() -> serde_json::Value {
+    serde_json::from_str::<Scenario>(include_str!("../../../test-harness/envoy/bench/ext-auth.json"))
+        .unwrap()
+        .wasm_configuration("wasm")
+        .unwrap()
+}
+
+const ANSWER: &[(&str, &str)] = &[(":status", "200"), ("x-user-id", "1")];
+
 #[test]
 fn bench_config_allowed_request() {
-    let config =
-        serde_json::from_str::<Scenario>(include_str!("../../../test-harness/envoy/bench/ext-auth.json"))
-            .unwrap()
-            .wasm_configuration("wasm")
-            .unwrap();
-    let emu = emulator(&config);
-    let [req, callout, resp] = allowed_request(&emu, &[(":status", "200"), ("x-user-id", "1")]);
+    let emu = emulator(&bench_config());
+    let [req, callout, resp] = allowed_request(&emu, ANSWER);
     // One read of every request header (and the allocation Envoy calls back for), the callout,
-    // and the clock (the SDK's, for the deadline; the histogram uses the same readings).
+    // and the clock (the SDK's, for the deadline).
     assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (DISPATCH, 1), (TIME, 1)]), "request headers");
-    // Back on the stream's context, the answer's headers, the clock once, one header set, the
-    // histogram, and resuming the request.
+    // Back on the stream's context, the answer's headers, the clock once (the SDK's, to tell a
+    // timeout from a failure), one header set, and resuming the request. No histogram: off by
+    // default.
+    assert_eq!(
+        callout,
+        calls(&[(EFFECTIVE, 1), (PAIRS, 1), (ALLOC, 1), (TIME, 1), (SET, 1), (CONTINUE, 1)]),
+        "answer"
+    );
+    // Nothing on the response path; counters are counted in the VM and flushed from the tick.
+    assert_eq!(resp, calls(&[]), "response headers");
+}
+
+#[test]
+fn the_duration_histogram_costs_one_record_per_check() {
+    let mut config = bench_config();
+    config["duration_histogram"] = json!(true);
+    let emu = emulator(&config);
+    let [req, callout, resp] = allowed_request(&emu, ANSWER);
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (DISPATCH, 1), (TIME, 1)]), "request headers");
+    // The latency comes from the SDK's clock readings: one record, no extra clock read.
     assert_eq!(
         callout,
         calls(&[(EFFECTIVE, 1), (PAIRS, 1), (ALLOC, 1), (TIME, 1), (SET, 1), (RECORD, 1), (CONTINUE, 1)]),
         "answer"
     );
-    // Nothing on the response path; counters are counted in the VM.
     assert_eq!(resp, calls(&[]), "response headers");
 }
 
