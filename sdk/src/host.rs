@@ -58,6 +58,14 @@ mod abi {
             return_value_data: *mut *mut u8,
             return_value_size: *mut usize,
         ) -> u32;
+        pub fn proxy_call_foreign_function(
+            function_name_data: *const u8,
+            function_name_size: usize,
+            arguments_data: *const u8,
+            arguments_size: usize,
+            results_data: *mut *mut u8,
+            results_size: *mut usize,
+        ) -> u32;
         pub fn proxy_send_local_response(
             status_code: u32,
             status_code_details_data: *const u8,
@@ -109,6 +117,16 @@ mod abi {
         UNAVAILABLE
     }
     pub unsafe fn proxy_get_property(_: *const u8, _: usize, _: *mut *mut u8, _: *mut usize) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_call_foreign_function(
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+        _: *mut *mut u8,
+        _: *mut usize,
+    ) -> u32 {
         UNAVAILABLE
     }
     #[allow(clippy::too_many_arguments)]
@@ -309,6 +327,31 @@ pub fn property(path: &[&str]) -> Result<Option<Bytes>, Status> {
         // SAFETY: on Ok the host returned a guest allocation of `size` bytes.
         Status::Ok => Ok(Some(unsafe { take(data, size) })),
         Status::NotFound => Ok(None),
+        other => Err(other),
+    }
+}
+
+/// Calls a function the host registered by name (Envoy's are in
+/// `source/extensions/common/wasm/foreign.cc`: `verify_signature`, `compress`, ...), with
+/// `arguments` in whatever encoding that function reads. `Err(Status::NotFound)` when the host
+/// has no function of that name, so a module can fall back to its own code on another host.
+pub fn foreign_function(name: &str, arguments: &[u8]) -> Result<Bytes, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
+    let code = unsafe {
+        abi::proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            arguments.as_ptr(),
+            arguments.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    match status(code) {
+        // SAFETY: on Ok the host returned a guest allocation of `size` bytes (or nothing).
+        Status::Ok => Ok(unsafe { take(data, size) }),
         other => Err(other),
     }
 }

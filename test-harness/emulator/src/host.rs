@@ -1045,6 +1045,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     })?;
     linker.func_wrap(
         env,
+        "proxy_call_foreign_function",
+        |mut c: C<'_>, np: u32, ns: u32, ap: u32, asz: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
+            c.data_mut().count_host_call("proxy_call_foreign_function");
+            let name = mem!(&mut c, np, ns);
+            let args = mem!(&mut c, ap, asz);
+            match crate::foreign::call(&String::from_utf8_lossy(&name), &args) {
+                crate::foreign::Answer::Ok(result) => copy_out(&mut c, &result, ptr_ptr, size_ptr),
+                crate::foreign::Answer::Status(code) => Ok(code),
+                crate::foreign::Answer::Unimplemented(what) => Err(unimplemented(&what)),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        env,
         "proxy_get_status",
         |mut c: C<'_>, code_ptr: u32, ptr_ptr: u32, size_ptr: u32| -> Result<u32> {
             c.data_mut().count_host_call("proxy_get_status");
@@ -1054,14 +1068,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
             copy_out(&mut c, b"", ptr_ptr, size_ptr)
         },
     )?;
-    for name in [
-        "proxy_grpc_call",
-        "proxy_grpc_stream",
-        "proxy_grpc_send",
-        "proxy_grpc_cancel",
-        "proxy_grpc_close",
-        "proxy_call_foreign_function",
-    ] {
+    for name in
+        ["proxy_grpc_call", "proxy_grpc_stream", "proxy_grpc_send", "proxy_grpc_cancel", "proxy_grpc_close"]
+    {
         // Left undefined on purpose: `Emulator` links every import it does not define to a
         // stub that traps naming the call (see `unimplemented`).
         let _ = name;

@@ -345,3 +345,23 @@ fn noop_filter_runs() {
     assert_eq!(s.request_body_now(), b"x");
     s.log().unwrap();
 }
+
+#[test]
+fn verify_signature_like_envoy() {
+    let emu = probe().build().unwrap();
+    let cases = include_str!("fixtures/verify_signature.txt");
+    let lines: Vec<&str> = cases.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 2 * 17, "an op and Envoy's answer per case");
+    for pair in lines.chunks(2) {
+        let s = run(&emu, &[("x-probe", pair[0])]);
+        assert_eq!(results(&s), pair[1], "{}", &pair[0][..pair[0].len().min(60)]);
+    }
+}
+
+#[test]
+fn foreign_functions_envoy_has_and_the_emulator_lacks_trap() {
+    let emu = probe().build().unwrap();
+    let mut s = emu.stream();
+    let err = s.request_headers(&[(":path", "/"), ("x-probe", "foreign:compress,00")], true).unwrap_err();
+    assert!(err.to_string().contains("compress"), "{err}");
+}

@@ -48,6 +48,14 @@ extern "C" {
     fn proxy_get_buffer_status(t: u32, len: *mut usize, flags: *mut u32) -> u32;
     fn proxy_set_buffer_bytes(t: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
     fn proxy_get_header_map_pairs(t: u32, ret: *mut *mut u8, ret_size: *mut usize) -> u32;
+    fn proxy_call_foreign_function(
+        name: *const u8,
+        name_size: usize,
+        args: *const u8,
+        args_size: usize,
+        ret: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
     fn proxy_get_header_map_value(
         t: u32,
         k: *const u8,
@@ -350,6 +358,27 @@ impl Probe {
                     let path = a.first().copied().unwrap_or("").replace('.', "\0");
                     let st = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut p, &mut s) };
                     format!("{st},{}", show(&take(p, s)))
+                }
+                "foreign" => {
+                    // foreign:NAME,HEXARGS: the status and the result bytes in hex.
+                    let name = a.first().copied().unwrap_or("");
+                    let hex = a.get(1).copied().unwrap_or("");
+                    let args: Vec<u8> = (0..hex.len() / 2)
+                        .filter_map(|i| hex.get(2 * i..2 * i + 2))
+                        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+                        .collect();
+                    let st = unsafe {
+                        proxy_call_foreign_function(
+                            name.as_ptr(),
+                            name.len(),
+                            args.as_ptr(),
+                            args.len(),
+                            &mut p,
+                            &mut s,
+                        )
+                    };
+                    let out: String = take(p, s).iter().map(|b| format!("{b:02x}")).collect();
+                    format!("{st},0x{out}")
                 }
                 "set_prop" => {
                     let path = a.first().copied().unwrap_or("").replace('.', "\0");
