@@ -17,21 +17,21 @@ pub mod config;
 pub mod outbox;
 pub mod produce;
 pub mod record;
+pub mod slots;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use gatewasm::metrics::{Counter, Gauge};
-use gatewasm::{
-    Callout, CalloutError, CalloutId, CalloutResult, ConfigErrors, HeaderSnapshot, HttpFilter, Plugin,
-    Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
-};
+use gatewasm::{Callout, CalloutError, CalloutId, CalloutResult, ConfigErrors, HttpFilter, Plugin, Stream};
+use proxy_wasm::types::MapType;
 
 use crate::config::Compiled;
 use crate::outbox::{Entry, Outbox, Stats};
 use crate::produce::Answer;
 use crate::record::{Reader, Source, Timing};
+use crate::slots::Slots;
 
 /// Counter of records stored in Kafka.
 pub const SENT: &str = "kafka_log_records_sent_total";
@@ -88,9 +88,10 @@ struct Warned {
 /// The plugin: configuration, this worker's buffer and its callouts.
 pub struct KafkaLog {
     config: Compiled,
-    /// Whether any field needs the request header map / the response header map.
-    reads_request: bool,
-    reads_response: bool,
+    /// Request / response header names the fields and the status condition look up (empty:
+    /// that map is not read).
+    request_names: Vec<String>,
+    response_names: Vec<String>,
     outbox: RefCell<Outbox>,
     /// Produce requests in flight: callout id and batch id.
     calls: RefCell<Vec<(CalloutId, u64)>>,
@@ -226,13 +227,7 @@ impl Plugin for KafkaLog {
 
     fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
         let config = config::parse(raw)?;
-        let reads_request =
-            config.fields.iter().any(|f| matches!(f.source, Source::RequestHeader(_) | Source::Path));
-        let reads_response = config.has_status_condition()
-            || config
-                .fields
-                .iter()
-                .any(|f| matches!(f.source, Source::ResponseHeader(_) | Source::ResponseCode));
+        let (request_names, response_names) = header_names(&config);
         log::info!(
             "kafka_log: {} field(s) to topic {} through cluster {}",
             config.fields.len(),
@@ -242,8 +237,8 @@ impl Plugin for KafkaLog {
         Ok(KafkaLog {
             outbox: RefCell::new(Outbox::new(config.limits.clone())),
             config,
-            reads_request,
-            reads_response,
+            request_names,
+            response_names,
             calls: RefCell::new(Vec::new()),
             rng: Cell::new(now_ns().unwrap_or(0x9E37_79B9_7F4A_7C15) | 1),
             metrics: Metrics {
@@ -323,13 +318,58 @@ pub struct LogStream {
     bytes_out: u64,
 }
 
-/// The stream's values as Envoy holds them at the end of the stream.
-struct HostReader {
-    request: HeaderSnapshot,
-    response: HeaderSnapshot,
+/// The header names to find in each map: those of the fields, and `:status` for the response
+/// code and the status condition.
+fn header_names(config: &Compiled) -> (Vec<String>, Vec<String>) {
+    fn add(names: &mut Vec<String>, name: &str) {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    let (mut request, mut response) = (Vec::new(), Vec::new());
+    if config.has_status_condition() {
+        add(&mut response, ":status");
+    }
+    for field in &config.fields {
+        match &field.source {
+            Source::Path => {
+                add(&mut request, "x-envoy-original-path");
+                add(&mut request, ":path");
+            }
+            Source::RequestHeader(name) => add(&mut request, name),
+            Source::ResponseHeader(name) => add(&mut response, name),
+            Source::ResponseCode => add(&mut response, ":status"),
+            _ => {}
+        }
+    }
+    (request, response)
 }
 
-impl Reader for HostReader {
+/// Reads a header map and finds `names` in it; no host call when no name is wanted. A host
+/// error (no such map in this callback) reads as an empty map.
+fn find_headers(map: MapType, names: &[String]) -> Slots<'_> {
+    if names.is_empty() {
+        return Slots::none(names);
+    }
+    match gatewasm::host::header_pairs_raw(map) {
+        Ok(raw) => Slots::find(names, raw),
+        Err(status) => {
+            log::debug!("kafka_log: reading header map failed: {status:?}");
+            Slots::none(names)
+        }
+    }
+}
+
+/// The stream's values as Envoy holds them at the end of the stream.
+struct HostReader<'a> {
+    request: Slots<'a>,
+    response: Slots<'a>,
+}
+
+/// Attribute paths have two or three segments; longer ones (configured by hand) take a `Vec`.
+const SHORT_PATH: usize = 4;
+
+impl Reader for HostReader<'_> {
     fn request_header(&self, name: &str) -> Option<&str> {
         self.request.get(name)
     }
@@ -337,8 +377,15 @@ impl Reader for HostReader {
         self.response.get(name)
     }
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
-        let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-        gatewasm::host::property(&segments).ok().flatten()
+        let read = |segments: &[&str]| gatewasm::host::property(segments).ok().flatten();
+        if path.len() <= SHORT_PATH {
+            let mut segments = [""; SHORT_PATH];
+            for (to, from) in segments.iter_mut().zip(path) {
+                *to = from.as_str();
+            }
+            return read(segments.get(..path.len()).unwrap_or_default());
+        }
+        read(&path.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
 
@@ -365,22 +412,14 @@ impl HttpFilter for LogStream {
             return;
         }
         let plugin = &self.plugin;
-        let response = if plugin.reads_response {
-            HeaderSnapshot::read(RESPONSE_HEADERS)
-        } else {
-            HeaderSnapshot::default()
-        };
+        let response = find_headers(MapType::HttpResponseHeaders, &plugin.response_names);
         if plugin.config.has_status_condition() {
             let code = response.get(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
             if !plugin.config.status_logged(code) {
                 return;
             }
         }
-        let request = if plugin.reads_request {
-            HeaderSnapshot::read(REQUEST_HEADERS)
-        } else {
-            HeaderSnapshot::default()
-        };
+        let request = find_headers(MapType::HttpRequestHeaders, &plugin.request_names);
         let end_ns = now_ns();
         let timing = Timing {
             // A stream that never reached this filter's request callback (an earlier filter

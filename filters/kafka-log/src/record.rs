@@ -195,15 +195,15 @@ fn write_value(field: &Field, reader: &dyn Reader, timing: &Timing, out: &mut St
         },
         Source::Duration => match (timing.start_ns, timing.end_ns) {
             (Some(start), Some(end)) => {
-                let _ = write!(out, "{}", end.saturating_sub(start) / 1_000_000);
+                push_u64(out, end.saturating_sub(start) / 1_000_000, 1);
             }
             _ => out.push_str("null"),
         },
         Source::BytesReceived => {
-            let _ = write!(out, "{}", timing.bytes_received);
+            push_u64(out, timing.bytes_received, 1);
         }
         Source::BytesSent => {
-            let _ = write!(out, "{}", timing.bytes_sent);
+            push_u64(out, timing.bytes_sent, 1);
         }
         Source::Path => {
             let path =
@@ -212,7 +212,7 @@ fn write_value(field: &Field, reader: &dyn Reader, timing: &Timing, out: &mut St
         }
         Source::ResponseCode => {
             let code = reader.response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-            let _ = write!(out, "{code}");
+            push_u64(out, u64::from(code), 1);
         }
         Source::RequestHeader(name) => write_opt_str(out, reader.request_header(name), field.redact),
         Source::ResponseHeader(name) => write_opt_str(out, reader.response_header(name), field.redact),
@@ -235,7 +235,11 @@ fn write_property(out: &mut String, bytes: &[u8], kind: PropertyKind) {
         PropertyKind::Str => write_str(out, &String::from_utf8_lossy(bytes)),
         PropertyKind::Int => match le_u64(bytes) {
             Some(v) => {
-                let _ = write!(out, "{}", v as i64);
+                let v = v as i64;
+                if v < 0 {
+                    out.push('-');
+                }
+                push_u64(out, v.unsigned_abs(), 1);
             }
             None => out.push_str("null"),
         },
@@ -306,13 +310,39 @@ pub fn write_iso8601(out: &mut String, unix_ns: u64) {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    );
+    push_u64(out, y, 4);
+    out.push('-');
+    push_u64(out, m, 2);
+    out.push('-');
+    push_u64(out, d, 2);
+    out.push('T');
+    push_u64(out, rem / 3600, 2);
+    out.push(':');
+    push_u64(out, (rem % 3600) / 60, 2);
+    out.push(':');
+    push_u64(out, rem % 60, 2);
+    out.push('.');
+    push_u64(out, ms, 3);
+    out.push('Z');
+}
+
+/// Appends `v` in decimal with at least `width` digits (zero-padded, as `{v:0width$}`; at most 20), without
+/// `core::fmt`: a record has a dozen numbers, and the formatting machinery costs several times
+/// the digits themselves in the VM.
+pub fn push_u64(out: &mut String, mut v: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut len = 0;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+        len += 1;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = digits.len() - len.max(width).min(digits.len());
+    // ASCII digits: the conversion cannot fail.
+    out.push_str(std::str::from_utf8(digits.get(start..).unwrap_or_default()).unwrap_or_default());
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm, for
@@ -334,8 +364,18 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 pub fn write_str(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
-    let mut run = 0;
-    for (i, b) in s.bytes().enumerate() {
+    let bytes = s.as_bytes();
+    // `run`: start of the bytes not copied yet; `i`: the byte being looked at.
+    let (mut run, mut i) = (0, 0);
+    while i < bytes.len() {
+        // Eight bytes at a time while none needs escaping: most values need none.
+        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let Some(&b) = bytes.get(i) else { break };
         let escape = match b {
             b'"' => Some("\\\""),
             b'\\' => Some("\\\\"),
@@ -343,7 +383,10 @@ pub fn write_str(out: &mut String, s: &str) {
             b'\r' => Some("\\r"),
             b'\t' => Some("\\t"),
             0..=0x1f | 0x7f => None,
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(s.get(run..i).unwrap_or(""));
         match escape {
@@ -352,10 +395,25 @@ pub fn write_str(out: &mut String, s: &str) {
                 let _ = write!(out, "\\u{b:04x}");
             }
         }
-        run = i + 1;
+        i += 1;
+        run = i;
     }
     out.push_str(s.get(run..).unwrap_or(""));
     out.push('"');
+}
+
+/// Whether any of the eight bytes of `word` is a control character, `"`, `\\` or DEL (the
+/// bytes [`write_str`] escapes). Each test is the classic "has a byte less than n / equal to c"
+/// word trick: exact about whether some byte matches, which is all that is asked here.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    let del = has_zero(word ^ (ONES * 0x7f));
+    (control | quote | backslash | del) != 0
 }
 
 #[cfg(test)]
@@ -500,8 +558,39 @@ mod tests {
     }
 
     #[test]
+    fn the_word_test_finds_every_escaped_byte_at_every_position() {
+        for b in 0..=255u8 {
+            let escaped = b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f;
+            for at in 0..8 {
+                let mut word = [b'a'; 8];
+                word[at] = b;
+                assert_eq!(needs_escape(u64::from_le_bytes(word)), escaped, "{b:#x} at {at}");
+                // Next to bytes with the high bit set (UTF-8), too.
+                let mut word = [0xc3; 8];
+                word[at] = b;
+                assert_eq!(needs_escape(u64::from_le_bytes(word)), escaped, "{b:#x} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_as_core_fmt_writes_them() {
+        for v in [0u64, 7, 9, 10, 99, 100, 1234, 99_999, u64::MAX / 3, u64::MAX] {
+            for width in [1, 2, 3, 4, 20] {
+                let mut s = String::new();
+                push_u64(&mut s, v, width);
+                assert_eq!(s, format!("{v:0width$}"));
+            }
+        }
+        let mut s = String::new();
+        write_iso8601(&mut s, u64::MAX);
+        assert_eq!(s, "2554-07-21T23:34:33.709Z");
+    }
+
+    #[test]
     fn strings_are_escaped_for_json() {
-        for raw in ["plain", "q\"b\\s", "ctl\u{1}\u{1f}\u{7f}", "tab\tnl\ncr\r", "unicode é ✓", ""] {
+        let long = "a fairly long value \"quoted\" past eight bytes\u{1}, é ✓ and a tail\\";
+        for raw in ["plain", "q\"b\\s", "ctl\u{1}\u{1f}\u{7f}", "tab\tnl\ncr\r", "unicode é ✓", "", long] {
             let mut s = String::new();
             write_str(&mut s, raw);
             assert_eq!(serde_json::from_str::<String>(&s).unwrap(), raw, "{s}");
