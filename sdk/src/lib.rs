@@ -112,6 +112,26 @@ pub trait Plugin: Sized + 'static {
     fn on_callout(self: &Rc<Self>, id: CalloutId, result: CalloutResult) {
         let _ = (id, result);
     }
+
+    /// The host is removing the plugin (`proxy_on_done` on the root context): return true to
+    /// let it go at once, or false to finish work first (a last flush of buffered records, say)
+    /// and call [`done`] once finished; callout answers keep arriving meanwhile.
+    ///
+    /// In Envoy 1.40 this runs on every thread once the plugin's listener has drained after a
+    /// configuration change or removal, and at shutdown. The unfinished plugin lives only as
+    /// long as its VM: when another plugin configuration keeps the VM (a changed plugin
+    /// configuration, or another listener with the same VM) its callouts complete; when the VM
+    /// goes with it (its last listener removed, a new VM configuration or module, Envoy
+    /// exiting) callouts dispatched here are cancelled.
+    fn on_done(self: &Rc<Self>) -> bool {
+        true
+    }
+}
+
+/// Tells the host the plugin finished the work it delayed by returning false from
+/// [`Plugin::on_done`]; the host then deletes it. `NotFound` when the host was not waiting.
+pub fn done() -> Result<(), proxy_wasm::types::Status> {
+    proxy_wasm::hostcalls::done()
 }
 
 /// Per-stream callbacks. Each returns what happens next; none can fail the VM.
@@ -230,6 +250,13 @@ impl<P: Plugin> Default for Root<P> {
 }
 
 impl<P: Plugin> Context for Root<P> {
+    fn on_done(&mut self) -> bool {
+        match &self.plugin {
+            Some(plugin) => plugin.on_done(),
+            None => true,
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
