@@ -263,6 +263,8 @@ impl EmulatorBuilder {
             after: Vec::new(),
             stop_iteration: false,
             done_called: false,
+            root_pending_done: false,
+            root_deleted: false,
             host_calls: BTreeMap::new(),
             host_calls_by_context: HashMap::new(),
         };
@@ -762,6 +764,7 @@ impl Inner {
                         }
                     }
                     AfterCall::LocalReply(id, reply) => self.local_reply(id, reply)?,
+                    AfterCall::DeleteRoot => self.delete_root()?,
                 }
             }
             for (root, qid) in ready {
@@ -770,6 +773,21 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Deletes the root context as Envoy does when a removed plugin is done: `proxy_on_delete`,
+    /// its timer stopped and its pending callouts cancelled (their answers never arrive).
+    fn delete_root(&mut self) -> Result<()> {
+        let st = self.store.data_mut();
+        let root = st.root_id;
+        st.root_deleted = true;
+        st.tick_period_ms = 0;
+        st.next_tick = None;
+        st.http_calls.retain(|_, call| call.context_id != root);
+        if let Some(f) = self.exports.delete.clone() {
+            self.call("proxy_on_delete", root, |s| f.call(s, root))?;
+        }
+        Ok(())
     }
 
     fn deliver_call_response(
@@ -858,6 +876,36 @@ impl Emulator {
             id
         });
         Stream { inner: self.inner.clone(), id }
+    }
+
+    /// Removes the plugin as Envoy 1.40 does once the plugin's listener has drained after a
+    /// configuration change or removal: `proxy_on_done` on the root context. Returns true when
+    /// the module let it go at once (`proxy_on_delete` ran). False when it asked to finish
+    /// first: callout answers and ticks still arrive (in Envoy, as long as another plugin keeps
+    /// the VM) until the module calls `proxy_done`; the root context is then deleted, its
+    /// timer stopped and its pending callouts cancelled.
+    pub fn remove_plugin(&self) -> Result<bool> {
+        self.with(|i| {
+            i.pump()?;
+            let root = i.store.data().root_id;
+            let now = match i.exports.done.clone() {
+                Some(f) => i.call("proxy_on_done", root, |s| f.call(s, root))? != 0,
+                None => true,
+            };
+            if now {
+                i.delete_root()?;
+            } else {
+                i.store.data_mut().root_pending_done = true;
+            }
+            i.pump()?;
+            Ok(now)
+        })
+    }
+
+    /// Whether the root context was deleted after [`Emulator::remove_plugin`] (at once, or when
+    /// the module called `proxy_done`).
+    pub fn plugin_removed(&self) -> bool {
+        self.with(|i| i.store.data().root_deleted)
     }
 
     /// The root context id (1, as in Envoy).

@@ -196,6 +196,8 @@ pub(crate) enum AfterCall {
     Continue(u32, u32),
     LocalReply(u32, LocalReply),
     Close(u32),
+    /// `proxy_done` accepted: delete the root context once the call returns (Envoy defers it).
+    DeleteRoot,
 }
 
 /// Everything the host keeps for one VM (one `Emulator`).
@@ -231,6 +233,10 @@ pub(crate) struct HostState {
     pub after: Vec<AfterCall>,
     pub stop_iteration: bool,
     pub done_called: bool,
+    /// The root context's `proxy_on_done` returned false: `proxy_done` is awaited.
+    pub root_pending_done: bool,
+    /// The root context was deleted (plugin removed): no more ticks or callout answers.
+    pub root_deleted: bool,
     /// Host calls made by the module (imports, plus the host's allocation callbacks into it),
     /// by name: since build or the last reset, and by the context they were made in.
     pub host_calls: BTreeMap<String, u64>,
@@ -1036,12 +1042,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     })?;
     linker.func_wrap(env, "proxy_done", |mut c: C<'_>| -> Result<u32> {
         c.data_mut().count_host_call("proxy_done");
-        // Envoy: Ok only for a root context whose on_done returned false during shutdown.
+        // Envoy (WasmBase::done): Ok only while the plugin's root context waits in pending_done
+        // (its on_done returned false); the root context is deleted after the call returns.
         let st = c.data_mut();
-        if st.done_called {
+        if !st.root_pending_done {
             return Ok(status::NOT_FOUND);
         }
-        Ok(status::NOT_FOUND)
+        st.root_pending_done = false;
+        st.done_called = true;
+        st.after.push(AfterCall::DeleteRoot);
+        Ok(status::OK)
     })?;
     linker.func_wrap(
         env,
