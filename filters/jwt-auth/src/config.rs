@@ -43,6 +43,10 @@ pub struct RawConfig {
     /// `Access-Control-Request-Method`) through without a token. Default false, as Envoy.
     #[serde(default)]
     pub bypass_cors_preflight: bool,
+    /// Check RS256/384/512 and ES256/384 signatures with the host's `verify_signature` (Envoy's
+    /// BoringSSL, one host call) when the host has it; off: every signature is checked by the
+    /// module's own code. Default true.
+    pub host_crypto: Option<bool>,
 }
 
 /// One issuer and how to verify its tokens (Envoy's `JwtProvider`).
@@ -249,6 +253,8 @@ pub struct Compiled {
     pub bypass_cors_preflight: bool,
     /// Every header a provider sets, lower-case: removed from every request first.
     pub output_headers: Vec<String>,
+    /// Whether the host checks the signatures it can.
+    pub host_crypto: bool,
 }
 
 /// Parses and compiles a configuration, reporting every problem.
@@ -289,7 +295,13 @@ pub fn compile(raw: RawConfig, errors: &mut ConfigErrors) -> Compiled {
             }
         }
     }
-    Compiled { providers, rules, bypass_cors_preflight: raw.bypass_cors_preflight, output_headers }
+    Compiled {
+        providers,
+        rules,
+        bypass_cors_preflight: raw.bypass_cors_preflight,
+        output_headers,
+        host_crypto: raw.host_crypto.unwrap_or(true),
+    }
 }
 
 /// Headers a provider may not write (or read a token from, for the pseudo-headers).
@@ -408,6 +420,7 @@ fn provider(at: &str, name: &str, raw: &RawProvider, errors: &mut ConfigErrors) 
         outputs: Outputs { claim_to_headers, forward_payload_header, forward: raw.forward },
         keys,
         cache: RefCell::new(TokenCache::new(cache_size)),
+        host_check: None,
     })
 }
 

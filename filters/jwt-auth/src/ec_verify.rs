@@ -86,6 +86,8 @@ macro_rules! curve {
                 pub key: VerifyingKey,
                 q: Box<Table>,
                 g: Box<Table>,
+                /// The key as DER SubjectPublicKeyInfo, for the host's `verify_signature`.
+                spki: Option<Vec<u8>>,
             }
 
             impl Key {
@@ -93,7 +95,14 @@ macro_rules! curve {
                 pub fn new(key: VerifyingKey) -> Self {
                     let q = Box::new(table(ProjectivePoint::from(*key.as_affine())));
                     let g = Box::new(table(ProjectivePoint::GENERATOR));
-                    Self { key, q, g }
+                    let spki =
+                        $krate::pkcs8::EncodePublicKey::to_public_key_der(&key).ok().map(|d| d.into_vec());
+                    Self { key, q, g, spki }
+                }
+
+                /// The key as DER SubjectPublicKeyInfo.
+                pub fn spki(&self) -> Option<&[u8]> {
+                    self.spki.as_deref()
                 }
 
                 /// Whether `sig` (`r || s`, fixed size) is a valid signature of the prehashed

@@ -168,6 +168,10 @@ pub fn parse(token: &str) -> Result<Jwt<'_>, Status> {
     else {
         return Err(Status::BadFormat);
     };
+    // Envoy splits skipping empty sections, so a token with one is not "three sections" there.
+    if header_b64.is_empty() || payload_b64.is_empty() || sig_b64.is_empty() {
+        return Err(Status::BadFormat);
+    }
     let signed_len = header_b64.len() + 1 + payload_b64.len();
     let signed = token.get(..signed_len).ok_or(Status::BadFormat)?;
 
@@ -262,8 +266,11 @@ mod tests {
     #[test]
     fn none_in_any_case_is_refused() {
         for none in ["none", "None", "NONE", "nONE"] {
-            let t = format!("{}.{}.", b64(&format!(r#"{{"alg":"{none}"}}"#)), b64("{}"));
+            let t = format!("{}.{}.c2ln", b64(&format!(r#"{{"alg":"{none}"}}"#)), b64("{}"));
             assert_eq!(parse(&t).unwrap_err(), Status::HeaderNotImplementedAlg, "{none}");
+            // Unsigned, as `none` tokens are sent: an empty section is no JWS at all, as in Envoy.
+            let unsigned = format!("{}.{}.", b64(&format!(r#"{{"alg":"{none}"}}"#)), b64("{}"));
+            assert_eq!(parse(&unsigned).unwrap_err(), Status::BadFormat, "{none}");
         }
     }
 

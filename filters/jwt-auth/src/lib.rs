@@ -18,6 +18,7 @@
 pub mod config;
 pub mod ec_verify;
 pub mod extractor;
+pub mod host_crypto;
 pub mod jwks_cache;
 pub mod jwt;
 pub mod keys;
@@ -53,6 +54,41 @@ pub const JWKS_FETCHES: &str = "jwt_auth_jwks_fetches_total";
 /// Tick period when some provider has a remote key set: the first fetch goes out this soon
 /// after the configuration is loaded, and an unknown `kid` is re-fetched this soon.
 const REMOTE_TICK: Duration = Duration::from_millis(200);
+
+thread_local! {
+    /// Set once the host answered that it has no `verify_signature` (Envoy before 1.35, other
+    /// hosts): later signatures go straight to the module's own code.
+    static HOST_LACKS_VERIFY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// [`keys::HostCheck`] through Envoy's `verify_signature`. Anything but a clear "valid" is a
+/// failed verification, except a host without the function, where the module checks instead.
+fn host_check(arguments: &[u8]) -> Option<bool> {
+    if HOST_LACKS_VERIFY.with(Cell::get) {
+        return None;
+    }
+    match gatewasm::host::foreign_function(host_crypto::FUNCTION, arguments) {
+        Ok(answer) => {
+            let valid = host_crypto::verified(&answer);
+            if !valid {
+                log::debug!(
+                    "jwt_auth: host signature check failed: {}",
+                    host_crypto::error_text(&answer).unwrap_or_default()
+                );
+            }
+            Some(valid)
+        }
+        Err(gatewasm::proxy_wasm::types::Status::NotFound) => {
+            HOST_LACKS_VERIFY.with(|c| c.set(true));
+            log::info!("jwt_auth: the host has no verify_signature; the module checks every signature");
+            None
+        }
+        Err(status) => {
+            log::debug!("jwt_auth: verify_signature failed: {status:?}");
+            Some(false)
+        }
+    }
+}
 
 /// The plugin: providers, rules and counters.
 pub struct JwtAuth {
@@ -145,7 +181,12 @@ impl Plugin for JwtAuth {
     type Filter = JwtFilter;
 
     fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
-        let config = config::parse(raw)?;
+        let mut config = config::parse(raw)?;
+        if config.host_crypto {
+            for provider in &mut config.providers {
+                provider.host_check = Some(host_check);
+            }
+        }
         let allowed = counter(ALLOWED).map(LocalCounter::new);
         let denied = Status::DENY_CODES
             .iter()

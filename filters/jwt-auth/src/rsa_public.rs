@@ -41,6 +41,8 @@ pub struct RsaKey {
     /// Bits of the modulus.
     bits: usize,
     params: Option<Params>,
+    /// The key as DER SubjectPublicKeyInfo, for the host's `verify_signature`.
+    spki: Option<Vec<u8>>,
 }
 
 /// `bytes` left-padded with zeros to `len` (callers pass `bytes.len() <= len`).
@@ -74,7 +76,13 @@ impl RsaKey {
             }
             _ => None,
         };
-        Self { key, e, k, bits, params }
+        let spki = rsa::pkcs8::EncodePublicKey::to_public_key_der(&key).ok().map(|d| d.into_vec());
+        Self { key, e, k, bits, params, spki }
+    }
+
+    /// The key as DER SubjectPublicKeyInfo (what BoringSSL's `EVP_parse_public_key` reads).
+    pub fn spki(&self) -> Option<&[u8]> {
+        self.spki.as_deref()
     }
 
     /// The key.

@@ -60,6 +60,8 @@ pub enum Status {
     JwksUnavailable,
     /// A key matched and the signature does not verify with it.
     VerificationFailed,
+    /// An Ed25519 key matched and the signature is not 64 bytes.
+    Ed25519SignatureWrongLength,
 }
 
 impl Status {
@@ -105,6 +107,7 @@ impl Status {
             Status::KidAlgMismatch => "Jwks doesn't have key to match kid or alg from Jwt",
             Status::JwksUnavailable => "Jwks remote fetch is failed",
             Status::VerificationFailed => "Jwt verification fails",
+            Status::Ed25519SignatureWrongLength => "Jwt ED25519 signature is wrong length",
         }
     }
 
@@ -136,7 +139,7 @@ impl Status {
             Status::AudienceNotAllowed => "audience_not_allowed",
             Status::KidAlgMismatch => "unknown_key",
             Status::JwksUnavailable => "jwks_unavailable",
-            Status::VerificationFailed => "bad_signature",
+            Status::VerificationFailed | Status::Ed25519SignatureWrongLength => "bad_signature",
         }
     }
 
@@ -192,6 +195,7 @@ mod tests {
             Status::KidAlgMismatch,
             Status::JwksUnavailable,
             Status::VerificationFailed,
+            Status::Ed25519SignatureWrongLength,
         ];
         for s in all {
             assert!(Status::DENY_CODES.contains(&s.code()), "{s:?}");

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use crate::extractor::{self, Found, Location, RequestView};
 use crate::jwks_cache::{KeySource, TokenCache, Verified};
 use crate::jwt::{self, Alg};
+use crate::keys::HostCheck;
 use crate::matcher::Requirement;
 use crate::status::Status;
 
@@ -56,6 +57,9 @@ pub struct Provider {
     pub keys: KeySource,
     /// Its verified tokens.
     pub cache: RefCell<TokenCache>,
+    /// Where the host checks RS*/ES* signatures (Envoy's `verify_signature`); `None` in native
+    /// builds and when `host_crypto` is off, where the module checks every signature itself.
+    pub host_check: Option<HostCheck>,
 }
 
 /// Audiences compare without `http://`/`https://` and a trailing `/`, as Envoy compares them.
@@ -122,7 +126,7 @@ impl Provider {
             return Err(Status::AlgNotAllowed);
         }
         let keys = self.keys.current().ok_or(Status::JwksUnavailable)?;
-        match keys.verify(&jwt) {
+        match keys.verify(&jwt, self.host_check) {
             Status::Ok => {}
             Status::KidAlgMismatch => {
                 if let (Some(kid), KeySource::Remote(remote)) = (&jwt.kid, &self.keys) {

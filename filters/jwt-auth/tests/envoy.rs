@@ -93,6 +93,21 @@ fn the_seeds_scenario_through_envoy() {
     assert_eq!(response.json().unwrap()["message"], "Jwt verification fails");
 }
 
+/// Envoy with native `jwt_authn`: provider `p` and these rules.
+fn native_envoy(provider: Value, rules: &Value) -> Envoy {
+    EnvoyBuilder::new()
+        .raw_filter(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"p": provider},
+                "rules": rules
+            }
+        }))
+        .start()
+        .unwrap()
+}
+
 /// The same provider and rules, as Envoy's `jwt_authn` and as this filter.
 fn parity_envoys() -> (Envoy, Envoy) {
     let jwks = Signer::hmac().jwks("k").to_string();
@@ -113,17 +128,7 @@ fn parity_envoys() -> (Envoy, Envoy) {
         {"match": {"prefix": "/public"}},
         {"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}
     ]);
-    let native = EnvoyBuilder::new()
-        .raw_filter(json!({
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": {"p": provider(true)},
-                "rules": rules
-            }
-        }))
-        .start()
-        .unwrap();
+    let native = native_envoy(provider(true), &rules);
     let ours = EnvoyBuilder::new()
         .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
         .start()
@@ -291,4 +296,75 @@ fn remote_jwks_fail_closed_rotation_and_outage() {
     let stats = envoy.admin_get("/stats?filter=jwt_auth_jwks").unwrap();
     assert!(stats.contains("jwt_auth_jwks_fetches_total;provider=idp;result=failed"), "{stats}");
     assert!(stats.contains("jwt_auth_jwks_fetches_total;provider=idp;result=ok"), "{stats}");
+}
+
+/// RS256 and ES256 signatures are checked by Envoy's `verify_signature` (BoringSSL) by default;
+/// EdDSA and HS256 by the module. Every algorithm, valid and altered, gets the answer native
+/// `jwt_authn` gives, with `host_crypto` on and off.
+#[test]
+fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn() {
+    let signers =
+        [("rs", Signer::rsa()), ("es", Signer::p256()), ("ed", Signer::ed25519()), ("hs", Signer::hmac())];
+    let jwks = json!({"keys": signers.iter().map(|(kid, s)| s.jwk(kid)).collect::<Vec<_>>()});
+    let provider = |native: bool| {
+        let keys = if native { json!({"inline_string": jwks.to_string()}) } else { jwks.clone() };
+        json!({"issuer": "https://issuer.test", "local_jwks": keys})
+    };
+    let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]);
+    let native = native_envoy(provider(true), &rules);
+    let ours = |host: bool| {
+        EnvoyBuilder::new()
+            .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules, "host_crypto": host})))
+            .start()
+            .unwrap()
+    };
+    let (host, module) = (ours(true), ours(false));
+
+    let claims = json!({"iss": "https://issuer.test", "sub": "u", "exp": now() + 600});
+    let mut cases = Vec::new();
+    for (kid, signer) in &signers {
+        let good = signer.token(kid, &claims);
+        let (input, sig) = good.rsplit_once('.').unwrap();
+        let (header, _) = input.split_once('.').unwrap();
+        let other_claims = common::b64(
+            json!({"iss": "https://issuer.test", "sub": "admin", "exp": now() + 600}).to_string(),
+        );
+        let mut flipped = sig.as_bytes().to_vec();
+        flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+        cases.push((format!("{kid} valid"), good.clone()));
+        cases.push((format!("{kid} payload swapped"), format!("{header}.{other_claims}.{sig}")));
+        cases.push((
+            format!("{kid} signature altered"),
+            format!("{input}.{}", String::from_utf8(flipped).unwrap()),
+        ));
+        // Whole 4-character groups off: still canonical base64url, fewer bytes.
+        cases.push((
+            format!("{kid} signature cut"),
+            format!("{input}.{}", &sig[..sig.len() - sig.len() % 4 - 4]),
+        ));
+        cases.push((format!("{kid} no signature"), format!("{input}.")));
+    }
+    // Four characters off leaves non-zero bits below the last byte.
+    let rs = signers[0].1.token("rs", &claims);
+    cases.push(("rs signature not canonical".into(), rs[..rs.len() - 4].to_string()));
+    // Another RSA key under the same kid.
+    let impostor = Signer::Rsa(common::rsa_key_2()).token("rs", &claims);
+    cases.push(("rs other key".into(), impostor));
+    for (name, token) in cases {
+        let req = Request::get("/a").header("authorization", &format!("Bearer {token}"));
+        let want = answer(&native.send(&req).unwrap(), true);
+        let by_host = answer(&host.send(&req).unwrap(), false);
+        let by_module = answer(&module.send(&req).unwrap(), false);
+        if name.ends_with("not canonical") {
+            // The cut leaves non-zero bits below the last byte: Envoy's decoder ignores them and
+            // fails the signature, this filter refuses non-canonical base64url (no two texts for
+            // one token). Same status and WWW-Authenticate, another message.
+            assert_eq!(want.0, by_host.0, "{name}");
+            assert_eq!(want.1, by_host.1, "{name}");
+            assert_eq!(by_host.2, "Jwt signature is an invalid Base64url encoded", "{name}");
+        } else {
+            assert_eq!(want, by_host, "{name}: native {want:?}, host_crypto {by_host:?}");
+        }
+        assert_eq!(by_host, by_module, "{name}: host_crypto {by_host:?}, module {by_module:?}");
+    }
 }

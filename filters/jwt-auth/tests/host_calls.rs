@@ -60,14 +60,36 @@ const ALLOC: &str = "proxy_on_memory_allocate";
 const SET: &str = "proxy_replace_header_map_value";
 const REMOVE: &str = "proxy_remove_header_map_value";
 
+const FOREIGN: &str = "proxy_call_foreign_function";
+
 #[test]
 fn bench_request_reads_once_and_writes_the_claim() {
-    for key in ["wasm-rs256-cache", "wasm-rs256", "wasm-es256-cache", "wasm-es256"] {
+    for key in ["wasm-rs256-cache", "wasm-es256-cache"] {
         let emu = emulator(&row_config(key));
         let (req, sub) = request_calls(&emu, &[]);
         assert_eq!(sub.as_deref(), Some("bench-user"), "{key}");
         assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (SET, 1)]), "{key}");
     }
+}
+
+#[test]
+fn without_the_cache_the_host_checks_the_signature_in_one_call() {
+    for key in ["wasm-rs256", "wasm-es256"] {
+        let emu = emulator(&row_config(key));
+        let (req, sub) = request_calls(&emu, &[]);
+        assert_eq!(sub.as_deref(), Some("bench-user"), "{key}");
+        assert_eq!(req, calls(&[(PAIRS, 1), (FOREIGN, 1), (ALLOC, 2), (SET, 1)]), "{key}");
+    }
+}
+
+#[test]
+fn host_crypto_off_checks_in_the_module() {
+    let mut config = row_config("wasm-es256");
+    config["host_crypto"] = serde_json::json!(false);
+    let emu = emulator(&config);
+    let (req, sub) = request_calls(&emu, &[]);
+    assert_eq!(sub.as_deref(), Some("bench-user"));
+    assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (SET, 1)]));
 }
 
 #[test]
