@@ -99,3 +99,19 @@ fn a_spoofed_output_costs_one_removal() {
     assert_eq!(sub.as_deref(), Some("bench-user"));
     assert_eq!(req, calls(&[(PAIRS, 1), (ALLOC, 1), (REMOVE, 1), (SET, 1)]));
 }
+
+/// The benchmark's "host calls alone" row makes exactly the cached path's calls.
+#[test]
+fn the_calls_row_makes_the_cached_paths_calls() {
+    let calls_row = {
+        let path = wasm_path("calls-filter").unwrap_or_else(|e| panic!("{e}"));
+        let config = row_config("calls");
+        let emu = Emulator::load(path).plugin_config(config.to_string()).build().unwrap();
+        assert!(emu.configured(), "{:?}", emu.logs());
+        emu
+    };
+    let (alone, sub) = request_calls(&calls_row, &[]);
+    assert_eq!(sub.as_deref(), Some("bench-user"));
+    let (filter, _) = request_calls(&emulator(&row_config("wasm-rs256-cache")), &[]);
+    assert_eq!(alone, filter);
+}

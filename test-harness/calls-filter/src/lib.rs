@@ -1,0 +1,143 @@
+//! Makes, on each request, the host calls its configuration lists, through the SDK functions the
+//! filters use, and nothing else: the values read are dropped unread. Put in a benchmark next to
+//! a filter with the same calls, it separates what the host crossings cost from the filter's own
+//! work (the Wasm floor, the noop filter, is the row with no call at all).
+//!
+//! Configuration: `{"request_headers": [op, ...], "log": [op, ...]}`, ops run in order when the
+//! request headers arrive and at the end of the stream. An op is `pairs` (read every request
+//! header), `get:NAME` (read one request header), `replace:NAME=VALUE` (set a request header),
+//! `remove:NAME`, `time` (read the clock) or `property:a.b` (read an attribute).
+
+// `proxy_wasm::main!` defines the undocumented `_initialize` export.
+#![allow(missing_docs)]
+
+use std::rc::Rc;
+
+use gatewasm::host;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use serde::Deserialize;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root(Rc::default())) });
+}}
+
+/// One host call.
+#[derive(Debug, Clone)]
+enum Op {
+    Pairs,
+    Get(String),
+    Replace(String, String),
+    Remove(String),
+    Time,
+    Property(Vec<String>),
+}
+
+impl Op {
+    fn parse(text: &str) -> Result<Op, String> {
+        let (name, arg) = text.split_once(':').unwrap_or((text, ""));
+        Ok(match name {
+            "pairs" => Op::Pairs,
+            "get" => Op::Get(arg.to_string()),
+            "replace" => {
+                let (k, v) = arg.split_once('=').ok_or_else(|| format!("`{text}`: replace:NAME=VALUE"))?;
+                Op::Replace(k.to_string(), v.to_string())
+            }
+            "remove" => Op::Remove(arg.to_string()),
+            "time" => Op::Time,
+            "property" => Op::Property(arg.split('.').map(str::to_string).collect()),
+            _ => return Err(format!("unknown op `{text}`")),
+        })
+    }
+
+    fn run(&self) {
+        let req = MapType::HttpRequestHeaders;
+        match self {
+            Op::Pairs => drop(host::header_pairs_raw(req)),
+            Op::Get(name) => drop(host::header_bytes(req, name)),
+            Op::Replace(name, value) => drop(host::set_header(req, name, value.as_bytes())),
+            Op::Remove(name) => drop(host::remove_header(req, name)),
+            Op::Time => drop(hostcalls::get_current_time()),
+            Op::Property(path) => {
+                let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+                drop(host::property(&segments));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    request_headers: Vec<String>,
+    #[serde(default)]
+    log: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Ops {
+    request_headers: Vec<Op>,
+    log: Vec<Op>,
+}
+
+struct Root(Rc<Ops>);
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let raw: RawConfig = if bytes.is_empty() {
+            RawConfig::default()
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    log_error(&format!("calls_filter: bad configuration: {e}"));
+                    return false;
+                }
+            }
+        };
+        let parse = |ops: &[String]| ops.iter().map(|o| Op::parse(o)).collect::<Result<Vec<_>, _>>();
+        match (parse(&raw.request_headers), parse(&raw.log)) {
+            (Ok(request_headers), Ok(log)) => {
+                self.0 = Rc::new(Ops { request_headers, log });
+                true
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                log_error(&format!("calls_filter: {e}"));
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream(Rc::clone(&self.0))))
+    }
+}
+
+fn log_error(message: &str) {
+    let _ = hostcalls::log(LogLevel::Error, message);
+}
+
+struct Stream(Rc<Ops>);
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.0.request_headers.iter().for_each(Op::run);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.0.log.iter().for_each(Op::run);
+    }
+}
