@@ -409,3 +409,42 @@ fn outputs_payload_header_nested_claims_and_forward() {
     assert_eq!(a, Action::Pause);
     assert_eq!(reply_json(&s).1["message"], "Jwks doesn't have key to match kid or alg from Jwt");
 }
+
+/// On a host without `verify_signature` (Envoy before 1.35, other hosts) the module checks RS*
+/// and ES* itself, with the same answers, and asks the host only once.
+#[test]
+fn a_host_without_verify_signature_gets_the_modules_check() {
+    let signers = [("rs", Signer::rsa()), ("es", Signer::p256())];
+    let jwks = json!({"keys": signers.iter().map(|(kid, s)| s.jwk(kid)).collect::<Vec<_>>()});
+    let config = json!({
+        "providers": {"p": {"local_jwks": jwks, "cache_size": 0}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]
+    });
+    let path = wasm_path("jwt-auth").unwrap_or_else(|e| panic!("{e}"));
+    for registered in [true, false] {
+        let emu = Emulator::load(&path)
+            .plugin_config(config.to_string())
+            .time(UNIX_EPOCH + Duration::from_secs(T0))
+            .foreign_functions(registered)
+            .build()
+            .unwrap();
+        let mut asked = 0;
+        for (kid, signer) in &signers {
+            let good = signer.token(kid, &json!({"sub": "u", "exp": T0 + 600}));
+            let other = signer.token(kid, &json!({"sub": "admin", "exp": T0 + 600}));
+            let forged =
+                format!("{}.{}", good.rsplit_once('.').unwrap().0, other.rsplit_once('.').unwrap().1);
+            for (token, want) in [(&good, Action::Continue), (&forged, Action::Pause)] {
+                emu.reset_host_calls();
+                let (s, action) = request(&emu, "/a", &[("authorization", &format!("Bearer {token}"))]);
+                assert_eq!(action, want, "{kid}, host function registered: {registered}");
+                if want == Action::Pause {
+                    assert_eq!(reply_json(&s).1["message"], "Jwt verification fails");
+                }
+                asked += s.host_calls().get("proxy_call_foreign_function").copied().unwrap_or(0);
+            }
+        }
+        // Registered: asked for every signature; missing: asked once, then never again.
+        assert_eq!(asked, if registered { 4 } else { 1 }, "host function registered: {registered}");
+    }
+}

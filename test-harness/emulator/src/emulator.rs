@@ -121,6 +121,7 @@ pub struct EmulatorBuilder {
     time: SystemTime,
     env: Vec<(String, String)>,
     hold_headers: bool,
+    foreign_functions: bool,
 }
 
 impl EmulatorBuilder {
@@ -141,6 +142,7 @@ impl EmulatorBuilder {
             time: UNIX_EPOCH + Duration::from_secs(1_704_067_200),
             env: Vec::new(),
             hold_headers: false,
+            foreign_functions: true,
         }
     }
 
@@ -150,6 +152,14 @@ impl EmulatorBuilder {
     /// until the filter resumes.
     pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> Self {
         self.hold_headers = allow;
+        self
+    }
+
+    /// Whether the host registers its foreign functions (`verify_signature`); `false` emulates a
+    /// host without them (Envoy before 1.35 for `verify_signature`, other proxy-wasm hosts):
+    /// every `proxy_call_foreign_function` answers NotFound.
+    pub fn foreign_functions(mut self, registered: bool) -> Self {
+        self.foreign_functions = registered;
         self
     }
 
@@ -253,6 +263,7 @@ impl EmulatorBuilder {
             next_http_token: 0,
             clusters: self.clusters,
             hold_headers: self.hold_headers,
+            foreign_functions: self.foreign_functions,
             tick_period_ms: 0,
             next_tick: None,
             realtime_ns: realtime,

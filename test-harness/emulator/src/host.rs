@@ -223,6 +223,8 @@ pub(crate) struct HostState {
     pub clusters: Option<HashSet<String>>,
     /// Envoy's `allow_on_headers_stop_iteration`.
     pub hold_headers: bool,
+    /// Whether foreign functions are registered (see `EmulatorBuilder::foreign_functions`).
+    pub foreign_functions: bool,
     pub tick_period_ms: u32,
     pub next_tick: Option<u64>,
     pub realtime_ns: u64,
@@ -1060,6 +1062,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
             c.data_mut().count_host_call("proxy_call_foreign_function");
             let name = mem!(&mut c, np, ns);
             let args = mem!(&mut c, ap, asz);
+            if !c.data().foreign_functions {
+                return Ok(status::NOT_FOUND);
+            }
             match crate::foreign::call(&String::from_utf8_lossy(&name), &args) {
                 crate::foreign::Answer::Ok(result) => copy_out(&mut c, &result, ptr_ptr, size_ptr),
                 crate::foreign::Answer::Status(code) => Ok(code),
