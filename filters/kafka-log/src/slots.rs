@@ -43,7 +43,10 @@ impl<'a> Slots<'a> {
                 continue;
             }
             for (name, slot) in names.iter().zip(slots.iter_mut()) {
-                if *slot == Slot::Absent && key.eq_ignore_ascii_case(name.as_bytes()) {
+                // Envoy stores names lower-case: the exact comparison almost always decides.
+                if *slot == Slot::Absent
+                    && (key == name.as_bytes() || key.eq_ignore_ascii_case(name.as_bytes()))
+                {
                     // `value` borrows `raw`: its offset is its address minus the buffer's.
                     let start = value.as_ptr() as usize - base;
                     *slot = match std::str::from_utf8(value) {
@@ -71,10 +74,19 @@ impl<'a> Slots<'a> {
 
     /// The first value of `name`, when it is one of the wanted names and present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let at = self.names.iter().position(|n| n.eq_ignore_ascii_case(name))?;
+        // Callers pass the wanted names themselves: the exact comparison finds them.
+        let at = match self.names.iter().position(|n| n == name) {
+            Some(at) => at,
+            None => self.names.iter().position(|n| n.eq_ignore_ascii_case(name))?,
+        };
         match self.slots.get(at)? {
             Slot::Absent => None,
-            Slot::Text(start, end) => self.raw.get(*start..*end).and_then(|v| std::str::from_utf8(v).ok()),
+            Slot::Text(start, end) => {
+                let value = self.raw.get(*start..*end)?;
+                // SAFETY: `find` checked these bytes are UTF-8 before recording the range, and
+                // `raw` (private) is never changed after `find`.
+                Some(unsafe { std::str::from_utf8_unchecked(value) })
+            }
             Slot::Lossy(text) => Some(text),
         }
     }
