@@ -101,6 +101,8 @@ pub struct KafkaLog {
     flushed: Cell<Stats>,
     buffered_reported: Cell<u64>,
     warned: Cell<Warned>,
+    /// The host is removing the plugin: what it holds is being sent once, then it lets go.
+    closing: Cell<bool>,
 }
 
 fn now_ns() -> Option<u64> {
@@ -137,7 +139,16 @@ impl KafkaLog {
     /// Sends every batch that is due, as long as callouts may be added.
     fn pump(&self, now_ms: u64) {
         loop {
-            let Some(send) = self.outbox.borrow_mut().due(now_ms) else { return };
+            let closing = self.closing.get();
+            let next = {
+                let mut outbox = self.outbox.borrow_mut();
+                if closing {
+                    outbox.due_closing(now_ms)
+                } else {
+                    outbox.due(now_ms)
+                }
+            };
+            let Some(send) = next else { return };
             let mut call = Callout::get(&self.config.cluster, &self.config.authority, &self.config.path);
             call.method = "POST".to_string();
             call.headers = Vec::with_capacity(self.config.headers.len() + 2);
@@ -153,7 +164,12 @@ impl KafkaLog {
                 Err(err) => {
                     let random = self.random();
                     let why = Answer::RetryAll(format!("dispatch refused: {err:?}"));
-                    self.outbox.borrow_mut().complete(send.id, &why, now_ms, random);
+                    let mut outbox = self.outbox.borrow_mut();
+                    outbox.complete(send.id, &why, now_ms, random);
+                    if closing {
+                        outbox.give_up_retries();
+                    }
+                    drop(outbox);
                     self.warn_failure(
                         now_ms,
                         &format!("cannot send to cluster {}: {err:?}", self.config.cluster),
@@ -251,6 +267,7 @@ impl Plugin for KafkaLog {
             flushed: Cell::new(Stats::default()),
             buffered_reported: Cell::new(0),
             warned: Cell::new(Warned::default()),
+            closing: Cell::new(false),
         })
     }
 
@@ -304,8 +321,47 @@ impl Plugin for KafkaLog {
             Answer::Records(_) => {}
         }
         let random = self.random();
-        self.outbox.borrow_mut().complete(batch, &answer, now, random);
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.complete(batch, &answer, now, random);
+        if self.closing.get() {
+            outbox.give_up_retries();
+        }
+        drop(outbox);
         self.pump(now);
+        if self.closing.get() && self.finished(now) {
+            if let Err(status) = gatewasm::done() {
+                log::warn!("kafka_log: the host refused proxy_done: {status:?}");
+            }
+        }
+    }
+
+    /// Removed by the host (Envoy: the listener drained after a configuration change): the
+    /// buffered records are sent at once, whatever their age, and the plugin lets go when the
+    /// last produce request answers. Records that would be retried are given up (counted
+    /// failed). Envoy keeps a removed plugin only while its VM lives on for another plugin
+    /// (see README: "When the plugin is removed").
+    fn on_done(self: &Rc<Self>) -> bool {
+        self.closing.set(true);
+        let now = now_ms();
+        let held = self.outbox.borrow().held().0;
+        if held > 0 {
+            log::info!("kafka_log: plugin removed; sending the {held} record(s) it holds");
+        }
+        self.outbox.borrow_mut().give_up_retries();
+        self.pump(now);
+        self.finished(now)
+    }
+}
+
+impl KafkaLog {
+    /// While closing: true once no produce request is in flight (nothing left to send or wait
+    /// for), with the counters reported one last time.
+    fn finished(&self, now_ms: u64) -> bool {
+        if self.outbox.borrow().in_flight() > 0 {
+            return false;
+        }
+        self.report(now_ms);
+        true
     }
 }
 

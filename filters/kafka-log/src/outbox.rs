@@ -139,6 +139,35 @@ impl Outbox {
     /// oldest waited `flush_interval`. `None` when nothing is due or `max_in_flight` batches
     /// are already out.
     pub fn due(&mut self, now_ms: u64) -> Option<Send> {
+        self.next(now_ms, false)
+    }
+
+    /// As [`Outbox::due`] when the plugin is being removed: waiting records leave whatever
+    /// their age, still at most `max_in_flight` batches at once. Call
+    /// [`Outbox::give_up_retries`] first: nothing waits for a backoff any more.
+    pub fn due_closing(&mut self, now_ms: u64) -> Option<Send> {
+        self.next(now_ms, true)
+    }
+
+    /// Gives up every batch waiting for a retry (counted failed): a plugin being removed sends
+    /// what it holds once and lets go. Returns the records given up.
+    pub fn give_up_retries(&mut self) -> u64 {
+        let (mut records, mut bytes) = (0usize, 0usize);
+        self.batches.retain(|b| {
+            if b.state == State::InFlight {
+                return true;
+            }
+            records += b.entries.len();
+            bytes += b.entries.iter().map(Entry::size).sum::<usize>();
+            false
+        });
+        self.stats.failed += records as u64;
+        self.held_records -= records;
+        self.held_bytes -= bytes;
+        records as u64
+    }
+
+    fn next(&mut self, now_ms: u64, closing: bool) -> Option<Send> {
         if self.in_flight() >= self.limits.max_in_flight {
             return None;
         }
@@ -159,7 +188,7 @@ impl Outbox {
         let flush_ms = u64::try_from(self.limits.flush_interval.as_millis()).unwrap_or(u64::MAX);
         let full = self.waiting.len() >= self.limits.batch_max_size
             || self.waiting_bytes >= self.limits.batch_max_bytes;
-        if !full && now_ms.saturating_sub(front_at) < flush_ms {
+        if !closing && !full && now_ms.saturating_sub(front_at) < flush_ms {
             return None;
         }
         let mut entries = Vec::new();
@@ -424,6 +453,31 @@ mod tests {
         let s = o.due(20_000).unwrap();
         o.complete(s.id, &Answer::FailAll("HTTP 404".into()), 20_000, 0);
         assert_eq!(o.stats().failed, 3);
+    }
+
+    #[test]
+    fn closing_sends_young_records_and_gives_up_retries() {
+        let mut o = Outbox::new(limits());
+        for i in 0..2 {
+            o.push(entry(i, 0));
+        }
+        let s = o.due(100).unwrap();
+        o.complete(s.id, &Answer::RetryAll("HTTP 503".into()), 110, 0);
+        for i in 2..9 {
+            o.push(entry(i, 110));
+        }
+        assert_eq!(o.held(), (9, 9 * 11));
+        assert_eq!(o.give_up_retries(), 2);
+        assert_eq!(o.stats().failed, 2);
+        assert_eq!(o.held(), (7, 7 * 11));
+        // Young records leave at once, still two batches at most in flight.
+        assert_eq!(ids(&o.due_closing(111).unwrap()), ["r2", "r3", "r4"]);
+        assert_eq!(ids(&o.due_closing(111).unwrap()), ["r5", "r6", "r7"]);
+        assert!(o.due_closing(111).is_none(), "max_in_flight is 2");
+        o.complete(2, &Answer::Records(vec![Stored; 3]), 112, 0);
+        assert_eq!(ids(&o.due_closing(112).unwrap()), ["r8"]);
+        assert!(o.due_closing(112).is_none());
+        assert_eq!(o.give_up_retries(), 0, "batches in flight are not given up");
     }
 
     #[test]

@@ -372,3 +372,46 @@ fn an_unknown_cluster_is_retried_and_warned_about_at_most_every_ten_seconds() {
     assert_eq!(emu.gauge("kafka_log_records_buffered"), Some(1), "kept for when the cluster exists");
     assert!(emu.metric("kafka_log_records_retried_total").unwrap() > 5);
 }
+
+#[test]
+fn a_removed_plugin_sends_what_it_holds_at_once_then_lets_go() {
+    let emu = emulator(&base(json!({"flush_interval_ms": 60_000, "max_in_flight": 1})));
+    for i in 0..4 {
+        request(&emu, &format!("id-{i}"), "200", &[]);
+    }
+    tick(&emu);
+    // One full batch is out; its answer is a retriable failure, so it waits for a retry.
+    let first = emu.http_calls();
+    assert_eq!(first.len(), 1);
+    answer(&emu, &first[0], "503", b"");
+    assert!(emu.http_calls().is_empty());
+    assert!(!emu.remove_plugin().unwrap(), "records held: the plugin finishes first");
+    assert!(emu.logged("plugin removed; sending the 4 record(s) it holds"), "{:?}", emu.logs());
+    // The young record leaves at once; the batch waiting for a retry is given up.
+    let last = emu.http_calls();
+    assert_eq!(last.len(), 1);
+    assert_eq!(ids(&last[0]), ["id-3"]);
+    assert!(!emu.plugin_removed());
+    answer(&emu, &last[0], "200", &stored(1));
+    assert!(emu.plugin_removed(), "proxy_done after the last answer");
+    assert_eq!(emu.host_calls().get("proxy_done"), Some(&1));
+    assert_eq!(emu.metric(kafka_log::SENT), Some(1));
+    assert_eq!(emu.metric(kafka_log::FAILED), Some(3));
+    assert_eq!(emu.gauge(kafka_log::BUFFERED), Some(0));
+}
+
+#[test]
+fn a_removed_plugin_with_nothing_held_lets_go_at_once() {
+    let emu = emulator(&base(json!({})));
+    assert!(emu.remove_plugin().unwrap());
+    assert!(emu.plugin_removed());
+    let emu = emulator(&base(json!({"flush_interval_ms": 60_000})));
+    request(&emu, "only", "200", &[]);
+    assert!(!emu.remove_plugin().unwrap());
+    let calls = emu.http_calls();
+    assert_eq!(ids(&calls[0]), ["only"]);
+    // A failed answer while closing is not retried: the plugin lets go all the same.
+    answer(&emu, &calls[0], "503", b"");
+    assert!(emu.plugin_removed());
+    assert_eq!(emu.metric(kafka_log::FAILED), Some(1));
+}

@@ -1,12 +1,14 @@
 //! The filter in a real Envoy 1.40 with two workers, sending to a scripted REST proxy: every
 //! field as Envoy really fills it, one record per request whichever worker served it, response
-//! flags on a failed upstream, and a refused configuration. The end-to-end run through the
+//! flags on a failed upstream, a refused configuration, and the records a plugin holds when its
+//! listener is removed (sent from `on_done`). The end-to-end run through the
 //! bridge into a Kafka-protocol broker is `kafka-bridge/tests/end_to_end.rs`.
 //! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gatewasm_envoy::{
@@ -162,4 +164,101 @@ fn envoy_refuses_a_bad_configuration_naming_the_field() {
         .start_expecting_failure()
         .unwrap();
     assert!(log.contains("`topic` = \"no spaces allowed\""), "{log}");
+}
+
+/// Sets the plugin configuration of every Wasm filter in `value` (a listener).
+fn set_plugin_configuration(value: &mut Value, configuration: &Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with(".wasm.v3.Wasm")) {
+                if let Some(c) = map.get_mut("config") {
+                    c["configuration"]["value"] = json!(configuration.to_string());
+                }
+            }
+            map.values_mut().for_each(|v| set_plugin_configuration(v, configuration));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| set_plugin_configuration(v, configuration)),
+        _ => {}
+    }
+}
+
+/// Replaces the listeners Envoy reads from `dir/lds.json` (a rename, which Envoy watches for).
+fn write_lds(dir: &Path, listeners: &[Value]) {
+    let response = json!({"version_info": format!("{:?}", Instant::now()), "resources": listeners});
+    std::fs::write(dir.join("lds.tmp"), response.to_string()).unwrap();
+    std::fs::rename(dir.join("lds.tmp"), dir.join("lds.json")).unwrap();
+}
+
+/// The address Envoy bound for listener `name` (from the admin `/listeners`).
+fn listener_addr(envoy: &Envoy, name: &str) -> Option<SocketAddr> {
+    let listeners: Value = serde_json::from_str(&envoy.admin_get("/listeners?format=json").ok()?).ok()?;
+    let status = listeners["listener_statuses"].as_array()?.iter().find(|s| s["name"] == name)?;
+    let socket = &status["local_address"]["socket_address"];
+    format!("{}:{}", socket["address"].as_str()?, socket["port_value"].as_u64()?).parse().ok()
+}
+
+/// Envoy calls `on_done` on a removed plugin once its listener has drained, and keeps the
+/// plugin while another plugin keeps the VM: here the static listener runs the same module with
+/// the same VM configuration, and a second listener from LDS runs it with a plugin
+/// configuration that holds records for a minute. Removing the second listener must not lose
+/// what it holds.
+#[test]
+fn records_held_by_a_removed_listener_reach_the_proxy() {
+    let upstream = EchoUpstream::start().unwrap();
+    let proxy = rest_proxy();
+    let dir = tempfile::tempdir().unwrap();
+    let builder = EnvoyBuilder::new()
+        .wasm(filter(&config()))
+        .upstream(upstream.addr())
+        .cluster(Cluster::new(PROXY, proxy.addr()))
+        .concurrency(2)
+        .arg("--drain-time-s")
+        .arg("1")
+        .arg("--drain-strategy")
+        .arg("immediate");
+    let bootstrap = builder.bootstrap().unwrap();
+    let mut removable = bootstrap["static_resources"]["listeners"][0].clone();
+    removable["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    removable["name"] = json!("removable");
+    removable["address"]["socket_address"]["port_value"] = json!(0);
+    set_plugin_configuration(
+        &mut removable,
+        &json!({"cluster": PROXY, "topic": "access-logs", "flush_interval_ms": 60_000, "key_field": "request_id"}),
+    );
+    write_lds(dir.path(), &[removable]);
+    let lds = json!({"path_config_source": {"path": dir.path().join("lds.json"),
+                                            "watched_directory": {"path": dir.path()}},
+                     "resource_api_version": "V3"});
+    let envoy = builder.bootstrap_patch(json!({"dynamic_resources": {"lds_config": lds}})).start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        match listener_addr(&envoy, "removable") {
+            Some(addr) => break addr,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("listener not up: {}", envoy.log_tail(40)),
+        }
+    };
+    for i in 0..20 {
+        let response = gatewasm_envoy::send(
+            addr,
+            &Request::get(&format!("/held/{i}")).header("x-request-id", &format!("held-{i}")),
+        )
+        .unwrap();
+        assert_eq!(response.status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(records(&proxy).is_empty(), "the records wait for their flush interval");
+
+    write_lds(dir.path(), &[]);
+    let got = wait_for(&proxy, 20);
+    let mut ids: Vec<String> =
+        got.iter().map(|r| r["value"]["request_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("held-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "{}", envoy.log_tail(40));
+    assert!(envoy.log().contains("plugin removed; sending the"), "{}", envoy.log_tail(40));
+    // The static listener's plugin still logs.
+    envoy.send(&Request::get("/after").header("x-request-id", "after-1")).unwrap();
+    assert!(wait_for(&proxy, 21).iter().any(|r| r["value"]["request_id"] == "after-1"));
 }
