@@ -218,6 +218,8 @@ fn slow_failing_or_down_auth_service_is_refused_promptly() {
         &envoy,
         &["ext_auth_checks_total{result=\"timeout\"} 1", "ext_auth_checks_total{result=\"error\"} 1"],
     );
+    // Envoy's own count of the timed-out check, for users without `duration_histogram`.
+    assert_eq!(envoy.stat("cluster.auth.upstream_rq_timeout").unwrap(), Some(1));
     drop(envoy);
 
     // Down: connection refused, with a configured status.
