@@ -1,0 +1,66 @@
+//! Time the VM spends per request on the cached check beyond its host calls, measured in the
+//! emulator (wasmtime): jwt-auth with the benchmark's cached RS256 row against `calls-filter`
+//! with the benchmark's "host calls alone" row, which makes the same three crossings and nothing
+//! else. Both see the same request, so the difference is the filter's own work (header parsing,
+//! rule matching, token extraction, cache lookup, claim formatting). The emulator's host calls
+//! are not Envoy's: compare the two figures of one run, not with Envoy.
+//!
+//! cargo build --release --target wasm32-wasip1 -p jwt-auth -p calls-filter
+//! cargo run --release -p jwt-auth --example guest_cost [-- REQUESTS]
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::time::{Duration, Instant};
+
+use gatewasm_emulator::{wasm_path, Emulator, LogLevel};
+use gatewasm_envoy::bench::Scenario;
+
+fn emulator(package: &str, config: &serde_json::Value) -> Emulator {
+    let emu = Emulator::load(wasm_path(package).unwrap())
+        .plugin_config(config.to_string())
+        .log_level(LogLevel::Warn)
+        .build()
+        .unwrap();
+    assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
+    emu
+}
+
+fn run(emu: &Emulator, headers: &[(&str, &str)], requests: u32) -> Duration {
+    let started = Instant::now();
+    for _ in 0..requests {
+        let mut s = emu.stream();
+        s.request_headers(headers, true).unwrap();
+        s.response_headers(&[(":status", "200"), ("content-length", "2")], true).unwrap();
+        s.log().unwrap();
+    }
+    started.elapsed() / requests
+}
+
+fn main() {
+    let requests: u32 = std::env::args().nth(1).map_or(100_000, |n| n.parse().expect("REQUESTS is a number"));
+    let scenario: Scenario =
+        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/jwt-auth.json")).unwrap();
+    let headers = [
+        (":authority", "127.0.0.1:10000"),
+        (":path", scenario.path.as_str()),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+    ];
+    let calls = emulator("calls-filter", &scenario.wasm_configuration("calls").unwrap());
+    let filter = emulator("jwt-auth", &scenario.wasm_configuration("wasm-rs256-cache").unwrap());
+    run(&calls, &headers, requests / 10);
+    run(&filter, &headers, requests / 10);
+    let (mut c, mut f) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        c.push(run(&calls, &headers, requests / 5));
+        f.push(run(&filter, &headers, requests / 5));
+    }
+    c.sort();
+    f.sort();
+    println!("host calls alone:   {:>8.2?} per request (median of 5)", c[2]);
+    println!("jwt-auth, cached:   {:>8.2?} per request (median of 5)", f[2]);
+    println!("difference:         {:>8.0} ns per request", f[2].as_nanos() as f64 - c[2].as_nanos() as f64);
+}
