@@ -67,7 +67,9 @@ where
         headers,
         body: Vec::new(),
         timeout: settings.timeout,
-        max_response_bytes: settings.max_denied_body_bytes,
+        // The answer's body stays in Envoy: only a denial passes it on, and the filter reads it
+        // then (`max_denied_body_bytes` of it), so an allowing answer's body costs nothing.
+        max_response_bytes: 0,
     }
 }
 
@@ -124,6 +126,11 @@ pub fn decide(settings: &Settings, result: &CalloutResult) -> Decision {
     } else {
         Decision::Deny(deny(settings, resp))
     }
+}
+
+/// Whether an answer with `status` is a denial: the only answer whose body reaches the client.
+pub fn is_denial(settings: &Settings, status: u16) -> bool {
+    (200..500).contains(&status) && !settings.allowed_statuses.contains(&status)
 }
 
 fn answer_headers(resp: &CalloutResponse) -> impl Iterator<Item = (&str, &str)> {
@@ -236,6 +243,7 @@ mod tests {
         assert_eq!(call.path, "/extauth/api/orders?x=1");
         assert_eq!(call.authority, "shop.example.com", "the client's authority, as Envoy sends it");
         assert_eq!(call.timeout, std::time::Duration::from_millis(300));
+        assert_eq!(call.max_response_bytes, 0, "the body is read only for a denial");
         assert!(call.body.is_empty());
         let h: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert_eq!(
@@ -398,7 +406,9 @@ mod tests {
             let status = [0u16, 100, 200, 201, 202, 302, 401, 500, 503, 599, 700][next(11)];
             let headers: Vec<(&str, &str)> =
                 pairs.iter().copied().filter(|(n, _)| !n.starts_with(':')).collect();
-            match decide(&s, &answer(status, &headers, values[next(values.len())])) {
+            let decision = decide(&s, &answer(status, &headers, values[next(values.len())]));
+            assert_eq!(is_denial(&s, status), matches!(decision, Decision::Deny(_)), "{status}");
+            match decision {
                 Decision::Allow(a) => {
                     assert!([200, 202].contains(&status));
                     assert!(a.upstream.iter().all(|(n, _)| n == "x-admin-id"));

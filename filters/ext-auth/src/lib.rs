@@ -28,8 +28,8 @@ use std::time::{Duration, SystemTime};
 use gatewasm::metrics::{Counter, Histogram, LocalCounter, FLUSH_PERIOD};
 use gatewasm::proxy_wasm::types::BufferType;
 use gatewasm::{
-    host, Callout, CalloutResult, ConfigErrors, Flow, HttpFilter, Plugin, Request, Stream, REQUEST_HEADERS,
-    RESPONSE_HEADERS,
+    host, Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HttpFilter, Plugin, Request, Stream,
+    REQUEST_HEADERS, RESPONSE_HEADERS,
 };
 
 use crate::check::{ClientRequest, Decision};
@@ -358,11 +358,12 @@ impl HttpFilter for ExtAuthFilter {
         }
     }
 
-    fn on_callout(&mut self, stream: &mut Stream, result: CalloutResult) -> Flow {
+    fn on_callout(&mut self, stream: &mut Stream, mut result: CalloutResult) -> Flow {
         let plugin = Rc::clone(&self.plugin);
         if let (Some(histogram), Some(elapsed)) = (plugin.duration, stream.callout_elapsed()) {
             histogram.record(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         }
+        read_denied_body(&plugin.settings, &mut result);
         match check::decide(&plugin.settings, &result) {
             Decision::Allow(allow) => {
                 inc(&plugin.counters.allowed);
@@ -393,6 +394,25 @@ impl HttpFilter for ExtAuthFilter {
             }
         }
         Flow::Continue
+    }
+}
+
+/// Reads a denying answer's body (the callout leaves every body in Envoy, where it stays readable
+/// until the answer's callback returns): up to `max_denied_body_bytes`, as the client gets it. A
+/// failed read is an auth service failure, as when the SDK reads the body.
+fn read_denied_body(settings: &Settings, result: &mut CalloutResult) {
+    let Ok(resp) = result else {
+        return;
+    };
+    if !resp.truncated || settings.max_denied_body_bytes == 0 || !check::is_denial(settings, resp.status) {
+        return;
+    }
+    match host::buffer(BufferType::HttpCallResponseBody, 0, settings.max_denied_body_bytes) {
+        Ok(body) => resp.body = body,
+        Err(status) => {
+            log::warn!("ext_auth: reading the auth service's answer body failed: {status:?}");
+            *result = Err(CalloutError::Failed);
+        }
     }
 }
 
