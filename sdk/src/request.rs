@@ -198,13 +198,20 @@ impl<'a> Iterator for SnapshotIter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            // Checked UTF-8 when the snapshot was taken, so the fallbacks never apply.
-            SnapshotIter::Raw(it) => it
-                .next()
-                .map(|(k, v)| (std::str::from_utf8(k).unwrap_or(""), std::str::from_utf8(v).unwrap_or(""))),
+            SnapshotIter::Raw(it) => it.next().map(|(k, v)| (checked_before(k), checked_before(v))),
             SnapshotIter::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
         }
     }
+}
+
+/// A name or value of a [`Repr::Raw`] map as text, without checking it again: lookups walk the
+/// map once per header asked for, and re-validating every value on the way (a 1 KB `:path` with
+/// a token in it, say) was most of a lookup's cost.
+fn checked_before(bytes: &[u8]) -> &str {
+    // SAFETY: `Repr::Raw` is only built by `HeaderSnapshot::from_serialized`, after checking that
+    // every key and value of the map is UTF-8, and its buffer is never changed afterwards;
+    // `PairsIter` yields exactly those key and value slices.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 fn lossy(bytes: Vec<u8>) -> String {

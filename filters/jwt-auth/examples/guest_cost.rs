@@ -6,7 +6,12 @@
 //! are not Envoy's: compare the two figures of one run, not with Envoy.
 //!
 //! cargo build --release --target wasm32-wasip1 -p jwt-auth -p calls-filter
-//! cargo run --release -p jwt-auth --example guest_cost [-- REQUESTS]
+//! cargo run --release -p jwt-auth --example guest_cost [-- REQUESTS [calls|filter]]
+//!
+//! Timing on a loaded machine moves by microseconds; instruction counts do not. With `calls` or
+//! `filter`, only that module runs, once, printing nothing: run it under `valgrind
+//! --tool=callgrind --smc-check=all` with two request counts, and the difference of the totals
+//! over the difference of the counts is the instructions per request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -37,7 +42,9 @@ fn run(emu: &Emulator, headers: &[(&str, &str)], requests: u32) -> Duration {
 }
 
 fn main() {
-    let requests: u32 = std::env::args().nth(1).map_or(100_000, |n| n.parse().expect("REQUESTS is a number"));
+    let mut args = std::env::args().skip(1);
+    let requests: u32 = args.next().map_or(100_000, |n| n.parse().expect("REQUESTS is a number"));
+    let only = args.next();
     let scenario: Scenario =
         serde_json::from_str(include_str!("../../../test-harness/envoy/bench/jwt-auth.json")).unwrap();
     let headers = [
@@ -49,8 +56,21 @@ fn main() {
         ("x-request-id", "2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01"),
         ("x-envoy-expected-rq-timeout-ms", "15000"),
     ];
-    let calls = emulator("calls-filter", &scenario.wasm_configuration("calls").unwrap());
-    let filter = emulator("jwt-auth", &scenario.wasm_configuration("wasm-rs256-cache").unwrap());
+    let calls = || emulator("calls-filter", &scenario.wasm_configuration("calls").unwrap());
+    let filter = || emulator("jwt-auth", &scenario.wasm_configuration("wasm-rs256-cache").unwrap());
+    match only.as_deref() {
+        Some("calls") => {
+            run(&calls(), &headers, requests);
+            return;
+        }
+        Some("filter") => {
+            run(&filter(), &headers, requests);
+            return;
+        }
+        Some(other) => panic!("unknown mode {other}: calls or filter"),
+        None => {}
+    }
+    let (calls, filter) = (calls(), filter());
     run(&calls, &headers, requests / 10);
     run(&filter, &headers, requests / 10);
     let (mut c, mut f) = (Vec::new(), Vec::new());
