@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
 # Every module the tests, the demo and the benchmarks load.
-WASM_PACKAGES=(header-rewrite jwt-auth ext-auth http-metrics kafka-log hello noop-filter probe-filter raw-filter log-calls-filter calls-filter sdk-fixture)
+WASM_PACKAGES=(header-rewrite jwt-auth ext-auth http-metrics kafka-log hello noop-filter probe-filter raw-filter calls-filter sdk-fixture)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -1,10 +1,10 @@
 //! Time the VM spends per logged request beyond its host calls, measured in the emulator
-//! (wasmtime): kafka-log with its default fields against `log-calls-filter`, which makes the
+//! (wasmtime): kafka-log with its default fields against `calls-filter` with the benchmark's `calls` row, which makes the
 //! same host calls and nothing else. Both see the same stream, so the difference is the filter's
 //! own work (record writing, buffering, batching on the tick, reading the produce answers). The
 //! emulator's host calls are not Envoy's: compare the two figures of one run, not with Envoy.
 //!
-//! cargo build --release --target wasm32-wasip1 -p kafka-log -p log-calls-filter
+//! cargo build --release --target wasm32-wasip1 -p kafka-log -p calls-filter
 //! cargo run --release -p kafka-log --example guest_cost [-- REQUESTS [FILTER.wasm]]
 //!
 //! Timing on a loaded machine moves by a microsecond; instruction counts do not. With a third
@@ -86,9 +86,12 @@ fn main() {
     let requests: u32 = args.next().map_or(200_000, |n| n.parse().expect("REQUESTS is a number"));
     let filter = args.next().map_or_else(|| wasm_path("kafka-log").unwrap(), PathBuf::from);
     let config = r#"{"cluster": "kafka-bridge", "topic": "access-logs"}"#;
+    let scenario: gatewasm_envoy::bench::Scenario =
+        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/kafka-log.json")).unwrap();
+    let calls_config = scenario.wasm_configuration("calls").unwrap().to_string();
     match args.next().as_deref() {
         Some("calls") => {
-            run(&emulator(wasm_path("log-calls-filter").unwrap(), ""), requests);
+            run(&emulator(wasm_path("calls-filter").unwrap(), &calls_config), requests);
             return;
         }
         Some("filter") => {
@@ -98,7 +101,7 @@ fn main() {
         Some(other) => panic!("unknown mode {other}: calls or filter"),
         None => {}
     }
-    let calls = emulator(wasm_path("log-calls-filter").unwrap(), "");
+    let calls = emulator(wasm_path("calls-filter").unwrap(), &calls_config);
     let kafka = emulator(filter, config);
     // Warm-up, then alternate so drift hits both alike.
     run(&calls, requests / 10);

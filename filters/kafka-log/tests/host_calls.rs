@@ -1,7 +1,7 @@
 //! Host calls per request, counted by the emulator: each crosses from the VM into Envoy (about
 //! 1 µs in Envoy 1.40 with V8). Pins what one logged request costs with the default fields, and
 //! that sampled-out and status-filtered requests cost (almost) nothing.
-//! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log -p log-calls-filter
+//! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log -p calls-filter
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -79,7 +79,10 @@ fn default_fields_cost_two_map_reads_six_attributes_and_two_clock_reads() {
 #[test]
 fn the_benchmark_host_call_row_makes_the_same_calls_as_the_default_record() {
     let filter = per_request(&emulator(&serde_json::from_str(BASE).unwrap()), "200");
-    let calls_only = per_request(&module("log-calls-filter", &json!("")), "200");
+    let scenario: gatewasm_envoy::bench::Scenario =
+        serde_json::from_str(include_str!("../../../test-harness/envoy/bench/kafka-log.json")).unwrap();
+    let calls_only =
+        per_request(&module("calls-filter", &scenario.wasm_configuration("calls").unwrap()), "200");
     assert_eq!(calls_only, filter);
 }
 

@@ -28,6 +28,7 @@ proxy_wasm::main! {{
 #[derive(Debug, Clone)]
 enum Op {
     Pairs,
+    ResponsePairs,
     Get(String),
     Replace(String, String),
     Remove(String),
@@ -40,6 +41,7 @@ impl Op {
         let (name, arg) = text.split_once(':').unwrap_or((text, ""));
         Ok(match name {
             "pairs" => Op::Pairs,
+            "response_pairs" => Op::ResponsePairs,
             "get" => Op::Get(arg.to_string()),
             "replace" => {
                 let (k, v) = arg.split_once('=').ok_or_else(|| format!("`{text}`: replace:NAME=VALUE"))?;
@@ -56,6 +58,7 @@ impl Op {
         let req = MapType::HttpRequestHeaders;
         match self {
             Op::Pairs => drop(host::header_pairs_raw(req)),
+            Op::ResponsePairs => drop(host::header_pairs_raw(MapType::HttpResponseHeaders)),
             Op::Get(name) => drop(host::header_bytes(req, name)),
             Op::Replace(name, value) => drop(host::set_header(req, name, value.as_bytes())),
             Op::Remove(name) => drop(host::remove_header(req, name)),
