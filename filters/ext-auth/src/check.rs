@@ -56,7 +56,7 @@ where
     Callout {
         cluster: settings.cluster.clone(),
         method: client.method.to_string(),
-        path: format!("{}{}", settings.path_prefix, client.path),
+        path: prefixed(&settings.path_prefix, client.path),
         // Envoy refuses a callout without an authority; a request without one (HTTP/1.0) gets
         // the cluster's name.
         authority: match (&settings.authority, client.authority) {
@@ -71,6 +71,15 @@ where
         // then (`max_denied_body_bytes` of it), so an allowing answer's body costs nothing.
         max_response_bytes: 0,
     }
+}
+
+/// `prefix` + `path`, built without the formatting machinery (about a thousand fewer
+/// instructions per check in the VM, counted under callgrind in the emulator).
+fn prefixed(prefix: &str, path: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + path.len());
+    out.push_str(prefix);
+    out.push_str(path);
+    out
 }
 
 /// Puts the buffered request body into a check request; `partial` says whether it was cut
