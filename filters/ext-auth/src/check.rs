@@ -73,8 +73,8 @@ where
     }
 }
 
-/// `prefix` + `path`, built without the formatting machinery (about a thousand fewer
-/// instructions per check in the VM, counted under callgrind in the emulator).
+/// `prefix` + `path`, built without the formatting machinery (about 900 fewer instructions per
+/// check, counted under callgrind in the emulator).
 fn prefixed(prefix: &str, path: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + path.len());
     out.push_str(prefix);
