@@ -6,7 +6,7 @@
 //! are not Envoy's: compare the two figures of one run, not with Envoy.
 //!
 //! cargo build --release --target wasm32-wasip1 -p jwt-auth -p calls-filter
-//! cargo run --release -p jwt-auth --example guest_cost [-- REQUESTS [calls|filter]]
+//! cargo run --release -p jwt-auth --example cached_cost [-- REQUESTS [calls|filter]]
 //!
 //! Timing on a loaded machine moves by microseconds; instruction counts do not. With `calls` or
 //! `filter`, only that module runs, once, printing nothing: run it under `valgrind
