@@ -5,13 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gatewasm_envoy::auth_service::{self, AuthService, ADMIN_BASIC, ADMIN_TOKEN};
 use gatewasm_envoy::{
-    merge, wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Reply, Request,
+    merge, wasm_artifact, ClosedPort, Cluster, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Reply, Request,
     ScriptedUpstream, WasmFilter,
 };
 use serde_json::{json, Value};
@@ -56,12 +56,6 @@ fn start(config: &Value, auth: SocketAddr, upstream: SocketAddr, stop_iteration:
         }))
         .start()
         .unwrap()
-}
-
-/// A loopback address where nothing listens.
-fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// Waits until Envoy's Prometheus output has every `wanted` line: the filter's counters reach
@@ -224,7 +218,8 @@ fn slow_failing_or_down_auth_service_is_refused_promptly() {
 
     // Down: connection refused, with a configured status.
     config["status_on_error"] = json!(503);
-    let envoy = start(&config, closed_port(), upstream.addr(), false);
+    let closed = ClosedPort::new().unwrap();
+    let envoy = start(&config, closed.addr(), upstream.addr(), false);
     let started = Instant::now();
     let down = envoy.send(&Request::get("/nodebackend/").header("cookie", "id_token=x")).unwrap();
     assert_eq!(down.status, 503, "{}", down.text());
@@ -235,7 +230,7 @@ fn slow_failing_or_down_auth_service_is_refused_promptly() {
     // Down with failure_mode_allow: through, marked, without identity.
     let mut config = seed_config();
     config["failure_mode_allow"] = json!(true);
-    let envoy = start(&config, closed_port(), upstream.addr(), false);
+    let envoy = start(&config, closed.addr(), upstream.addr(), false);
     let through = envoy
         .send(
             &Request::get("/nodebackend/")

@@ -35,4 +35,4 @@ pub use runner::{
     envoy_binary, noop_filter_wasm, target_dir, validate_config_file, wasm_artifact, workspace_root, Envoy,
     EnvoyBuilder, Validation,
 };
-pub use upstream::{EchoUpstream, FixedUpstream, Received, Reply, ScriptedUpstream};
+pub use upstream::{ClosedPort, EchoUpstream, FixedUpstream, Received, Reply, ScriptedUpstream};

@@ -279,3 +279,61 @@ impl ScriptedUpstream {
         self.script.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// A loopback port kept bound while nothing listens on it, so connections to it are refused
+/// (what a service that is down looks like) and no other test can take the port in the
+/// meantime: a port merely found free and released can be bound again by a parallel test's
+/// Envoy or server, which would then answer in its place.
+#[derive(Debug)]
+pub struct ClosedPort {
+    fd: libc::c_int,
+    addr: std::net::SocketAddr,
+}
+
+impl ClosedPort {
+    /// Binds 127.0.0.1 on a free port, without `listen` and without `SO_REUSEADDR` (so no other
+    /// socket can bind it, listening or not).
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: plain socket calls on a descriptor this function owns; the address structures
+        // are zero-initialised and of the sizes passed.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            sa.sin_port = 0;
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::bind(fd, std::ptr::addr_of!(sa).cast(), len) != 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                return Err(e);
+            }
+            let mut bound: libc::sockaddr_in = std::mem::zeroed();
+            let mut bound_len = len;
+            if libc::getsockname(fd, std::ptr::addr_of_mut!(bound).cast(), &mut bound_len) != 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                return Err(e);
+            }
+            let port = u16::from_be(bound.sin_port);
+            Ok(Self { fd, addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)) })
+        }
+    }
+
+    /// The address; connections to it are refused while `self` lives.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ClosedPort {
+    fn drop(&mut self) {
+        // SAFETY: `fd` is owned by `self` and closed once.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}

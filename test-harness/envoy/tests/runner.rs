@@ -224,3 +224,12 @@ fn concurrency_is_configurable() {
     let stats = envoy.stats().unwrap();
     assert_eq!(stats.get("server.concurrency"), Some(&2));
 }
+
+#[test]
+fn a_closed_port_refuses_connections_and_cannot_be_taken() {
+    let closed = gatewasm_envoy::ClosedPort::new().unwrap();
+    let err = std::net::TcpStream::connect(closed.addr()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    // std binds with SO_REUSEADDR, as servers (and Envoy) do: still refused.
+    assert!(std::net::TcpListener::bind(closed.addr()).is_err());
+}
