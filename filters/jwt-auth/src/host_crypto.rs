@@ -118,53 +118,40 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// Whether the host's answer says the signature is valid: `result` present and true. Anything
-/// else, an unreadable answer included, is a failed verification (fail closed).
-pub fn verified(answer: &[u8]) -> bool {
-    let mut rest = answer;
-    let mut result = false;
-    while !rest.is_empty() {
-        let Some((tag, used)) = varint(rest) else {
-            return false;
-        };
-        rest = rest.get(used..).unwrap_or_default();
-        let Some((value, used)) = varint(rest) else {
-            return false;
-        };
-        rest = rest.get(used..).unwrap_or_default();
-        match (tag >> 3, tag & 7) {
-            (1, 0) => result = value != 0,
-            (_, 0) => {}
-            (_, 2) => {
-                let Some(skipped) = usize::try_from(value).ok().and_then(|n| rest.get(n..)) else {
-                    return false;
-                };
-                rest = skipped;
-            }
-            _ => return false,
-        }
-    }
-    result
-}
-
-/// The error text in the host's answer, for the debug log.
-pub fn error_text(answer: &[u8]) -> Option<String> {
-    let mut rest = answer;
+/// Reads a `VerifySignatureResult`: its `result` (false unless present and set) and its `error`
+/// text; `None` when the bytes are not a well-formed message.
+fn answer(bytes: &[u8]) -> Option<(bool, Option<&[u8]>)> {
+    let (mut rest, mut result, mut error) = (bytes, false, None);
     while !rest.is_empty() {
         let (tag, used) = varint(rest)?;
         rest = rest.get(used..)?;
         let (value, used) = varint(rest)?;
         rest = rest.get(used..)?;
-        if tag & 7 == 2 {
-            let n = usize::try_from(value).ok()?;
-            let data = rest.get(..n)?;
-            if tag >> 3 == 2 {
-                return Some(String::from_utf8_lossy(data).into_owned());
+        match (tag >> 3, tag & 7) {
+            (1, 0) => result = value != 0,
+            (_, 0) => {}
+            (number, 2) => {
+                let n = usize::try_from(value).ok()?;
+                if number == 2 {
+                    error = Some(rest.get(..n)?);
+                }
+                rest = rest.get(n..)?;
             }
-            rest = rest.get(n..)?;
+            _ => return None,
         }
     }
-    None
+    Some((result, error))
+}
+
+/// Whether the host's answer says the signature is valid: `result` present and true. Anything
+/// else, an unreadable answer included, is a failed verification (fail closed).
+pub fn verified(answer_bytes: &[u8]) -> bool {
+    answer(answer_bytes).is_some_and(|(result, _)| result)
+}
+
+/// The error text in the host's answer, for the debug log.
+pub fn error_text(answer_bytes: &[u8]) -> Option<String> {
+    answer(answer_bytes)?.1.map(|e| String::from_utf8_lossy(e).into_owned())
 }
 
 #[cfg(test)]
