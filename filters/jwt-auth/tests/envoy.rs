@@ -344,9 +344,11 @@ fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn() {
         ));
         cases.push((format!("{kid} no signature"), format!("{input}.")));
     }
-    // Four characters off leaves non-zero bits below the last byte.
+    // Four characters off leave a last character carrying four bits below the last byte; `B`
+    // (value 1) makes them non-zero whatever the signature was.
     let rs = signers[0].1.token("rs", &claims);
-    cases.push(("rs signature not canonical".into(), rs[..rs.len() - 4].to_string()));
+    let not_canonical = format!("{}B", &rs[..rs.len() - 5]);
+    cases.push(("rs signature not canonical".into(), not_canonical));
     // Another RSA key under the same kid.
     let impostor = Signer::Rsa(common::rsa_key_2()).token("rs", &claims);
     cases.push(("rs other key".into(), impostor));
