@@ -7,56 +7,85 @@
 //! request or response), reply, or pause again for another callout.
 //!
 //! How Envoy reports failures: the callout runs through Envoy's async HTTP client and router, so
-//! a timeout usually arrives as a `504` the router generated and a connection failure as a `503`;
-//! a reset arrives as an answer with no headers at all. The SDK reports
-//! [`CalloutError::Timeout`] when the answer came at the deadline (within a tenth of the timeout,
-//! at most 50 ms: Envoy's timer runs on another clock than the one it reports) and is a 504 or
-//! empty,
-//! [`CalloutError::Failed`] for any other empty answer, and everything else as a response for the
-//! filter to judge.
+//! a timeout arrives as the router's own answer (`504`, body `upstream request timeout`), a
+//! connection failure as a `503`, and a reset as an answer with no headers at all. The SDK
+//! reports [`CalloutError::Timeout`] for the router's timeout answer, [`CalloutError::Failed`]
+//! for an empty one, and everything else as a response for the filter to judge. Recognising the
+//! timeout by its answer costs nothing on the common path (only a 504 with a body of that length
+//! is read), where timing the callout would cost two clock reads per callout.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use proxy_wasm::types::{BufferType, MapType, Status};
 
 use crate::host;
+use crate::request::HeaderSnapshot;
 
 /// Default for [`Callout::max_response_bytes`].
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// An HTTP request to send to an Envoy cluster.
+/// The body of the answer Envoy's router gives a callout whose timeout passed (with status 504).
+pub const ENVOY_TIMEOUT_BODY: &[u8] = b"upstream request timeout";
+
+/// An HTTP request to send to an Envoy cluster. Its text borrows where it can (`'a`): a check
+/// built on every request from the configuration and the client's headers need not copy them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Callout {
+pub struct Callout<'a> {
     /// Envoy cluster name (in Istio, `outbound|PORT||HOST`).
-    pub cluster: String,
+    pub cluster: Cow<'a, str>,
     /// Request method.
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// Request path, query included.
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// `:authority` to send; Envoy requires one.
-    pub authority: String,
+    pub authority: Cow<'a, str>,
     /// Other request headers.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Request body.
     pub body: Vec<u8>,
     /// Envoy gives up after this long and answers the callout itself.
     pub timeout: Duration,
     /// Response body bytes read back; the rest is ignored.
     pub max_response_bytes: usize,
+    /// Read the host clock when the callout is sent and when it answers, for
+    /// [`crate::Stream::callout_elapsed`]: two host calls per callout, so off unless asked for.
+    pub timed: bool,
 }
 
-impl Callout {
+impl<'a> Callout<'a> {
     /// A `GET /` to `cluster` with `authority`, a 1 s timeout and no extra headers.
-    pub fn get(cluster: impl Into<String>, authority: impl Into<String>, path: impl Into<String>) -> Self {
+    pub fn get(
+        cluster: impl Into<Cow<'a, str>>,
+        authority: impl Into<Cow<'a, str>>,
+        path: impl Into<Cow<'a, str>>,
+    ) -> Self {
         Self {
             cluster: cluster.into(),
-            method: "GET".into(),
+            method: Cow::Borrowed("GET"),
             path: path.into(),
             authority: authority.into(),
             headers: Vec::new(),
             body: Vec::new(),
             timeout: Duration::from_secs(1),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            timed: false,
+        }
+    }
+
+    /// The same callout owning all its text, to keep past what it borrowed from.
+    pub fn into_owned(self) -> Callout<'static> {
+        let own = |c: Cow<'a, str>| Cow::Owned(c.into_owned());
+        Callout {
+            cluster: own(self.cluster),
+            method: own(self.method),
+            path: own(self.path),
+            authority: own(self.authority),
+            headers: self.headers.into_iter().map(|(k, v)| (own(k), own(v))).collect(),
+            body: self.body,
+            timeout: self.timeout,
+            max_response_bytes: self.max_response_bytes,
+            timed: self.timed,
         }
     }
 
@@ -65,7 +94,7 @@ impl Callout {
         headers.push((":method", &self.method));
         headers.push((":path", &self.path));
         headers.push((":authority", &self.authority));
-        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
         let body = if self.body.is_empty() { None } else { Some(self.body.as_slice()) };
         // Through the proxy-wasm crate so its dispatcher routes the answer to this context; it
         // returns BadArgument/InternalFailure as errors, which is all Envoy answers besides Ok.
@@ -78,8 +107,9 @@ impl Callout {
 pub struct CalloutResponse {
     /// The `:status`, or 0 when the answer had none.
     pub status: u16,
-    /// Response headers, pseudo-headers included.
-    pub headers: Vec<(String, String)>,
+    /// Response headers, pseudo-headers included, as the host gave them (one buffer, no copy
+    /// per header).
+    pub headers: HeaderSnapshot,
     /// Response body, up to the callout's `max_response_bytes`.
     pub body: Vec<u8>,
     /// True when the body was longer than `max_response_bytes` and was cut.
@@ -89,7 +119,7 @@ pub struct CalloutResponse {
 impl CalloutResponse {
     /// The first value of header `name` (names compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 
@@ -128,7 +158,7 @@ thread_local! {
 /// cancels it when that stream ends.
 ///
 /// Refused with `BadArgument` when [`MAX_ROOT_CALLOUTS`] are already in flight.
-pub fn dispatch(callout: &Callout) -> Result<CalloutId, CalloutError> {
+pub fn dispatch(callout: &Callout<'_>) -> Result<CalloutId, CalloutError> {
     let full = ROOT_PENDING.with(|p| p.borrow().len() >= MAX_ROOT_CALLOUTS);
     if full {
         return Err(CalloutError::Dispatch(Status::BadArgument));
@@ -154,19 +184,18 @@ pub(crate) fn take_root(token: u32) -> Option<(CalloutId, Pending)> {
 
 pub(crate) struct Pending {
     pub token: u32,
+    /// When the callout was sent, for [`Callout::timed`] callouts only.
     pub started: Option<std::time::SystemTime>,
-    pub timeout: Duration,
     pub max_response_bytes: usize,
-    /// How long the callout took, set by [`Pending::read`] from the clock reading it makes anyway.
+    /// How long the callout took, set by [`Pending::read`] for [`Callout::timed`] callouts.
     pub elapsed: std::cell::Cell<Option<Duration>>,
 }
 
 impl Pending {
-    pub(crate) fn new(token: u32, callout: &Callout) -> Self {
+    pub(crate) fn new(token: u32, callout: &Callout<'_>) -> Self {
         Self {
             token,
-            started: crate::clock::now(),
-            timeout: callout.timeout,
+            started: if callout.timed { crate::clock::now() } else { None },
             max_response_bytes: callout.max_response_bytes,
             elapsed: std::cell::Cell::new(None),
         }
@@ -174,40 +203,30 @@ impl Pending {
 
     /// Reads the answer Envoy is delivering for this callout.
     pub(crate) fn read(&self, num_headers: usize, body_size: usize) -> CalloutResult {
-        // Envoy's timer and the clock it reports are not the same clock: its timeout can fire a
-        // little before `timeout` has passed by `get_current_time` (seen in Envoy 1.40: a 300 ms
-        // timeout answered after 299.x ms). Allow a tenth of the timeout, at most 50 ms.
-        let slack = (self.timeout / 10).min(Duration::from_millis(50));
-        let elapsed = match (self.started, crate::clock::now()) {
-            (Some(start), Some(now)) => now.duration_since(start).ok(),
-            _ => None,
-        };
-        self.elapsed.set(elapsed);
-        let late = elapsed.is_some_and(|d| d + slack >= self.timeout);
+        if let Some(start) = self.started {
+            self.elapsed.set(Some(crate::clock::since(start)));
+        }
         if num_headers == 0 {
-            return Err(if late { CalloutError::Timeout } else { CalloutError::Failed });
+            return Err(CalloutError::Failed);
         }
-        let headers: Vec<(String, String)> = host::header_pairs(MapType::HttpCallResponseHeaders)
-            .map_err(|_| CalloutError::Failed)?
-            .into_iter()
-            .map(|(k, v)| {
-                (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned())
-            })
-            .collect();
-        let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse::<u16>().ok())
-            .unwrap_or(0);
-        if late && status == 504 {
-            return Err(CalloutError::Timeout);
-        }
+        let raw =
+            host::header_pairs_raw(MapType::HttpCallResponseHeaders).map_err(|_| CalloutError::Failed)?;
+        let headers = HeaderSnapshot::from_serialized(raw);
+        let status = headers.get(":status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
         let want = body_size.min(self.max_response_bytes);
-        let body = if want == 0 {
+        // Only a 504 whose body has the length of the router's timeout answer is read in full, to
+        // tell Envoy's timeout from an auth service's own 504.
+        let maybe_timeout = status == 504 && body_size == ENVOY_TIMEOUT_BODY.len();
+        let read = if maybe_timeout { body_size } else { want };
+        let mut body = if read == 0 {
             Vec::new()
         } else {
-            host::buffer(BufferType::HttpCallResponseBody, 0, want).map_err(|_| CalloutError::Failed)?
+            host::buffer(BufferType::HttpCallResponseBody, 0, read).map_err(|_| CalloutError::Failed)?
         };
+        if maybe_timeout && body == ENVOY_TIMEOUT_BODY {
+            return Err(CalloutError::Timeout);
+        }
+        body.truncate(want);
         Ok(CalloutResponse { status, headers, body, truncated: body_size > want })
     }
 }

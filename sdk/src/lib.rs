@@ -193,15 +193,15 @@ impl Stream {
     }
 
     /// In [`HttpFilter::on_callout`]: how long the callout being answered took, from dispatch to
-    /// answer by the host clock (`None` when the host has no clock). Measured from the clock
-    /// readings the SDK makes anyway to recognise timeouts, so it costs no host call.
+    /// answer by the host clock; `None` unless the callout was [`Callout::timed`] (and the host
+    /// has a clock).
     pub fn callout_elapsed(&self) -> Option<Duration> {
         self.callout_elapsed
     }
 
     /// Sends `callout`; its answer arrives in [`HttpFilter::on_callout`]. One callout at a time:
     /// a second one while the first is pending is refused with `BadArgument`.
-    pub fn dispatch(&mut self, callout: &Callout) -> Result<(), CalloutError> {
+    pub fn dispatch(&mut self, callout: &Callout<'_>) -> Result<(), CalloutError> {
         if self.pending.is_some() {
             return Err(CalloutError::Dispatch(proxy_wasm::types::Status::BadArgument));
         }

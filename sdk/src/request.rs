@@ -111,6 +111,15 @@ enum Repr {
     Owned(Vec<(String, String)>),
 }
 
+/// Two snapshots are equal when they hold the same headers in the same order, however stored.
+impl PartialEq for HeaderSnapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderSnapshot {}
+
 impl Default for HeaderSnapshot {
     fn default() -> Self {
         Self { repr: Repr::Owned(Vec::new()) }
@@ -143,6 +152,11 @@ impl HeaderSnapshot {
         }
         let pairs = host::PairsIter::new(&raw).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         Self::from_pairs(pairs)
+    }
+
+    /// A snapshot of text pairs (tests, and answers built by hand).
+    pub fn from_strs(pairs: &[(&str, &str)]) -> Self {
+        Self { repr: Repr::Owned(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()) }
     }
 
     /// A snapshot of raw pairs (names and values as the host gave them).

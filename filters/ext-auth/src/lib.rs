@@ -198,7 +198,7 @@ enum State {
     /// Nothing decided yet.
     Start,
     /// Buffering the body before the check; the check request is built.
-    Buffering(Box<Callout>),
+    Buffering(Box<Callout<'static>>),
     /// The check is in flight: hold everything.
     Checking,
     /// Allowed or skipped; headers still to add to the client's response.
@@ -220,7 +220,7 @@ impl ExtAuthFilter {
         &self.plugin.settings
     }
 
-    fn send(&mut self, stream: &mut Stream, call: &Callout) -> Flow {
+    fn send(&mut self, stream: &mut Stream, call: &Callout<'_>) -> Flow {
         match stream.dispatch(call) {
             Ok(()) => {
                 self.state = State::Checking;
@@ -317,7 +317,7 @@ impl HttpFilter for ExtAuthFilter {
             if !plugin.body_seen.get() && plugin.waiting_since.get().is_none() {
                 plugin.waiting_since.set(gatewasm::clock::now());
             }
-            self.state = State::Buffering(Box::new(call));
+            self.state = State::Buffering(Box::new(call.into_owned()));
             return Flow::Pause;
         }
         self.send(stream, &call)
@@ -368,7 +368,9 @@ impl HttpFilter for ExtAuthFilter {
             Decision::Allow(allow) => {
                 inc(&plugin.counters.allowed);
                 apply_upstream(&allow);
-                self.state = State::Passed(allow.client);
+                self.state = State::Passed(
+                    allow.client.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+                );
                 Flow::Continue
             }
             Decision::Deny(reply) => {

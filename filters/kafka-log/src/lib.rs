@@ -150,11 +150,11 @@ impl KafkaLog {
             };
             let Some(send) = next else { return };
             let mut call = Callout::get(&self.config.cluster, &self.config.authority, &self.config.path);
-            call.method = "POST".to_string();
+            call.method = "POST".into();
             call.headers = Vec::with_capacity(self.config.headers.len() + 2);
-            call.headers.push(("content-type".to_string(), "application/vnd.kafka.json.v2+json".to_string()));
-            call.headers.push(("accept".to_string(), "application/vnd.kafka.v2+json".to_string()));
-            call.headers.extend(self.config.headers.iter().cloned());
+            call.headers.push(("content-type".into(), "application/vnd.kafka.json.v2+json".into()));
+            call.headers.push(("accept".into(), "application/vnd.kafka.v2+json".into()));
+            call.headers.extend(self.config.headers.iter().map(|(k, v)| (k.into(), v.into())));
             call.body = send.body;
             call.timeout = self.config.timeout;
             // Room for one result per record in any of the proxies' shapes.
