@@ -329,12 +329,7 @@ mod tests {
         let Decision::Allow(a) = decide(&s, &ans) else { panic!("not allowed") };
         assert_eq!(
             a.upstream,
-            [
-                ("x-admin-id", "1"),
-                ("x-admin-email", "admin@qq.com"),
-                ("x-groups", "a"),
-                ("x-groups", "b"),
-            ]
+            [("x-admin-id", "1"), ("x-admin-email", "admin@qq.com"), ("x-groups", "a"), ("x-groups", "b"),]
         );
         assert_eq!(a.remove, ["authorization", "cookie"], "pseudo-headers and host are never removed");
         assert_eq!(a.client, [("set-cookie", "sid=1")]);

@@ -82,6 +82,22 @@ fn bench_config_allowed_request() {
     assert_eq!(resp, calls(&[]), "response headers");
 }
 
+/// The benchmark's "host calls alone" row (`calls-filter`) makes exactly the crossings of an
+/// allowed check, so the difference between the two rows is the filter's own work.
+#[test]
+fn the_calls_row_makes_the_allowed_checks_calls() {
+    let path = gatewasm_emulator::wasm_path("calls-filter").unwrap_or_else(|e| panic!("{e}"));
+    let calls_row = Emulator::load(path)
+        .plugin_config(bench_config("calls").to_string())
+        .cluster("ext_auth")
+        .build()
+        .unwrap();
+    assert!(calls_row.configured(), "{:?}", calls_row.logs());
+    let alone = allowed_request(&calls_row, ANSWER, b"");
+    let filter = allowed_request(&emulator(&bench_config("wasm")), ANSWER, b"");
+    assert_eq!(alone, filter);
+}
+
 #[test]
 fn the_duration_histogram_costs_two_clock_reads_and_one_record_per_check() {
     let config = bench_config("wasm-histogram");

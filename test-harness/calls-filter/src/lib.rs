@@ -3,15 +3,20 @@
 //! a filter with the same calls, it separates what the host crossings cost from the filter's own
 //! work (the Wasm floor, the noop filter, is the row with no call at all).
 //!
-//! Configuration: `{"request_headers": [op, ...], "log": [op, ...]}`, ops run in order when the
-//! request headers arrive and at the end of the stream. An op is `pairs` (read every request
-//! header), `get:NAME` (read one request header), `replace:NAME=VALUE` (set a request header),
-//! `remove:NAME`, `time` (read the clock) or `property:a.b` (read an attribute).
+//! Configuration: `{"request_headers": [op, ...], "callout_answer": [op, ...], "log": [op, ...]}`,
+//! ops run in order when the request headers arrive, when a callout answers, and at the end of
+//! the stream. An op is `pairs` (read every request header), `response_pairs`, `answer_pairs`
+//! (read every header of the callout's answer), `get:NAME` (read one request header),
+//! `replace:NAME=VALUE` (set a request header), `remove:NAME`, `time` (read the clock),
+//! `property:a.b` (read an attribute) or `callout:CLUSTER:PATH` (send `GET PATH` to `CLUSTER`
+//! with `content-length: 0`, 1 s timeout, and hold the request until the answer, after which
+//! the `callout_answer` ops run and the request resumes).
 
 // `proxy_wasm::main!` defines the undocumented `_initialize` export.
 #![allow(missing_docs)]
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use gatewasm::host;
 use proxy_wasm::hostcalls;
@@ -29,11 +34,13 @@ proxy_wasm::main! {{
 enum Op {
     Pairs,
     ResponsePairs,
+    AnswerPairs,
     Get(String),
     Replace(String, String),
     Remove(String),
     Time,
     Property(Vec<String>),
+    Callout { cluster: String, path: String },
 }
 
 impl Op {
@@ -42,6 +49,7 @@ impl Op {
         Ok(match name {
             "pairs" => Op::Pairs,
             "response_pairs" => Op::ResponsePairs,
+            "answer_pairs" => Op::AnswerPairs,
             "get" => Op::Get(arg.to_string()),
             "replace" => {
                 let (k, v) = arg.split_once('=').ok_or_else(|| format!("`{text}`: replace:NAME=VALUE"))?;
@@ -50,15 +58,22 @@ impl Op {
             "remove" => Op::Remove(arg.to_string()),
             "time" => Op::Time,
             "property" => Op::Property(arg.split('.').map(str::to_string).collect()),
+            "callout" => {
+                let (cluster, path) =
+                    arg.split_once(':').ok_or_else(|| format!("`{text}`: callout:CLUSTER:PATH"))?;
+                Op::Callout { cluster: cluster.to_string(), path: path.to_string() }
+            }
             _ => return Err(format!("unknown op `{text}`")),
         })
     }
 
-    fn run(&self) {
+    /// Runs the op; true when it sent a callout (the request is then held).
+    fn run(&self) -> bool {
         let req = MapType::HttpRequestHeaders;
         match self {
             Op::Pairs => drop(host::header_pairs_raw(req)),
             Op::ResponsePairs => drop(host::header_pairs_raw(MapType::HttpResponseHeaders)),
+            Op::AnswerPairs => drop(host::header_pairs_raw(MapType::HttpCallResponseHeaders)),
             Op::Get(name) => drop(host::header_bytes(req, name)),
             Op::Replace(name, value) => drop(host::set_header(req, name, value.as_bytes())),
             Op::Remove(name) => drop(host::remove_header(req, name)),
@@ -67,7 +82,18 @@ impl Op {
                 let segments: Vec<&str> = path.iter().map(String::as_str).collect();
                 drop(host::property(&segments));
             }
+            Op::Callout { cluster, path } => {
+                let headers = vec![
+                    (":method", "GET"),
+                    (":path", path.as_str()),
+                    (":authority", cluster.as_str()),
+                    ("content-length", "0"),
+                ];
+                return hostcalls::dispatch_http_call(cluster, headers, None, vec![], Duration::from_secs(1))
+                    .is_ok();
+            }
         }
+        false
     }
 }
 
@@ -77,12 +103,15 @@ struct RawConfig {
     #[serde(default)]
     request_headers: Vec<String>,
     #[serde(default)]
+    callout_answer: Vec<String>,
+    #[serde(default)]
     log: Vec<String>,
 }
 
 #[derive(Debug, Default)]
 struct Ops {
     request_headers: Vec<Op>,
+    callout_answer: Vec<Op>,
     log: Vec<Op>,
 }
 
@@ -105,12 +134,12 @@ impl RootContext for Root {
             }
         };
         let parse = |ops: &[String]| ops.iter().map(|o| Op::parse(o)).collect::<Result<Vec<_>, _>>();
-        match (parse(&raw.request_headers), parse(&raw.log)) {
-            (Ok(request_headers), Ok(log)) => {
-                self.0 = Rc::new(Ops { request_headers, log });
+        match (parse(&raw.request_headers), parse(&raw.callout_answer), parse(&raw.log)) {
+            (Ok(request_headers), Ok(callout_answer), Ok(log)) => {
+                self.0 = Rc::new(Ops { request_headers, callout_answer, log });
                 true
             }
-            (Err(e), _) | (_, Err(e)) => {
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 log_error(&format!("calls_filter: {e}"));
                 false
             }
@@ -132,15 +161,31 @@ fn log_error(message: &str) {
 
 struct Stream(Rc<Ops>);
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        for op in &self.0.callout_answer {
+            op.run();
+        }
+        let _ = hostcalls::resume_http_request();
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.0.request_headers.iter().for_each(Op::run);
-        Action::Continue
+        let mut held = false;
+        for op in &self.0.request_headers {
+            held |= op.run();
+        }
+        if held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_log(&mut self) {
-        self.0.log.iter().for_each(Op::run);
+        for op in &self.0.log {
+            op.run();
+        }
     }
 }
