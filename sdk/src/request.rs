@@ -141,17 +141,17 @@ impl HeaderSnapshot {
 
     /// A snapshot of a map in the ABI's serialized form; a malformed map reads as empty.
     pub fn from_serialized(raw: Vec<u8>) -> Self {
-        if !host::is_well_formed(&raw) {
-            log::debug!("malformed header map ignored");
-            return Self::default();
+        match host::check_map(&raw) {
+            host::MapCheck::Text => Self { repr: Repr::Raw(raw) },
+            host::MapCheck::Binary => {
+                let pairs = host::PairsIter::new(&raw).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                Self::from_pairs(pairs)
+            }
+            host::MapCheck::Malformed => {
+                log::debug!("malformed header map ignored");
+                Self::default()
+            }
         }
-        let utf8 = host::PairsIter::new(&raw)
-            .all(|(k, v)| std::str::from_utf8(k).is_ok() && std::str::from_utf8(v).is_ok());
-        if utf8 {
-            return Self { repr: Repr::Raw(raw) };
-        }
-        let pairs = host::PairsIter::new(&raw).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        Self::from_pairs(pairs)
     }
 
     /// A snapshot of text pairs (tests, and answers built by hand).
@@ -222,9 +222,10 @@ impl<'a> Iterator for SnapshotIter<'a> {
 /// map once per header asked for, and re-validating every value on the way (a 1 KB `:path` with
 /// a token in it, say) was most of a lookup's cost.
 fn checked_before(bytes: &[u8]) -> &str {
-    // SAFETY: `Repr::Raw` is only built by `HeaderSnapshot::from_serialized`, after checking that
-    // every key and value of the map is UTF-8, and its buffer is never changed afterwards;
-    // `PairsIter` yields exactly those key and value slices.
+    // SAFETY: `Repr::Raw` is only built by `HeaderSnapshot::from_serialized`, after
+    // `host::check_map` found every key and value of the map UTF-8 (it walks the pairs exactly as
+    // `PairsIter` does), and its buffer is never changed afterwards; `PairsIter` yields exactly
+    // those key and value slices.
     unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 

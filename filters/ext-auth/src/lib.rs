@@ -284,19 +284,14 @@ impl HttpFilter for ExtAuthFilter {
         let Some(headers) = req.headers() else {
             return self.failed(false);
         };
-        // Before anything else, checked or not: these headers are the filter's to set.
-        for name in &settings.strip {
-            if headers.contains(name) {
-                if let Err(status) = REQUEST_HEADERS.remove(name) {
-                    log::warn!("ext_auth: removing the client's {name} failed: {status:?}");
-                }
-            }
-        }
+        let seen = scan(settings, headers);
         // Without rules, the host is not normalized (an allocation) for nothing.
         let action = if settings.rules.is_empty() {
             settings.default
         } else {
-            rules::decide(&settings.rules, settings.default, req.method(), &req.host(), req.path())
+            let host = gatewasm::http::normalize_host(seen.authority);
+            let path = gatewasm::http::split_path(seen.path).0;
+            rules::decide(&settings.rules, settings.default, seen.method, &host, path)
         };
         if action == Action::Skip {
             inc(&plugin.counters.skipped);
@@ -306,14 +301,14 @@ impl HttpFilter for ExtAuthFilter {
         let call = check::request(
             settings,
             ClientRequest {
-                method: req.method(),
-                path: req.path_and_query(),
-                authority: req.authority(),
+                method: seen.method,
+                path: seen.path,
+                authority: seen.authority,
                 headers: headers.iter(),
             },
         );
         // Upgrades (WebSocket) have no body to wait for, as in Envoy.
-        if settings.body.is_some() && !end_of_stream && !headers.contains("upgrade") {
+        if settings.body.is_some() && !end_of_stream && !seen.upgrade {
             if !plugin.body_seen.get() && plugin.waiting_since.get().is_none() {
                 plugin.waiting_since.set(gatewasm::clock::now());
             }
@@ -397,6 +392,45 @@ impl HttpFilter for ExtAuthFilter {
         }
         Flow::Continue
     }
+}
+
+/// What one walk over the request headers finds.
+struct Seen<'h> {
+    method: &'h str,
+    /// `:path`, query included.
+    path: &'h str,
+    authority: &'h str,
+    upgrade: bool,
+}
+
+/// Walks the request headers once: picks out what the rules and the check need, and removes the
+/// client's copies of the headers the filter sets, before anything else, checked or not (so
+/// they can never be spoofed). Each such name is removed once, however often it was sent.
+fn scan<'h>(settings: &Settings, headers: &'h gatewasm::HeaderSnapshot) -> Seen<'h> {
+    let mut seen = Seen { method: "", path: "", authority: "", upgrade: false };
+    let mut removed: u64 = 0;
+    for (name, value) in headers.iter() {
+        match name {
+            ":method" => seen.method = value,
+            ":path" => seen.path = value,
+            ":authority" => seen.authority = value,
+            "upgrade" => seen.upgrade = true,
+            _ => {}
+        }
+        let Some(i) = settings.strip.iter().position(|s| s.eq_ignore_ascii_case(name)) else {
+            continue;
+        };
+        // Past 64 names a repeated header is removed again: harmless, only one more call.
+        let bit = 1u64.checked_shl(u32::try_from(i).unwrap_or(u32::MAX)).unwrap_or(0);
+        if removed & bit != 0 {
+            continue;
+        }
+        removed |= bit;
+        if let Err(status) = REQUEST_HEADERS.remove(name) {
+            log::warn!("ext_auth: removing the client's {name} failed: {status:?}");
+        }
+    }
+    seen
 }
 
 /// Reads a denying answer's body (the callout leaves every body in Envoy, where it stays readable

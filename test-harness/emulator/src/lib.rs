@@ -26,6 +26,7 @@
 //! See the README for the full list and the API.
 
 pub mod abi;
+pub mod cost;
 mod emulator;
 mod foreign;
 mod group;
