@@ -12,6 +12,18 @@ WASM_PACKAGES=(header-rewrite jwt-auth ext-auth http-metrics kafka-log hello noo
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# Warns (does not stop) when the disk holding target/ has less free space than a clean build
+# and test run needs: the linker then dies with a bus error deep into the build, which says
+# nothing about why.
+NEEDED_DISK_GIB=6
+check_disk() {
+    local free_kib
+    free_kib=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
+    if [ -n "$free_kib" ] && [ "$free_kib" -lt $((NEEDED_DISK_GIB * 1024 * 1024)) ]; then
+        log "warning: $((free_kib / 1024)) MiB free on the disk of $ROOT; a clean build and test run needs about $NEEDED_DISK_GIB GiB"
+    fi
+}
+
 ensure_wasm_target() {
     if ! rustup target list --installed | grep -qx wasm32-wasip1; then
         log "adding Rust target wasm32-wasip1"
