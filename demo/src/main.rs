@@ -333,9 +333,15 @@ fn main() -> anyhow::Result<()> {
         println!("demo check: 1 passed, 0 failed");
         return Ok(());
     }
+    // Envoy dies with this process whatever kills it; waiting for Ctrl-C or SIGTERM instead of
+    // dying of it lets the destructors stop the services and remove Envoy's temporary files.
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     print!("{}", banner(envoy.listener_addr().port(), envoy.admin_addr().port(), &access_log));
-    // Envoy is tied to this process (it dies with it), so waiting is all there is to do.
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    if let Some(signal) = signals.forever().next() {
+        eprintln!("signal {signal}: stopping the gateway");
     }
+    drop(envoy);
+    drop(services);
+    Ok(())
 }
