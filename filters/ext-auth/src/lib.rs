@@ -28,8 +28,8 @@ use std::time::{Duration, SystemTime};
 use gatewasm::metrics::{Counter, Histogram, LocalCounter, FLUSH_PERIOD};
 use gatewasm::proxy_wasm::types::BufferType;
 use gatewasm::{
-    host, Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HttpFilter, Plugin, Request, Stream,
-    REQUEST_HEADERS, RESPONSE_HEADERS,
+    host, Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HeaderSnapshot, HttpFilter, Plugin,
+    Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
 };
 
 use crate::check::{ClientRequest, Decision};
@@ -280,11 +280,8 @@ impl HttpFilter for ExtAuthFilter {
     fn on_request_headers(&mut self, stream: &mut Stream, end_of_stream: bool) -> Flow {
         let plugin = Rc::clone(&self.plugin);
         let settings = &plugin.settings;
-        let req = Request::snapshot();
-        let Some(headers) = req.headers() else {
-            return self.failed(false);
-        };
-        let seen = scan(settings, headers);
+        let headers = HeaderSnapshot::read(REQUEST_HEADERS);
+        let seen = scan(settings, &headers);
         // Without rules, the host is not normalized (an allocation) for nothing.
         let action = if settings.rules.is_empty() {
             settings.default
@@ -406,7 +403,7 @@ struct Seen<'h> {
 /// Walks the request headers once: picks out what the rules and the check need, and removes the
 /// client's copies of the headers the filter sets, before anything else, checked or not (so
 /// they can never be spoofed). Each such name is removed once, however often it was sent.
-fn scan<'h>(settings: &Settings, headers: &'h gatewasm::HeaderSnapshot) -> Seen<'h> {
+fn scan<'h>(settings: &Settings, headers: &'h HeaderSnapshot) -> Seen<'h> {
     let mut seen = Seen { method: "", path: "", authority: "", upgrade: false };
     let mut removed: u64 = 0;
     for (name, value) in headers.iter() {
@@ -421,7 +418,7 @@ fn scan<'h>(settings: &Settings, headers: &'h gatewasm::HeaderSnapshot) -> Seen<
             continue;
         };
         // Past 64 names a repeated header is removed again: harmless, only one more call.
-        let bit = 1u64.checked_shl(u32::try_from(i).unwrap_or(u32::MAX)).unwrap_or(0);
+        let bit = if i < 64 { 1u64 << i } else { 0 };
         if removed & bit != 0 {
             continue;
         }
