@@ -97,30 +97,67 @@ pub fn cookie<'h>(header: &'h str, name: &str) -> Option<&'h str> {
     cookies(header).find(|(n, _)| *n == name).map(|(_, v)| v)
 }
 
-/// The host of an `:authority`/`Host` value: port removed, lower-cased, a trailing dot removed.
-/// IPv6 literals keep their brackets (`[::1]:8080` gives `[::1]`).
-pub fn normalize_host(authority: &str) -> Cow<'_, str> {
-    let host = strip_port(authority);
+/// The host of an `:authority`/`Host` value, as rules compare it: lower-cased, the port and one
+/// trailing dot removed; IPv6 literals keep their brackets (`[::1]:8080` gives `[::1]`).
+///
+/// `None` when the value is not a host this way can name: empty, a port that is not a number
+/// up to 65535, two ports, userinfo (`user@host`), percent-encoding, empty labels (`a..b`,
+/// `host..`), a bare IPv6 address, or any byte outside a host name's. Envoy's router takes such
+/// values as they are and sends them to a catch-all virtual host (checked in Envoy 1.40), so a
+/// filter must not read them as "no host rule matched": a weaker rule would then apply to a
+/// request a well-formed host would have had checked. Filters with host conditions refuse them
+/// ([`crate::LocalReply::invalid_host`]).
+pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
+    let host = strip_port(authority)?;
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if !is_host_name(host) && !is_ipv6_literal(host) {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    }
+    })
 }
 
-fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
-            Some(end) => authority.get(..=end).unwrap_or(authority),
-            None => authority,
-        };
-    }
-    match authority.rsplit_once(':') {
-        // More than one colon without brackets is a bare IPv6 address, not host:port.
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
+/// The authority without its port; `None` when the port is not a number up to 65535.
+fn strip_port(authority: &str) -> Option<&str> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, rest) = authority.split_at(end + 1);
+        match rest.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if rest.is_empty() => (host, None),
+            None => return None,
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    // An empty port is allowed and means the default (RFC 3986 section 3.2.3). `parse` alone
+    // would take a sign (`+80`), so the digits are checked first.
+    let port_ok =
+        |p: &str| p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    port.is_none_or(port_ok).then_some(host)
+}
+
+/// Dot-separated labels of letters, digits, `-` and `_` (as names of services are written), none
+/// empty. IPv4 addresses are names of this form too.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// `[` hex digits, colons and dots `]`: the form of an IPv6 literal, without checking the
+/// address itself (Envoy compares the text).
+fn is_ipv6_literal(host: &str) -> bool {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).is_some_and(|inner| {
+        inner.contains(':') && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    })
 }
 
 #[cfg(test)]
@@ -173,14 +210,85 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
-        assert_eq!(normalize_host("example.com."), "example.com");
-        assert_eq!(normalize_host("[::1]:443"), "[::1]");
-        assert_eq!(normalize_host("[::1"), "[::1");
-        assert_eq!(normalize_host("::1"), "::1");
-        assert_eq!(normalize_host("host:abc"), "host:abc");
-        assert_eq!(normalize_host(""), "");
-        assert!(matches!(normalize_host("plain.example"), Cow::Borrowed(_)));
+        let n = |a| normalize_host(a).map(Cow::into_owned);
+        assert_eq!(n("Example.COM:8080").as_deref(), Some("example.com"));
+        assert_eq!(n("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(n("example.com.:443").as_deref(), Some("example.com"));
+        assert_eq!(n("example.com:").as_deref(), Some("example.com"));
+        assert_eq!(n("example.com:0080").as_deref(), Some("example.com"));
+        assert_eq!(n("[::1]:443").as_deref(), Some("[::1]"));
+        assert_eq!(n("[::FFFF:10.0.0.1]").as_deref(), Some("[::ffff:10.0.0.1]"));
+        assert_eq!(n("10.0.0.1:80").as_deref(), Some("10.0.0.1"));
+        assert_eq!(n("svc_a.internal").as_deref(), Some("svc_a.internal"));
+        assert!(matches!(normalize_host("plain.example"), Some(Cow::Borrowed(_))));
+        for bad in [
+            "",
+            ":80",
+            ".",
+            "host:abc",
+            "host:+80",
+            "host:65536",
+            "host:999999",
+            "a.example.com:443:443",
+            "api.example.com..",
+            "api..example.com",
+            ".api.example.com",
+            "user@api.example.com",
+            "api%2eexample.com",
+            "api.example.com/x",
+            " api.example.com",
+            "api.example.com\0",
+            "[::1",
+            "[::1]x",
+            "[::1]:x",
+            "[]",
+            "[zz::1]",
+            "::1",
+            "é.example.com",
+        ] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Every spelling of a well-formed host normalizes to it; everything else normalizes to a
+    /// well-formed host or to `None`, never to something a rule could mistake for another host.
+    #[test]
+    fn authority_corpus() {
+        let hosts = ["api.example.com", "a.b", "x", "10.1.2.3", "[::1]", "[2001:db8::7]", "svc_1.ns-2.local"];
+        let ports = ["", ":", ":1", ":80", ":443", ":8080", ":65535", ":00080"];
+        for host in hosts {
+            for dot in ["", "."] {
+                if host.starts_with('[') && !dot.is_empty() {
+                    continue;
+                }
+                for port in ports {
+                    for upper in [false, true] {
+                        let mut a = format!("{host}{dot}{port}");
+                        if upper {
+                            a = a.to_ascii_uppercase();
+                        }
+                        assert_eq!(normalize_host(&a).as_deref(), Some(host), "{a:?}");
+                    }
+                }
+            }
+        }
+        // Every byte in every position of a few authorities: the answer is None or a host that
+        // is itself in normal form (normalizing it again gives it back).
+        let bases = ["api.example.com:443", "[::1]:80", "a.b."];
+        for base in bases {
+            for at in 0..=base.len() {
+                for byte in 0u8..=255 {
+                    let mut bytes = base.as_bytes().to_vec();
+                    bytes.insert(at, byte);
+                    let Ok(a) = String::from_utf8(bytes) else { continue };
+                    if let Some(h) = normalize_host(&a) {
+                        assert_eq!(normalize_host(&h).as_deref(), Some(&*h), "{a:?}");
+                        assert!(!h.contains(['@', '%', ' ', '/']) && !h.ends_with('.'), "{a:?} -> {h:?}");
+                        assert!(!h.bytes().any(|b| b.is_ascii_uppercase()));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -37,6 +37,13 @@ impl LocalReply {
         Self { status, code, message: message.into(), headers: Vec::new(), raw_body: None }
     }
 
+    /// The answer to a request whose host [`crate::http::normalize_host`] cannot read, from a
+    /// filter whose rules look at the host: `400 invalid_host`. One reply for every filter, so
+    /// clients and logs see one shape whichever filter refused.
+    pub fn invalid_host() -> Self {
+        Self::new(400, "invalid_host", "the Host header is not a host name with an optional port")
+    }
+
     /// Adds a response header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));

@@ -282,8 +282,9 @@ impl Request {
         self.authority.get_or_init(|| REQUEST_HEADERS.get(":authority").unwrap_or_default())
     }
 
-    /// The host: lower-cased, port and trailing dot removed.
-    pub fn host(&self) -> Cow<'_, str> {
+    /// The host: lower-cased, port and trailing dot removed; `None` when the authority is not a
+    /// host name or address with an optional port (see [`http::normalize_host`]).
+    pub fn host(&self) -> Option<Cow<'_, str>> {
         http::normalize_host(self.authority())
     }
 
@@ -362,7 +363,7 @@ mod tests {
         assert_eq!(req.method(), "GET");
         assert_eq!(req.path(), "/a/b");
         assert_eq!(req.query(), Some("c=1"));
-        assert_eq!(req.host(), "example.com");
+        assert_eq!(req.host().as_deref(), Some("example.com"));
         assert_eq!(req.authority(), "Example.COM:8080");
         assert_eq!(req.cookie("sid"), Some("xyz"));
         assert_eq!(req.header("x-multi").as_deref(), Some("1"));

@@ -54,8 +54,9 @@ fn request_parsers_never_panic() {
         }
         let _ = http::cookies(&s).count();
         let _ = http::cookie(&s, "id_token");
-        let host = http::normalize_host(&s);
-        assert!(!host.bytes().any(|b| b.is_ascii_uppercase()));
+        if let Some(host) = http::normalize_host(&s) {
+            assert!(!host.bytes().any(|b| b.is_ascii_uppercase()));
+        }
         let _ = http::decode_query_component(&s);
     }
 }

@@ -264,6 +264,8 @@ pub struct Settings {
     pub max_denied_body_bytes: usize,
     /// Rules in order.
     pub rules: Vec<Rule>,
+    /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
+    pub host_rules: bool,
     /// Action when no rule matches.
     pub default: Action,
     /// Client headers removed from every request: `upstream_headers` and the failure marker.
@@ -397,7 +399,7 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         errors.add_field("failure_mode_allow_header_add", "only meaningful with `failure_mode_allow: true`");
     }
 
-    let rules = raw.rules.iter().enumerate().filter_map(|(i, r)| rule(errors, i, r)).collect();
+    let rules: Vec<Rule> = raw.rules.iter().enumerate().filter_map(|(i, r)| rule(errors, i, r)).collect();
 
     let mut strip = upstream.exact.clone();
     strip.push(FAILURE_MODE_ALLOWED.to_string());
@@ -417,6 +419,7 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         failure_mode_allow: raw.failure_mode_allow,
         failure_mode_allow_header_add: raw.failure_mode_allow_header_add.unwrap_or(true),
         max_denied_body_bytes,
+        host_rules: rules.iter().any(|r| !r.matcher.hosts.is_empty()),
         rules,
         default: raw.default,
         strip,

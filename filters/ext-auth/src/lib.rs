@@ -28,8 +28,8 @@ use std::time::{Duration, SystemTime};
 use gatewasm::metrics::{Counter, Histogram, LocalCounter, FLUSH_PERIOD};
 use gatewasm::proxy_wasm::types::BufferType;
 use gatewasm::{
-    host, Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HeaderSnapshot, HttpFilter, Plugin,
-    Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
+    host, Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HeaderSnapshot, HttpFilter, LocalReply,
+    Plugin, Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
 };
 
 use crate::check::{ClientRequest, Decision};
@@ -44,6 +44,8 @@ pub const SKIPPED: &str = "ext_auth_skipped_total";
 pub const FAILURE_MODE_ALLOWED_TOTAL: &str = "ext_auth_failure_mode_allowed_total";
 /// Counter of requests refused with 413 because their body was over `with_request_body.max_bytes`.
 pub const BODY_TOO_LARGE: &str = "ext_auth_body_too_large_total";
+/// Requests refused (400) because their host cannot be read while rules name hosts.
+pub const INVALID_HOST: &str = "ext_auth_invalid_host_total";
 /// Histogram of the time from sending the check to its answer (or timeout), in microseconds
 /// (a local auth service answers well within a millisecond); only with `duration_histogram`.
 pub const DURATION: &str = "ext_auth_check_duration_us";
@@ -57,6 +59,7 @@ struct Counters {
     skipped: Option<LocalCounter>,
     failure_mode_allowed: Option<LocalCounter>,
     body_too_large: Option<LocalCounter>,
+    invalid_host: Option<LocalCounter>,
 }
 
 impl Counters {
@@ -70,10 +73,11 @@ impl Counters {
             skipped: local(SKIPPED),
             failure_mode_allowed: local(FAILURE_MODE_ALLOWED_TOTAL),
             body_too_large: local(BODY_TOO_LARGE),
+            invalid_host: local(INVALID_HOST),
         }
     }
 
-    fn all(&self) -> [&Option<LocalCounter>; 7] {
+    fn all(&self) -> [&Option<LocalCounter>; 8] {
         [
             &self.allowed,
             &self.denied,
@@ -82,6 +86,7 @@ impl Counters {
             &self.skipped,
             &self.failure_mode_allowed,
             &self.body_too_large,
+            &self.invalid_host,
         ]
     }
 }
@@ -286,7 +291,16 @@ impl HttpFilter for ExtAuthFilter {
         let action = if settings.rules.is_empty() {
             settings.default
         } else {
-            let host = gatewasm::http::normalize_host(seen.authority);
+            // A host that cannot be read matches no host condition, so a later rule or the
+            // default could apply where a well-formed host would have been checked: refused.
+            let host = match gatewasm::http::normalize_host(seen.authority) {
+                Some(host) => host,
+                None if settings.host_rules => {
+                    inc(&plugin.counters.invalid_host);
+                    return Flow::Reply(LocalReply::invalid_host());
+                }
+                None => Default::default(),
+            };
             let path = gatewasm::http::split_path(seen.path).0;
             rules::decide(&settings.rules, settings.default, seen.method, &host, path)
         };

@@ -400,3 +400,41 @@ fn with_request_body_trailers_end_the_body() {
     emu.respond_http_call(call.token, &[(":status", "403")], b"no", &[]).unwrap();
     assert_eq!(s.local_reply().unwrap().status, 403);
 }
+
+#[test]
+fn a_host_no_rule_can_read_is_refused_not_skipped() {
+    // Only api.example.com is checked; everything else is skipped by default.
+    let mut config = seed_config();
+    config["rules"] = json!([{"name": "api", "match": {"hosts": ["api.example.com"]}, "action": "check"}]);
+    config["default"] = json!("skip");
+    let emu = emulator(&config);
+    let ask = |authority: &str| {
+        let mut s = emu.stream();
+        let headers = [(":method", "GET"), (":path", "/x"), (":authority", authority), (":scheme", "http")];
+        let action = s.request_headers(&headers, true).unwrap();
+        (s, action)
+    };
+    let unreadable = [
+        "api.example.com:abc",
+        "api.example.com..",
+        "a.example.com:443:443",
+        "user@api.example.com",
+        "api%2eexample.com",
+    ];
+    for host in unreadable {
+        let (s, action) = ask(host);
+        assert_eq!(action, Action::Pause, "{host}");
+        let reply = s.local_reply().unwrap();
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!((reply.status, body["code"].as_str()), (400, Some("invalid_host")), "{host}");
+    }
+    assert!(emu.http_calls().is_empty(), "refused before any check");
+    // Every spelling of the checked host is checked.
+    for host in ["api.example.com", "API.example.com.", "api.example.com:8443"] {
+        assert_eq!(ask(host).1, Action::Pause, "{host}");
+    }
+    assert_eq!(emu.http_calls().len(), 3);
+    assert_eq!(ask("www.example.com").1, Action::Continue);
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_invalid_host_total"), Some(unreadable.len() as u64));
+}

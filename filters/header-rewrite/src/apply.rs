@@ -113,8 +113,8 @@ mod tests {
         fn method(&self) -> &str {
             "GET"
         }
-        fn host(&self) -> Cow<'_, str> {
-            Cow::Borrowed("api.example.com")
+        fn host(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed("api.example.com"))
         }
         fn authority(&self) -> &str {
             "api.example.com"

@@ -28,7 +28,8 @@ use std::rc::Rc;
 
 use gatewasm::metrics::{Counter, LocalCounter, FLUSH_PERIOD};
 use gatewasm::{
-    ConfigErrors, Flow, Headers, HttpFilter, Plugin, Request, Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
+    ConfigErrors, Flow, Headers, HttpFilter, LocalReply, Plugin, Request, Stream, REQUEST_HEADERS,
+    RESPONSE_HEADERS,
 };
 
 use crate::apply::{Applied, Sink};
@@ -43,6 +44,8 @@ pub const ORIGINAL_PATH: &str = "x-envoy-original-path";
 pub const RULES_APPLIED: &str = "header_rewrite_rules_applied_total";
 /// Counter of operations dropped because a substituted value had control characters.
 pub const UNSAFE_DROPPED: &str = "header_rewrite_unsafe_values_dropped_total";
+/// Requests refused (400) because their host cannot be read while rules name hosts.
+pub const INVALID_HOST: &str = "header_rewrite_invalid_host_total";
 
 /// The plugin: the compiled configuration and its counters.
 pub struct HeaderRewrite {
@@ -59,6 +62,9 @@ pub struct HeaderRewrite {
     /// Per-rule counts, kept in the VM and flushed to Envoy from the tick: no host call per request.
     applied: Vec<Option<LocalCounter>>,
     dropped: Option<Counter>,
+    /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
+    host_rules: bool,
+    invalid_host: Option<LocalCounter>,
 }
 
 impl HeaderRewrite {
@@ -127,7 +133,18 @@ impl Plugin for HeaderRewrite {
         // header): worth it only when two or more values are needed (BENCHMARKS.md).
         let reads = request_values(&config) + usize::from(strips_original_path);
         let snapshot = reads >= 2;
-        Ok(HeaderRewrite { config, names, snapshot, strips_original_path, applied, dropped })
+        let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
+        let invalid_host = counter(INVALID_HOST).map(LocalCounter::new);
+        Ok(HeaderRewrite {
+            config,
+            names,
+            snapshot,
+            strips_original_path,
+            applied,
+            dropped,
+            host_rules,
+            invalid_host,
+        })
     }
 
     fn new_filter(self: &Rc<Self>) -> Rewriter {
@@ -139,7 +156,7 @@ impl Plugin for HeaderRewrite {
     }
 
     fn on_tick(self: &Rc<Self>) {
-        for counter in self.applied.iter().flatten() {
+        for counter in self.applied.iter().flatten().chain(&self.invalid_host) {
             counter.flush();
         }
     }
@@ -183,7 +200,7 @@ impl Source for View {
     fn method(&self) -> &str {
         self.req.method()
     }
-    fn host(&self) -> Cow<'_, str> {
+    fn host(&self) -> Option<Cow<'_, str>> {
         self.req.host()
     }
     fn authority(&self) -> &str {
@@ -218,7 +235,7 @@ impl Source for ResponseSide<'_> {
     fn method(&self) -> &str {
         self.0.method()
     }
-    fn host(&self) -> Cow<'_, str> {
+    fn host(&self) -> Option<Cow<'_, str>> {
         self.0.host()
     }
     fn authority(&self) -> &str {
@@ -297,6 +314,15 @@ impl HttpFilter for Rewriter {
         let cfg = &plugin.config;
         if cfg.rules.is_empty() {
             return Flow::Continue;
+        }
+
+        // A host that cannot be read matches no host condition, so a later rule could apply
+        // where a well-formed host would have selected another: refused instead.
+        if plugin.host_rules && self.view.host().is_none() {
+            if let Some(c) = &plugin.invalid_host {
+                c.inc();
+            }
+            return Flow::Reply(LocalReply::invalid_host());
         }
 
         // 1. Match against the request as it arrived.

@@ -69,7 +69,7 @@ impl Match {
         if !self.methods.is_empty() && !matcher::method_matches(&self.methods, src.method()) {
             return false;
         }
-        if !self.hosts.is_empty() && !matcher::host_matches(&self.hosts, &src.host()) {
+        if !self.hosts.is_empty() && !src.host().is_some_and(|h| matcher::host_matches(&self.hosts, &h)) {
             return false;
         }
         if let Some(path) = &self.path {
@@ -97,8 +97,8 @@ mod tests {
         fn method(&self) -> &str {
             self.method
         }
-        fn host(&self) -> std::borrow::Cow<'_, str> {
-            self.host.into()
+        fn host(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.host.into())
         }
         fn authority(&self) -> &str {
             self.host

@@ -60,8 +60,9 @@ pub const KNOWN: &str = "%REQ(name)%, %RESP(name)%, %HOST%, %AUTHORITY%, %PATH%,
 pub trait Source {
     /// The method.
     fn method(&self) -> &str;
-    /// Host without port, lower-cased.
-    fn host(&self) -> Cow<'_, str>;
+    /// Host without port, lower-cased; `None` when the authority is not a host (see
+    /// `gatewasm::http::normalize_host`).
+    fn host(&self) -> Option<Cow<'_, str>>;
     /// Raw `:authority`.
     fn authority(&self) -> &str;
     /// Path without query.
@@ -176,7 +177,7 @@ impl Template {
                         out.push_str(&v);
                     }
                 }
-                Part::Host => out.push_str(&src.host()),
+                Part::Host => out.push_str(src.host().as_deref().unwrap_or_default()),
                 Part::Authority => out.push_str(src.authority()),
                 Part::Path => out.push_str(src.path()),
                 Part::Method => out.push_str(src.method()),
@@ -248,8 +249,8 @@ mod tests {
         fn method(&self) -> &str {
             "GET"
         }
-        fn host(&self) -> Cow<'_, str> {
-            Cow::Borrowed("api.example.com")
+        fn host(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed("api.example.com"))
         }
         fn authority(&self) -> &str {
             "API.example.com:8443"

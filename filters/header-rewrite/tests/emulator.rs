@@ -302,3 +302,31 @@ fn bad_config_fails_configure_and_logs_every_field() {
         assert!(line.message.contains(needle), "missing {needle:?} in {}", line.message);
     }
 }
+
+#[test]
+fn a_host_no_rule_can_read_is_refused_when_rules_name_hosts() {
+    // The first rule strips an internal header for api.example.com only; the second applies to
+    // everything. A host no rule can read must not reach the second rule in its place.
+    let emu = emulator(&json!({"rules": [
+        {"name": "api", "match": {"hosts": ["api.example.com"]}, "request": {"remove": ["x-internal"]}},
+        {"name": "rest", "request": {"set": [{"name": "x-rest", "value": "1"}]}}
+    ]}));
+    for host in ["api.example.com:abc", "api.example.com..", "a.example.com:443:443", "user@api.example.com"]
+    {
+        let mut s = emu.stream();
+        let headers = [(":method", "GET"), (":path", "/"), (":authority", host), ("x-internal", "1")];
+        assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause, "{host}");
+        let reply = s.local_reply().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!((reply.status, body["code"].as_str()), (400, Some("invalid_host")), "{host}");
+    }
+    let s = request(&emu, "GET", "API.example.com:8443", "/", &[("x-internal", "1")]);
+    assert_eq!(s.request_header("x-internal"), None, "every spelling of the host meets its rule");
+    emu.advance_clock(std::time::Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("header_rewrite_invalid_host_total"), Some(4));
+
+    // Rules without hosts never read the host and never refuse for it.
+    let emu = emulator(&json!({"rules": [{"request": {"set": [{"name": "x-a", "value": "%HOST%"}]}}]}));
+    let s = request(&emu, "GET", "api.example.com:abc", "/", &[]);
+    assert_eq!(s.request_header("x-a"), None, "an unreadable host renders empty, so nothing is set");
+}

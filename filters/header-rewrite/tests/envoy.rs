@@ -221,3 +221,25 @@ fn wait_for_stats(envoy: &gatewasm_envoy::Envoy, wanted: &[&str]) -> String {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Envoy hands the filter the client's `Host` unchanged, and routes hosts no rule can read to
+/// the catch-all virtual host: the filter refuses them rather than let them meet a later rule.
+#[test]
+fn a_host_no_rule_can_read_is_refused_in_envoy() {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new().wasm(filter(&config())).upstream(upstream.addr()).start().unwrap();
+    for host in
+        ["shop.example.com:abc", "shop.example.com..", "a.example.com:443:443", "user@shop.example.com"]
+    {
+        let response = envoy.send(&Request::get("/users/7").header("host", host)).unwrap();
+        assert_eq!(response.status, 400, "{host}: {}", response.text());
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["code"], "invalid_host", "{host}");
+    }
+    let echo = envoy
+        .send(&Request::get("/users/7").header("host", "Shop.Example.com.:8080"))
+        .unwrap()
+        .echo()
+        .unwrap();
+    assert_eq!(echo.path, "/u/7");
+}

@@ -161,7 +161,8 @@ pub struct HostLabel {
 
 /// The `host` label: the configured host or pattern the request's host matches, else `other`.
 pub fn host_label<'a>(hosts: &'a [HostLabel], authority: &str, other: &'a str) -> &'a str {
-    let host = gatewasm::http::normalize_host(authority);
+    // A host that cannot be read counts as `other`: it names no configured host.
+    let Some(host) = gatewasm::http::normalize_host(authority) else { return other };
     hosts.iter().find(|h| h.pattern.matches(&host)).map_or(other, |h| h.label.as_str())
 }
 
@@ -545,6 +546,9 @@ mod tests {
         assert_eq!(host_label(&hosts, "example.org", "other"), "other");
         assert_eq!(host_label(&hosts, "evil.com", "other"), "other");
         assert_eq!(host_label(&hosts, "", "other"), "other");
+        // A host no pattern can read is `other`, never a configured host.
+        assert_eq!(host_label(&hosts, "api.example.com:abc", "other"), "other");
+        assert_eq!(host_label(&hosts, "api.example.com..", "other"), "other");
     }
 
     #[test]

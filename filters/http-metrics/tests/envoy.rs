@@ -451,6 +451,15 @@ fn standalone_example_is_valid_and_matches_the_shipped_stats_config() {
     assert!(out.status.success() && text.contains("OK"), "{text}");
 
     let example = std::fs::read_to_string(root.join("filters/http-metrics/envoy.yaml")).unwrap();
+    // The README shows the same bootstrap with the module where an operator installs it.
+    let readme = std::fs::read_to_string(root.join("filters/http-metrics/README.md")).unwrap();
+    let without_comments: String =
+        example.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect();
+    let shown = without_comments.replace("target/wasm32-wasip1/release/", "/etc/envoy/");
+    assert!(
+        readme.contains(&format!("```yaml\n{shown}```")),
+        "README.md's Standalone Envoy block differs from envoy.yaml"
+    );
     let shipped: Value = serde_json::from_str(&shipped_stats_config()).unwrap();
     for tag in shipped["stats_config"]["stats_tags"].as_array().unwrap() {
         let line = format!(

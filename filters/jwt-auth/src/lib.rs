@@ -100,6 +100,10 @@ pub struct JwtAuth {
     in_flight: RefCell<Vec<(CalloutId, usize)>>,
     /// Whether some provider fetches its keys.
     remote: bool,
+    /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
+    host_rules: bool,
+    /// Requests refused because their host cannot be read while rules name hosts.
+    invalid_host: Option<LocalCounter>,
     /// The host's clock, seconds, as read at the last tick: requests compare `exp`/`nbf` with
     /// it instead of reading the clock each (a host call). At most one tick period old (200 ms
     /// with remote keys, 1 s otherwise), well inside any clock skew.
@@ -210,6 +214,9 @@ impl Plugin for JwtAuth {
             })
             .collect();
         let remote = config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_)));
+        let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
+        let invalid_host = counter(&gatewasm::metrics::series_name(DENIED, &[("reason", "invalid_host")]))
+            .map(LocalCounter::new);
         log::info!("jwt_auth: {} provider(s), {} rule(s) loaded", config.providers.len(), config.rules.len());
         Ok(JwtAuth {
             config,
@@ -218,6 +225,8 @@ impl Plugin for JwtAuth {
             fetches,
             in_flight: RefCell::new(Vec::new()),
             remote,
+            host_rules,
+            invalid_host,
             clock: Cell::new(None),
         })
     }
@@ -235,7 +244,7 @@ impl Plugin for JwtAuth {
         if let Some(c) = &self.allowed {
             c.flush();
         }
-        for (_, c) in &self.denied {
+        for c in self.denied.iter().map(|(_, c)| c).chain(&self.invalid_host) {
             c.flush();
         }
         if self.remote {
@@ -406,7 +415,18 @@ impl HttpFilter for JwtFilter {
                 return Flow::Continue;
             }
         }
-        let host = req.host();
+        // A host that cannot be read matches no host condition; a rule after the one it should
+        // have matched could then apply. With host rules such a request is refused instead.
+        let host = match req.host() {
+            Some(host) => host,
+            None if plugin.host_rules => {
+                if let Some(c) = &plugin.invalid_host {
+                    c.inc();
+                }
+                return Flow::Reply(LocalReply::invalid_host());
+            }
+            None => Default::default(),
+        };
         let Some(rule) = matcher::first_match(&cfg.rules, &host, req.path(), method) else {
             return Flow::Continue;
         };

@@ -448,3 +448,54 @@ fn a_host_without_verify_signature_gets_the_modules_check() {
         assert_eq!(asked, if registered { 4 } else { 1 }, "host function registered: {registered}");
     }
 }
+
+/// The hosts an attacker can send that no host rule can read (Envoy 1.40 routes each of them to
+/// a catch-all virtual host rather than refusing it).
+const UNREADABLE_HOSTS: [&str; 6] = [
+    "api.example.com:abc",
+    "api.example.com..",
+    "a.example.com:443:443",
+    "user@api.example.com",
+    "api%2eexample.com",
+    "api.example.com:65536",
+];
+
+#[test]
+fn a_host_no_rule_can_read_never_falls_through_to_a_weaker_rule() {
+    let mut config = seed_config();
+    config["rules"] = json!([
+        {"match": {"hosts": ["api.example.com"], "prefix": "/api/"}, "requires": {"provider_name": "login"}},
+        {"match": {"prefix": "/"}, "requires": {"allow_missing": {}}}
+    ]);
+    let emu = emulator(&config);
+    let ask = |authority: &str| {
+        let mut s = emu.stream();
+        let headers =
+            [(":method", "GET"), (":path", "/api/x"), (":authority", authority), (":scheme", "http")];
+        let action = s.request_headers(&headers, true).unwrap();
+        (s, action)
+    };
+    for host in UNREADABLE_HOSTS {
+        let (s, action) = ask(host);
+        assert_eq!(action, Action::Pause, "{host}");
+        let (status, body, _) = reply_json(&s);
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_host")), "{host}");
+    }
+    // Every spelling of the protected host still reaches its rule: no token, 401.
+    for host in
+        ["api.example.com", "API.Example.COM", "api.example.com.", "api.example.com:8443", "api.example.com:"]
+    {
+        let (s, _) = ask(host);
+        assert_eq!(reply_json(&s).0, 401, "{host}");
+    }
+    // Another host falls to the fallback rule, as before.
+    assert_eq!(ask("www.example.com").1, Action::Continue);
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_denied_total;reason=invalid_host"), Some(UNREADABLE_HOSTS.len() as u64));
+
+    // Without host rules the host is never read, and such a request is not refused.
+    let emu = emulator(&seed_config());
+    let mut s = emu.stream();
+    let headers = [(":method", "GET"), (":path", "/extauth/login"), (":authority", "api.example.com:abc")];
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Continue);
+}
