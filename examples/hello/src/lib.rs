@@ -51,7 +51,10 @@ impl HttpFilter for Greeter {
             return Flow::Reply(LocalReply::new(403, "blocked_path", "this path is blocked"));
         }
         let greeting = self.0.greeting.as_deref().unwrap_or("hello");
-        let _ = REQUEST_HEADERS.set("x-greeting", &format!("{greeting} {}", req.host()));
+        // `host()` is None for an authority that is not a host name (`a:1:2`, `user@h`).
+        let host = req.host();
+        let _ = REQUEST_HEADERS
+            .set("x-greeting", &format!("{greeting} {}", host.as_deref().unwrap_or("stranger")));
         Flow::Continue
     }
 }
