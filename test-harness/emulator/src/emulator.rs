@@ -1199,6 +1199,22 @@ impl Stream {
         })
     }
 
+    /// [`Stream::request_headers`] with values as bytes (`obs-text`, which Envoy's codec accepts
+    /// from clients).
+    pub fn request_headers_bytes(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        end_of_stream: bool,
+    ) -> Result<Action> {
+        let h = HeaderMap::from_pairs(headers, true);
+        self.drive(Side::Request, |i, id| {
+            if i.stream(id)?.req.headers_seen {
+                return Err(Error::Usage("request headers were already sent on this stream".to_string()));
+            }
+            i.headers(id, Side::Request, h, end_of_stream)
+        })
+    }
+
     /// A request body chunk arrives. While the filter has the request stopped (headers paused),
     /// the data waits and is given to it when it resumes, as in Envoy. After a Pause from a body
     /// callback the next call sees the buffered data plus the new chunk.
