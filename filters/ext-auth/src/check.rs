@@ -30,12 +30,7 @@ where
     let mut headers: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(8);
     let mut cookie: Option<String> = None;
     for (name, value) in client.headers {
-        if name.starts_with(':')
-            || name == PARTIAL_BODY
-            || is_reserved(name)
-            || !settings.request_headers.contains(name)
-            || settings.headers_to_add.iter().any(|(n, _)| n == name)
-        {
+        if !forwarded(settings, name) {
             continue;
         }
         if name == "cookie" {
@@ -79,6 +74,40 @@ where
         // The clock is read around the callout only for the latency histogram.
         timed: settings.duration_histogram,
     }
+}
+
+/// Whether the client's header `name` goes to the auth service.
+fn forwarded(settings: &Settings, name: &str) -> bool {
+    !(name.starts_with(':')
+        || name == PARTIAL_BODY
+        || is_reserved(name)
+        || !settings.request_headers.contains(name)
+        || settings.headers_to_add.iter().any(|(n, _)| n == name))
+}
+
+/// Whether the check would carry a client value that is not UTF-8 (a header sent to the auth
+/// service, the path, or the authority when it is the client's). A callout carries text, so
+/// such a value could only reach the auth service altered (U+FFFD), and two credentials could
+/// then read alike: the request is refused instead. Only worth asking when the snapshot
+/// [`has_binary`](gatewasm::HeaderSnapshot::has_binary).
+pub fn carries_non_text<'a>(
+    settings: &Settings,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> bool {
+    headers.filter(|(_, value)| std::str::from_utf8(value).is_err()).any(|(name, _)| {
+        match std::str::from_utf8(name) {
+            Ok(":path") => true,
+            Ok(":authority") => settings.authority.is_none(),
+            Ok(name) => forwarded(settings, name),
+            // Envoy's codec refuses such names; the check would never carry one.
+            Err(_) => false,
+        }
+    })
+}
+
+/// The reply when [`carries_non_text`].
+pub fn not_text_reply() -> LocalReply {
+    LocalReply::new(400, "header_not_text", "a header for the auth service is not UTF-8 text")
 }
 
 /// `prefix` + `path`, built without the formatting machinery (about 900 fewer instructions per
@@ -610,6 +639,26 @@ mod tests {
         let r = too_many_headers_reply(&s);
         assert_eq!((r.status, r.code), (500, "request_headers_too_large"));
         assert_eq!((s.max_request_headers_count, s.max_request_headers_kb), (100, 60), "Envoy's defaults");
+    }
+
+    /// A client value the check would carry, if it is not UTF-8, refuses the request (it could
+    /// reach the auth service only altered); values that are not sent do not matter.
+    #[test]
+    fn client_values_that_are_not_text_in_the_check_are_refused() {
+        let s = settings(r#"{"cluster": "auth", "allowed_request_headers": ["x-tenant"]}"#);
+        let with = |name: &'static str, value: &'static [u8]| -> Vec<(&'static [u8], &'static [u8])> {
+            vec![(b":method", b"GET"), (b":path", b"/a"), (name.as_bytes(), value)]
+        };
+        for sent in ["cookie", "authorization", "x-tenant", ":path", ":authority"] {
+            assert!(carries_non_text(&s, with(sent, b"sid=\xff").into_iter()), "{sent}");
+            assert!(!carries_non_text(&s, with(sent, "sid=\u{e9}".as_bytes()).into_iter()), "{sent}: text");
+        }
+        for not_sent in ["x-other", "content-length", "x-envoy-auth-partial-body"] {
+            assert!(!carries_non_text(&s, with(not_sent, b"\xff").into_iter()), "{not_sent}");
+        }
+        let fixed = settings(r#"{"cluster": "auth", "authority": "auth.internal"}"#);
+        assert!(!carries_non_text(&fixed, with(":authority", b"h\xff").into_iter()));
+        assert_eq!(not_text_reply().status, 400);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub const SKIPPED: &str = "ext_auth_skipped_total";
 pub const FAILURE_MODE_ALLOWED_TOTAL: &str = "ext_auth_failure_mode_allowed_total";
 /// Counter of requests refused with 413 because their body was over `with_request_body.max_bytes`.
 pub const BODY_TOO_LARGE: &str = "ext_auth_body_too_large_total";
+/// Counter of requests refused with 400 because a value the check would carry is not UTF-8
+/// text (it could reach the auth service only altered).
+pub const NOT_TEXT: &str = "ext_auth_header_not_text_total";
 /// Histogram of the time from sending the check to its answer (or timeout), in microseconds
 /// (a local auth service answers well within a millisecond); only with `duration_histogram`.
 pub const DURATION: &str = "ext_auth_check_duration_us";
@@ -57,6 +60,7 @@ struct Counters {
     skipped: Option<LocalCounter>,
     failure_mode_allowed: Option<LocalCounter>,
     body_too_large: Option<LocalCounter>,
+    not_text: Option<LocalCounter>,
 }
 
 impl Counters {
@@ -70,10 +74,11 @@ impl Counters {
             skipped: local(SKIPPED),
             failure_mode_allowed: local(FAILURE_MODE_ALLOWED_TOTAL),
             body_too_large: local(BODY_TOO_LARGE),
+            not_text: local(NOT_TEXT),
         }
     }
 
-    fn all(&self) -> [&Option<LocalCounter>; 7] {
+    fn all(&self) -> [&Option<LocalCounter>; 8] {
         [
             &self.allowed,
             &self.denied,
@@ -82,6 +87,7 @@ impl Counters {
             &self.skipped,
             &self.failure_mode_allowed,
             &self.body_too_large,
+            &self.not_text,
         ]
     }
 }
@@ -304,6 +310,12 @@ impl HttpFilter for ExtAuthFilter {
             inc(&plugin.counters.skipped);
             self.state = State::Passed(Vec::new());
             return Flow::Continue;
+        }
+        // Only a map with bytes that are not UTF-8 is walked again.
+        if headers.has_binary() && check::carries_non_text(settings, headers.iter_bytes()) {
+            inc(&plugin.counters.not_text);
+            self.state = State::Done;
+            return Flow::Reply(check::not_text_reply());
         }
         let call = check::request(
             settings,

@@ -577,3 +577,40 @@ fn identities_over_the_header_limits_are_refused_with_500() {
     emu.advance_clock(Duration::from_secs(2)).unwrap();
     assert_eq!(emu.metric("ext_auth_checks_total;result=error"), Some(2));
 }
+
+/// A client value the check would carry that is not UTF-8 (a callout carries text, so it could
+/// reach the auth service only altered) refuses the request with 400, before any check; other
+/// headers with such bytes go upstream untouched.
+#[test]
+fn client_values_that_cannot_reach_the_auth_service_unaltered_are_refused() {
+    let emu = emulator(&seed_config());
+    let base: [(&str, &[u8]); 4] = [
+        (":method", b"GET"),
+        (":path", b"/nodebackend/"),
+        (":authority", b"shop.example.com"),
+        (":scheme", b"http"),
+    ];
+    for (name, value) in [
+        ("cookie", &b"id_token=tok\xff"[..]),
+        ("authorization", b"Bearer \xfftok"),
+        ("x-qotm-session", b"\x80"),
+    ] {
+        let mut s = emu.stream();
+        let mut headers = base.to_vec();
+        headers.push((name, value));
+        assert_eq!(s.request_headers_bytes(&headers, true).unwrap(), Action::Pause);
+        let reply = s.local_reply().unwrap_or_else(|| panic!("{name}: not refused"));
+        assert_eq!((reply.status, reply.details.as_str()), (400, "ext_auth_header_not_text"), "{name}");
+        assert!(emu.http_calls().is_empty(), "{name}: no check");
+    }
+    // Not sent to the auth service: checked as usual, and passed upstream as it came.
+    let mut s = emu.stream();
+    let mut headers = base.to_vec();
+    headers.push(("x-other", b"caf\xe9"));
+    assert_eq!(s.request_headers_bytes(&headers, true).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().expect("checked");
+    emu.respond_http_call(call.token, &[(":status", "200")], b"", &[]).unwrap();
+    assert_eq!(all_bytes(&s.request_headers_now_bytes(), "x-other"), [b"caf\xe9".to_vec()]);
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_header_not_text_total"), Some(3));
+}

@@ -727,3 +727,43 @@ fn a_body_of_exactly_the_limit_is_not_partial_as_in_native_ext_authz() {
     assert_eq!(marks[1], ["false", "true", "false"], "native ext_authz");
     assert_eq!(marks[0], ["false", "true", "true"], "ext-auth");
 }
+
+/// Sends `GET path` with one raw header line and returns the status line and the rest.
+fn get_with_raw_header(envoy: &Envoy, path: &str, header: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(envoy.listener_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n").into_bytes();
+    request.extend_from_slice(header);
+    request.extend_from_slice(b"\r\n\r\n");
+    conn.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client credential with a byte that is not UTF-8: native `ext_authz` sends it to the auth
+/// service rewritten (each such byte becomes `!`, so `t\xffk` and `t!k` arrive alike); the
+/// filter refuses the request with 400 and sends nothing, never a rewritten credential.
+#[test]
+fn a_client_credential_that_is_not_text_is_refused_where_native_ext_authz_rewrites_it() {
+    let auth = RawServer::start(|_| response("200 OK", &[], b""));
+    let upstream = RawServer::ok();
+    let config = json!({"cluster": "auth", "path_prefix": "/extauth"});
+    let envoys = side_by_side(
+        filter(&config, false),
+        native_ext_authz(&config, &json!({})),
+        auth.addr(),
+        upstream.addr(),
+    );
+    let native = get_with_raw_header(&envoys[1], "/native", b"authorization: Bearer t\xffk");
+    assert!(native.starts_with("HTTP/1.1 200"), "{native}");
+    let check = auth.last("/extauth/native").expect("checked");
+    assert_eq!(check.values("authorization"), [b"Bearer t!k".to_vec()], "native ext_authz rewrites it");
+
+    let ours = get_with_raw_header(&envoys[0], "/ours", b"authorization: Bearer t\xffk");
+    assert!(ours.starts_with("HTTP/1.1 400"), "{ours}");
+    assert!(ours.contains("header_not_text"), "{ours}");
+    assert!(auth.last("/extauth/ours").is_none(), "no check sent");
+    assert!(upstream.last("/ours").is_none());
+}
