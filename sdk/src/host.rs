@@ -444,19 +444,20 @@ pub fn send_local_response(
 }
 
 /// Serializes header pairs in the ABI's map format: count, then (key len, value len) pairs, then
-/// each key and value followed by NUL.
-pub fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let body: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+/// each key and value followed by NUL. Names and values are text or bytes (values a host gave,
+/// kept unchanged).
+pub fn serialize_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
+    let body: usize = pairs.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2).sum();
     let mut out = Vec::with_capacity(4 + pairs.len() * 8 + body);
     out.extend_from_slice(&len_u32(pairs.len()).to_le_bytes());
     for (k, v) in pairs {
-        out.extend_from_slice(&len_u32(k.len()).to_le_bytes());
-        out.extend_from_slice(&len_u32(v.len()).to_le_bytes());
+        out.extend_from_slice(&len_u32(k.as_ref().len()).to_le_bytes());
+        out.extend_from_slice(&len_u32(v.as_ref().len()).to_le_bytes());
     }
     for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(k.as_ref());
         out.push(0);
-        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(v.as_ref());
         out.push(0);
     }
     out

@@ -97,7 +97,9 @@ impl Headers {
 /// walked on each lookup (no copy, no allocation per header: on the request path every
 /// allocation in the VM shows). Lookups see the map as it was when read, not later changes.
 /// Names compare case-insensitively and the first value of a repeated header is the one
-/// returned, as with [`Headers::get`]; values that are not UTF-8 read with U+FFFD.
+/// returned, as with [`Headers::get`]; values that are not UTF-8 read with U+FFFD through the
+/// text lookups, and exactly as the host gave them through [`HeaderSnapshot::iter_bytes`] (the
+/// way to pass a value on unchanged: an identity must never be rewritten).
 #[derive(Debug, Clone)]
 pub struct HeaderSnapshot {
     repr: Repr,
@@ -107,14 +109,18 @@ pub struct HeaderSnapshot {
 enum Repr {
     /// The host's serialized map, checked well-formed and UTF-8 throughout.
     Raw(Vec<u8>),
-    /// Decoded pairs: for maps with bytes that are not UTF-8, and for snapshots built by hand.
+    /// A serialized map with some name or value that is not UTF-8: the host's bytes, kept for
+    /// [`HeaderSnapshot::iter_bytes`], and the pairs decoded lossily for the text lookups.
+    Binary { raw: Vec<u8>, text: Vec<(String, String)> },
+    /// Text pairs built by hand.
     Owned(Vec<(String, String)>),
 }
 
-/// Two snapshots are equal when they hold the same headers in the same order, however stored.
+/// Two snapshots are equal when they hold the same headers, byte for byte, in the same order,
+/// however stored.
 impl PartialEq for HeaderSnapshot {
     fn eq(&self, other: &Self) -> bool {
-        self.iter().eq(other.iter())
+        self.iter_bytes().eq(other.iter_bytes())
     }
 }
 
@@ -144,8 +150,8 @@ impl HeaderSnapshot {
         match host::check_map(&raw) {
             host::MapCheck::Text => Self { repr: Repr::Raw(raw) },
             host::MapCheck::Binary => {
-                let pairs = host::PairsIter::new(&raw).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-                Self::from_pairs(pairs)
+                let text = host::PairsIter::new(&raw).map(|(k, v)| (lossy_ref(k), lossy_ref(v))).collect();
+                Self { repr: Repr::Binary { raw, text } }
             }
             host::MapCheck::Malformed => {
                 log::debug!("malformed header map ignored");
@@ -159,17 +165,34 @@ impl HeaderSnapshot {
         Self { repr: Repr::Owned(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()) }
     }
 
-    /// A snapshot of raw pairs (names and values as the host gave them).
+    /// A snapshot of raw pairs (names and values as the host gave them); their bytes stay
+    /// readable unchanged through [`HeaderSnapshot::iter_bytes`].
     pub fn from_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
-        Self { repr: Repr::Owned(pairs.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect()) }
+        Self::from_serialized(host::serialize_pairs(&pairs))
     }
 
-    /// Every header, in order.
+    /// Every header, in order, as text (values that are not UTF-8 read with U+FFFD).
     pub fn iter(&self) -> SnapshotIter<'_> {
         match &self.repr {
             Repr::Raw(raw) => SnapshotIter::Raw(host::PairsIter::new(raw)),
-            Repr::Owned(pairs) => SnapshotIter::Owned(pairs.iter()),
+            Repr::Binary { text, .. } | Repr::Owned(text) => SnapshotIter::Owned(text.iter()),
         }
+    }
+
+    /// Every header, in order, with names and values exactly as the host gave them: for values
+    /// that must pass on unchanged (an identity, a cookie), which the text lookups would
+    /// rewrite when they hold bytes that are not UTF-8 (`obs-text`, which Envoy forwards).
+    pub fn iter_bytes(&self) -> BytesIter<'_> {
+        match &self.repr {
+            Repr::Raw(raw) | Repr::Binary { raw, .. } => BytesIter::Raw(host::PairsIter::new(raw)),
+            Repr::Owned(pairs) => BytesIter::Owned(pairs.iter()),
+        }
+    }
+
+    /// Whether some name or value is not UTF-8 (and so reads differently through
+    /// [`HeaderSnapshot::iter`] than through [`HeaderSnapshot::iter_bytes`]).
+    pub fn has_binary(&self) -> bool {
+        matches!(self.repr, Repr::Binary { .. })
     }
 
     /// The first value of `name` (case-insensitive).
@@ -227,6 +250,30 @@ fn checked_before(bytes: &[u8]) -> &str {
     // `PairsIter` does), and its buffer is never changed afterwards; `PairsIter` yields exactly
     // those key and value slices.
     unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
+/// The headers of a [`HeaderSnapshot`], in order, as bytes.
+#[derive(Debug, Clone)]
+pub enum BytesIter<'a> {
+    /// Over the host's buffer.
+    Raw(host::PairsIter<'a>),
+    /// Over text pairs built by hand.
+    Owned(std::slice::Iter<'a, (String, String)>),
+}
+
+impl<'a> Iterator for BytesIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            BytesIter::Raw(it) => it.next(),
+            BytesIter::Owned(it) => it.next().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        }
+    }
+}
+
+fn lossy_ref(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn lossy(bytes: Vec<u8>) -> String {
@@ -377,7 +424,14 @@ mod tests {
         ]);
         assert_eq!(s.get("x-bin"), Some("\u{fffd}\u{fffd}"));
         assert_eq!(s.get("x-ok"), Some("fine"));
+        assert!(s.has_binary());
+        // The bytes themselves stay readable, unchanged: two different values never read alike.
+        let bytes: Vec<(&[u8], &[u8])> = s.iter_bytes().collect();
+        assert_eq!(bytes, [(&b"x-bin"[..], &[0xff, 0xfe][..]), (&b"x-ok"[..], &b"fine"[..])]);
         assert!(HeaderSnapshot::default().is_empty());
+        let text = HeaderSnapshot::from_strs(&[("a", "é")]);
+        assert!(!text.has_binary());
+        assert_eq!(text.iter_bytes().collect::<Vec<_>>(), [(&b"a"[..], "é".as_bytes())]);
     }
 
     #[test]
@@ -401,9 +455,14 @@ mod tests {
         raw[at] = 0xff;
         raw[at + 1] = 0xfe;
         let s = HeaderSnapshot::from_serialized(raw.clone());
-        assert!(matches!(s.repr, Repr::Owned(_)));
+        assert!(matches!(s.repr, Repr::Binary { .. }));
         assert_eq!(s.get("x-bin"), Some("\u{fffd}\u{fffd}"));
         assert_eq!(s.get("x-ok"), Some("fine"));
+        // A value that reads as U+FFFD and one that is U+FFFD stay apart as bytes.
+        let fffd = HeaderSnapshot::from_strs(&[("x-bin", "\u{fffd}\u{fffd}"), ("x-ok", "fine")]);
+        assert!(s.iter().eq(fffd.iter()), "the text lookups cannot tell them apart");
+        assert_ne!(s, fffd);
+        assert_eq!(s.iter_bytes().next(), Some((&b"x-bin"[..], &[0xff, 0xfe][..])));
         raw.truncate(raw.len() - 3);
         assert!(HeaderSnapshot::from_serialized(raw).is_empty());
         assert!(HeaderSnapshot::from_serialized(Vec::new()).is_empty());

@@ -30,12 +30,7 @@ where
     let mut headers: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(8);
     let mut cookie: Option<String> = None;
     for (name, value) in client.headers {
-        if name.starts_with(':')
-            || name == PARTIAL_BODY
-            || is_reserved(name)
-            || !settings.request_headers.contains(name)
-            || settings.headers_to_add.iter().any(|(n, _)| n == name)
-        {
+        if !forwarded(settings, name) {
             continue;
         }
         if name == "cookie" {
@@ -81,6 +76,40 @@ where
     }
 }
 
+/// Whether the client's header `name` goes to the auth service.
+fn forwarded(settings: &Settings, name: &str) -> bool {
+    !(name.starts_with(':')
+        || name == PARTIAL_BODY
+        || is_reserved(name)
+        || !settings.request_headers.contains(name)
+        || settings.headers_to_add.iter().any(|(n, _)| n == name))
+}
+
+/// Whether the check would carry a client value that is not UTF-8 (a header sent to the auth
+/// service, the path, or the authority when it is the client's). A callout carries text, so
+/// such a value could only reach the auth service altered (U+FFFD), and two credentials could
+/// then read alike: the request is refused instead. Only worth asking when the snapshot
+/// [`has_binary`](gatewasm::HeaderSnapshot::has_binary).
+pub fn carries_non_text<'a>(
+    settings: &Settings,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> bool {
+    headers.filter(|(_, value)| std::str::from_utf8(value).is_err()).any(|(name, _)| {
+        match std::str::from_utf8(name) {
+            Ok(":path") => true,
+            Ok(":authority") => settings.authority.is_none(),
+            Ok(name) => forwarded(settings, name),
+            // Envoy's codec refuses such names; the check would never carry one.
+            Err(_) => false,
+        }
+    })
+}
+
+/// The reply when [`carries_non_text`].
+pub fn not_text_reply() -> LocalReply {
+    LocalReply::new(400, "header_not_text", "a header for the auth service is not UTF-8 text")
+}
+
 /// `prefix` + `path`, built without the formatting machinery (about 900 fewer instructions per
 /// check, counted under callgrind in the emulator); no copy without a prefix.
 fn prefixed<'a>(prefix: &str, path: &'a str) -> Cow<'a, str> {
@@ -111,7 +140,8 @@ pub enum Decision<'r> {
     Allow(Allow<'r>),
     /// Answer the client with the auth service's answer.
     Deny(LocalReply),
-    /// The auth service failed: timed out (`timeout`), unreachable, or answered 5xx.
+    /// The auth service failed: timed out (`timeout`), unreachable, answered 5xx, or denied with
+    /// a header for the client that cannot be passed on unaltered.
     Error {
         /// True for a timeout.
         timeout: bool,
@@ -119,16 +149,17 @@ pub enum Decision<'r> {
 }
 
 /// Changes an allowing answer makes, borrowing the answer's headers (nothing is copied to be
-/// written straight back to Envoy).
+/// written straight back to Envoy). Values are the answer's bytes, unchanged: an identity that
+/// is not UTF-8 reaches the upstream as the auth service wrote it, as with Envoy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allow<'r> {
-    /// Headers set on the upstream request, in answer order; a name's first value replaces the
-    /// request's, later ones are added.
-    pub upstream: Vec<(&'r str, &'r str)>,
+    /// Headers set on the upstream request, one value per name: the answer's last, as Envoy's
+    /// `ext_authz` sets (replaces) each in turn, in the order of those last values.
+    pub upstream: Vec<(&'r str, &'r [u8])>,
     /// Request headers the answer asked to remove (`x-envoy-auth-headers-to-remove`).
     pub remove: Vec<String>,
-    /// Headers added to the client's response.
-    pub client: Vec<(&'r str, &'r str)>,
+    /// Headers added to the client's response, every value in answer order.
+    pub client: Vec<(&'r str, &'r [u8])>,
 }
 
 /// Judges the auth service's answer.
@@ -145,7 +176,10 @@ pub fn decide<'r>(settings: &Settings, result: &'r CalloutResult) -> Decision<'r
     if settings.allowed_statuses.contains(&resp.status) {
         Decision::Allow(allow(settings, resp))
     } else {
-        Decision::Deny(deny(settings, resp))
+        match deny(settings, resp) {
+            Some(reply) => Decision::Deny(reply),
+            None => Decision::Error { timeout: false },
+        }
     }
 }
 
@@ -154,22 +188,26 @@ pub fn is_denial(settings: &Settings, status: u16) -> bool {
     (200..500).contains(&status) && !settings.allowed_statuses.contains(&status)
 }
 
-fn answer_headers(resp: &CalloutResponse) -> impl Iterator<Item = (&str, &str)> + '_ {
-    resp.headers.iter().filter(|(n, _)| !n.starts_with(':'))
-}
-
 fn allow<'r>(settings: &Settings, resp: &'r CalloutResponse) -> Allow<'r> {
     let mut out = Allow::default();
-    for (name, value) in answer_headers(resp) {
+    for (name, value) in resp.headers.iter_bytes() {
+        // Envoy's header names are tokens (ASCII); a name that is not text matches nothing.
+        let Ok(name) = std::str::from_utf8(name) else { continue };
+        if name.starts_with(':') {
+            continue;
+        }
         if settings.upstream_headers.iter().any(|n| n == name) {
+            // Envoy's `setCopy` removes the earlier value and appends this one.
+            out.upstream.retain(|(n, _)| *n != name);
             out.upstream.push((name, value));
         }
         if settings.client_headers_on_success.contains(name) {
             out.client.push((name, value));
         }
         if name == HEADERS_TO_REMOVE {
+            // Names to remove are tokens: bytes that are not UTF-8 cannot name a header.
             out.remove.extend(
-                value
+                String::from_utf8_lossy(value)
                     .split(',')
                     .map(|n| n.trim().to_ascii_lowercase())
                     .filter(|n| !n.is_empty() && !n.starts_with(':') && n != "host"),
@@ -179,17 +217,66 @@ fn allow<'r>(settings: &Settings, resp: &'r CalloutResponse) -> Allow<'r> {
     out
 }
 
-fn deny(settings: &Settings, resp: &CalloutResponse) -> LocalReply {
+/// The client's answer for a denial, or `None` when a header it must carry is not UTF-8: a local
+/// reply carries text only, and a value passed on altered (U+FFFD) is never sent, so such an
+/// answer is an auth service failure.
+fn deny(settings: &Settings, resp: &CalloutResponse) -> Option<LocalReply> {
     let mut reply =
         LocalReply::new(resp.status, "denied", "denied by the auth service").raw_body(resp.body.clone());
-    for (name, value) in answer_headers(resp) {
+    for (name, value) in resp.headers.iter_bytes() {
+        let Ok(name) = std::str::from_utf8(name) else { continue };
+        if name.starts_with(':') {
+            continue;
+        }
         let pass =
             settings.client_headers.contains(name) || (name == "content-type" && !resp.body.is_empty());
         if pass {
-            reply.headers.push((name.to_string(), value.to_string()));
+            reply.headers.push((name.to_string(), std::str::from_utf8(value).ok()?.to_string()));
         }
     }
-    reply
+    Some(reply)
+}
+
+/// The request headers' entry count and size (names and values, in bytes, as Envoy counts them
+/// against its limits) once an allowing answer's changes are made to `request` (the headers as
+/// they arrived): the client's copies of `strip` are gone (removed on arrival), each answer
+/// header replaces the request's of that name, and the names the answer listed for removal are
+/// gone. Names are compared as Envoy stores them, lower-case.
+pub fn size_after<'a>(
+    request: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    strip: &[String],
+    allow: &Allow<'_>,
+) -> (usize, usize) {
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for (name, value) in request {
+        let gone = strip.iter().any(|n| n.as_bytes() == name)
+            || allow.upstream.iter().any(|(n, _)| n.as_bytes() == name)
+            || allow.remove.iter().any(|n| n.as_bytes() == name);
+        if !gone {
+            count += 1;
+            bytes += name.len() + value.len();
+        }
+    }
+    for (name, value) in &allow.upstream {
+        if !allow.remove.iter().any(|n| n == name) {
+            count += 1;
+            bytes += name.len() + value.len();
+        }
+    }
+    (count, bytes)
+}
+
+/// The reply when an allowing answer's headers would take the request over the header limits
+/// (Envoy's `ext_authz` answers 500 there too).
+pub fn too_many_headers_reply(settings: &Settings) -> LocalReply {
+    LocalReply::new(
+        500,
+        "request_headers_too_large",
+        format!(
+            "the request headers with the auth service's are over {} headers or {} KiB",
+            settings.max_request_headers_count, settings.max_request_headers_kb
+        ),
+    )
 }
 
 /// The reply when the auth service failed and the filter fails closed.
@@ -329,10 +416,11 @@ mod tests {
         let Decision::Allow(a) = decide(&s, &ans) else { panic!("not allowed") };
         assert_eq!(
             a.upstream,
-            [("x-admin-id", "1"), ("x-admin-email", "admin@qq.com"), ("x-groups", "a"), ("x-groups", "b"),]
+            [("x-admin-id", &b"1"[..]), ("x-admin-email", &b"admin@qq.com"[..]), ("x-groups", &b"b"[..])],
+            "a repeated header goes up once, with its last value, as Envoy sets it"
         );
         assert_eq!(a.remove, ["authorization", "cookie"], "pseudo-headers and host are never removed");
-        assert_eq!(a.client, [("set-cookie", "sid=1")]);
+        assert_eq!(a.client, [("set-cookie", &b"sid=1"[..])]);
         // 201 is not in the set: the answer goes to the client.
         assert!(matches!(decide(&s, &answer(201, &[], "")), Decision::Deny(_)));
     }
@@ -446,6 +534,131 @@ mod tests {
                 Decision::Error { timeout } => assert!(!timeout && !(200..500).contains(&status)),
             }
         }
+    }
+
+    /// An answer as Envoy serializes it, with values that are bytes.
+    fn answer_bytes(status: u16, headers: &[(&str, &[u8])]) -> CalloutResult {
+        let status_text = status.to_string();
+        let mut all: Vec<(Vec<u8>, Vec<u8>)> = vec![(b":status".to_vec(), status_text.into_bytes())];
+        all.extend(headers.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec())));
+        let raw = gatewasm::host::serialize_pairs(&all);
+        Ok(CalloutResponse {
+            status,
+            headers: HeaderSnapshot::from_serialized(raw),
+            body: Vec::new(),
+            truncated: false,
+        })
+    }
+
+    /// Identities that differ only in bytes that are not UTF-8 stay different: they go upstream
+    /// as the auth service wrote them, never as U+FFFD.
+    #[test]
+    fn identity_bytes_go_upstream_unchanged() {
+        let s = settings(
+            r#"{"cluster": "auth", "allowed_upstream_headers": ["x-admin-email"],
+                "allowed_client_headers_on_success": ["x-session"]}"#,
+        );
+        let one = answer_bytes(
+            200,
+            &[("x-admin-email", b"adm\xffin@qq.com"), ("x-session", b"s\xfe"), ("x-other", b"\xff")],
+        );
+        let two = answer_bytes(200, &[("x-admin-email", "adm\u{fffd}in@qq.com".as_bytes())]);
+        let Decision::Allow(a) = decide(&s, &one) else { panic!("not allowed") };
+        assert_eq!(a.upstream, [("x-admin-email", &b"adm\xffin@qq.com"[..])]);
+        assert_eq!(a.client, [("x-session", &b"s\xfe"[..])]);
+        let Decision::Allow(b) = decide(&s, &two) else { panic!("not allowed") };
+        assert_ne!(a.upstream, b.upstream, "two identities must not arrive as one value");
+        assert_eq!(b.upstream, [("x-admin-email", "adm\u{fffd}in@qq.com".as_bytes())]);
+    }
+
+    /// Envoy sets each allowed header of the answer in turn, so the last value is the one the
+    /// upstream gets; an upstream reading the first line must not see another identity.
+    #[test]
+    fn a_repeated_identity_header_goes_up_once_with_its_last_value() {
+        let s =
+            settings(r#"{"cluster": "auth", "allowed_upstream_headers": ["x-admin-id", "x-admin-email"]}"#);
+        let ans = answer_bytes(
+            200,
+            &[
+                ("x-admin-id", b"1"),
+                ("x-admin-email", b"a@qq.com"),
+                ("x-admin-id", b"2"),
+                ("x-admin-id", b"\xff3"),
+            ],
+        );
+        let Decision::Allow(a) = decide(&s, &ans) else { panic!("not allowed") };
+        assert_eq!(a.upstream, [("x-admin-email", &b"a@qq.com"[..]), ("x-admin-id", &b"\xff3"[..])]);
+    }
+
+    /// A denial passes its headers to the client as text only: one that is not UTF-8 would be
+    /// altered, so the answer is an auth service failure instead (refused, never altered).
+    #[test]
+    fn a_denial_with_a_header_that_cannot_pass_unaltered_is_an_error() {
+        let s = settings(r#"{"cluster": "auth"}"#);
+        let cookie = answer_bytes(401, &[("set-cookie", b"sid=\xff"), ("www-authenticate", b"Bearer")]);
+        assert_eq!(decide(&s, &cookie), Decision::Error { timeout: false });
+        // Headers the client never gets do not matter.
+        let other = answer_bytes(401, &[("x-debug", b"\xff"), ("www-authenticate", b"Bearer")]);
+        let Decision::Deny(reply) = decide(&s, &other) else { panic!("not denied") };
+        assert_eq!(reply.headers, [("www-authenticate".to_string(), "Bearer".to_string())]);
+    }
+
+    /// The request as Envoy's map counts it after an allowing answer: the client's copies of
+    /// stripped headers gone, each identity replacing its name once, removed names gone.
+    #[test]
+    fn size_after_counts_the_request_as_it_goes_upstream() {
+        let s =
+            settings(r#"{"cluster": "auth", "allowed_upstream_headers": ["x-admin-id", "x-admin-email"]}"#);
+        let request: &[(&[u8], &[u8])] = &[
+            (b":method", b"GET"),
+            (b":path", b"/a"),
+            (b"x-admin-id", b"999"),
+            (b"x-envoy-auth-failure-mode-allowed", b"true"),
+            (b"authorization", b"Bearer t"),
+            (b"x-other", b"12345"),
+        ];
+        let none = Allow::default();
+        // Stripped on arrival: the forged identity and the failure marker.
+        assert_eq!(size_after(request.iter().copied(), &s.strip, &none), (4, 7 + 3 + 5 + 2 + 13 + 8 + 7 + 5));
+        let allow = Allow {
+            upstream: vec![("x-admin-id", b"1"), ("x-admin-email", b"a@b")],
+            remove: vec!["authorization".into(), "absent".into()],
+            client: Vec::new(),
+        };
+        assert_eq!(
+            size_after(request.iter().copied(), &s.strip, &allow),
+            (5, 7 + 3 + 5 + 2 + 7 + 5 + 10 + 1 + 13 + 3)
+        );
+        // An identity the answer also lists for removal is not counted twice, nor at all.
+        let removed = Allow {
+            upstream: vec![("x-admin-id", b"1")],
+            remove: vec!["x-admin-id".into()],
+            client: Vec::new(),
+        };
+        assert_eq!(size_after(request.iter().copied(), &s.strip, &removed).0, 4);
+        let r = too_many_headers_reply(&s);
+        assert_eq!((r.status, r.code), (500, "request_headers_too_large"));
+        assert_eq!((s.max_request_headers_count, s.max_request_headers_kb), (100, 60), "Envoy's defaults");
+    }
+
+    /// A client value the check would carry, if it is not UTF-8, refuses the request (it could
+    /// reach the auth service only altered); values that are not sent do not matter.
+    #[test]
+    fn client_values_that_are_not_text_in_the_check_are_refused() {
+        let s = settings(r#"{"cluster": "auth", "allowed_request_headers": ["x-tenant"]}"#);
+        let with = |name: &'static str, value: &'static [u8]| -> Vec<(&'static [u8], &'static [u8])> {
+            vec![(b":method", b"GET"), (b":path", b"/a"), (name.as_bytes(), value)]
+        };
+        for sent in ["cookie", "authorization", "x-tenant", ":path", ":authority"] {
+            assert!(carries_non_text(&s, with(sent, b"sid=\xff").into_iter()), "{sent}");
+            assert!(!carries_non_text(&s, with(sent, "sid=\u{e9}".as_bytes()).into_iter()), "{sent}: text");
+        }
+        for not_sent in ["x-other", "content-length", "x-envoy-auth-partial-body"] {
+            assert!(!carries_non_text(&s, with(not_sent, b"\xff").into_iter()), "{not_sent}");
+        }
+        let fixed = settings(r#"{"cluster": "auth", "authority": "auth.internal"}"#);
+        assert!(!carries_non_text(&fixed, with(":authority", b"h\xff").into_iter()));
+        assert_eq!(not_text_reply().status, 400);
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
 /// goes upstream (Envoy's HTTP `ext_authz` convention: comma-separated names).
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
+/// Default `max_request_headers_count`: Envoy's default `max_headers_count`.
+pub const DEFAULT_MAX_REQUEST_HEADERS_COUNT: usize = 100;
+
+/// Default `max_request_headers_kb`: Envoy's default `max_request_headers_kb`.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: usize = 60;
+
 /// Default callout timeout (Envoy's `ext_authz` default; Ambassador's is 5 s).
 pub const DEFAULT_TIMEOUT_MS: u64 = 200;
 
@@ -71,9 +77,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub path_prefix: String,
     /// Client request headers sent to the auth service in addition to the defaults; a name
-    /// ending in `*` is a prefix (`x-auth-*`).
+    /// ending in `*` is a prefix (`x-auth-*`). Names are case-insensitive.
     #[serde(default)]
     pub allowed_request_headers: Vec<String>,
+    /// Send Ambassador's default request headers ([`DEFAULT_REQUEST_HEADERS`]) besides
+    /// `allowed_request_headers` (default true). `false` sends only `allowed_request_headers`
+    /// (and the method, path, authority and length), to reproduce a native `allowed_headers`.
+    pub default_request_headers: Option<bool>,
     /// Headers added to every check request, replacing a client header of the same name.
     #[serde(default)]
     pub headers_to_add: Vec<RawHeader>,
@@ -109,6 +119,13 @@ pub struct RawConfig {
     /// What happens to a request no rule matches (default `check`).
     #[serde(default)]
     pub default: Action,
+    /// Most request headers (entries, pseudo-headers included) once an allowing answer's headers
+    /// are added; over it the request is refused with 500, as Envoy's `ext_authz` does. Default
+    /// 100, Envoy's `max_headers_count`: set the listener's own if it differs.
+    pub max_request_headers_count: Option<usize>,
+    /// Most request header bytes (names and values) in KiB once an allowing answer's headers are
+    /// added; over it, 500. Default 60, Envoy's `max_request_headers_kb`: set the listener's own.
+    pub max_request_headers_kb: Option<usize>,
     /// Record each check's latency in the `ext_auth_check_duration_us` histogram (default
     /// false: one host call per check, and Envoy already times the auth cluster in
     /// `cluster.<cluster>.upstream_rq_time`).
@@ -272,6 +289,10 @@ pub struct Settings {
     pub strip: Vec<String>,
     /// Record check latencies in a histogram.
     pub duration_histogram: bool,
+    /// Most request header entries after an allowing answer's changes.
+    pub max_request_headers_count: usize,
+    /// Most request header KiB after an allowing answer's changes.
+    pub max_request_headers_kb: usize,
 }
 
 /// Headers that must never be copied between requests and answers: framing and hop-by-hop
@@ -325,8 +346,10 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
     }
 
     let mut request_headers = NameSet::default();
-    for name in DEFAULT_REQUEST_HEADERS {
-        request_headers.insert(name);
+    if raw.default_request_headers.unwrap_or(true) {
+        for name in DEFAULT_REQUEST_HEADERS {
+            request_headers.insert(name);
+        }
     }
     names(errors, "allowed_request_headers", &raw.allowed_request_headers, true, &mut request_headers);
     let mut headers_to_add = Vec::new();
@@ -395,6 +418,15 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
             format!("must be at most {MAX_BODY_BYTES}"),
         );
     }
+    let max_request_headers_count =
+        raw.max_request_headers_count.unwrap_or(DEFAULT_MAX_REQUEST_HEADERS_COUNT);
+    if !(1..=10_000).contains(&max_request_headers_count) {
+        errors.add("max_request_headers_count", max_request_headers_count, "must be 1 to 10000");
+    }
+    let max_request_headers_kb = raw.max_request_headers_kb.unwrap_or(DEFAULT_MAX_REQUEST_HEADERS_KB);
+    if !(1..=8192).contains(&max_request_headers_kb) {
+        errors.add("max_request_headers_kb", max_request_headers_kb, "must be 1 to 8192 (Envoy's range)");
+    }
     if raw.failure_mode_allow_header_add.is_some() && !raw.failure_mode_allow {
         errors.add_field("failure_mode_allow_header_add", "only meaningful with `failure_mode_allow: true`");
     }
@@ -424,6 +456,8 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         default: raw.default,
         strip,
         duration_histogram: raw.duration_histogram,
+        max_request_headers_count,
+        max_request_headers_kb,
     }
 }
 
@@ -563,6 +597,27 @@ mod tests {
         assert_eq!(s.rules[0].matcher.methods, ["GET"]);
     }
 
+    /// Without the defaults only the listed names go to the auth service (a native
+    /// `allowed_headers` list: `exact` names as given, `prefix` as `name*`), matched whatever
+    /// their case.
+    #[test]
+    fn default_request_headers_can_be_switched_off() {
+        let s = parse(
+            br#"{"cluster": "auth", "default_request_headers": false,
+                "allowed_request_headers": ["Authorization", "X-Tenant", "x-auth-*"]}"#,
+        )
+        .unwrap();
+        for sent in ["authorization", "x-tenant", "x-auth-user"] {
+            assert!(s.request_headers.contains(sent), "{sent}");
+        }
+        for not_sent in ["cookie", "user-agent", "x-forwarded-for", "from", "proxy-authorization"] {
+            assert!(!s.request_headers.contains(not_sent), "{not_sent}");
+        }
+        let s = parse(br#"{"cluster": "auth", "default_request_headers": true}"#).unwrap();
+        assert!(s.request_headers.contains("cookie"));
+        assert!(parse(br#"{"cluster": "auth", "default_request_headers": "no"}"#).is_err());
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_field() {
         let errs = errors_of(
@@ -572,6 +627,7 @@ mod tests {
                 "headers_to_add": [{"name": "x-a", "value": "a\nb"}, {"name": "host", "value": "h"}],
                 "with_request_body": {"max_bytes": 0}, "status_on_error": 99,
                 "failure_mode_allow_header_add": false, "max_denied_body_bytes": 99999999,
+                "max_request_headers_count": 0, "max_request_headers_kb": 9000,
                 "rules": [{"match": {"path": {"prefix": "/a", "exact": "/b"}, "hosts": ["a:80"], "methods": ["G T"]}},
                           {"match": {"path": {"regex": "("}}}],
                 "bogus": 1}"#,
@@ -593,6 +649,8 @@ mod tests {
             "status_on_error",
             "failure_mode_allow_header_add",
             "max_denied_body_bytes",
+            "max_request_headers_count",
+            "max_request_headers_kb",
             "rules[0].match.path",
             "rules[0].match.hosts[0]",
             "rules[0].match.methods[0]",

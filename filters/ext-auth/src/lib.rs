@@ -46,6 +46,9 @@ pub const FAILURE_MODE_ALLOWED_TOTAL: &str = "ext_auth_failure_mode_allowed_tota
 pub const BODY_TOO_LARGE: &str = "ext_auth_body_too_large_total";
 /// Requests refused (400) because their host cannot be read while rules name hosts.
 pub const INVALID_HOST: &str = "ext_auth_invalid_host_total";
+/// Counter of requests refused with 400 because a value the check would carry is not UTF-8
+/// text (it could reach the auth service only altered).
+pub const NOT_TEXT: &str = "ext_auth_header_not_text_total";
 /// Histogram of the time from sending the check to its answer (or timeout), in microseconds
 /// (a local auth service answers well within a millisecond); only with `duration_histogram`.
 pub const DURATION: &str = "ext_auth_check_duration_us";
@@ -60,6 +63,7 @@ struct Counters {
     failure_mode_allowed: Option<LocalCounter>,
     body_too_large: Option<LocalCounter>,
     invalid_host: Option<LocalCounter>,
+    not_text: Option<LocalCounter>,
 }
 
 impl Counters {
@@ -74,6 +78,7 @@ impl Counters {
             failure_mode_allowed: local(FAILURE_MODE_ALLOWED_TOTAL),
             body_too_large: local(BODY_TOO_LARGE),
             invalid_host: local(INVALID_HOST),
+            not_text: local(NOT_TEXT),
         }
     }
 
@@ -87,6 +92,7 @@ impl Counters {
             &self.failure_mode_allowed,
             &self.body_too_large,
             &self.invalid_host,
+            &self.not_text,
         ]
     }
 }
@@ -166,7 +172,12 @@ impl Plugin for ExtAuth {
     }
 
     fn new_filter(self: &Rc<Self>) -> ExtAuthFilter {
-        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, buffered: 0 }
+        ExtAuthFilter {
+            plugin: Rc::clone(self),
+            state: State::Start,
+            buffered: 0,
+            request: HeaderSnapshot::default(),
+        }
     }
 
     fn tick_period(&self) -> Option<Duration> {
@@ -206,8 +217,9 @@ enum State {
     Buffering(Box<Callout<'static>>),
     /// The check is in flight: hold everything.
     Checking,
-    /// Allowed or skipped; headers still to add to the client's response.
-    Passed(Vec<(String, String)>),
+    /// Allowed or skipped; headers still to add to the client's response (values as the auth
+    /// service wrote them).
+    Passed(Vec<(String, Vec<u8>)>),
     /// Answered locally (denied, failed or too large).
     Done,
 }
@@ -218,6 +230,10 @@ pub struct ExtAuthFilter {
     state: State,
     /// Request body bytes buffered so far.
     buffered: usize,
+    /// The request headers as they arrived (the buffer the check was built from, kept rather
+    /// than read again): an allowing answer's changes are measured against Envoy's header
+    /// limits with it.
+    request: HeaderSnapshot,
 }
 
 impl ExtAuthFilter {
@@ -309,6 +325,12 @@ impl HttpFilter for ExtAuthFilter {
             self.state = State::Passed(Vec::new());
             return Flow::Continue;
         }
+        // Only a map with bytes that are not UTF-8 is walked again.
+        if headers.has_binary() && check::carries_non_text(settings, headers.iter_bytes()) {
+            inc(&plugin.counters.not_text);
+            self.state = State::Done;
+            return Flow::Reply(check::not_text_reply());
+        }
         let call = check::request(
             settings,
             ClientRequest {
@@ -324,9 +346,13 @@ impl HttpFilter for ExtAuthFilter {
                 plugin.waiting_since.set(gatewasm::clock::now());
             }
             self.state = State::Buffering(Box::new(call.into_owned()));
+            self.request = headers;
             return Flow::Pause;
         }
-        self.send(stream, &call)
+        let flow = self.send(stream, &call);
+        drop(call);
+        self.request = headers;
+        flow
     }
 
     fn on_request_body(&mut self, stream: &mut Stream, body_size: usize, end_of_stream: bool) -> Flow {
@@ -342,7 +368,9 @@ impl HttpFilter for ExtAuthFilter {
                     self.state = State::Done;
                     return Flow::Reply(check::too_large_reply(body.max_bytes));
                 }
-                if end_of_stream || (body.allow_partial && body_size >= body.max_bytes) {
+                // Exactly `max_bytes` so far is not yet partial: the next piece (or the end)
+                // tells, so a body of exactly `max_bytes` is sent as whole, as Envoy marks it.
+                if end_of_stream || (body.allow_partial && body_size > body.max_bytes) {
                     return self.send_with_body(stream, body_size, end_of_stream);
                 }
                 Flow::Pause
@@ -372,10 +400,37 @@ impl HttpFilter for ExtAuthFilter {
         read_denied_body(&plugin.settings, &mut result);
         match check::decide(&plugin.settings, &result) {
             Decision::Allow(allow) => {
+                let settings = &plugin.settings;
+                // Envoy's limits hold for the request going upstream as they did for the one
+                // that arrived; native `ext_authz` answers 500 when the headers it sets break
+                // them (and checks nothing when it sets none).
+                let (count, bytes) = if allow.upstream.is_empty() {
+                    (0, 0)
+                } else {
+                    check::size_after(self.request.iter_bytes(), &settings.strip, &allow)
+                };
+                if count > settings.max_request_headers_count
+                    || bytes > settings.max_request_headers_kb.saturating_mul(1024)
+                {
+                    log::info!(
+                        "ext_auth: the answer's headers take the request to {count} headers, {bytes} bytes"
+                    );
+                    inc(&plugin.counters.error);
+                    self.state = State::Done;
+                    return Flow::Reply(check::too_many_headers_reply(settings));
+                }
+                if let Err((name, status)) = apply_upstream(&allow) {
+                    // The upstream must get every identity the answer gave, or none of the
+                    // request: refused as the gateway's own error, whatever failure_mode_allow
+                    // says (the auth service did answer).
+                    log::warn!("ext_auth: setting {name} upstream failed: {status:?}");
+                    inc(&plugin.counters.error);
+                    self.state = State::Done;
+                    return Flow::Reply(check::error_reply(&plugin.settings, false));
+                }
                 inc(&plugin.counters.allowed);
-                apply_upstream(&allow);
                 self.state = State::Passed(
-                    allow.client.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+                    allow.client.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_vec())).collect(),
                 );
                 Flow::Continue
             }
@@ -396,7 +451,7 @@ impl HttpFilter for ExtAuthFilter {
     fn on_response_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
         if let State::Passed(client) = &mut self.state {
             for (name, value) in client.drain(..) {
-                if let Err(status) = RESPONSE_HEADERS.add(&name, &value) {
+                if let Err(status) = RESPONSE_HEADERS.add_bytes(&name, &value) {
                     log::warn!("ext_auth: adding {name} to the response failed: {status:?}");
                 }
             }
@@ -463,20 +518,21 @@ fn read_denied_body(settings: &Settings, result: &mut CalloutResult) {
     }
 }
 
-/// Writes an allowing answer's headers onto the held request.
-fn apply_upstream(allow: &check::Allow) {
-    for (i, (name, value)) in allow.upstream.iter().enumerate() {
-        let first = !allow.upstream.iter().take(i).any(|(n, _)| n == name);
-        let written = if first { REQUEST_HEADERS.set(name, value) } else { REQUEST_HEADERS.add(name, value) };
-        if let Err(status) = written {
-            log::warn!("ext_auth: setting {name} upstream failed: {status:?}");
-        }
+/// Writes an allowing answer's headers onto the held request, byte for byte, one value per name
+/// (the client's copies were removed when the request arrived). Stops at the first identity
+/// header Envoy refuses, naming it.
+fn apply_upstream<'a>(
+    allow: &check::Allow<'a>,
+) -> Result<(), (&'a str, gatewasm::proxy_wasm::types::Status)> {
+    for (name, value) in &allow.upstream {
+        REQUEST_HEADERS.set_bytes(name, value).map_err(|status| (*name, status))?;
     }
     for name in &allow.remove {
         if let Err(status) = REQUEST_HEADERS.remove(name) {
             log::warn!("ext_auth: removing {name} failed: {status:?}");
         }
     }
+    Ok(())
 }
 
 gatewasm::export!(ExtAuth);

@@ -438,3 +438,217 @@ fn a_host_no_rule_can_read_is_refused_not_skipped() {
     emu.advance_clock(Duration::from_secs(2)).unwrap();
     assert_eq!(emu.metric("ext_auth_invalid_host_total"), Some(unreadable.len() as u64));
 }
+
+/// The upstream's values of `name`, as bytes.
+fn all_bytes(headers: &[(String, Vec<u8>)], name: &str) -> Vec<Vec<u8>> {
+    headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+}
+
+/// An identity that is not UTF-8 reaches the upstream byte for byte: one that differs from
+/// another only there stays different (read as text, both would be U+FFFD).
+#[test]
+fn identity_bytes_reach_the_upstream_unchanged() {
+    let emu = emulator(&seed_config());
+    for email in [&b"adm\xffin@qq.com"[..], &b"adm\xfein@qq.com"[..], "adm\u{fffd}in@qq.com".as_bytes()] {
+        let (s, call) = get(&emu, "/a", &[("x-admin-email", "evil@x")]);
+        emu.respond_http_call_bytes(
+            call.token,
+            &[(":status", b"200"), ("x-admin-email", email), ("x-admin-id", b"\x80\x81")],
+            b"",
+        )
+        .unwrap();
+        assert!(!s.request_paused());
+        assert!(s.local_reply().is_none());
+        let up = s.request_headers_now_bytes();
+        assert_eq!(all_bytes(&up, "x-admin-email"), [email.to_vec()]);
+        assert_eq!(all_bytes(&up, "x-admin-id"), [b"\x80\x81".to_vec()]);
+    }
+}
+
+/// Envoy's `ext_authz` sets each allowed header of the answer in turn: the upstream gets one
+/// line, with the last value, so an upstream reading the first line sees Envoy's identity.
+#[test]
+fn a_repeated_identity_header_reaches_the_upstream_once_with_its_last_value() {
+    let emu = emulator(&seed_config());
+    let (s, call) = get(&emu, "/a", &[("x-admin-id", "999")]);
+    emu.respond_http_call(
+        call.token,
+        &[(":status", "200"), ("x-admin-id", "1"), ("x-admin-email", "a@qq.com"), ("x-admin-id", "2")],
+        b"",
+        &[],
+    )
+    .unwrap();
+    let up = s.request_headers_now();
+    assert_eq!(all(&up, "x-admin-id"), ["2"]);
+    assert_eq!(all(&up, "x-admin-email"), ["a@qq.com"]);
+}
+
+/// A denial whose header for the client is not UTF-8 cannot be passed on unaltered (a local
+/// reply carries text): refused as an auth error instead.
+#[test]
+fn a_denial_that_cannot_reach_the_client_unaltered_is_an_auth_error() {
+    let emu = emulator(&seed_config());
+    let (s, call) = get(&emu, "/login", &[]);
+    emu.respond_http_call_bytes(call.token, &[(":status", b"201"), ("set-cookie", b"id_token=\xff")], b"{}")
+        .unwrap();
+    let reply = s.local_reply().expect("refused");
+    assert_eq!((reply.status, reply.details.as_str()), (403, "ext_auth_auth_error"));
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_checks_total;result=error"), Some(1));
+}
+
+/// With `default_request_headers: false` only the listed headers go to the auth service, as a
+/// native `allowed_headers` list sends them; names match whatever their case.
+#[test]
+fn default_request_headers_switched_off_sends_only_the_list() {
+    let config = json!({
+        "cluster": "auth",
+        "default_request_headers": false,
+        "allowed_request_headers": ["Authorization", "X-Tenant", "x-auth-*"]
+    });
+    let emu = emulator(&config);
+    let (_s, call) = get(
+        &emu,
+        "/a",
+        &[
+            ("authorization", "Bearer t"),
+            ("cookie", "sid=1"),
+            ("user-agent", "curl"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-tenant", "t1"),
+            ("x-auth-user", "u"),
+            ("x-other", "o"),
+        ],
+    );
+    let names: Vec<&str> =
+        call.headers.iter().map(|(n, _)| n.as_str()).filter(|n| !n.starts_with(':')).collect();
+    assert_eq!(names, ["authorization", "x-tenant", "x-auth-user", "content-length"]);
+}
+
+/// A body of exactly `max_bytes` is whole when nothing follows it (`false`, as Envoy says),
+/// however its end arrives; partial when more follows.
+#[test]
+fn a_body_of_exactly_max_bytes_is_not_partial() {
+    let mut config = seed_config();
+    config["with_request_body"] = json!({"max_bytes": 8, "allow_partial": true});
+    let emu = emulator_holding_headers(&config);
+
+    // The end of the stream arrives on its own, after exactly max_bytes.
+    let mut s = post(&emu, "/upload");
+    assert_eq!(s.request_body(b"01234567", false).unwrap(), Action::Pause);
+    assert!(emu.http_calls().is_empty(), "exactly max_bytes: the next piece tells whether it is cut");
+    assert_eq!(s.request_body(b"", true).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().expect("sent at the end");
+    assert_eq!(call.body, b"01234567");
+    assert_eq!(header(&call.headers, "x-envoy-auth-partial-body"), Some("false"));
+    emu.respond_http_call(call.token, &[(":status", "200")], b"", &[]).unwrap();
+    assert_eq!(s.request_body_now(), b"01234567");
+
+    // With the end in the same piece.
+    let mut s = post(&emu, "/upload");
+    assert_eq!(s.request_body(b"01234567", true).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().expect("sent at the end");
+    assert_eq!(header(&call.headers, "x-envoy-auth-partial-body"), Some("false"));
+    emu.respond_http_call(call.token, &[(":status", "200")], b"", &[]).unwrap();
+
+    // More after exactly max_bytes: cut, and said so.
+    let mut s = post(&emu, "/upload");
+    assert_eq!(s.request_body(b"01234567", false).unwrap(), Action::Pause);
+    assert_eq!(s.request_body(b"8", false).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().expect("sent once more than max_bytes arrived");
+    assert_eq!(call.body, b"01234567");
+    assert_eq!(header(&call.headers, "x-envoy-auth-partial-body"), Some("true"));
+    assert_eq!(s.request_body(b"9", true).unwrap(), Action::Pause);
+    emu.respond_http_call(call.token, &[(":status", "200")], b"", &[]).unwrap();
+    assert_eq!(s.request_body_now(), b"0123456789");
+
+    // Without allow_partial, exactly max_bytes is no reason for a 413.
+    config["with_request_body"] = json!({"max_bytes": 8});
+    let emu = emulator_holding_headers(&config);
+    let mut s = post(&emu, "/upload");
+    assert_eq!(s.request_body(b"01234567", false).unwrap(), Action::Pause);
+    assert_eq!(s.request_body(b"", true).unwrap(), Action::Pause);
+    assert!(s.local_reply().is_none());
+    let call = emu.http_calls().pop().expect("sent at the end");
+    assert_eq!(header(&call.headers, "x-envoy-auth-partial-body"), Some("false"));
+}
+
+/// When the answer's identities take the request over the header limits, the request is refused
+/// with 500 before anything is set (native `ext_authz` answers 500 there); an answer that sets
+/// nothing is not measured.
+#[test]
+fn identities_over_the_header_limits_are_refused_with_500() {
+    let mut config = seed_config();
+    config["max_request_headers_count"] = json!(7);
+    config["max_request_headers_kb"] = json!(1);
+    let emu = emulator(&config);
+    // :method, :path, :authority, :scheme, x-a, x-b; the forged x-admin-id is removed on arrival.
+    let extra = [("x-a", "1"), ("x-b", "2"), ("x-admin-id", "999")];
+    let (s, call) = get(&emu, "/a", &extra);
+    emu.respond_http_call(call.token, &[(":status", "200"), ("x-admin-id", "1")], b"", &[]).unwrap();
+    assert!(s.local_reply().is_none(), "7 headers: at the limit");
+    assert_eq!(all(&s.request_headers_now(), "x-admin-id"), ["1"]);
+
+    let (s, call) = get(&emu, "/a", &extra);
+    emu.respond_http_call(
+        call.token,
+        &[(":status", "200"), ("x-admin-id", "1"), ("x-admin-email", "e")],
+        b"",
+        &[],
+    )
+    .unwrap();
+    let reply = s.local_reply().expect("refused");
+    assert_eq!((reply.status, reply.details.as_str()), (500, "ext_auth_request_headers_too_large"));
+    assert_eq!(s.request_header("x-admin-email"), None, "nothing set");
+
+    let big = "e".repeat(1024);
+    let (s, call) = get(&emu, "/a", &[]);
+    emu.respond_http_call(call.token, &[(":status", "200"), ("x-admin-email", &big)], b"", &[]).unwrap();
+    assert_eq!(s.local_reply().expect("over 1 KiB").status, 500);
+
+    let many: Vec<(String, String)> = (0..10).map(|i| (format!("x-h-{i}"), "v".to_string())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let (s, call) = get(&emu, "/a", &many);
+    emu.respond_http_call(call.token, &[(":status", "200"), ("x-other", "1")], b"", &[]).unwrap();
+    assert!(s.local_reply().is_none(), "an answer that sets nothing is not measured");
+    assert!(!s.request_paused());
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_checks_total;result=error"), Some(2));
+}
+
+/// A client value the check would carry that is not UTF-8 (a callout carries text, so it could
+/// reach the auth service only altered) refuses the request with 400, before any check; other
+/// headers with such bytes go upstream untouched.
+#[test]
+fn client_values_that_cannot_reach_the_auth_service_unaltered_are_refused() {
+    let emu = emulator(&seed_config());
+    let base: [(&str, &[u8]); 4] = [
+        (":method", b"GET"),
+        (":path", b"/nodebackend/"),
+        (":authority", b"shop.example.com"),
+        (":scheme", b"http"),
+    ];
+    for (name, value) in [
+        ("cookie", &b"id_token=tok\xff"[..]),
+        ("authorization", b"Bearer \xfftok"),
+        ("x-qotm-session", b"\x80"),
+    ] {
+        let mut s = emu.stream();
+        let mut headers = base.to_vec();
+        headers.push((name, value));
+        assert_eq!(s.request_headers_bytes(&headers, true).unwrap(), Action::Pause);
+        let reply = s.local_reply().unwrap_or_else(|| panic!("{name}: not refused"));
+        assert_eq!((reply.status, reply.details.as_str()), (400, "ext_auth_header_not_text"), "{name}");
+        assert!(emu.http_calls().is_empty(), "{name}: no check");
+    }
+    // Not sent to the auth service: checked as usual, and passed upstream as it came.
+    let mut s = emu.stream();
+    let mut headers = base.to_vec();
+    headers.push(("x-other", b"caf\xe9"));
+    assert_eq!(s.request_headers_bytes(&headers, true).unwrap(), Action::Pause);
+    let call = emu.http_calls().pop().expect("checked");
+    emu.respond_http_call(call.token, &[(":status", "200")], b"", &[]).unwrap();
+    assert_eq!(all_bytes(&s.request_headers_now_bytes(), "x-other"), [b"caf\xe9".to_vec()]);
+    emu.advance_clock(Duration::from_secs(2)).unwrap();
+    assert_eq!(emu.metric("ext_auth_header_not_text_total"), Some(3));
+}

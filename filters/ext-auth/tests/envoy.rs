@@ -469,3 +469,301 @@ fn with_request_body_without_stop_iteration_is_explained() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+mod raw_http;
+
+use raw_http::{response, RawRequest, RawServer};
+
+/// Envoy's native `ext_authz` (HTTP service) configured as `config` configures this filter (its
+/// `path_prefix` and `allowed_upstream_headers`), plus `extra` merged into its typed config.
+fn native_ext_authz(config: &Value, extra: &Value) -> HttpFilter {
+    let patterns: Vec<Value> = config["allowed_upstream_headers"]
+        .as_array()
+        .map(|names| names.iter().map(|n| json!({"exact": n})).collect())
+        .unwrap_or_default();
+    let mut json = json!({
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "http_service": {
+                "server_uri": {"uri": "http://auth", "cluster": "auth", "timeout": "1s"},
+                "path_prefix": config["path_prefix"].as_str().unwrap_or("")
+            }
+        }
+    });
+    // Envoy refuses an empty list.
+    if !patterns.is_empty() {
+        json["typed_config"]["http_service"]["authorization_response"] =
+            json!({"allowed_upstream_headers": {"patterns": patterns}});
+    }
+    merge(&mut json, &json!({"typed_config": extra}));
+    HttpFilter::Raw(json)
+}
+
+/// Two Envoys in front of the same auth service and upstream: one with this filter, one with
+/// native `ext_authz`.
+fn side_by_side(ours: HttpFilter, native: HttpFilter, auth: SocketAddr, upstream: SocketAddr) -> [Envoy; 2] {
+    [ours, native].map(|filter| {
+        EnvoyBuilder::new()
+            .filter(filter)
+            .cluster(Cluster::new("auth", auth))
+            .upstream(upstream)
+            .start()
+            .unwrap()
+    })
+}
+
+/// The upstream's `x-admin-id` and `x-admin-email` lines for one request.
+type IdentityLines = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The scripted auth answers of the identity tests, by path.
+fn identity_answers(request: &RawRequest) -> Vec<u8> {
+    match request.path.as_str() {
+        // Identities that are not UTF-8.
+        "/extauth/bytes" => {
+            response("200 OK", &[("x-admin-email", b"adm\xffin@qq.com"), ("x-admin-id", b"\x80\x81")], b"")
+        }
+        // The same identity written with U+FFFD: must stay different from the one above.
+        "/extauth/fffd" => response(
+            "200 OK",
+            &[("x-admin-email", "adm\u{fffd}in@qq.com".as_bytes()), ("x-admin-id", b"\x80\x81")],
+            b"",
+        ),
+        // One identity header twice.
+        "/extauth/twice" => response(
+            "200 OK",
+            &[("x-admin-id", b"1"), ("x-admin-email", b"a@qq.com"), ("x-admin-id", b"2")],
+            b"",
+        ),
+        _ => response("403 Forbidden", &[], b"no"),
+    }
+}
+
+/// Security: the identities an auth service gives reach the upstream byte for byte, one line
+/// per name with the answer's last value, exactly as native `ext_authz` sends them (run side by
+/// side in Envoy 1.40).
+#[test]
+fn identity_headers_reach_the_upstream_as_native_ext_authz_sends_them() {
+    let auth = RawServer::start(identity_answers);
+    let upstream = RawServer::ok();
+    let config = json!({
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "allowed_upstream_headers": ["x-admin-id", "x-admin-email"]
+    });
+    let envoys = side_by_side(
+        filter(&config, false),
+        native_ext_authz(&config, &json!({})),
+        auth.addr(),
+        upstream.addr(),
+    );
+    let mut seen: Vec<Vec<IdentityLines>> = Vec::new();
+    for envoy in &envoys {
+        let mut per_path = Vec::new();
+        for path in ["/bytes", "/fffd", "/twice"] {
+            let got = envoy.send(&Request::get(path).header("x-admin-id", "999")).unwrap();
+            assert_eq!(got.status, 200, "{path}: {}\n{}", got.text(), envoy.log_tail(20));
+            let up = upstream.last(path).expect("reached the upstream");
+            per_path.push((up.values("x-admin-id"), up.values("x-admin-email")));
+        }
+        seen.push(per_path);
+    }
+    let expected = vec![
+        (vec![b"\x80\x81".to_vec()], vec![b"adm\xffin@qq.com".to_vec()]),
+        (vec![b"\x80\x81".to_vec()], vec!["adm\u{fffd}in@qq.com".as_bytes().to_vec()]),
+        (vec![b"2".to_vec()], vec![b"a@qq.com".to_vec()]),
+    ];
+    assert_eq!(seen[1], expected, "native ext_authz");
+    assert_eq!(seen[0], expected, "ext-auth");
+}
+
+/// Security, and how Envoy answers when the identities break its header limits: a request whose
+/// headers plus the answer's are over Envoy's 100 headers or 60 KiB is refused with 500 by
+/// native `ext_authz`; the filter refuses it at the same point (and lets through the same
+/// requests when the answer sets nothing).
+#[test]
+fn header_limits_after_the_answer_match_native_ext_authz() {
+    let auth = RawServer::start(|r: &RawRequest| {
+        if r.path.starts_with("/extauth/identity") {
+            response("200 OK", &[("x-admin-id", b"1"), ("x-admin-email", &[b'e'; 30_000])], b"")
+        } else {
+            response("200 OK", &[], b"")
+        }
+    });
+    let upstream = RawServer::ok();
+    let config = json!({
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "allowed_upstream_headers": ["x-admin-id", "x-admin-email"]
+    });
+    let envoys = side_by_side(
+        filter(&config, false),
+        native_ext_authz(&config, &json!({})),
+        auth.addr(),
+        upstream.addr(),
+    );
+    let statuses = |envoy: &Envoy, path: &str, extra: usize, pad: usize| {
+        let mut req = Request::get(path).header("x-pad", &"p".repeat(pad));
+        for i in 0..extra {
+            req = req.header(&format!("x-h-{i}"), "v");
+        }
+        envoy.send(&req).unwrap().status
+    };
+    let mut by_count = Vec::new();
+    let mut by_size = Vec::new();
+    for envoy in &envoys {
+        let count: Vec<(u16, u16)> = (86..=96)
+            .map(|n| {
+                (statuses(envoy, &format!("/identity{n}"), n, 1), statuses(envoy, &format!("/none{n}"), n, 1))
+            })
+            .collect();
+        by_count.push(count);
+        let size: Vec<u16> = [28, 29, 30, 31, 32]
+            .iter()
+            .map(|kb| statuses(envoy, &format!("/identity-kb{kb}"), 0, kb * 1024))
+            .collect();
+        by_size.push(size);
+    }
+    // The sweeps straddle native Envoy's limits.
+    let native: Vec<u16> = by_count[1].iter().map(|(identity, _)| *identity).collect();
+    assert!(native.contains(&200) && native.contains(&500), "native by count: {native:?}");
+    assert!(by_count[1].iter().all(|(_, none)| *none == 200), "native without identities: {:?}", by_count[1]);
+    assert!(by_size[1].contains(&200) && by_size[1].contains(&500), "native by size: {:?}", by_size[1]);
+    assert_eq!(by_count[0], by_count[1], "by count: ext-auth, then native");
+    assert_eq!(by_size[0], by_size[1], "by size: ext-auth, then native");
+    let refused =
+        envoys[0].send(&Request::get("/identity-big").header("x-pad", &"p".repeat(40 * 1024))).unwrap();
+    assert_eq!(refused.status, 500);
+    assert_eq!(refused.json().unwrap()["code"], "request_headers_too_large");
+}
+
+/// `default_request_headers: false` with `allowed_request_headers` reproduces a native
+/// `allowed_headers` list (`exact` as the name, `prefix` as `name*`; native always adds
+/// `Authorization`, listed here); side by side, the auth service gets the same headers.
+#[test]
+fn a_native_allowed_headers_list_can_be_reproduced() {
+    let auth = RawServer::start(|_| response("200 OK", &[], b""));
+    let upstream = RawServer::ok();
+    let config = json!({
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "default_request_headers": false,
+        "allowed_request_headers": ["authorization", "x-tenant", "x-auth-*"]
+    });
+    let native = native_ext_authz(
+        &config,
+        &json!({"allowed_headers": {"patterns": [{"exact": "x-tenant"}, {"prefix": "x-auth-"}]}}),
+    );
+    let envoys = side_by_side(filter(&config, false), native, auth.addr(), upstream.addr());
+    let mut sent = Vec::new();
+    for (i, envoy) in envoys.iter().enumerate() {
+        let path = format!("/headers{i}");
+        let got = envoy
+            .send(
+                &Request::get(&path)
+                    .header("authorization", "Bearer t")
+                    .header("cookie", "sid=1")
+                    .header("user-agent", "curl")
+                    .header("x-forwarded-for", "10.0.0.1")
+                    .header("from", "me")
+                    .header("x-tenant", "t1")
+                    .header("x-auth-user", "u")
+                    .header("x-other", "o"),
+            )
+            .unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+        let check = auth.last(&format!("/extauth{path}")).expect("checked");
+        let mut names: Vec<String> = check
+            .headers
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| n != "host" && n != "content-length" && !n.starts_with("x-envoy-"))
+            .collect();
+        names.sort();
+        sent.push(names);
+    }
+    assert_eq!(sent[1], ["authorization", "x-auth-user", "x-tenant"], "native ext_authz");
+    assert_eq!(sent[0], sent[1], "ext-auth");
+}
+
+/// A body of exactly the limit is whole (`x-envoy-auth-partial-body: false`) even when its end
+/// arrives on its own, as native `ext_authz` says; a longer one arriving at once is partial in
+/// both. Where exactly the limit arrives first and more follows, native `ext_authz` checks at
+/// once and says `false`; the filter waits for the next piece and says `true` (a difference the
+/// README lists: the auth service never takes a cut body for a whole one).
+#[test]
+fn a_body_of_exactly_the_limit_is_not_partial_as_in_native_ext_authz() {
+    let auth = RawServer::start(|_| response("200 OK", &[], b""));
+    let upstream = RawServer::ok();
+    let config = json!({
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "with_request_body": {"max_bytes": 16, "allow_partial": true}
+    });
+    let native = native_ext_authz(
+        &config,
+        &json!({"with_request_body": {"max_request_bytes": 16, "allow_partial_message": true}}),
+    );
+    let envoys = side_by_side(filter(&config, true), native, auth.addr(), upstream.addr());
+    let cases: [(&str, &[&str]); 3] = [
+        ("exact", &["0123456789abcdef"]),
+        ("over-at-once", &["0123456789abcdefg"]),
+        ("over-later", &["0123456789abcdef", "g"]),
+    ];
+    let mut marks = Vec::new();
+    for (i, envoy) in envoys.iter().enumerate() {
+        let mut per_case = Vec::new();
+        for (case, chunks) in cases {
+            let path = format!("/{case}{i}");
+            let answer = chunked_post(envoy, &path, chunks);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{}", envoy.log_tail(20));
+            let check = auth.last(&format!("/extauth{path}")).expect("checked");
+            let mark = check.values("x-envoy-auth-partial-body");
+            per_case.push(String::from_utf8(mark.concat()).unwrap());
+        }
+        marks.push(per_case);
+    }
+    assert_eq!(marks[1], ["false", "true", "false"], "native ext_authz");
+    assert_eq!(marks[0], ["false", "true", "true"], "ext-auth");
+}
+
+/// Sends `GET path` with one raw header line and returns the status line and the rest.
+fn get_with_raw_header(envoy: &Envoy, path: &str, header: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(envoy.listener_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n").into_bytes();
+    request.extend_from_slice(header);
+    request.extend_from_slice(b"\r\n\r\n");
+    conn.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client credential with a byte that is not UTF-8: native `ext_authz` sends it to the auth
+/// service rewritten (each such byte becomes `!`, so `t\xffk` and `t!k` arrive alike); the
+/// filter refuses the request with 400 and sends nothing, never a rewritten credential.
+#[test]
+fn a_client_credential_that_is_not_text_is_refused_where_native_ext_authz_rewrites_it() {
+    let auth = RawServer::start(|_| response("200 OK", &[], b""));
+    let upstream = RawServer::ok();
+    let config = json!({"cluster": "auth", "path_prefix": "/extauth"});
+    let envoys = side_by_side(
+        filter(&config, false),
+        native_ext_authz(&config, &json!({})),
+        auth.addr(),
+        upstream.addr(),
+    );
+    let native = get_with_raw_header(&envoys[1], "/native", b"authorization: Bearer t\xffk");
+    assert!(native.starts_with("HTTP/1.1 200"), "{native}");
+    let check = auth.last("/extauth/native").expect("checked");
+    assert_eq!(check.values("authorization"), [b"Bearer t!k".to_vec()], "native ext_authz rewrites it");
+
+    let ours = get_with_raw_header(&envoys[0], "/ours", b"authorization: Bearer t\xffk");
+    assert!(ours.starts_with("HTTP/1.1 400"), "{ours}");
+    assert!(ours.contains("header_not_text"), "{ours}");
+    assert!(auth.last("/extauth/ours").is_none(), "no check sent");
+    assert!(upstream.last("/ours").is_none());
+}

@@ -974,6 +974,13 @@ impl Emulator {
         self.with(|i| i.deliver_call_response(token, Some((h, body.to_vec(), t))))
     }
 
+    /// [`Emulator::respond_http_call`] with header values as bytes: an answer whose values are
+    /// not UTF-8 (`obs-text`, which Envoy passes on), no trailers.
+    pub fn respond_http_call_bytes(&self, token: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<()> {
+        let h = HeaderMap::from_pairs(headers, false);
+        self.with(|i| i.deliver_call_response(token, Some((h, body.to_vec(), None))))
+    }
+
     /// Fails a pending HTTP call as Envoy does on a reset: the response callback gets 0
     /// headers, 0 body bytes and 0 trailers. (Connection failures and timeouts are not this:
     /// Envoy answers them with a 503 or 504 response; see [`Emulator::advance_clock`].)
@@ -1192,6 +1199,22 @@ impl Stream {
         })
     }
 
+    /// [`Stream::request_headers`] with values as bytes (`obs-text`, which Envoy's codec accepts
+    /// from clients).
+    pub fn request_headers_bytes(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        end_of_stream: bool,
+    ) -> Result<Action> {
+        let h = HeaderMap::from_pairs(headers, true);
+        self.drive(Side::Request, |i, id| {
+            if i.stream(id)?.req.headers_seen {
+                return Err(Error::Usage("request headers were already sent on this stream".to_string()));
+            }
+            i.headers(id, Side::Request, h, end_of_stream)
+        })
+    }
+
     /// A request body chunk arrives. While the filter has the request stopped (headers paused),
     /// the data waits and is given to it when it resumes, as in Envoy. After a Pause from a body
     /// callback the next call sees the buffered data plus the new chunk.
@@ -1254,6 +1277,17 @@ impl Stream {
     /// The request headers now (what the upstream gets once the filter lets them go).
     pub fn request_headers_now(&self) -> Vec<(String, String)> {
         self.read(|s| s.req.headers.to_strings()).unwrap_or_default()
+    }
+
+    /// The request headers now with their values as bytes, unchanged (`request_headers_now`
+    /// reads bytes that are not UTF-8 as U+FFFD).
+    pub fn request_headers_now_bytes(&self) -> Vec<(String, Vec<u8>)> {
+        self.read(|s| s.req.headers.entries.clone()).unwrap_or_default()
+    }
+
+    /// The response headers now with their values as bytes, unchanged.
+    pub fn response_headers_now_bytes(&self) -> Vec<(String, Vec<u8>)> {
+        self.read(|s| s.resp.headers.entries.clone()).unwrap_or_default()
     }
 
     /// One request header now (first value; `host` means `:authority`).
