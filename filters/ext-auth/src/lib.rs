@@ -82,7 +82,7 @@ impl Counters {
         }
     }
 
-    fn all(&self) -> [&Option<LocalCounter>; 8] {
+    fn all(&self) -> [&Option<LocalCounter>; 9] {
         [
             &self.allowed,
             &self.denied,
