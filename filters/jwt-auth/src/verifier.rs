@@ -16,6 +16,7 @@ use crate::jwks_cache::{KeySource, TokenCache, Verified};
 use crate::jwt::{self, Alg};
 use crate::keys::HostCheck;
 use crate::matcher::Requirement;
+use crate::outputs;
 use crate::status::Status;
 
 /// What a provider does with a token that verified.
@@ -155,18 +156,40 @@ pub struct Success {
     pub verified: Rc<Verified>,
 }
 
+/// A token's verification under `allow_missing*`: the provider that verified it, or why not.
+type Outcome = Result<(usize, Rc<Verified>), Status>;
+
 /// One request's evaluation: tokens are extracted per provider once.
 pub struct Evaluation<'a> {
     providers: &'a [Provider],
     req: &'a dyn RequestView,
     now: u64,
     found: Vec<Option<Vec<Found<'a>>>>,
+    /// `(provider, location)` of tokens that failed and were let through anyway
+    /// (`allow_missing_or_failed`): they are removed before the request goes upstream.
+    unverified: Vec<(usize, usize)>,
 }
 
 impl<'a> Evaluation<'a> {
     /// An evaluation of `req` at time `now` (seconds).
     pub fn new(providers: &'a [Provider], req: &'a dyn RequestView, now: u64) -> Self {
-        Self { providers, req, now, found: providers.iter().map(|_| None).collect() }
+        Self { providers, req, now, found: providers.iter().map(|_| None).collect(), unverified: Vec::new() }
+    }
+
+    /// Evaluates the rule's requirement: [`Evaluation::run`], then refuses a request whose
+    /// verified tokens name different identities ([`outputs::identities_conflict`]).
+    pub fn decide(&mut self, requirement: &Requirement, out: &mut Vec<Success>) -> Status {
+        let status = self.run(requirement, out);
+        if status == Status::Ok && outputs::identities_conflict(self.providers, out) {
+            return Status::IdentityConflict;
+        }
+        status
+    }
+
+    /// `(provider, location)` of the tokens that failed under `allow_missing_or_failed`: an
+    /// unverified credential must not reach the upstream, whatever `forward` says.
+    pub fn unverified(&self) -> &[(usize, usize)] {
+        &self.unverified
     }
 
     fn tokens(&mut self, provider: usize) -> Vec<Found<'a>> {
@@ -254,44 +277,66 @@ impl<'a> Evaluation<'a> {
     /// Tokens are optional: each token found in any provider's locations must verify with a
     /// provider that has that location and its issuer, unless `ignore_failures`.
     fn any_provider(&mut self, ignore_failures: bool, out: &mut Vec<Success>) -> Status {
-        let mut mine = Vec::new();
+        // Every token found, in order; a token text found again is verified once, but each of
+        // its locations gets the outcome (a failed copy must be removed too).
+        let mut all: Vec<(usize, usize, Rc<str>)> = Vec::new();
         for index in 0..self.providers.len() {
             for f in self.tokens(index) {
-                if mine.iter().any(|s: &(usize, usize, Rc<str>)| *s.2 == *f.token) {
-                    continue;
-                }
-                mine.push((index, f.location, Rc::from(f.token.as_ref())));
+                all.push((index, f.location, Rc::from(f.token.as_ref())));
             }
         }
+        let mut outcomes: Vec<(Rc<str>, Outcome)> = Vec::new();
+        // Providers sharing a location (`authorization`) find the same token there: one place.
+        let mut places: Vec<(&Location, Rc<str>)> = Vec::new();
         let mut failure = None;
-        for (index, location, token) in mine {
+        for (index, location, token) in all {
             let Some(loc) = self.providers.get(index).and_then(|p| p.locations.get(location)) else {
                 continue;
             };
-            // Providers with the same location, this one first; the first whose issuer fits.
-            let candidates =
-                std::iter::once(index).chain((0..self.providers.len()).filter(|&i| {
-                    i != index && self.providers.get(i).is_some_and(|p| p.locations.contains(loc))
-                }));
-            let mut result = Err(Status::UnknownIssuer);
-            for c in candidates {
-                let Some(p) = self.providers.get(c) else { continue };
-                result = p.verify(&token, self.now, None).map(|v| (c, v));
-                if result.as_ref().err() != Some(&Status::UnknownIssuer) {
-                    break;
-                }
+            if places.iter().any(|(l, t)| *l == loc && *t == token) {
+                continue;
             }
+            places.push((loc, Rc::clone(&token)));
+            let earlier = outcomes.iter().find(|(t, _)| *t == token).map(|(_, r)| r.clone());
+            let first = earlier.is_none();
+            let result = match earlier {
+                Some(r) => r,
+                None => {
+                    // Providers with the same location, this one first; the first whose issuer
+                    // fits.
+                    let candidates = std::iter::once(index).chain((0..self.providers.len()).filter(|&i| {
+                        i != index && self.providers.get(i).is_some_and(|p| p.locations.contains(loc))
+                    }));
+                    let mut result = Err(Status::UnknownIssuer);
+                    for c in candidates {
+                        let Some(p) = self.providers.get(c) else { continue };
+                        result = p.verify(&token, self.now, None).map(|v| (c, v));
+                        if result.as_ref().err() != Some(&Status::UnknownIssuer) {
+                            break;
+                        }
+                    }
+                    outcomes.push((Rc::clone(&token), result.clone()));
+                    result
+                }
+            };
             match result {
                 Ok((c, verified)) => {
-                    let location = self
-                        .providers
-                        .get(c)
-                        .and_then(|p| p.locations.iter().position(|l| l == loc))
-                        .unwrap_or(location);
-                    out.push(Success { provider: c, location, verified });
+                    // The location as the verifying provider lists it (a copy found only through
+                    // another provider's location keeps its place: it verified).
+                    if let Some(at) =
+                        self.providers.get(c).and_then(|p| p.locations.iter().position(|l| l == loc))
+                    {
+                        out.push(Success { provider: c, location: at, verified });
+                    }
                 }
-                Err(s) if failure.is_none() => failure = Some(s),
-                Err(_) => {}
+                Err(s) => {
+                    if ignore_failures {
+                        self.unverified.push((index, location));
+                    }
+                    if failure.is_none() && first {
+                        failure = Some(s);
+                    }
+                }
             }
         }
         match failure {
