@@ -397,10 +397,10 @@ impl<'r> Removals<'r> {
 }
 
 /// Writes the outputs of the verified tokens and removes tokens from the request: verified ones
-/// unless their provider forwards them, unverified ones (`allow_missing_or_failed`) always.
+/// unless their provider forwards them, unverified ones ([`Evaluation::unverified`]) always.
 /// The tokens agree on every claim header ([`outputs::identities_conflict`]), so each header is
 /// written once; the payload header carries the first token's payload.
-fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success], unverified: &[(usize, usize)]) {
+fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success<'_>], unverified: &[(usize, usize)]) {
     let providers = &plugin.config.providers;
     // Only several tokens can set a header twice; one token needs no bookkeeping (and no
     // allocation on the cached path).
@@ -491,7 +491,7 @@ impl HttpFilter for JwtFilter {
         if let Some(c) = &plugin.allowed {
             c.inc();
         }
-        write_outputs(&plugin, &req, &successes, evaluation.unverified());
+        write_outputs(&plugin, &req, &successes, &evaluation.unverified(&successes));
         Flow::Continue
     }
 }

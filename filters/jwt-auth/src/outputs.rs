@@ -55,7 +55,7 @@ fn number(n: &Number) -> String {
 /// another lacks counts as different). Tokens found in several places would otherwise let the
 /// last one read decide who the request is, so a link carrying `?token=` could switch the
 /// identity a logged-in browser presents.
-pub fn identities_conflict(providers: &[Provider], successes: &[Success]) -> bool {
+pub fn identities_conflict(providers: &[Provider], successes: &[Success<'_>]) -> bool {
     let Some((first, rest)) = successes.split_first() else { return false };
     // One token (found once or in several places) cannot disagree with itself.
     if rest.iter().all(|s| std::rc::Rc::ptr_eq(&s.verified, &first.verified)) {

@@ -427,23 +427,38 @@ fn verified_tokens_must_name_one_identity() {
     assert_eq!(subs.len(), 2);
 }
 
-/// Under `allow_missing_or_failed` a failed token is let through, but it is reported so the
-/// filter removes it: an upstream never receives an unverified credential.
+/// A request that passes without some token it carried (it failed under
+/// `allow_missing_or_failed`, or in an alternative of `requires_any` that another one made
+/// unnecessary) reports it, so the filter removes it: an upstream never receives an unverified
+/// credential.
 #[test]
-fn failed_tokens_let_through_are_reported_for_removal() {
-    let c = two_providers(
-        json!([{"requires": {"allow_missing_or_failed": {}}}, {"requires": {"provider_name": "a"}}]),
-    );
+fn tokens_the_request_passed_without_are_reported_for_removal() {
+    let c = two_providers(json!([
+        {"requires": {"allow_missing_or_failed": {}}},
+        {"requires": {"provider_name": "a"}},
+        {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}}
+    ]));
     let good = tok("https://a", "x");
     let bad = Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://a", "exp": now() + 600}));
+    let evaluate = |rule: usize, req: &Req| {
+        let mut out = Vec::new();
+        let mut e = Evaluation::new(&c.providers, req, now());
+        let status = e.decide(c.rules[rule].requires.as_ref().unwrap(), &mut out);
+        (status, out.len(), e.unverified(&out))
+    };
     let req = Req(vec![("authorization", format!("Bearer {good}"))], Some(format!("token={bad}")));
-    let mut out = Vec::new();
-    let mut e = Evaluation::new(&c.providers, &req, now());
-    assert_eq!(e.decide(c.rules[0].requires.as_ref().unwrap(), &mut out), Status::Ok);
-    assert_eq!(out.len(), 1);
     // Provider a (index 0), its query parameter (location 2: header, cookie, parameter).
-    assert_eq!(e.unverified(), [(0, 2)]);
-    let mut out = Vec::new();
-    let mut e = Evaluation::new(&c.providers, &req, now());
-    assert_eq!(e.decide(c.rules[1].requires.as_ref().unwrap(), &mut out), Status::VerificationFailed);
+    assert_eq!(evaluate(0, &req), (Status::Ok, 1, vec![(0, 2)]));
+    assert_eq!(evaluate(1, &req).0, Status::VerificationFailed);
+    // Every token verified: nothing to remove.
+    let both_good = Req(vec![("authorization", format!("Bearer {good}"))], Some(format!("token={good}")));
+    assert_eq!(evaluate(0, &both_good), (Status::Ok, 2, vec![]));
+    assert_eq!(evaluate(1, &both_good), (Status::Ok, 2, vec![]));
+    // requires_any: a fails on b's token in the shared header, b passes; the bad `?token=` that
+    // only a reads was never verified by anyone.
+    let b = tok("https://b", "b-api");
+    let req = Req(vec![("authorization", format!("Bearer {b}"))], Some(format!("token={bad}")));
+    assert_eq!(evaluate(2, &req), (Status::Ok, 1, vec![(0, 2)]));
+    let req = Req(vec![("authorization", format!("Bearer {b}"))], None);
+    assert_eq!(evaluate(2, &req), (Status::Ok, 1, vec![]), "b's token, verified by b, stays");
 }

@@ -676,3 +676,28 @@ fn a_weak_remote_key_is_skipped_not_an_outage() {
     assert!(inline.logged("providers.p.local_jwks"), "{:?}", inline.logs());
     assert!(inline.logged("RSA modulus is 1024 bits"), "{:?}", inline.logs());
 }
+
+/// `requires_any`: the request passes with the second provider's token; a token only the first
+/// provider reads, which failed or was never checked, is removed even though that provider
+/// forwards its tokens.
+#[test]
+fn tokens_of_an_alternative_that_failed_are_removed() {
+    let emu = emulator(&json!({
+        "providers": {
+            "cookie": {"issuer": "https://c", "keys": [{"secret": SECRET}], "from_cookies": ["sess"], "forward": true},
+            "bearer": {"issuer": "https://b", "keys": [{"secret": SECRET}], "forward": true,
+                       "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]}
+        },
+        "rules": [{"requires": {"requires_any": {"requirements": [{"provider_name": "cookie"}, {"provider_name": "bearer"}]}}}]
+    }));
+    let b = Signer::hmac().token("k", &json!({"iss": "https://b", "sub": "alice", "exp": T0 + 600}));
+    let forged =
+        Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://c", "sub": "admin", "exp": T0 + 600}));
+    let bearer = format!("Bearer {b}");
+    let cookie = format!("theme=dark; sess={forged}");
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer), ("cookie", &cookie)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+    assert_eq!(s.request_header("authorization"), Some(bearer), "verified and forwarded");
+    assert_eq!(s.request_header("cookie").as_deref(), Some("theme=dark"), "the failed token is gone");
+}
