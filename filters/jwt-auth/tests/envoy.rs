@@ -539,3 +539,126 @@ fn two_identities_native_sends_both_this_filter_refuses() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The README's differences from Envoy, each run through native `jwt_authn` and this filter
+/// side by side: Envoy's answer first, then this filter's.
+#[test]
+fn documented_differences_hold_in_envoy() {
+    let upstream = EchoUpstream::start().unwrap();
+    let s = Signer::hmac();
+    let enc_key = Signer::Hmac(b"an-encryption-key-of-32-bytes!!!".to_vec());
+    let mut enc_jwk = enc_key.jwk("enc");
+    enc_jwk["use"] = json!("enc");
+    let jwks = json!({"keys": [s.jwk("k"), enc_jwk]}).to_string();
+    let forms = ["neg", "big", "f15", "tiny", "f10", "e3", "m0", "empty", "list", "obj"];
+    let provider = |native: bool| {
+        let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
+        json!({
+            "local_jwks": keys,
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "from_cookies": ["id_token"],
+            "claim_to_headers": forms.iter().map(|f| json!({"header_name": format!("x-{f}"), "claim_name": f})).collect::<Vec<_>>()
+        })
+    };
+    let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]);
+    let native = EnvoyBuilder::new()
+        .raw_filter(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"p": provider(true)},
+                "rules": rules
+            }
+        }))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let ours = EnvoyBuilder::new()
+        .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let n = now();
+    let good = s.token("k", &json!({"sub": "alice", "exp": n + 600}));
+    let bearer = |t: &str| Request::get("/a").header("authorization", &format!("Bearer {t}"));
+    let both =
+        |req: &Request| (answer(&native.send(req).unwrap(), true), answer(&ours.send(req).unwrap(), false));
+    let ok = (200, None, String::new());
+    let refused = |message: &str| {
+        (
+            401,
+            Some("Bearer realm=\"http://localhost/a\", error=\"invalid_token\"".to_string()),
+            message.to_string(),
+        )
+    };
+
+    // Claim value forms: the digits of an integer and a non-whole number are kept here.
+    let payload = format!(
+        r#"{{"sub":"alice","neg":-5,"big":9007199254740993,"f15":1.5,"tiny":1e-7,"f10":1.0,"e3":1e3,"m0":-0,"empty":"","list":["a","b"],"obj":{{"a":1}},"exp":{}}}"#,
+        n + 600
+    );
+    let input = format!("{}.{}", common::b64(r#"{"alg":"HS256","kid":"k"}"#), common::b64(&payload));
+    let forms_token = format!("{input}.{}", common::b64(s.sign_raw(input.as_bytes())));
+    let native_echo = native.send(&bearer(&forms_token)).unwrap().echo().unwrap();
+    let our_echo = ours.send(&bearer(&forms_token)).unwrap().echo().unwrap();
+    let value = |echo: &gatewasm_envoy::Echo, f: &str| echo.header(&format!("x-{f}")).map(str::to_string);
+    let want: [(&str, Option<&str>, Option<&str>); 10] = [
+        ("neg", Some("-5.000000"), Some("-5")),
+        ("big", Some("9007199254740992"), Some("9007199254740993")),
+        ("f15", Some("1.500000"), Some("1.5")),
+        ("tiny", Some("0.000000"), Some("1e-7")),
+        ("f10", Some("1"), Some("1")),
+        ("e3", Some("1000"), Some("1000")),
+        ("m0", Some("0"), Some("0")),
+        ("empty", None, None),
+        ("list", Some("WyJhIiwiYiJd"), Some("WyJhIiwiYiJd")),
+        ("obj", Some("eyJhIjoxfQ=="), Some("eyJhIjoxfQ==")),
+    ];
+    for (f, native_value, our_value) in want {
+        assert_eq!(value(&native_echo, f).as_deref(), native_value, "native {f}");
+        assert_eq!(value(&our_echo, f).as_deref(), our_value, "jwt-auth {f}");
+    }
+
+    // A padded signature: Envoy decodes it; here it is not base64url.
+    let padded = format!("{good}{}", "=".repeat((4 - good.rsplit('.').next().unwrap().len() % 4) % 4));
+    assert_ne!(padded, good);
+    assert_eq!(
+        both(&bearer(&padded)),
+        (ok.clone(), refused("Jwt signature is an invalid Base64url encoded"))
+    );
+    // An empty section: Envoy skips it.
+    let (h, rest) = good.split_once('.').unwrap();
+    assert_eq!(
+        both(&bearer(&format!("{h}..{rest}"))),
+        (
+            ok.clone(),
+            refused("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+        )
+    );
+    // The scheme inside another value: Envoy finds it.
+    let basic_then_bearer =
+        Request::get("/a").header("authorization", &format!("Basic dXNlcg==, Bearer {good}"));
+    let (n_answer, o_answer) = both(&basic_then_bearer);
+    assert_eq!(n_answer, ok);
+    assert_eq!((o_answer.0, o_answer.2.as_str()), (401, "Jwt is missing"));
+    // A space before the cookie value: Envoy keeps it in the token.
+    let spaced = Request::get("/a").header("cookie", &format!("id_token= {good}"));
+    assert_eq!(both(&spaced), (refused("Jwt verification fails"), ok.clone()));
+    // A key marked `use: enc`: Envoy verifies with it, this filter does not.
+    let with_enc = enc_key.token("enc", &json!({"sub": "alice", "exp": n + 600}));
+    assert_eq!(
+        both(&bearer(&with_enc)),
+        (ok.clone(), refused("Jwks doesn't have key to match kid or alg from Jwt"))
+    );
+    // Removal with `forward: false`: both take `?token=` out; only this filter takes the cookie.
+    let q = native.send(&Request::get(&format!("/a?token={good}&x=1"))).unwrap().echo().unwrap();
+    assert_eq!(q.path, "/a?x=1");
+    let q = ours.send(&Request::get(&format!("/a?token={good}&x=1"))).unwrap().echo().unwrap();
+    assert_eq!(q.path, "/a?x=1");
+    let cookie = Request::get("/a").header("cookie", &format!("id_token={good}; theme=dark"));
+    let kept = native.send(&cookie).unwrap().echo().unwrap();
+    assert!(kept.header("cookie").unwrap().contains(&good), "Envoy leaves the cookie token");
+    let taken = ours.send(&cookie).unwrap().echo().unwrap();
+    assert_eq!(taken.header("cookie"), Some("theme=dark"));
+}
