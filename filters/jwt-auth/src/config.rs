@@ -445,8 +445,8 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        return match keys::parse_jwks(&text) {
-            Ok((set, _)) => Some(KeySource::Local(Rc::new(set))),
+        return match keys::parse_jwks(&text, keys::WeakKeys::Refuse) {
+            Ok(jwks) => Some(KeySource::Local(Rc::new(jwks.set))),
             Err(e) => {
                 // Never quote the document: an `oct` key is a secret.
                 errors.add(format!("{at}.local_jwks"), "<redacted>", e);

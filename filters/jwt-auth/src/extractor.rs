@@ -48,20 +48,24 @@ pub struct Found<'r> {
 }
 
 /// The token in a header value after `prefix`: the prefix matched case-insensitively (an
-/// authentication scheme is case-insensitive, RFC 9110 section 11.1), spaces after it skipped,
-/// the token ending at the first space or comma (several credentials in one value).
+/// authentication scheme is case-insensitive, RFC 9110 section 11.1) at the start of the value,
+/// spaces after it skipped, and **everything else in the value is the token**. A value holding
+/// more than one token (`Bearer a.b.c,d.e.f`, `Bearer a.b.c junk`, or two `Authorization`
+/// headers that Envoy joined with a comma) is then not a JWS and is refused as malformed, as
+/// Envoy 1.40 refuses it: reading only the first credential would let a second one, never
+/// verified, travel upstream next to it.
 pub fn after_prefix<'v>(value: &'v str, prefix: Option<&str>) -> Option<&'v str> {
     let rest = match prefix {
-        None => value.trim(),
+        None => value,
         Some(p) => {
             let head = value.get(..p.len())?;
             if !head.eq_ignore_ascii_case(p) {
                 return None;
             }
-            value.get(p.len()..)?.trim_start()
+            value.get(p.len()..)?
         }
     };
-    let token = rest.split([' ', ',', '\t']).next().unwrap_or_default();
+    let token = rest.trim_matches([' ', '\t']);
     (!token.is_empty()).then_some(token)
 }
 
@@ -156,12 +160,21 @@ mod tests {
     fn prefixes() {
         assert_eq!(after_prefix("Bearer a.b.c", Some("Bearer ")), Some("a.b.c"));
         assert_eq!(after_prefix("bearer a.b.c", Some("Bearer ")), Some("a.b.c"));
-        assert_eq!(after_prefix("BEARER   a.b.c, other", Some("Bearer ")), Some("a.b.c"));
+        assert_eq!(after_prefix("BEARER   a.b.c\t ", Some("Bearer ")), Some("a.b.c"));
+        // Anything after the token stays part of it, so the parser refuses the whole value.
+        assert_eq!(after_prefix("Bearer a.b.c, other", Some("Bearer ")), Some("a.b.c, other"));
+        assert_eq!(after_prefix("Bearer a.b.c,Bearer d.e.f", Some("Bearer ")), Some("a.b.c,Bearer d.e.f"));
+        assert_eq!(after_prefix("Bearer a.b.c junk", Some("Bearer ")), Some("a.b.c junk"));
+        // The scheme starts the value; Envoy also finds it further in.
+        assert_eq!(after_prefix("Basic dXNlcg==, Bearer a.b.c", Some("Bearer ")), None);
+        assert_eq!(after_prefix("xBearer a.b.c", Some("Bearer ")), None);
         assert_eq!(after_prefix("Basic dXNlcg==", Some("Bearer ")), None);
         assert_eq!(after_prefix("Bearer ", Some("Bearer ")), None);
         assert_eq!(after_prefix("Bear", Some("Bearer ")), None);
         assert_eq!(after_prefix("é", Some("Bearer ")), None);
         assert_eq!(after_prefix(" a.b.c ", None), Some("a.b.c"));
+        assert_eq!(after_prefix("a.b.c, d.e.f", None), Some("a.b.c, d.e.f"));
+        assert_eq!(after_prefix(" \t", None), None);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum FetchOutcome {
         keys: usize,
         /// Whether it differs from the previous one.
         changed: bool,
+        /// Weak keys in the document, skipped (RSA under 2048 bits, short `oct` secrets).
+        weak: usize,
     },
     /// The fetch failed; the previous set (if any) stays.
     Failed(String),
@@ -129,20 +131,20 @@ impl RemoteJwks {
             Some(200) if truncated => Err(format!("document larger than {} bytes", self.config.max_bytes)),
             Some(200) => std::str::from_utf8(body)
                 .map_err(|_| "document is not UTF-8".to_string())
-                .and_then(|text| keys::parse_jwks(text).map(|(set, _)| set)),
+                .and_then(|text| keys::parse_jwks(text, keys::WeakKeys::Skip)),
             Some(code) => Err(format!("status {code}")),
         };
         match parsed {
-            Ok(set) => {
+            Ok(jwks) => {
                 let changed = s.document != body;
-                let keys = set.keys.len();
+                let keys = jwks.set.keys.len();
                 if changed || s.keys.is_none() {
-                    s.keys = Some(Rc::new(set));
+                    s.keys = Some(Rc::new(jwks.set));
                     s.document = body.to_vec();
                 }
                 s.fetched_at = Some(now);
                 s.last_failed = false;
-                FetchOutcome::Updated { keys, changed }
+                FetchOutcome::Updated { keys, changed, weak: jwks.weak }
             }
             Err(why) => {
                 s.last_failed = true;
@@ -318,7 +320,7 @@ mod tests {
         r.sent(1020, false);
         assert_eq!(
             r.answered(1030, Some(200), JWKS, false),
-            FetchOutcome::Updated { keys: 1, changed: true }
+            FetchOutcome::Updated { keys: 1, changed: true, weak: 0 }
         );
         assert_eq!(r.due(2000), None, "fresh");
         r.unknown_kid();
@@ -326,7 +328,7 @@ mod tests {
         r.sent(2000, true);
         assert_eq!(
             r.answered(2010, Some(200), JWKS, false),
-            FetchOutcome::Updated { keys: 1, changed: false }
+            FetchOutcome::Updated { keys: 1, changed: false, weak: 0 }
         );
         r.unknown_kid();
         assert_eq!(r.due(3000), None, "rate-limited");

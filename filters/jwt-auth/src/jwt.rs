@@ -6,9 +6,12 @@
 //! algorithm here, and a `crit` header naming anything is refused because this verifier
 //! understands no extension (RFC 7515 section 4.1.11).
 
+use std::fmt;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 use crate::status::Status;
 
@@ -176,7 +179,7 @@ pub fn parse(token: &str) -> Result<Jwt<'_>, Status> {
     let signed = token.get(..signed_len).ok_or(Status::BadFormat)?;
 
     let header = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| Status::HeaderBadBase64)?;
-    let header: Map<String, Value> = serde_json::from_slice(&header).map_err(|_| Status::HeaderBadJson)?;
+    let header = strict_object(&header).ok_or(Status::HeaderBadJson)?;
     let alg = match header.get("alg") {
         Some(Value::String(name)) => Alg::parse(name).ok_or(Status::HeaderNotImplementedAlg)?,
         _ => return Err(Status::HeaderBadAlg),
@@ -193,10 +196,103 @@ pub fn parse(token: &str) -> Result<Jwt<'_>, Status> {
     }
 
     let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| Status::PayloadBadBase64)?;
-    let all: Map<String, Value> = serde_json::from_slice(&payload).map_err(|_| Status::PayloadBadJson)?;
+    let all = strict_object(&payload).ok_or(Status::PayloadBadJson)?;
     let claims = claims(all)?;
     let signature = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| Status::SignatureBadBase64)?;
     Ok(Jwt { alg, kid, signed, payload_b64, signature, claims })
+}
+
+/// Deepest nesting of JSON objects and lists accepted in a header or payload, the top-level
+/// object counting as one: Envoy 1.40's parser accepts 100 levels and refuses 101.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// A JSON object parsed strictly: `None` when the text is not one object, when any object in it
+/// names a member twice (RFC 8725 section 3.10 leaves the choice; another parser upstream could
+/// read the other duplicate, and Envoy refuses such a token), or when it nests deeper than
+/// [`MAX_JSON_DEPTH`].
+pub fn strict_object(json: &[u8]) -> Option<Map<String, Value>> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = Strict { depth: 1 }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    match value {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// Builds a [`Value`] like serde_json's own, refusing duplicate member names and deep nesting.
+struct Strict {
+    /// The nesting level of the value being read (the top level is 1).
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("not a finite number"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        if self.depth > MAX_JSON_DEPTH {
+            return Err(de::Error::custom("nested too deep"));
+        }
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Strict { depth: self.depth + 1 })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        if self.depth > MAX_JSON_DEPTH {
+            return Err(de::Error::custom("nested too deep"));
+        }
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let value = map.next_value_seed(Strict { depth: self.depth + 1 })?;
+            if members.insert(name, value).is_some() {
+                return Err(de::Error::custom("duplicate member name"));
+            }
+        }
+        Ok(Value::Object(members))
+    }
 }
 
 fn claims(all: Map<String, Value>) -> Result<Claims, Status> {
@@ -292,6 +388,80 @@ mod tests {
         // Padding is not base64url as JWS uses it.
         let t = format!("{}=.{}.{}", b64(r#"{"alg":"HS256"}"#), b64("{}"), b64("s"));
         assert!(parse(&t).is_err());
+    }
+
+    #[test]
+    fn duplicate_member_names_are_refused_anywhere() {
+        let h = r#"{"alg":"HS256"}"#;
+        for payload in [
+            r#"{"sub":"alice","sub":"admin"}"#,
+            r#"{"sub":"alice","org":{"role":"user","role":"admin"}}"#,
+            r#"{"sub":"alice","l":[{"a":1,"a":1}]}"#,
+        ] {
+            assert_eq!(parse(&token(h, payload)).unwrap_err(), Status::PayloadBadJson, "{payload}");
+        }
+        // The header too: another parser could read the first `alg`.
+        for header in [r#"{"alg":"none","alg":"HS256"}"#, r#"{"alg":"HS256","kid":"a","kid":"a"}"#] {
+            assert_eq!(parse(&token(header, "{}")).unwrap_err(), Status::HeaderBadJson, "{header}");
+        }
+        // Equal names in different objects are not duplicates.
+        assert!(parse(&token(h, r#"{"a":{"a":{"a":1}},"b":[{"a":1},{"a":2}]}"#)).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_bounded_as_envoy_bounds_it() {
+        let h = r#"{"alg":"HS256"}"#;
+        // `{"d":` then `levels - 1` lists: Envoy 1.40 accepts 100 levels and refuses 101.
+        let nested =
+            |levels: usize| format!(r#"{{"d":{}1{}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1));
+        assert!(parse(&token(h, &nested(MAX_JSON_DEPTH))).is_ok());
+        assert_eq!(parse(&token(h, &nested(MAX_JSON_DEPTH + 1))).unwrap_err(), Status::PayloadBadJson);
+        assert_eq!(parse(&token(h, &nested(5000))).unwrap_err(), Status::PayloadBadJson);
+        let objects = |levels: usize| format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels));
+        assert!(parse(&token(h, &objects(MAX_JSON_DEPTH))).is_ok());
+        assert_eq!(parse(&token(h, &objects(MAX_JSON_DEPTH + 1))).unwrap_err(), Status::PayloadBadJson);
+        let deep_header = format!(r#"{{"alg":"HS256","x":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
+        assert_eq!(parse(&token(&deep_header, "{}")).unwrap_err(), Status::HeaderBadJson);
+    }
+
+    #[test]
+    fn strict_json_is_still_json() {
+        let m = strict_object(
+            br#" {"s":"x\u00e9","n":-0,"f":1.5,"u":18446744073709551615,"i":-3,"b":true,"z":null} "#,
+        )
+        .unwrap();
+        let plain: Map<String, Value> = serde_json::from_slice(
+            br#"{"s":"x\u00e9","n":-0,"f":1.5,"u":18446744073709551615,"i":-3,"b":true,"z":null}"#,
+        )
+        .unwrap();
+        assert_eq!(m, plain);
+        for bad in [&b"[1]"[..], b"{} x", b"{\"a\":1e999}", b"", b"{\"a\":}"] {
+            assert!(strict_object(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn empty_sections_and_padding_are_not_a_jws() {
+        // Lengths that base64 would pad: 22, 2 and 5 bytes.
+        let (h, p, s) = (b64(r#"{"alg":"HS256","ab":1}"#), b64("{}"), b64("sigs!"));
+        assert!(parse(&format!("{h}.{p}.{s}")).is_ok());
+        // Envoy skips empty sections and reads these as `h.p.s`; here a token has one text.
+        for odd in [
+            format!("{h}..{p}.{s}"),
+            format!("{h}.{p}..{s}"),
+            format!("{h}.{p}.{s}."),
+            format!(".{h}.{p}.{s}"),
+        ] {
+            assert_eq!(parse(&odd).unwrap_err(), Status::BadFormat, "{odd}");
+        }
+        // Padding is not base64url as JWS uses it (RFC 7515 section 2).
+        let pad = |x: &str| {
+            assert_ne!(x.len() % 4, 0);
+            format!("{x}{}", "=".repeat((4 - x.len() % 4) % 4))
+        };
+        assert_eq!(parse(&format!("{}.{p}.{s}", pad(&h))).unwrap_err(), Status::HeaderBadBase64);
+        assert_eq!(parse(&format!("{h}.{}.{s}", pad(&p))).unwrap_err(), Status::PayloadBadBase64);
+        assert_eq!(parse(&format!("{h}.{p}.{}", pad(&s))).unwrap_err(), Status::SignatureBadBase64);
     }
 
     #[test]

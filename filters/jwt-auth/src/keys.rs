@@ -166,28 +166,82 @@ fn hmac_ok<M: Mac + hmac::digest::KeyInit>(key: &[u8], msg: &[u8], sig: &[u8]) -
     }
 }
 
-/// Parses a JWKS document. Keys that cannot be used for signatures here (`use: enc`, unknown
-/// `kty`, `crv` or `alg`) are skipped and counted in the second value; a key that claims to be
-/// usable but is malformed is an error.
-pub fn parse_jwks(text: &str) -> Result<(KeySet, usize), String> {
+/// What a JWKS document does with a weak key (RSA under [`MIN_RSA_BITS`], an `oct` secret
+/// under [`MIN_HMAC_BYTES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeakKeys {
+    /// The document is refused: inline keys, which an operator can fix before loading them.
+    Refuse,
+    /// The key is skipped and counted: a remote set, where refusing the whole document would
+    /// turn one weak key in a provider's rotation into an outage.
+    Skip,
+}
+
+/// A parsed JWKS document.
+#[derive(Debug, Clone)]
+pub struct Jwks {
+    /// The usable keys (at least one).
+    pub set: KeySet,
+    /// Keys that are not for signatures or of a kind not supported here.
+    pub skipped: usize,
+    /// Weak keys skipped ([`WeakKeys::Skip`]).
+    pub weak: usize,
+}
+
+/// Why a JWK cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwkError {
+    /// A well-formed key too weak to trust (see [`WeakKeys`]).
+    Weak(String),
+    /// A key that claims to be usable and is malformed.
+    Invalid(String),
+}
+
+impl std::fmt::Display for JwkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwkError::Weak(why) | JwkError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for JwkError {
+    fn from(why: String) -> Self {
+        JwkError::Invalid(why)
+    }
+}
+
+impl From<&str> for JwkError {
+    fn from(why: &str) -> Self {
+        JwkError::Invalid(why.to_string())
+    }
+}
+
+/// Parses a JWKS document. Keys that cannot be used for signatures here (`use` other than
+/// `sig`, unknown `kty`, `crv` or `alg`) are skipped and counted; a weak key is refused or
+/// skipped as `weak` says; a key that claims to be usable but is malformed is an error.
+pub fn parse_jwks(text: &str, weak: WeakKeys) -> Result<Jwks, String> {
     let doc: Map<String, Value> =
         serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
     let keys = match doc.get("keys") {
         Some(Value::Array(keys)) => keys,
         _ => return Err("no `keys` array".into()),
     };
-    let mut set = KeySet::default();
-    let mut skipped = 0;
+    let mut jwks = Jwks { set: KeySet::default(), skipped: 0, weak: 0 };
     for (i, key) in keys.iter().enumerate() {
-        match parse_jwk(key).map_err(|e| format!("keys[{i}]: {e}"))? {
-            Some(k) => set.keys.push(k),
-            None => skipped += 1,
+        match parse_jwk(key) {
+            Ok(Some(k)) => jwks.set.keys.push(k),
+            Ok(None) => jwks.skipped += 1,
+            Err(JwkError::Weak(_)) if weak == WeakKeys::Skip => jwks.weak += 1,
+            Err(e) => return Err(format!("keys[{i}]: {e}")),
         }
     }
-    if set.keys.is_empty() {
-        return Err("no usable signature key".into());
+    if jwks.set.keys.is_empty() {
+        let weak =
+            if jwks.weak > 0 { format!(" ({} weak key(s) skipped)", jwks.weak) } else { String::new() };
+        return Err(format!("no usable signature key{weak}"));
     }
-    Ok((set, skipped))
+    Ok(jwks)
 }
 
 fn member<'a>(key: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
@@ -205,7 +259,7 @@ fn b64_member(key: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
 }
 
 /// One JWK; `Ok(None)` for a key that is not for signatures or of a kind not supported here.
-pub fn parse_jwk(value: &Value) -> Result<Option<Key>, String> {
+pub fn parse_jwk(value: &Value) -> Result<Option<Key>, JwkError> {
     let key = value.as_object().ok_or("a key must be a JSON object")?;
     if member(key, "use")?.is_some_and(|u| u != "sig") {
         return Ok(None);
@@ -249,7 +303,10 @@ pub fn parse_jwk(value: &Value) -> Result<Option<Key>, String> {
         "oct" => {
             let k = b64_member(key, "k")?;
             if k.len() < MIN_HMAC_BYTES {
-                return Err(format!("`k` is {} bytes; HMAC secrets need at least {MIN_HMAC_BYTES}", k.len()));
+                return Err(JwkError::Weak(format!(
+                    "`k` is {} bytes; HMAC secrets need at least {MIN_HMAC_BYTES}",
+                    k.len()
+                )));
             }
             Material::Hmac(k)
         }
@@ -257,20 +314,21 @@ pub fn parse_jwk(value: &Value) -> Result<Option<Key>, String> {
     };
     if let Some(a) = alg {
         if a.key_kind() != material.kind() {
-            return Err(format!("`alg` {} does not fit a key of this kind", a.name()));
+            return Err(format!("`alg` {} does not fit a key of this kind", a.name()).into());
         }
     }
     Ok(Some(Key { kid, alg, material }))
 }
 
-fn rsa_key(n: BigUint, e: BigUint) -> Result<RsaPublicKey, String> {
-    let key =
-        RsaPublicKey::new_with_max_size(n, e, MAX_RSA_BITS).map_err(|e| format!("not an RSA key: {e}"))?;
-    let bits = key.n().bits();
+fn rsa_key(n: BigUint, e: BigUint) -> Result<RsaPublicKey, JwkError> {
+    // The size first: a small modulus is weak whatever else the `rsa` crate says of it.
+    let bits = n.bits();
     if bits < MIN_RSA_BITS {
-        return Err(format!("RSA modulus is {bits} bits; at least {MIN_RSA_BITS} are required"));
+        return Err(JwkError::Weak(format!(
+            "RSA modulus is {bits} bits; at least {MIN_RSA_BITS} are required"
+        )));
     }
-    Ok(key)
+    RsaPublicKey::new_with_max_size(n, e, MAX_RSA_BITS).map_err(|e| format!("not an RSA key: {e}").into())
 }
 
 fn ec_key_p256(x: &[u8], y: &[u8]) -> Result<p256::ecdsa::VerifyingKey, String> {
@@ -298,13 +356,17 @@ pub fn parse_pem(pem: &str) -> Result<Material, String> {
     if pem.starts_with("-----BEGIN RSA PUBLIC KEY-----") {
         let key =
             RsaPublicKey::from_pkcs1_pem(pem).map_err(|e| format!("not a PKCS#1 RSA public key: {e}"))?;
-        return rsa_key(key.n().clone(), key.e().clone()).map(|k| Material::Rsa(Box::new(RsaKey::new(k))));
+        return rsa_key(key.n().clone(), key.e().clone())
+            .map(|k| Material::Rsa(Box::new(RsaKey::new(k))))
+            .map_err(|e| e.to_string());
     }
     if !pem.starts_with("-----BEGIN PUBLIC KEY-----") {
         return Err("expected `-----BEGIN PUBLIC KEY-----` or `-----BEGIN RSA PUBLIC KEY-----` (private keys are refused)".into());
     }
     if let Ok(key) = RsaPublicKey::from_public_key_pem(pem) {
-        return rsa_key(key.n().clone(), key.e().clone()).map(|k| Material::Rsa(Box::new(RsaKey::new(k))));
+        return rsa_key(key.n().clone(), key.e().clone())
+            .map(|k| Material::Rsa(Box::new(RsaKey::new(k))))
+            .map_err(|e| e.to_string());
     }
     if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
         return Ok(Material::P256(Box::new(crate::ec_verify::p256v::Key::new(key))));
@@ -353,28 +415,46 @@ mod tests {
             {"kty": "oct", "alg": "A128KW", "k": "AA"},
             {"kty": "XYZ"}
         ]});
-        let (set, skipped) = parse_jwks(&doc.to_string()).unwrap();
+        let Jwks { set, skipped, weak } = parse_jwks(&doc.to_string(), WeakKeys::Refuse).unwrap();
         assert_eq!(set.keys.len(), 1);
-        assert_eq!(skipped, 4);
+        assert_eq!((skipped, weak), (4, 0));
         assert!(set.has_kid("h"));
         assert!(!set.has_kid("x"));
     }
 
     #[test]
     fn jwks_errors() {
-        assert!(parse_jwks("[]").is_err());
-        assert!(parse_jwks("{}").is_err());
-        assert!(parse_jwks(r#"{"keys": []}"#).unwrap_err().contains("no usable"));
+        let refuse = |doc: &str| parse_jwks(doc, WeakKeys::Refuse).unwrap_err();
+        assert!(parse_jwks("[]", WeakKeys::Skip).is_err());
+        assert!(parse_jwks("{}", WeakKeys::Skip).is_err());
+        assert!(refuse(r#"{"keys": []}"#).contains("no usable"));
         let short = json!({"keys": [{"kty": "oct", "k": "c2hvcnQ"}]});
-        assert!(parse_jwks(&short.to_string()).unwrap_err().contains("at least 32"));
+        assert!(refuse(&short.to_string()).contains("at least 32"));
         let small_rsa =
             json!({"keys": [{"kty": "RSA", "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"}]});
-        assert!(parse_jwks(&small_rsa.to_string()).unwrap_err().contains("2048"));
+        assert!(refuse(&small_rsa.to_string()).contains("2048"));
         let bad_point = json!({"keys": [{"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([1u8; 32])}]});
-        assert!(parse_jwks(&bad_point.to_string()).is_err());
+        assert!(parse_jwks(&bad_point.to_string(), WeakKeys::Skip).is_err(), "malformed is not weak");
         let wrong_alg =
             json!({"keys": [{"kty": "oct", "alg": "RS256", "k": URL_SAFE_NO_PAD.encode([1u8; 32])}]});
-        assert!(parse_jwks(&wrong_alg.to_string()).unwrap_err().contains("does not fit"));
+        assert!(parse_jwks(&wrong_alg.to_string(), WeakKeys::Skip).unwrap_err().contains("does not fit"));
+    }
+
+    #[test]
+    fn weak_keys_refuse_inline_sets_and_are_skipped_in_remote_ones() {
+        let good = json!({"kty": "oct", "kid": "good", "k": URL_SAFE_NO_PAD.encode([7u8; 32])});
+        let rsa_1024 =
+            json!({"kty": "RSA", "kid": "old", "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"});
+        let short_secret = json!({"kty": "oct", "kid": "short", "k": URL_SAFE_NO_PAD.encode([1u8; 16])});
+        let doc = json!({"keys": [rsa_1024, good, short_secret]}).to_string();
+        let err = parse_jwks(&doc, WeakKeys::Refuse).unwrap_err();
+        assert!(err.starts_with("keys[0]: RSA modulus is 1024 bits"), "{err}");
+        let Jwks { set, skipped, weak } = parse_jwks(&doc, WeakKeys::Skip).unwrap();
+        assert_eq!((set.keys.len(), skipped, weak), (1, 0, 2));
+        assert!(set.has_kid("good") && !set.has_kid("old"));
+        // Only weak keys: nothing to verify with, a failed fetch (the last good set stays).
+        let only_weak = json!({"keys": [rsa_1024]}).to_string();
+        assert!(parse_jwks(&only_weak, WeakKeys::Skip).unwrap_err().contains("1 weak key(s) skipped"));
     }
 
     #[test]

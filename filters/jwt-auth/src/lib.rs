@@ -23,6 +23,7 @@ pub mod jwks_cache;
 pub mod jwt;
 pub mod keys;
 pub mod matcher;
+pub mod outputs;
 pub mod rsa_public;
 pub mod status;
 pub mod verifier;
@@ -36,7 +37,6 @@ use gatewasm::{
     Callout, CalloutId, CalloutResult, ConfigErrors, Flow, HttpFilter, LocalReply, Plugin, Request, Stream,
     REQUEST_HEADERS,
 };
-use serde_json::Value;
 
 use crate::config::Compiled;
 use crate::extractor::{Location, RequestView};
@@ -50,6 +50,9 @@ pub const ALLOWED: &str = "jwt_auth_allowed_total";
 pub const DENIED: &str = "jwt_auth_denied_total";
 /// JWKS fetches by `provider` and `result` (`ok`, `failed`).
 pub const JWKS_FETCHES: &str = "jwt_auth_jwks_fetches_total";
+/// Weak keys (RSA under 2048 bits, `oct` secrets under 32 bytes) skipped in fetched JWKS
+/// documents, by `provider`: counted at each fetch that serves them.
+pub const JWKS_WEAK_KEYS: &str = "jwt_auth_jwks_weak_keys_total";
 
 /// Tick period when some provider has a remote key set: the first fetch goes out this soon
 /// after the configuration is loaded, and an unknown `kid` is re-fetched this soon.
@@ -96,6 +99,8 @@ pub struct JwtAuth {
     allowed: Option<LocalCounter>,
     denied: Vec<(&'static str, LocalCounter)>,
     fetches: Vec<(Option<Counter>, Option<Counter>)>,
+    /// Weak keys skipped, per provider (`None` for inline keys).
+    weak_keys: Vec<Option<Counter>>,
     /// Remote fetches in flight: callout and provider index.
     in_flight: RefCell<Vec<(CalloutId, usize)>>,
     /// Whether some provider fetches its keys.
@@ -213,6 +218,16 @@ impl Plugin for JwtAuth {
                 (counter(&name("ok")), counter(&name("failed")))
             })
             .collect();
+        let weak_keys = config
+            .providers
+            .iter()
+            .map(|p| match p.keys {
+                KeySource::Remote(_) => {
+                    counter(&gatewasm::metrics::series_name(JWKS_WEAK_KEYS, &[("provider", &p.name)]))
+                }
+                KeySource::Local(_) => None,
+            })
+            .collect();
         let remote = config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_)));
         let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
         let invalid_host = counter(&gatewasm::metrics::series_name(DENIED, &[("reason", "invalid_host")]))
@@ -223,6 +238,7 @@ impl Plugin for JwtAuth {
             allowed,
             denied,
             fetches,
+            weak_keys,
             in_flight: RefCell::new(Vec::new()),
             remote,
             host_rules,
@@ -265,8 +281,17 @@ impl Plugin for JwtAuth {
             Err(_) => remote.answered(now_ms(), None, &[], false),
         };
         match outcome {
-            FetchOutcome::Updated { keys, changed } => {
+            FetchOutcome::Updated { keys, changed, weak } => {
                 self.count_fetch(index, true);
+                if weak > 0 {
+                    if let Some(Some(c)) = self.weak_keys.get(index) {
+                        c.add(u64::try_from(weak).unwrap_or(u64::MAX));
+                    }
+                    log::warn!(
+                        "jwt_auth: provider {}: skipped {weak} weak key(s) in its JWKS (RSA under 2048 bits or a secret under 32 bytes); the other {keys} key(s) are used",
+                        p.name
+                    );
+                }
                 if changed {
                     // Tokens verified with keys that may be gone must be verified again.
                     p.cache.borrow_mut().clear();
@@ -328,27 +353,80 @@ fn deny(status: Status, req: &Request) -> LocalReply {
     reply.header("www-authenticate", value)
 }
 
-/// A claim as a header value: strings as they are, numbers and booleans in JSON form; other
-/// values (objects, lists, null) are not copied.
-fn claim_value(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+/// Removes tokens from the request going upstream: a header as a whole, a cookie out of
+/// `Cookie`, a parameter out of the query. Changes to `Cookie` and `:path` are gathered and
+/// written once.
+struct Removals<'r> {
+    req: &'r Request,
+    path: Option<String>,
+    cookie: Option<Option<String>>,
+    headers: Vec<&'r str>,
+}
+
+impl<'r> Removals<'r> {
+    fn new(req: &'r Request) -> Self {
+        Removals { req, path: None, cookie: None, headers: Vec::new() }
+    }
+
+    fn remove(&mut self, location: Option<&'r Location>) {
+        match location {
+            Some(Location::Header { name, .. }) if !self.headers.contains(&name.as_str()) => {
+                let _ = REQUEST_HEADERS.remove(name);
+                self.headers.push(name);
+            }
+            Some(Location::Cookie(name)) => {
+                let current = match &self.cookie {
+                    Some(c) => c.clone(),
+                    None => self.req.headers().and_then(|h| h.get("cookie")).map(str::to_string),
+                };
+                self.cookie = Some(current.and_then(|c| extractor::without_cookie(&c, name)));
+            }
+            Some(Location::Param(name)) => {
+                let current = self.path.clone().unwrap_or_else(|| self.req.path_and_query().to_string());
+                self.path = Some(extractor::without_param(&current, name));
+            }
+            Some(Location::Header { .. }) | None => {}
+        }
+    }
+
+    fn write(self) {
+        match self.cookie {
+            Some(Some(c)) => {
+                let _ = REQUEST_HEADERS.set("cookie", &c);
+            }
+            Some(None) => {
+                let _ = REQUEST_HEADERS.remove("cookie");
+            }
+            None => {}
+        }
+        if let Some(p) = self.path {
+            let _ = REQUEST_HEADERS.set(":path", &p);
+        }
     }
 }
 
-fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success]) {
-    let mut path: Option<String> = None;
-    let mut cookie: Option<Option<String>> = None;
-    let mut removed_headers: Vec<&str> = Vec::new();
+/// Writes the outputs of the verified tokens and removes tokens from the request: verified ones
+/// unless their provider forwards them, unverified ones ([`Evaluation::unverified`]) always.
+/// The tokens agree on every claim header ([`outputs::identities_conflict`]), so each header is
+/// written once; the payload header carries the first token's payload.
+fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success<'_>], unverified: &[(usize, usize)]) {
+    let providers = &plugin.config.providers;
+    // Only several tokens can set a header twice; one token needs no bookkeeping (and no
+    // allocation on the cached path).
+    let mut written: Vec<&str> = Vec::new();
+    let several = successes.len() > 1;
+    let mut removals = Removals::new(req);
     for s in successes {
-        let Some(p) = plugin.config.providers.get(s.provider) else { continue };
+        let Some(p) = providers.get(s.provider) else { continue };
         let o = &p.outputs;
         for (header, claim) in &o.claim_to_headers {
-            let value = s.verified.claims.get(claim).and_then(claim_value);
-            match value {
+            if several {
+                if written.contains(&header.as_str()) {
+                    continue;
+                }
+                written.push(header);
+            }
+            match s.verified.claims.get(claim).and_then(outputs::claim_header_value) {
                 Some(v) if gatewasm::config::is_header_value(&v) => {
                     let _ = REQUEST_HEADERS.set(header, &v);
                 }
@@ -357,42 +435,21 @@ fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success]) {
             }
         }
         if let Some(h) = &o.forward_payload_header {
-            let _ = REQUEST_HEADERS.set(h, &s.verified.payload_b64);
+            if !several || !written.contains(&h.as_str()) {
+                let _ = REQUEST_HEADERS.set(h, &s.verified.payload_b64);
+                if several {
+                    written.push(h);
+                }
+            }
         }
-        if o.forward {
-            continue;
-        }
-        match p.locations.get(s.location) {
-            Some(Location::Header { name, .. }) if !removed_headers.contains(&name.as_str()) => {
-                let _ = REQUEST_HEADERS.remove(name);
-                removed_headers.push(name);
-            }
-            Some(Location::Cookie(name)) => {
-                let current = match &cookie {
-                    Some(c) => c.clone(),
-                    None => req.headers().and_then(|h| h.get("cookie")).map(str::to_string),
-                };
-                cookie = Some(current.and_then(|c| extractor::without_cookie(&c, name)));
-            }
-            Some(Location::Param(name)) => {
-                let current = path.clone().unwrap_or_else(|| req.path_and_query().to_string());
-                path = Some(extractor::without_param(&current, name));
-            }
-            Some(Location::Header { .. }) | None => {}
+        if !o.forward {
+            removals.remove(p.locations.get(s.location));
         }
     }
-    match cookie {
-        Some(Some(c)) => {
-            let _ = REQUEST_HEADERS.set("cookie", &c);
-        }
-        Some(None) => {
-            let _ = REQUEST_HEADERS.remove("cookie");
-        }
-        None => {}
+    for (provider, location) in unverified {
+        removals.remove(providers.get(*provider).and_then(|p| p.locations.get(*location)));
     }
-    if let Some(p) = path {
-        let _ = REQUEST_HEADERS.set(":path", &p);
-    }
+    removals.write();
 }
 
 impl HttpFilter for JwtFilter {
@@ -444,7 +501,8 @@ impl HttpFilter for JwtFilter {
         };
         let view = View(&req);
         let mut successes = Vec::new();
-        let status = Evaluation::new(&cfg.providers, &view, now).run(requirement, &mut successes);
+        let mut evaluation = Evaluation::new(&cfg.providers, &view, now);
+        let status = evaluation.decide(requirement, &mut successes);
         if status != Status::Ok {
             plugin.count_denied(status);
             log::debug!("jwt_auth: denied: {}", status.message());
@@ -453,7 +511,7 @@ impl HttpFilter for JwtFilter {
         if let Some(c) = &plugin.allowed {
             c.inc();
         }
-        write_outputs(&plugin, &req, &successes);
+        write_outputs(&plugin, &req, &successes, &evaluation.unverified(&successes));
         Flow::Continue
     }
 }

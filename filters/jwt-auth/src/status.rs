@@ -62,6 +62,9 @@ pub enum Status {
     VerificationFailed,
     /// An Ed25519 key matched and the signature is not 64 bytes.
     Ed25519SignatureWrongLength,
+    /// Tokens that verified name different identities (the values `claim_to_headers` would
+    /// send differ); Envoy would send both.
+    IdentityConflict,
 }
 
 impl Status {
@@ -108,6 +111,7 @@ impl Status {
             Status::JwksUnavailable => "Jwks remote fetch is failed",
             Status::VerificationFailed => "Jwt verification fails",
             Status::Ed25519SignatureWrongLength => "Jwt ED25519 signature is wrong length",
+            Status::IdentityConflict => "Jwts in the request name different identities",
         }
     }
 
@@ -140,11 +144,12 @@ impl Status {
             Status::KidAlgMismatch => "unknown_key",
             Status::JwksUnavailable => "jwks_unavailable",
             Status::VerificationFailed | Status::Ed25519SignatureWrongLength => "bad_signature",
+            Status::IdentityConflict => "identity_conflict",
         }
     }
 
     /// Every reason a request can be denied with (the `reason` label values).
-    pub const DENY_CODES: [&'static str; 13] = [
+    pub const DENY_CODES: [&'static str; 14] = [
         "missing",
         "too_large",
         "malformed",
@@ -158,6 +163,7 @@ impl Status {
         "unknown_key",
         "jwks_unavailable",
         "bad_signature",
+        "identity_conflict",
     ];
 
     /// Whether, among several failures of a `requires_any`, another one says more: a missing
@@ -177,6 +183,7 @@ mod tests {
         assert_eq!(Status::Missing.http_status(), 401);
         assert_eq!(Status::VerificationFailed.http_status(), 401);
         assert_eq!(Status::JwksUnavailable.http_status(), 401);
+        assert_eq!(Status::IdentityConflict.http_status(), 401);
     }
 
     #[test]
@@ -196,6 +203,7 @@ mod tests {
             Status::JwksUnavailable,
             Status::VerificationFailed,
             Status::Ed25519SignatureWrongLength,
+            Status::IdentityConflict,
         ];
         for s in all {
             assert!(Status::DENY_CODES.contains(&s.code()), "{s:?}");

@@ -8,6 +8,7 @@
 //! - `requires_any` passes when one alternative passes; otherwise it reports the most telling
 //!   failure (a missing token or another issuer's token only when nothing else failed).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -16,6 +17,7 @@ use crate::jwks_cache::{KeySource, TokenCache, Verified};
 use crate::jwt::{self, Alg};
 use crate::keys::HostCheck;
 use crate::matcher::Requirement;
+use crate::outputs;
 use crate::status::Status;
 
 /// What a provider does with a token that verified.
@@ -146,14 +148,19 @@ impl Provider {
 
 /// A token that verified, and where it was.
 #[derive(Debug, Clone)]
-pub struct Success {
+pub struct Success<'r> {
     /// Provider index.
     pub provider: usize,
     /// Location index in the provider's list.
     pub location: usize,
+    /// The token as found (borrowed from the request where it could be).
+    pub token: Cow<'r, str>,
     /// The verified token.
     pub verified: Rc<Verified>,
 }
+
+/// A token's verification under `allow_missing*`: the provider that verified it, or why not.
+type Outcome = Result<(usize, Rc<Verified>), Status>;
 
 /// One request's evaluation: tokens are extracted per provider once.
 pub struct Evaluation<'a> {
@@ -169,6 +176,40 @@ impl<'a> Evaluation<'a> {
         Self { providers, req, now, found: providers.iter().map(|_| None).collect() }
     }
 
+    /// Evaluates the rule's requirement: [`Evaluation::run`], then refuses a request whose
+    /// verified tokens name different identities ([`outputs::identities_conflict`]).
+    pub fn decide(&mut self, requirement: &Requirement, out: &mut Vec<Success<'a>>) -> Status {
+        let status = self.run(requirement, out);
+        if status == Status::Ok && outputs::identities_conflict(self.providers, out) {
+            return Status::IdentityConflict;
+        }
+        status
+    }
+
+    /// `(provider, location)` of every token this evaluation found that is not among the
+    /// verified `successes` (at that location, with that text): one that failed under
+    /// `allow_missing_or_failed`, or in an alternative of `requires_any` that did not pass, or
+    /// that was never checked because another token of its provider failed first. The request
+    /// passed without them, and an unverified credential must not reach the upstream, whatever
+    /// `forward` says. Empty (and not allocated) when every token found verified.
+    pub fn unverified(&self, successes: &[Success<'_>]) -> Vec<(usize, usize)> {
+        let mut unverified = Vec::new();
+        for (index, slot) in self.found.iter().enumerate() {
+            let (Some(found), Some(p)) = (slot, self.providers.get(index)) else { continue };
+            for f in found {
+                let at = p.locations.get(f.location);
+                let verified = successes.iter().any(|s| {
+                    s.token == f.token
+                        && self.providers.get(s.provider).and_then(|q| q.locations.get(s.location)) == at
+                });
+                if !verified && !unverified.contains(&(index, f.location)) {
+                    unverified.push((index, f.location));
+                }
+            }
+        }
+        unverified
+    }
+
     fn tokens(&mut self, provider: usize) -> Vec<Found<'a>> {
         let Some(slot) = self.found.get_mut(provider) else {
             return Vec::new();
@@ -181,7 +222,7 @@ impl<'a> Evaluation<'a> {
     }
 
     /// Evaluates `req`, appending the verified tokens to `out` when it passes.
-    pub fn run(&mut self, requirement: &Requirement, out: &mut Vec<Success>) -> Status {
+    pub fn run(&mut self, requirement: &Requirement, out: &mut Vec<Success<'a>>) -> Status {
         match requirement {
             Requirement::Provider { provider, audiences } => {
                 self.provider(*provider, audiences.as_deref(), out)
@@ -226,7 +267,7 @@ impl<'a> Evaluation<'a> {
         }
     }
 
-    fn provider(&mut self, index: usize, audiences: Option<&[String]>, out: &mut Vec<Success>) -> Status {
+    fn provider(&mut self, index: usize, audiences: Option<&[String]>, out: &mut Vec<Success<'a>>) -> Status {
         let Some(p) = self.providers.get(index) else {
             return Status::UnknownIssuer;
         };
@@ -234,7 +275,7 @@ impl<'a> Evaluation<'a> {
         if found.is_empty() {
             return Status::Missing;
         }
-        let mut mine: Vec<Success> = Vec::with_capacity(found.len());
+        let mut mine: Vec<Success<'a>> = Vec::with_capacity(found.len());
         for (i, f) in found.iter().enumerate() {
             // The same token in two places is verified once.
             let earlier = found.iter().take(i).position(|g| g.token == f.token);
@@ -245,7 +286,7 @@ impl<'a> Evaluation<'a> {
                     Err(s) => return s,
                 },
             };
-            mine.push(Success { provider: index, location: f.location, verified });
+            mine.push(Success { provider: index, location: f.location, token: f.token.clone(), verified });
         }
         out.append(&mut mine);
         Status::Ok
@@ -253,45 +294,64 @@ impl<'a> Evaluation<'a> {
 
     /// Tokens are optional: each token found in any provider's locations must verify with a
     /// provider that has that location and its issuer, unless `ignore_failures`.
-    fn any_provider(&mut self, ignore_failures: bool, out: &mut Vec<Success>) -> Status {
-        let mut mine = Vec::new();
+    fn any_provider(&mut self, ignore_failures: bool, out: &mut Vec<Success<'a>>) -> Status {
+        // Every token found, in order; a token text found again is verified once, but each of
+        // its locations gets the outcome (a failed copy must be removed too).
+        let mut all: Vec<(usize, usize, Cow<'a, str>)> = Vec::new();
         for index in 0..self.providers.len() {
             for f in self.tokens(index) {
-                if mine.iter().any(|s: &(usize, usize, Rc<str>)| *s.2 == *f.token) {
-                    continue;
-                }
-                mine.push((index, f.location, Rc::from(f.token.as_ref())));
+                all.push((index, f.location, f.token));
             }
         }
+        let mut outcomes: Vec<(Cow<'a, str>, Outcome)> = Vec::new();
+        // Providers sharing a location (`authorization`) find the same token there: one place.
+        let mut places: Vec<(&Location, Cow<'a, str>)> = Vec::new();
         let mut failure = None;
-        for (index, location, token) in mine {
+        for (index, location, token) in all {
             let Some(loc) = self.providers.get(index).and_then(|p| p.locations.get(location)) else {
                 continue;
             };
-            // Providers with the same location, this one first; the first whose issuer fits.
-            let candidates =
-                std::iter::once(index).chain((0..self.providers.len()).filter(|&i| {
-                    i != index && self.providers.get(i).is_some_and(|p| p.locations.contains(loc))
-                }));
-            let mut result = Err(Status::UnknownIssuer);
-            for c in candidates {
-                let Some(p) = self.providers.get(c) else { continue };
-                result = p.verify(&token, self.now, None).map(|v| (c, v));
-                if result.as_ref().err() != Some(&Status::UnknownIssuer) {
-                    break;
-                }
+            if places.iter().any(|(l, t)| *l == loc && *t == token) {
+                continue;
             }
+            places.push((loc, token.clone()));
+            let earlier = outcomes.iter().find(|(t, _)| *t == token).map(|(_, r)| r.clone());
+            let first = earlier.is_none();
+            let result = match earlier {
+                Some(r) => r,
+                None => {
+                    // Providers with the same location, this one first; the first whose issuer
+                    // fits.
+                    let candidates = std::iter::once(index).chain((0..self.providers.len()).filter(|&i| {
+                        i != index && self.providers.get(i).is_some_and(|p| p.locations.contains(loc))
+                    }));
+                    let mut result = Err(Status::UnknownIssuer);
+                    for c in candidates {
+                        let Some(p) = self.providers.get(c) else { continue };
+                        result = p.verify(&token, self.now, None).map(|v| (c, v));
+                        if result.as_ref().err() != Some(&Status::UnknownIssuer) {
+                            break;
+                        }
+                    }
+                    outcomes.push((token.clone(), result.clone()));
+                    result
+                }
+            };
             match result {
                 Ok((c, verified)) => {
-                    let location = self
-                        .providers
-                        .get(c)
-                        .and_then(|p| p.locations.iter().position(|l| l == loc))
-                        .unwrap_or(location);
-                    out.push(Success { provider: c, location, verified });
+                    // The location as the verifying provider lists it (a copy found only through
+                    // another provider's location keeps its place: it verified).
+                    if let Some(at) =
+                        self.providers.get(c).and_then(|p| p.locations.iter().position(|l| l == loc))
+                    {
+                        out.push(Success { provider: c, location: at, token: token.clone(), verified });
+                    }
                 }
-                Err(s) if failure.is_none() => failure = Some(s),
-                Err(_) => {}
+                Err(s) => {
+                    if failure.is_none() && first {
+                        failure = Some(s);
+                    }
+                }
             }
         }
         match failure {

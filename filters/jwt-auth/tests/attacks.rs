@@ -328,3 +328,137 @@ fn requirement_combinations() {
 
     assert_eq!(run(&c, 5, &bearer(&b)).0, Status::AudienceNotAllowed, "audiences replaced");
 }
+
+/// `decide`, as the filter runs it: the requirement, then the identity check.
+fn decide(c: &Compiled, rule: usize, req: &Req) -> (Status, Vec<String>) {
+    let mut out = Vec::new();
+    let r = c.rules[rule].requires.as_ref().unwrap();
+    let s = Evaluation::new(&c.providers, req, now()).decide(r, &mut out);
+    (s, out.iter().map(|s| s.verified.claims.get("sub").map(|v| v.to_string()).unwrap_or_default()).collect())
+}
+
+fn sub_token(sub: &str) -> String {
+    Signer::hmac().token("k", &json!({"iss": "https://a", "sub": sub, "exp": now() + 600}))
+}
+
+/// A header value holds exactly one token after the scheme: a second credential in the same
+/// value (joined by a comma, as Envoy joins two `Authorization` headers, or after a space) makes
+/// the whole value a malformed token, so no unverified credential rides along a good one.
+#[test]
+fn a_header_value_holds_one_token_or_is_malformed() {
+    let c = compile(json!({
+        "providers": {"a": {"issuer": "https://a", "local_jwks": Signer::hmac().jwks("k"), "forward": true}},
+        "rules": [{"requires": {"provider_name": "a"}}, {"requires": {"allow_missing": {}}}]
+    }));
+    let good = sub_token("alice");
+    let forged = Signer::Hmac(vec![9; 32])
+        .token("k", &json!({"iss": "https://a", "sub": "admin", "exp": now() + 600}));
+    let bearer = |v: String| Req(vec![("authorization", v)], None);
+    assert_eq!(decide(&c, 0, &bearer(format!("Bearer {good}"))).0, Status::Ok);
+    assert_eq!(decide(&c, 0, &bearer(format!("Bearer  {good} "))).0, Status::Ok, "spaces around it");
+    for (value, want) in [
+        (format!("Bearer {good},{forged}"), Status::BadFormat),
+        (format!("Bearer {good}, {forged}"), Status::BadFormat),
+        (format!("Bearer {good},Bearer {forged}"), Status::BadFormat),
+        (format!("Bearer {good},{good}"), Status::BadFormat),
+        (format!("Bearer {good} junk"), Status::SignatureBadBase64),
+        (format!("Bearer {good},"), Status::SignatureBadBase64),
+        (format!("Bearer {good},Basic dXNlcg=="), Status::SignatureBadBase64),
+    ] {
+        for rule in [0, 1] {
+            assert_eq!(decide(&c, rule, &bearer(value.clone())).0, want, "rule {rule}: {value}");
+        }
+    }
+    // The scheme must start the value.
+    assert_eq!(decide(&c, 0, &bearer(format!("Basic dXNlcg==, Bearer {good}"))).0, Status::Missing);
+    // Separate header lines (HTTP/2) are separate values: each one must verify.
+    let two = Req(
+        vec![("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {forged}"))],
+        None,
+    );
+    assert_eq!(decide(&c, 0, &two).0, Status::VerificationFailed);
+}
+
+/// Verified tokens that name different identities are refused: the last location read must not
+/// decide who the request is. The same identity in several places passes.
+#[test]
+fn verified_tokens_must_name_one_identity() {
+    let a = Signer::hmac();
+    let c = compile(json!({
+        "providers": {
+            "a": {"issuer": "https://a", "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}], "from_params": ["token"], "from_cookies": ["id_token"],
+                  "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}, {"header_name": "x-num", "claim_name": "n"}]},
+            "quiet": {"issuer": "https://q", "local_jwks": a.jwks("k"), "from_headers": [{"name": "x-other"}]}
+        },
+        "rules": [
+            {"requires": {"provider_name": "a"}},
+            {"requires": {"allow_missing": {}}},
+            {"requires": {"allow_missing_or_failed": {}}},
+            {"requires": {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "quiet"}]}}}
+        ]
+    }));
+    let alice = sub_token("alice");
+    let alice_again = a.token("k", &json!({"iss": "https://a", "sub": "alice", "exp": now() + 900}));
+    let mallory = sub_token("mallory");
+    let nobody = a.token("k", &json!({"iss": "https://a", "exp": now() + 600}));
+    let req =
+        |h: &str, q: &str| Req(vec![("authorization", format!("Bearer {h}"))], Some(format!("token={q}")));
+    for rule in [0, 1, 2] {
+        assert_eq!(decide(&c, rule, &req(&alice, &mallory)).0, Status::IdentityConflict, "rule {rule}");
+        assert_eq!(
+            decide(&c, rule, &req(&alice, &nobody)).0,
+            Status::IdentityConflict,
+            "a missing claim differs"
+        );
+        assert_eq!(decide(&c, rule, &req(&alice, &alice)).0, Status::Ok, "one token, two places");
+        assert_eq!(decide(&c, rule, &req(&alice, &alice_again)).0, Status::Ok, "two tokens, one identity");
+    }
+    let cookie = Req(vec![("cookie", format!("id_token={alice}; id_token={mallory}"))], None);
+    assert_eq!(decide(&c, 0, &cookie).0, Status::IdentityConflict);
+    // Numbers compare in their header form: 1 and 1.0 are one identity.
+    let one = a.token("k", &json!({"iss": "https://a", "sub": "alice", "n": 1, "exp": now() + 600}));
+    let one_f = a.token("k", &json!({"iss": "https://a", "sub": "alice", "n": 1.0, "exp": now() + 600}));
+    assert_eq!(decide(&c, 0, &req(&one, &one_f)).0, Status::Ok);
+    // A provider without claim headers names no identity to disagree with.
+    let q = a.token("k", &json!({"iss": "https://q", "sub": "someone-else", "exp": now() + 600}));
+    let both = Req(vec![("authorization", format!("Bearer {alice}")), ("x-other", q)], None);
+    let (status, subs) = decide(&c, 3, &both);
+    assert_eq!(status, Status::Ok);
+    assert_eq!(subs.len(), 2);
+}
+
+/// A request that passes without some token it carried (it failed under
+/// `allow_missing_or_failed`, or in an alternative of `requires_any` that another one made
+/// unnecessary) reports it, so the filter removes it: an upstream never receives an unverified
+/// credential.
+#[test]
+fn tokens_the_request_passed_without_are_reported_for_removal() {
+    let c = two_providers(json!([
+        {"requires": {"allow_missing_or_failed": {}}},
+        {"requires": {"provider_name": "a"}},
+        {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}}
+    ]));
+    let good = tok("https://a", "x");
+    let bad = Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://a", "exp": now() + 600}));
+    let evaluate = |rule: usize, req: &Req| {
+        let mut out = Vec::new();
+        let mut e = Evaluation::new(&c.providers, req, now());
+        let status = e.decide(c.rules[rule].requires.as_ref().unwrap(), &mut out);
+        (status, out.len(), e.unverified(&out))
+    };
+    let req = Req(vec![("authorization", format!("Bearer {good}"))], Some(format!("token={bad}")));
+    // Provider a (index 0), its query parameter (location 2: header, cookie, parameter).
+    assert_eq!(evaluate(0, &req), (Status::Ok, 1, vec![(0, 2)]));
+    assert_eq!(evaluate(1, &req).0, Status::VerificationFailed);
+    // Every token verified: nothing to remove.
+    let both_good = Req(vec![("authorization", format!("Bearer {good}"))], Some(format!("token={good}")));
+    assert_eq!(evaluate(0, &both_good), (Status::Ok, 2, vec![]));
+    assert_eq!(evaluate(1, &both_good), (Status::Ok, 2, vec![]));
+    // requires_any: a fails on b's token in the shared header, b passes; the bad `?token=` that
+    // only a reads was never verified by anyone.
+    let b = tok("https://b", "b-api");
+    let req = Req(vec![("authorization", format!("Bearer {b}"))], Some(format!("token={bad}")));
+    assert_eq!(evaluate(2, &req), (Status::Ok, 1, vec![(0, 2)]));
+    let req = Req(vec![("authorization", format!("Bearer {b}"))], None);
+    assert_eq!(evaluate(2, &req), (Status::Ok, 1, vec![]), "b's token, verified by b, stays");
+}

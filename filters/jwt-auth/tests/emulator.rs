@@ -395,7 +395,11 @@ fn outputs_payload_header_nested_claims_and_forward() {
     assert_eq!(s.request_header("x-tenant").as_deref(), Some("acme"));
     assert_eq!(s.request_header("x-admin").as_deref(), Some("true"));
     assert_eq!(s.request_header("x-level").as_deref(), Some("3.5"));
-    assert_eq!(s.request_header("x-roles"), None, "lists are not copied, and the client's copy is gone");
+    assert_eq!(
+        s.request_header("x-roles").as_deref(),
+        Some("WyJhIiwiYiJd"),
+        "a list as Envoy sends it (base64 of its JSON), never the client's copy"
+    );
     assert_eq!(s.request_header("x-evil"), None, "values a header cannot carry are not copied");
     // Other methods and paths are not checked.
     let mut st = emu.stream();
@@ -498,4 +502,253 @@ fn a_host_no_rule_can_read_never_falls_through_to_a_weaker_rule() {
     let mut s = emu.stream();
     let headers = [(":method", "GET"), (":path", "/extauth/login"), (":authority", "api.example.com:abc")];
     assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Continue);
+}
+
+/// A provider reading all three locations, forwarding its tokens (`forward: true`), `sub` and
+/// `n` to headers, the payload to `x-jwt-payload`; `/soft` lets failed tokens through.
+fn three_locations_forwarded() -> Value {
+    json!({
+        "providers": {"p": {
+            "keys": [{"secret": SECRET}],
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "from_cookies": ["id_token"],
+            "forward": true,
+            "forward_payload_header": "x-jwt-payload",
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [
+            {"match": {"prefix": "/soft"}, "requires": {"allow_missing_or_failed": {}}},
+            {"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}
+        ]
+    })
+}
+
+fn user_token(sub: &str, exp: u64) -> String {
+    Signer::hmac().token("k", &json!({"sub": sub, "exp": exp}))
+}
+
+/// Security: a second credential in the token's header value (after a comma, as Envoy joins two
+/// `Authorization` headers, or after a space) makes the value malformed, even with `forward`,
+/// so the unverified one never travels upstream.
+#[test]
+fn a_second_credential_in_the_header_value_is_refused_even_with_forward() {
+    let emu = emulator(&three_locations_forwarded());
+    let good = user_token("alice", T0 + 600);
+    let forged = Signer::Hmac(vec![9; 32]).token("k", &json!({"sub": "admin", "exp": T0 + 600}));
+    let (s, a) = request(&emu, "/a", &[("authorization", &format!("Bearer {good}"))]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("authorization"), Some(format!("Bearer {good}")), "forwarded as it came");
+    let cases = [
+        (
+            format!("Bearer {good},{forged}"),
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        ),
+        (
+            format!("Bearer {good},Bearer {forged}"),
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        ),
+        (format!("Bearer {good} junk"), "Jwt signature is an invalid Base64url encoded"),
+        (format!("Bearer {good},"), "Jwt signature is an invalid Base64url encoded"),
+    ];
+    for (value, message) in &cases {
+        let (s, a) = request(&emu, "/a", &[("authorization", value)]);
+        assert_eq!(a, Action::Pause, "{value}");
+        let (status, body, www) = reply_json(&s);
+        assert_eq!((status, body["message"].as_str()), (401, Some(*message)), "{value}");
+        assert!(www.unwrap().ends_with("error=\"invalid_token\""));
+    }
+    // Under `allow_missing_or_failed` the malformed value passes but is removed, forward or not.
+    let (s, a) = request(&emu, "/soft?x=1", &[("authorization", &cases[0].0)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("authorization"), None);
+    assert_eq!(s.request_header("x-user"), None);
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_denied_total;reason=malformed"), Some(4));
+}
+
+/// `allow_missing_or_failed`: valid tokens keep their outputs and stay (forward), failed ones are
+/// taken out of every location before the request goes upstream.
+#[test]
+fn failed_tokens_never_reach_the_upstream() {
+    let emu = emulator(&three_locations_forwarded());
+    let good = user_token("alice", T0 + 600);
+    let expired = user_token("alice", T0 - 3600);
+    let cookie = format!("theme=dark; id_token={expired}");
+    let (s, a) = request(
+        &emu,
+        &format!("/soft/x?a=1&token={expired}&b=2"),
+        &[("authorization", &format!("Bearer {good}")), ("cookie", &cookie)],
+    );
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+    assert_eq!(s.request_header("authorization"), Some(format!("Bearer {good}")), "verified, forwarded");
+    assert_eq!(s.request_header(":path").as_deref(), Some("/soft/x?a=1&b=2"));
+    assert_eq!(s.request_header("cookie").as_deref(), Some("theme=dark"));
+}
+
+/// Security: two verified tokens naming different users are refused with their own reason;
+/// the same user in two places passes, and the payload header carries the first token's.
+#[test]
+fn tokens_naming_different_identities_are_refused() {
+    let emu = emulator(&three_locations_forwarded());
+    let alice = user_token("alice", T0 + 600);
+    let alice_later = user_token("alice", T0 + 900);
+    let mallory = user_token("mallory", T0 + 600);
+    let bearer = format!("Bearer {alice}");
+    for path in [format!("/a?token={mallory}"), format!("/soft?token={mallory}")] {
+        let (s, a) = request(&emu, &path, &[("authorization", &bearer)]);
+        assert_eq!(a, Action::Pause, "{path}");
+        let (status, body, www) = reply_json(&s);
+        assert_eq!(status, 401);
+        assert_eq!(
+            body,
+            json!({"status": 401, "code": "invalid_token", "message": "Jwts in the request name different identities"})
+        );
+        assert!(www.unwrap().ends_with("error=\"invalid_token\""));
+    }
+    let (s, a) =
+        request(&emu, "/a", &[("authorization", &bearer), ("cookie", &format!("id_token={mallory}"))]);
+    assert_eq!(a, Action::Pause);
+    assert_eq!(s.local_reply().unwrap().status, 401);
+
+    let (s, a) = request(&emu, &format!("/a?token={alice_later}"), &[("authorization", &bearer)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+    assert_eq!(s.request_header("x-jwt-payload").as_deref(), alice.split('.').nth(1), "the first token's");
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_denied_total;reason=identity_conflict"), Some(3));
+    assert_eq!(emu.metric("jwt_auth_allowed_total"), Some(1));
+}
+
+/// `claim_to_headers` value forms through the module (see `src/outputs.rs` for each decision).
+#[test]
+fn claim_value_forms() {
+    let names = ["s", "empty", "f15", "f10", "e3", "m0", "neg", "big", "pi", "list", "obj", "nul", "t"];
+    let emu = emulator(&json!({
+        "providers": {"p": {
+            "keys": [{"secret": SECRET}],
+            "claim_to_headers": names.iter().map(|n| json!({"header_name": format!("x-{n}"), "claim_name": n})).collect::<Vec<_>>()
+        }},
+        "rules": [{"requires": {"provider_name": "p"}}]
+    }));
+    // Raw JSON, so the number forms are exactly these texts.
+    let payload = format!(
+        r#"{{"s":"alice","empty":"","f15":1.5,"f10":1.0,"e3":1e3,"m0":-0,"neg":-5,"big":9007199254740993,"pi":3.14159265,"list":["a","b"],"obj":{{"a":1}},"nul":null,"t":true,"exp":{}}}"#,
+        T0 + 600
+    );
+    let input = format!("{}.{}", common::b64(r#"{"alg":"HS256"}"#), common::b64(&payload));
+    let t = format!("{input}.{}", common::b64(Signer::hmac().sign_raw(input.as_bytes())));
+    let (s, a) = request(&emu, "/a", &[("authorization", &format!("Bearer {t}")), ("x-empty", "client")]);
+    assert_eq!(a, Action::Continue, "{:?}", s.local_reply());
+    let want = [
+        ("s", Some("alice")),
+        ("empty", None),
+        ("f15", Some("1.5")),
+        ("f10", Some("1")),
+        ("e3", Some("1000")),
+        ("m0", Some("0")),
+        ("neg", Some("-5")),
+        ("big", Some("9007199254740993")),
+        ("pi", Some("3.14159265")),
+        ("list", Some("WyJhIiwiYiJd")),
+        ("obj", Some("eyJhIjoxfQ==")),
+        ("nul", None),
+        ("t", Some("true")),
+    ];
+    for (n, v) in want {
+        assert_eq!(s.request_header(&format!("x-{n}")).as_deref(), v, "{n}");
+    }
+}
+
+/// Duplicate member names and deep nesting in a signed token: refused as Envoy refuses them.
+#[test]
+fn duplicate_members_and_deep_nesting_are_refused() {
+    let emu = emulator(&json!({
+        "providers": {"p": {"keys": [{"secret": SECRET}], "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]}},
+        "rules": [{"requires": {"provider_name": "p"}}]
+    }));
+    let signed = |header: &str, payload: &str| {
+        let input = format!("{}.{}", common::b64(header), common::b64(payload));
+        format!("{input}.{}", common::b64(Signer::hmac().sign_raw(input.as_bytes())))
+    };
+    let exp = T0 + 600;
+    let h = r#"{"alg":"HS256"}"#;
+    let deep = |levels: usize| {
+        format!(r#"{{"sub":"a","exp":{exp},"d":{}1{}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1))
+    };
+    let cases = [
+        (
+            signed(h, &format!(r#"{{"sub":"alice","sub":"admin","exp":{exp}}}"#)),
+            Some("Jwt payload is an invalid JSON"),
+        ),
+        (
+            signed(r#"{"alg":"HS256","alg":"HS256"}"#, &format!(r#"{{"sub":"a","exp":{exp}}}"#)),
+            Some("Jwt header is an invalid JSON"),
+        ),
+        (signed(h, &deep(100)), None),
+        (signed(h, &deep(101)), Some("Jwt payload is an invalid JSON")),
+    ];
+    for (token, want) in cases {
+        let (s, a) = request(&emu, "/a", &[("authorization", &format!("Bearer {token}"))]);
+        match want {
+            None => assert_eq!(a, Action::Continue),
+            Some(message) => {
+                assert_eq!(a, Action::Pause);
+                assert_eq!(reply_json(&s).1["message"], message);
+            }
+        }
+    }
+}
+
+/// A weak key in a fetched JWKS (RSA under 2048 bits) is skipped with a warning and a counter;
+/// the other keys are used. Inline, the same key refuses the configuration.
+#[test]
+fn a_weak_remote_key_is_skipped_not_an_outage() {
+    let weak = json!({"kty": "RSA", "kid": "old", "n": common::b64([0xc5u8; 128]), "e": "AQAB"});
+    let k1 = Signer::rsa();
+    let emu = emulator(&remote_config("https://idp.test/jwks", 500, [300, 2, 10]));
+    emu.advance_clock(Duration::from_millis(250)).unwrap();
+    let calls = jwks_calls(&emu);
+    assert_eq!(calls.len(), 1);
+    answer(&emu, calls[0], "200", &json!({"keys": [weak, k1.jwk("k1")]}));
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer_for(&k1, "k1", "alice"))]);
+    assert_eq!(a, Action::Continue, "{:?}", s.local_reply());
+    assert!(emu.logged("skipped 1 weak key(s)"), "{:?}", emu.logs());
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_jwks_weak_keys_total;provider=idp"), Some(1));
+    assert_eq!(emu.metric("jwt_auth_jwks_fetches_total;provider=idp;result=ok"), Some(1));
+
+    let inline = build(&json!({
+        "providers": {"p": {"local_jwks": {"keys": [weak, k1.jwk("k1")]}}},
+        "rules": [{"requires": {"provider_name": "p"}}]
+    }));
+    assert!(!inline.configured());
+    assert!(inline.logged("providers.p.local_jwks"), "{:?}", inline.logs());
+    assert!(inline.logged("RSA modulus is 1024 bits"), "{:?}", inline.logs());
+}
+
+/// `requires_any`: the request passes with the second provider's token; a token only the first
+/// provider reads, which failed or was never checked, is removed even though that provider
+/// forwards its tokens.
+#[test]
+fn tokens_of_an_alternative_that_failed_are_removed() {
+    let emu = emulator(&json!({
+        "providers": {
+            "cookie": {"issuer": "https://c", "keys": [{"secret": SECRET}], "from_cookies": ["sess"], "forward": true},
+            "bearer": {"issuer": "https://b", "keys": [{"secret": SECRET}], "forward": true,
+                       "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]}
+        },
+        "rules": [{"requires": {"requires_any": {"requirements": [{"provider_name": "cookie"}, {"provider_name": "bearer"}]}}}]
+    }));
+    let b = Signer::hmac().token("k", &json!({"iss": "https://b", "sub": "alice", "exp": T0 + 600}));
+    let forged =
+        Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://c", "sub": "admin", "exp": T0 + 600}));
+    let bearer = format!("Bearer {b}");
+    let cookie = format!("theme=dark; sess={forged}");
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer), ("cookie", &cookie)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+    assert_eq!(s.request_header("authorization"), Some(bearer), "verified and forwarded");
+    assert_eq!(s.request_header("cookie").as_deref(), Some("theme=dark"), "the failed token is gone");
 }

@@ -170,6 +170,19 @@ fn same_answers_as_envoys_jwt_authn() {
     let forged = Signer::Hmac(vec![3; 32])
         .token("k", &json!({"iss": "https://issuer.test", "aud": "api", "exp": n + 600}));
     let bearer = |t: &str| format!("Bearer {t}");
+    // Raw JSON texts, signed: what a JSON library could not produce.
+    let raw = |header: &str, payload: &str| {
+        let input = format!("{}.{}", common::b64(header), common::b64(payload));
+        format!("{input}.{}", common::b64(s.sign_raw(input.as_bytes())))
+    };
+    let claims = format!(r#""iss":"https://issuer.test","aud":"api","exp":{}"#, n + 600);
+    let h = r#"{"alg":"HS256","kid":"k"}"#;
+    let dup_payload = raw(h, &format!(r#"{{"sub":"alice","sub":"admin",{claims}}}"#));
+    let dup_nested = raw(h, &format!(r#"{{"org":{{"role":"user","role":"admin"}},{claims}}}"#));
+    let dup_header = raw(r#"{"alg":"HS256","kid":"k","kid":"k"}"#, &format!("{{{claims}}}"));
+    let deep = |levels: usize| {
+        raw(h, &format!(r#"{{"d":{}1{},{claims}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1)))
+    };
 
     let cases: Vec<(&str, Request)> = vec![
         ("missing", Request::get("/a?x=1")),
@@ -201,6 +214,39 @@ fn same_answers_as_envoys_jwt_authn() {
         ("any, audience", Request::get("/either").header("authorization", &bearer(&bad_aud))),
         ("any, other issuer", Request::get("/either").header("authorization", &bearer(&other_iss))),
         ("no requirement", Request::get("/public").header("authorization", "Bearer garbage")),
+        // A second credential in the header value: the whole value is the token.
+        ("good,forged", Request::get("/a").header("authorization", &format!("Bearer {good},{forged}"))),
+        ("good, forged", Request::get("/a").header("authorization", &format!("Bearer {good}, {forged}"))),
+        ("good,", Request::get("/a").header("authorization", &format!("Bearer {good},"))),
+        (
+            "two Authorization headers",
+            Request::get("/a")
+                .header("authorization", &bearer(&good))
+                .header("authorization", &bearer(&forged)),
+        ),
+        (
+            "two good Authorization headers",
+            Request::get("/a")
+                .header("authorization", &bearer(&good))
+                .header("authorization", &bearer(&good)),
+        ),
+        (
+            "good then Basic",
+            Request::get("/a")
+                .header("authorization", &bearer(&good))
+                .header("authorization", "Basic dXNlcg=="),
+        ),
+        (
+            "allow_missing, good,forged",
+            Request::get("/optional").header("authorization", &format!("Bearer {good},{forged}")),
+        ),
+        ("spaces before the token", Request::get("/a").header("authorization", &format!("Bearer   {good}"))),
+        // JSON that another parser could read otherwise.
+        ("duplicate claim", Request::get("/a").header("authorization", &bearer(&dup_payload))),
+        ("duplicate nested member", Request::get("/a").header("authorization", &bearer(&dup_nested))),
+        ("duplicate header member", Request::get("/a").header("authorization", &bearer(&dup_header))),
+        ("100 levels", Request::get("/a").header("authorization", &bearer(&deep(100)))),
+        ("101 levels", Request::get("/a").header("authorization", &bearer(&deep(101)))),
     ];
     for (name, req) in cases {
         let a = answer(&native.send(&req).unwrap(), true);
@@ -369,4 +415,250 @@ fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn() {
         }
         assert_eq!(by_host, by_module, "{name}: host_crypto {by_host:?}, module {by_module:?}");
     }
+}
+
+/// Both filters with `forward: true`, `sub` to `x-user`, in front of an echo upstream.
+fn forwarding_envoys(upstream: &EchoUpstream) -> (Envoy, Envoy) {
+    let jwks = Signer::hmac().jwks("k").to_string();
+    let provider = |native: bool| {
+        let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
+        json!({
+            "local_jwks": keys,
+            "forward": true,
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "from_cookies": ["id_token"],
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        })
+    };
+    let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]);
+    let native = EnvoyBuilder::new()
+        .raw_filter(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"p": provider(true)},
+                "rules": rules
+            }
+        }))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let ours = EnvoyBuilder::new()
+        .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    (native, ours)
+}
+
+/// Security: a good token followed by another credential in the same header value (or in a
+/// second `Authorization` header, which Envoy joins with a comma) is refused by native
+/// `jwt_authn`, and by this filter with `forward: true`; nothing unverified reaches the upstream.
+#[test]
+fn a_second_credential_is_refused_as_native_jwt_authn_refuses_it_even_with_forward() {
+    let upstream = EchoUpstream::start().unwrap();
+    let (native, ours) = forwarding_envoys(&upstream);
+    let n = now();
+    let good = Signer::hmac().token("k", &json!({"sub": "alice", "exp": n + 600}));
+    let forged = Signer::Hmac(vec![3; 32]).token("k", &json!({"sub": "admin", "exp": n + 600}));
+
+    let ok = Request::get("/a").header("authorization", &format!("Bearer {good}"));
+    for envoy in [&native, &ours] {
+        let echo = envoy.send(&ok).unwrap().echo().unwrap();
+        assert_eq!(echo.header_all("authorization"), [format!("Bearer {good}")], "forwarded");
+        assert_eq!(echo.header_all("x-user"), ["alice"]);
+    }
+    let cases = [
+        ("good,forged", Request::get("/a").header("authorization", &format!("Bearer {good},{forged}"))),
+        (
+            "two headers",
+            Request::get("/a")
+                .header("authorization", &format!("Bearer {good}"))
+                .header("authorization", &format!("Bearer {forged}")),
+        ),
+        ("good,", Request::get("/a").header("authorization", &format!("Bearer {good},"))),
+        ("good junk", Request::get("/a").header("authorization", &format!("Bearer {good} junk"))),
+    ];
+    for (name, req) in cases {
+        let want = answer(&native.send(&req).unwrap(), true);
+        let got = answer(&ours.send(&req).unwrap(), false);
+        assert_eq!(want.0, 401, "{name}: native {want:?}");
+        if name == "good junk" {
+            // Envoy's base64 decoder skips the space and fails the signature; here a space is not
+            // base64url. Same status and WWW-Authenticate, another message (README).
+            assert_eq!((want.0, &want.1), (got.0, &got.1), "{name}");
+            assert_eq!(want.2, "Jwt verification fails");
+            assert_eq!(got.2, "Jwt signature is an invalid Base64url encoded");
+        } else {
+            assert_eq!(want, got, "{name}: native {want:?}, jwt-auth {got:?}");
+        }
+    }
+}
+
+/// Security: a bearer token and a query or cookie token naming different users. Native
+/// `jwt_authn` lets the request through with both identities as repeated headers; this filter
+/// refuses it (README, differences). One user in two places passes both, once here.
+#[test]
+fn two_identities_native_sends_both_this_filter_refuses() {
+    let upstream = EchoUpstream::start().unwrap();
+    let (native, ours) = forwarding_envoys(&upstream);
+    let n = now();
+    let s = Signer::hmac();
+    let alice = s.token("k", &json!({"sub": "alice", "exp": n + 600}));
+    let alice_later = s.token("k", &json!({"sub": "alice", "exp": n + 900}));
+    let mallory = s.token("k", &json!({"sub": "mallory", "exp": n + 600}));
+    let bearer = format!("Bearer {alice}");
+    for req in [
+        Request::get(&format!("/a?token={mallory}")).header("authorization", &bearer),
+        Request::get("/a").header("authorization", &bearer).header("cookie", &format!("id_token={mallory}")),
+    ] {
+        let r = native.send(&req).unwrap();
+        assert_eq!(r.status, 200);
+        let mut users =
+            r.echo().unwrap().header_all("x-user").into_iter().map(str::to_string).collect::<Vec<_>>();
+        users.sort();
+        assert_eq!(users, ["alice", "mallory"], "native sends both identities");
+        let r = ours.send(&req).unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json().unwrap()["message"], "Jwts in the request name different identities");
+        assert!(r.header("www-authenticate").unwrap().ends_with("error=\"invalid_token\""));
+    }
+    let same = Request::get(&format!("/a?token={alice_later}")).header("authorization", &bearer);
+    assert_eq!(native.send(&same).unwrap().echo().unwrap().header_all("x-user"), ["alice", "alice"]);
+    assert_eq!(ours.send(&same).unwrap().echo().unwrap().header_all("x-user"), ["alice"]);
+    // Counters are flushed on the filter's one-second tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = ours.admin_get("/stats?filter=jwt_auth_denied").unwrap();
+        let line = stats.lines().find(|l| l.contains("reason=identity_conflict")).map(str::to_string);
+        if line.as_deref().is_some_and(|l| l.ends_with(": 2")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The README's differences from Envoy, each run through native `jwt_authn` and this filter
+/// side by side: Envoy's answer first, then this filter's.
+#[test]
+fn documented_differences_hold_in_envoy() {
+    let upstream = EchoUpstream::start().unwrap();
+    let s = Signer::hmac();
+    let enc_key = Signer::Hmac(b"an-encryption-key-of-32-bytes!!!".to_vec());
+    let mut enc_jwk = enc_key.jwk("enc");
+    enc_jwk["use"] = json!("enc");
+    let jwks = json!({"keys": [s.jwk("k"), enc_jwk]}).to_string();
+    let forms = ["neg", "big", "f15", "tiny", "f10", "e3", "m0", "empty", "list", "obj"];
+    let provider = |native: bool| {
+        let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
+        json!({
+            "local_jwks": keys,
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "from_cookies": ["id_token"],
+            "claim_to_headers": forms.iter().map(|f| json!({"header_name": format!("x-{f}"), "claim_name": f})).collect::<Vec<_>>()
+        })
+    };
+    let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]);
+    let native = EnvoyBuilder::new()
+        .raw_filter(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"p": provider(true)},
+                "rules": rules
+            }
+        }))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let ours = EnvoyBuilder::new()
+        .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let n = now();
+    let good = s.token("k", &json!({"sub": "alice", "exp": n + 600}));
+    let bearer = |t: &str| Request::get("/a").header("authorization", &format!("Bearer {t}"));
+    let both =
+        |req: &Request| (answer(&native.send(req).unwrap(), true), answer(&ours.send(req).unwrap(), false));
+    let ok = (200, None, String::new());
+    let refused = |message: &str| {
+        (
+            401,
+            Some("Bearer realm=\"http://localhost/a\", error=\"invalid_token\"".to_string()),
+            message.to_string(),
+        )
+    };
+
+    // Claim value forms: the digits of an integer and a non-whole number are kept here.
+    let payload = format!(
+        r#"{{"sub":"alice","neg":-5,"big":9007199254740993,"f15":1.5,"tiny":1e-7,"f10":1.0,"e3":1e3,"m0":-0,"empty":"","list":["a","b"],"obj":{{"a":1}},"exp":{}}}"#,
+        n + 600
+    );
+    let input = format!("{}.{}", common::b64(r#"{"alg":"HS256","kid":"k"}"#), common::b64(&payload));
+    let forms_token = format!("{input}.{}", common::b64(s.sign_raw(input.as_bytes())));
+    let native_echo = native.send(&bearer(&forms_token)).unwrap().echo().unwrap();
+    let our_echo = ours.send(&bearer(&forms_token)).unwrap().echo().unwrap();
+    let value = |echo: &gatewasm_envoy::Echo, f: &str| echo.header(&format!("x-{f}")).map(str::to_string);
+    let want: [(&str, Option<&str>, Option<&str>); 10] = [
+        ("neg", Some("-5.000000"), Some("-5")),
+        ("big", Some("9007199254740992"), Some("9007199254740993")),
+        ("f15", Some("1.500000"), Some("1.5")),
+        ("tiny", Some("0.000000"), Some("1e-7")),
+        ("f10", Some("1"), Some("1")),
+        ("e3", Some("1000"), Some("1000")),
+        ("m0", Some("0"), Some("0")),
+        ("empty", None, None),
+        ("list", Some("WyJhIiwiYiJd"), Some("WyJhIiwiYiJd")),
+        ("obj", Some("eyJhIjoxfQ=="), Some("eyJhIjoxfQ==")),
+    ];
+    for (f, native_value, our_value) in want {
+        assert_eq!(value(&native_echo, f).as_deref(), native_value, "native {f}");
+        assert_eq!(value(&our_echo, f).as_deref(), our_value, "jwt-auth {f}");
+    }
+
+    // A padded signature: Envoy decodes it; here it is not base64url.
+    let padded = format!("{good}{}", "=".repeat((4 - good.rsplit('.').next().unwrap().len() % 4) % 4));
+    assert_ne!(padded, good);
+    assert_eq!(
+        both(&bearer(&padded)),
+        (ok.clone(), refused("Jwt signature is an invalid Base64url encoded"))
+    );
+    // An empty section: Envoy skips it.
+    let (h, rest) = good.split_once('.').unwrap();
+    assert_eq!(
+        both(&bearer(&format!("{h}..{rest}"))),
+        (
+            ok.clone(),
+            refused("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+        )
+    );
+    // The scheme inside another value: Envoy finds it.
+    let basic_then_bearer =
+        Request::get("/a").header("authorization", &format!("Basic dXNlcg==, Bearer {good}"));
+    let (n_answer, o_answer) = both(&basic_then_bearer);
+    assert_eq!(n_answer, ok);
+    assert_eq!((o_answer.0, o_answer.2.as_str()), (401, "Jwt is missing"));
+    // A space before the cookie value: Envoy keeps it in the token.
+    let spaced = Request::get("/a").header("cookie", &format!("id_token= {good}"));
+    assert_eq!(both(&spaced), (refused("Jwt verification fails"), ok.clone()));
+    // A key marked `use: enc`: Envoy verifies with it, this filter does not.
+    let with_enc = enc_key.token("enc", &json!({"sub": "alice", "exp": n + 600}));
+    assert_eq!(
+        both(&bearer(&with_enc)),
+        (ok.clone(), refused("Jwks doesn't have key to match kid or alg from Jwt"))
+    );
+    // Removal with `forward: false`: both take `?token=` out; only this filter takes the cookie.
+    let q = native.send(&Request::get(&format!("/a?token={good}&x=1"))).unwrap().echo().unwrap();
+    assert_eq!(q.path, "/a?x=1");
+    let q = ours.send(&Request::get(&format!("/a?token={good}&x=1"))).unwrap().echo().unwrap();
+    assert_eq!(q.path, "/a?x=1");
+    let cookie = Request::get("/a").header("cookie", &format!("id_token={good}; theme=dark"));
+    let kept = native.send(&cookie).unwrap().echo().unwrap();
+    assert!(kept.header("cookie").unwrap().contains(&good), "Envoy leaves the cookie token");
+    let taken = ours.send(&cookie).unwrap().echo().unwrap();
+    assert_eq!(taken.header("cookie"), Some("theme=dark"));
 }
