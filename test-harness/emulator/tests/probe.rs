@@ -468,18 +468,18 @@ fn prop_ops(props: &[&str]) -> String {
 }
 
 fn start_envoy() -> gatewasm_envoy::Envoy {
+    envoy_builder().direct_response(200, DIRECT_BODY).start().unwrap()
+}
+
+fn envoy_builder() -> gatewasm_envoy::EnvoyBuilder {
     let wasm = wasm_path("probe-filter").unwrap_or_else(|e| panic!("{e}"));
-    gatewasm_envoy::EnvoyBuilder::new()
-        .wasm(
-            gatewasm_envoy::WasmFilter::new(wasm)
-                .name("probe_plugin")
-                .root_id("probe_root")
-                .vm_id("probe_vm")
-                .configuration("probe-config"),
-        )
-        .direct_response(200, DIRECT_BODY)
-        .start()
-        .unwrap()
+    gatewasm_envoy::EnvoyBuilder::new().wasm(
+        gatewasm_envoy::WasmFilter::new(wasm)
+            .name("probe_plugin")
+            .root_id("probe_root")
+            .vm_id("probe_vm")
+            .configuration("probe-config"),
+    )
 }
 
 /// What one request through Envoy showed: the probe's results from the response header and
@@ -955,4 +955,55 @@ fn sizes_duration_and_grpc_status_follow_the_stream() {
         "{:?}",
         emu.logs()
     );
+}
+
+#[test]
+fn response_properties_in_a_body_callback_like_envoy() {
+    let emu = probe().build().unwrap();
+    let mut s = emu.stream();
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "h"),
+            (
+                "x-probe-respbody",
+                "prop:response.headers.content-type;prop:response.headers;prop:response.code;prop:response.total_size;prop:response.size;prop:request.path;prop:response.trailers;get:resp,content-type",
+            ),
+        ],
+        true,
+    )
+    .unwrap();
+    s.response_headers(
+        &[(":status", "200"), ("content-length", "11"), ("content-type", "text/plain")],
+        false,
+    )
+    .unwrap();
+    s.response_body(b"upstream-ok", true).unwrap();
+    // Envoy 1.40 (probe.sh, direct response): the response headers are gone once their callback
+    // returned Continue, for properties as for the header map; the code stays.
+    assert!(
+        emu.logged("probe: response body results=body=11,true | prop=1,'' | prop=0,0x00000000 | prop=0,0xc800000000000000 | prop=0,0x0000000000000000 | prop=0,0x0000000000000000 | prop=1,'' | prop=0,0x00000000 | get=2,''"),
+        "{:?}",
+        emu.logs()
+    );
+}
+
+#[test]
+fn grpc_status_and_codes_like_envoy_side_by_side() {
+    // A 404: response.grpc_status is the HTTP status mapped (12, Unimplemented).
+    let envoy = envoy_builder().direct_response(404, DIRECT_BODY).start().unwrap();
+    compare_case(&envoy, "HTTP/1.1", "GET", "/missing", &[], b"");
+    drop(envoy);
+    // A grpc-status header wins over the status; above 16 it is InvalidCode (-1).
+    for value in ["5", "17"] {
+        let envoy = envoy_builder()
+            .direct_response(200, DIRECT_BODY)
+            .route_patch(serde_json::json!({
+                "response_headers_to_add": [{ "header": { "key": "grpc-status", "value": value } }]
+            }))
+            .start()
+            .unwrap();
+        compare_case(&envoy, "HTTP/1.1", "GET", "/grpc", &[], b"");
+    }
 }

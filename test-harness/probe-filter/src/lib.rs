@@ -9,6 +9,8 @@
 //! - `x-probe`: ops run in `on_http_request_headers`, separated by `;`.
 //! - `x-probe-body`: ops run in `on_http_request_body`.
 //! - `x-probe-resp`: ops run in `on_http_response_headers`.
+//! - `x-probe-respbody`: ops run in `on_http_response_body` (each chunk); their results are
+//!   logged (info level) as `probe: response body results=...`, the response headers being gone.
 //! - `x-probe-log`: ops run in `on_log`; their results are logged (info level) as
 //!   `probe: log results=...`, since no response is left to carry them.
 //! - `x-probe-callresp`: ops run in `on_http_call_response` (in the HTTP context, after the SDK set
@@ -178,6 +180,7 @@ impl RootContext for ProbeRoot {
             resp_ops: String::new(),
             callresp_ops: String::new(),
             log_ops: String::new(),
+            respbody_ops: String::new(),
         }))
     }
 }
@@ -189,6 +192,7 @@ struct Probe {
     resp_ops: String,
     callresp_ops: String,
     log_ops: String,
+    respbody_ops: String,
 }
 
 /// What an op asks the callback to do after it.
@@ -588,6 +592,7 @@ impl HttpContext for Probe {
         self.resp_ops = self.header("x-probe-resp");
         self.callresp_ops = self.header("x-probe-callresp");
         self.log_ops = self.header("x-probe-log");
+        self.respbody_ops = self.header("x-probe-respbody");
         match self.run(&ops) {
             Flow::Go => Action::Continue,
             Flow::Pause | Flow::Stop => Action::Pause,
@@ -618,6 +623,17 @@ impl HttpContext for Probe {
         unsafe {
             proxy_add_header_map_value(2, k.as_ptr(), k.len(), results.as_ptr(), results.len());
             proxy_add_header_map_value(2, k2.as_ptr(), k2.len(), seen.as_ptr(), seen.len());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
+        if !self.respbody_ops.is_empty() {
+            let ops = self.respbody_ops.clone();
+            let saved = std::mem::take(&mut self.results);
+            self.run(&ops);
+            log(2, &format!("probe: response body results=body={size},{eos} | {}", self.results.join(" | ")));
+            self.results = saved;
         }
         Action::Continue
     }
