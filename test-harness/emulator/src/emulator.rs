@@ -4,7 +4,7 @@ use crate::abi::{Action, LogLevel, MetricType};
 use crate::group::Group;
 use crate::host::{
     self, AfterCall, Dir, Downstream, HeaderMap, HostState, HttpCall, LocalReply, LogEntry, Metric, Phase,
-    StreamState,
+    StreamState, UpstreamModel,
 };
 use crate::wasi::{Sink, WasiCtx};
 use crate::Error;
@@ -160,6 +160,16 @@ impl EmulatorBuilder {
     /// `destination.port`). Default `127.0.0.1:10000`.
     pub fn destination_address(mut self, address: &str) -> Self {
         self.downstream.destination = address.to_string();
+        self
+    }
+
+    /// The route sends requests to `cluster`, whose one endpoint is `address` (`ip:port`): the
+    /// `xds.cluster_name` and `upstream.*` properties answer as Envoy's do for such a route once
+    /// the test gives a response (see the README). Without it the properties tell a route
+    /// without a cluster.
+    pub fn upstream(mut self, cluster: &str, address: &str) -> Self {
+        self.downstream.upstream =
+            Some(UpstreamModel { cluster: cluster.to_string(), address: address.to_string() });
         self
     }
 

@@ -168,7 +168,22 @@ pub(crate) struct Downstream {
     pub destination: String,
     /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2` or `HTTP/3`.
     pub protocol: String,
+    /// The cluster the route sends requests to and its one endpoint (`xds.cluster_name`,
+    /// `upstream.*`); `None`: a route without a cluster (a direct response), as far as the
+    /// properties tell.
+    pub upstream: Option<UpstreamModel>,
 }
+
+/// A routed cluster with one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UpstreamModel {
+    pub cluster: String,
+    pub address: String,
+}
+
+/// The local address of the emulated connection to the upstream (Envoy's is an ephemeral
+/// port of the host's address).
+pub(crate) const UPSTREAM_LOCAL_ADDRESS: &str = "127.0.0.1:50000";
 
 impl Default for Downstream {
     fn default() -> Self {
@@ -176,6 +191,7 @@ impl Default for Downstream {
             source: "127.0.0.1:40000".to_string(),
             destination: "127.0.0.1:10000".to_string(),
             protocol: "HTTP/1.1".to_string(),
+            upstream: None,
         }
     }
 }
@@ -579,6 +595,8 @@ fn get_property(st: &HostState, raw: &[u8]) -> std::result::Result<Vec<u8>, u32>
         std::str::from_utf8(s.resp.headers.get(b":status")?).ok()?.parse().ok()
     };
     let down = &st.downstream;
+    let upstream = down.upstream.as_ref();
+    let answered = s.code_details.as_deref() == Some("via_upstream");
     match parts.as_slice() {
         ["request" | "response" | "connection" | "source" | "destination" | "upstream" | "xds"
         | "filter_state"] => Err(status::SERIALIZATION_FAILURE),
@@ -650,10 +668,29 @@ fn get_property(st: &HostState, raw: &[u8]) -> std::result::Result<Vec<u8>, u32>
         ["source", "port"] => int(port_of(&down.source).ok_or(NF)?),
         ["destination", "address"] => Ok(down.destination.clone().into_bytes()),
         ["destination", "port"] => int(port_of(&down.destination).ok_or(NF)?),
-        // No upstream host is modelled: one attempt once the test gave a response (from
-        // upstream), none for a local reply or before.
-        ["upstream", "request_attempt_count"] => {
-            int(i64::from(s.code_details.as_deref() == Some("via_upstream")))
+        // One attempt once the test gave a response (from upstream), none for a local reply or
+        // before. With a routed cluster (`EmulatorBuilder::upstream`), Envoy knows the cluster
+        // from the request headers on (the route is resolved before the filters run) and the
+        // host once it answered; the backend latency only at the end (the log phase).
+        ["upstream", "request_attempt_count"] => int(i64::from(answered)),
+        ["xds", "cluster_name"] => Ok(upstream.ok_or(NF)?.cluster.clone().into_bytes()),
+        ["xds", "cluster_metadata"] if upstream.is_some() => Ok(Vec::new()),
+        ["upstream", "num_endpoints"] if upstream.is_some() => int(1),
+        ["upstream", "address"] if answered => Ok(upstream.ok_or(NF)?.address.clone().into_bytes()),
+        ["upstream", "port"] if answered => int(port_of(&upstream.ok_or(NF)?.address).ok_or(NF)?),
+        ["upstream", "local_address"] if answered && upstream.is_some() => {
+            Ok(UPSTREAM_LOCAL_ADDRESS.as_bytes().to_vec())
+        }
+        ["upstream", "transport_failure_reason" | "locality"] if answered && upstream.is_some() => {
+            Ok(Vec::new())
+        }
+        // Envoy 1.40 cannot serialize the host's (absent) metadata.
+        ["xds", "upstream_host_metadata"] if answered && upstream.is_some() => {
+            Err(status::SERIALIZATION_FAILURE)
+        }
+        ["response", "backend_latency"] if answered && upstream.is_some() => {
+            let end = s.end_monotonic_ns.ok_or(NF)?;
+            int(end.saturating_sub(s.start_monotonic_ns) as i64)
         }
         // What Envoy answers for a listener, filter chain, route and node without names or
         // metadata (empty protobuf messages serialize to nothing).

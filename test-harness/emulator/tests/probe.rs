@@ -460,6 +460,22 @@ const PROPERTIES: &[&str] = &[
     "node",
 ];
 
+/// What Envoy added after the filter chain, in its log-phase view: request headers the router
+/// set for the upstream, and the bytes of the response headers its connection manager set.
+struct LogExtra {
+    router: Vec<(String, String)>,
+    codec_bytes: i64,
+}
+
+impl LogExtra {
+    fn router_bytes(&self) -> i64 {
+        self.router.iter().map(|(k, v)| (k.len() + v.len()) as i64).sum()
+    }
+}
+
+/// What Envoy's connection manager sets on every response after the filter chain.
+const CODEC_HEADERS: [&str; 3] = ["date", "server", "connection"];
+
 /// The body Envoy's direct response answers with.
 const DIRECT_BODY: &str = "upstream-ok";
 
@@ -488,6 +504,8 @@ struct Seen {
     results: Vec<String>,
     log_results: Vec<String>,
     source: std::net::SocketAddr,
+    /// The response body the client got.
+    body: Vec<u8>,
 }
 
 fn log_results(log: &str) -> Vec<&str> {
@@ -544,7 +562,11 @@ fn through_envoy(
         assert!(std::time::Instant::now() < deadline, "no log-phase results in Envoy's log");
         std::thread::sleep(Duration::from_millis(20));
     };
-    Seen { results: split_results(results), log_results: split_results(&log_line), source }
+    let body = match response.split_once("\r\n\r\n") {
+        Some((_, b)) => b.as_bytes().to_vec(),
+        None => Vec::new(),
+    };
+    Seen { results: split_results(results), log_results: split_results(&log_line), source, body }
 }
 
 /// HPACK integer with a 7-bit prefix (RFC 7541 5.1), the first byte's high bit clear.
@@ -599,7 +621,9 @@ fn through_envoy_h2(envoy: &gatewasm_envoy::Envoy, path: &str, headers: &[(&str,
         if let (Some(main), Some(logged)) =
             (on_log_results(&log).get(on_log_before), log_results(&log).get(logged_before))
         {
-            return Seen { results: split_results(main), log_results: split_results(logged), source };
+            // Only direct responses are sent this way.
+            let body = DIRECT_BODY.as_bytes().to_vec();
+            return Seen { results: split_results(main), log_results: split_results(logged), source, body };
         }
         assert!(std::time::Instant::now() < deadline, "no log-phase results in Envoy's log");
     }
@@ -671,20 +695,31 @@ fn sorted_pairs(v: &[u8]) -> Vec<(String, String)> {
 /// Envoy's response headers also hold `date` and `server`, which its connection manager adds after the
 /// filter chain (and `connection: close` here; `log_extra` holds them); the emulator's log view
 /// is what the filter chain produced.
-fn same_answer(phase: &str, prop: &str, envoy: &str, emu: &str, log_extra: Option<&[(String, String)]>) {
+fn same_answer(phase: &str, prop: &str, envoy: &str, emu: &str, log_extra: Option<&LogExtra>) {
     let (es, ev) = answer(envoy);
     let (ms, mv) = answer(emu);
     assert_eq!(es, ms, "{phase} {prop}: status (Envoy {envoy}, emulator {emu})");
     match prop {
-        "request.time" | "request.duration" | "connection.id" | "connection_id" if es == "0" => {
+        "request.time"
+        | "request.duration"
+        | "response.backend_latency"
+        | "connection.id"
+        | "connection_id"
+            if es == "0" =>
+        {
             assert_eq!((ev.len(), mv.len()), (8, 8), "{phase} {prop}: Envoy {envoy}, emulator {emu}")
         }
         "request.headers" | "response.headers" | "response.trailers" if es == "0" => {
             let mut envoy_pairs = sorted_pairs(&ev);
             let mut emu_pairs = sorted_pairs(&mv);
+            if let (Some(extra), "request.headers") = (log_extra, prop) {
+                envoy_pairs.retain(|p| !extra.router.contains(p));
+            }
             if prop == "response.headers" {
-                if let Some(extra) = log_extra {
-                    envoy_pairs.retain(|p| !extra.contains(p));
+                if log_extra.is_some() {
+                    for pairs in [&mut envoy_pairs, &mut emu_pairs] {
+                        pairs.retain(|(k, _)| !CODEC_HEADERS.contains(&k.as_str()));
+                    }
                 }
                 // The probe's own results header repeats the volatile answers above (the
                 // time, the connection id): the same width is all that can match.
@@ -698,10 +733,19 @@ fn same_answer(phase: &str, prop: &str, envoy: &str, emu: &str, log_extra: Optio
             }
             assert_eq!(envoy_pairs, emu_pairs, "{phase} {prop}");
         }
-        "response.total_size" if log_extra.is_some() => {
-            let extra: usize = log_extra.unwrap_or_default().iter().map(|(k, v)| k.len() + v.len()).sum();
+        "response.total_size" | "request.total_size" if log_extra.is_some() => {
             let n = |v: &[u8]| i64::from_le_bytes(v.try_into().unwrap());
-            assert_eq!(n(&ev), n(&mv) + extra as i64, "{phase} {prop}: Envoy {envoy}, emulator {emu}");
+            let extra = log_extra
+                .map(|e| if prop == "request.total_size" { e.router_bytes() } else { e.codec_bytes })
+                .unwrap_or(0);
+            assert_eq!(n(&ev), n(&mv) + extra, "{phase} {prop}: Envoy {envoy}, emulator {emu}");
+        }
+        // An ephemeral port of Envoy's connection to the upstream.
+        "upstream.local_address" if es == "0" => {
+            assert!(
+                ev.starts_with(b"127.0.0.1:") && mv.starts_with(b"127.0.0.1:"),
+                "{phase} {prop}: Envoy {envoy}, emulator {emu}"
+            )
         }
         _ => assert_eq!(ev, mv, "{phase} {prop}: Envoy {envoy}, emulator {emu}"),
     }
@@ -711,6 +755,7 @@ fn same_answer(phase: &str, prop: &str, envoy: &str, emu: &str, log_extra: Optio
 /// compared in each of the three phases.
 fn compare_case(
     envoy: &gatewasm_envoy::Envoy,
+    upstream: Option<std::net::SocketAddr>,
     protocol: &str,
     method: &str,
     path: &str,
@@ -741,9 +786,13 @@ fn compare_case(
         .destination_address(&envoy.listener_addr().to_string())
         .protocol(protocol)
         .property("xds.node.id", "gatewasm-test")
-        .property("xds.node.cluster", "gatewasm-test")
-        .build()
-        .unwrap();
+        .property("xds.node.cluster", "gatewasm-test");
+    // The harness names the cluster of its upstream route `upstream`.
+    let emu = match upstream {
+        Some(addr) => emu.upstream("upstream", &addr.to_string()),
+        None => emu,
+    };
+    let emu = emu.build().unwrap();
     let mut s = emu.stream();
     let pairs =
         |v: &[(String, String)]| v.iter().map(|(k, val)| (k.clone(), val.clone())).collect::<Vec<_>>();
@@ -751,15 +800,18 @@ fn compare_case(
     let rh: Vec<(&str, &str)> = rh.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // Envoy's direct response answers at the request headers: the filter never gets the body
     // (no `body_cb` in Envoy's results), so the emulator is not given it either.
+    assert!(upstream.is_none() || body.is_empty(), "upstream cases send no body");
     s.request_headers(&rh, body.is_empty()).unwrap();
-    // The response is Envoy's direct response, where the emulator's responses model an
-    // upstream's (`via_upstream`, one attempt): say so, as a test of a direct route would.
-    s.set_property("response.code_details", "direct_response");
-    s.set_property("upstream.request_attempt_count", 0u64.to_le_bytes());
+    if upstream.is_none() {
+        // The response is Envoy's direct response, where the emulator's responses model an
+        // upstream's (`via_upstream`, one attempt): say so, as a test of a direct route would.
+        s.set_property("response.code_details", "direct_response");
+        s.set_property("upstream.request_attempt_count", 0u64.to_le_bytes());
+    }
     let ph = pairs(&resp_headers);
     let ph: Vec<(&str, &str)> = ph.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     s.response_headers(&ph, false).unwrap();
-    s.response_body(DIRECT_BODY.as_bytes(), true).unwrap();
+    s.response_body(&seen.body, true).unwrap();
     let emu_results = split_results(&results(&s));
     s.log().unwrap();
     let emu_log = emu
@@ -774,16 +826,30 @@ fn compare_case(
         same_answer("request headers:", prop, &seen.results[i + 1], &emu_results[i + 1], None);
         same_answer("response headers:", prop, &seen.results[n + 2 + i], &emu_results[n + 2 + i], None);
     }
-    // What Envoy's connection manager added to the response after the filter chain: `date`,
-    // `server` and (the client asked to close) `connection: close`.
+    // What Envoy's connection manager set on the response after the filter chain: `date`,
+    // `server: envoy` and (the client asked to close) `connection: close`.
     let log_view =
         answer(&seen.log_results[PROPERTIES.iter().position(|p| *p == "response.headers").unwrap()]).1;
-    let extra: Vec<(String, String)> = sorted_pairs(&log_view)
+    let managed = |pairs: &[(String, String)]| -> i64 {
+        pairs
+            .iter()
+            .filter(|(k, _)| CODEC_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| (k.len() + v.len()) as i64)
+            .sum()
+    };
+    let envoy_view = sorted_pairs(&log_view);
+    assert!(envoy_view.iter().any(|(k, v)| k == "server" && v == "envoy"), "{envoy_view:?}");
+    assert!(envoy_view.iter().any(|(k, _)| k == "date"), "{envoy_view:?}");
+    // And what the router set on the request it sent upstream (x-envoy-expected-rq-timeout-ms).
+    let req_view =
+        answer(&seen.log_results[PROPERTIES.iter().position(|p| *p == "request.headers").unwrap()]).1;
+    let router: Vec<(String, String)> = sorted_pairs(&req_view)
         .into_iter()
-        .filter(|(k, _)| ["date", "server", "connection"].contains(&k.as_str()))
+        .filter(|(k, _)| !req_headers.iter().any(|(n, _)| n == k))
         .collect();
-    let names: Vec<&str> = extra.iter().map(|(k, _)| k.as_str()).collect();
-    assert!(names.contains(&"date") && names.contains(&"server"), "{names:?}");
+    assert!(router.iter().all(|(k, _)| k.starts_with("x-envoy-")), "{router:?}");
+    assert_eq!(router.is_empty(), upstream.is_none(), "{router:?}");
+    let extra = LogExtra { router, codec_bytes: managed(&envoy_view) - managed(&resp_headers) };
     for (i, prop) in PROPERTIES.iter().enumerate() {
         same_answer("log:", prop, &seen.log_results[i], &emu_log[i], Some(&extra));
     }
@@ -795,6 +861,7 @@ fn properties_like_envoy_side_by_side() {
     // A query, repeated headers (joined with a comma), a referer and a user agent.
     compare_case(
         &envoy,
+        None,
         "HTTP/1.1",
         "GET",
         "/a/b?c=1&d=2",
@@ -802,11 +869,19 @@ fn properties_like_envoy_side_by_side() {
         b"",
     );
     // A body with its content-length; no query.
-    compare_case(&envoy, "HTTP/1.1", "POST", "/submit", &[("x-mixed", "x")], b"abcdefg");
+    compare_case(&envoy, None, "HTTP/1.1", "POST", "/submit", &[("x-mixed", "x")], b"abcdefg");
     // An empty query.
-    compare_case(&envoy, "HTTP/1.1", "GET", "/plain?", &[], b"");
+    compare_case(&envoy, None, "HTTP/1.1", "GET", "/plain?", &[], b"");
     // HTTP/2 without TLS (prior knowledge): request.protocol `HTTP/2`, `:scheme` from the client.
-    compare_case(&envoy, "HTTP/2", "GET", "/h2?x=1", &[("x-mixed", "h2"), ("user-agent", "probe-test")], b"");
+    compare_case(
+        &envoy,
+        None,
+        "HTTP/2",
+        "GET",
+        "/h2?x=1",
+        &[("x-mixed", "h2"), ("user-agent", "probe-test")],
+        b"",
+    );
 }
 
 /// A property answer as the probe shows it, for the pinned tests below.
@@ -993,7 +1068,7 @@ fn response_properties_in_a_body_callback_like_envoy() {
 fn grpc_status_and_codes_like_envoy_side_by_side() {
     // A 404: response.grpc_status is the HTTP status mapped (12, Unimplemented).
     let envoy = envoy_builder().direct_response(404, DIRECT_BODY).start().unwrap();
-    compare_case(&envoy, "HTTP/1.1", "GET", "/missing", &[], b"");
+    compare_case(&envoy, None, "HTTP/1.1", "GET", "/missing", &[], b"");
     drop(envoy);
     // A grpc-status header wins over the status; above 16 it is InvalidCode (-1).
     for value in ["5", "17"] {
@@ -1004,6 +1079,15 @@ fn grpc_status_and_codes_like_envoy_side_by_side() {
             }))
             .start()
             .unwrap();
-        compare_case(&envoy, "HTTP/1.1", "GET", "/grpc", &[], b"");
+        compare_case(&envoy, None, "HTTP/1.1", "GET", "/grpc", &[], b"");
     }
+}
+
+#[test]
+fn upstream_properties_like_envoy_side_by_side() {
+    // A route to a cluster: xds.cluster_name and upstream.num_endpoints from the request
+    // headers on, the host and one attempt once it answered, the backend latency at the end.
+    let upstream = gatewasm_envoy::EchoUpstream::start().unwrap();
+    let envoy = envoy_builder().upstream(upstream.addr()).start().unwrap();
+    compare_case(&envoy, Some(upstream.addr()), "HTTP/1.1", "GET", "/up?q=1", &[("x-mixed", "up")], b"");
 }
