@@ -1,5 +1,6 @@
 //! Runs the probe filter (raw host calls) in the emulator and checks the answers Envoy 1.40 gave
-//! to the same probes (see test-harness/probe-filter/envoy/probe.sh).
+//! to the same probes (see test-harness/probe-filter/envoy/probe.sh); the property tests also
+//! run the probe in a real Envoy (found as gatewasm-envoy's README says) next to the emulator.
 //! Build the modules first: cargo build --release --target wasm32-wasip1 -p probe-filter -p noop-filter
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
