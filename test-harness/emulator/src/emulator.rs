@@ -3,7 +3,8 @@
 use crate::abi::{Action, LogLevel, MetricType};
 use crate::group::Group;
 use crate::host::{
-    self, AfterCall, Dir, HeaderMap, HostState, HttpCall, LocalReply, LogEntry, Metric, Phase, StreamState,
+    self, AfterCall, Dir, Downstream, HeaderMap, HostState, HttpCall, LocalReply, LogEntry, Metric, Phase,
+    StreamState, UpstreamModel,
 };
 use crate::wasi::{Sink, WasiCtx};
 use crate::Error;
@@ -122,6 +123,7 @@ pub struct EmulatorBuilder {
     env: Vec<(String, String)>,
     hold_headers: bool,
     foreign_functions: bool,
+    downstream: Downstream,
 }
 
 impl EmulatorBuilder {
@@ -143,7 +145,39 @@ impl EmulatorBuilder {
             env: Vec::new(),
             hold_headers: false,
             foreign_functions: true,
+            downstream: Downstream::default(),
         }
+    }
+
+    /// The client's address (`source.address`, `source.port`), `ip:port` or `[ip]:port` as
+    /// Envoy prints it. Default `127.0.0.1:40000`.
+    pub fn source_address(mut self, address: &str) -> Self {
+        self.downstream.source = address.to_string();
+        self
+    }
+
+    /// The listener address the client connected to (`destination.address`,
+    /// `destination.port`). Default `127.0.0.1:10000`.
+    pub fn destination_address(mut self, address: &str) -> Self {
+        self.downstream.destination = address.to_string();
+        self
+    }
+
+    /// The route sends requests to `cluster`, whose one endpoint is `address` (`ip:port`): the
+    /// `xds.cluster_name` and `upstream.*` properties answer as Envoy's do for such a route once
+    /// the test gives a response (see the README). Without it the properties tell a route
+    /// without a cluster.
+    pub fn upstream(mut self, cluster: &str, address: &str) -> Self {
+        self.downstream.upstream =
+            Some(UpstreamModel { cluster: cluster.to_string(), address: address.to_string() });
+        self
+    }
+
+    /// The downstream protocol (`request.protocol`): `HTTP/1.0`, `HTTP/1.1` (default),
+    /// `HTTP/2` or `HTTP/3`.
+    pub fn protocol(mut self, protocol: &str) -> Self {
+        self.downstream.protocol = protocol.to_string();
+        self
     }
 
     /// Envoy's `allow_on_headers_stop_iteration` (Wasm `PluginConfig`, Envoy 1.35+): a Pause
@@ -256,6 +290,7 @@ impl EmulatorBuilder {
             logs: Vec::new(),
             log_level: self.log_level,
             properties: self.properties,
+            downstream: self.downstream,
             metric_ids: HashMap::new(),
             metrics: BTreeMap::new(),
             next_metric_id: [0, 1, 2],
@@ -514,10 +549,16 @@ impl Inner {
         if self.store.data().streams.contains_key(&id) {
             return Ok(());
         }
+        let (start_realtime_ns, start_monotonic_ns) = {
+            let st = self.store.data();
+            (st.realtime_ns, st.monotonic_ns)
+        };
         self.store.data_mut().streams.insert(
             id,
             StreamState {
                 req: Dir { headers: HeaderMap::new(true), ..Dir::default() },
+                start_realtime_ns,
+                start_monotonic_ns,
                 ..StreamState::default()
             },
         );
@@ -697,6 +738,7 @@ impl Inner {
         let request_phase = !self.stream(id)?.resp.headers_seen;
         {
             let s = self.stream(id)?;
+            s.code_details = Some(reply.details.clone());
             s.req.stopped = true;
             s.req.headers_live = s.req.headers_live || s.req.stopped;
         }
@@ -1219,7 +1261,11 @@ impl Stream {
     /// the data waits and is given to it when it resumes, as in Envoy. After a Pause from a body
     /// callback the next call sees the buffered data plus the new chunk.
     pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
-        self.drive(Side::Request, |i, id| i.body(id, Side::Request, chunk, end_of_stream))
+        self.drive(Side::Request, |i, id| {
+            // Envoy counts what it read from the client, whether or not the filter has it yet.
+            i.stream(id)?.bytes_received += chunk.len() as u64;
+            i.body(id, Side::Request, chunk, end_of_stream)
+        })
     }
 
     /// Request trailers arrive (end of the request).
@@ -1231,7 +1277,10 @@ impl Stream {
     /// Response headers arrive from upstream (`proxy_on_response_headers`).
     pub fn response_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Result<Action> {
         let h = HeaderMap::from_pairs(headers, false);
-        self.drive(Side::Response, |i, id| i.headers(id, Side::Response, h, end_of_stream))
+        self.drive(Side::Response, |i, id| {
+            i.stream(id)?.code_details.get_or_insert_with(|| "via_upstream".to_string());
+            i.headers(id, Side::Response, h, end_of_stream)
+        })
     }
 
     /// A response body chunk arrives.
@@ -1255,7 +1304,11 @@ impl Stream {
                 i.ensure_created(id)?;
             }
             let ex = i.exports.clone();
-            i.stream(id)?.phase = Phase::Log;
+            let now = i.store.data().monotonic_ns;
+            let s = i.stream(id)?;
+            s.phase = Phase::Log;
+            // Envoy's requestComplete: request.duration is known from here on.
+            s.end_monotonic_ns = Some(now);
             if let Some(f) = ex.log {
                 i.call("proxy_on_log", id, |s| f.call(s, id))?;
             }

@@ -21,7 +21,7 @@ s.settimeout(1)
 while time.time()-t < 600:
     try: conns.append(s.accept())
     except Exception: pass
-" &
+" >/dev/null 2>&1 &
 sed -e "s|@PORT@|$PORT|g; s|@CALLOUT@|$CALLOUT|g; s|@DEAD@|$DEAD|g; s|@ADMIN@|$ADMIN|g; s|@BLACKHOLE@|$BLACKHOLE|g; s|@WASM@|$WASM|g; s|@CONFIG@|${PLUGIN_CONFIG:-probe-config}|g" \
   "$ROOT/test-harness/probe-filter/envoy/config.yaml.in" > "$DIR/config.yaml"
 setsid -f envoy -c "$DIR/config.yaml" --concurrency ${CONCURRENCY:-1} --log-level ${LOG_LEVEL:-info} --base-id $RANDOM > "$DIR/envoy.log" 2>&1

@@ -9,10 +9,15 @@
 //! - `x-probe`: ops run in `on_http_request_headers`, separated by `;`.
 //! - `x-probe-body`: ops run in `on_http_request_body`.
 //! - `x-probe-resp`: ops run in `on_http_response_headers`.
+//! - `x-probe-respbody`: ops run in `on_http_response_body` (each chunk); their results are
+//!   logged (info level) as `probe: response body results=...`, the response headers being gone.
+//! - `x-probe-log`: ops run in `on_log`; their results are logged (info level) as
+//!   `probe: log results=...`, since no response is left to carry them.
 //! - `x-probe-callresp`: ops run in `on_http_call_response` (in the HTTP context, after the SDK set
 //!   the effective context).
 //!
-//! An op is `name` or `name:arg,arg,...`. Every op appends one result line `name=...`. Results
+//! An op is `name` or `name:arg,arg,...`. Every op appends one result line `name=...`; values
+//! are shown as `'text'`, or as `0x` and hex when they are not text (integers, maps). Results
 //! are returned in the response header `x-probe-results` (joined by ` | `) when the response
 //! passes through `on_http_response_headers`, or in the body of a local reply (`reply:CODE` op).
 //! The names of the response headers the filter saw are also reported as `x-probe-resp-seen`.
@@ -174,6 +179,8 @@ impl RootContext for ProbeRoot {
             body_ops: String::new(),
             resp_ops: String::new(),
             callresp_ops: String::new(),
+            log_ops: String::new(),
+            respbody_ops: String::new(),
         }))
     }
 }
@@ -184,6 +191,8 @@ struct Probe {
     body_ops: String,
     resp_ops: String,
     callresp_ops: String,
+    log_ops: String,
+    respbody_ops: String,
 }
 
 /// What an op asks the callback to do after it.
@@ -320,6 +329,14 @@ impl Probe {
                     };
                     let d = take(p, s);
                     format!("{st},{},{}", count_pairs(&d), d.len())
+                }
+                "map" => {
+                    // map:TYPE: the whole serialized map (hex), so a test can replay exactly
+                    // the headers the filter saw.
+                    let st = unsafe {
+                        proxy_get_header_map_pairs(map_type(a.first().copied().unwrap_or("")), &mut p, &mut s)
+                    };
+                    format!("{st},{}", show(&take(p, s)))
                 }
                 "add" | "replace" => {
                     let t = map_type(a.first().copied().unwrap_or(""));
@@ -574,6 +591,8 @@ impl HttpContext for Probe {
         self.body_ops = self.header("x-probe-body");
         self.resp_ops = self.header("x-probe-resp");
         self.callresp_ops = self.header("x-probe-callresp");
+        self.log_ops = self.header("x-probe-log");
+        self.respbody_ops = self.header("x-probe-respbody");
         match self.run(&ops) {
             Flow::Go => Action::Continue,
             Flow::Pause | Flow::Stop => Action::Pause,
@@ -608,8 +627,25 @@ impl HttpContext for Probe {
         Action::Continue
     }
 
+    fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
+        if !self.respbody_ops.is_empty() {
+            let ops = self.respbody_ops.clone();
+            let saved = std::mem::take(&mut self.results);
+            self.run(&ops);
+            log(2, &format!("probe: response body results=body={size},{eos} | {}", self.results.join(" | ")));
+            self.results = saved;
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         log(2, &format!("probe: on_log ctx={} results={}", self.context_id, self.results.join(" | ")));
+        let ops = std::mem::take(&mut self.log_ops);
+        if !ops.is_empty() {
+            self.results.clear();
+            self.run(&ops);
+            log(2, &format!("probe: log results={}", self.results.join(" | ")));
+        }
     }
 }
 
