@@ -96,9 +96,7 @@ impl<'a> Callout<'a> {
         headers.push((":authority", &self.authority));
         headers.extend(self.headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
         let body = if self.body.is_empty() { None } else { Some(self.body.as_slice()) };
-        // Through the proxy-wasm crate so its dispatcher routes the answer to this context; it
-        // returns BadArgument/InternalFailure as errors, which is all Envoy answers besides Ok.
-        proxy_wasm::hostcalls::dispatch_http_call(&self.cluster, headers, body, vec![], self.timeout)
+        crate::host::dispatch_http_call(&self.cluster, headers, body, self.timeout)
     }
 }
 

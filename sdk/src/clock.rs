@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The host's wall-clock time; `None` when the host cannot tell.
 pub fn now() -> Option<SystemTime> {
-    proxy_wasm::hostcalls::get_current_time().ok()
+    crate::host::current_time().ok()
 }
 
 /// Seconds since the Unix epoch by the host's clock; `None` when the host cannot tell.

@@ -1,10 +1,15 @@
-//! Panic-free calls into the host for the values a client controls.
+//! The SDK's one binding to the host: every call a filter or the SDK makes into Envoy goes
+//! through this module, and every host status comes back as a `Result`, never a panic.
 //!
 //! `proxy_wasm::hostcalls` turns a header value that is not UTF-8 into a panic
 //! (`String::from_utf8` followed by `unwrap`), and any status it did not expect into another. Envoy
 //! forwards `obs-text` bytes (0x80-0xFF) in header values, so a client could trap the VM with one
-//! header. This module declares the same ABI 0.2.1 imports and returns errors instead; everything
-//! the SDK reads from a request goes through it.
+//! header, and a host that answers a status the crate did not foresee (`done` outside a plugin's
+//! shutdown, a metric call on an unknown id) would trap it too. This module declares the ABI 0.2.1
+//! imports itself and returns errors instead. The one call it leaves to the crate is
+//! [`dispatch_http_call`], whose answer the crate's dispatcher must route back to the calling
+//! context (it registers the token); Envoy answers that call only with the statuses the crate
+//! maps to errors.
 //!
 //! Memory the host returns was allocated by the guest's `proxy_on_memory_allocate` (exported by
 //! the `proxy-wasm` crate) as a boxed `[u8]` of exactly the returned size, which is what makes
@@ -12,7 +17,9 @@
 
 use std::ptr::{null, null_mut};
 
-use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
 #[cfg(target_arch = "wasm32")]
 mod abi {
@@ -76,6 +83,29 @@ mod abi {
             headers_size: usize,
             grpc_status: i32,
         ) -> u32;
+        pub fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+        pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+        pub fn proxy_record_metric(id: u32, value: u64) -> u32;
+        pub fn proxy_get_shared_data(
+            key: *const u8,
+            key_size: usize,
+            value: *mut *mut u8,
+            value_size: *mut usize,
+            cas: *mut u32,
+        ) -> u32;
+        pub fn proxy_set_shared_data(
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
+        pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+        pub fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+        pub fn proxy_done() -> u32;
+        pub fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
+        pub fn proxy_continue_stream(stream: u32) -> u32;
+        pub fn proxy_close_stream(stream: u32) -> u32;
     }
 }
 
@@ -140,6 +170,45 @@ mod abi {
         _: usize,
         _: i32,
     ) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_define_metric(_: u32, _: *const u8, _: usize, _: *mut u32) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_increment_metric(_: u32, _: i64) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_get_shared_data(
+        _: *const u8,
+        _: usize,
+        _: *mut *mut u8,
+        _: *mut usize,
+        _: *mut u32,
+    ) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_set_shared_data(_: *const u8, _: usize, _: *const u8, _: usize, _: u32) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_set_tick_period_milliseconds(_: u32) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_get_current_time_nanoseconds(_: *mut u64) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_done() -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_log(_: u32, _: *const u8, _: usize) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_continue_stream(_: u32) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_close_stream(_: u32) -> u32 {
         UNAVAILABLE
     }
 }
@@ -441,6 +510,114 @@ pub fn send_local_response(
             -1,
         )
     })
+}
+
+/// Defines a metric and returns its id.
+pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, Status> {
+    let mut id = 0;
+    // SAFETY: the name pointer and length describe a live string; `id` is a valid out pointer.
+    unit(unsafe { abi::proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+/// Adds `offset` to a counter or gauge.
+pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
+    // SAFETY: plain values only.
+    unit(unsafe { abi::proxy_increment_metric(id, offset) })
+}
+
+/// Sets a gauge or records a histogram value.
+pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
+    // SAFETY: plain values only.
+    unit(unsafe { abi::proxy_record_metric(id, value) })
+}
+
+/// A shared-data entry and its compare-and-swap version; `(None, None)` when the key is absent.
+pub fn shared_data(key: &str) -> Result<(Option<Bytes>, Option<u32>), Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    let mut cas = 0;
+    // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
+    let code = unsafe { abi::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match status(code) {
+        Status::Ok => {
+            // SAFETY: on Ok the host returned a guest allocation of `size` bytes.
+            let value = unsafe { take(data, size) };
+            Ok((Some(value), (cas != 0).then_some(cas)))
+        }
+        Status::NotFound => Ok((None, None)),
+        other => Err(other),
+    }
+}
+
+/// Writes a shared-data entry; with `cas`, only if the entry is still at that version
+/// (`Err(CasMismatch)` otherwise).
+pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
+    // SAFETY: the pointers and lengths describe live slices for the duration of the call.
+    unit(unsafe {
+        abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0))
+    })
+}
+
+/// Asks for `on_tick` every `period` (zero stops it); whole milliseconds, at most `u32::MAX`.
+pub fn set_tick_period(period: Duration) -> Result<(), Status> {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: plain value only.
+    unit(unsafe { abi::proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// The host's wall clock (Envoy's, which tests can move; not WASI's).
+pub fn current_time() -> Result<SystemTime, Status> {
+    let mut ns = 0u64;
+    // SAFETY: `ns` is a valid out pointer.
+    unit(unsafe { abi::proxy_get_current_time_nanoseconds(&mut ns) })?;
+    Ok(UNIX_EPOCH + Duration::from_nanos(ns))
+}
+
+/// Tells the host a plugin that asked to finish its work on shutdown has finished it.
+pub fn done() -> Result<(), Status> {
+    // SAFETY: no arguments.
+    unit(unsafe { abi::proxy_done() })
+}
+
+/// Writes a line to the host's log.
+pub fn log(level: LogLevel, message: &str) -> Result<(), Status> {
+    // SAFETY: the pointer and length describe a live string.
+    unit(unsafe { abi::proxy_log(level as u32, message.as_ptr(), message.len()) })
+}
+
+/// The ABI's stream kinds (`proxy_continue_stream`, `proxy_close_stream`).
+const HTTP_REQUEST: u32 = 0;
+const HTTP_RESPONSE: u32 = 1;
+
+/// Lets a paused request go on.
+pub fn resume_http_request() -> Result<(), Status> {
+    // SAFETY: plain value only.
+    unit(unsafe { abi::proxy_continue_stream(HTTP_REQUEST) })
+}
+
+/// Lets a paused response go on.
+pub fn resume_http_response() -> Result<(), Status> {
+    // SAFETY: plain value only.
+    unit(unsafe { abi::proxy_continue_stream(HTTP_RESPONSE) })
+}
+
+/// Resets the stream (the client sees the connection's stream end without an answer).
+pub fn reset_http_request() -> Result<(), Status> {
+    // SAFETY: plain value only.
+    unit(unsafe { abi::proxy_close_stream(HTTP_REQUEST) })
+}
+
+/// Sends an HTTP callout and returns its token. Goes through the `proxy-wasm` crate, whose
+/// dispatcher must know the token to hand the answer to the calling context; Envoy answers this
+/// call with Ok, BadArgument or InternalFailure only, which the crate returns as they are.
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<u32, Status> {
+    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
 }
 
 /// Serializes header pairs in the ABI's map format: count, then (key len, value len) pairs, then

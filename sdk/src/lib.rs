@@ -47,6 +47,7 @@ pub mod clock;
 pub mod config;
 pub mod host;
 pub mod http;
+mod logging;
 pub mod matcher;
 pub mod metrics;
 pub mod reply;
@@ -131,7 +132,7 @@ pub trait Plugin: Sized + 'static {
 /// Tells the host the plugin finished the work it delayed by returning false from
 /// [`Plugin::on_done`]; the host then deletes it. `NotFound` when the host was not waiting.
 pub fn done() -> Result<(), proxy_wasm::types::Status> {
-    proxy_wasm::hostcalls::done()
+    host::done()
 }
 
 /// Per-stream callbacks. Each returns what happens next; none can fail the VM.
@@ -224,10 +225,10 @@ impl Stream {
 /// Installs the logger and a panic hook that logs the panic at critical level; Envoy's log then
 /// says why the VM stopped. Called by [`export!`].
 pub fn init_logging(level: LogLevel) {
-    proxy_wasm::set_log_level(level);
-    // Replaces the proxy-wasm hook, which unwraps the log call and so could panic while panicking.
+    logging::init(level);
+    // Not the proxy-wasm hook, which unwraps the log call and so could panic while panicking.
     std::panic::set_hook(Box::new(|info| {
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("panic: {info}"));
+        let _ = host::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
 }
 
@@ -288,7 +289,7 @@ impl<P: Plugin> RootContext for Root<P> {
             Ok(plugin) => {
                 let plugin = Rc::new(plugin);
                 if let Some(period) = plugin.tick_period() {
-                    if let Err(status) = proxy_wasm::hostcalls::set_tick_period(period) {
+                    if let Err(status) = host::set_tick_period(period) {
                         log::error!("{}: cannot set tick period: {status:?}", P::NAME);
                         return false;
                     }
@@ -349,7 +350,7 @@ fn send_reply(name: &str, reply: &LocalReply) {
     if let Err(status) = reply.send(name) {
         // Without a reply the stream would hang: reset it instead.
         log::warn!("{name}: local reply {} failed ({status:?}); resetting the stream", reply.status);
-        let _ = proxy_wasm::hostcalls::reset_http_request();
+        let _ = host::reset_http_request();
     }
 }
 
@@ -375,8 +376,8 @@ impl<P: Plugin> Context for StreamContext<P> {
         match flow {
             Flow::Continue => {
                 let resumed = match self.stream.phase {
-                    Phase::Request => proxy_wasm::hostcalls::resume_http_request(),
-                    Phase::Response => proxy_wasm::hostcalls::resume_http_response(),
+                    Phase::Request => host::resume_http_request(),
+                    Phase::Response => host::resume_http_response(),
                 };
                 if let Err(status) = resumed {
                     log::warn!("{}: resuming the stream failed: {status:?}", P::NAME);

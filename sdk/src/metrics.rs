@@ -33,27 +33,7 @@ use std::collections::HashMap;
 
 use proxy_wasm::types::{MetricType, Status};
 
-/// The metric host calls; native builds (unit tests of pure logic) have no host, so there every
-/// call reports an error and nothing links against missing imports.
-#[cfg(target_arch = "wasm32")]
-mod hostcalls {
-    pub use proxy_wasm::hostcalls::{define_metric, increment_metric, record_metric};
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-mod hostcalls {
-    use proxy_wasm::types::{MetricType, Status};
-
-    pub fn define_metric(_: MetricType, _: &str) -> Result<u32, Status> {
-        Err(Status::InternalFailure)
-    }
-    pub fn increment_metric(_: u32, _: i64) -> Result<(), Status> {
-        Err(Status::InternalFailure)
-    }
-    pub fn record_metric(_: u32, _: u64) -> Result<(), Status> {
-        Err(Status::InternalFailure)
-    }
-}
+use crate::host as hostcalls;
 
 /// A monotonically increasing count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,6 @@
 //! [`series::Registry`] holds at most `max_series` label sets across all VMs of the plugin.
 
 pub mod config;
-pub mod envoy;
 pub mod labels;
 pub mod series;
 
@@ -31,13 +30,63 @@ use gatewasm::{ConfigErrors, HeaderSnapshot, HttpFilter, Plugin, Stream, REQUEST
 
 use crate::config::{Compiled, StatNames};
 use crate::labels::{NONE_VALUE, OTHER_VALUE};
-use crate::series::{Families, NameFormat, Registry, Sample};
+use crate::series::{Families, Host, NameFormat, Registry, Sample};
+
+/// The registry's host: Envoy, through the SDK's binding (no host answer can panic).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Envoy;
+
+impl Host for Envoy {
+    fn define(&self, kind: gatewasm::proxy_wasm::types::MetricType, name: &str) -> Option<u32> {
+        gatewasm::host::define_metric(kind, name)
+            .map_err(|s| log::warn!("http_metrics: cannot define metric {name}: {s:?}"))
+            .ok()
+    }
+
+    fn increment(&self, id: u32, delta: i64) {
+        let _ = gatewasm::host::increment_metric(id, delta);
+    }
+
+    fn record(&self, id: u32, value: u64) {
+        let _ = gatewasm::host::record_metric(id, value);
+    }
+
+    fn shared_get(
+        &self,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Option<u32>), gatewasm::proxy_wasm::types::Status> {
+        // The registry never writes an empty entry: an empty one reads as absent.
+        let (value, cas) = gatewasm::host::shared_data(key)?;
+        Ok((value.filter(|v| !v.is_empty()), cas))
+    }
+
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: u32,
+    ) -> Result<(), gatewasm::proxy_wasm::types::Status> {
+        gatewasm::host::set_shared_data(key, value, (cas != 0).then_some(cas))
+    }
+}
+
+/// This VM's linear memory in bytes (what the VM holds in Envoy's address space).
+fn vm_memory() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size(0) as u64) * 65536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
 
 /// The plugin: compiled configuration, the series registry and scratch buffers reused by every
 /// stream of the VM (streams of one VM never run at the same time).
 pub struct HttpMetrics {
     config: Compiled,
-    registry: Registry<envoy::Envoy>,
+    registry: Registry<Envoy>,
     scratch: RefCell<Scratch>,
 }
 
@@ -146,7 +195,7 @@ impl Plugin for HttpMetrics {
         // configuration starts a fresh count.
         let namespace = format!("gatewasm.http_metrics.{:016x}", labels::fnv1a(raw));
         let registry = Registry::new(
-            envoy::Envoy,
+            Envoy,
             Families::new(
                 &config.prefix,
                 match config.stat_names {
@@ -177,7 +226,7 @@ impl Plugin for HttpMetrics {
     }
 
     fn on_tick(self: &Rc<Self>) {
-        self.registry.flush(envoy::vm_memory());
+        self.registry.flush(vm_memory());
     }
 }
 
