@@ -115,6 +115,10 @@ pub enum Outcome {
     Failed {
         /// Whether a retry may succeed (REST Proxy's `error_code` 2; 1 otherwise).
         retriable: bool,
+        /// librdkafka had sent it to a broker that never answered: Kafka may hold it, and a
+        /// client that sends it again may store it twice. Only a `--delivery-timeout-ms` (or a
+        /// fatal producer error) reports such a record.
+        possibly_stored: bool,
         /// The producer's reason.
         message: String,
     },
@@ -129,11 +133,15 @@ pub fn response_body(outcomes: &[Outcome]) -> Vec<u8> {
             Outcome::Stored { partition, offset } => {
                 json!({ "partition": partition, "offset": offset, "error_code": null, "error": null })
             }
-            Outcome::Failed { retriable, message } => json!({
+            Outcome::Failed { retriable, possibly_stored, message } => json!({
                 "partition": null,
                 "offset": null,
                 "error_code": if *retriable { 2 } else { 1 },
-                "error": message,
+                "error": if *possibly_stored {
+                    format!("{message} (possibly stored: sent to a broker that did not answer)")
+                } else {
+                    message.clone()
+                },
             }),
         })
         .collect();
@@ -192,14 +200,28 @@ mod tests {
     fn response_shape_is_rest_proxy_v2() {
         let body = response_body(&[
             Outcome::Stored { partition: 0, offset: 7 },
-            Outcome::Failed { retriable: true, message: "Local: Message timed out".into() },
-            Outcome::Failed { retriable: false, message: "Broker: Message size too large".into() },
+            Outcome::Failed { retriable: true, possibly_stored: false, message: "Local: Queue full".into() },
+            Outcome::Failed {
+                retriable: false,
+                possibly_stored: false,
+                message: "Broker: Message size too large".into(),
+            },
+            Outcome::Failed {
+                retriable: true,
+                possibly_stored: true,
+                message: "Local: Message timed out".into(),
+            },
         ]);
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["offsets"][0], json!({"partition": 0, "offset": 7, "error_code": null, "error": null}));
         assert_eq!(v["offsets"][1]["error_code"], 2);
         assert_eq!(v["offsets"][2]["error_code"], 1);
         assert_eq!(v["offsets"][2]["error"], "Broker: Message size too large");
+        assert_eq!(v["offsets"][3]["error_code"], 2);
+        assert_eq!(
+            v["offsets"][3]["error"],
+            "Local: Message timed out (possibly stored: sent to a broker that did not answer)"
+        );
         assert!(v["key_schema_id"].is_null());
     }
 

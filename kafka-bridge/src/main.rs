@@ -5,6 +5,8 @@
 //!   `{"records":[{"key":...,"value":...}]}` answers only after Kafka acknowledged every record
 //!   (or with a per-record error, `error_code` 2 when a retry may succeed), so a client that
 //!   retries what failed loses nothing;
+//! - a request sent again with the same `Idempotency-Key` joins the produce still in flight or
+//!   gets the first answer, so a client's retry after a timeout stores nothing twice;
 //! - a bounded queue of records accepted but not yet acknowledged: past it, `503` at once;
 //! - `GET /healthz`;
 //! - SIGTERM/SIGINT: refuse new batches (`503`), wait for the ones in flight, flush, exit;
@@ -13,6 +15,7 @@
 //! See `README.md` for every option.
 
 mod api;
+mod remember;
 mod server;
 mod sink;
 
@@ -37,8 +40,12 @@ gatewasm-kafka-bridge [options]
   --linger-ms N              producer linger.ms (default 5)
   --batch-bytes N            producer batch.size in bytes (default 1000000)
   --delivery-timeout-ms N    how long a record may wait for Kafka before it is reported failed
-                             (retriable) to the client (default 5000; keep it below the
-                             client's timeout)
+                             (retriable) to the client (default 0: no limit; a record reported
+                             failed after it was sent may be stored all the same)
+  --stop-timeout-ms N        on SIGTERM, how long to wait for the produces in flight, then for
+                             the flush (default 10000)
+  --remember-records N       answers kept for requests sent again with the same
+                             Idempotency-Key, in records (default 1000000)
   --max-queued-records N     records accepted and not yet acknowledged; beyond: 503 (default 100000)
   --max-body-bytes N         largest request body (default 10485760)
   --kafka KEY=VALUE          any other librdkafka producer property (repeatable)
@@ -54,7 +61,9 @@ pub struct Options {
     compression: String,
     linger_ms: u64,
     batch_bytes: u64,
-    delivery_timeout: Duration,
+    delivery_timeout: Option<Duration>,
+    stop_timeout: Duration,
+    remember_records: usize,
     max_queued: usize,
     max_body: usize,
     extra: Vec<(String, String)>,
@@ -69,7 +78,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<O
         compression: "none".into(),
         linger_ms: 5,
         batch_bytes: 1_000_000,
-        delivery_timeout: Duration::from_millis(5000),
+        delivery_timeout: None,
+        stop_timeout: Duration::from_secs(10),
+        remember_records: 1_000_000,
         max_queued: 100_000,
         max_body: 10 << 20,
         extra: Vec::new(),
@@ -86,8 +97,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<O
             "--linger-ms" => o.linger_ms = value()?.parse().context("--linger-ms")?,
             "--batch-bytes" => o.batch_bytes = value()?.parse().context("--batch-bytes")?,
             "--delivery-timeout-ms" => {
-                o.delivery_timeout = Duration::from_millis(value()?.parse().context("--delivery-timeout-ms")?)
+                let ms: u64 = value()?.parse().context("--delivery-timeout-ms")?;
+                o.delivery_timeout = Some(Duration::from_millis(ms)).filter(|t| !t.is_zero());
             }
+            "--stop-timeout-ms" => {
+                o.stop_timeout = Duration::from_millis(value()?.parse().context("--stop-timeout-ms")?)
+            }
+            "--remember-records" => o.remember_records = value()?.parse().context("--remember-records")?,
             "--max-queued-records" => o.max_queued = value()?.parse().context("--max-queued-records")?,
             "--max-body-bytes" => o.max_body = value()?.parse().context("--max-body-bytes")?,
             "--kafka" => {
@@ -154,8 +170,13 @@ fn run(o: Options) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let grace = o.delivery_timeout + Duration::from_secs(5);
-    runtime.block_on(server::serve(o.listen, sink, o.max_queued, o.max_body, grace))
+    let limits = server::Limits {
+        max_queued: o.max_queued,
+        max_body: o.max_body,
+        remember_records: o.remember_records,
+        grace: o.stop_timeout,
+    };
+    runtime.block_on(server::serve(o.listen, sink, limits))
 }
 
 #[cfg(test)]
@@ -172,6 +193,16 @@ mod tests {
         let o = args(&[]).unwrap().unwrap();
         assert_eq!(o.acks, "all");
         assert!(o.brokers.is_none() && o.output.is_none());
+        assert_eq!(o.delivery_timeout, None, "no delivery timeout unless asked for");
+        assert_eq!(o.remember_records, 1_000_000);
+        let o =
+            args(&["--delivery-timeout-ms", "2000", "--stop-timeout-ms", "500", "--remember-records", "0"])
+                .unwrap()
+                .unwrap();
+        assert_eq!(o.delivery_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(o.stop_timeout, Duration::from_millis(500));
+        assert_eq!(o.remember_records, 0);
+        assert_eq!(args(&["--delivery-timeout-ms", "0"]).unwrap().unwrap().delivery_timeout, None);
         let o = args(&["--brokers", "127.0.0.1:9092", "--compression", "lz4", "--kafka", "client.id=gw"])
             .unwrap()
             .unwrap();

@@ -8,10 +8,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::api::{Outcome, Record};
 
@@ -29,17 +33,17 @@ pub struct KafkaSettings {
     /// `batch.size` in bytes.
     pub batch_bytes: u64,
     /// `message.timeout.ms`: how long librdkafka tries to deliver a record before reporting it
-    /// failed (retriable) to the client. Keep it below the client's request timeout, so the
-    /// client never gives up on a batch Kafka may still store.
-    pub delivery_timeout: Duration,
+    /// failed; `None` (the default) waits for Kafka however long it takes, so the bridge never
+    /// gives up on a record that a slow broker may still store.
+    pub delivery_timeout: Option<Duration>,
     /// Any other librdkafka properties, `key=value`.
     pub extra: Vec<(String, String)>,
 }
 
 /// The configured destination.
 pub enum Sink {
-    /// librdkafka producer.
-    Kafka(FutureProducer),
+    /// librdkafka producer, polled by its own thread.
+    Kafka(ThreadedProducer<Deliveries>),
     /// JSON lines, one per record.
     Lines(Mutex<Lines>),
 }
@@ -50,9 +54,43 @@ pub struct Lines {
     next_offset: std::collections::HashMap<String, i64>,
 }
 
+/// Routes each record's delivery report to the request waiting for it, with what librdkafka
+/// knows about a failed record: whether it may have reached the broker.
+pub struct Deliveries;
+
+impl ClientContext for Deliveries {
+    fn error(&self, error: KafkaError, reason: &str) {
+        eprintln!("gatewasm-kafka-bridge: librdkafka: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<oneshot::Sender<Outcome>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tx: Box<oneshot::Sender<Outcome>>) {
+        let outcome = match result {
+            Ok(message) => Outcome::Stored { partition: message.partition(), offset: message.offset() },
+            Err((err, message)) => {
+                // SAFETY: `message.ptr()` is the live message librdkafka handed to this delivery
+                // callback; rd_kafka_message_status only reads its status field.
+                let status = unsafe { rd_kafka_message_status(message.ptr()) };
+                let possibly_stored = status != rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED;
+                failed(err, possibly_stored)
+            }
+        };
+        // The request may be gone (its produce task still waits, so this is rare): nothing to do.
+        let _ = tx.send(outcome);
+    }
+}
+
 impl Sink {
     /// A Kafka producer with `settings`. librdkafka connects lazily, so this succeeds while the
     /// brokers are down.
+    ///
+    /// With `acks=all` the producer is idempotent (`enable.idempotence=true`, unless `extra`
+    /// says otherwise): a produce request librdkafka sends again after a timeout or a lost
+    /// connection is recognised by the broker and stored once. librdkafka refuses idempotence
+    /// with `acks` 0 or 1.
     pub fn kafka(settings: &KafkaSettings) -> anyhow::Result<Sink> {
         let mut config = ClientConfig::new();
         config
@@ -61,15 +99,20 @@ impl Sink {
             .set("compression.type", &settings.compression)
             .set("linger.ms", settings.linger_ms.to_string())
             .set("batch.size", settings.batch_bytes.to_string())
-            .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
-            // The acks=all wait the broker enforces (default 30 s): no longer than the client
-            // side waits, so a broker does not store a record after it was reported failed.
-            // librdkafka itself bounds each produce request by the remaining message timeout.
-            .set("request.timeout.ms", settings.delivery_timeout.as_millis().max(1).to_string());
+            // 0: librdkafka's "no limit". A record handed to a broker that stalls may still be
+            // stored after any timeout; reporting it failed invites the client to send it again.
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout.map_or(0, |t| t.as_millis().max(1)).to_string(),
+            );
+        if matches!(settings.acks.as_str(), "all" | "-1") {
+            config.set("enable.idempotence", "true");
+        }
         for (key, value) in &settings.extra {
             config.set(key, value);
         }
-        let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+        let producer: ThreadedProducer<Deliveries> =
+            config.create_with_context(Deliveries).context("creating the Kafka producer")?;
         Ok(Sink::Kafka(producer))
     }
 
@@ -121,11 +164,16 @@ impl Sink {
     }
 }
 
-async fn produce_kafka(producer: &FutureProducer, topic: &str, records: &[Record]) -> Vec<Outcome> {
+async fn produce_kafka(
+    producer: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    records: &[Record],
+) -> Vec<Outcome> {
     // Everything is queued first and awaited after, so librdkafka batches the request's records.
     let mut pending = Vec::with_capacity(records.len());
     for record in records {
-        let mut message = FutureRecord::<[u8], [u8]>::to(topic);
+        let (tx, rx) = oneshot::channel();
+        let mut message = BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, Box::new(tx));
         if let Some(key) = &record.key {
             message = message.key(key.as_slice());
         }
@@ -135,27 +183,28 @@ async fn produce_kafka(producer: &FutureProducer, topic: &str, records: &[Record
         if let Some(partition) = record.partition {
             message = message.partition(partition);
         }
-        pending.push(producer.send_result(message).map_err(|(err, _)| err));
+        // A record librdkafka refuses to queue (full local queue, unknown partition) never left.
+        pending.push(producer.send(message).map(|()| rx).map_err(|(err, _)| failed(&err, false)));
     }
     let mut outcomes = Vec::with_capacity(records.len());
     for delivery in pending {
         outcomes.push(match delivery {
-            Ok(future) => match future.await {
-                Ok(Ok(delivery)) => {
-                    Outcome::Stored { partition: delivery.partition, offset: delivery.offset }
-                }
-                Ok(Err((err, _))) => failed(&err),
-                Err(_) => Outcome::Failed { retriable: true, message: "the producer stopped".to_string() },
-            },
-            Err(err) => failed(&err),
+            Ok(rx) => rx.await.unwrap_or_else(|_| Outcome::Failed {
+                retriable: true,
+                possibly_stored: true,
+                message: "the producer stopped without a delivery report".to_string(),
+            }),
+            Err(outcome) => outcome,
         });
     }
     outcomes
 }
 
-fn failed(err: &KafkaError) -> Outcome {
+/// A failed record's outcome; `possibly_stored` when librdkafka had sent it to a broker that
+/// did not answer (its status is not "not persisted").
+fn failed(err: &KafkaError, possibly_stored: bool) -> Outcome {
     let retriable = err.rdkafka_error_code().is_none_or(is_retriable);
-    Outcome::Failed { retriable, message: err.to_string() }
+    Outcome::Failed { retriable, possibly_stored, message: err.to_string() }
 }
 
 /// Errors that sending the same record again cannot fix; anything else (timeouts, brokers
@@ -213,7 +262,11 @@ impl Lines {
                 let message = format!("writing the output failed: {err}");
                 records
                     .iter()
-                    .map(|_| Outcome::Failed { retriable: true, message: message.clone() })
+                    .map(|_| Outcome::Failed {
+                        retriable: true,
+                        possibly_stored: false,
+                        message: message.clone(),
+                    })
                     .collect()
             }
         }

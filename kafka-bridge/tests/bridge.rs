@@ -1,6 +1,7 @@
 //! The bridge binary on its own: the v2 produce API and its errors, the bounded queue, JSON
 //! lines without brokers, acknowledgements from a tansu broker read back by an independent
-//! consumer, and a SIGTERM that finishes the batch in flight.
+//! consumer, a SIGTERM that finishes the batch in flight, and requests sent again under their
+//! idempotency key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -136,6 +137,69 @@ fn a_broker_that_never_answers_is_a_retriable_error_per_record() {
     let answer = produce(&bridge, "t", &records(2, "lost")).json().unwrap();
     for entry in answer["offsets"].as_array().unwrap() {
         assert_eq!(entry["error_code"], 2, "{answer}");
-        assert!(entry["error"].as_str().unwrap().to_lowercase().contains("timed out"), "{answer}");
+        let error = entry["error"].as_str().unwrap();
+        assert!(error.to_lowercase().contains("timed out"), "{answer}");
+        // Never sent to a broker: a retry cannot store it twice.
+        assert!(!error.contains("possibly stored"), "{answer}");
     }
+}
+
+fn produce_keyed(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    key: &str,
+    body: &Value,
+    timeout: Duration,
+) -> anyhow::Result<Response> {
+    let request = Request::post(&format!("/topics/{topic}"), body.to_string())
+        .header("content-type", V2)
+        .header("idempotency-key", key)
+        .timeout(timeout);
+    send(addr, &request)
+}
+
+#[test]
+fn a_request_sent_again_with_its_idempotency_key_joins_or_gets_the_first_answer() {
+    let broker = Broker::start();
+    broker.create_topic("keyed", 1);
+    let bridge = Bridge::start(&["--brokers", &broker.bootstrap()]);
+    let addr = bridge.addr;
+    let first = records(3, "first");
+    let answered = produce_keyed(addr, "keyed", "batch-1", &first, Duration::from_secs(30)).unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    // The same request again: the first answer, nothing produced.
+    let again = produce_keyed(addr, "keyed", "batch-1", &first, Duration::from_secs(30)).unwrap();
+    assert_eq!(again.json().unwrap(), answered.json().unwrap());
+    // The same key with another body is refused, and nothing is produced.
+    let other =
+        produce_keyed(addr, "keyed", "batch-1", &records(1, "other"), Duration::from_secs(30)).unwrap();
+    assert_eq!((other.status, other.json().unwrap()["error_code"].clone()), (409, json!(40901)));
+    let bad = produce_keyed(addr, "keyed", "has space", &first, Duration::from_secs(30)).unwrap();
+    assert_eq!(bad.status, 400);
+
+    // The broker stalls: a client gives up on its request, sends it again with the same key
+    // while Kafka still holds the first, and gets the answer of the first produce.
+    broker.pause();
+    let second = records(4, "second");
+    let timed_out = produce_keyed(addr, "keyed", "batch-2", &second, Duration::from_millis(500));
+    assert!(timed_out.is_err(), "answered while the broker was stopped: {:?}", timed_out.map(|r| r.text()));
+    let retry = {
+        let second = second.clone();
+        std::thread::spawn(move || produce_keyed(addr, "keyed", "batch-2", &second, Duration::from_secs(60)))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.resume();
+    let retried = retry.join().unwrap().unwrap();
+    assert_eq!(retried.status, 200, "{}", retried.text());
+    let offsets = retried.json().unwrap()["offsets"].as_array().unwrap().clone();
+    assert!(offsets.iter().all(|o| o["error_code"].is_null()), "{offsets:?}");
+
+    let health = bridge.health();
+    assert_eq!(health["requests"]["answered_again"], 1, "{health}");
+    assert_eq!(health["requests"]["joined"], 1, "{health}");
+    assert_eq!(health["records"]["stored"], 7, "{health}");
+    let messages = consume(&broker.bootstrap(), "keyed", 7, Duration::from_secs(30));
+    let mut ids: Vec<&str> = messages.iter().map(|m| m.value["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["first-0", "first-1", "first-2", "second-0", "second-1", "second-2", "second-3"]);
 }

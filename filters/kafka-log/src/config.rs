@@ -300,7 +300,10 @@ fn compile(raw: RawConfig, errors: &mut ConfigErrors) -> Compiled {
     for (name, value) in &raw.headers {
         let at = format!("headers.{name}");
         if let Some(lower) = header_name(errors, at.clone(), name) {
-            if lower.starts_with(':') || matches!(lower.as_str(), "content-type" | "content-length" | "host")
+            // `idempotency-key` names each batch; a fixed one would make the bridge answer every
+            // batch after the first with the first one's answer (or 409).
+            if lower.starts_with(':')
+                || matches!(lower.as_str(), "content-type" | "content-length" | "host" | "idempotency-key")
             {
                 errors.add(at, name, "set by the filter");
                 continue;
@@ -545,6 +548,10 @@ mod tests {
             ]
         );
         assert_eq!(fields_of(r#"{"cluster": "k", "topic": "t", "colour": 1}"#), ["colour"]);
+        assert_eq!(
+            fields_of(r#"{"cluster": "k", "topic": "t", "headers": {"Idempotency-Key": "fixed"}}"#),
+            ["headers.Idempotency-Key"]
+        );
         assert_eq!(
             fields_of(r#"{"cluster": "k", "topic": "t", "buffer_max_records": 10, "batch_max_size": 20}"#),
             ["buffer_max_records"]

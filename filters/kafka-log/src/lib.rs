@@ -35,10 +35,20 @@ use crate::slots::Slots;
 
 /// Counter of records stored in Kafka.
 pub const SENT: &str = "kafka_log_records_sent_total";
-/// Counter of records given up on (non-retriable errors, or out of attempts).
+/// Counter of records given up on (non-retriable errors, out of attempts, or waiting for a
+/// retry when the plugin is removed).
 pub const FAILED: &str = "kafka_log_records_failed_total";
+/// Counter of the failed records given up while their last attempt's outcome was unknown
+/// (they may be in Kafka).
+pub const FAILED_UNCONFIRMED: &str = "kafka_log_records_failed_unconfirmed_total";
 /// Counter of record retries (a record sent three times counts two).
 pub const RETRIED: &str = "kafka_log_records_retried_total";
+/// Counter of records the proxy answered as not stored, retriable (once per record per
+/// answer).
+pub const RETRIABLE: &str = "kafka_log_records_retriable_total";
+/// Counter of records in attempts whose outcome is unknown: timeout, connection lost, an
+/// answer the proxy did not write (once per record per attempt).
+pub const UNCONFIRMED: &str = "kafka_log_records_unconfirmed_total";
 /// Counter of records dropped because the buffer was full.
 pub const DROPPED: &str = "kafka_log_records_dropped_total";
 /// Gauge of records held (waiting, in flight, waiting to be retried), summed over workers.
@@ -55,6 +65,9 @@ struct Metrics {
     failed: Option<Counter>,
     retried: Option<Counter>,
     dropped: Option<Counter>,
+    retriable: Option<Counter>,
+    unconfirmed: Option<Counter>,
+    failed_unconfirmed: Option<Counter>,
     buffered: Option<Gauge>,
 }
 
@@ -76,13 +89,16 @@ fn define<M: gatewasm::metrics::Metric>(_name: &str) -> Option<M> {
 }
 
 /// Rate-limited warnings, each kind on its own clock: when the last drop/failure summary was
-/// logged and what was counted then, and when the last produce failure was logged.
+/// logged and what was counted then, when the last produce failure was logged, and when the
+/// last per-record retriable failure was logged and how many were counted then.
 #[derive(Debug, Default, Clone, Copy)]
 struct Warned {
     at_ms: Option<u64>,
     dropped: u64,
     failed: u64,
     produce_at_ms: Option<u64>,
+    retriable_at_ms: Option<u64>,
+    retriable: u64,
 }
 
 /// The plugin: configuration, this worker's buffer and its callouts.
@@ -103,7 +119,13 @@ pub struct KafkaLog {
     warned: Cell<Warned>,
     /// The host is removing the plugin: what it holds is being sent once, then it lets go.
     closing: Cell<bool>,
+    /// This VM's part of every idempotency key, drawn at configuration: keys of two workers or
+    /// two configurations differ even though their batch numbers are the same.
+    key_prefix: u64,
 }
+
+/// The idempotency key header of the produce requests; the bridge recognises it (README).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 fn now_ns() -> Option<u64> {
     gatewasm::clock::now()
@@ -151,9 +173,11 @@ impl KafkaLog {
             let Some(send) = next else { return };
             let mut call = Callout::get(&self.config.cluster, &self.config.authority, &self.config.path);
             call.method = "POST".into();
-            call.headers = Vec::with_capacity(self.config.headers.len() + 2);
+            call.headers = Vec::with_capacity(self.config.headers.len() + 3);
             call.headers.push(("content-type".into(), "application/vnd.kafka.json.v2+json".into()));
             call.headers.push(("accept".into(), "application/vnd.kafka.v2+json".into()));
+            call.headers
+                .push((IDEMPOTENCY_KEY.into(), format!("{:016x}-{}", self.key_prefix, send.key).into()));
             call.headers.extend(self.config.headers.iter().map(|(k, v)| (k.into(), v.into())));
             call.body = send.body;
             call.timeout = self.config.timeout;
@@ -190,6 +214,26 @@ impl KafkaLog {
         log::warn!("kafka_log: produce to topic {} failed ({why}); retrying with backoff", self.config.topic);
     }
 
+    /// Per-record retriable failures in a 2xx answer: counted by the outbox, logged here at
+    /// most every 10 s with how many since the last line and the proxy's first error text.
+    fn warn_retriable(&self, now_ms: u64, records: u64, body: &[u8]) {
+        let mut w = self.warned.get();
+        w.retriable += records;
+        if w.retriable_at_ms.is_some_and(|at| now_ms.saturating_sub(at) < WARN_EVERY_MS) {
+            self.warned.set(w);
+            return;
+        }
+        let why = produce::first_error(body).unwrap_or_else(|| "no error text".to_string());
+        log::warn!(
+            "kafka_log: {} record(s) not stored by the proxy (retriable) since the last warning, e.g. \"{why}\"; \
+             retrying with backoff",
+            w.retriable
+        );
+        w.retriable = 0;
+        w.retriable_at_ms = Some(now_ms);
+        self.warned.set(w);
+    }
+
     /// Counters and gauge to Envoy, and the rate-limited warnings for drops and failures.
     fn report(&self, now_ms: u64) {
         let (stats, held) = {
@@ -208,6 +252,9 @@ impl KafkaLog {
         add(self.metrics.failed, stats.failed, last.failed);
         add(self.metrics.retried, stats.retried, last.retried);
         add(self.metrics.dropped, stats.dropped, last.dropped);
+        add(self.metrics.retriable, stats.retriable, last.retriable);
+        add(self.metrics.unconfirmed, stats.unconfirmed, last.unconfirmed);
+        add(self.metrics.failed_unconfirmed, stats.failed_unconfirmed, last.failed_unconfirmed);
         let held_records = held.0 as u64;
         let before = self.buffered_reported.replace(held_records);
         if let (Some(g), true) = (self.metrics.buffered, held_records != before) {
@@ -250,7 +297,7 @@ impl Plugin for KafkaLog {
             config.topic,
             config.cluster
         );
-        Ok(KafkaLog {
+        let mut plugin = KafkaLog {
             outbox: RefCell::new(Outbox::new(config.limits.clone())),
             config,
             request_names,
@@ -262,13 +309,19 @@ impl Plugin for KafkaLog {
                 failed: define(FAILED),
                 retried: define(RETRIED),
                 dropped: define(DROPPED),
+                retriable: define(RETRIABLE),
+                unconfirmed: define(UNCONFIRMED),
+                failed_unconfirmed: define(FAILED_UNCONFIRMED),
                 buffered: define(BUFFERED),
             },
             flushed: Cell::new(Stats::default()),
             buffered_reported: Cell::new(0),
             warned: Cell::new(Warned::default()),
             closing: Cell::new(false),
-        })
+            key_prefix: 0,
+        };
+        plugin.key_prefix = plugin.random();
+        Ok(plugin)
     }
 
     fn new_filter(self: &Rc<Self>) -> LogStream {
@@ -304,14 +357,27 @@ impl Plugin for KafkaLog {
         let answer = match result {
             Ok(resp) => {
                 let records = self.outbox.borrow().records_in(batch).unwrap_or(0);
-                produce::classify(resp.status, &resp.body, records)
+                let answer = produce::classify(resp.status, &resp.body, records);
+                if let Answer::Records(statuses) = &answer {
+                    let retriable =
+                        statuses.iter().filter(|s| **s == produce::RecordStatus::Retriable).count();
+                    if retriable > 0 {
+                        self.warn_retriable(now, retriable as u64, &resp.body);
+                    }
+                }
+                answer
             }
-            Err(CalloutError::Timeout) => Answer::RetryAll("timeout".to_string()),
-            Err(CalloutError::Failed) => Answer::RetryAll("connection failed".to_string()),
+            Err(CalloutError::Timeout) => Answer::Unconfirmed("timeout".to_string()),
+            Err(CalloutError::Failed) => Answer::Unconfirmed("connection failed".to_string()),
+            // Never sent.
             Err(CalloutError::Dispatch(status)) => Answer::RetryAll(format!("dispatch failed: {status:?}")),
         };
         match &answer {
             Answer::RetryAll(why) => self.warn_failure(now, why),
+            Answer::Unconfirmed(why) => self.warn_failure(
+                now,
+                &format!("{why}; outcome unknown, sent again under the same idempotency key"),
+            ),
             Answer::FailAll(why) => {
                 log::warn!(
                     "kafka_log: produce to topic {} refused ({why}); the batch is dropped",

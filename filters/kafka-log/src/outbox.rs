@@ -40,8 +40,15 @@ enum State {
 #[derive(Debug)]
 struct Batch {
     id: u64,
+    /// The idempotency key of its next attempt: kept after an attempt whose outcome is
+    /// unknown (the same request goes again, and a proxy that remembers the key answers what
+    /// it did), replaced after any answer that says what was stored (what goes next is another
+    /// request).
+    key: u64,
     entries: Vec<Entry>,
     attempts: u32,
+    /// Its last attempt's outcome is unknown: its records may be in Kafka.
+    unconfirmed: bool,
     state: State,
 }
 
@@ -56,6 +63,14 @@ pub struct Stats {
     pub retried: u64,
     /// Not buffered because the buffer was full.
     pub dropped: u64,
+    /// Answered by the proxy as not stored, retriable (once per record per answer).
+    pub retriable: u64,
+    /// In an attempt whose outcome is unknown: timeout, connection lost, an answer the proxy
+    /// did not write (once per record per attempt).
+    pub unconfirmed: u64,
+    /// Of `failed`, records given up while their last attempt's outcome was unknown: they may
+    /// be in Kafka.
+    pub failed_unconfirmed: u64,
 }
 
 /// A batch ready to send.
@@ -63,6 +78,9 @@ pub struct Stats {
 pub struct Send {
     /// Batch id, for [`Outbox::complete`].
     pub id: u64,
+    /// Idempotency key of this attempt: the same when the same records go again after an
+    /// attempt whose outcome is unknown.
+    pub key: u64,
     /// The produce request body.
     pub body: Vec<u8>,
     /// Records in it.
@@ -79,6 +97,7 @@ pub struct Outbox {
     held_records: usize,
     held_bytes: usize,
     next_id: u64,
+    next_key: u64,
     stats: Stats,
 }
 
@@ -93,6 +112,7 @@ impl Outbox {
             held_records: 0,
             held_bytes: 0,
             next_id: 1,
+            next_key: 1,
             stats: Stats::default(),
         }
     }
@@ -152,16 +172,20 @@ impl Outbox {
     /// Gives up every batch waiting for a retry (counted failed): a plugin being removed sends
     /// what it holds once and lets go. Returns the records given up.
     pub fn give_up_retries(&mut self) -> u64 {
-        let (mut records, mut bytes) = (0usize, 0usize);
+        let (mut records, mut bytes, mut unconfirmed) = (0usize, 0usize, 0u64);
         self.batches.retain(|b| {
             if b.state == State::InFlight {
                 return true;
             }
             records += b.entries.len();
             bytes += b.entries.iter().map(Entry::size).sum::<usize>();
+            if b.unconfirmed {
+                unconfirmed += b.entries.len() as u64;
+            }
             false
         });
         self.stats.failed += records as u64;
+        self.stats.failed_unconfirmed += unconfirmed;
         self.held_records -= records;
         self.held_bytes -= bytes;
         records as u64
@@ -206,8 +230,23 @@ impl Outbox {
         self.waiting_bytes -= bytes;
         let id = self.next_id;
         self.next_id += 1;
-        self.batches.push(Batch { id, entries, attempts: 0, state: State::InFlight });
+        let key = self.new_key();
+        self.batches.push(Batch {
+            id,
+            key,
+            entries,
+            attempts: 0,
+            unconfirmed: false,
+            state: State::InFlight,
+        });
         self.batches.last().map(send_of)
+    }
+
+    /// A key no attempt of this outbox used before.
+    fn new_key(&mut self) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        key
     }
 
     /// When the next batch is due (for the caller's timer), if anything is waiting.
@@ -238,6 +277,7 @@ impl Outbox {
         let mut batch = self.batches.swap_remove(at);
         let before = batch.entries.len();
         let before_bytes: usize = batch.entries.iter().map(Entry::size).sum();
+        let mut unconfirmed = false;
         match answer {
             Answer::Records(statuses) => {
                 let mut statuses = statuses.iter();
@@ -251,14 +291,26 @@ impl Outbox {
                         stats.failed += 1;
                         false
                     }
-                    RecordStatus::Retriable => true,
+                    RecordStatus::Retriable => {
+                        stats.retriable += 1;
+                        true
+                    }
                 });
             }
-            Answer::RetryAll(_) => {}
+            Answer::RetryAll(_) => self.stats.retriable += before as u64,
+            Answer::Unconfirmed(_) => {
+                self.stats.unconfirmed += before as u64;
+                unconfirmed = true;
+            }
             Answer::FailAll(_) => {
                 self.stats.failed += before as u64;
                 batch.entries.clear();
             }
+        }
+        batch.unconfirmed = unconfirmed;
+        if !unconfirmed {
+            // The proxy said what it did: the records left form another request.
+            batch.key = self.new_key();
         }
         if !batch.entries.is_empty() {
             batch.attempts += 1;
@@ -266,6 +318,9 @@ impl Outbox {
             let max = self.limits.retry.max_attempts;
             if max > 0 && batch.attempts >= max {
                 self.stats.failed += left;
+                if unconfirmed {
+                    self.stats.failed_unconfirmed += left;
+                }
                 batch.entries.clear();
             } else {
                 self.stats.retried += left;
@@ -296,7 +351,7 @@ impl Outbox {
 fn send_of(batch: &Batch) -> Send {
     let bytes: usize = batch.entries.iter().map(|e| e.size() + 32).sum();
     let body = produce::body(batch.entries.iter().map(|e| (e.key_text(), e.text.as_str())), bytes);
-    Send { id: batch.id, body, records: batch.entries.len() }
+    Send { id: batch.id, key: batch.key, body, records: batch.entries.len() }
 }
 
 #[cfg(test)]
@@ -420,7 +475,7 @@ mod tests {
         }
         let s = o.due(0).unwrap();
         o.complete(s.id, &Answer::Records(vec![Stored, Retriable, Failed]), 1000, 0);
-        assert_eq!(o.stats(), Stats { sent: 1, failed: 1, retried: 1, dropped: 0 });
+        assert_eq!(o.stats(), Stats { sent: 1, failed: 1, retried: 1, retriable: 1, ..Stats::default() });
         assert_eq!(o.held(), (1, 11));
         // Backoff 100 ms with no jitter drawn: half of it, 50 ms.
         assert!(o.due(1049).is_none());
@@ -444,15 +499,77 @@ mod tests {
             o.push(entry(i, 0));
         }
         let s = o.due(100).unwrap();
-        o.complete(s.id, &Answer::RetryAll("timeout".into()), 100, 0);
+        o.complete(s.id, &Answer::RetryAll("HTTP 503".into()), 100, 0);
         let s = o.due(10_000).unwrap();
-        o.complete(s.id, &Answer::RetryAll("timeout".into()), 10_000, 0);
-        assert_eq!(o.stats(), Stats { sent: 0, failed: 2, retried: 2, dropped: 0 });
+        o.complete(s.id, &Answer::Unconfirmed("timeout".into()), 10_000, 0);
+        // Given up after a timeout: failed, and counted as possibly stored.
+        assert_eq!(
+            o.stats(),
+            Stats {
+                failed: 2,
+                retried: 2,
+                retriable: 2,
+                unconfirmed: 2,
+                failed_unconfirmed: 2,
+                ..Stats::default()
+            }
+        );
         assert_eq!(o.held(), (0, 0));
         o.push(entry(5, 0));
         let s = o.due(20_000).unwrap();
         o.complete(s.id, &Answer::FailAll("HTTP 404".into()), 20_000, 0);
         assert_eq!(o.stats().failed, 3);
+    }
+
+    #[test]
+    fn a_batch_keeps_its_key_only_while_its_outcome_is_unknown() {
+        let mut o = Outbox::new(limits());
+        for i in 0..3 {
+            o.push(entry(i, 0));
+        }
+        let first = o.due(0).unwrap();
+        o.complete(first.id, &Answer::Unconfirmed("timeout".into()), 0, 0);
+        let same = o.due(10_000).unwrap();
+        assert_eq!(
+            (same.id, same.key, &same.body),
+            (first.id, first.key, &first.body),
+            "the same request again"
+        );
+        o.complete(same.id, &Answer::Unconfirmed("no answer".into()), 10_000, 0);
+        let again = o.due(20_000).unwrap();
+        assert_eq!(again.key, first.key);
+        // The proxy answered: one stored, two retriable. What goes next is another request.
+        o.complete(again.id, &Answer::Records(vec![Stored, Retriable, Retriable]), 20_000, 0);
+        let next = o.due(30_000).unwrap();
+        assert_ne!(next.key, first.key);
+        assert_eq!(ids(&next), ["r1", "r2"]);
+        // A retriable refusal of the whole batch (nothing stored) also gets a new key.
+        o.complete(next.id, &Answer::RetryAll("HTTP 503".into()), 30_000, 0);
+        let last = o.due(40_000).unwrap();
+        assert_ne!(last.key, next.key);
+        assert_eq!(
+            o.stats(),
+            Stats { sent: 1, retried: 10, retriable: 4, unconfirmed: 6, ..Stats::default() }
+        );
+        // Keys differ between batches.
+        o.push(entry(9, 40_000));
+        let other = o.due(50_000).unwrap();
+        assert!(other.key != last.key && other.key != first.key && other.key != next.key);
+    }
+
+    #[test]
+    fn giving_up_after_an_unknown_outcome_counts_it() {
+        let mut o = Outbox::new(limits());
+        for i in 0..4 {
+            o.push(entry(i, 0));
+        }
+        let s = o.due(0).unwrap();
+        let t = o.due(100).unwrap();
+        o.complete(s.id, &Answer::Unconfirmed("timeout".into()), 100, 0);
+        o.complete(t.id, &Answer::RetryAll("HTTP 503".into()), 100, 0);
+        assert_eq!(o.give_up_retries(), 4);
+        let stats = o.stats();
+        assert_eq!((stats.failed, stats.failed_unconfirmed), (4, 3));
     }
 
     #[test]

@@ -25,9 +25,14 @@ pub enum RecordStatus {
 pub enum Answer {
     /// Per record, in request order.
     Records(Vec<RecordStatus>),
-    /// Nothing was stored; send the whole batch again later (timeout, 5xx, 408, 429, no
-    /// answer).
+    /// The proxy answered that nothing was stored and a retry may succeed (408, 429 or 5xx with
+    /// the proxy's own error body); send the whole batch again later.
     RetryAll(String),
+    /// No answer says what was stored (timeout, connection lost, a 5xx that Envoy or another
+    /// hop made up): the records may be in Kafka. Sent again under the same idempotency key,
+    /// so a proxy that recognises it (the bridge) answers what it did instead of storing them
+    /// again.
+    Unconfirmed(String),
     /// Nothing was stored and retrying will not help (other 4xx).
     FailAll(String),
 }
@@ -89,8 +94,14 @@ pub fn record_status(entry: &Value) -> RecordStatus {
 pub fn classify(status: u16, body: &[u8], records: usize) -> Answer {
     match status {
         200..=299 => {}
-        408 | 429 | 500..=599 => return Answer::RetryAll(format!("HTTP {status}{}", detail(body))),
-        0 => return Answer::RetryAll("no answer".to_string()),
+        408 | 429 | 500..=599 if from_proxy(body) => {
+            return Answer::RetryAll(format!("HTTP {status}{}", detail(body)))
+        }
+        408 | 429 | 500..=599 => return Answer::Unconfirmed(format!("HTTP {status}{}", detail(body))),
+        // The bridge: this idempotency key came with another body (nothing was produced); the
+        // batch goes again under a new key.
+        409 => return Answer::RetryAll(format!("HTTP 409{}", detail(body))),
+        0 => return Answer::Unconfirmed("no answer".to_string()),
         _ => return Answer::FailAll(format!("HTTP {status}{}", detail(body))),
     }
     let offsets = serde_json::from_slice::<Value>(body)
@@ -106,6 +117,28 @@ pub fn classify(status: u16, body: &[u8], records: usize) -> Answer {
             Answer::Records(out)
         }
     }
+}
+
+/// An error body the proxy itself wrote (`{"error_code": ..., ...}`, as REST Proxy, Strimzi,
+/// Redpanda and the bridge answer): it says nothing was produced. Envoy's own answers
+/// (`upstream connect error or disconnect/reset before headers`, `no healthy upstream`) are
+/// text.
+fn from_proxy(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).ok().is_some_and(|v| v.get("error_code").is_some())
+}
+
+/// The first per-record error text of a 2xx answer (`error` or `message`), at most 200 bytes:
+/// what the proxy said, never record contents.
+pub fn first_error(body: &[u8]) -> Option<String> {
+    let v = serde_json::from_slice::<Value>(body).ok()?;
+    let text = v.get("offsets")?.as_array()?.iter().find_map(|entry| {
+        entry.get("error").or_else(|| entry.get("message")).and_then(Value::as_str).map(str::to_string)
+    })?;
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(text.get(..end).unwrap_or_default().to_string())
 }
 
 /// A short reason from an error body (`message`/`error` of the JSON, else its first bytes).
@@ -198,9 +231,22 @@ mod tests {
         assert!(
             matches!(classify(503, br#"{"error_code":50301,"message":"queue full"}"#, 2), Answer::RetryAll(m) if m == "HTTP 503: queue full")
         );
-        assert!(matches!(classify(504, b"upstream request timeout", 2), Answer::RetryAll(_)));
-        assert!(matches!(classify(429, b"", 2), Answer::RetryAll(m) if m == "HTTP 429"));
-        assert!(matches!(classify(0, b"", 2), Answer::RetryAll(_)));
+        assert!(matches!(
+            classify(429, br#"{"error_code":42901,"message":"slow down"}"#, 2),
+            Answer::RetryAll(_)
+        ));
+        // Answers Envoy made up: whether the proxy stored anything is unknown.
+        assert!(matches!(classify(504, b"upstream request timeout", 2), Answer::Unconfirmed(_)));
+        assert!(matches!(
+            classify(503, b"upstream connect error or disconnect/reset before headers. reset reason: connection termination", 2),
+            Answer::Unconfirmed(_)
+        ));
+        assert!(matches!(classify(429, b"", 2), Answer::Unconfirmed(m) if m == "HTTP 429"));
+        assert!(matches!(classify(0, b"", 2), Answer::Unconfirmed(_)));
+        assert!(matches!(
+            classify(409, br#"{"error_code":40901,"message":"key reused"}"#, 2),
+            Answer::RetryAll(_)
+        ));
         assert!(
             matches!(classify(404, br#"{"error_code":40401,"message":"Topic not found"}"#, 2), Answer::FailAll(m) if m.contains("Topic not found"))
         );
@@ -211,6 +257,21 @@ mod tests {
             records(classify(200, br#"{"offsets":[{"partition":0,"offset":1}]}"#, 3)),
             [Stored, Retriable, Retriable]
         );
+    }
+
+    #[test]
+    fn first_error_names_the_proxy_error_only() {
+        let body = json!({"offsets": [
+            {"partition": 0, "offset": 1, "error_code": null, "error": null},
+            {"partition": null, "offset": null, "error_code": 2, "error": "Local: Queue full"},
+        ]});
+        assert_eq!(first_error(body.to_string().as_bytes()).as_deref(), Some("Local: Queue full"));
+        let strimzi = json!({"offsets": [{"error_code": 500, "message": "Topic not present"}]});
+        assert_eq!(first_error(strimzi.to_string().as_bytes()).as_deref(), Some("Topic not present"));
+        let long = json!({"offsets": [{"error_code": 2, "error": "é".repeat(150)}]});
+        assert_eq!(first_error(long.to_string().as_bytes()).unwrap().len(), 200);
+        assert_eq!(first_error(b"{\"offsets\":[{\"partition\":0,\"offset\":1}]}"), None);
+        assert_eq!(first_error(b"not json"), None);
     }
 
     #[test]

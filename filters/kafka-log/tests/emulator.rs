@@ -160,17 +160,28 @@ fn retriable_record_errors_are_retried_alone_with_backoff() {
         {"partition": null, "offset": null, "error_code": 1, "error": "Broker: Message size too large"},
     ]});
     answer(&emu, &call, "200", answer_body.to_string().as_bytes());
-    // Backoff 400 ms with equal jitter: 200 to 400 ms.
+    // Backoff 400 ms with equal jitter: 200 to 400 ms, sent on the next 100 ms tick.
     emu.advance_clock(Duration::from_millis(150)).unwrap();
     assert!(emu.http_calls().is_empty());
-    emu.advance_clock(Duration::from_millis(300)).unwrap();
+    emu.advance_clock(Duration::from_millis(350)).unwrap();
     let retry = emu.http_calls().remove(0);
     assert_eq!(ids(&retry), ["r1"]);
+    // Another request: the proxy answered the first, so the retry has a key of its own.
+    assert_ne!(header(&retry, "idempotency-key"), header(&call, "idempotency-key"));
     answer(&emu, &retry, "200", &stored(1));
     tick(&emu);
     assert_eq!(emu.metric("kafka_log_records_sent_total"), Some(2));
     assert_eq!(emu.metric("kafka_log_records_failed_total"), Some(1));
     assert_eq!(emu.metric("kafka_log_records_retried_total"), Some(1));
+    // The per-record retriable failure is counted and logged, without the record.
+    assert_eq!(emu.metric("kafka_log_records_retriable_total"), Some(1));
+    assert_eq!(emu.metric("kafka_log_records_unconfirmed_total"), Some(0));
+    assert!(
+        emu.logged("1 record(s) not stored by the proxy (retriable) since the last warning, e.g. \"Local: Message timed out\""),
+        "{:?}",
+        emu.logs()
+    );
+    assert!(!emu.logs().iter().any(|l| l.message.contains("\"r1\"")), "a log line holds a record");
 }
 
 #[test]
@@ -217,16 +228,65 @@ fn unavailable_and_timeouts_retry_the_whole_batch_and_4xx_drops_it() {
     tick(&emu);
     let second = emu.http_calls().remove(0);
     assert_eq!(ids(&second), ["t0", "t1", "t2"]);
-    // No answer: Envoy times the callout out (504) and the batch goes again.
+    let key = |call: &HttpCall| header(call, "idempotency-key").unwrap().to_string();
+    assert_ne!(key(&second), key(&call), "the proxy said nothing was stored: a new request");
+    // No answer: Envoy times the callout out (504) and the batch goes again, the same request
+    // under the same key, so a proxy that took the first can answer it instead of storing twice.
     emu.advance_clock(Duration::from_millis(500)).unwrap();
     let third = emu.http_calls().remove(0);
     assert_eq!(ids(&third), ["t0", "t1", "t2"]);
+    assert_eq!(key(&third), key(&second));
+    assert_eq!(third.body, second.body);
     answer(&emu, &third, "404", br#"{"error_code":40401,"message":"Topic not found"}"#);
     assert!(emu.logged("refused (HTTP 404: Topic not found)"), "{:?}", emu.logs());
     tick(&emu);
     assert_eq!(emu.metric("kafka_log_records_failed_total"), Some(3));
     assert_eq!(emu.metric("kafka_log_records_retried_total"), Some(6));
+    assert_eq!(emu.metric("kafka_log_records_retriable_total"), Some(3), "the proxy's 503");
+    assert_eq!(emu.metric("kafka_log_records_unconfirmed_total"), Some(3), "the timeout");
+    assert_eq!(emu.metric("kafka_log_records_failed_unconfirmed_total"), Some(0), "refused by the proxy");
     assert_eq!(emu.gauge("kafka_log_records_buffered"), Some(0));
+}
+
+#[test]
+fn a_reset_or_an_envoy_503_is_unconfirmed_and_keeps_the_key_until_the_proxy_answers() {
+    let emu = emulator(&base(json!({"retry": {"initial_backoff_ms": 100, "max_backoff_ms": 100}})));
+    for i in 0..3 {
+        request(&emu, &format!("u{i}"), "200", &[]);
+    }
+    tick(&emu);
+    let first = emu.http_calls().remove(0);
+    let key = header(&first, "idempotency-key").unwrap().to_string();
+    let (prefix, n) = key.split_once('-').unwrap();
+    assert!(prefix.len() == 16 && prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+    assert!(n.parse::<u64>().is_ok(), "{key}");
+    // Envoy's own answer when the connection to the proxy broke: text, not the proxy's JSON.
+    answer(
+        &emu,
+        &first,
+        "503",
+        b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    );
+    tick(&emu);
+    let second = emu.http_calls().remove(0);
+    assert_eq!(header(&second, "idempotency-key"), Some(key.as_str()));
+    // An answer with no headers at all (a reset).
+    emu.respond_http_call(second.token, &[], b"", &[]).unwrap();
+    tick(&emu);
+    let third = emu.http_calls().remove(0);
+    assert_eq!(header(&third, "idempotency-key"), Some(key.as_str()));
+    answer(&emu, &third, "200", &stored(3));
+    tick(&emu);
+    assert_eq!(emu.metric("kafka_log_records_unconfirmed_total"), Some(6));
+    assert_eq!(emu.metric("kafka_log_records_sent_total"), Some(3));
+    assert!(emu.logged("outcome unknown, sent again under the same idempotency key"), "{:?}", emu.logs());
+    // The next batch has another key.
+    for i in 3..6 {
+        request(&emu, &format!("u{i}"), "200", &[]);
+    }
+    tick(&emu);
+    let next = emu.http_calls().remove(0);
+    assert_ne!(header(&next, "idempotency-key"), Some(key.as_str()));
 }
 
 #[test]
@@ -397,6 +457,8 @@ fn a_removed_plugin_sends_what_it_holds_at_once_then_lets_go() {
     assert_eq!(emu.host_calls().get("proxy_done"), Some(&1));
     assert_eq!(emu.metric(kafka_log::SENT), Some(1));
     assert_eq!(emu.metric(kafka_log::FAILED), Some(3));
+    // Envoy's bodiless 503 did not say what the proxy stored: the three may be in Kafka.
+    assert_eq!(emu.metric(kafka_log::FAILED_UNCONFIRMED), Some(3));
     assert_eq!(emu.gauge(kafka_log::BUFFERED), Some(0));
 }
 

@@ -160,6 +160,26 @@ impl Broker {
         }
     }
 
+    /// Stalls the broker as a long GC pause or a frozen VM would (SIGSTOP): connections stay
+    /// open, requests wait in its sockets, nothing is answered until [`Broker::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused broker run again (SIGCONT); it then handles what waited in its sockets.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
@@ -237,6 +257,20 @@ impl Bridge {
             Some(mut child) => terminate(&mut child, Duration::from_secs(15)).is_some_and(|s| s.success()),
             None => true,
         }
+    }
+
+    /// Kills it as a crash would (SIGKILL): produce requests in flight get no answer.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Its `GET /healthz` answer.
+    pub fn health(&self) -> Value {
+        let response = gatewasm_envoy::send(self.addr, &gatewasm_envoy::Request::get("/healthz")).unwrap();
+        response.json().unwrap()
     }
 
     /// Sends SIGTERM without waiting.
