@@ -11,6 +11,7 @@ use serde::Deserialize;
 use gatewasm::config::{self, ConfigErrors};
 use gatewasm::matcher::{parse_method, PathError};
 
+pub use crate::rules::Action;
 use crate::rules::{HostPattern, PathMatch, RequestMatch, Rule};
 
 /// Headers sent to the auth service when the client sent them, besides `:method`, `:path` and
@@ -155,17 +156,6 @@ pub struct RawBody {
     /// Send the first `max_bytes` of a longer body (marked partial) instead of answering 413.
     #[serde(default)]
     pub allow_partial: bool,
-}
-
-/// Check or skip.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Ask the auth service.
-    #[default]
-    Check,
-    /// Let the request through without asking (health checks, public assets).
-    Skip,
 }
 
 /// One rule.

@@ -2,7 +2,18 @@
 
 pub use gatewasm::matcher::{HostPattern, PathMatch, RequestMatch};
 
-use crate::config::Action;
+use serde::Deserialize;
+
+/// Check or skip.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Ask the auth service.
+    #[default]
+    Check,
+    /// Let the request through without asking (health checks, public assets).
+    Skip,
+}
 
 /// A compiled rule.
 #[derive(Debug, Clone)]

@@ -13,8 +13,7 @@
 //! `signature = 3`, `text = 4`; the answer `result = 1` (bool), `error = 2` (string). The few
 //! fields involved are encoded and read here rather than through a protobuf crate.
 
-use crate::jwt::Alg;
-use crate::keys::Material;
+use crate::jwt::{Alg, KeyKind};
 
 /// The name Envoy registers the function under.
 pub const FUNCTION: &str = "verify_signature";
@@ -41,39 +40,31 @@ fn hash_name(alg: Alg) -> Option<&'static str> {
     }
 }
 
-/// The arguments that ask the host whether `sig` is `key`'s `alg` signature of `msg`. JWS carries
-/// ECDSA signatures as `R || S` (RFC 7518 section 3.4); BoringSSL reads DER, so they are
-/// re-encoded here.
-pub fn request(key: &Material, alg: Alg, msg: &[u8], sig: &[u8]) -> Request {
+/// The arguments that ask the host whether `sig` is the `alg` signature of `msg` by a key of
+/// `kind` whose SubjectPublicKeyInfo is `spki` (`None` for a key the crates could not encode,
+/// or one that has none). JWS carries ECDSA signatures as `R || S` (RFC 7518 section 3.4);
+/// BoringSSL reads DER, so they are re-encoded here.
+pub fn request(kind: KeyKind, spki: Option<&[u8]>, alg: Alg, msg: &[u8], sig: &[u8]) -> Request {
     let Some(hash) = hash_name(alg) else {
         return Request::NotForHost;
     };
-    let (spki, der_sig);
-    let signature = match (key, alg) {
-        (Material::Rsa(k), Alg::RS256 | Alg::RS384 | Alg::RS512) => {
-            spki = k.spki();
-            sig
-        }
-        (Material::P256(k), Alg::ES256) => {
-            spki = k.spki();
-            match p256::ecdsa::Signature::from_slice(sig) {
-                Ok(s) => {
-                    der_sig = s.to_der().as_bytes().to_vec();
-                    &der_sig
-                }
-                Err(_) => return Request::Invalid,
+    let der_sig;
+    let signature = match (kind, alg) {
+        (KeyKind::Rsa, Alg::RS256 | Alg::RS384 | Alg::RS512) => sig,
+        (KeyKind::P256, Alg::ES256) => match p256::ecdsa::Signature::from_slice(sig) {
+            Ok(s) => {
+                der_sig = s.to_der().as_bytes().to_vec();
+                &der_sig
             }
-        }
-        (Material::P384(k), Alg::ES384) => {
-            spki = k.spki();
-            match p384::ecdsa::Signature::from_slice(sig) {
-                Ok(s) => {
-                    der_sig = s.to_der().as_bytes().to_vec();
-                    &der_sig
-                }
-                Err(_) => return Request::Invalid,
+            Err(_) => return Request::Invalid,
+        },
+        (KeyKind::P384, Alg::ES384) => match p384::ecdsa::Signature::from_slice(sig) {
+            Ok(s) => {
+                der_sig = s.to_der().as_bytes().to_vec();
+                &der_sig
             }
-        }
+            Err(_) => return Request::Invalid,
+        },
         _ => return Request::NotForHost,
     };
     // A key the crates could not encode (none in practice) is checked by the module.

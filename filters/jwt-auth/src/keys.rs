@@ -54,6 +54,17 @@ impl Material {
             Material::Ed25519(_) => KeyKind::Ed25519,
         }
     }
+
+    /// The key as DER SubjectPublicKeyInfo, for the host's `verify_signature`; `None` for a
+    /// secret, an Ed25519 key, or a key the crates could not encode.
+    pub fn spki(&self) -> Option<&[u8]> {
+        match self {
+            Material::Rsa(k) => k.spki(),
+            Material::P256(k) => k.spki(),
+            Material::P384(k) => k.spki(),
+            Material::Hmac(_) | Material::Ed25519(_) => None,
+        }
+    }
 }
 
 /// One verification key.
@@ -109,7 +120,13 @@ impl KeySet {
             let msg = jwt.signed.as_bytes();
             let module = || verify_with(&key.material, jwt.alg, msg, &jwt.signature);
             let valid = match host {
-                Some(check) => match host_crypto::request(&key.material, jwt.alg, msg, &jwt.signature) {
+                Some(check) => match host_crypto::request(
+                    key.material.kind(),
+                    key.material.spki(),
+                    jwt.alg,
+                    msg,
+                    &jwt.signature,
+                ) {
                     host_crypto::Request::Invalid => false,
                     host_crypto::Request::Arguments(args) => check(&args).unwrap_or_else(module),
                     host_crypto::Request::NotForHost => module(),

@@ -407,7 +407,7 @@ impl<'r> Removals<'r> {
 
 /// Writes the outputs of the verified tokens and removes tokens from the request: verified ones
 /// unless their provider forwards them, unverified ones ([`Evaluation::unverified`]) always.
-/// The tokens agree on every claim header ([`outputs::identities_conflict`]), so each header is
+/// The tokens agree on every claim header ([`verifier::identities_conflict`]), so each header is
 /// written once; the payload header carries the first token's payload.
 fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success<'_>], unverified: &[(usize, usize)]) {
     let providers = &plugin.config.providers;

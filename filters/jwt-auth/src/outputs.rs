@@ -1,5 +1,4 @@
-//! What verified tokens send upstream: claims as header values, and the rule that several
-//! verified tokens must name one identity.
+//! Claims as request header values (`claim_to_headers`).
 //!
 //! Value forms follow Envoy 1.40's `claim_to_headers` where its form keeps the claim's meaning,
 //! and keep the claim's digits where Envoy's do not (see the README's differences):
@@ -17,8 +16,6 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{Number, Value};
-
-use crate::verifier::{Provider, Success};
 
 /// Numbers below this magnitude are exact in a double.
 const EXACT_IN_DOUBLE: f64 = 9_007_199_254_740_992.0;
@@ -48,32 +45,6 @@ fn number(n: &Number) -> String {
         }
         _ => n.to_string(),
     }
-}
-
-/// Whether the verified tokens of one request name different identities: some header of
-/// `claim_to_headers` would get different values from two of them (a claim one token has and
-/// another lacks counts as different). Tokens found in several places would otherwise let the
-/// last one read decide who the request is, so a link carrying `?token=` could switch the
-/// identity a logged-in browser presents.
-pub fn identities_conflict(providers: &[Provider], successes: &[Success<'_>]) -> bool {
-    let Some((first, rest)) = successes.split_first() else { return false };
-    // One token (found once or in several places) cannot disagree with itself.
-    if rest.iter().all(|s| std::rc::Rc::ptr_eq(&s.verified, &first.verified)) {
-        return false;
-    }
-    let mut seen: Vec<(&str, Option<String>)> = Vec::new();
-    for s in successes {
-        let Some(p) = providers.get(s.provider) else { continue };
-        for (header, claim) in &p.outputs.claim_to_headers {
-            let value = s.verified.claims.get(claim).and_then(claim_header_value);
-            match seen.iter().find(|(h, _)| h == header) {
-                Some((_, earlier)) if *earlier != value => return true,
-                Some(_) => {}
-                None => seen.push((header, value)),
-            }
-        }
-    }
-    false
 }
 
 #[cfg(test)]

@@ -177,10 +177,10 @@ impl<'a> Evaluation<'a> {
     }
 
     /// Evaluates the rule's requirement: [`Evaluation::run`], then refuses a request whose
-    /// verified tokens name different identities ([`outputs::identities_conflict`]).
+    /// verified tokens name different identities ([`identities_conflict`]).
     pub fn decide(&mut self, requirement: &Requirement, out: &mut Vec<Success<'a>>) -> Status {
         let status = self.run(requirement, out);
-        if status == Status::Ok && outputs::identities_conflict(self.providers, out) {
+        if status == Status::Ok && identities_conflict(self.providers, out) {
             return Status::IdentityConflict;
         }
         status
@@ -359,4 +359,30 @@ impl<'a> Evaluation<'a> {
             _ => Status::Ok,
         }
     }
+}
+
+/// Whether the verified tokens of one request name different identities: some header of
+/// `claim_to_headers` would get different values from two of them (a claim one token has and
+/// another lacks counts as different). Tokens found in several places would otherwise let the
+/// last one read decide who the request is, so a link carrying `?token=` could switch the
+/// identity a logged-in browser presents.
+pub fn identities_conflict(providers: &[Provider], successes: &[Success<'_>]) -> bool {
+    let Some((first, rest)) = successes.split_first() else { return false };
+    // One token (found once or in several places) cannot disagree with itself.
+    if rest.iter().all(|s| std::rc::Rc::ptr_eq(&s.verified, &first.verified)) {
+        return false;
+    }
+    let mut seen: Vec<(&str, Option<String>)> = Vec::new();
+    for s in successes {
+        let Some(p) = providers.get(s.provider) else { continue };
+        for (header, claim) in &p.outputs.claim_to_headers {
+            let value = s.verified.claims.get(claim).and_then(outputs::claim_header_value);
+            match seen.iter().find(|(h, _)| h == header) {
+                Some((_, earlier)) if *earlier != value => return true,
+                Some(_) => {}
+                None => seen.push((header, value)),
+            }
+        }
+    }
+    false
 }

@@ -164,8 +164,7 @@ pub const MAX_IN_FLIGHT: usize = 32;
 /// `allow_sensitive_headers`.
 pub const SENSITIVE_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
 
-/// What a redacted value is logged as.
-pub const REDACTED: &str = "[REDACTED]";
+pub use crate::record::REDACTED;
 
 /// Retry policy.
 #[derive(Debug, Clone, PartialEq, Eq)]

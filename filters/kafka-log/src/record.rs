@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::config::REDACTED;
+/// What a redacted value is logged as.
+pub const REDACTED: &str = "[REDACTED]";
 
 /// Where a field's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
