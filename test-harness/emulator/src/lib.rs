@@ -20,9 +20,10 @@
 //! ```
 //!
 //! What the host does where Envoy's behaviour is not obvious is written next to each host call
-//! in `host.rs`, from Envoy's source and from running the probe filter in Envoy 1.40. Host calls
-//! the emulator does not implement (gRPC, foreign functions other than `verify_signature`, and
-//! any unknown import) trap with a message naming the call: a test never sees a pretend success.
+//! in `host/` (one module per ABI area), from Envoy's source and from running the probe filter
+//! in Envoy 1.40. Host calls the emulator does not implement (gRPC, foreign functions other than
+//! `verify_signature`, and any unknown import) trap with a message naming the call: a test never
+//! sees a pretend success.
 //! See the README for the full list and the API.
 
 pub mod abi;

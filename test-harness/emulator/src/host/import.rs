@@ -11,7 +11,7 @@ pub(crate) type C<'a> = Caller<'a, HostState>;
 /// Registers the `env` import `$name` on `$linker`. The body is the import's closure; the call is
 /// counted in [`HostState::count_host_call`] under `$name` first, the one place a count is taken.
 ///
-/// ```ignore
+/// ```text
 /// import!(linker, "proxy_get_log_level", |c, out: u32| { ... })?;
 /// ```
 macro_rules! import {
