@@ -1,7 +1,6 @@
 //! Foreign functions: `verify_signature` as Envoy runs it (see `crate::foreign`); the others trap.
 
-use super::import::import;
-use super::import::unimplemented;
+use super::import::{import, unimplemented};
 use super::memory::{copy_out, mem};
 use super::state::HostState;
 use crate::abi::status;

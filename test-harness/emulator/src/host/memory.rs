@@ -6,7 +6,7 @@ use crate::abi::status;
 use crate::wasi::{write, write_u32};
 use wasmtime::{format_err as anyhow, Result};
 
-/// Name under which [`HostState::host_calls`] counts the host's allocation callbacks into the
+/// Name under which [`HostState::host_calls`](super::state::HostState::host_calls) counts the host's allocation callbacks into the
 /// module (`proxy_on_memory_allocate` or `malloc`), made for every value a host call returns.
 pub const ALLOCATE_CALLBACK: &str = "proxy_on_memory_allocate";
 

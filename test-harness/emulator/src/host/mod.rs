@@ -1,5 +1,6 @@
 //! The host side: state kept per VM, and the `env` imports with Envoy's semantics, one module per
-//! ABI area, each registering its own imports with [`import::import!`].
+//! ABI area, each registering its own imports with `import!`, which counts every call under the
+//! import's own name.
 //!
 //! Where Envoy's answer is not obvious, the comment says what Envoy 1.40 did when the probe filter
 //! (`test-harness/probe-filter`) made the same call (`probe.sh`), or which source it follows.
