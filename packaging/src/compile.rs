@@ -8,24 +8,21 @@ use anyhow::{bail, Context as _};
 
 use crate::{check_module, Filter};
 
-/// The workspace root (this crate lives in `<root>/packaging`).
+/// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.canonicalize().unwrap_or(root)
+    gatewasm_paths::workspace_root()
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root), else
 /// `<root>/target`.
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
-        _ => workspace_root().join("target"),
-    }
+    gatewasm_paths::target_dir()
 }
 
-/// Where a shipped filter's release module is.
+/// Where a shipped filter's release module is: where `cargo build` writes it, whatever
+/// `$GATEWASM_WASM_DIR` points the tests at, since packaging builds the module it packages.
 pub fn module_path(filter: &Filter) -> PathBuf {
-    target_dir().join("wasm32-wasip1").join("release").join(filter.module)
+    gatewasm_paths::release_wasm_dir().join(filter.module)
 }
 
 /// `cargo build --release --target wasm32-wasip1 -p <filter>...` in the workspace.

@@ -1,10 +1,10 @@
 //! The example filter in the emulator: milliseconds, no Envoy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use gatewasm_emulator::{wasm_path, Action, Emulator};
+use gatewasm_emulator::{for_module, Action, Emulator};
 
 fn hello(config: &str) -> Emulator {
-    Emulator::load(wasm_path("hello").unwrap()).plugin_config(config).build().unwrap()
+    for_module("hello", config).and_then(|b| b.build()).unwrap()
 }
 
 #[test]

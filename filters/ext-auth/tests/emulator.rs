@@ -9,7 +9,7 @@ use std::time::Duration;
 mod emu;
 
 use emu::{emulator, emulator_holding_headers};
-use gatewasm_emulator::{wasm_path, Action, Emulator, HttpCall, Stream};
+use gatewasm_emulator::{for_module, Action, Emulator, HttpCall, Stream};
 use serde_json::{json, Value};
 
 fn seed_config() -> Value {
@@ -269,11 +269,9 @@ fn unknown_cluster_fails_closed_at_once() {
 
 #[test]
 fn bad_config_is_refused_with_fields() {
-    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
-    let emu = Emulator::load(path)
-        .plugin_config(json!({"timeout_ms": 0, "allowed_statuses": [500]}).to_string())
-        .build()
-        .unwrap();
+    let emu = for_module("ext-auth", json!({"timeout_ms": 0, "allowed_statuses": [500]}).to_string())
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!emu.configured());
     let logs = format!("{:?}", emu.logs());
     for field in ["`cluster`", "`timeout_ms`", "`allowed_statuses[0]`"] {

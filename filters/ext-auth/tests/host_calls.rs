@@ -86,12 +86,9 @@ fn bench_config_allowed_request() {
 /// allowed check, so the difference between the two rows is the filter's own work.
 #[test]
 fn the_calls_row_makes_the_allowed_checks_calls() {
-    let path = gatewasm_emulator::wasm_path("calls-filter").unwrap_or_else(|e| panic!("{e}"));
-    let calls_row = Emulator::load(path)
-        .plugin_config(bench_config("calls").to_string())
-        .cluster("ext_auth")
-        .build()
-        .unwrap();
+    let calls_row = gatewasm_emulator::for_module("calls-filter", bench_config("calls").to_string())
+        .and_then(|b| b.cluster("ext_auth").build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(calls_row.configured(), "{:?}", calls_row.logs());
     let alone = allowed_request(&calls_row, ANSWER, b"");
     let filter = allowed_request(&emulator(&bench_config("wasm")), ANSWER, b"");

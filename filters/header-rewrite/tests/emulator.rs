@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel, Stream};
+use gatewasm_emulator::{for_module, Action, Emulator, LogLevel, Stream};
 use serde_json::json;
 
 fn emulator(config: &serde_json::Value) -> Emulator {
-    let path = wasm_path("header-rewrite").unwrap_or_else(|e| panic!("{e}"));
-    let emu =
-        Emulator::load(path).plugin_config(config.to_string()).log_level(LogLevel::Info).build().unwrap();
+    let emu = for_module("header-rewrite", config.to_string())
+        .and_then(|b| b.log_level(LogLevel::Info).build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
     emu
 }
@@ -274,7 +274,6 @@ fn substituted_crlf_is_dropped_and_counted() {
 
 #[test]
 fn bad_config_fails_configure_and_logs_every_field() {
-    let path = wasm_path("header-rewrite").unwrap_or_else(|e| panic!("{e}"));
     let config = json!({"rules": [{
         "match": {"path": {"regex": "(unclosed"}},
         "request": {
@@ -283,7 +282,9 @@ fn bad_config_fails_configure_and_logs_every_field() {
         },
         "colour": "blue"
     }]});
-    let emu = Emulator::load(path).plugin_config(config.to_string()).build().unwrap();
+    let emu = for_module("header-rewrite", config.to_string())
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!emu.configured());
     let logs = emu.logs();
     let line = logs

@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gatewasm_emulator::{wasm_path, Action, Emulator, Group, LogLevel, MetricType};
+use gatewasm_emulator::{for_module, Action, Emulator, Group, LogLevel, MetricType};
 use serde_json::{json, Value};
 
 fn build(config: &Value, group: Option<&Group>) -> Emulator {
-    let path = wasm_path("http-metrics").unwrap_or_else(|e| panic!("{e}"));
-    let mut b = Emulator::load(path).plugin_config(config.to_string()).log_level(LogLevel::Info);
+    let mut b = for_module("http-metrics", config.to_string())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .log_level(LogLevel::Info);
     if let Some(g) = group {
         b = b.group(g);
     }
@@ -301,19 +302,15 @@ fn the_cap_is_shared_by_every_worker() {
 
 #[test]
 fn bad_config_is_refused_with_every_field_named() {
-    let path = wasm_path("http-metrics").unwrap();
-    let emu = Emulator::load(path)
-        .plugin_config(
-            json!({
-                "hosts": ["a.example.com:80"],
-                "routes": [{"regex": "("}],
-                "max_series": 0,
-                "colour": "blue"
-            })
-            .to_string(),
-        )
-        .build()
-        .unwrap();
+    let config = json!({
+        "hosts": ["a.example.com:80"],
+        "routes": [{"regex": "("}],
+        "max_series": 0,
+        "colour": "blue"
+    });
+    let emu = for_module("http-metrics", config.to_string())
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!emu.configured());
     let logs: Vec<String> = emu.logs().into_iter().map(|l| l.message).collect();
     let logs = logs.join("\n");

@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gatewasm_emulator::{host_call_counts as calls, wasm_path, Action, Emulator, LogLevel};
+use gatewasm_emulator::{for_module, host_call_counts as calls, Action, Emulator, LogLevel};
 use gatewasm_envoy::bench::Scenario;
 use serde_json::{json, Value};
 
 fn emulator(config: &Value) -> Emulator {
-    let path = wasm_path("http-metrics").unwrap_or_else(|e| panic!("{e}"));
-    let emu =
-        Emulator::load(path).plugin_config(config.to_string()).log_level(LogLevel::Info).build().unwrap();
+    let emu = for_module("http-metrics", config.to_string())
+        .and_then(|b| b.log_level(LogLevel::Info).build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
     emu
 }

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{remote_config, seed_config, Signer, SECRET};
-use gatewasm_emulator::{wasm_path, Action, Emulator, LogLevel, Stream};
+use gatewasm_emulator::{for_module, Action, Emulator, LogLevel, Stream};
 use serde_json::{json, Value};
 
 /// The emulator's clock starts here (2030-01-01T00:00:00Z).
@@ -24,14 +24,11 @@ fn emulator(config: &Value) -> Emulator {
 }
 
 fn build(config: &Value) -> Emulator {
-    let path = wasm_path("jwt-auth").unwrap_or_else(|e| panic!("{e}"));
-    Emulator::load(path)
-        .plugin_config(config.to_string())
-        .cluster("idp")
-        .time(UNIX_EPOCH + Duration::from_secs(T0))
-        .log_level(LogLevel::Info)
-        .build()
-        .unwrap()
+    for_module("jwt-auth", config.to_string())
+        .and_then(|b| {
+            b.cluster("idp").time(UNIX_EPOCH + Duration::from_secs(T0)).log_level(LogLevel::Info).build()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn request(emu: &Emulator, path: &str, extra: &[(&str, &str)]) -> (Stream, Action) {
@@ -424,14 +421,10 @@ fn a_host_without_verify_signature_gets_the_modules_check() {
         "providers": {"p": {"local_jwks": jwks, "cache_size": 0}},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]
     });
-    let path = wasm_path("jwt-auth").unwrap_or_else(|e| panic!("{e}"));
     for registered in [true, false] {
-        let emu = Emulator::load(&path)
-            .plugin_config(config.to_string())
-            .time(UNIX_EPOCH + Duration::from_secs(T0))
-            .foreign_functions(registered)
-            .build()
-            .unwrap();
+        let emu = for_module("jwt-auth", config.to_string())
+            .and_then(|b| b.time(UNIX_EPOCH + Duration::from_secs(T0)).foreign_functions(registered).build())
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut asked = 0;
         for (kid, signer) in &signers {
             let good = signer.token(kid, &json!({"sub": "u", "exp": T0 + 600}));

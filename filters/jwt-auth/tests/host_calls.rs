@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_emulator::{host_call_counts as calls, wasm_path, Action, Emulator, LogLevel};
+use gatewasm_emulator::{for_module, host_call_counts as calls, Action, Emulator, LogLevel};
 use gatewasm_envoy::bench::Scenario;
 use serde_json::Value;
 
@@ -21,9 +21,9 @@ fn row_config(key: &str) -> Value {
 }
 
 fn emulator(config: &Value) -> Emulator {
-    let path = wasm_path("jwt-auth").unwrap_or_else(|e| panic!("{e}"));
-    let emu =
-        Emulator::load(path).plugin_config(config.to_string()).log_level(LogLevel::Info).build().unwrap();
+    let emu = for_module("jwt-auth", config.to_string())
+        .and_then(|b| b.log_level(LogLevel::Info).build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
     emu
 }
@@ -104,9 +104,10 @@ fn a_spoofed_output_costs_one_removal() {
 #[test]
 fn the_calls_row_makes_the_cached_paths_calls() {
     let calls_row = {
-        let path = wasm_path("calls-filter").unwrap_or_else(|e| panic!("{e}"));
         let config = row_config("calls");
-        let emu = Emulator::load(path).plugin_config(config.to_string()).build().unwrap();
+        let emu = for_module("calls-filter", config.to_string())
+            .and_then(|b| b.build())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(emu.configured(), "{:?}", emu.logs());
         emu
     };

@@ -6,24 +6,24 @@
 
 use std::time::Duration;
 
-use gatewasm_emulator::{wasm_path, Emulator, HttpCall, LogLevel};
+use gatewasm_emulator::{for_module, Emulator, HttpCall, LogLevel};
 use serde_json::{json, Value};
 
 const CLUSTER: &str = "kafka-bridge";
 
 fn emulator(config: &Value) -> Emulator {
-    let path = wasm_path("kafka-log").unwrap_or_else(|e| panic!("{e}"));
-    let emu = Emulator::load(path)
-        .plugin_config(config.to_string())
-        .cluster(CLUSTER)
-        .property("request.protocol", "HTTP/1.1")
-        .property("response.flags", 0u64.to_le_bytes())
-        .property("xds.cluster_name", "upstream")
-        .property("xds.route_name", "all")
-        .property("source.address", "127.0.0.1:40000")
-        .log_level(LogLevel::Info)
-        .build()
-        .unwrap();
+    let emu = for_module("kafka-log", config.to_string())
+        .and_then(|b| {
+            b.cluster(CLUSTER)
+                .property("request.protocol", "HTTP/1.1")
+                .property("response.flags", 0u64.to_le_bytes())
+                .property("xds.cluster_name", "upstream")
+                .property("xds.route_name", "all")
+                .property("source.address", "127.0.0.1:40000")
+                .log_level(LogLevel::Info)
+                .build()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
     emu
 }
@@ -380,11 +380,9 @@ fn credentials_are_redacted_unless_allowed() {
 
 #[test]
 fn bad_configuration_is_refused_with_the_field() {
-    let path = wasm_path("kafka-log").unwrap();
-    let emu = Emulator::load(path)
-        .plugin_config(r#"{"cluster": "k", "topic": "bad topic", "batch_max_size": 0}"#)
-        .build()
-        .unwrap();
+    let emu = for_module("kafka-log", r#"{"cluster": "k", "topic": "bad topic", "batch_max_size": 0}"#)
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!emu.configured());
     assert!(emu.logged("`topic` = \"bad topic\""), "{:?}", emu.logs());
     assert!(emu.logged("`batch_max_size` = 0"), "{:?}", emu.logs());
@@ -411,14 +409,11 @@ fn produce_requests_carry_the_configured_authority_prefix_and_headers() {
 
 #[test]
 fn an_unknown_cluster_is_retried_and_warned_about_at_most_every_ten_seconds() {
-    let path = wasm_path("kafka-log").unwrap();
     // The emulator refuses callouts to clusters it was not told about, as Envoy does.
-    let emu = Emulator::load(path)
-        .plugin_config(base(json!({"cluster": "missing", "flush_interval_ms": 100})).to_string())
-        .cluster(CLUSTER)
-        .log_level(LogLevel::Info)
-        .build()
-        .unwrap();
+    let emu =
+        for_module("kafka-log", base(json!({"cluster": "missing", "flush_interval_ms": 100})).to_string())
+            .and_then(|b| b.cluster(CLUSTER).log_level(LogLevel::Info).build())
+            .unwrap_or_else(|e| panic!("{e}"));
     assert!(emu.configured());
     request(&emu, "u", "200", &[]);
     emu.advance_clock(Duration::from_secs(5)).unwrap();

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_emulator::{host_call_counts as calls, wasm_path, Emulator, LogLevel};
+use gatewasm_emulator::{for_module, host_call_counts as calls, Emulator, LogLevel};
 use serde_json::{json, Value};
 
 fn emulator(config: &Value) -> Emulator {
@@ -15,19 +15,19 @@ fn emulator(config: &Value) -> Emulator {
 }
 
 fn module(name: &str, config: &Value) -> Emulator {
-    let path = wasm_path(name).unwrap_or_else(|e| panic!("{e}"));
-    let emu = Emulator::load(path)
-        .plugin_config(config.to_string())
-        .cluster("kafka-bridge")
-        .property("request.protocol", "HTTP/1.1")
-        .property("response.flags", 0u64.to_le_bytes())
-        .property("xds.cluster_name", "upstream")
-        .property("xds.route_name", "all")
-        .property("upstream.address", "127.0.0.1:8080")
-        .property("source.address", "127.0.0.1:40000")
-        .log_level(LogLevel::Info)
-        .build()
-        .unwrap();
+    let emu = for_module(name, config.to_string())
+        .and_then(|b| {
+            b.cluster("kafka-bridge")
+                .property("request.protocol", "HTTP/1.1")
+                .property("response.flags", 0u64.to_le_bytes())
+                .property("xds.cluster_name", "upstream")
+                .property("xds.route_name", "all")
+                .property("upstream.address", "127.0.0.1:8080")
+                .property("source.address", "127.0.0.1:40000")
+                .log_level(LogLevel::Info)
+                .build()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
     emu
 }

@@ -70,21 +70,17 @@ pub fn host_call_counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<Str
     pairs.iter().map(|(name, count)| (name.to_string(), *count)).collect()
 }
 
-/// Where the tests of this workspace find built modules: `$GATEWASM_WASM_DIR`, or
-/// `<workspace>/target/wasm32-wasip1/release`. Fails (never skips) when the module is missing.
+/// Where the tests of this workspace find built modules: `$GATEWASM_WASM_DIR`, else
+/// `<target>/wasm32-wasip1/release` with the target directory from `$CARGO_TARGET_DIR` or
+/// `<workspace>/target` (the rule the Envoy runner and packaging follow too). Fails (never
+/// skips) with the build command when the module is missing.
 pub fn wasm_path(name: &str) -> Result<std::path::PathBuf, Error> {
-    let dir = match std::env::var_os("GATEWASM_WASM_DIR") {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip1/release"),
-    };
-    let file = dir.join(format!("{}.wasm", name.replace('-', "_")));
-    if file.exists() {
-        Ok(file)
-    } else {
-        Err(Error::Load(format!(
-            "{} is missing: build it first with `cargo build --release --target wasm32-wasip1 -p {}`",
-            file.display(),
-            name.replace('_', "-")
-        )))
-    }
+    gatewasm_paths::wasm_module(name).map_err(|missing| Error::Load(missing.to_string()))
+}
+
+/// A builder for the workspace package's built module (found by [`wasm_path`]) with `config` as
+/// its plugin configuration: what a filter's tests start from before adding their clusters,
+/// clock, properties or log level.
+pub fn for_module(package: &str, config: impl AsRef<[u8]>) -> Result<EmulatorBuilder, Error> {
+    Ok(Emulator::load(wasm_path(package)?).plugin_config(config))
 }

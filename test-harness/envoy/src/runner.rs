@@ -16,32 +16,22 @@ use crate::config::{Backend, BootstrapSpec, Cluster, HttpFilter, WasmFilter};
 /// Lines of Envoy's log shown when a start fails or a test panics.
 const LOG_TAIL_LINES: usize = 60;
 
-/// The workspace root (two levels above this crate).
+/// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.join("..").join("..");
-    root.canonicalize().unwrap_or(root)
+    gatewasm_paths::workspace_root()
 }
 
-/// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root), else
+/// `<workspace>/target`.
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
-        _ => workspace_root().join("target"),
-    }
+    gatewasm_paths::target_dir()
 }
 
 /// Path of a release `wasm32-wasip1` artifact (`file_name`, e.g. `noop_filter.wasm`) of the
-/// workspace package `package`. Errors, naming the build command, when it is not built.
+/// workspace package `package`, where the emulator finds it too (`$GATEWASM_WASM_DIR`, else
+/// `<target>/wasm32-wasip1/release`). Errors, naming the build command, when it is not built.
 pub fn wasm_artifact(file_name: &str, package: &str) -> anyhow::Result<PathBuf> {
-    let path = target_dir().join("wasm32-wasip1").join("release").join(file_name);
-    if !path.is_file() {
-        bail!(
-            "{} not found; build it with `cargo build --release --target wasm32-wasip1 -p {package}`",
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok(gatewasm_paths::wasm_file(file_name, package)?)
 }
 
 /// The noop filter module (the Wasm floor), built by

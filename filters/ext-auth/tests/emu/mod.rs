@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use gatewasm_emulator::{wasm_path, Emulator, LogLevel};
+use gatewasm_emulator::{for_module, Emulator, LogLevel};
 use serde_json::Value;
 
 /// The module with `config`; fails the test if the configuration is refused.
@@ -17,14 +17,14 @@ pub fn emulator_holding_headers(config: &Value) -> Emulator {
 }
 
 fn build(config: &Value, hold_headers: bool) -> Emulator {
-    let path = wasm_path("ext-auth").unwrap_or_else(|e| panic!("{e}"));
-    let emu = Emulator::load(path)
-        .plugin_config(config.to_string())
-        .cluster("auth")
-        .cluster("ext_auth")
-        .allow_on_headers_stop_iteration(hold_headers)
-        .log_level(LogLevel::Info)
-        .build()
+    let emu = for_module("ext-auth", config.to_string())
+        .and_then(|b| {
+            b.cluster("auth")
+                .cluster("ext_auth")
+                .allow_on_headers_stop_iteration(hold_headers)
+                .log_level(LogLevel::Info)
+                .build()
+        })
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(emu.configured(), "configuration refused: {:?}", emu.logs());
     emu
