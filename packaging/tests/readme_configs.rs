@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gatewasm_envoy::{envoy_binary, target_dir, validate_config_file, workspace_root, Request};
+use gatewasm_envoy::{envoy_binary, validate_config_file, wasm_artifact, workspace_root, Request};
 use serde::Deserialize as _;
 use serde_json::{json, Value};
 
@@ -57,8 +57,13 @@ fn filter_readmes() -> Vec<PathBuf> {
 /// The block as Envoy should load it here: modules from this build, listeners and admin on
 /// ephemeral loopback ports.
 fn for_this_machine(block: &str) -> Value {
-    let modules = target_dir().join("wasm32-wasip1").join("release");
-    let text = block.replace(MODULE_DIR, &format!("{}/", modules.display()));
+    let mut text = block.to_string();
+    for m in modules_named(block) {
+        // The test has already refused a module this workspace does not build.
+        if let Ok(path) = wasm_artifact(&m, &m.trim_end_matches(".wasm").replace('_', "-")) {
+            text = text.replace(&format!("{MODULE_DIR}{m}"), &path.display().to_string());
+        }
+    }
     let mut doc = Value::deserialize(serde_norway::Deserializer::from_str(&text)).unwrap();
     for listener in doc.pointer_mut("/static_resources/listeners").and_then(Value::as_array_mut).unwrap() {
         listener["address"]["socket_address"]["port_value"] = json!(0);
@@ -142,12 +147,10 @@ fn every_filter_readme_has_a_standalone_envoy_config_that_runs() {
             let modules = modules_named(block);
             assert!(!modules.is_empty(), "{what}: no module under {MODULE_DIR}");
             for m in &modules {
-                let path = target_dir().join("wasm32-wasip1").join("release").join(m);
-                assert!(
-                    path.is_file(),
-                    "{what}: {m} is not a module this workspace builds ({})",
-                    path.display()
-                );
+                let package = m.trim_end_matches(".wasm").replace('_', "-");
+                if let Err(e) = wasm_artifact(m, &package) {
+                    panic!("{what}: {m} is not a module this workspace builds: {e:#}");
+                }
             }
 
             let dir = tempfile::tempdir().unwrap();
