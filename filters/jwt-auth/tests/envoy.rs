@@ -417,20 +417,9 @@ fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn() {
     }
 }
 
-/// Both filters with `forward: true`, `sub` to `x-user`, in front of an echo upstream.
-fn forwarding_envoys(upstream: &EchoUpstream) -> (Envoy, Envoy) {
-    let jwks = Signer::hmac().jwks("k").to_string();
-    let provider = |native: bool| {
-        let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
-        json!({
-            "local_jwks": keys,
-            "forward": true,
-            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-            "from_params": ["token"],
-            "from_cookies": ["id_token"],
-            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
-        })
-    };
+/// Native `jwt_authn` and this filter, each with one provider `p` (`provider(true)` in Envoy's
+/// form, `provider(false)` in the filter's) required on every path, in front of `upstream`.
+fn native_and_ours(provider: &dyn Fn(bool) -> Value, upstream: &EchoUpstream) -> (Envoy, Envoy) {
     let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]);
     let native = EnvoyBuilder::new()
         .raw_filter(json!({
@@ -450,6 +439,23 @@ fn forwarding_envoys(upstream: &EchoUpstream) -> (Envoy, Envoy) {
         .start()
         .unwrap();
     (native, ours)
+}
+
+/// Both filters with `forward: true`, `sub` to `x-user`, in front of an echo upstream.
+fn forwarding_envoys(upstream: &EchoUpstream) -> (Envoy, Envoy) {
+    let jwks = Signer::hmac().jwks("k").to_string();
+    let provider = |native: bool| {
+        let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
+        json!({
+            "local_jwks": keys,
+            "forward": true,
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "from_params": ["token"],
+            "from_cookies": ["id_token"],
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        })
+    };
+    native_and_ours(&provider, upstream)
 }
 
 /// Security: a good token followed by another credential in the same header value (or in a
@@ -561,24 +567,7 @@ fn documented_differences_hold_in_envoy() {
             "claim_to_headers": forms.iter().map(|f| json!({"header_name": format!("x-{f}"), "claim_name": f})).collect::<Vec<_>>()
         })
     };
-    let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]);
-    let native = EnvoyBuilder::new()
-        .raw_filter(json!({
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": {"p": provider(true)},
-                "rules": rules
-            }
-        }))
-        .upstream(upstream.addr())
-        .start()
-        .unwrap();
-    let ours = EnvoyBuilder::new()
-        .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
-        .upstream(upstream.addr())
-        .start()
-        .unwrap();
+    let (native, ours) = native_and_ours(&provider, &upstream);
     let n = now();
     let good = s.token("k", &json!({"sub": "alice", "exp": n + 600}));
     let bearer = |t: &str| Request::get("/a").header("authorization", &format!("Bearer {t}"));
