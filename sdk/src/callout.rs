@@ -1,6 +1,7 @@
 //! HTTP callouts to an Envoy cluster.
 //!
-//! A filter describes the call with [`Callout`] and hands it to [`crate::Stream::dispatch`]; the
+//! A filter describes the call with [`Callout`] and hands it to [`crate::Stream::dispatch`] (or,
+//! for background work, [`crate::Root::dispatch`]); the
 //! SDK keeps the token, pauses nothing by itself (the filter returns [`crate::Flow::Pause`]), and
 //! when Envoy answers it calls [`crate::HttpFilter::on_callout`] with a [`CalloutResult`]. The
 //! filter then says what happens next with a [`crate::Flow`]: continue (the SDK resumes the
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use proxy_wasm::types::{BufferType, MapType, Status};
 
-use crate::host;
+use crate::host::Host;
 use crate::request::HeaderSnapshot;
 
 /// Default for [`Callout::max_response_bytes`].
@@ -88,16 +89,6 @@ impl<'a> Callout<'a> {
             timed: self.timed,
         }
     }
-
-    pub(crate) fn dispatch(&self) -> Result<u32, Status> {
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.headers.len() + 3);
-        headers.push((":method", &self.method));
-        headers.push((":path", &self.path));
-        headers.push((":authority", &self.authority));
-        headers.extend(self.headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
-        let body = if self.body.is_empty() { None } else { Some(self.body.as_slice()) };
-        crate::host::dispatch_http_call(&self.cluster, headers, body, self.timeout)
-    }
 }
 
 /// A callout's answer.
@@ -135,50 +126,10 @@ pub enum CalloutError {
 /// What [`crate::HttpFilter::on_callout`] and [`crate::Plugin::on_callout`] receive.
 pub type CalloutResult = Result<CalloutResponse, CalloutError>;
 
-/// Names a callout sent from the root context with [`dispatch`]; [`crate::Plugin::on_callout`]
+/// Names a callout sent with [`crate::Root::dispatch`]; [`crate::Plugin::on_callout`]
 /// receives it with the answer, so a plugin with several callouts in flight tells them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CalloutId(u32);
-
-/// Most root-context callouts in flight per VM; [`dispatch`] refuses more, so a plugin that
-/// dispatches on every tick while its cluster hangs cannot grow this table without bound.
-pub const MAX_ROOT_CALLOUTS: usize = 64;
-
-thread_local! {
-    // One VM is one thread: Envoy never calls into a VM from two threads at once.
-    static ROOT_PENDING: std::cell::RefCell<Vec<Pending>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Sends `callout` from the root context: the answer arrives in [`crate::Plugin::on_callout`]
-/// with the returned id. Call it from [`crate::Plugin::on_tick`] or [`crate::Plugin::on_callout`]
-/// (background work: key refreshes, batch uploads). From a stream callback use
-/// [`crate::Stream::dispatch`] instead: a callout belongs to the context that sent it, and Envoy
-/// cancels it when that stream ends.
-///
-/// Refused with `BadArgument` when [`MAX_ROOT_CALLOUTS`] are already in flight.
-pub fn dispatch(callout: &Callout<'_>) -> Result<CalloutId, CalloutError> {
-    let full = ROOT_PENDING.with(|p| p.borrow().len() >= MAX_ROOT_CALLOUTS);
-    if full {
-        return Err(CalloutError::Dispatch(Status::BadArgument));
-    }
-    let token = callout.dispatch().map_err(CalloutError::Dispatch)?;
-    ROOT_PENDING.with(|p| p.borrow_mut().push(Pending::new(token, callout)));
-    Ok(CalloutId(token))
-}
-
-/// Number of root-context callouts in flight.
-pub fn in_flight() -> usize {
-    ROOT_PENDING.with(|p| p.borrow().len())
-}
-
-/// Removes and returns the pending root callout with `token`.
-pub(crate) fn take_root(token: u32) -> Option<(CalloutId, Pending)> {
-    ROOT_PENDING.with(|p| {
-        let mut pending = p.borrow_mut();
-        let at = pending.iter().position(|c| c.token == token)?;
-        Some((CalloutId(token), pending.swap_remove(at)))
-    })
-}
+pub struct CalloutId(pub(crate) u32);
 
 pub(crate) struct Pending {
     pub token: u32,
@@ -190,25 +141,33 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub(crate) fn new(token: u32, callout: &Callout<'_>) -> Self {
-        Self {
+    /// Sends `callout` through `host` and remembers what its answer needs.
+    pub(crate) fn send(host: &dyn Host, callout: &Callout<'_>) -> Result<Self, Status> {
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(callout.headers.len() + 3);
+        headers.push((":method", &callout.method));
+        headers.push((":path", &callout.path));
+        headers.push((":authority", &callout.authority));
+        headers.extend(callout.headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
+        let body = if callout.body.is_empty() { None } else { Some(callout.body.as_slice()) };
+        let token = host.dispatch_http_call(&callout.cluster, &headers, body, callout.timeout)?;
+        Ok(Self {
             token,
-            started: if callout.timed { crate::clock::now() } else { None },
+            started: if callout.timed { host.current_time().ok() } else { None },
             max_response_bytes: callout.max_response_bytes,
             elapsed: std::cell::Cell::new(None),
-        }
+        })
     }
 
     /// Reads the answer Envoy is delivering for this callout.
-    pub(crate) fn read(&self, num_headers: usize, body_size: usize) -> CalloutResult {
+    pub(crate) fn read(&self, host: &dyn Host, num_headers: usize, body_size: usize) -> CalloutResult {
         if let Some(start) = self.started {
-            self.elapsed.set(Some(crate::clock::since(start)));
+            let elapsed = host.current_time().ok().and_then(|now| now.duration_since(start).ok());
+            self.elapsed.set(Some(elapsed.unwrap_or_default()));
         }
         if num_headers == 0 {
             return Err(CalloutError::Failed);
         }
-        let raw =
-            host::header_pairs_raw(MapType::HttpCallResponseHeaders).map_err(|_| CalloutError::Failed)?;
+        let raw = host.header_pairs(MapType::HttpCallResponseHeaders).map_err(|_| CalloutError::Failed)?;
         let headers = HeaderSnapshot::from_serialized(raw);
         let status = headers.get(":status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
         let want = body_size.min(self.max_response_bytes);
@@ -219,7 +178,7 @@ impl Pending {
         let mut body = if read == 0 {
             Vec::new()
         } else {
-            host::buffer(BufferType::HttpCallResponseBody, 0, read).map_err(|_| CalloutError::Failed)?
+            host.buffer(BufferType::HttpCallResponseBody, 0, read).map_err(|_| CalloutError::Failed)?
         };
         if maybe_timeout && body == ENVOY_TIMEOUT_BODY {
             return Err(CalloutError::Timeout);

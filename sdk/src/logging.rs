@@ -1,4 +1,4 @@
-//! The `log` crate's records, written to the host's log through [`crate::host::log`].
+//! The `log` crate's records, written to the host's log through the ABI.
 //!
 //! The `proxy-wasm` crate's logger unwraps the host's answer, and its panic hook unwraps the log
 //! call made while panicking; this one drops a line the host refuses instead.

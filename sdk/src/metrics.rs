@@ -30,78 +30,188 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
 
-use proxy_wasm::types::{MetricType, Status};
+use proxy_wasm::types::MetricType;
 
-use crate::host as hostcalls;
+use crate::host::Host;
+
+/// The plugin's metrics, reached through [`crate::Root::metrics`]: every metric is defined
+/// here, once per plugin (one host call each), and the handles returned are kept by the plugin.
+/// A metric the host refuses to define is logged once and then counts nothing: a metric never
+/// fails a request, and a filter keeps no `Option` for it.
+///
+/// [`LocalCounter`]s defined here are flushed by the SDK itself, on a tick it schedules
+/// ([`FLUSH_PERIOD`]), whatever the plugin's own tick.
+#[derive(Clone)]
+pub struct Metrics(Rc<Registry>);
+
+struct Registry {
+    host: Rc<dyn Host>,
+    locals: RefCell<Vec<Rc<LocalCell>>>,
+}
+
+impl Metrics {
+    pub(crate) fn new(host: Rc<dyn Host>) -> Self {
+        Self(Rc::new(Registry { host, locals: RefCell::new(Vec::new()) }))
+    }
+
+    fn define(&self, kind: MetricType, name: &str) -> Handle {
+        let id = match self.0.host.define_metric(kind, name) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                log::warn!("cannot define metric {name}: {status:?}; it will count nothing");
+                None
+            }
+        };
+        Handle { host: Rc::clone(&self.0.host), id }
+    }
+
+    /// A counter named `name` (a [`series_name`] for a labelled one).
+    pub fn counter(&self, name: &str) -> Counter {
+        Counter(self.define(MetricType::Counter, name))
+    }
+
+    /// A gauge named `name`.
+    pub fn gauge(&self, name: &str) -> Gauge {
+        Gauge(self.define(MetricType::Gauge, name))
+    }
+
+    /// A histogram named `name`.
+    pub fn histogram(&self, name: &str) -> Histogram {
+        Histogram(self.define(MetricType::Histogram, name))
+    }
+
+    /// A counter that counts in the VM, with no host call on the request path; the SDK sends
+    /// what it counted to the host every [`FLUSH_PERIOD`], so Envoy's value lags by up to one
+    /// period, and what was counted since the last flush is lost if the VM stops.
+    pub fn local_counter(&self, name: &str) -> LocalCounter {
+        let cell = Rc::new(LocalCell { counter: self.counter(name), pending: Cell::new(0) });
+        self.0.locals.borrow_mut().push(Rc::clone(&cell));
+        LocalCounter(cell)
+    }
+
+    /// A labelled family of metrics of kind `M` with label names `labels` (fixed order), at
+    /// most `max_series` label sets in this VM (see [`Family`]).
+    pub fn family<M: Metric>(
+        &self,
+        name: impl Into<String>,
+        labels: &[&str],
+        max_series: usize,
+    ) -> Family<M> {
+        Family {
+            metrics: self.clone(),
+            name: name.into(),
+            labels: labels.iter().map(|l| (*l).to_string()).collect(),
+            max_series,
+            series: RefCell::new(HashMap::new()),
+            overflowed: RefCell::new(None),
+        }
+    }
+
+    /// Whether some [`LocalCounter`] needs the SDK's flush tick.
+    pub(crate) fn has_local(&self) -> bool {
+        !self.0.locals.borrow().is_empty()
+    }
+
+    /// Sends every local counter's count to the host (one host call per counter that counted
+    /// something since the last flush).
+    pub(crate) fn flush(&self) {
+        for cell in self.0.locals.borrow().iter() {
+            cell.flush();
+        }
+    }
+}
+
+/// A defined metric: its id (`None` when the host refused it) and the host that keeps it.
+#[derive(Clone)]
+struct Handle {
+    host: Rc<dyn Host>,
+    id: Option<u32>,
+}
+
+impl Handle {
+    fn increment(&self, offset: i64) -> bool {
+        self.id.is_some_and(|id| self.host.increment_metric(id, offset).is_ok())
+    }
+
+    fn record(&self, value: u64) {
+        if let Some(id) = self.id {
+            let _ = self.host.record_metric(id, value);
+        }
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.id)
+    }
+}
 
 /// A monotonically increasing count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counter(u32);
+#[derive(Debug, Clone)]
+pub struct Counter(Handle);
 
 /// A value that goes up and down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gauge(u32);
+#[derive(Debug, Clone)]
+pub struct Gauge(Handle);
 
 /// A distribution of recorded values (Envoy computes buckets and quantiles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Histogram(u32);
+#[derive(Debug, Clone)]
+pub struct Histogram(Handle);
 
-/// A metric kind that can be defined by name.
-pub trait Metric: Copy {
-    /// Defines (or looks up: Envoy returns the same id for the same name) the metric.
-    fn define(name: &str) -> Result<Self, Status>;
+/// A metric kind a [`Family`] can hold.
+pub trait Metric: Clone {
+    /// Defines the metric named `name` in `metrics`.
+    fn define(metrics: &Metrics, name: &str) -> Self;
 }
 
 impl Metric for Counter {
-    fn define(name: &str) -> Result<Self, Status> {
-        hostcalls::define_metric(MetricType::Counter, name).map(Counter)
+    fn define(metrics: &Metrics, name: &str) -> Self {
+        metrics.counter(name)
     }
 }
 
 impl Metric for Gauge {
-    fn define(name: &str) -> Result<Self, Status> {
-        hostcalls::define_metric(MetricType::Gauge, name).map(Gauge)
+    fn define(metrics: &Metrics, name: &str) -> Self {
+        metrics.gauge(name)
     }
 }
 
 impl Metric for Histogram {
-    fn define(name: &str) -> Result<Self, Status> {
-        hostcalls::define_metric(MetricType::Histogram, name).map(Histogram)
+    fn define(metrics: &Metrics, name: &str) -> Self {
+        metrics.histogram(name)
     }
 }
 
 impl Counter {
     /// Adds one. Failures are ignored: a metric must never fail a request.
-    pub fn inc(self) {
+    pub fn inc(&self) {
         self.add(1);
     }
 
     /// Adds `n`.
-    pub fn add(self, n: u64) {
-        let _ = hostcalls::increment_metric(self.0, i64::try_from(n).unwrap_or(i64::MAX));
+    pub fn add(&self, n: u64) {
+        self.0.increment(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
-/// A counter that counts in the VM and reaches the host only when flushed: no host call on the
-/// request path. Flush it from [`crate::Plugin::on_tick`] (with a
-/// [`crate::Plugin::tick_period`] of [`FLUSH_PERIOD`], say), so Envoy's value lags by up to
-/// one period; what was counted since the last flush is lost if the VM stops.
+/// A counter that counts in the VM and reaches the host only when the SDK flushes it
+/// ([`Metrics::local_counter`]). Cloning it is cheap; clones count together.
+#[derive(Debug, Clone)]
+pub struct LocalCounter(Rc<LocalCell>);
+
 #[derive(Debug)]
-pub struct LocalCounter {
+struct LocalCell {
     counter: Counter,
     pending: Cell<u64>,
 }
 
-/// A flush period for [`LocalCounter`]s: Envoy's stats lag by at most this much.
-pub const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the SDK flushes [`LocalCounter`]s: Envoy's stats lag by at most this much.
+pub const FLUSH_PERIOD: Duration = Duration::from_secs(1);
 
 impl LocalCounter {
-    /// A local counter in front of `counter`.
-    pub fn new(counter: Counter) -> Self {
-        Self { counter, pending: Cell::new(0) }
-    }
-
     /// Adds one, locally.
     pub fn inc(&self) {
         self.add(1);
@@ -109,23 +219,25 @@ impl LocalCounter {
 
     /// Adds `n`, locally.
     pub fn add(&self, n: u64) {
-        self.pending.set(self.pending.get().saturating_add(n));
+        self.0.pending.set(self.0.pending.get().saturating_add(n));
     }
 
     /// What was counted since the last flush.
     pub fn pending(&self) -> u64 {
-        self.pending.get()
+        self.0.pending.get()
     }
+}
 
-    /// Sends what was counted to the host (one host call, none when nothing was counted). On
-    /// failure the count is kept for the next flush.
-    pub fn flush(&self) {
+impl LocalCell {
+    /// Sends what was counted (one host call, none when nothing was counted). On failure the
+    /// count is kept for the next flush.
+    fn flush(&self) {
         let n = self.pending.get();
         if n == 0 {
             return;
         }
         let delta = i64::try_from(n).unwrap_or(i64::MAX);
-        if hostcalls::increment_metric(self.counter.0, delta).is_ok() {
+        if self.counter.0.increment(delta) {
             self.pending.set(n.saturating_sub(delta.unsigned_abs()));
         }
     }
@@ -133,20 +245,20 @@ impl LocalCounter {
 
 impl Gauge {
     /// Sets the value.
-    pub fn set(self, value: u64) {
-        let _ = hostcalls::record_metric(self.0, value);
+    pub fn set(&self, value: u64) {
+        self.0.record(value);
     }
 
     /// Adds `delta` (may be negative).
-    pub fn add(self, delta: i64) {
-        let _ = hostcalls::increment_metric(self.0, delta);
+    pub fn add(&self, delta: i64) {
+        self.0.increment(delta);
     }
 }
 
 impl Histogram {
     /// Records one value.
-    pub fn record(self, value: u64) {
-        let _ = hostcalls::record_metric(self.0, value);
+    pub fn record(&self, value: u64) {
+        self.0.record(value);
     }
 }
 
@@ -210,12 +322,13 @@ pub fn tag_regex(label: &str) -> String {
 /// Value every label takes for requests beyond a family's cap.
 pub const OVERFLOW_VALUE: &str = "overflow";
 
-/// A labelled metric family with a hard cap on distinct label sets.
+/// A labelled metric family with a hard cap on distinct label sets ([`Metrics::family`]).
 ///
 /// Series are defined on first use and cached; once `max_series` exist, new label sets are all
 /// counted under one series whose labels are [`OVERFLOW_VALUE`], so memory and the number of
 /// series stay bounded whatever clients send.
 pub struct Family<M: Metric> {
+    metrics: Metrics,
     name: String,
     labels: Vec<String>,
     max_series: usize,
@@ -224,42 +337,31 @@ pub struct Family<M: Metric> {
 }
 
 impl<M: Metric> Family<M> {
-    /// A family named `name` with label names `labels` (fixed order) and a series cap.
-    pub fn new(name: impl Into<String>, labels: &[&str], max_series: usize) -> Self {
-        Self {
-            name: name.into(),
-            labels: labels.iter().map(|l| (*l).to_string()).collect(),
-            max_series,
-            series: RefCell::new(HashMap::new()),
-            overflowed: RefCell::new(None),
-        }
-    }
-
-    /// The series for `values` (one per label, in order), defining it on first use; `None` only
-    /// when the host refuses to define it. The boolean is true when the cap sent it to overflow.
-    pub fn get(&self, values: &[&str]) -> Option<(M, bool)> {
+    /// The series for `values` (one per label, in order), defining it on first use. The
+    /// boolean is true when the cap sent it to overflow.
+    pub fn get(&self, values: &[&str]) -> (M, bool) {
         let key: Vec<String> = values.iter().map(|v| sanitize_label_value(v)).collect();
         if let Some(m) = self.series.borrow().get(&key) {
-            return Some((*m, false));
+            return (m.clone(), false);
         }
         if self.series.borrow().len() >= self.max_series {
-            return self.overflow().map(|m| (m, true));
+            return (self.overflow(), true);
         }
         let pairs: Vec<(&str, &str)> =
             self.labels.iter().map(String::as_str).zip(key.iter().map(String::as_str)).collect();
-        let metric = M::define(&series_name(&self.name, &pairs)).ok()?;
-        self.series.borrow_mut().insert(key, metric);
-        Some((metric, false))
+        let metric = M::define(&self.metrics, &series_name(&self.name, &pairs));
+        self.series.borrow_mut().insert(key, metric.clone());
+        (metric, false)
     }
 
-    fn overflow(&self) -> Option<M> {
-        if let Some(m) = *self.overflowed.borrow() {
-            return Some(m);
+    fn overflow(&self) -> M {
+        if let Some(m) = self.overflowed.borrow().as_ref() {
+            return m.clone();
         }
         let pairs: Vec<(&str, &str)> = self.labels.iter().map(|l| (l.as_str(), OVERFLOW_VALUE)).collect();
-        let metric = M::define(&series_name(&self.name, &pairs)).ok()?;
-        *self.overflowed.borrow_mut() = Some(metric);
-        Some(metric)
+        let metric = M::define(&self.metrics, &series_name(&self.name, &pairs));
+        *self.overflowed.borrow_mut() = Some(metric.clone());
+        metric
     }
 
     /// Number of distinct series defined so far (the overflow series not included).
@@ -290,19 +392,5 @@ mod tests {
         assert_eq!(sanitize_label_value(&"x".repeat(500)).len(), MAX_LABEL_VALUE);
         assert!(sanitize_label_value(&"\u{e9}".repeat(100)).len() <= MAX_LABEL_VALUE);
         assert_eq!(tag_regex("host"), "(;host=([^;]*))");
-    }
-
-    #[test]
-    fn local_counter_keeps_its_count_until_a_flush_succeeds() {
-        let c = LocalCounter::new(Counter(4));
-        c.inc();
-        c.add(2);
-        assert_eq!(c.pending(), 3);
-        // Native builds have no host: the flush fails and the count is kept.
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            c.flush();
-            assert_eq!(c.pending(), 3);
-        }
     }
 }

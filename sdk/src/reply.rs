@@ -13,7 +13,7 @@
 
 use proxy_wasm::types::Status;
 
-use crate::host;
+use crate::host::Host;
 
 /// A reply the filter sends instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +67,9 @@ impl LocalReply {
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
-    /// Sends the reply on the current stream. `filter` names the sender in response details.
-    pub fn send(&self, filter: &str) -> Result<(), Status> {
+    /// Sends the reply on the current stream of `host`. `filter` names the sender in response
+    /// details.
+    pub(crate) fn send(&self, host: &dyn Host, filter: &str) -> Result<(), Status> {
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.headers.len() + 1);
         let body = match &self.raw_body {
             Some(raw) => raw.clone(),
@@ -81,7 +82,7 @@ impl LocalReply {
         // Response code details are single tokens by Envoy's convention (no spaces); `code` is
         // snake case by contract.
         let details = format!("{filter}_{}", self.code);
-        host::send_local_response(u32::from(self.status), &details, &body, &headers)
+        host.send_local_response(u32::from(self.status), &details, &body, &headers)
     }
 }
 

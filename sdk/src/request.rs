@@ -1,103 +1,22 @@
-//! Request and response headers of the current stream, and a request view that reads each
-//! pseudo-header at most once.
+//! Header maps as read from the host ([`HeaderSnapshot`]), and the request view built on one
+//! ([`Request`]).
 //!
-//! Every read is a host call (and Envoy calls back into the module to allocate the answer), so
-//! [`Request`] caches what it has read: a filter asking for the path three times pays once.
-//! A filter that needs two or more request values can read them all with one call:
-//! [`Request::snapshot`] (backed by a [`HeaderSnapshot`]) answers every lookup locally.
-
-use std::borrow::Cow;
-use std::cell::OnceCell;
-
-use proxy_wasm::types::{MapType, Status};
+//! Every read from the host is a host call (and Envoy calls back into the module to allocate
+//! the answer), so the SDK reads a whole map with one call and answers every lookup from it:
+//! [`crate::Stream::request`] is that read for the request headers.
 
 use crate::{host, http};
-
-/// A header map of the current stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Headers(MapType);
-
-/// The request headers, as they will go upstream.
-pub const REQUEST_HEADERS: Headers = Headers(MapType::HttpRequestHeaders);
-/// The response headers, as they will go to the client.
-pub const RESPONSE_HEADERS: Headers = Headers(MapType::HttpResponseHeaders);
-/// The request trailers.
-pub const REQUEST_TRAILERS: Headers = Headers(MapType::HttpRequestTrailers);
-/// The response trailers.
-pub const RESPONSE_TRAILERS: Headers = Headers(MapType::HttpResponseTrailers);
-
-impl Headers {
-    /// The value of `name` (case-insensitive, as Envoy stores names lower-cased); when the
-    /// header is repeated, Envoy returns the first value only. Bytes that are not UTF-8 become
-    /// U+FFFD (see [`Headers::get_bytes`] for the raw value). A host error reads as absent, and
-    /// is logged.
-    pub fn get(self, name: &str) -> Option<String> {
-        match host::header(self.0, name) {
-            Ok(v) => v,
-            Err(status) => {
-                log::debug!("reading header {name:?} failed: {status:?}");
-                None
-            }
-        }
-    }
-
-    /// The raw value of `name`, for values that must pass through unchanged (obs-text bytes).
-    pub fn get_bytes(self, name: &str) -> Option<Vec<u8>> {
-        match host::header_bytes(self.0, name) {
-            Ok(v) => v,
-            Err(status) => {
-                log::debug!("reading header {name:?} failed: {status:?}");
-                None
-            }
-        }
-    }
-
-    /// Every header, in order, with values decoded lossily when they are not UTF-8.
-    pub fn all(self) -> Vec<(String, String)> {
-        match host::header_pairs(self.0) {
-            Ok(pairs) => pairs.into_iter().map(|(k, v)| (lossy(k), lossy(v))).collect(),
-            Err(status) => {
-                log::debug!("reading header map failed: {status:?}");
-                Vec::new()
-            }
-        }
-    }
-
-    /// Sets `name` to `value`, replacing every existing value.
-    pub fn set(self, name: &str, value: &str) -> Result<(), Status> {
-        host::set_header(self.0, name, value.as_bytes())
-    }
-
-    /// Sets `name` to raw bytes, replacing every existing value.
-    pub fn set_bytes(self, name: &str, value: &[u8]) -> Result<(), Status> {
-        host::set_header(self.0, name, value)
-    }
-
-    /// Appends a value for `name`, keeping existing ones.
-    pub fn add(self, name: &str, value: &str) -> Result<(), Status> {
-        host::add_header(self.0, name, value.as_bytes())
-    }
-
-    /// Appends a raw value for `name`, keeping existing ones.
-    pub fn add_bytes(self, name: &str, value: &[u8]) -> Result<(), Status> {
-        host::add_header(self.0, name, value)
-    }
-
-    /// Removes every value of `name`.
-    pub fn remove(self, name: &str) -> Result<(), Status> {
-        host::remove_header(self.0, name)
-    }
-}
+use std::borrow::Cow;
 
 /// Every header of a map as it was at one moment, read with a single host call
-/// (`proxy_get_header_map_pairs`), answering lookups without calling the host again.
+/// ([`crate::HeaderMap::snapshot`]), answering lookups without calling the host again.
 ///
 /// One call plus one allocation callback, however many headers are looked up, where
-/// [`Headers::get`] costs that per header present. The host's buffer is kept as it came and
+/// [`crate::HeaderMap::get`] costs that per header looked up. The host's buffer is kept as it came and
 /// walked on each lookup (no copy, no allocation per header: on the request path every
 /// allocation in the VM shows). Lookups see the map as it was when read, not later changes.
 /// Names compare case-insensitively and the first value of a repeated header is the one
-/// returned, as with [`Headers::get`]; values that are not UTF-8 read with U+FFFD through the
+/// returned, as with [`crate::HeaderMap::get`]; values that are not UTF-8 read with U+FFFD through the
 /// text lookups, and exactly as the host gave them through [`HeaderSnapshot::iter_bytes`] (the
 /// way to pass a value on unchanged: an identity must never be rewritten).
 #[derive(Debug, Clone)]
@@ -133,18 +52,6 @@ impl Default for HeaderSnapshot {
 }
 
 impl HeaderSnapshot {
-    /// Reads `headers` now. A host error (no such map in this callback) reads as an empty map,
-    /// and is logged at debug.
-    pub fn read(headers: Headers) -> Self {
-        match host::header_pairs_raw(headers.0) {
-            Ok(raw) => Self::from_serialized(raw),
-            Err(status) => {
-                log::debug!("reading header map failed: {status:?}");
-                Self::default()
-            }
-        }
-    }
-
     /// A snapshot of a map in the ABI's serialized form; a malformed map reads as empty.
     pub fn from_serialized(raw: Vec<u8>) -> Self {
         match host::check_map(&raw) {
@@ -276,57 +183,33 @@ fn lossy_ref(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn lossy(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }
-}
-
-/// A view of the current request. Either read-through ([`Request::new`]: each part fetched
-/// on first use, one host call each) or a snapshot ([`Request::snapshot`]: every header read
-/// with one host call, every lookup answered locally).
-#[derive(Debug, Default)]
+/// The request as one [`HeaderSnapshot`] read it: method, host, path, query, cookies and
+/// headers, each answered without calling the host. Filters get it from
+/// [`crate::Stream::request`]; [`Request::from_headers`] builds one for tests of pure logic.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Request {
-    method: OnceCell<String>,
-    authority: OnceCell<String>,
-    path: OnceCell<String>,
-    cookie: OnceCell<Option<String>>,
-    snapshot: Option<HeaderSnapshot>,
+    headers: HeaderSnapshot,
 }
 
 impl Request {
-    /// A view of the current stream's request; reads nothing yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// The request these headers describe.
+    pub fn from_headers(headers: HeaderSnapshot) -> Self {
+        Self { headers }
     }
 
-    /// A view of the current stream's request headers as they are now, read with one host call
-    /// ([`HeaderSnapshot`]); nothing is read from the host afterwards, so later changes (by this
-    /// filter or others) are not seen. Worth it as soon as two or more values are needed.
-    pub fn snapshot() -> Self {
-        Self { snapshot: Some(HeaderSnapshot::read(REQUEST_HEADERS)), ..Self::default() }
-    }
-
-    /// The headers, when this view is a [`Request::snapshot`].
-    pub fn headers(&self) -> Option<&HeaderSnapshot> {
-        self.snapshot.as_ref()
+    /// Every request header, pseudo-headers included.
+    pub fn headers(&self) -> &HeaderSnapshot {
+        &self.headers
     }
 
     /// The method (`:method`), empty when the host has none.
     pub fn method(&self) -> &str {
-        if let Some(s) = &self.snapshot {
-            return s.get(":method").unwrap_or_default();
-        }
-        self.method.get_or_init(|| REQUEST_HEADERS.get(":method").unwrap_or_default())
+        self.headers.get(":method").unwrap_or_default()
     }
 
     /// The `:authority` as sent (the Host header for HTTP/1.1), port included.
     pub fn authority(&self) -> &str {
-        if let Some(s) = &self.snapshot {
-            return s.get(":authority").unwrap_or_default();
-        }
-        self.authority.get_or_init(|| REQUEST_HEADERS.get(":authority").unwrap_or_default())
+        self.headers.get(":authority").unwrap_or_default()
     }
 
     /// The host: lower-cased, port and trailing dot removed; `None` when the authority is not a
@@ -337,10 +220,7 @@ impl Request {
 
     /// The full `:path`, query included.
     pub fn path_and_query(&self) -> &str {
-        if let Some(s) = &self.snapshot {
-            return s.get(":path").unwrap_or_default();
-        }
-        self.path.get_or_init(|| REQUEST_HEADERS.get(":path").unwrap_or_default())
+        self.headers.get(":path").unwrap_or_default()
     }
 
     /// The path without query string or fragment.
@@ -358,28 +238,14 @@ impl Request {
         http::query_param(self.query()?, name)
     }
 
-    /// The first cookie named `name` from the `Cookie` header(s).
+    /// The first cookie named `name` from the first `Cookie` header.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        if let Some(s) = &self.snapshot {
-            return http::cookie(s.get("cookie")?, name);
-        }
-        let header = self.cookie.get_or_init(|| REQUEST_HEADERS.get("cookie")).as_deref()?;
-        http::cookie(header, name)
+        http::cookie(self.headers.get("cookie")?, name)
     }
 
-    /// A request header (see [`Headers::get`]); not cached, except in a snapshot, which answers
-    /// it locally.
-    pub fn header(&self, name: &str) -> Option<String> {
-        if let Some(s) = &self.snapshot {
-            return s.get(name).map(str::to_string);
-        }
-        REQUEST_HEADERS.get(name)
-    }
-
-    /// Forgets what was read, after the filter itself changed the request; a snapshot becomes
-    /// a read-through view.
-    pub fn invalidate(&mut self) {
-        *self = Self::default();
+    /// The first value of request header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)
     }
 }
 
@@ -406,14 +272,14 @@ mod tests {
         assert_eq!(s.get("X-MULTI"), Some("1"));
         assert_eq!(s.get_all("x-multi").collect::<Vec<_>>(), ["1", "2"]);
         assert!(!s.contains("x-absent"));
-        let req = Request { snapshot: Some(s), ..Request::default() };
+        let req = Request::from_headers(s);
         assert_eq!(req.method(), "GET");
         assert_eq!(req.path(), "/a/b");
         assert_eq!(req.query(), Some("c=1"));
         assert_eq!(req.host().as_deref(), Some("example.com"));
         assert_eq!(req.authority(), "Example.COM:8080");
         assert_eq!(req.cookie("sid"), Some("xyz"));
-        assert_eq!(req.header("x-multi").as_deref(), Some("1"));
+        assert_eq!(req.header("x-multi"), Some("1"));
     }
 
     #[test]

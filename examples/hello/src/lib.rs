@@ -2,7 +2,7 @@
 //! blocked prefix, counts requests by method. Config: `{"greeting": "hi", "blocked_prefix": "/x"}`.
 use gatewasm::config::{self, ConfigErrors, Validate};
 use gatewasm::metrics::{Counter, Family};
-use gatewasm::{Flow, HttpFilter, LocalReply, Plugin, Request, Stream, REQUEST_HEADERS};
+use gatewasm::{Flow, HttpFilter, LocalReply, Plugin, Root, Stream};
 use std::rc::Rc;
 
 /// The configuration, parsed once and shared by every request.
@@ -12,11 +12,8 @@ pub struct Hello {
     pub greeting: Option<String>,
     /// Requests whose path starts with this are answered 403.
     pub blocked_prefix: Option<String>,
-    #[serde(skip, default = "requests_by_method")]
-    requests: Family<Counter>,
-}
-fn requests_by_method() -> Family<Counter> {
-    Family::new("hello_requests_total", &["method"], 16)
+    #[serde(skip)]
+    requests: Option<Family<Counter>>,
 }
 
 impl Validate for Hello {
@@ -31,8 +28,10 @@ impl Validate for Hello {
 impl Plugin for Hello {
     const NAME: &'static str = "hello";
     type Filter = Greeter;
-    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
-        config::parse(raw)
+    fn configure(raw: &[u8], root: &Root) -> Result<Self, ConfigErrors> {
+        let mut hello: Hello = config::parse(raw)?;
+        hello.requests = Some(root.metrics().family("hello_requests_total", &["method"], 16));
+        Ok(hello)
     }
     fn new_filter(self: &Rc<Self>) -> Greeter {
         Greeter(Rc::clone(self))
@@ -42,10 +41,10 @@ impl Plugin for Hello {
 /// Per-request state: the shared configuration.
 pub struct Greeter(Rc<Hello>);
 impl HttpFilter for Greeter {
-    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
-        let req = Request::new();
-        if let Some((counter, _)) = self.0.requests.get(&[req.method()]) {
-            counter.inc();
+    fn on_request_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        let req = stream.request();
+        if let Some(requests) = &self.0.requests {
+            requests.get(&[req.method()]).0.inc();
         }
         if self.0.blocked_prefix.as_deref().is_some_and(|p| req.path().starts_with(p)) {
             return Flow::Reply(LocalReply::new(403, "blocked_path", "this path is blocked"));
@@ -53,7 +52,8 @@ impl HttpFilter for Greeter {
         let greeting = self.0.greeting.as_deref().unwrap_or("hello");
         // `host()` is None for an authority that is not a host name (`a:1:2`, `user@h`).
         let host = req.host();
-        let _ = REQUEST_HEADERS
+        let _ = stream
+            .request_headers()
             .set("x-greeting", &format!("{greeting} {}", host.as_deref().unwrap_or("stranger")));
         Flow::Continue
     }

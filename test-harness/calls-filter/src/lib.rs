@@ -18,7 +18,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use gatewasm::host;
+use gatewasm::host::{Abi, Host};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -71,16 +71,16 @@ impl Op {
     fn run(&self) -> bool {
         let req = MapType::HttpRequestHeaders;
         match self {
-            Op::Pairs => drop(host::header_pairs_raw(req)),
-            Op::ResponsePairs => drop(host::header_pairs_raw(MapType::HttpResponseHeaders)),
-            Op::AnswerPairs => drop(host::header_pairs_raw(MapType::HttpCallResponseHeaders)),
-            Op::Get(name) => drop(host::header_bytes(req, name)),
-            Op::Replace(name, value) => drop(host::set_header(req, name, value.as_bytes())),
-            Op::Remove(name) => drop(host::remove_header(req, name)),
+            Op::Pairs => drop(Abi.header_pairs(req)),
+            Op::ResponsePairs => drop(Abi.header_pairs(MapType::HttpResponseHeaders)),
+            Op::AnswerPairs => drop(Abi.header_pairs(MapType::HttpCallResponseHeaders)),
+            Op::Get(name) => drop(Abi.header(req, name)),
+            Op::Replace(name, value) => drop(Abi.set_header(req, name, value.as_bytes())),
+            Op::Remove(name) => drop(Abi.remove_header(req, name)),
             Op::Time => drop(hostcalls::get_current_time()),
             Op::Property(path) => {
                 let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-                drop(host::property(&segments));
+                drop(Abi.property(&segments));
             }
             Op::Callout { cluster, path } => {
                 let headers = vec![
