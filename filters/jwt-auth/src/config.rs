@@ -420,7 +420,6 @@ fn provider(at: &str, name: &str, raw: &RawProvider, errors: &mut ConfigErrors) 
         outputs: Outputs { claim_to_headers, forward_payload_header, forward: raw.forward },
         keys,
         cache: RefCell::new(TokenCache::new(cache_size)),
-        host_check: None,
     })
 }
 

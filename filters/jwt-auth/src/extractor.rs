@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use gatewasm::http;
+use gatewasm::{http, Request};
 
 /// One place a token may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +28,6 @@ pub fn default_locations() -> Vec<Location> {
         Location::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
         Location::Param("access_token".into()),
     ]
-}
-
-/// What the extractor reads a request through.
-pub trait RequestView {
-    /// Every value of a request header (name lower-case), in order.
-    fn header_values(&self, name: &str) -> Vec<&str>;
-    /// The query string, without `?`.
-    fn query(&self) -> Option<&str>;
 }
 
 /// A token found in the request.
@@ -69,20 +61,25 @@ pub fn after_prefix<'v>(value: &'v str, prefix: Option<&str>) -> Option<&'v str>
     (!token.is_empty()).then_some(token)
 }
 
+/// Every value of request header `name`, in order, borrowed from the request (not from `name`).
+fn values<'r, 'n>(req: &'r Request, name: &'n str) -> impl Iterator<Item = &'r str> + use<'r, 'n> {
+    req.headers().iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+}
+
 /// Every token in `locations`, in location order.
-pub fn extract<'r>(locations: &[Location], req: &'r dyn RequestView) -> Vec<Found<'r>> {
+pub fn extract<'r>(locations: &[Location], req: &'r Request) -> Vec<Found<'r>> {
     let mut found = Vec::new();
     for (i, loc) in locations.iter().enumerate() {
         match loc {
             Location::Header { name, prefix } => {
-                for value in req.header_values(name) {
+                for value in values(req, name) {
                     if let Some(t) = after_prefix(value, prefix.as_deref()) {
                         found.push(Found { location: i, token: Cow::Borrowed(t) });
                     }
                 }
             }
             Location::Cookie(name) => {
-                for header in req.header_values("cookie") {
+                for header in values(req, "cookie") {
                     for (n, v) in http::cookies(header) {
                         if n == name && !v.is_empty() {
                             found.push(Found { location: i, token: Cow::Borrowed(v) });
@@ -141,18 +138,17 @@ pub fn without_param(path_and_query: &str, name: &str) -> String {
 mod tests {
     use super::*;
 
-    struct Req(Vec<(&'static str, &'static str)>, Option<&'static str>);
+    use gatewasm::HeaderSnapshot;
 
-    impl RequestView for Req {
-        fn header_values(&self, name: &str) -> Vec<&str> {
-            self.0.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect()
-        }
-        fn query(&self) -> Option<&str> {
-            self.1
-        }
+    /// A request with these headers and, when given, this query on `/`.
+    fn req(headers: &[(&str, &str)], query: Option<&str>) -> Request {
+        let path = query.map_or_else(|| "/".to_string(), |q| format!("/?{q}"));
+        let mut all = vec![(":path", path.as_str())];
+        all.extend_from_slice(headers);
+        Request::from_headers(HeaderSnapshot::from_strs(&all))
     }
 
-    fn tokens(locs: &[Location], req: &Req) -> Vec<(usize, String)> {
+    fn tokens(locs: &[Location], req: &Request) -> Vec<(usize, String)> {
         extract(locs, req).into_iter().map(|f| (f.location, f.token.into_owned())).collect()
     }
 
@@ -184,21 +180,21 @@ mod tests {
             Location::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
             Location::Param("token".into()),
         ];
-        let req = Req(
-            vec![("cookie", "a=1; id_token=C.C.C"), ("authorization", "Bearer H.H.H")],
+        let r = req(
+            &[("cookie", "a=1; id_token=C.C.C"), ("authorization", "Bearer H.H.H")],
             Some("x=1&token=Q%2EQ.Q"),
         );
-        assert_eq!(tokens(&locs, &req), [(0, "C.C.C".into()), (1, "H.H.H".into()), (2, "Q.Q.Q".into())]);
-        assert!(tokens(&locs, &Req(vec![("cookie", "id_token=")], Some("token="))).is_empty());
-        assert!(tokens(&default_locations(), &Req(vec![], Some("access_token=A.A.A"))).len() == 1);
+        assert_eq!(tokens(&locs, &r), [(0, "C.C.C".into()), (1, "H.H.H".into()), (2, "Q.Q.Q".into())]);
+        assert!(tokens(&locs, &req(&[("cookie", "id_token=")], Some("token="))).is_empty());
+        assert!(tokens(&default_locations(), &req(&[], Some("access_token=A.A.A"))).len() == 1);
     }
 
     #[test]
     fn repeated_headers_and_cookies_all_count() {
         let locs =
             vec![Location::Header { name: "x-jwt".into(), prefix: None }, Location::Cookie("t".into())];
-        let req = Req(vec![("x-jwt", "a"), ("x-jwt", "b"), ("cookie", "t=c"), ("cookie", "t=d; t=e")], None);
-        let got: Vec<String> = tokens(&locs, &req).into_iter().map(|(_, t)| t).collect();
+        let r = req(&[("x-jwt", "a"), ("X-JWT", "b"), ("cookie", "t=c"), ("cookie", "t=d; t=e")], None);
+        let got: Vec<String> = tokens(&locs, &r).into_iter().map(|(_, t)| t).collect();
         assert_eq!(got, ["a", "b", "c", "d", "e"]);
     }
 

@@ -92,8 +92,8 @@ impl KeySet {
     }
 
     /// Verifies the token's signature with the keys that may verify it (see the module docs),
-    /// asking `host` for the signatures it can check.
-    pub fn verify(&self, jwt: &Jwt<'_>, host: Option<HostCheck>) -> Status {
+    /// asking `host` for the signatures it can check ([`SignatureCheck`]).
+    pub fn verify(&self, jwt: &Jwt<'_>, host: Option<SignatureCheck<'_>>) -> Status {
         let mut failure = Status::KidAlgMismatch;
         for key in &self.keys {
             if let (Some(want), Some(have)) = (&jwt.kid, &key.kid) {
@@ -151,7 +151,9 @@ fn hash_len(alg: Alg) -> usize {
 
 /// Asks the host whether a signature is valid, given [`host_crypto::request`]'s arguments:
 /// `Some(answer)`, or `None` when the host has no such function (the module then checks it).
-pub type HostCheck = fn(&[u8]) -> Option<bool>;
+/// The filter passes one per request, built on its stream; without one the module checks
+/// every signature itself.
+pub type SignatureCheck<'h> = &'h dyn Fn(&[u8]) -> Option<bool>;
 
 /// Whether `sig` is a valid signature of `msg` by `key` under `alg` (the kinds already match),
 /// checked by the module's own code.

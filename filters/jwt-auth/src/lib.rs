@@ -3,7 +3,7 @@
 //! request needs, and 401/403 answers with `WWW-Authenticate: Bearer`. See `README.md`.
 //!
 //! Request path, per stream:
-//! 1. every request header is read with one host call ([`gatewasm::Request::snapshot`]);
+//! 1. every request header is read with one host call ([`gatewasm::Stream::request`]);
 //! 2. any client-sent copy of a header a provider sets (`x-admin-id`, the payload header) is
 //!    removed, on every request, before anything else;
 //! 3. the first matching rule's requirement is evaluated ([`verifier`]): tokens extracted
@@ -12,8 +12,9 @@
 //! 4. on success the outputs are written and the tokens removed (unless `forward`); on failure
 //!    the request is answered 401/403 and does not go upstream.
 //!
-//! Root context: a tick flushes the counters and fetches remote key sets that are due
-//! ([`jwks_cache`]); their answers arrive in [`Plugin::on_callout`].
+//! Root context: a tick reads the clock and fetches remote key sets that are due
+//! ([`jwks_cache`]); their answers arrive in [`Plugin::on_callout`]. The SDK flushes the
+//! counters.
 
 pub mod config;
 pub mod ec_verify;
@@ -30,16 +31,16 @@ pub mod verifier;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gatewasm::metrics::{Counter, LocalCounter, FLUSH_PERIOD};
+use gatewasm::metrics::{series_name, Counter, LocalCounter, Metrics, FLUSH_PERIOD};
 use gatewasm::{
-    Callout, CalloutId, CalloutResult, ConfigErrors, Flow, HttpFilter, LocalReply, Plugin, Request, Stream,
-    REQUEST_HEADERS,
+    Callout, CalloutId, CalloutResult, ConfigErrors, Flow, HeaderMap, HttpFilter, LocalReply, Plugin,
+    Request, Root, Stream,
 };
 
 use crate::config::Compiled;
-use crate::extractor::{Location, RequestView};
+use crate::extractor::Location;
 use crate::jwks_cache::{FetchOutcome, KeySource};
 use crate::status::Status;
 use crate::verifier::{Evaluation, Success};
@@ -58,49 +59,13 @@ pub const JWKS_WEAK_KEYS: &str = "jwt_auth_jwks_weak_keys_total";
 /// after the configuration is loaded, and an unknown `kid` is re-fetched this soon.
 const REMOTE_TICK: Duration = Duration::from_millis(200);
 
-thread_local! {
-    /// Set once the host answered that it has no `verify_signature` (Envoy before 1.35, other
-    /// hosts): later signatures go straight to the module's own code.
-    static HOST_LACKS_VERIFY: Cell<bool> = const { Cell::new(false) };
-}
-
-/// [`keys::HostCheck`] through Envoy's `verify_signature`. Anything but a clear "valid" is a
-/// failed verification, except a host without the function, where the module checks instead.
-fn host_check(arguments: &[u8]) -> Option<bool> {
-    if HOST_LACKS_VERIFY.with(Cell::get) {
-        return None;
-    }
-    match gatewasm::host::foreign_function(host_crypto::FUNCTION, arguments) {
-        Ok(answer) => {
-            let valid = host_crypto::verified(&answer);
-            if !valid {
-                log::debug!(
-                    "jwt_auth: host signature check failed: {}",
-                    host_crypto::error_text(&answer).unwrap_or_default()
-                );
-            }
-            Some(valid)
-        }
-        Err(gatewasm::proxy_wasm::types::Status::NotFound) => {
-            HOST_LACKS_VERIFY.with(|c| c.set(true));
-            log::info!("jwt_auth: the host has no verify_signature; the module checks every signature");
-            None
-        }
-        Err(status) => {
-            log::debug!("jwt_auth: verify_signature failed: {status:?}");
-            Some(false)
-        }
-    }
-}
-
 /// The plugin: providers, rules and counters.
 pub struct JwtAuth {
     config: Compiled,
-    allowed: Option<LocalCounter>,
+    allowed: LocalCounter,
     denied: Vec<(&'static str, LocalCounter)>,
-    fetches: Vec<(Option<Counter>, Option<Counter>)>,
-    /// Weak keys skipped, per provider (`None` for inline keys).
-    weak_keys: Vec<Option<Counter>>,
+    /// Per provider: its fetch and weak-key counters, `None` for a provider with inline keys.
+    remote_counters: Vec<Option<RemoteCounters>>,
     /// Remote fetches in flight: callout and provider index.
     in_flight: RefCell<Vec<(CalloutId, usize)>>,
     /// Whether some provider fetches its keys.
@@ -108,34 +73,38 @@ pub struct JwtAuth {
     /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
     host_rules: bool,
     /// Requests refused because their host cannot be read while rules name hosts.
-    invalid_host: Option<LocalCounter>,
+    invalid_host: LocalCounter,
     /// The host's clock, seconds, as read at the last tick: requests compare `exp`/`nbf` with
     /// it instead of reading the clock each (a host call). At most one tick period old (200 ms
     /// with remote keys, 1 s otherwise), well inside any clock skew.
     clock: Cell<Option<u64>>,
+    /// Set once the host answered that it has no `verify_signature` (Envoy before 1.35, other
+    /// hosts): later signatures go straight to the module's own code.
+    host_lacks_verify: Cell<bool>,
 }
 
-#[cfg(target_arch = "wasm32")]
-fn counter(name: &str) -> Option<Counter> {
-    use gatewasm::metrics::Metric;
-    match Counter::define(name) {
-        Ok(c) => Some(c),
-        Err(status) => {
-            log::warn!("jwt_auth: cannot define metric {name}: {status:?}");
-            None
+/// The counters of a provider that fetches its keys.
+struct RemoteCounters {
+    fetched: Counter,
+    failed: Counter,
+    /// Weak keys skipped in its fetched documents.
+    weak_keys: Counter,
+}
+
+impl RemoteCounters {
+    fn define(metrics: &Metrics, provider: &str) -> Self {
+        let fetches = |result| series_name(JWKS_FETCHES, &[("provider", provider), ("result", result)]);
+        Self {
+            fetched: metrics.counter(&fetches("ok")),
+            failed: metrics.counter(&fetches("failed")),
+            weak_keys: metrics.counter(&series_name(JWKS_WEAK_KEYS, &[("provider", provider)])),
         }
     }
 }
 
-/// Native builds (unit tests) have no host to define metrics in.
-#[cfg(not(target_arch = "wasm32"))]
-fn counter(_name: &str) -> Option<Counter> {
-    None
-}
-
-fn now_ms() -> u64 {
-    gatewasm::clock::now()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+/// Milliseconds since the Unix epoch of a host clock reading (0 when the host has none).
+fn millis(now: Option<SystemTime>) -> u64 {
+    now.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -151,8 +120,38 @@ impl JwtAuth {
         }
     }
 
-    fn fetch_due(self: &Rc<Self>) {
-        let now = now_ms();
+    /// Whether Envoy's `verify_signature` finds `arguments` ([`host_crypto::request`]) a valid
+    /// signature. Anything but a clear "valid" is a failed verification, except a host without
+    /// the function (`None`), where the module checks instead, from then on without asking.
+    fn host_check(&self, stream: &Stream, arguments: &[u8]) -> Option<bool> {
+        if self.host_lacks_verify.get() {
+            return None;
+        }
+        match stream.foreign_function(host_crypto::FUNCTION, arguments) {
+            Ok(answer) => {
+                let valid = host_crypto::verified(&answer);
+                if !valid {
+                    log::debug!(
+                        "jwt_auth: host signature check failed: {}",
+                        host_crypto::error_text(&answer).unwrap_or_default()
+                    );
+                }
+                Some(valid)
+            }
+            Err(gatewasm::proxy_wasm::types::Status::NotFound) => {
+                self.host_lacks_verify.set(true);
+                log::info!("jwt_auth: the host has no verify_signature; the module checks every signature");
+                None
+            }
+            Err(status) => {
+                log::debug!("jwt_auth: verify_signature failed: {status:?}");
+                Some(false)
+            }
+        }
+    }
+
+    fn fetch_due(self: &Rc<Self>, root: &Root) {
+        let now = millis(root.now());
         for (index, p) in self.config.providers.iter().enumerate() {
             let KeySource::Remote(remote) = &p.keys else { continue };
             let Some(for_kid) = remote.due(now) else { continue };
@@ -161,7 +160,7 @@ impl JwtAuth {
             call.timeout = Duration::from_millis(c.timeout_ms);
             call.max_response_bytes = c.max_bytes;
             call.headers.push(("accept".into(), "application/json".into()));
-            match gatewasm::dispatch(&call) {
+            match root.dispatch(&call) {
                 Ok(id) => {
                     remote.sent(now, for_kid);
                     self.in_flight.borrow_mut().push((id, index));
@@ -177,10 +176,8 @@ impl JwtAuth {
     }
 
     fn count_fetch(&self, index: usize, ok: bool) {
-        if let Some((good, bad)) = self.fetches.get(index) {
-            if let Some(c) = if ok { good } else { bad } {
-                c.inc();
-            }
+        if let Some(Some(c)) = self.remote_counters.get(index) {
+            if ok { &c.fetched } else { &c.failed }.inc();
         }
     }
 }
@@ -189,61 +186,35 @@ impl Plugin for JwtAuth {
     const NAME: &'static str = "jwt_auth";
     type Filter = JwtFilter;
 
-    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
-        let mut config = config::parse(raw)?;
-        if config.host_crypto {
-            for provider in &mut config.providers {
-                provider.host_check = Some(host_check);
-            }
-        }
-        let allowed = counter(ALLOWED).map(LocalCounter::new);
+    fn configure(raw: &[u8], root: &Root) -> Result<Self, ConfigErrors> {
+        let config = config::parse(raw)?;
+        let metrics = root.metrics();
+        let allowed = metrics.local_counter(ALLOWED);
         let denied = Status::DENY_CODES
             .iter()
-            .filter_map(|code| {
-                let name = gatewasm::metrics::series_name(DENIED, &[("reason", code)]);
-                counter(&name).map(|c| (*code, LocalCounter::new(c)))
-            })
+            .map(|code| (*code, metrics.local_counter(&series_name(DENIED, &[("reason", code)]))))
             .collect();
-        let fetches = config
+        // Only providers that fetch their keys have fetch counters.
+        let remote_counters = config
             .providers
             .iter()
-            .map(|p| {
-                // Only providers that fetch their keys have fetch counters.
-                if !matches!(p.keys, KeySource::Remote(_)) {
-                    return (None, None);
-                }
-                let name = |result| {
-                    gatewasm::metrics::series_name(JWKS_FETCHES, &[("provider", &p.name), ("result", result)])
-                };
-                (counter(&name("ok")), counter(&name("failed")))
-            })
-            .collect();
-        let weak_keys = config
-            .providers
-            .iter()
-            .map(|p| match p.keys {
-                KeySource::Remote(_) => {
-                    counter(&gatewasm::metrics::series_name(JWKS_WEAK_KEYS, &[("provider", &p.name)]))
-                }
-                KeySource::Local(_) => None,
-            })
+            .map(|p| matches!(p.keys, KeySource::Remote(_)).then(|| RemoteCounters::define(metrics, &p.name)))
             .collect();
         let remote = config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_)));
         let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
-        let invalid_host = counter(&gatewasm::metrics::series_name(DENIED, &[("reason", "invalid_host")]))
-            .map(LocalCounter::new);
+        let invalid_host = metrics.local_counter(&series_name(DENIED, &[("reason", "invalid_host")]));
         log::info!("jwt_auth: {} provider(s), {} rule(s) loaded", config.providers.len(), config.rules.len());
         Ok(JwtAuth {
             config,
             allowed,
             denied,
-            fetches,
-            weak_keys,
+            remote_counters,
             in_flight: RefCell::new(Vec::new()),
             remote,
             host_rules,
             invalid_host,
             clock: Cell::new(None),
+            host_lacks_verify: Cell::new(false),
         })
     }
 
@@ -251,24 +222,19 @@ impl Plugin for JwtAuth {
         JwtFilter { plugin: Rc::clone(self) }
     }
 
+    /// The clock is read on the tick (see `clock`); remote key sets need a shorter one.
     fn tick_period(&self) -> Option<Duration> {
         Some(if self.remote { REMOTE_TICK } else { FLUSH_PERIOD })
     }
 
-    fn on_tick(self: &Rc<Self>) {
-        self.clock.set(Some(now_ms() / 1000));
-        if let Some(c) = &self.allowed {
-            c.flush();
-        }
-        for c in self.denied.iter().map(|(_, c)| c).chain(&self.invalid_host) {
-            c.flush();
-        }
+    fn on_tick(self: &Rc<Self>, root: &Root) {
+        self.clock.set(Some(millis(root.now()) / 1000));
         if self.remote {
-            self.fetch_due();
+            self.fetch_due(root);
         }
     }
 
-    fn on_callout(self: &Rc<Self>, id: CalloutId, result: CalloutResult) {
+    fn on_callout(self: &Rc<Self>, root: &Root, id: CalloutId, result: CalloutResult) {
         let index = {
             let mut in_flight = self.in_flight.borrow_mut();
             let Some(at) = in_flight.iter().position(|(i, _)| *i == id) else { return };
@@ -276,16 +242,17 @@ impl Plugin for JwtAuth {
         };
         let Some(p) = self.config.providers.get(index) else { return };
         let KeySource::Remote(remote) = &p.keys else { return };
+        let now = millis(root.now());
         let outcome = match &result {
-            Ok(resp) => remote.answered(now_ms(), Some(resp.status), &resp.body, resp.truncated),
-            Err(_) => remote.answered(now_ms(), None, &[], false),
+            Ok(resp) => remote.answered(now, Some(resp.status), &resp.body, resp.truncated),
+            Err(_) => remote.answered(now, None, &[], false),
         };
         match outcome {
             FetchOutcome::Updated { keys, changed, weak } => {
                 self.count_fetch(index, true);
                 if weak > 0 {
-                    if let Some(Some(c)) = self.weak_keys.get(index) {
-                        c.add(u64::try_from(weak).unwrap_or(u64::MAX));
+                    if let Some(Some(c)) = self.remote_counters.get(index) {
+                        c.weak_keys.add(u64::try_from(weak).unwrap_or(u64::MAX));
                     }
                     log::warn!(
                         "jwt_auth: provider {}: skipped {weak} weak key(s) in its JWKS (RSA under 2048 bits or a secret under 32 bytes); the other {keys} key(s) are used",
@@ -311,21 +278,6 @@ impl Plugin for JwtAuth {
     }
 }
 
-/// The request as the extractor sees it: the snapshot of its headers.
-struct View<'a>(&'a Request);
-
-impl RequestView for View<'_> {
-    fn header_values(&self, name: &str) -> Vec<&str> {
-        match self.0.headers() {
-            Some(h) => h.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v).collect(),
-            None => Vec::new(),
-        }
-    }
-    fn query(&self) -> Option<&str> {
-        self.0.query()
-    }
-}
-
 /// Per-stream state.
 pub struct JwtFilter {
     plugin: Rc<JwtAuth>,
@@ -334,7 +286,7 @@ pub struct JwtFilter {
 /// The `realm` of the `WWW-Authenticate` answer: the request URL without its query (which may
 /// hold the token itself), as `scheme://host/path`.
 fn realm(req: &Request) -> String {
-    let scheme = req.headers().and_then(|h| h.get("x-forwarded-proto")).unwrap_or("http");
+    let scheme = req.header("x-forwarded-proto").unwrap_or("http");
     let realm = format!("{scheme}://{}{}", req.authority(), req.path());
     // Quotes or control characters would break the header; drop them.
     realm.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
@@ -358,26 +310,27 @@ fn deny(status: Status, req: &Request) -> LocalReply {
 /// written once.
 struct Removals<'r> {
     req: &'r Request,
+    headers_out: HeaderMap<'r>,
     path: Option<String>,
     cookie: Option<Option<String>>,
     headers: Vec<&'r str>,
 }
 
 impl<'r> Removals<'r> {
-    fn new(req: &'r Request) -> Self {
-        Removals { req, path: None, cookie: None, headers: Vec::new() }
+    fn new(req: &'r Request, headers_out: HeaderMap<'r>) -> Self {
+        Removals { req, headers_out, path: None, cookie: None, headers: Vec::new() }
     }
 
     fn remove(&mut self, location: Option<&'r Location>) {
         match location {
             Some(Location::Header { name, .. }) if !self.headers.contains(&name.as_str()) => {
-                let _ = REQUEST_HEADERS.remove(name);
+                let _ = self.headers_out.remove(name);
                 self.headers.push(name);
             }
             Some(Location::Cookie(name)) => {
                 let current = match &self.cookie {
                     Some(c) => c.clone(),
-                    None => self.req.headers().and_then(|h| h.get("cookie")).map(str::to_string),
+                    None => self.req.header("cookie").map(str::to_string),
                 };
                 self.cookie = Some(current.and_then(|c| extractor::without_cookie(&c, name)));
             }
@@ -392,15 +345,15 @@ impl<'r> Removals<'r> {
     fn write(self) {
         match self.cookie {
             Some(Some(c)) => {
-                let _ = REQUEST_HEADERS.set("cookie", &c);
+                let _ = self.headers_out.set("cookie", &c);
             }
             Some(None) => {
-                let _ = REQUEST_HEADERS.remove("cookie");
+                let _ = self.headers_out.remove("cookie");
             }
             None => {}
         }
         if let Some(p) = self.path {
-            let _ = REQUEST_HEADERS.set(":path", &p);
+            let _ = self.headers_out.set(":path", &p);
         }
     }
 }
@@ -409,13 +362,20 @@ impl<'r> Removals<'r> {
 /// unless their provider forwards them, unverified ones ([`Evaluation::unverified`]) always.
 /// The tokens agree on every claim header ([`verifier::identities_conflict`]), so each header is
 /// written once; the payload header carries the first token's payload.
-fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success<'_>], unverified: &[(usize, usize)]) {
+fn write_outputs(
+    plugin: &JwtAuth,
+    stream: &Stream,
+    req: &Request,
+    successes: &[Success<'_>],
+    unverified: &[(usize, usize)],
+) {
+    let out = stream.request_headers();
     let providers = &plugin.config.providers;
     // Only several tokens can set a header twice; one token needs no bookkeeping (and no
     // allocation on the cached path).
     let mut written: Vec<&str> = Vec::new();
     let several = successes.len() > 1;
-    let mut removals = Removals::new(req);
+    let mut removals = Removals::new(req, out);
     for s in successes {
         let Some(p) = providers.get(s.provider) else { continue };
         let o = &p.outputs;
@@ -428,7 +388,7 @@ fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success<'_>], unv
             }
             match s.verified.claims.get(claim).and_then(outputs::claim_header_value) {
                 Some(v) if gatewasm::config::is_header_value(&v) => {
-                    let _ = REQUEST_HEADERS.set(header, &v);
+                    let _ = out.set(header, &v);
                 }
                 Some(_) => log::debug!("jwt_auth: claim {claim} has characters a header cannot carry"),
                 None => {}
@@ -436,7 +396,7 @@ fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success<'_>], unv
         }
         if let Some(h) = &o.forward_payload_header {
             if !several || !written.contains(&h.as_str()) {
-                let _ = REQUEST_HEADERS.set(h, &s.verified.payload_b64);
+                let _ = out.set(h, &s.verified.payload_b64);
                 if several {
                     written.push(h);
                 }
@@ -453,33 +413,31 @@ fn write_outputs(plugin: &JwtAuth, req: &Request, successes: &[Success<'_>], unv
 }
 
 impl HttpFilter for JwtFilter {
-    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+    fn on_request_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
         let plugin = Rc::clone(&self.plugin);
         let cfg = &plugin.config;
-        let req = Request::snapshot();
+        let req = stream.request();
+        let h = req.headers();
         // Spoofed outputs go first, whatever happens next.
-        if let Some(h) = req.headers() {
-            for name in &cfg.output_headers {
-                if h.contains(name) {
-                    let _ = REQUEST_HEADERS.remove(name);
-                }
+        for name in &cfg.output_headers {
+            if h.contains(name) {
+                let _ = stream.request_headers().remove(name);
             }
         }
         let method = req.method();
-        if cfg.bypass_cors_preflight && method == "OPTIONS" {
-            let h = req.headers();
-            if h.is_some_and(|h| h.contains("origin") && h.contains("access-control-request-method")) {
-                return Flow::Continue;
-            }
+        if cfg.bypass_cors_preflight
+            && method == "OPTIONS"
+            && h.contains("origin")
+            && h.contains("access-control-request-method")
+        {
+            return Flow::Continue;
         }
         // A host that cannot be read matches no host condition; a rule after the one it should
         // have matched could then apply. With host rules such a request is refused instead.
         let host = match req.host() {
             Some(host) => host,
             None if plugin.host_rules => {
-                if let Some(c) = &plugin.invalid_host {
-                    c.inc();
-                }
+                plugin.invalid_host.inc();
                 return Flow::Reply(LocalReply::invalid_host());
             }
             None => Default::default(),
@@ -494,24 +452,24 @@ impl HttpFilter for JwtFilter {
             Some(t) => t,
             None => {
                 // Before the first tick.
-                let t = now_ms() / 1000;
+                let t = millis(stream.now()) / 1000;
                 plugin.clock.set(Some(t));
                 t
             }
         };
-        let view = View(&req);
+        let stream: &Stream = stream;
+        let check = |arguments: &[u8]| plugin.host_check(stream, arguments);
+        let host_check: Option<keys::SignatureCheck<'_>> = cfg.host_crypto.then_some(&check);
         let mut successes = Vec::new();
-        let mut evaluation = Evaluation::new(&cfg.providers, &view, now);
+        let mut evaluation = Evaluation::new(&cfg.providers, &req, now, host_check);
         let status = evaluation.decide(requirement, &mut successes);
         if status != Status::Ok {
             plugin.count_denied(status);
             log::debug!("jwt_auth: denied: {}", status.message());
             return Flow::Reply(deny(status, &req));
         }
-        if let Some(c) = &plugin.allowed {
-            c.inc();
-        }
-        write_outputs(&plugin, &req, &successes, &evaluation.unverified(&successes));
+        plugin.allowed.inc();
+        write_outputs(&plugin, stream, &req, &successes, &evaluation.unverified(&successes));
         Flow::Continue
     }
 }

@@ -12,10 +12,12 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::extractor::{self, Found, Location, RequestView};
+use gatewasm::Request;
+
+use crate::extractor::{self, Found, Location};
 use crate::jwks_cache::{KeySource, TokenCache, Verified};
 use crate::jwt::{self, Alg};
-use crate::keys::HostCheck;
+use crate::keys::SignatureCheck;
 use crate::matcher::Requirement;
 use crate::outputs;
 use crate::status::Status;
@@ -59,9 +61,6 @@ pub struct Provider {
     pub keys: KeySource,
     /// Its verified tokens.
     pub cache: RefCell<TokenCache>,
-    /// Where the host checks RS*/ES* signatures (Envoy's `verify_signature`); `None` in native
-    /// builds and when `host_crypto` is off, where the module checks every signature itself.
-    pub host_check: Option<HostCheck>,
 }
 
 /// Audiences compare without `http://`/`https://` and a trailing `/`, as Envoy compares them.
@@ -76,11 +75,14 @@ fn audiences_ok(allowed: &[String], token: &[String]) -> bool {
 
 impl Provider {
     /// Verifies one token at time `now` (seconds); `audiences` replace the provider's when given.
+    /// `host` checks the RS*/ES* signatures it can (Envoy's `verify_signature`); without it
+    /// (`host_crypto` off) the module checks every signature itself.
     pub fn verify(
         &self,
         token: &str,
         now: u64,
         audiences: Option<&[String]>,
+        host: Option<SignatureCheck<'_>>,
     ) -> Result<Rc<Verified>, Status> {
         if token.len() > self.max_token_bytes {
             return Err(Status::TooLarge);
@@ -128,7 +130,7 @@ impl Provider {
             return Err(Status::AlgNotAllowed);
         }
         let keys = self.keys.current().ok_or(Status::JwksUnavailable)?;
-        match keys.verify(&jwt, self.host_check) {
+        match keys.verify(&jwt, host) {
             Status::Ok => {}
             Status::KidAlgMismatch => {
                 if let (Some(kid), KeySource::Remote(remote)) = (&jwt.kid, &self.keys) {
@@ -165,15 +167,22 @@ type Outcome = Result<(usize, Rc<Verified>), Status>;
 /// One request's evaluation: tokens are extracted per provider once.
 pub struct Evaluation<'a> {
     providers: &'a [Provider],
-    req: &'a dyn RequestView,
+    req: &'a Request,
     now: u64,
+    host: Option<SignatureCheck<'a>>,
     found: Vec<Option<Vec<Found<'a>>>>,
 }
 
 impl<'a> Evaluation<'a> {
-    /// An evaluation of `req` at time `now` (seconds).
-    pub fn new(providers: &'a [Provider], req: &'a dyn RequestView, now: u64) -> Self {
-        Self { providers, req, now, found: providers.iter().map(|_| None).collect() }
+    /// An evaluation of `req` at time `now` (seconds), signatures checked by `host` where it
+    /// can ([`Provider::verify`]).
+    pub fn new(
+        providers: &'a [Provider],
+        req: &'a Request,
+        now: u64,
+        host: Option<SignatureCheck<'a>>,
+    ) -> Self {
+        Self { providers, req, now, host, found: providers.iter().map(|_| None).collect() }
     }
 
     /// Evaluates the rule's requirement: [`Evaluation::run`], then refuses a request whose
@@ -281,7 +290,7 @@ impl<'a> Evaluation<'a> {
             let earlier = found.iter().take(i).position(|g| g.token == f.token);
             let verified = match earlier.and_then(|e| mine.get(e)) {
                 Some(s) => Rc::clone(&s.verified),
-                None => match p.verify(&f.token, self.now, audiences) {
+                None => match p.verify(&f.token, self.now, audiences, self.host) {
                     Ok(v) => v,
                     Err(s) => return s,
                 },
@@ -328,7 +337,7 @@ impl<'a> Evaluation<'a> {
                     let mut result = Err(Status::UnknownIssuer);
                     for c in candidates {
                         let Some(p) = self.providers.get(c) else { continue };
-                        result = p.verify(&token, self.now, None).map(|v| (c, v));
+                        result = p.verify(&token, self.now, None, self.host).map(|v| (c, v));
                         if result.as_ref().err() != Some(&Status::UnknownIssuer) {
                             break;
                         }

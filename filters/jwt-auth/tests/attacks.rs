@@ -1,16 +1,20 @@
-//! Attacks and edge cases against the verifier and the requirement logic (native, no host):
-//! `alg: none`, key confusion, tampering, malformed parts, claim types, skew boundaries, `crit`,
-//! hostile `kid`s, embedded keys, oversized tokens, several tokens, the cache.
+//! Attacks and edge cases: against the verifier (`alg: none`, key confusion, tampering,
+//! malformed parts, claim types, skew boundaries, `crit`, hostile `kid`s, embedded keys,
+//! oversized tokens, the cache), and through the filter's own callbacks on a fake host (forged
+//! tokens next to good ones, requirement combinations, a second credential in a header, two
+//! identities, unverified tokens stripped, a host no rule can read).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
+use std::time::{Duration, UNIX_EPOCH};
+
 use common::{b64, now, Signer, SECRET};
+use gatewasm::testing::{Action, FakeHost, FakeStream, Harness};
 use jwt_auth::config::{self, Compiled};
-use jwt_auth::extractor::RequestView;
 use jwt_auth::status::Status;
-use jwt_auth::verifier::Evaluation;
+use jwt_auth::JwtAuth;
 use rsa::pkcs8::EncodePublicKey as _;
 use serde_json::{json, Value};
 
@@ -34,7 +38,7 @@ fn claims(extra: Value) -> Value {
 }
 
 fn check(c: &Compiled, token: &str) -> Status {
-    match c.providers[0].verify(token, now(), None) {
+    match c.providers[0].verify(token, now(), None, None) {
         Ok(_) => Status::Ok,
         Err(s) => s,
     }
@@ -128,7 +132,7 @@ fn exp_and_nbf_on_the_skew_boundaries() {
     let n = 2_000_000_000;
     let at = |claims_extra: Value| {
         let t = s.token("k", &claims(claims_extra));
-        match c.providers[0].verify(&t, n, None) {
+        match c.providers[0].verify(&t, n, None, None) {
             Ok(_) => Status::Ok,
             Err(s) => s,
         }
@@ -219,122 +223,181 @@ fn cached_tokens_still_expire() {
     let c = compile(provider_cfg(s.jwks("k")));
     let n = 2_000_000_000;
     let t = s.token("k", &claims(json!({"exp": n + 10})));
-    assert!(c.providers[0].verify(&t, n, None).is_ok());
+    assert!(c.providers[0].verify(&t, n, None, None).is_ok());
     assert_eq!(c.providers[0].cache.borrow().len(), 1);
-    assert!(c.providers[0].verify(&t, n + 70, None).is_ok(), "within skew");
+    assert!(c.providers[0].verify(&t, n + 70, None, None).is_ok(), "within skew");
     assert_eq!(c.providers[0].cache.borrow().hits(), 1);
-    assert_eq!(c.providers[0].verify(&t, n + 71, None).unwrap_err(), Status::Expired);
+    assert_eq!(c.providers[0].verify(&t, n + 71, None, None).unwrap_err(), Status::Expired);
     assert_eq!(c.providers[0].cache.borrow().len(), 0, "expired entries leave the cache");
     // A cached token is still checked against the audiences of the requirement.
     let t = s.token("k", &claims(json!({})));
-    assert!(c.providers[0].verify(&t, now(), None).is_ok());
+    assert!(c.providers[0].verify(&t, now(), None, None).is_ok());
     let other = vec!["other".to_string()];
-    assert_eq!(c.providers[0].verify(&t, now(), Some(&other)).unwrap_err(), Status::AudienceNotAllowed);
+    assert_eq!(c.providers[0].verify(&t, now(), Some(&other), None).unwrap_err(), Status::AudienceNotAllowed);
 }
 
-struct Req(Vec<(&'static str, String)>, Option<String>);
+/// The filter configured with `cfg` on a fake host whose clock reads now.
+fn gateway(cfg: &Value) -> Harness<JwtAuth> {
+    let host = FakeHost::new();
+    host.set_now(UNIX_EPOCH + Duration::from_secs(now()));
+    Harness::with_host(host, &cfg.to_string()).unwrap_or_else(|e| panic!("{e}"))
+}
 
-impl RequestView for Req {
-    fn header_values(&self, name: &str) -> Vec<&str> {
-        self.0.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
-    }
-    fn query(&self) -> Option<&str> {
-        self.1.as_deref()
+/// One request through the filter's callbacks: `path` (query included) on `gw.test`, and
+/// `headers`.
+fn send(g: &Harness<JwtAuth>, path: &str, headers: &[(&str, &str)]) -> FakeStream<JwtAuth> {
+    let mut all = vec![(":method", "GET"), (":path", path), (":authority", "gw.test"), (":scheme", "https")];
+    all.extend_from_slice(headers);
+    let mut stream = g.stream();
+    let action = stream.request_headers(&all, true);
+    assert_eq!(action == Action::Continue, stream.reply().is_none(), "goes upstream or is answered");
+    stream
+}
+
+/// What the filter decided: `(200, "OK")` when the request went upstream, otherwise the status
+/// and message of its answer.
+fn answer(stream: &FakeStream<JwtAuth>) -> (u32, String) {
+    match stream.reply() {
+        None => outcome(Status::Ok),
+        Some(reply) => {
+            let body: Value = serde_json::from_slice(&reply.body).unwrap();
+            (reply.status, body["message"].as_str().unwrap_or_default().to_string())
+        }
     }
 }
 
-fn two_providers(rules: Value) -> Compiled {
+/// The answer that means `status`.
+fn outcome(status: Status) -> (u32, String) {
+    let code = if status == Status::Ok { 200 } else { u32::from(status.http_status()) };
+    (code, status.message().to_string())
+}
+
+/// Rules chosen by path: requirement `i` applies under `/i/`.
+fn by_path(requirements: &[Value]) -> Value {
+    requirements
+        .iter()
+        .enumerate()
+        .map(|(i, r)| json!({"match": {"prefix": format!("/{i}/")}, "requires": r}))
+        .collect()
+}
+
+/// Provider `a` (issuer `https://a`; bearer header, `?token=`, cookie `id_token`) and `b`
+/// (issuer `https://b`, audience `b-api`, bearer header), one key; each names its issuer in a
+/// header of its own, so which provider verified a token shows upstream.
+fn two_providers(requirements: &[Value], forward: bool) -> Harness<JwtAuth> {
     let a = Signer::hmac();
-    compile(json!({
+    gateway(&json!({
         "providers": {
-            "a": {"issuer": "https://a", "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}], "from_params": ["token"], "from_cookies": ["id_token"]},
-            "b": {"issuer": "https://b", "audiences": ["b-api"], "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}]}
+            "a": {"issuer": "https://a", "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}], "from_params": ["token"], "from_cookies": ["id_token"],
+                  "claim_to_headers": [{"header_name": "x-a-iss", "claim_name": "iss"}], "forward": forward},
+            "b": {"issuer": "https://b", "audiences": ["b-api"], "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                  "claim_to_headers": [{"header_name": "x-b-iss", "claim_name": "iss"}], "forward": forward}
         },
-        "rules": rules
+        "rules": by_path(requirements)
     }))
-}
-
-fn run(c: &Compiled, rule: usize, req: &Req) -> (Status, usize) {
-    let mut out = Vec::new();
-    let r = c.rules[rule].requires.as_ref().unwrap();
-    let s = Evaluation::new(&c.providers, req, now()).run(r, &mut out);
-    (s, out.len())
 }
 
 fn tok(iss: &str, aud: &str) -> String {
     Signer::hmac().token("k", &json!({"iss": iss, "aud": aud, "exp": now() + 600}))
 }
 
+/// A token of issuer `https://a` signed with another key than the one configured.
+fn forged() -> String {
+    Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://a", "sub": "admin", "exp": now() + 600}))
+}
+
 #[test]
 fn every_token_must_verify() {
-    let c = two_providers(json!([{"requires": {"provider_name": "a"}}]));
+    let g = two_providers(&[json!({"provider_name": "a"})], false);
     let good = tok("https://a", "x");
-    let bad = Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://a", "exp": now() + 600}));
+    let bad = forged();
     let req =
-        |h: &str, q: &str| Req(vec![("authorization", format!("Bearer {h}"))], Some(format!("token={q}")));
-    assert_eq!(run(&c, 0, &req(&good, &good)), (Status::Ok, 2));
-    assert_eq!(run(&c, 0, &req(&good, &bad)).0, Status::VerificationFailed, "a bad token next to a good one");
-    assert_eq!(run(&c, 0, &req(&bad, &good)).0, Status::VerificationFailed);
+        |h: &str, q: &str| send(&g, &format!("/0/?token={q}"), &[("authorization", &format!("Bearer {h}"))]);
+    let s = req(&good, &good);
+    assert_eq!(answer(&s), outcome(Status::Ok));
+    // Both verified: both removed, the issuer passed on.
+    assert_eq!(s.request_header("authorization"), None);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/0/"));
+    assert_eq!(s.request_header("x-a-iss").as_deref(), Some("https://a"));
+    assert_eq!(
+        answer(&req(&good, &bad)),
+        outcome(Status::VerificationFailed),
+        "a bad token next to a good one"
+    );
+    assert_eq!(answer(&req(&bad, &good)), outcome(Status::VerificationFailed));
     let other = tok("https://a", "y");
-    assert_eq!(run(&c, 0, &req(&good, &other)), (Status::Ok, 2), "two different good tokens");
-    assert_eq!(run(&c, 0, &Req(vec![], None)).0, Status::Missing);
-    let cookie = Req(vec![("cookie", format!("x=1; id_token={good}"))], None);
-    assert_eq!(run(&c, 0, &cookie), (Status::Ok, 1));
+    assert_eq!(answer(&req(&good, &other)), outcome(Status::Ok), "two different good tokens");
+    assert_eq!(answer(&send(&g, "/0/", &[])), outcome(Status::Missing));
+    let s = send(&g, "/0/", &[("cookie", &format!("x=1; id_token={good}"))]);
+    assert_eq!(answer(&s), outcome(Status::Ok));
+    assert_eq!(s.request_header("cookie").as_deref(), Some("x=1"));
+    assert_eq!(s.request_header("x-a-iss").as_deref(), Some("https://a"));
 }
 
 #[test]
 fn requirement_combinations() {
-    let c = two_providers(json!([
-        {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
-        {"requires": {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
-        {"requires": {"allow_missing": {}}},
-        {"requires": {"allow_missing_or_failed": {}}},
-        {"requires": {"requires_any": {"requirements": [{"provider_name": "b"}, {"allow_missing": {}}]}}},
-        {"requires": {"provider_and_audiences": {"provider_name": "b", "audiences": ["other"]}}}
-    ]));
-    let bearer = |t: &str| Req(vec![("authorization", format!("Bearer {t}"))], None);
+    let g = two_providers(
+        &[
+            json!({"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}),
+            json!({"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}),
+            json!({"allow_missing": {}}),
+            json!({"allow_missing_or_failed": {}}),
+            json!({"requires_any": {"requirements": [{"provider_name": "b"}, {"allow_missing": {}}]}}),
+            json!({"provider_and_audiences": {"provider_name": "b", "audiences": ["other"]}}),
+        ],
+        false,
+    );
+    let bearer =
+        |rule: usize, t: &str| send(&g, &format!("/{rule}/"), &[("authorization", &format!("Bearer {t}"))]);
+    let none = |rule: usize| send(&g, &format!("/{rule}/"), &[]);
+    let verified_by = |s: &FakeStream<JwtAuth>| (s.request_header("x-a-iss"), s.request_header("x-b-iss"));
     let a = tok("https://a", "x");
     let b = tok("https://b", "b-api");
     let b_wrong_aud = tok("https://b", "nope");
     let c_iss = tok("https://c", "x");
-    let none = Req(vec![], None);
+    let (by_a, by_b) = ((Some("https://a".to_string()), None), (None, Some("https://b".to_string())));
 
-    assert_eq!(run(&c, 0, &bearer(&a)).0, Status::Ok, "any: a");
-    assert_eq!(run(&c, 0, &bearer(&b)).0, Status::Ok, "any: b");
-    assert_eq!(run(&c, 0, &bearer(&b_wrong_aud)).0, Status::AudienceNotAllowed, "any: the telling failure");
-    assert_eq!(run(&c, 0, &bearer(&c_iss)).0, Status::UnknownIssuer);
-    assert_eq!(run(&c, 0, &none).0, Status::Missing);
-
-    assert_eq!(run(&c, 1, &bearer(&a)).0, Status::UnknownIssuer, "all: b fails on a's token");
-    let both = Req(vec![("authorization", format!("Bearer {b}"))], Some(format!("token={a}")));
+    assert_eq!(answer(&bearer(0, &a)), outcome(Status::Ok), "any: a");
+    assert_eq!(answer(&bearer(0, &b)), outcome(Status::Ok), "any: b");
     assert_eq!(
-        run(&c, 1, &both).0,
-        Status::UnknownIssuer,
+        answer(&bearer(0, &b_wrong_aud)),
+        outcome(Status::AudienceNotAllowed),
+        "any: the telling failure"
+    );
+    assert_eq!(answer(&bearer(0, &c_iss)), outcome(Status::UnknownIssuer));
+    assert_eq!(answer(&none(0)), outcome(Status::Missing));
+
+    assert_eq!(answer(&bearer(1, &a)), outcome(Status::UnknownIssuer), "all: b fails on a's token");
+    let both = send(&g, &format!("/1/?token={a}"), &[("authorization", &format!("Bearer {b}"))]);
+    assert_eq!(
+        answer(&both),
+        outcome(Status::UnknownIssuer),
         "a reads both locations: b's token in its header fails a's issuer check"
     );
 
-    assert_eq!(run(&c, 2, &none), (Status::Ok, 0), "allow_missing: nothing");
-    assert_eq!(run(&c, 2, &bearer(&a)), (Status::Ok, 1));
-    assert_eq!(run(&c, 2, &bearer(&b)), (Status::Ok, 1), "the provider of the token's issuer");
-    assert_eq!(run(&c, 2, &bearer(&c_iss)).0, Status::UnknownIssuer, "as Envoy 1.40 answers");
-    assert_eq!(run(&c, 2, &bearer(&b_wrong_aud)).0, Status::AudienceNotAllowed);
-    assert_eq!(run(&c, 2, &bearer("garbage")).0, Status::BadFormat);
+    let s = none(2);
+    assert_eq!((answer(&s), verified_by(&s)), (outcome(Status::Ok), (None, None)), "allow_missing: nothing");
+    let s = bearer(2, &a);
+    assert_eq!((answer(&s), verified_by(&s)), (outcome(Status::Ok), by_a.clone()));
+    let s = bearer(2, &b);
+    assert_eq!(
+        (answer(&s), verified_by(&s)),
+        (outcome(Status::Ok), by_b),
+        "the provider of the token's issuer"
+    );
+    assert_eq!(answer(&bearer(2, &c_iss)), outcome(Status::UnknownIssuer), "as Envoy 1.40 answers");
+    assert_eq!(answer(&bearer(2, &b_wrong_aud)), outcome(Status::AudienceNotAllowed));
+    assert_eq!(answer(&bearer(2, "garbage")), outcome(Status::BadFormat));
 
-    assert_eq!(run(&c, 3, &bearer("garbage")), (Status::Ok, 0), "allow_missing_or_failed");
-    assert_eq!(run(&c, 3, &bearer(&a)), (Status::Ok, 1));
+    let s = bearer(3, "garbage");
+    assert_eq!((answer(&s), verified_by(&s)), (outcome(Status::Ok), (None, None)), "allow_missing_or_failed");
+    let s = bearer(3, &a);
+    assert_eq!((answer(&s), verified_by(&s)), (outcome(Status::Ok), by_a));
 
-    assert_eq!(run(&c, 4, &bearer(&c_iss)).0, Status::UnknownIssuer, "as Envoy 1.40 answers");
-    assert_eq!(run(&c, 4, &none).0, Status::Ok);
+    assert_eq!(answer(&bearer(4, &c_iss)), outcome(Status::UnknownIssuer), "as Envoy 1.40 answers");
+    assert_eq!(answer(&none(4)), outcome(Status::Ok));
 
-    assert_eq!(run(&c, 5, &bearer(&b)).0, Status::AudienceNotAllowed, "audiences replaced");
-}
-
-/// `decide`, as the filter runs it: the requirement, then the identity check.
-fn decide(c: &Compiled, rule: usize, req: &Req) -> (Status, Vec<String>) {
-    let mut out = Vec::new();
-    let r = c.rules[rule].requires.as_ref().unwrap();
-    let s = Evaluation::new(&c.providers, req, now()).decide(r, &mut out);
-    (s, out.iter().map(|s| s.verified.claims.get("sub").map(|v| v.to_string()).unwrap_or_default()).collect())
+    assert_eq!(answer(&bearer(5, &b)), outcome(Status::AudienceNotAllowed), "audiences replaced");
 }
 
 fn sub_token(sub: &str) -> String {
@@ -346,16 +409,15 @@ fn sub_token(sub: &str) -> String {
 /// the whole value a malformed token, so no unverified credential rides along a good one.
 #[test]
 fn a_header_value_holds_one_token_or_is_malformed() {
-    let c = compile(json!({
+    let g = gateway(&json!({
         "providers": {"a": {"issuer": "https://a", "local_jwks": Signer::hmac().jwks("k"), "forward": true}},
-        "rules": [{"requires": {"provider_name": "a"}}, {"requires": {"allow_missing": {}}}]
+        "rules": by_path(&[json!({"provider_name": "a"}), json!({"allow_missing": {}})])
     }));
     let good = sub_token("alice");
-    let forged = Signer::Hmac(vec![9; 32])
-        .token("k", &json!({"iss": "https://a", "sub": "admin", "exp": now() + 600}));
-    let bearer = |v: String| Req(vec![("authorization", v)], None);
-    assert_eq!(decide(&c, 0, &bearer(format!("Bearer {good}"))).0, Status::Ok);
-    assert_eq!(decide(&c, 0, &bearer(format!("Bearer  {good} "))).0, Status::Ok, "spaces around it");
+    let forged = forged();
+    let bearer = |rule: usize, v: &str| answer(&send(&g, &format!("/{rule}/"), &[("authorization", v)]));
+    assert_eq!(bearer(0, &format!("Bearer {good}")), outcome(Status::Ok));
+    assert_eq!(bearer(0, &format!("Bearer  {good} ")), outcome(Status::Ok), "spaces around it");
     for (value, want) in [
         (format!("Bearer {good},{forged}"), Status::BadFormat),
         (format!("Bearer {good}, {forged}"), Status::BadFormat),
@@ -366,17 +428,18 @@ fn a_header_value_holds_one_token_or_is_malformed() {
         (format!("Bearer {good},Basic dXNlcg=="), Status::SignatureBadBase64),
     ] {
         for rule in [0, 1] {
-            assert_eq!(decide(&c, rule, &bearer(value.clone())).0, want, "rule {rule}: {value}");
+            assert_eq!(bearer(rule, &value), outcome(want), "rule {rule}: {value}");
         }
     }
     // The scheme must start the value.
-    assert_eq!(decide(&c, 0, &bearer(format!("Basic dXNlcg==, Bearer {good}"))).0, Status::Missing);
+    assert_eq!(bearer(0, &format!("Basic dXNlcg==, Bearer {good}")), outcome(Status::Missing));
     // Separate header lines (HTTP/2) are separate values: each one must verify.
-    let two = Req(
-        vec![("authorization", format!("Bearer {good}")), ("authorization", format!("Bearer {forged}"))],
-        None,
+    let two = send(
+        &g,
+        "/0/",
+        &[("authorization", &format!("Bearer {good}")), ("authorization", &format!("Bearer {forged}"))],
     );
-    assert_eq!(decide(&c, 0, &two).0, Status::VerificationFailed);
+    assert_eq!(answer(&two), outcome(Status::VerificationFailed));
 }
 
 /// Verified tokens that name different identities are refused: the last location read must not
@@ -384,81 +447,131 @@ fn a_header_value_holds_one_token_or_is_malformed() {
 #[test]
 fn verified_tokens_must_name_one_identity() {
     let a = Signer::hmac();
-    let c = compile(json!({
+    let g = gateway(&json!({
         "providers": {
             "a": {"issuer": "https://a", "local_jwks": a.jwks("k"), "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}], "from_params": ["token"], "from_cookies": ["id_token"],
                   "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}, {"header_name": "x-num", "claim_name": "n"}]},
             "quiet": {"issuer": "https://q", "local_jwks": a.jwks("k"), "from_headers": [{"name": "x-other"}]}
         },
-        "rules": [
-            {"requires": {"provider_name": "a"}},
-            {"requires": {"allow_missing": {}}},
-            {"requires": {"allow_missing_or_failed": {}}},
-            {"requires": {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "quiet"}]}}}
-        ]
+        "rules": by_path(&[
+            json!({"provider_name": "a"}),
+            json!({"allow_missing": {}}),
+            json!({"allow_missing_or_failed": {}}),
+            json!({"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "quiet"}]}})
+        ])
     }));
     let alice = sub_token("alice");
     let alice_again = a.token("k", &json!({"iss": "https://a", "sub": "alice", "exp": now() + 900}));
     let mallory = sub_token("mallory");
     let nobody = a.token("k", &json!({"iss": "https://a", "exp": now() + 600}));
-    let req =
-        |h: &str, q: &str| Req(vec![("authorization", format!("Bearer {h}"))], Some(format!("token={q}")));
+    let req = |rule: usize, h: &str, q: &str| {
+        send(&g, &format!("/{rule}/?token={q}"), &[("authorization", &format!("Bearer {h}"))])
+    };
     for rule in [0, 1, 2] {
-        assert_eq!(decide(&c, rule, &req(&alice, &mallory)).0, Status::IdentityConflict, "rule {rule}");
+        let s = req(rule, &alice, &mallory);
+        assert_eq!(answer(&s), outcome(Status::IdentityConflict), "rule {rule}");
+        assert_eq!(s.reply().unwrap().details, "jwt_auth_invalid_token");
         assert_eq!(
-            decide(&c, rule, &req(&alice, &nobody)).0,
-            Status::IdentityConflict,
+            answer(&req(rule, &alice, &nobody)),
+            outcome(Status::IdentityConflict),
             "a missing claim differs"
         );
-        assert_eq!(decide(&c, rule, &req(&alice, &alice)).0, Status::Ok, "one token, two places");
-        assert_eq!(decide(&c, rule, &req(&alice, &alice_again)).0, Status::Ok, "two tokens, one identity");
+        let s = req(rule, &alice, &alice);
+        assert_eq!(answer(&s), outcome(Status::Ok), "one token, two places");
+        assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+        assert_eq!(answer(&req(rule, &alice, &alice_again)), outcome(Status::Ok), "two tokens, one identity");
     }
-    let cookie = Req(vec![("cookie", format!("id_token={alice}; id_token={mallory}"))], None);
-    assert_eq!(decide(&c, 0, &cookie).0, Status::IdentityConflict);
+    let cookie = send(&g, "/0/", &[("cookie", &format!("id_token={alice}; id_token={mallory}"))]);
+    assert_eq!(answer(&cookie), outcome(Status::IdentityConflict));
     // Numbers compare in their header form: 1 and 1.0 are one identity.
     let one = a.token("k", &json!({"iss": "https://a", "sub": "alice", "n": 1, "exp": now() + 600}));
     let one_f = a.token("k", &json!({"iss": "https://a", "sub": "alice", "n": 1.0, "exp": now() + 600}));
-    assert_eq!(decide(&c, 0, &req(&one, &one_f)).0, Status::Ok);
+    let s = req(0, &one, &one_f);
+    assert_eq!(answer(&s), outcome(Status::Ok));
+    assert_eq!(s.request_header("x-num").as_deref(), Some("1"));
     // A provider without claim headers names no identity to disagree with.
     let q = a.token("k", &json!({"iss": "https://q", "sub": "someone-else", "exp": now() + 600}));
-    let both = Req(vec![("authorization", format!("Bearer {alice}")), ("x-other", q)], None);
-    let (status, subs) = decide(&c, 3, &both);
-    assert_eq!(status, Status::Ok);
-    assert_eq!(subs.len(), 2);
+    let both = send(&g, "/3/", &[("authorization", &format!("Bearer {alice}")), ("x-other", &q)]);
+    assert_eq!(answer(&both), outcome(Status::Ok));
+    // Both verified (and removed); the identity is alice's.
+    assert_eq!(both.request_header("x-user").as_deref(), Some("alice"));
+    assert_eq!((both.request_header("authorization"), both.request_header("x-other")), (None, None));
 }
 
 /// A request that passes without some token it carried (it failed under
 /// `allow_missing_or_failed`, or in an alternative of `requires_any` that another one made
-/// unnecessary) reports it, so the filter removes it: an upstream never receives an unverified
-/// credential.
+/// unnecessary) loses it, `forward` or not: an upstream never receives an unverified credential.
 #[test]
-fn tokens_the_request_passed_without_are_reported_for_removal() {
-    let c = two_providers(json!([
-        {"requires": {"allow_missing_or_failed": {}}},
-        {"requires": {"provider_name": "a"}},
-        {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}}
-    ]));
+fn tokens_the_request_passed_without_are_removed() {
+    let g = two_providers(
+        &[
+            json!({"allow_missing_or_failed": {}}),
+            json!({"provider_name": "a"}),
+            json!({"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}),
+        ],
+        true,
+    );
     let good = tok("https://a", "x");
-    let bad = Signer::Hmac(vec![9; 32]).token("k", &json!({"iss": "https://a", "exp": now() + 600}));
-    let evaluate = |rule: usize, req: &Req| {
-        let mut out = Vec::new();
-        let mut e = Evaluation::new(&c.providers, req, now());
-        let status = e.decide(c.rules[rule].requires.as_ref().unwrap(), &mut out);
-        (status, out.len(), e.unverified(&out))
+    let bad = forged();
+    let req = |rule: usize, h: &str, q: Option<&str>| {
+        let path = q.map_or_else(|| format!("/{rule}/"), |q| format!("/{rule}/?token={q}"));
+        send(&g, &path, &[("authorization", &format!("Bearer {h}"))])
     };
-    let req = Req(vec![("authorization", format!("Bearer {good}"))], Some(format!("token={bad}")));
-    // Provider a (index 0), its query parameter (location 2: header, cookie, parameter).
-    assert_eq!(evaluate(0, &req), (Status::Ok, 1, vec![(0, 2)]));
-    assert_eq!(evaluate(1, &req).0, Status::VerificationFailed);
-    // Every token verified: nothing to remove.
-    let both_good = Req(vec![("authorization", format!("Bearer {good}"))], Some(format!("token={good}")));
-    assert_eq!(evaluate(0, &both_good), (Status::Ok, 2, vec![]));
-    assert_eq!(evaluate(1, &both_good), (Status::Ok, 2, vec![]));
+    // Kept: what went upstream of the bearer header and the query.
+    let kept = |s: &FakeStream<JwtAuth>| (s.request_header("authorization"), s.request_header(":path"));
+    let s = req(0, &good, Some(&bad));
+    assert_eq!(answer(&s), outcome(Status::Ok));
+    assert_eq!(
+        kept(&s),
+        (Some(format!("Bearer {good}")), Some("/0/".into())),
+        "the failed ?token= is removed"
+    );
+    assert_eq!(answer(&req(1, &good, Some(&bad))), outcome(Status::VerificationFailed));
+    // Every token verified (and forwarded): nothing removed.
+    for rule in [0, 1] {
+        let s = req(rule, &good, Some(&good));
+        assert_eq!(answer(&s), outcome(Status::Ok));
+        assert_eq!(kept(&s), (Some(format!("Bearer {good}")), Some(format!("/{rule}/?token={good}"))));
+    }
     // requires_any: a fails on b's token in the shared header, b passes; the bad `?token=` that
     // only a reads was never verified by anyone.
     let b = tok("https://b", "b-api");
-    let req = Req(vec![("authorization", format!("Bearer {b}"))], Some(format!("token={bad}")));
-    assert_eq!(evaluate(2, &req), (Status::Ok, 1, vec![(0, 2)]));
-    let req = Req(vec![("authorization", format!("Bearer {b}"))], None);
-    assert_eq!(evaluate(2, &req), (Status::Ok, 1, vec![]), "b's token, verified by b, stays");
+    let s = req(2, &b, Some(&bad));
+    assert_eq!(answer(&s), outcome(Status::Ok));
+    assert_eq!(kept(&s), (Some(format!("Bearer {b}")), Some("/2/".into())));
+    let s = req(2, &b, None);
+    assert_eq!(answer(&s), outcome(Status::Ok));
+    assert_eq!(
+        kept(&s),
+        (Some(format!("Bearer {b}")), Some("/2/".into())),
+        "b's token, verified by b, stays"
+    );
+}
+
+/// A host no rule can read is refused when rules name hosts, and counted; it would otherwise
+/// skip the host's rule and fall through to a weaker one.
+#[test]
+fn an_unreadable_host_is_refused_when_rules_name_hosts() {
+    let mut g = gateway(&json!({
+        "providers": {"a": {"issuer": "https://a", "local_jwks": Signer::hmac().jwks("k")}},
+        "rules": [
+            {"match": {"hosts": ["api.example.com"], "prefix": "/api/"}, "requires": {"provider_name": "a"}},
+            {"match": {"prefix": "/"}, "requires": {"allow_missing": {}}}
+        ]
+    }));
+    let ask = |authority: &str| {
+        let mut s = g.stream();
+        s.request_headers(&[(":method", "GET"), (":path", "/api/x"), (":authority", authority)], true);
+        s
+    };
+    for host in ["a:1:2", "user@api.example.com", "api%2eexample.com"] {
+        let reply = ask(host).reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (400, "jwt_auth_invalid_host"), "{host}");
+    }
+    assert_eq!(ask("API.Example.com:8443").reply().unwrap().status, 401, "the protected host's rule");
+    assert!(ask("www.example.com").reply().is_none(), "another host falls to the fallback rule");
+    g.tick();
+    assert_eq!(g.host().counter("jwt_auth_denied_total;reason=invalid_host"), Some(3));
+    assert_eq!(g.host().counter("jwt_auth_denied_total;reason=missing"), Some(1));
+    assert_eq!(g.host().counter("jwt_auth_allowed_total"), Some(1));
 }

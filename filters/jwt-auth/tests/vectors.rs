@@ -45,7 +45,7 @@ fn verify(jwks: Value, token: &str, now: u64) -> Status {
     let cfg =
         json!({"providers": {"p": {"local_jwks": jwks}}, "rules": [{"requires": {"provider_name": "p"}}]});
     let c = config::parse(cfg.to_string().as_bytes()).unwrap();
-    match c.providers[0].verify(token, now, None) {
+    match c.providers[0].verify(token, now, None, None) {
         Ok(_) => Status::Ok,
         Err(s) => s,
     }
