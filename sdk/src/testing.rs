@@ -131,19 +131,22 @@ struct FakeMetric {
     records: Vec<u64>,
 }
 
+/// A header map's pairs, names and values as bytes.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Header maps and buffers of one context (a stream, or the root for its callouts).
 #[derive(Debug, Default)]
 struct Maps {
-    maps: HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>>,
+    maps: HashMap<u32, Pairs>,
     buffers: HashMap<u32, Vec<u8>>,
 }
 
 impl Maps {
-    fn map(&self, map: MapType) -> Result<&Vec<(Vec<u8>, Vec<u8>)>, Status> {
+    fn map(&self, map: MapType) -> Result<&Pairs, Status> {
         self.maps.get(&(map as u32)).ok_or(Status::NotFound)
     }
 
-    fn map_mut(&mut self, map: MapType) -> Result<&mut Vec<(Vec<u8>, Vec<u8>)>, Status> {
+    fn map_mut(&mut self, map: MapType) -> Result<&mut Pairs, Status> {
         self.maps.get_mut(&(map as u32)).ok_or(Status::NotFound)
     }
 
@@ -171,7 +174,9 @@ impl Maps {
         let pairs = self.map_mut(map)?;
         match pairs.iter().position(|(k, _)| *k == name) {
             Some(at) => {
-                pairs[at].1 = value.to_vec();
+                if let Some(pair) = pairs.get_mut(at) {
+                    pair.1 = value.to_vec();
+                }
                 let mut i = 0;
                 pairs.retain(|(k, _)| {
                     i += 1;
