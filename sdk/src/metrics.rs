@@ -26,7 +26,10 @@
 //!
 //! Label values are client input (a Host header, a path): [`sanitize_label_value`] escapes every
 //! byte outside a safe set as `%XX`, so no value can forge another label and no two values share
-//! a name, and callers bound the number of series with [`Family`]'s cap.
+//! a name, and callers bound the number of series with [`Family`]'s cap: per VM, or across
+//! every VM of the plugin with a [`SharedCap`].
+
+mod cap;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -34,6 +37,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::types::MetricType;
+
+pub use cap::SharedCap;
 
 use crate::host::Host;
 
@@ -105,9 +110,33 @@ impl Metrics {
             name: name.into(),
             labels: labels.iter().map(|l| (*l).to_string()).collect(),
             max_series,
+            cap: None,
             series: RefCell::new(HashMap::new()),
             overflowed: RefCell::new(None),
         }
+    }
+
+    /// A cap of `max_series` label sets over every VM of the plugin (every Envoy worker), kept
+    /// in the host's shared data under `namespace`. Shared data belongs to the VM id, which
+    /// other plugins may share: make `namespace` name the plugin, and the configuration too
+    /// (a hash of it) when a new configuration must start a new count. Creates the shared count
+    /// if no VM did yet (a read, and a write the first time).
+    pub fn shared_cap(&self, namespace: impl Into<String>, max_series: usize) -> SharedCap {
+        SharedCap::new(Rc::clone(&self.0.host), namespace.into(), max_series)
+    }
+
+    /// A labelled family like [`Metrics::family`] whose label sets are admitted by `cap`, so at
+    /// most [`SharedCap::max`] of them exist over every VM of the plugin; beyond, the
+    /// [`OVERFLOW_VALUE`] series.
+    pub fn shared_family<M: Metric>(
+        &self,
+        name: impl Into<String>,
+        labels: &[&str],
+        cap: &SharedCap,
+    ) -> Family<M> {
+        let mut family = self.family(name, labels, cap.max());
+        family.cap = Some(cap.clone());
+        family
     }
 
     /// Whether some [`LocalCounter`] needs the SDK's flush tick.
@@ -326,12 +355,15 @@ pub const OVERFLOW_VALUE: &str = "overflow";
 ///
 /// Series are defined on first use and cached; once `max_series` exist, new label sets are all
 /// counted under one series whose labels are [`OVERFLOW_VALUE`], so memory and the number of
-/// series stay bounded whatever clients send.
+/// series stay bounded whatever clients send. The cap is per VM, or over every VM with a
+/// [`SharedCap`] ([`Metrics::shared_family`]), which costs host calls only when this VM first
+/// sees a label set.
 pub struct Family<M: Metric> {
     metrics: Metrics,
     name: String,
     labels: Vec<String>,
     max_series: usize,
+    cap: Option<SharedCap>,
     series: RefCell<HashMap<Vec<String>, M>>,
     overflowed: RefCell<Option<M>>,
 }
@@ -344,7 +376,9 @@ impl<M: Metric> Family<M> {
         if let Some(m) = self.series.borrow().get(&key) {
             return (m.clone(), false);
         }
-        if self.series.borrow().len() >= self.max_series {
+        if self.series.borrow().len() >= self.max_series
+            || self.cap.as_ref().is_some_and(|cap| !cap.admit(&key.join(";")))
+        {
             return (self.overflow(), true);
         }
         let pairs: Vec<(&str, &str)> =

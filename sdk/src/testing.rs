@@ -217,6 +217,7 @@ pub struct FakeHost {
     foreign: RefCell<HashMap<String, Foreign>>,
     metrics: RefCell<Vec<FakeMetric>>,
     shared: RefCell<HashMap<String, (Bytes, u32)>>,
+    lose_cas: Cell<u32>,
     callouts: RefCell<Vec<SentCallout>>,
     next_token: Cell<u32>,
     tick: Cell<Option<Duration>>,
@@ -240,6 +241,7 @@ impl FakeHost {
             foreign: RefCell::new(HashMap::new()),
             metrics: RefCell::new(Vec::new()),
             shared: RefCell::new(HashMap::new()),
+            lose_cas: Cell::new(0),
             callouts: RefCell::new(Vec::new()),
             next_token: Cell::new(1),
             tick: Cell::new(None),
@@ -320,6 +322,12 @@ impl FakeHost {
     /// A shared-data value.
     pub fn shared(&self, key: &str) -> Option<Bytes> {
         self.shared.borrow().get(key).map(|(v, _)| v.clone())
+    }
+
+    /// The next `n` conditional shared-data writes fail with `CasMismatch`, as when another VM
+    /// wrote first (the entry's version moves on).
+    pub fn lose_cas_races(&self, n: u32) {
+        self.lose_cas.set(n);
     }
 
     /// Every callout sent so far, by the plugin and every stream.
@@ -462,6 +470,13 @@ impl Host for FakeHost {
         let mut shared = self.shared.borrow_mut();
         let current = shared.get(key).map(|(_, c)| *c);
         if let Some(cas) = cas.filter(|c| *c != 0) {
+            if self.lose_cas.get() > 0 {
+                self.lose_cas.set(self.lose_cas.get() - 1);
+                if let Some(entry) = shared.get_mut(key) {
+                    entry.1 += 1;
+                }
+                return Err(Status::CasMismatch);
+            }
             if current != Some(cas) {
                 return Err(Status::CasMismatch);
             }

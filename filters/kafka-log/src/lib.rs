@@ -17,21 +17,21 @@ pub mod config;
 pub mod outbox;
 pub mod produce;
 pub mod record;
-pub mod slots;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatewasm::metrics::{Counter, Gauge};
-use gatewasm::{Callout, CalloutError, CalloutId, CalloutResult, ConfigErrors, HttpFilter, Plugin, Stream};
-use proxy_wasm::types::MapType;
+use gatewasm::{
+    Callout, CalloutError, CalloutId, CalloutResult, ConfigErrors, HeaderMap, HeaderSnapshot, HttpFilter,
+    Plugin, Root, Stream,
+};
 
 use crate::config::Compiled;
 use crate::outbox::{Entry, Outbox, Stats};
 use crate::produce::Answer;
-use crate::record::{Reader, Source, Timing};
-use crate::slots::Slots;
+use crate::record::{Source, Timing, Values};
 
 /// Counter of records stored in Kafka.
 pub const SENT: &str = "kafka_log_records_sent_total";
@@ -59,33 +59,18 @@ const MAX_TICK: Duration = Duration::from_millis(100);
 /// Shortest period between two warnings of the same kind.
 const WARN_EVERY_MS: u64 = 10_000;
 
-/// Metrics, defined once per VM (Envoy shares them by name across workers).
+/// Metrics, defined once per VM (Envoy shares them by name across workers). The counters are
+/// raised from the tick by what the outbox counted since the last report, so they cost no host
+/// call per request.
 struct Metrics {
-    sent: Option<Counter>,
-    failed: Option<Counter>,
-    retried: Option<Counter>,
-    dropped: Option<Counter>,
-    retriable: Option<Counter>,
-    unconfirmed: Option<Counter>,
-    failed_unconfirmed: Option<Counter>,
-    buffered: Option<Gauge>,
-}
-
-#[cfg(target_arch = "wasm32")]
-fn define<M: gatewasm::metrics::Metric>(name: &str) -> Option<M> {
-    match M::define(name) {
-        Ok(m) => Some(m),
-        Err(status) => {
-            log::warn!("kafka_log: cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-/// Native builds (unit tests) have no host to define metrics in.
-#[cfg(not(target_arch = "wasm32"))]
-fn define<M: gatewasm::metrics::Metric>(_name: &str) -> Option<M> {
-    None
+    sent: Counter,
+    failed: Counter,
+    retried: Counter,
+    dropped: Counter,
+    retriable: Counter,
+    unconfirmed: Counter,
+    failed_unconfirmed: Counter,
+    buffered: Gauge,
 }
 
 /// Rate-limited warnings, each kind on its own clock: when the last drop/failure summary was
@@ -127,9 +112,9 @@ pub struct KafkaLog {
 /// The idempotency key header of the produce requests; the bridge recognises it (README).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-fn now_ns() -> Option<u64> {
-    gatewasm::clock::now()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+/// Nanoseconds since the Unix epoch of a host clock reading.
+fn unix_ns(now: Option<SystemTime>) -> Option<u64> {
+    now.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
@@ -158,8 +143,9 @@ impl KafkaLog {
         ((self.random() >> 11) as f64) / ((1u64 << 53) as f64) < rate
     }
 
-    /// Sends every batch that is due, as long as callouts may be added.
-    fn pump(&self, now_ms: u64) {
+    /// Sends every batch that is due, as long as callouts may be added. From the root context
+    /// only: a stream's callouts end with the stream.
+    fn pump(&self, root: &Root, now_ms: u64) {
         loop {
             let closing = self.closing.get();
             let next = {
@@ -183,7 +169,7 @@ impl KafkaLog {
             call.timeout = self.config.timeout;
             // Room for one result per record in any of the proxies' shapes.
             call.max_response_bytes = 4096 + send.records * 256;
-            match gatewasm::dispatch(&call) {
+            match root.dispatch(&call) {
                 Ok(id) => self.calls.borrow_mut().push((id, send.id)),
                 Err(err) => {
                     let random = self.random();
@@ -241,24 +227,23 @@ impl KafkaLog {
             (outbox.stats(), outbox.held())
         };
         let last = self.flushed.replace(stats);
-        let add = |counter: Option<Counter>, now: u64, before: u64| {
-            if let Some(c) = counter {
-                if now > before {
-                    c.add(now - before);
-                }
+        let add = |counter: &Counter, now: u64, before: u64| {
+            if now > before {
+                counter.add(now - before);
             }
         };
-        add(self.metrics.sent, stats.sent, last.sent);
-        add(self.metrics.failed, stats.failed, last.failed);
-        add(self.metrics.retried, stats.retried, last.retried);
-        add(self.metrics.dropped, stats.dropped, last.dropped);
-        add(self.metrics.retriable, stats.retriable, last.retriable);
-        add(self.metrics.unconfirmed, stats.unconfirmed, last.unconfirmed);
-        add(self.metrics.failed_unconfirmed, stats.failed_unconfirmed, last.failed_unconfirmed);
+        let m = &self.metrics;
+        add(&m.sent, stats.sent, last.sent);
+        add(&m.failed, stats.failed, last.failed);
+        add(&m.retried, stats.retried, last.retried);
+        add(&m.dropped, stats.dropped, last.dropped);
+        add(&m.retriable, stats.retriable, last.retriable);
+        add(&m.unconfirmed, stats.unconfirmed, last.unconfirmed);
+        add(&m.failed_unconfirmed, stats.failed_unconfirmed, last.failed_unconfirmed);
         let held_records = held.0 as u64;
         let before = self.buffered_reported.replace(held_records);
-        if let (Some(g), true) = (self.metrics.buffered, held_records != before) {
-            g.add(held_records as i64 - before as i64);
+        if held_records != before {
+            m.buffered.add(held_records as i64 - before as i64);
         }
 
         let mut w = self.warned.get();
@@ -280,17 +265,19 @@ impl KafkaLog {
     }
 }
 
-fn now_ms() -> u64 {
-    now_ns().map_or(0, |ns| ns / 1_000_000)
+/// The root's clock in milliseconds since the Unix epoch (0 when the host cannot tell).
+fn now_ms(root: &Root) -> u64 {
+    unix_ns(root.now()).map_or(0, |ns| ns / 1_000_000)
 }
 
 impl Plugin for KafkaLog {
     const NAME: &'static str = "kafka_log";
     type Filter = LogStream;
 
-    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+    fn configure(raw: &[u8], root: &Root) -> Result<Self, ConfigErrors> {
         let config = config::parse(raw)?;
         let (request_names, response_names) = header_names(&config);
+        let metrics = root.metrics();
         log::info!(
             "kafka_log: {} field(s) to topic {} through cluster {}",
             config.fields.len(),
@@ -303,16 +290,16 @@ impl Plugin for KafkaLog {
             request_names,
             response_names,
             calls: RefCell::new(Vec::new()),
-            rng: Cell::new(now_ns().unwrap_or(0x9E37_79B9_7F4A_7C15) | 1),
+            rng: Cell::new(unix_ns(root.now()).unwrap_or(0x9E37_79B9_7F4A_7C15) | 1),
             metrics: Metrics {
-                sent: define(SENT),
-                failed: define(FAILED),
-                retried: define(RETRIED),
-                dropped: define(DROPPED),
-                retriable: define(RETRIABLE),
-                unconfirmed: define(UNCONFIRMED),
-                failed_unconfirmed: define(FAILED_UNCONFIRMED),
-                buffered: define(BUFFERED),
+                sent: metrics.counter(SENT),
+                failed: metrics.counter(FAILED),
+                retried: metrics.counter(RETRIED),
+                dropped: metrics.counter(DROPPED),
+                retriable: metrics.counter(RETRIABLE),
+                unconfirmed: metrics.counter(UNCONFIRMED),
+                failed_unconfirmed: metrics.counter(FAILED_UNCONFIRMED),
+                buffered: metrics.gauge(BUFFERED),
             },
             flushed: Cell::new(Stats::default()),
             buffered_reported: Cell::new(0),
@@ -338,13 +325,13 @@ impl Plugin for KafkaLog {
         Some(self.config.limits.flush_interval.clamp(Duration::from_millis(10), MAX_TICK))
     }
 
-    fn on_tick(self: &Rc<Self>) {
-        let now = now_ms();
-        self.pump(now);
+    fn on_tick(self: &Rc<Self>, root: &Root) {
+        let now = now_ms(root);
+        self.pump(root, now);
         self.report(now);
     }
 
-    fn on_callout(self: &Rc<Self>, id: CalloutId, result: CalloutResult) {
+    fn on_callout(self: &Rc<Self>, root: &Root, id: CalloutId, result: CalloutResult) {
         let batch = {
             let mut calls = self.calls.borrow_mut();
             let Some(at) = calls.iter().position(|(c, _)| *c == id) else {
@@ -353,7 +340,7 @@ impl Plugin for KafkaLog {
             };
             calls.swap_remove(at).1
         };
-        let now = now_ms();
+        let now = now_ms(root);
         let answer = match result {
             Ok(resp) => {
                 let records = self.outbox.borrow().records_in(batch).unwrap_or(0);
@@ -393,9 +380,9 @@ impl Plugin for KafkaLog {
             outbox.give_up_retries();
         }
         drop(outbox);
-        self.pump(now);
+        self.pump(root, now);
         if self.closing.get() && self.finished(now) {
-            if let Err(status) = gatewasm::done() {
+            if let Err(status) = root.done() {
                 log::warn!("kafka_log: the host refused proxy_done: {status:?}");
             }
         }
@@ -406,15 +393,15 @@ impl Plugin for KafkaLog {
     /// last produce request answers. Records that would be retried are given up (counted
     /// failed). Envoy keeps a removed plugin only while its VM lives on for another plugin
     /// (see README: "When the plugin is removed").
-    fn on_done(self: &Rc<Self>) -> bool {
+    fn on_done(self: &Rc<Self>, root: &Root) -> bool {
         self.closing.set(true);
-        let now = now_ms();
+        let now = now_ms(root);
         let held = self.outbox.borrow().held().0;
         if held > 0 {
             log::info!("kafka_log: plugin removed; sending the {held} record(s) it holds");
         }
         self.outbox.borrow_mut().give_up_retries();
-        self.pump(now);
+        self.pump(root, now);
         self.finished(now)
     }
 }
@@ -467,54 +454,19 @@ fn header_names(config: &Compiled) -> (Vec<String>, Vec<String>) {
     (request, response)
 }
 
-/// Reads a header map and finds `names` in it; no host call when no name is wanted. A host
-/// error (no such map in this callback) reads as an empty map.
-fn find_headers(map: MapType, names: &[String]) -> Slots<'_> {
+/// Reads a header map when some field needs it (one host call; none when no name is wanted).
+/// A host error (no such map in this callback) reads as an empty map.
+fn headers_for(map: HeaderMap<'_>, names: &[String]) -> HeaderSnapshot {
     if names.is_empty() {
-        return Slots::none(names);
+        return HeaderSnapshot::default();
     }
-    match gatewasm::host::header_pairs_raw(map) {
-        Ok(raw) => Slots::find(names, raw),
-        Err(status) => {
-            log::debug!("kafka_log: reading header map failed: {status:?}");
-            Slots::none(names)
-        }
-    }
-}
-
-/// The stream's values as Envoy holds them at the end of the stream.
-struct HostReader<'a> {
-    request: Slots<'a>,
-    response: Slots<'a>,
-}
-
-/// Attribute paths have two or three segments; longer ones (configured by hand) take a `Vec`.
-const SHORT_PATH: usize = 4;
-
-impl Reader for HostReader<'_> {
-    fn request_header(&self, name: &str) -> Option<&str> {
-        self.request.get(name)
-    }
-    fn response_header(&self, name: &str) -> Option<&str> {
-        self.response.get(name)
-    }
-    fn property(&self, path: &[String]) -> Option<Vec<u8>> {
-        let read = |segments: &[&str]| gatewasm::host::property(segments).ok().flatten();
-        if path.len() <= SHORT_PATH {
-            let mut segments = [""; SHORT_PATH];
-            for (to, from) in segments.iter_mut().zip(path) {
-                *to = from.as_str();
-            }
-            return read(segments.get(..path.len()).unwrap_or_default());
-        }
-        read(&path.iter().map(String::as_str).collect::<Vec<_>>())
-    }
+    map.snapshot()
 }
 
 impl HttpFilter for LogStream {
-    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> gatewasm::Flow {
+    fn on_request_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> gatewasm::Flow {
         if self.sampled {
-            self.start_ns = now_ns();
+            self.start_ns = unix_ns(stream.now());
         }
         gatewasm::Flow::Continue
     }
@@ -529,20 +481,20 @@ impl HttpFilter for LogStream {
         gatewasm::Flow::Continue
     }
 
-    fn on_log(&mut self, _stream: &mut Stream) {
+    fn on_log(&mut self, stream: &mut Stream) {
         if !self.sampled {
             return;
         }
         let plugin = &self.plugin;
-        let response = find_headers(MapType::HttpResponseHeaders, &plugin.response_names);
+        let response = headers_for(stream.response_headers(), &plugin.response_names);
         if plugin.config.has_status_condition() {
             let code = response.get(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
             if !plugin.config.status_logged(code) {
                 return;
             }
         }
-        let request = find_headers(MapType::HttpRequestHeaders, &plugin.request_names);
-        let end_ns = now_ns();
+        let request = headers_for(stream.request_headers(), &plugin.request_names);
+        let end_ns = unix_ns(stream.now());
         let timing = Timing {
             // A stream that never reached this filter's request callback (an earlier filter
             // answered it) is dated by its end.
@@ -551,13 +503,180 @@ impl HttpFilter for LogStream {
             bytes_received: self.bytes_in,
             bytes_sent: self.bytes_out,
         };
-        let reader = HostReader { request, response };
+        let values = Values { request: &request, response: &response, stream };
         let mut text = String::with_capacity(768);
         let key =
-            record::write_record(&plugin.config.fields, &reader, &timing, plugin.config.key_field, &mut text);
+            record::write_record(&plugin.config.fields, &values, &timing, plugin.config.key_field, &mut text);
         let at_ms = end_ns.map_or(0, |ns| ns / 1_000_000);
         plugin.outbox.borrow_mut().push(Entry { text, key, at_ms });
     }
 }
 
 gatewasm::export!(KafkaLog);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use gatewasm::testing::{Answer, FakeHost, FakeStream, Harness};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    const START_NS: u64 = 1_700_000_000_123_456_789;
+
+    fn gateway(config: &str) -> Harness<KafkaLog> {
+        let host = FakeHost::new();
+        host.set_now(UNIX_EPOCH + Duration::from_nanos(START_NS));
+        Harness::with_host(host, config).unwrap()
+    }
+
+    /// A whole stream as Envoy holds it at the end: the default fields' headers and attributes,
+    /// 17 bytes in, 2048 out, 42.9 ms long.
+    fn full_stream(gw: &Harness<KafkaLog>) -> FakeStream<KafkaLog> {
+        let mut s = gw.stream();
+        s.request_headers(
+            &[
+                (":method", "POST"),
+                (":path", "/v2/users?id=7"),
+                ("x-envoy-original-path", "/api/users?id=7"),
+                (":authority", "shop.example.com"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("user-agent", "curl/8.0 \"quoted\"\n"),
+                ("x-request-id", "2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01"),
+                ("authorization", "Bearer secret"),
+            ],
+            false,
+        );
+        s.request_body(&[0; 17], true);
+        s.response_headers(&[(":status", "503"), ("x-envoy-upstream-service-time", "12")], false);
+        s.response_body(&[0; 2048], true);
+        for (path, value) in [
+            ("request.protocol", b"HTTP/1.1".to_vec()),
+            ("response.flags", ((1u64 << 1) | (1u64 << 5)).to_le_bytes().to_vec()),
+            ("upstream.address", b"10.1.2.3:8080".to_vec()),
+            ("xds.cluster_name", b"outbound|8080||users.default.svc.cluster.local".to_vec()),
+            ("xds.route_name", b"users".to_vec()),
+            ("source.address", b"192.168.1.9:51234".to_vec()),
+            ("connection.mtls", vec![1]),
+        ] {
+            s.set_property(&path.split('.').collect::<Vec<_>>(), value);
+        }
+        gw.host().advance(Duration::from_nanos(42_900_000));
+        s
+    }
+
+    /// The records of the produce request the next due tick sends: `(key, value)` each.
+    fn sent(gw: &mut Harness<KafkaLog>) -> Vec<(Option<String>, Value)> {
+        gw.host().advance(Duration::from_secs(2));
+        gw.tick();
+        let call = gw.host().callouts().pop().unwrap();
+        let body: Value = serde_json::from_slice(&call.body).unwrap();
+        body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("key").and_then(Value::as_str).map(str::to_string), r["value"].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn default_record_matches_istio_names_and_types() {
+        let mut gw = gateway(r#"{"cluster": "kafka", "topic": "t", "key_field": "request_id"}"#);
+        full_stream(&gw).log();
+        let records = sent(&mut gw);
+        assert_eq!(records.len(), 1);
+        let (key, v) = &records[0];
+        assert_eq!(
+            *v,
+            json!({
+                "start_time": "2023-11-14T22:13:20.123Z",
+                "method": "POST",
+                "path": "/api/users?id=7",
+                "protocol": "HTTP/1.1",
+                "response_code": 503,
+                "response_flags": "UH,UF",
+                "bytes_received": 17,
+                "bytes_sent": 2048,
+                "duration": 42,
+                "upstream_service_time": "12",
+                "x_forwarded_for": "10.0.0.1",
+                "user_agent": "curl/8.0 \"quoted\"\n",
+                "request_id": "2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01",
+                "authority": "shop.example.com",
+                "upstream_host": "10.1.2.3:8080",
+                "upstream_cluster": "outbound|8080||users.default.svc.cluster.local",
+                "route_name": "users",
+                "downstream_remote_address": "192.168.1.9:51234",
+            })
+        );
+        assert_eq!(key.as_deref(), Some("2f7c1b8e-0d6b-4a65-9d38-5b1c1f2a9e01"));
+    }
+
+    #[test]
+    fn missing_values_are_null_and_no_response_is_code_0() {
+        let mut gw = gateway(r#"{"cluster": "kafka", "topic": "t", "key_field": "request_id"}"#);
+        // Answered before it reached the filter: no headers seen, no attributes.
+        gw.stream().log();
+        let (key, v) = sent(&mut gw).pop().unwrap();
+        assert_eq!(v["response_code"], 0);
+        assert!(v["method"].is_null() && v["upstream_host"].is_null() && v["response_flags"].is_null());
+        assert_eq!(v["duration"], 0, "dated by its end");
+        assert_eq!(key, None);
+    }
+
+    #[test]
+    fn redaction_and_extra_kinds() {
+        let mut gw = gateway(
+            r#"{"cluster": "kafka", "topic": "t",
+                "fields": {"request_headers": {"auth": "authorization"},
+                           "response_headers": {"absent_auth": "set-cookie"},
+                           "properties": {"mtls": "connection.mtls", "long": "a.b.c.d.e"},
+                           "values": {"fixed": {"a": [1]}}}}"#,
+        );
+        let s = full_stream(&gw);
+        s.set_property(&["a", "b", "c", "d", "e"], "five segments");
+        let mut s = s;
+        s.log();
+        let (_, v) = sent(&mut gw).pop().unwrap();
+        let pick: Value = ["auth", "absent_auth", "mtls", "long", "fixed"]
+            .iter()
+            .map(|k| ((*k).to_string(), v[*k].clone()))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        assert_eq!(
+            pick,
+            json!({"auth": "[REDACTED]", "absent_auth": null, "mtls": true, "long": "five segments", "fixed": {"a": [1]}})
+        );
+    }
+
+    #[test]
+    fn batches_leave_from_the_root_context_and_the_last_answer_lets_the_plugin_go() {
+        let mut gw = gateway(r#"{"cluster": "kafka", "topic": "t"}"#);
+        let mut s = full_stream(&gw);
+        s.log();
+        assert!(s.callout().is_none(), "a stream never sends a batch: its callouts end with it");
+        gw.tick();
+        assert!(gw.host().callouts().is_empty(), "not due before the flush interval");
+        full_stream(&gw).log();
+        // Removed: what is held leaves at once, and the plugin waits for the answer.
+        assert!(!gw.done());
+        let calls = gw.host().callouts();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(gw.root().in_flight(), 1);
+        assert_eq!(calls[0].cluster, "kafka");
+        assert_eq!(gw.host().done_calls(), 0);
+        gw.answer(
+            calls[0].token,
+            &Answer::new(
+                200,
+                &[],
+                r#"{"offsets": [{"partition": 0, "offset": 1}, {"partition": 0, "offset": 2}]}"#,
+            ),
+        );
+        assert_eq!(gw.host().done_calls(), 1);
+        assert_eq!(gw.host().counter(SENT), Some(2));
+        assert_eq!(gw.host().gauge(BUFFERED), Some(0));
+    }
+}
