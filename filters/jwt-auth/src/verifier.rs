@@ -16,8 +16,8 @@ use crate::extractor::{self, Found, Location, RequestView};
 use crate::jwks_cache::{KeySource, TokenCache, Verified};
 use crate::jwt::{self, Alg};
 use crate::keys::HostCheck;
-use crate::matcher::Requirement;
 use crate::outputs;
+use crate::rules::Requirement;
 use crate::status::Status;
 
 /// What a provider does with a token that verified.
