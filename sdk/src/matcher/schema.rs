@@ -17,11 +17,10 @@ use crate::config::{self, ConfigErrors};
 /// The path condition is `path`: an object with one of `exact`, `prefix`, `regex`, `template`,
 /// or a string for an exact path. Envoy's route shorthand, `prefix` and `regex` beside `hosts`
 /// (Envoy's `jwt_authn` rules and jwt-auth's form), means the same; at most one is given.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct RawMatch {
     /// Host patterns, any of which: `api.example.com`, `*.example.com` (any subdomain, not the
     /// domain itself) or `*` (any host), compared case-insensitively without the port.
-    #[serde(default)]
     pub hosts: Vec<String>,
     /// The path condition, on the path without its query string.
     pub path: Option<RawPath>,
@@ -30,10 +29,8 @@ pub struct RawMatch {
     /// Shorthand for `path.regex`.
     pub regex: Option<String>,
     /// Methods, any of which (case-insensitive, compared upper-case).
-    #[serde(default)]
     pub methods: Vec<String>,
     /// Header conditions, all of which.
-    #[serde(default)]
     pub headers: Vec<RawHeaderMatch>,
 }
 
@@ -47,7 +44,7 @@ pub enum RawPath {
 }
 
 /// Exactly one of `exact`, `prefix`, `regex`, `template`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct RawPathMatch {
     /// The whole path.
     pub exact: Option<String>,
@@ -63,10 +60,9 @@ pub struct RawPathMatch {
 /// A header condition: the header is present, or its first value is `exact`, starts with
 /// `prefix` or matches `regex` in full; `invert` negates the condition (a missing header then
 /// holds). `"present": false` is `invert` on presence.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct RawHeaderMatch {
     /// Header name (case-insensitive).
-    #[serde(default)]
     pub name: String,
     /// The first value equals this (case-sensitive).
     pub exact: Option<String>,
@@ -77,8 +73,90 @@ pub struct RawHeaderMatch {
     /// `true` (default): the header is present; `false`: it is absent.
     pub present: Option<bool>,
     /// Holds when the condition does not.
-    #[serde(default)]
     pub invert: bool,
+}
+
+impl<'de> Deserialize<'de> for RawHeaderMatch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeaderVisitor;
+
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = RawHeaderMatch;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a header condition `{\"name\": ...}`")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHeaderMatch, A::Error> {
+                read_map(map, RawHeaderMatch::default(), |h, key, map| {
+                    match key {
+                        "name" => h.name = map.next_value()?,
+                        "exact" => h.exact = map.next_value()?,
+                        "prefix" => h.prefix = map.next_value()?,
+                        "regex" => h.regex = map.next_value()?,
+                        "present" => h.present = map.next_value()?,
+                        "invert" => h.invert = map.next_value()?,
+                        _ => return Ok(false),
+                    }
+                    Ok(true)
+                })
+            }
+        }
+
+        deserializer.deserialize_map(HeaderVisitor)
+    }
+}
+
+/// Deserializes a map whose values are all read by `field`, which says whether it knew the key;
+/// the values of keys it did not know are ignored, which `config::parse` reports as unknown
+/// fields. Written by hand: the derived form costs a module several kilobytes more (a sequence
+/// form and a field enum no configuration uses) for each of these structs every rule-based
+/// filter links.
+fn read_map<'de, A, T>(
+    mut map: A,
+    mut value: T,
+    mut field: impl FnMut(&mut T, &str, &mut A) -> Result<bool, A::Error>,
+) -> Result<T, A::Error>
+where
+    A: MapAccess<'de>,
+{
+    while let Some(key) = map.next_key::<String>()? {
+        if !field(&mut value, &key, &mut map)? {
+            map.next_value::<de::IgnoredAny>()?;
+        }
+    }
+    Ok(value)
+}
+
+impl<'de> Deserialize<'de> for RawMatch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MatchVisitor;
+
+        impl<'de> Visitor<'de> for MatchVisitor {
+            type Value = RawMatch;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("request conditions `{\"hosts\": ..., \"path\": ..., \"methods\": ..., \"headers\": ...}`")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMatch, A::Error> {
+                read_map(map, RawMatch::default(), |m, key, map| {
+                    match key {
+                        "hosts" => m.hosts = map.next_value()?,
+                        "path" => m.path = map.next_value()?,
+                        "prefix" => m.prefix = map.next_value()?,
+                        "regex" => m.regex = map.next_value()?,
+                        "methods" => m.methods = map.next_value()?,
+                        "headers" => m.headers = map.next_value()?,
+                        _ => return Ok(false),
+                    }
+                    Ok(true)
+                })
+            }
+        }
+
+        deserializer.deserialize_map(MatchVisitor)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawPath {
@@ -97,7 +175,17 @@ impl<'de> Deserialize<'de> for RawPath {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawPath, A::Error> {
-                RawPathMatch::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawPath::Match)
+                let path = read_map(map, RawPathMatch::default(), |p, key, map| {
+                    match key {
+                        "exact" => p.exact = map.next_value()?,
+                        "prefix" => p.prefix = map.next_value()?,
+                        "regex" => p.regex = map.next_value()?,
+                        "template" => p.template = map.next_value()?,
+                        _ => return Ok(false),
+                    }
+                    Ok(true)
+                })?;
+                Ok(RawPath::Match(path))
             }
         }
 
