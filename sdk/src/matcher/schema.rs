@@ -488,6 +488,10 @@ mod tests {
             regex[0].starts_with("`rules[0].match.headers[0].regex` = \"[\": invalid regex: "),
             "{regex:?}"
         );
+        let seq = compile(r#"{"rules": [{"match": ["/a"]}]}"#).unwrap_err();
+        assert!(seq[0].contains("invalid type: sequence, expected request conditions"), "{seq:?}");
+        let seq = errors(r#"{"headers": [["x-a"]]}"#);
+        assert!(seq[0].contains("expected a header condition"), "{seq:?}");
         let typed = errors(r#"{"path": 7}"#);
         assert!(
             typed[0]
