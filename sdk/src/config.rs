@@ -202,10 +202,11 @@ fn deserialize<R: DeserializeOwned>(bytes: &[u8], errors: &mut ConfigErrors) -> 
     })
 }
 
-/// serde_ignored writes `rules.0.name`; users read JSON paths as `rules[0].name`.
+/// serde_ignored writes `rules.0.name`, and `?` for an `Option` it went through; users read
+/// JSON paths as `rules[0].name`.
 fn tidy_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 4);
-    for (i, seg) in path.split('.').enumerate() {
+    for (i, seg) in path.split('.').filter(|seg| *seg != "?").enumerate() {
         if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
             out.push('[');
             out.push_str(seg);

@@ -1,9 +1,24 @@
-//! Request matching shared by filters: host patterns, path conditions and methods.
+//! Request matching shared by filters: the one configuration shape of a rule's conditions
+//! ([`RawMatch`], compiled once by [`RawMatch::compile`] with one error wording), what it
+//! compiles to ([`RequestMatch`]: hosts, path, methods, headers), the check of rule names
+//! ([`rule_names`]), and the pieces they are built of.
 //!
 //! Every matcher compares with the request as [`crate::request::Request`] gives it: the host
 //! normalized by [`crate::http::normalize_host`] (lower-case, no port, no trailing dot), the path
-//! without its query string, the method as sent. Parsers take the configuration text and report
-//! what is wrong as a kind, so each filter keeps its own error wording and field paths.
+//! without its query string, the method as sent. The request comes through [`MatchRequest`], so
+//! a filter reads from the host only what a rule needs.
+
+mod names;
+mod schema;
+mod template;
+
+pub use names::{rule_names, MAX_RULE_NAME};
+pub use schema::{RawHeaderMatch, RawMatch, RawPath, RawPathMatch, NOT_A_PATH};
+pub use template::PathTemplate;
+
+use std::borrow::Cow;
+
+use crate::request::HeaderSnapshot;
 
 use regex_lite::Regex;
 
@@ -90,6 +105,8 @@ pub enum PathMatch {
     Prefix(String),
     /// A regex that must match the whole path.
     Regex(Regex),
+    /// A path template (`/users/{id}/orders/*`).
+    Template(PathTemplate),
 }
 
 /// Why a path condition was rejected.
@@ -135,6 +152,7 @@ impl PathMatch {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Regex(r) => r.is_match(path),
+            PathMatch::Template(t) => t.matches(path),
         }
     }
 }
@@ -179,8 +197,90 @@ pub fn host_matches(hosts: &[HostPattern], host: &str) -> bool {
     hosts.is_empty() || hosts.iter().any(|h| h.matches(host))
 }
 
-/// Conditions on host, path and method, all of which must hold; empty lists and no path match
-/// everything.
+/// The request as conditions read it. Each part is asked for only when a condition needs it,
+/// so an implementation that reads from the host lazily makes no call a rule does not need.
+pub trait MatchRequest {
+    /// The method as sent (`GET`).
+    fn method(&self) -> &str;
+    /// The host normalized ([`crate::http::normalize_host`]); `None` when it cannot be read,
+    /// which no host condition matches (filters with host conditions refuse such a request
+    /// first, with [`crate::LocalReply::invalid_host`]).
+    fn host(&self) -> Option<Cow<'_, str>>;
+    /// The path without its query string.
+    fn path(&self) -> &str;
+    /// The first value of a request header (`name` is lower-case).
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// A request already read: its method, host and path, and its headers when a rule has header
+/// conditions (`None` reads as no header at all).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The normalized host, `None` when it cannot be read.
+    pub host: Option<&'a str>,
+    /// The path without query.
+    pub path: &'a str,
+    /// The request headers.
+    pub headers: Option<&'a HeaderSnapshot>,
+}
+
+impl MatchRequest for RequestParts<'_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn host(&self) -> Option<Cow<'_, str>> {
+        self.host.map(Cow::Borrowed)
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.and_then(|h| h.get(name))
+    }
+}
+
+/// What a header's first value must be.
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    /// Anything: the header is present.
+    Present,
+    /// Exactly this.
+    Exact(String),
+    /// Starting with this.
+    Prefix(String),
+    /// Matched in full by this regex.
+    Regex(Regex),
+}
+
+/// A condition on one request header.
+#[derive(Debug, Clone)]
+pub struct HeaderCondition {
+    /// Lower-case name.
+    pub name: String,
+    /// The condition on its first value; a missing header fails it.
+    pub value: ValueMatch,
+    /// The result is negated (a missing header then holds).
+    pub invert: bool,
+}
+
+impl HeaderCondition {
+    /// Whether the request holds the condition.
+    pub fn matches<R: MatchRequest + ?Sized>(&self, req: &R) -> bool {
+        let held = match (&self.value, req.header(&self.name)) {
+            (_, None) => false,
+            (ValueMatch::Present, Some(_)) => true,
+            (ValueMatch::Exact(e), Some(v)) => v == e,
+            (ValueMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (ValueMatch::Regex(r), Some(v)) => r.is_match(v),
+        };
+        held != self.invert
+    }
+}
+
+/// Conditions on host, path, method and headers, all of which must hold; empty lists and no
+/// path match everything. Built by [`RawMatch::compile`].
 #[derive(Debug, Clone, Default)]
 pub struct RequestMatch {
     /// Any of these hosts.
@@ -189,14 +289,23 @@ pub struct RequestMatch {
     pub path: Option<PathMatch>,
     /// Any of these methods (upper-case, from [`parse_method`]).
     pub methods: Vec<String>,
+    /// All of these headers.
+    pub headers: Vec<HeaderCondition>,
 }
 
 impl RequestMatch {
-    /// Whether a request with this method, normalized host and path (no query) matches.
-    pub fn matches(&self, method: &str, host: &str, path: &str) -> bool {
-        method_matches(&self.methods, method)
-            && host_matches(&self.hosts, host)
-            && self.path.as_ref().is_none_or(|p| p.matches(path))
+    /// Whether the request matches. The method is compared first, then the host, the path and
+    /// the headers; a part no condition names is never asked for.
+    pub fn matches<R: MatchRequest + ?Sized>(&self, req: &R) -> bool {
+        (self.methods.is_empty() || method_matches(&self.methods, req.method()))
+            && (self.hosts.is_empty() || req.host().is_some_and(|h| host_matches(&self.hosts, &h)))
+            && self.path.as_ref().is_none_or(|p| p.matches(req.path()))
+            && self.headers.iter().all(|h| h.matches(req))
+    }
+
+    /// True when there is no condition (every request matches).
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.path.is_none() && self.methods.is_empty() && self.headers.is_empty()
     }
 }
 
@@ -294,6 +403,15 @@ mod tests {
         assert!(!method_matches(&list, "get"), "methods are case-sensitive");
     }
 
+    fn req<'a>(
+        method: &'a str,
+        host: Option<&'a str>,
+        path: &'a str,
+        h: &'a HeaderSnapshot,
+    ) -> RequestParts<'a> {
+        RequestParts { method, host, path, headers: Some(h) }
+    }
+
     #[test]
     fn every_condition_must_hold() {
         let m = RequestMatch {
@@ -303,12 +421,103 @@ mod tests {
             ],
             path: Some(PathMatch::parse(None, Some("/v1/"), None).unwrap()),
             methods: vec!["GET".into()],
+            headers: vec![HeaderCondition {
+                name: "x-env".into(),
+                value: ValueMatch::Present,
+                invert: false,
+            }],
         };
-        assert!(m.matches("GET", "api.example.com", "/v1/x"));
-        assert!(m.matches("GET", "a.internal", "/v1/"));
-        assert!(!m.matches("GET", "internal", "/v1/x"));
-        assert!(!m.matches("POST", "api.example.com", "/v1/x"));
-        assert!(!m.matches("GET", "api.example.com", "/v2/x"));
-        assert!(RequestMatch::default().matches("", "", ""), "no condition matches everything");
+        let h = HeaderSnapshot::from_strs(&[("X-Env", "prod")]);
+        assert!(m.matches(&req("GET", Some("api.example.com"), "/v1/x", &h)));
+        assert!(m.matches(&req("GET", Some("a.internal"), "/v1/", &h)));
+        assert!(!m.matches(&req("GET", Some("internal"), "/v1/x", &h)));
+        assert!(!m.matches(&req("GET", None, "/v1/x", &h)), "a host no rule can read matches no host");
+        assert!(!m.matches(&req("POST", Some("api.example.com"), "/v1/x", &h)));
+        assert!(!m.matches(&req("GET", Some("api.example.com"), "/v2/x", &h)));
+        let none = HeaderSnapshot::default();
+        assert!(!m.matches(&req("GET", Some("api.example.com"), "/v1/x", &none)));
+        let no_headers =
+            RequestParts { method: "GET", host: Some("api.example.com"), path: "/v1/x", headers: None };
+        assert!(!m.matches(&no_headers));
+        assert!(!m.is_empty());
+        assert!(RequestMatch::default().is_empty());
+        assert!(
+            RequestMatch::default().matches(&req("", None, "", &none)),
+            "no condition matches everything"
+        );
+    }
+
+    /// A request that counts what is asked of it: parts no condition names are never read.
+    struct Counting<'a>(RequestParts<'a>, std::cell::Cell<u32>);
+
+    impl MatchRequest for Counting<'_> {
+        fn method(&self) -> &str {
+            self.1.set(self.1.get() + 1);
+            self.0.method
+        }
+        fn host(&self) -> Option<Cow<'_, str>> {
+            self.1.set(self.1.get() + 10);
+            self.0.host()
+        }
+        fn path(&self) -> &str {
+            self.1.set(self.1.get() + 100);
+            self.0.path
+        }
+        fn header(&self, name: &str) -> Option<&str> {
+            self.1.set(self.1.get() + 1000);
+            self.0.header(name)
+        }
+    }
+
+    #[test]
+    fn only_what_a_condition_names_is_read() {
+        let h = HeaderSnapshot::default();
+        let reads = |m: &RequestMatch| {
+            let r = Counting(req("GET", Some("h"), "/p", &h), std::cell::Cell::new(0));
+            let _ = m.matches(&r);
+            r.1.get()
+        };
+        assert_eq!(reads(&RequestMatch::default()), 0);
+        let path = RequestMatch { path: Some(PathMatch::Prefix("/".into())), ..RequestMatch::default() };
+        assert_eq!(reads(&path), 100);
+        let method = RequestMatch { methods: vec!["POST".into()], ..path.clone() };
+        assert_eq!(reads(&method), 1, "a failed method stops before the path");
+        let host = RequestMatch { hosts: vec![HostPattern::Any], ..path };
+        assert_eq!(reads(&host), 110);
+    }
+
+    #[test]
+    fn header_conditions() {
+        let h = HeaderSnapshot::from_strs(&[("x-env", "prod-eu"), ("x-env", "staging"), ("x-ver", "v2.3")]);
+        let r = req("GET", Some("h"), "/", &h);
+        let cond = |name: &str, value: ValueMatch, invert: bool| HeaderCondition {
+            name: name.into(),
+            value,
+            invert,
+        };
+        let re = |p: &str| ValueMatch::Regex(full_match_regex(p).unwrap());
+        assert!(cond("x-env", ValueMatch::Present, false).matches(&r));
+        assert!(!cond("x-env", ValueMatch::Present, true).matches(&r));
+        assert!(!cond("x-gone", ValueMatch::Present, false).matches(&r));
+        assert!(cond("x-gone", ValueMatch::Present, true).matches(&r), "absent");
+        assert!(cond("x-env", ValueMatch::Exact("prod-eu".into()), false).matches(&r));
+        assert!(!cond("x-env", ValueMatch::Exact("staging".into()), false).matches(&r), "the first value");
+        assert!(!cond("x-env", ValueMatch::Exact("Prod-eu".into()), false).matches(&r), "case-sensitive");
+        assert!(cond("x-env", ValueMatch::Prefix("prod".into()), false).matches(&r));
+        assert!(!cond("x-env", ValueMatch::Prefix("eu".into()), false).matches(&r));
+        assert!(cond("x-ver", re(r"v2\.[0-9]+"), false).matches(&r));
+        assert!(!cond("x-ver", re("v2"), false).matches(&r), "the regex matches the whole value");
+        assert!(cond("x-ver", re("v3.*"), true).matches(&r));
+        assert!(
+            cond("x-gone", ValueMatch::Exact("x".into()), true).matches(&r),
+            "inverted: a missing header holds"
+        );
+    }
+
+    #[test]
+    fn templates_are_a_path_condition() {
+        let m = PathMatch::Template(PathTemplate::parse("/users/{id}/orders/*").unwrap());
+        assert!(m.matches("/users/7/orders/9"));
+        assert!(!m.matches("/users/7/orders"));
     }
 }

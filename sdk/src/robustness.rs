@@ -161,5 +161,12 @@ fn matcher_parsers_never_panic_and_agree_with_matching() {
         if let Some(m) = matcher::parse_method(&s) {
             assert!(!m.bytes().any(|b| b.is_ascii_lowercase()));
         }
+        let template = format!("/{}", s.replace(['?', '#'], "/"));
+        if let Ok(p) = matcher::PathTemplate::parse(&template) {
+            let _ = p.matches(&t);
+            if !template.contains(['*', '{']) {
+                assert!(p.matches(&template), "a template without operators matches itself: {template:?}");
+            }
+        }
     }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use gatewasm::config::{self, ConfigErrors};
-use gatewasm::matcher::{parse_method, PathError};
+use gatewasm::matcher::{self, RawMatch};
 
 pub use crate::rules::Action;
-use crate::rules::{HostPattern, PathMatch, RequestMatch, Rule};
+use crate::rules::Rule;
 
 /// Headers sent to the auth service when the client sent them, besides `:method`, `:path` and
 /// `:authority` (Ambassador AuthService's fixed list; Envoy's HTTP `ext_authz` sends only
@@ -164,39 +164,13 @@ pub struct RawBody {
 pub struct RawRule {
     /// Name for logs (default: the rule's index).
     pub name: Option<String>,
-    /// Conditions, all of which must hold; absent means every request.
+    /// Conditions, the SDK's one shape (`gatewasm::matcher::RawMatch`): hosts, path, methods,
+    /// headers, all of which must hold; absent means every request.
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     /// What to do with a matching request.
     #[serde(default)]
     pub action: Action,
-}
-
-/// Request conditions.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawMatch {
-    /// Host patterns, any of which matches: `api.example.com` or `*.example.com`, compared
-    /// case-insensitively without the port.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Path condition on the path without query string.
-    pub path: Option<RawPath>,
-    /// Methods, any of which matches.
-    #[serde(default)]
-    pub methods: Vec<String>,
-}
-
-/// Exactly one of `exact`, `prefix`, `regex`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawPath {
-    /// The whole path.
-    pub exact: Option<String>,
-    /// A string prefix of the path.
-    pub prefix: Option<String>,
-    /// A regex (regex-lite syntax) matching the whole path.
-    pub regex: Option<String>,
 }
 
 /// A set of header names: exact names and prefixes, lower-case.
@@ -421,7 +395,14 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         errors.add_field("failure_mode_allow_header_add", "only meaningful with `failure_mode_allow: true`");
     }
 
-    let rules: Vec<Rule> = raw.rules.iter().enumerate().filter_map(|(i, r)| rule(errors, i, r)).collect();
+    let names = matcher::rule_names(errors, "rules", raw.rules.iter().map(|r| r.name.as_deref()));
+    let rules: Vec<Rule> = raw
+        .rules
+        .iter()
+        .zip(names)
+        .enumerate()
+        .filter_map(|(i, (r, name))| rule(errors, i, r, name))
+        .collect();
 
     let mut strip = upstream.exact.clone();
     strip.push(FAILURE_MODE_ALLOWED.to_string());
@@ -477,56 +458,9 @@ fn names(errors: &mut ConfigErrors, at: &str, list: &[String], prefixes: bool, s
     }
 }
 
-fn rule(errors: &mut ConfigErrors, index: usize, raw: &RawRule) -> Option<Rule> {
-    let at = format!("rules[{index}]");
+fn rule(errors: &mut ConfigErrors, index: usize, raw: &RawRule, name: String) -> Option<Rule> {
     let before = errors.errors().len();
-    let name = match &raw.name {
-        Some(n) if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) => {
-            errors.add(format!("{at}.name"), n, "must be 1 to 64 printable ASCII characters");
-            n.clone()
-        }
-        Some(n) => n.clone(),
-        None => index.to_string(),
-    };
-    let m = &raw.matcher;
-    let mut matcher = RequestMatch::default();
-    for (i, host) in m.hosts.iter().enumerate() {
-        // Rules match host names; an address literal (`[::1]`) is not accepted here.
-        match HostPattern::parse(host) {
-            Ok(p) if !p.is_ip_literal() => matcher.hosts.push(p),
-            _ => errors.add(
-                format!("{at}.match.hosts[{i}]"),
-                host,
-                "a host is `api.example.com`, `*.example.com` or `*`, without a port",
-            ),
-        }
-    }
-    if let Some(p) = &m.path {
-        match PathMatch::parse(p.exact.as_deref(), p.prefix.as_deref(), p.regex.as_deref()) {
-            Ok(p) => matcher.path = Some(p),
-            Err(PathError::Count) => {
-                errors.add_field(format!("{at}.match.path"), "give exactly one of `exact`, `prefix`, `regex`")
-            }
-            Err(e) => {
-                let value = p.exact.as_deref().or(p.prefix.as_deref()).or(p.regex.as_deref());
-                let why = match &e {
-                    PathError::Regex(msg) => format!("invalid regex: {msg}"),
-                    _ => "must start with `/` and have no whitespace, control characters, `?` or `#`"
-                        .to_string(),
-                };
-                let field = e.field().unwrap_or_default();
-                errors.add(format!("{at}.match.path.{field}"), value.unwrap_or_default(), why);
-            }
-        }
-    }
-    for (i, method) in m.methods.iter().enumerate() {
-        match parse_method(method) {
-            Some(upper) => matcher.methods.push(upper),
-            None => {
-                errors.add(format!("{at}.match.methods[{i}]"), method, "not an HTTP method (RFC 9110 token)")
-            }
-        }
-    }
+    let matcher = raw.matcher.compile(&format!("rules[{index}].match"), errors);
     (errors.errors().len() == before).then_some(Rule { name, matcher, action: raw.action })
 }
 
@@ -652,6 +586,35 @@ mod tests {
             );
         }
         assert!(joined.contains("never allows"), "{joined}");
+    }
+
+    #[test]
+    fn rule_names_are_checked_once_for_every_filter() {
+        let errs = errors_of(
+            r#"{"cluster": "a", "rules": [{"name": "api"}, {"name": "api"}, {"name": "a b"}, {}, {"name": "3"}]}"#,
+        );
+        let fields: Vec<&str> = errs.iter().map(|e| e.split('`').nth(1).unwrap_or_default()).collect();
+        assert_eq!(fields, ["rules[1].name", "rules[2].name", "rules[4].name"], "{errs:?}");
+        assert!(errs[0].contains("`rules[0]` has this name too"), "{errs:?}");
+        let s = parse(br#"{"cluster": "a", "rules": [{"name": "health"}, {}]}"#).unwrap();
+        assert_eq!(s.rules[1].name, "1");
+    }
+
+    #[test]
+    fn templates_and_headers_select_rules() {
+        use gatewasm::HeaderSnapshot;
+        let s = parse(
+            br#"{"cluster": "a", "rules": [
+                {"match": {"path": {"template": "/public/**"}, "headers": [{"name": "x-probe", "prefix": "lb-"}]}, "action": "skip"}]}"#,
+        )
+        .unwrap();
+        let decide = |path, h: &[(&str, &str)]| {
+            crate::rules::decide(&s.rules, s.default, "GET", "h", path, &HeaderSnapshot::from_strs(h))
+        };
+        assert_eq!(decide("/public/a", &[("x-probe", "lb-1")]), Action::Skip);
+        assert_eq!(decide("/public", &[("x-probe", "lb-1")]), Action::Skip);
+        assert_eq!(decide("/public/a", &[("x-probe", "1")]), Action::Check);
+        assert_eq!(decide("/private", &[("x-probe", "lb-1")]), Action::Check);
     }
 
     #[test]

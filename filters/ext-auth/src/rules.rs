@@ -1,6 +1,8 @@
-//! Which requests are checked: rules on host, path and method, the first matching one decides.
+//! Which requests are checked: rules on host, path, method and headers, the first matching one
+//! decides.
 
-pub use gatewasm::matcher::{HostPattern, PathMatch, RequestMatch};
+use gatewasm::matcher::{RequestMatch, RequestParts};
+use gatewasm::HeaderSnapshot;
 
 use serde::Deserialize;
 
@@ -26,15 +28,25 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// The action for a request: the first matching rule's, else `default`.
-pub fn decide(rules: &[Rule], default: Action, method: &str, host: &str, path: &str) -> Action {
-    rules.iter().find(|r| r.matcher.matches(method, host, path)).map_or(default, |r| r.action)
+/// The action for a request (normalized host, path without query, headers as the client sent
+/// them): the first matching rule's, else `default`.
+pub fn decide(
+    rules: &[Rule],
+    default: Action,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &HeaderSnapshot,
+) -> Action {
+    let req = RequestParts { method, host: Some(host), path, headers: Some(headers) };
+    rules.iter().find(|r| r.matcher.matches(&req)).map_or(default, |r| r.action)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use gatewasm::matcher::{HeaderCondition, HostPattern, PathMatch, ValueMatch};
 
     fn rule(matcher: RequestMatch, action: Action) -> Rule {
         Rule { name: "r".into(), matcher, action }
@@ -56,15 +68,31 @@ mod tests {
                 Action::Skip,
             ),
             rule(
+                RequestMatch {
+                    headers: vec![HeaderCondition {
+                        name: "upgrade".into(),
+                        value: ValueMatch::Exact("websocket".into()),
+                        invert: false,
+                    }],
+                    ..Default::default()
+                },
+                Action::Skip,
+            ),
+            rule(
                 RequestMatch { path: Some(PathMatch::Prefix("/".into())), ..Default::default() },
                 Action::Check,
             ),
         ];
+        let none = HeaderSnapshot::default();
+        let ws = HeaderSnapshot::from_strs(&[("upgrade", "websocket")]);
+        let decide =
+            |rules: &[Rule], default, method, host, path| decide(rules, default, method, host, path, &none);
         assert_eq!(decide(&rules, Action::Check, "GET", "shop.example.com", "/healthz"), Action::Skip);
         assert_eq!(decide(&rules, Action::Check, "POST", "shop.example.com", "/healthz"), Action::Check);
         assert_eq!(decide(&rules, Action::Check, "GET", "a.internal", "/x"), Action::Skip);
         assert_eq!(decide(&rules, Action::Skip, "GET", "shop.example.com", "/x"), Action::Check);
         assert_eq!(decide(&[], Action::Skip, "GET", "h", "/x"), Action::Skip);
         assert_eq!(decide(&[], Action::Check, "GET", "h", "/x"), Action::Check);
+        assert_eq!(super::decide(&rules, Action::Check, "GET", "shop.example.com", "/x", &ws), Action::Skip);
     }
 }

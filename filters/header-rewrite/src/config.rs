@@ -6,11 +6,9 @@
 
 use serde::Deserialize;
 
-use gatewasm::config::{self, ConfigErrors, Validate};
+use gatewasm::config::{self, ConfigErrors};
+use gatewasm::matcher::{self, PathMatch, RawMatch, RequestMatch};
 
-use gatewasm::matcher::{self as shared, HostError, PathError};
-
-use crate::matcher::{full_match_regex, HeaderMatch, HostPattern, Match, PathMatch, ValueMatch};
 use crate::rewrite::{envoy_substitution, is_path_text, rewrite_regex, PathRewrite};
 use crate::template::Template;
 
@@ -30,17 +28,6 @@ pub struct RawConfig {
     /// a header read per request (about 1 µs).
     #[serde(default)]
     pub strip_original_path: Option<bool>,
-    /// Filled by [`Validate::validate`], which compiles the rules while collecting errors, so
-    /// that unknown fields and semantic errors are reported together and regexes compile once.
-    #[serde(skip)]
-    compiled: std::cell::OnceCell<Compiled>,
-}
-
-impl Validate for RawConfig {
-    fn validate(&self, errors: &mut ConfigErrors) {
-        let compiled = compile(self, errors);
-        let _ = self.compiled.set(compiled);
-    }
 }
 
 /// Which matching rules apply.
@@ -59,7 +46,8 @@ pub enum MatchMode {
 pub struct RawRule {
     /// Name used in logs and in the `rule` label of the metric (default: the rule's index).
     pub name: Option<String>,
-    /// Conditions, all of which must hold; absent means every request.
+    /// Conditions, the SDK's one shape (`gatewasm::matcher::RawMatch`): hosts, path, methods,
+    /// headers, all of which must hold; absent means every request.
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     /// Operations on the request headers (what the upstream sees).
@@ -72,49 +60,6 @@ pub struct RawRule {
     pub host_rewrite: Option<String>,
     /// Rewrites the path going upstream; the query string is kept.
     pub path_rewrite: Option<RawPathRewrite>,
-}
-
-/// Request conditions.
-#[derive(Debug, Deserialize, Default)]
-pub struct RawMatch {
-    /// Host patterns, any of which matches: `api.example.com` (exact) or `*.example.com` (any
-    /// subdomain), compared case-insensitively with the port removed; `*` matches every host.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Path condition on the path without query string.
-    pub path: Option<RawPathMatch>,
-    /// Methods, any of which matches (`GET`, `POST`, ...).
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// Header conditions, all of which must hold.
-    #[serde(default)]
-    pub headers: Vec<RawHeaderMatch>,
-}
-
-/// Exactly one of `exact`, `prefix`, `regex`.
-#[derive(Debug, Deserialize, Default)]
-pub struct RawPathMatch {
-    /// The whole path.
-    pub exact: Option<String>,
-    /// A string prefix of the path (`/api/` does not match `/api`).
-    pub prefix: Option<String>,
-    /// A regex (regex-lite syntax) that must match the whole path.
-    pub regex: Option<String>,
-}
-
-/// A header condition: with neither `exact` nor `regex`, the header must be present (or absent
-/// with `"present": false`).
-#[derive(Debug, Deserialize, Default)]
-pub struct RawHeaderMatch {
-    /// Header name (case-insensitive).
-    #[serde(default)]
-    pub name: String,
-    /// The first value must equal this (case-sensitive).
-    pub exact: Option<String>,
-    /// The first value must match this regex in full.
-    pub regex: Option<String>,
-    /// `true` (default): the header must be present; `false`: it must be absent.
-    pub present: Option<bool>,
 }
 
 /// Header operations, applied in this order: `remove`, `rename`, `set`, `add`.
@@ -215,7 +160,7 @@ pub struct Rule {
     /// Name (or index) for logs and metrics.
     pub name: String,
     /// Conditions.
-    pub matcher: Match,
+    pub matcher: RequestMatch,
     /// Request operations.
     pub request: Ops,
     /// Response operations.
@@ -253,23 +198,16 @@ fn reserved(name: &str) -> Option<&'static str> {
 
 /// Parses and compiles a configuration, reporting every problem.
 pub fn parse(bytes: &[u8]) -> Result<Compiled, ConfigErrors> {
-    let mut raw: RawConfig = config::parse(bytes)?;
-    if let Some(compiled) = raw.compiled.take() {
-        return Ok(compiled);
-    }
-    // `config::parse` validates (and so compiles) every value it returns; should it ever not,
-    // compile here.
-    let mut errors = ConfigErrors::new();
-    let compiled = compile(&raw, &mut errors);
-    errors.into_result(compiled)
+    config::parse_with(bytes, |raw: RawConfig, errors| compile(&raw, errors))
 }
 
 /// Compiles a parsed configuration, recording every problem in `errors`.
 pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Compiled {
+    let names = matcher::rule_names(errors, "rules", raw.rules.iter().map(|r| r.name.as_deref()));
     let mut c = Compiler { errors, request_headers: Vec::new() };
     let mut rules = Vec::with_capacity(raw.rules.len());
-    for (i, rule) in raw.rules.iter().enumerate() {
-        if let Some(rule) = c.rule(&format!("rules[{i}]"), i, rule) {
+    for (i, (rule, name)) in raw.rules.iter().zip(names).enumerate() {
+        if let Some(rule) = c.rule(&format!("rules[{i}]"), name, rule) {
             rules.push(rule);
         }
     }
@@ -294,17 +232,13 @@ impl Compiler<'_> {
         }
     }
 
-    fn rule(&mut self, at: &str, index: usize, raw: &RawRule) -> Option<Rule> {
+    fn rule(&mut self, at: &str, name: String, raw: &RawRule) -> Option<Rule> {
         let before = self.errors.errors().len();
-        let name = match &raw.name {
-            Some(n) if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) => {
-                self.errors.add(format!("{at}.name"), n, "must be 1 to 64 printable ASCII characters");
-                n.clone()
-            }
-            Some(n) => n.clone(),
-            None => index.to_string(),
-        };
-        let matcher = self.matcher(&format!("{at}.match"), &raw.matcher);
+        let matcher = raw.matcher.compile(&format!("{at}.match"), self.errors);
+        // Header conditions read request headers through the slot table, as templates do.
+        for h in &matcher.headers {
+            Self::slot(&mut self.request_headers, &h.name);
+        }
         let request = self.ops(&format!("{at}.request"), &raw.request, false);
         let response = self.ops(&format!("{at}.response"), &raw.response, true);
         let host_rewrite = raw.host_rewrite.clone().filter(|h| {
@@ -340,101 +274,16 @@ impl Compiler<'_> {
         Some(rule)
     }
 
-    fn matcher(&mut self, at: &str, raw: &RawMatch) -> Match {
-        let mut m = Match::default();
-        for (i, host) in raw.hosts.iter().enumerate() {
-            if let Some(p) = self.host_pattern(&format!("{at}.hosts[{i}]"), host) {
-                m.hosts.push(p);
-            }
-        }
-        if let Some(path) = &raw.path {
-            m.path = self.path_match(&format!("{at}.path"), path);
-        }
-        for (i, method) in raw.methods.iter().enumerate() {
-            match shared::parse_method(method) {
-                Some(upper) => m.methods.push(upper),
-                None => self.errors.add(
-                    format!("{at}.methods[{i}]"),
-                    method,
-                    "not an HTTP method (RFC 9110 token)",
-                ),
-            }
-        }
-        for (i, h) in raw.headers.iter().enumerate() {
-            let at = format!("{at}.headers[{i}]");
-            if !config::is_header_name(&h.name) {
-                self.errors.add(
-                    format!("{at}.name"),
-                    &h.name,
-                    "not a valid HTTP header name (RFC 9110 token)",
-                );
-                continue;
-            }
-            let name = h.name.to_ascii_lowercase();
-            let given = usize::from(h.exact.is_some()) + usize::from(h.regex.is_some());
-            if given > 1 || (given == 1 && h.present.is_some()) {
-                self.errors.add_field(at, "give at most one of `exact`, `regex`, `present`");
-                continue;
-            }
-            let value = match (&h.exact, &h.regex, h.present) {
-                (Some(e), _, _) => ValueMatch::Exact(e.clone()),
-                (_, Some(r), _) => match full_match_regex(r) {
-                    Ok(re) => ValueMatch::Regex(re),
-                    Err(e) => {
-                        self.errors.add(format!("{at}.regex"), r, format!("invalid regex: {e}"));
-                        continue;
-                    }
-                },
-                (_, _, Some(false)) => ValueMatch::Absent,
-                _ => ValueMatch::Present,
-            };
-            let slot = Self::slot(&mut self.request_headers, &name);
-            m.headers.push(HeaderMatch { slot, value });
-        }
-        m
-    }
-
-    fn host_pattern(&mut self, at: &str, host: &str) -> Option<HostPattern> {
-        let why = match HostPattern::parse(host) {
-            Ok(p) => return Some(p),
-            Err(HostError::Malformed) => "a host is `name.example.com`, `*.example.com` or `*`",
-            Err(HostError::Port) => "ports are ignored when matching: remove the port",
-            Err(HostError::NotAHostName) => "not a host name (letters, digits, `-`, `.`)",
-        };
-        self.errors.add(at, host, why);
-        None
-    }
-
-    fn path_match(&mut self, at: &str, raw: &RawPathMatch) -> Option<PathMatch> {
-        let err = match PathMatch::parse(raw.exact.as_deref(), raw.prefix.as_deref(), raw.regex.as_deref()) {
-            Ok(p) => return Some(p),
-            Err(e) => e,
-        };
-        let value =
-            raw.exact.as_deref().or(raw.prefix.as_deref()).or(raw.regex.as_deref()).unwrap_or_default();
-        match err {
-            PathError::Count => self.errors.add_field(at, "give exactly one of `exact`, `prefix`, `regex`"),
-            PathError::NotAPath(field) => self.errors.add(
-                format!("{at}.{field}"),
-                value,
-                "must start with `/` and contain no whitespace, control characters, `?` or `#`",
-            ),
-            PathError::Regex(e) => {
-                self.errors.add(format!("{at}.regex"), value, format!("invalid regex: {e}"))
-            }
-        }
-        None
-    }
-
-    fn path_rewrite(&mut self, at: &str, raw: &RawPathRewrite, matcher: &Match) -> Option<PathRewrite> {
+    fn path_rewrite(
+        &mut self,
+        at: &str,
+        raw: &RawPathRewrite,
+        matcher: &RequestMatch,
+    ) -> Option<PathRewrite> {
         match (raw.prefix.clone(), &raw.regex) {
             (Some(replacement), None) => {
                 if !replacement.starts_with('/') || !is_path_text(&replacement) {
-                    self.errors.add(
-                        format!("{at}.prefix"),
-                        &replacement,
-                        "must start with `/` and contain no whitespace, control characters, `?` or `#`",
-                    );
+                    self.errors.add(format!("{at}.prefix"), &replacement, matcher::NOT_A_PATH);
                     return None;
                 }
                 match &matcher.path {
@@ -563,6 +412,7 @@ impl Compiler<'_> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use gatewasm::matcher::HostPattern;
 
     fn errors(json: &str) -> Vec<(String, String)> {
         match parse(json.as_bytes()) {

@@ -18,7 +18,6 @@
 
 pub mod apply;
 pub mod config;
-pub mod matcher;
 pub mod rewrite;
 pub mod template;
 
@@ -224,6 +223,22 @@ impl Source for View {
     }
     fn response_header(&self, _name: &str) -> Option<String> {
         None
+    }
+}
+
+/// Rules match through the same lazy reads as templates: a header by its slot.
+impl gatewasm::matcher::MatchRequest for View {
+    fn method(&self) -> &str {
+        Source::method(self)
+    }
+    fn host(&self) -> Option<Cow<'_, str>> {
+        Source::host(self)
+    }
+    fn path(&self) -> &str {
+        Source::path(self)
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.request_header(self.names.iter().position(|n| n == name)?)
     }
 }
 

@@ -331,3 +331,30 @@ fn a_host_no_rule_can_read_is_refused_when_rules_name_hosts() {
     let s = request(&emu, "GET", "api.example.com:abc", "/", &[]);
     assert_eq!(s.request_header("x-a"), None, "an unreadable host renders empty, so nothing is set");
 }
+
+/// The SDK's match shape in the module: a path template, header prefix and inverted conditions,
+/// and Envoy's shorthand `prefix`.
+#[test]
+fn templates_and_header_conditions_select_rules() {
+    let emu = emulator(&json!({"match_mode": "all", "rules": [
+        {"name": "orders", "match": {"path": {"template": "/users/{id}/orders/*"},
+                                     "headers": [{"name": "x-tenant", "prefix": "eu-"},
+                                                 {"name": "x-beta", "exact": "1", "invert": true}]},
+         "request": {"set": [{"name": "x-rule", "value": "orders"}]}},
+        {"name": "api", "match": {"prefix": "/users/"}, "request": {"add": [{"name": "x-api", "value": "1"}]}}
+    ]}));
+    let rule = |path: &str, extra: &[(&str, &str)]| {
+        let s = request(&emu, "GET", "h", path, extra);
+        (s.request_header("x-rule"), s.request_header("x-api"))
+    };
+    let api = Some("1".to_string());
+    assert_eq!(rule("/users/7/orders/9", &[("x-tenant", "eu-1")]), (Some("orders".into()), api.clone()));
+    assert_eq!(
+        rule("/users/7/orders/9", &[("x-tenant", "eu-1"), ("x-beta", "2")]).0.as_deref(),
+        Some("orders")
+    );
+    assert_eq!(rule("/users/7/orders/9", &[("x-tenant", "eu-1"), ("x-beta", "1")]), (None, api.clone()));
+    assert_eq!(rule("/users/7/orders/9", &[("x-tenant", "us-1")]), (None, api.clone()));
+    assert_eq!(rule("/users/7/orders", &[("x-tenant", "eu-1")]), (None, api));
+    assert_eq!(rule("/other", &[("x-tenant", "eu-1")]), (None, None));
+}

@@ -16,7 +16,7 @@
 
 use regex_lite::Regex;
 
-pub use gatewasm::matcher::HostPattern;
+pub use gatewasm::matcher::{HostPattern, PathTemplate};
 pub use gatewasm::metrics::{MAX_LABEL_VALUE, OVERFLOW_VALUE};
 
 /// Value of an optional label (`cluster`, the request header) when the request has none.
@@ -190,13 +190,11 @@ pub fn status_label(code: Option<u64>, class: bool, out: &mut String) {
 /// A configured route: how a path maps to its template.
 #[derive(Debug, Clone)]
 pub enum Route {
-    /// `/users/{id}/orders/{order}`: literal segments must be equal, `{name}` matches one
-    /// non-empty segment, a last segment `**` matches the rest (zero or more segments).
+    /// `/users/{id}/orders/{order}`: the SDK's path template (literal segments equal, `{name}`
+    /// or `*` one non-empty segment, a last `**` the rest: zero or more segments).
     Template {
-        /// The segments after the leading `/`.
-        segments: Vec<Segment>,
-        /// Whether the template ends in `/**`.
-        rest: bool,
+        /// The template.
+        template: PathTemplate,
         /// The label: the template as written.
         label: String,
     },
@@ -216,35 +214,11 @@ pub enum Route {
     },
 }
 
-/// One segment of a template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
-    /// Must be equal.
-    Literal(String),
-    /// Any one non-empty segment.
-    Variable,
-}
-
 impl Route {
     /// The label when `path` (no query) matches.
     pub fn matches(&self, path: &str) -> Option<&str> {
         match self {
-            Route::Template { segments, rest, label } => {
-                let body = path.strip_prefix('/')?;
-                // `/` has no segments (not one empty segment).
-                let mut parts = (!body.is_empty()).then(|| body.split('/')).into_iter().flatten();
-                for segment in segments {
-                    let part = parts.next()?;
-                    let ok = match segment {
-                        Segment::Literal(l) => part == l,
-                        Segment::Variable => !part.is_empty(),
-                    };
-                    if !ok {
-                        return None;
-                    }
-                }
-                (*rest || parts.next().is_none()).then_some(label.as_str())
-            }
+            Route::Template { template, label } => template.matches(path).then_some(label.as_str()),
             Route::Prefix { prefix, label } => path.starts_with(prefix.as_str()).then_some(label.as_str()),
             Route::Regex { regex, label } => regex.is_match(path).then_some(label.as_str()),
         }
@@ -258,35 +232,18 @@ impl Route {
     }
 }
 
-/// Parses a template (`/users/{id}/files/**`); the error says what is wrong.
+/// Parses a template (`/users/{id}/files/**`, the SDK's syntax) whose text is usable as a label;
+/// the error says what is wrong.
 pub fn parse_template(template: &str) -> Result<Route, String> {
-    let body = template.strip_prefix('/').ok_or("must start with `/`")?;
+    if !template.starts_with('/') {
+        return Err("must start with `/`".into());
+    }
     if !is_plain_value(template) {
         return Err(format!(
             "may contain only letters, digits and `._-~+@/{{}}*`, at most {MAX_LABEL_VALUE} bytes (it is the label value)"
         ));
     }
-    let mut segments = Vec::new();
-    let mut rest = false;
-    let parts: Vec<&str> = if body.is_empty() { Vec::new() } else { body.split('/').collect() };
-    for (i, part) in parts.iter().enumerate() {
-        if *part == "**" {
-            if i + 1 != parts.len() {
-                return Err("`**` may only be the last segment".into());
-            }
-            rest = true;
-        } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            if name.is_empty() || name.contains(['{', '}', '*']) {
-                return Err(format!("bad variable segment `{part}`: write `{{name}}`"));
-            }
-            segments.push(Segment::Variable);
-        } else if part.contains(['{', '}', '*']) {
-            return Err(format!("segment `{part}`: `{{`, `}}` and `*` only in `{{name}}` and a final `**`"));
-        } else {
-            segments.push(Segment::Literal((*part).to_string()));
-        }
-    }
-    Ok(Route::Template { segments, rest, label: template.to_string() })
+    Ok(Route::Template { template: PathTemplate::parse(template)?, label: template.to_string() })
 }
 
 /// How unmatched paths become labels.

@@ -12,13 +12,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use gatewasm::config::{self, ConfigErrors};
-use gatewasm::matcher::{full_match_regex, parse_method, HostPattern, PathMatch};
+use gatewasm::matcher::RawMatch;
 
 use crate::extractor::{default_locations, Location};
 use crate::jwks_cache::{KeySource, RemoteConfig, RemoteJwks, TokenCache};
 use crate::jwt::Alg;
 use crate::keys::{self, Key, KeySet};
-use crate::matcher::{Match, Requirement, Rule};
+use crate::rules::{Requirement, Rule};
 use crate::verifier::{normalize_audience, Outputs, Provider};
 
 /// Default `clock_skew_seconds` (Envoy's).
@@ -173,29 +173,12 @@ pub struct RawClaimToHeader {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
-    /// Conditions; absent: every request.
+    /// Conditions, the SDK's one shape (`gatewasm::matcher::RawMatch`): hosts, path, methods,
+    /// headers; absent: every request.
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     /// What the request needs; absent: nothing (the request is not checked).
     pub requires: Option<RawRequirement>,
-}
-
-/// Request conditions, all of which must hold.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawMatch {
-    /// Path prefix.
-    pub prefix: Option<String>,
-    /// Exact path.
-    pub path: Option<String>,
-    /// Regex matching the whole path (regex-lite syntax).
-    pub regex: Option<String>,
-    /// Hosts, any of which: `api.example.com` or `*.example.com` (port ignored).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Methods, any of which.
-    #[serde(default)]
-    pub methods: Vec<String>,
 }
 
 /// Envoy's `JwtRequirement`: exactly one field.
@@ -280,7 +263,7 @@ pub fn compile(raw: RawConfig, errors: &mut ConfigErrors) -> Compiled {
     let mut rules = Vec::new();
     for (i, r) in raw.rules.iter().enumerate() {
         let at = format!("rules[{i}]");
-        let matcher = matcher(&format!("{at}.match"), &r.matcher, errors);
+        let matcher = r.matcher.compile(&format!("{at}.match"), errors);
         let requires =
             r.requires.as_ref().and_then(|q| requirement(&format!("{at}.requires"), q, &names, errors));
         rules.push(Rule { matcher, requires });
@@ -543,46 +526,6 @@ fn remote_jwks(at: &str, raw: &RawRemoteJwks, errors: &mut ConfigErrors) -> Opti
     }))
 }
 
-fn matcher(at: &str, raw: &RawMatch, errors: &mut ConfigErrors) -> Match {
-    let mut m = Match::default();
-    let given = usize::from(raw.prefix.is_some())
-        + usize::from(raw.path.is_some())
-        + usize::from(raw.regex.is_some());
-    if given > 1 {
-        errors.add_field(at, "give at most one of `prefix`, `path`, `regex`");
-    }
-    m.path = match (&raw.prefix, &raw.path, &raw.regex) {
-        (Some(p), _, _) => Some(PathMatch::Prefix(p.clone())),
-        (_, Some(p), _) => Some(PathMatch::Exact(p.clone())),
-        (_, _, Some(r)) => match full_match_regex(r) {
-            Ok(re) => Some(PathMatch::Regex(re)),
-            Err(msg) => {
-                errors.add(format!("{at}.regex"), r, format!("invalid regex: {msg}"));
-                None
-            }
-        },
-        _ => None,
-    };
-    for (i, h) in raw.hosts.iter().enumerate() {
-        // Rules name hosts: `*` and address literals (`[::1]`) are not accepted here.
-        match HostPattern::parse(h) {
-            Ok(p) if p != HostPattern::Any && !p.is_ip_literal() => m.hosts.push(p),
-            _ => errors.add(
-                format!("{at}.hosts[{i}]"),
-                h,
-                "a host is `api.example.com` or `*.example.com`, without port",
-            ),
-        }
-    }
-    for (i, method) in raw.methods.iter().enumerate() {
-        match parse_method(method) {
-            Some(upper) => m.methods.push(upper),
-            None => errors.add(format!("{at}.methods[{i}]"), method, "not an HTTP method"),
-        }
-    }
-    m
-}
-
 fn requirement(
     at: &str,
     raw: &RawRequirement,
@@ -774,6 +717,40 @@ mod tests {
         assert_eq!(r.config.authority, "idp.example.com");
         assert_eq!(r.config.path, "/.well-known/jwks.json?v=1");
         assert_eq!(r.config.cache_duration_ms, 600_000);
+    }
+
+    /// Envoy's `jwt_authn` shorthand (`prefix`, `path`, `regex` beside `hosts`) and the SDK's
+    /// object form compile to the same conditions.
+    #[test]
+    fn both_match_forms() {
+        let rules = |m: serde_json::Value| {
+            let c = json!({"providers": {"a": {"keys": [{"secret": SECRET}]}}, "rules": [{"match": m}]});
+            parse(c.to_string().as_bytes()).map(|c| c.rules)
+        };
+        use gatewasm::matcher::{MatchRequest, RequestParts};
+        let get = |path| RequestParts { method: "GET", host: Some("api.example.com"), path, headers: None };
+        for (short, object) in [
+            (json!({"prefix": "/api/"}), json!({"path": {"prefix": "/api/"}})),
+            (json!({"path": "/api/x"}), json!({"path": {"exact": "/api/x"}})),
+            (json!({"regex": "/api/[a-z]"}), json!({"path": {"regex": "/api/[a-z]"}})),
+        ] {
+            let (a, b) = (rules(short.clone()).unwrap(), rules(object).unwrap());
+            for path in ["/api/x", "/api/", "/apix"] {
+                let req = get(path);
+                assert_eq!(
+                    a[0].matcher.matches(&req),
+                    b[0].matcher.matches(&req),
+                    "{short} on {}",
+                    req.path()
+                );
+            }
+        }
+        let t = rules(json!({"hosts": ["*"], "path": {"template": "/users/{id}/**"}, "headers": [{"name": "x-a", "invert": true}]}))
+            .unwrap();
+        assert!(t[0].matcher.matches(&get("/users/7/orders")));
+        assert!(!t[0].matcher.matches(&get("/users")));
+        let err = rules(json!({"prefix": "api"})).unwrap_err().to_string();
+        assert!(err.contains("`rules[0].match.prefix` = \"api\": must start with `/`"), "{err}");
     }
 
     #[test]

@@ -23,9 +23,9 @@ pub mod host_crypto;
 pub mod jwks_cache;
 pub mod jwt;
 pub mod keys;
-pub mod matcher;
 pub mod outputs;
 pub mod rsa_public;
+pub mod rules;
 pub mod status;
 pub mod verifier;
 
@@ -442,7 +442,7 @@ impl HttpFilter for JwtFilter {
             }
             None => Default::default(),
         };
-        let Some(rule) = matcher::first_match(&cfg.rules, &host, req.path(), method) else {
+        let Some(rule) = rules::first_match(&cfg.rules, &host, req.path(), method, req.headers()) else {
             return Flow::Continue;
         };
         let Some(requirement) = &rule.requires else {

@@ -18,8 +18,8 @@ use crate::extractor::{self, Found, Location};
 use crate::jwks_cache::{KeySource, TokenCache, Verified};
 use crate::jwt::{self, Alg};
 use crate::keys::SignatureCheck;
-use crate::matcher::Requirement;
 use crate::outputs;
+use crate::rules::Requirement;
 use crate::status::Status;
 
 /// What a provider does with a token that verified.
