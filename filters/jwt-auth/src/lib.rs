@@ -442,7 +442,7 @@ impl HttpFilter for JwtFilter {
             }
             None => Default::default(),
         };
-        let Some(rule) = rules::first_match(&cfg.rules, &host, req.path(), method, req.headers()) else {
+        let Some(rule) = rules::first_match(&cfg.rules, &host, req.path(), method, Some(req.headers())) else {
             return Flow::Continue;
         };
         let Some(requirement) = &rule.requires else {
