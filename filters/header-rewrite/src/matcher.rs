@@ -5,7 +5,7 @@ use regex_lite::Regex;
 use gatewasm::matcher;
 pub use gatewasm::matcher::{full_match_regex, HostPattern, PathMatch};
 
-use crate::template::Source;
+use crate::template::Values;
 
 /// What a header must look like.
 #[derive(Debug, Clone)]
@@ -30,9 +30,9 @@ pub struct HeaderMatch {
 }
 
 impl HeaderMatch {
-    /// Whether the header in `src` satisfies the condition.
-    pub fn matches(&self, src: &dyn Source) -> bool {
-        let value = src.request_header(self.slot);
+    /// Whether the request's header satisfies the condition.
+    pub fn matches(&self, values: &Values<'_>) -> bool {
+        let value = values.request_header(self.slot);
         match (&self.value, value) {
             (ValueMatch::Absent, v) => v.is_none(),
             (_, None) => false,
@@ -62,22 +62,22 @@ impl Match {
         self.hosts.is_empty() && self.path.is_none() && self.methods.is_empty() && self.headers.is_empty()
     }
 
-    /// Whether the request matches. Cheap checks first; each request value is read only when a
-    /// condition needs it (and the [`Source`] caches it).
-    pub fn matches(&self, src: &dyn Source) -> bool {
-        // The emptiness checks come first, so a value no condition needs is never read.
-        if !self.methods.is_empty() && !matcher::method_matches(&self.methods, src.method()) {
+    /// Whether the request matches. Cheap checks first; the host is normalized only when a
+    /// condition names hosts.
+    pub fn matches(&self, values: &Values<'_>) -> bool {
+        let request = values.request;
+        if !self.methods.is_empty() && !matcher::method_matches(&self.methods, request.method()) {
             return false;
         }
-        if !self.hosts.is_empty() && !src.host().is_some_and(|h| matcher::host_matches(&self.hosts, &h)) {
+        if !self.hosts.is_empty() && !request.host().is_some_and(|h| matcher::host_matches(&self.hosts, &h)) {
             return false;
         }
         if let Some(path) = &self.path {
-            if !path.matches(src.path()) {
+            if !path.matches(request.path()) {
                 return false;
             }
         }
-        self.headers.iter().all(|h| h.matches(src))
+        self.headers.iter().all(|h| h.matches(values))
     }
 }
 
@@ -86,36 +86,26 @@ impl Match {
 mod tests {
     use super::*;
 
-    struct Req {
-        method: &'static str,
-        host: &'static str,
-        path: &'static str,
-        headers: Vec<Option<&'static str>>,
+    use gatewasm::{HeaderSnapshot, Request};
+
+    /// The slot table of the tests' header conditions.
+    fn names() -> Vec<String> {
+        ["x-env", "x-debug", "x-version"].map(String::from).to_vec()
     }
 
-    impl Source for Req {
-        fn method(&self) -> &str {
-            self.method
-        }
-        fn host(&self) -> Option<std::borrow::Cow<'_, str>> {
-            Some(self.host.into())
-        }
-        fn authority(&self) -> &str {
-            self.host
-        }
-        fn path(&self) -> &str {
-            self.path
-        }
-        fn request_header(&self, slot: usize) -> Option<&str> {
-            self.headers.get(slot).copied().flatten()
-        }
-        fn response_header(&self, _: &str) -> Option<String> {
-            None
-        }
+    /// A request with `x-env: prod` and `x-version: v2.3`.
+    fn req(method: &str, host: &str, path: &str) -> Request {
+        with(method, host, path, &[("x-env", "prod"), ("x-version", "v2.3")])
     }
 
-    fn req(method: &'static str, host: &'static str, path: &'static str) -> Req {
-        Req { method, host, path, headers: vec![Some("prod"), None, Some("v2.3")] }
+    fn with(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut all = vec![(":method", method), (":authority", host), (":path", path)];
+        all.extend_from_slice(headers);
+        Request::from_headers(HeaderSnapshot::from_strs(&all))
+    }
+
+    fn matches(m: &Match, request: &Request) -> bool {
+        m.matches(&Values { request, names: &names(), response: None })
     }
 
     #[test]
@@ -133,29 +123,33 @@ mod tests {
                 HeaderMatch { slot: 2, value: ValueMatch::Regex(full_match_regex(r"v2\.[0-9]+").unwrap()) },
             ],
         };
-        assert!(m.matches(&req("GET", "api.example.com", "/v1/x")));
-        assert!(m.matches(&req("POST", "svc.internal", "/v1/")));
-        assert!(!m.matches(&req("DELETE", "api.example.com", "/v1/x")));
-        assert!(!m.matches(&req("GET", "other.example.com", "/v1/x")));
-        assert!(!m.matches(&req("GET", "api.example.com", "/v2/x")));
-        let mut r = req("GET", "api.example.com", "/v1/x");
-        r.headers = vec![Some("staging"), None, Some("v2.3")];
-        assert!(!m.matches(&r));
-        r.headers = vec![Some("prod"), Some("1"), Some("v2.3")];
-        assert!(!m.matches(&r), "header that must be absent is present");
-        r.headers = vec![Some("prod"), None, Some("v2.3-beta")];
-        assert!(!m.matches(&r), "regex must match the whole value");
-        r.headers = vec![Some("prod"), None, None];
-        assert!(!m.matches(&r));
-        assert!(Match::default().matches(&r), "an empty match matches everything");
+        assert!(matches(&m, &req("GET", "api.example.com", "/v1/x")));
+        assert!(matches(&m, &req("POST", "svc.internal:8080", "/v1/?q=1")));
+        assert!(!matches(&m, &req("DELETE", "api.example.com", "/v1/x")));
+        assert!(!matches(&m, &req("GET", "other.example.com", "/v1/x")));
+        assert!(!matches(&m, &req("GET", "api.example.com", "/v2/x")));
+        let r = |headers: &[(&str, &str)]| with("GET", "api.example.com", "/v1/x", headers);
+        assert!(!matches(&m, &r(&[("x-env", "staging"), ("x-version", "v2.3")])));
+        assert!(
+            !matches(&m, &r(&[("x-env", "prod"), ("x-debug", "1"), ("x-version", "v2.3")])),
+            "header that must be absent is present"
+        );
+        assert!(
+            !matches(&m, &r(&[("x-env", "prod"), ("x-version", "v2.3-beta")])),
+            "regex must match the whole value"
+        );
+        assert!(!matches(&m, &r(&[("x-env", "prod")])));
+        assert!(matches(&Match::default(), &r(&[])), "an empty match matches everything");
     }
 
     #[test]
     fn presence() {
         let present = HeaderMatch { slot: 0, value: ValueMatch::Present };
         let r = req("GET", "h", "/");
-        assert!(present.matches(&r));
+        let names = names();
+        let values = Values { request: &r, names: &names, response: None };
+        assert!(present.matches(&values));
         let missing = HeaderMatch { slot: 1, value: ValueMatch::Present };
-        assert!(!missing.matches(&r));
+        assert!(!missing.matches(&values));
     }
 }
