@@ -136,7 +136,7 @@ impl Plugin for ExtAuth {
     }
 
     fn new_filter(self: &Rc<Self>) -> ExtAuthFilter {
-        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, buffered: 0, request: Rc::default() }
+        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, buffered: 0, request: None }
     }
 
     fn tick_period(&self) -> Option<Duration> {
@@ -186,7 +186,7 @@ pub struct ExtAuthFilter {
     buffered: usize,
     /// The request as it arrived (the headers the check was built from, kept rather than read
     /// again): an allowing answer's changes are measured against Envoy's header limits with it.
-    request: Rc<Request>,
+    request: Option<Rc<Request>>,
 }
 
 impl ExtAuthFilter {
@@ -300,12 +300,12 @@ impl HttpFilter for ExtAuthFilter {
                 plugin.waiting_since.set(stream.now());
             }
             self.state = State::Buffering(Box::new(call.into_owned()));
-            self.request = request;
+            self.request = Some(request);
             return Flow::Pause;
         }
         let flow = self.send(stream, &call);
         drop(call);
-        self.request = request;
+        self.request = Some(request);
         flow
     }
 
@@ -361,7 +361,8 @@ impl HttpFilter for ExtAuthFilter {
                 let (count, bytes) = if allow.upstream.is_empty() {
                     (0, 0)
                 } else {
-                    check::size_after(self.request.headers().iter_bytes(), &settings.strip, &allow)
+                    let request = self.request.iter().flat_map(|r| r.headers().iter_bytes());
+                    check::size_after(request, &settings.strip, &allow)
                 };
                 if count > settings.max_request_headers_count
                     || bytes > settings.max_request_headers_kb.saturating_mul(1024)

@@ -57,6 +57,8 @@ pub struct HeaderRewrite {
     /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
     host_rules: bool,
     invalid_host: LocalCounter,
+    /// The request when nothing of it is read, shared by every stream (no allocation each).
+    unread: Rc<Request>,
 }
 
 /// How the request is read on arrival: one pairs read costs about what one value read costs
@@ -129,11 +131,20 @@ impl Plugin for HeaderRewrite {
         };
         let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
         let invalid_host = metrics.local_counter(INVALID_HOST);
-        Ok(HeaderRewrite { config, reads, strips_original_path, applied, dropped, host_rules, invalid_host })
+        Ok(HeaderRewrite {
+            config,
+            reads,
+            strips_original_path,
+            applied,
+            dropped,
+            host_rules,
+            invalid_host,
+            unread: Rc::default(),
+        })
     }
 
     fn new_filter(self: &Rc<Self>) -> Rewriter {
-        Rewriter { plugin: Rc::clone(self), request: Rc::default(), matched: Vec::new() }
+        Rewriter { plugin: Rc::clone(self), request: Rc::clone(&self.unread), matched: Vec::new() }
     }
 }
 
@@ -154,10 +165,10 @@ impl Rewriter {
     }
 }
 
-/// The request as `reads` says to read it.
-fn read_request(stream: &Stream, reads: &Reads) -> Rc<Request> {
-    match reads {
-        Reads::Nothing => Rc::default(),
+/// The request as the plugin's `reads` says to read it.
+fn read_request(stream: &Stream, plugin: &HeaderRewrite) -> Rc<Request> {
+    match &plugin.reads {
+        Reads::Nothing => Rc::clone(&plugin.unread),
         Reads::One(name) => {
             let headers = match stream.request_headers().get(name) {
                 Some(value) => HeaderSnapshot::from_strs(&[(name, &value)]),
@@ -183,7 +194,7 @@ fn without(request: &Request, name: &str) -> Request {
 impl HttpFilter for Rewriter {
     fn on_request_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
         let plugin = Rc::clone(&self.plugin);
-        let mut request = read_request(stream, &plugin.reads);
+        let mut request = read_request(stream, &plugin);
         // Reading first: removing an absent header would still clear Envoy's route cache.
         if plugin.strips_original_path && request.headers().contains(ORIGINAL_PATH) {
             apply::remove(stream.request_headers(), ORIGINAL_PATH);
@@ -394,6 +405,17 @@ mod tests {
         s.request_headers(&request("GET", "h", "/old/x", &[(ORIGINAL_PATH, "/admin")]), true);
         assert_eq!(s.request_header_all(ORIGINAL_PATH), ["/old/x"]);
         assert_eq!(s.request_header("x-seen").as_deref(), Some("[]"));
+
+        // Not stripped: the client's value is what the rules read, however the request is read.
+        let gw = gateway(
+            r#"{"rules": [{"match": {"path": {"prefix": "/"}},
+                "request": {"set": [{"name": "x-seen", "value": "[%REQ(x-envoy-original-path)%]"}]}}]}"#,
+        );
+        assert_eq!(gw.plugin().reads, Reads::All);
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/", &[(ORIGINAL_PATH, "/admin")]), true);
+        assert_eq!(s.request_header("x-seen").as_deref(), Some("[/admin]"));
+        assert_eq!(s.request_header(ORIGINAL_PATH).as_deref(), Some("/admin"));
 
         // Asked for with no rules: one value read, one remove when present.
         let gw = gateway(r#"{"strip_original_path": true}"#);
