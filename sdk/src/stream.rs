@@ -121,6 +121,13 @@ impl Stream {
         self.callout_elapsed
     }
 
+    /// In [`crate::HttpFilter::on_callout`]: up to `max` bytes of the answer's body, for a
+    /// filter that wants more of it than [`Callout::max_response_bytes`] read for every answer
+    /// (only after seeing the status, say). Readable until `on_callout` returns.
+    pub fn callout_body(&self, max: usize) -> Result<Bytes, Status> {
+        self.host.buffer(BufferType::HttpCallResponseBody, 0, max)
+    }
+
     /// Sends `callout`; its answer arrives in [`crate::HttpFilter::on_callout`]. One callout at
     /// a time: a second one while the first is pending is refused with `BadArgument`.
     pub fn dispatch(&mut self, callout: &Callout<'_>) -> Result<(), CalloutError> {

@@ -541,10 +541,9 @@ mod tests {
         let status_text = status.to_string();
         let mut all: Vec<(Vec<u8>, Vec<u8>)> = vec![(b":status".to_vec(), status_text.into_bytes())];
         all.extend(headers.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec())));
-        let raw = gatewasm::host::serialize_pairs(&all);
         Ok(CalloutResponse {
             status,
-            headers: HeaderSnapshot::from_serialized(raw),
+            headers: HeaderSnapshot::from_pairs(all),
             body: Vec::new(),
             truncated: false,
         })

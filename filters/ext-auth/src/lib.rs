@@ -14,8 +14,8 @@
 //!    bodies are allowed);
 //! 4. until the answer arrives, the request (headers, body and trailers) is held;
 //! 5. the answer allows, denies or fails ([`check::decide`]); the outcome goes to a counter
-//!    (counted in the VM, flushed from the tick) and, with `duration_histogram`, the latency to
-//!    a histogram.
+//!    (counted in the VM, flushed by the SDK's tick) and, with `duration_histogram`, the latency
+//!    to a histogram.
 
 pub mod check;
 pub mod config;
@@ -25,11 +25,10 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use gatewasm::metrics::{Counter, Histogram, LocalCounter, FLUSH_PERIOD};
-use gatewasm::proxy_wasm::types::BufferType;
+use gatewasm::metrics::{Histogram, LocalCounter, Metrics};
 use gatewasm::{
-    host, Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HeaderSnapshot, HttpFilter, LocalReply,
-    Plugin, Stream, REQUEST_HEADERS, RESPONSE_HEADERS,
+    Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HeaderSnapshot, HttpFilter, LocalReply, Plugin,
+    Request, Root, Stream,
 };
 
 use crate::check::{ClientRequest, Decision};
@@ -53,82 +52,44 @@ pub const NOT_TEXT: &str = "ext_auth_header_not_text_total";
 /// (a local auth service answers well within a millisecond); only with `duration_histogram`.
 pub const DURATION: &str = "ext_auth_check_duration_us";
 
-/// The counters, each counted in the VM and flushed from the tick (no host call per request).
+/// The counters, each counted in the VM and flushed by the SDK's tick (no host call per
+/// request).
 struct Counters {
-    allowed: Option<LocalCounter>,
-    denied: Option<LocalCounter>,
-    error: Option<LocalCounter>,
-    timeout: Option<LocalCounter>,
-    skipped: Option<LocalCounter>,
-    failure_mode_allowed: Option<LocalCounter>,
-    body_too_large: Option<LocalCounter>,
-    invalid_host: Option<LocalCounter>,
-    not_text: Option<LocalCounter>,
+    allowed: LocalCounter,
+    denied: LocalCounter,
+    error: LocalCounter,
+    timeout: LocalCounter,
+    skipped: LocalCounter,
+    failure_mode_allowed: LocalCounter,
+    body_too_large: LocalCounter,
+    invalid_host: LocalCounter,
+    not_text: LocalCounter,
 }
 
 impl Counters {
-    fn define() -> Self {
-        let result = |r: &str| local(&gatewasm::metrics::series_name(CHECKS, &[("result", r)]));
+    fn define(metrics: &Metrics) -> Self {
+        let result =
+            |r: &str| metrics.local_counter(&gatewasm::metrics::series_name(CHECKS, &[("result", r)]));
         Counters {
             allowed: result("allowed"),
             denied: result("denied"),
             error: result("error"),
             timeout: result("timeout"),
-            skipped: local(SKIPPED),
-            failure_mode_allowed: local(FAILURE_MODE_ALLOWED_TOTAL),
-            body_too_large: local(BODY_TOO_LARGE),
-            invalid_host: local(INVALID_HOST),
-            not_text: local(NOT_TEXT),
+            skipped: metrics.local_counter(SKIPPED),
+            failure_mode_allowed: metrics.local_counter(FAILURE_MODE_ALLOWED_TOTAL),
+            body_too_large: metrics.local_counter(BODY_TOO_LARGE),
+            invalid_host: metrics.local_counter(INVALID_HOST),
+            not_text: metrics.local_counter(NOT_TEXT),
         }
     }
-
-    fn all(&self) -> [&Option<LocalCounter>; 9] {
-        [
-            &self.allowed,
-            &self.denied,
-            &self.error,
-            &self.timeout,
-            &self.skipped,
-            &self.failure_mode_allowed,
-            &self.body_too_large,
-            &self.invalid_host,
-            &self.not_text,
-        ]
-    }
-}
-
-fn inc(counter: &Option<LocalCounter>) {
-    if let Some(c) = counter {
-        c.inc();
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-fn define<M: gatewasm::metrics::Metric>(name: &str) -> Option<M> {
-    match M::define(name) {
-        Ok(m) => Some(m),
-        Err(status) => {
-            log::warn!("ext_auth: cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-/// Native builds (unit tests) have no host to define metrics in.
-#[cfg(not(target_arch = "wasm32"))]
-fn define<M: gatewasm::metrics::Metric>(_name: &str) -> Option<M> {
-    None
-}
-
-fn local(name: &str) -> Option<LocalCounter> {
-    define::<Counter>(name).map(LocalCounter::new)
 }
 
 /// The plugin: settings and metrics.
 pub struct ExtAuth {
     settings: Settings,
     counters: Counters,
-    /// The latency histogram, when `duration_histogram` asks for it.
+    /// The latency histogram, defined only when `duration_histogram` asks for it (so Envoy
+    /// shows no empty histogram otherwise).
     duration: Option<Histogram>,
     /// Whether this VM has seen a request body since `with_request_body` made it wait for one.
     body_seen: Cell<bool>,
@@ -142,6 +103,9 @@ pub struct ExtAuth {
 /// How long requests may wait for a first body before the filter says why they hang.
 pub const BODY_WAIT_WARNING: Duration = Duration::from_secs(10);
 
+/// How often, with `with_request_body`, the filter looks for requests waiting on a body.
+const BODY_WAIT_CHECK: Duration = Duration::from_secs(1);
+
 impl ExtAuth {
     /// The settings in use.
     pub fn settings(&self) -> &Settings {
@@ -153,7 +117,7 @@ impl Plugin for ExtAuth {
     const NAME: &'static str = "ext_auth";
     type Filter = ExtAuthFilter;
 
-    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+    fn configure(raw: &[u8], root: &Root) -> Result<Self, ConfigErrors> {
         let settings = config::parse(raw)?;
         log::info!(
             "ext_auth: checking with cluster {} ({} rule(s), timeout {} ms)",
@@ -162,8 +126,8 @@ impl Plugin for ExtAuth {
             settings.timeout.as_millis()
         );
         Ok(ExtAuth {
-            counters: Counters::define(),
-            duration: if settings.duration_histogram { define::<Histogram>(DURATION) } else { None },
+            counters: Counters::define(root.metrics()),
+            duration: settings.duration_histogram.then(|| root.metrics().histogram(DURATION)),
             body_seen: Cell::new(false),
             waiting_since: Cell::new(None),
             warned: Cell::new(false),
@@ -172,30 +136,20 @@ impl Plugin for ExtAuth {
     }
 
     fn new_filter(self: &Rc<Self>) -> ExtAuthFilter {
-        ExtAuthFilter {
-            plugin: Rc::clone(self),
-            state: State::Start,
-            buffered: 0,
-            request: HeaderSnapshot::default(),
-        }
+        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, buffered: 0, request: None }
     }
 
     fn tick_period(&self) -> Option<Duration> {
-        Some(FLUSH_PERIOD)
+        // Only a filter that waits for bodies has anything to watch.
+        self.settings.body.map(|_| BODY_WAIT_CHECK)
     }
 
-    fn on_tick(self: &Rc<Self>) {
-        for counter in self.counters.all().into_iter().flatten() {
-            counter.flush();
-        }
+    fn on_tick(self: &Rc<Self>, root: &Root) {
         // Without Envoy's `allow_on_headers_stop_iteration`, a Wasm filter that holds the
         // request headers never gets the body: say so instead of leaving requests to hang
         // silently until Envoy's stream idle timeout.
         if let Some(since) = self.waiting_since.get() {
-            if !self.body_seen.get()
-                && !self.warned.get()
-                && gatewasm::clock::since(since) >= BODY_WAIT_WARNING
-            {
+            if !self.body_seen.get() && !self.warned.get() && root.since(since) >= BODY_WAIT_WARNING {
                 self.warned.set(true);
                 log::error!(
                     "ext_auth: requests have waited {} s for a body that never reached the filter: \
@@ -230,10 +184,9 @@ pub struct ExtAuthFilter {
     state: State,
     /// Request body bytes buffered so far.
     buffered: usize,
-    /// The request headers as they arrived (the buffer the check was built from, kept rather
-    /// than read again): an allowing answer's changes are measured against Envoy's header
-    /// limits with it.
-    request: HeaderSnapshot,
+    /// The request as it arrived (the headers the check was built from, kept rather than read
+    /// again): an allowing answer's changes are measured against Envoy's header limits with it.
+    request: Option<Rc<Request>>,
 }
 
 impl ExtAuthFilter {
@@ -249,20 +202,20 @@ impl ExtAuthFilter {
             }
             Err(e) => {
                 log::warn!("ext_auth: cannot call cluster {}: {e:?}", call.cluster);
-                self.failed(false)
+                self.failed(stream, false)
             }
         }
     }
 
     /// The auth service failed: refuse, or let through marked when `failure_mode_allow` says so.
-    fn failed(&mut self, timeout: bool) -> Flow {
+    fn failed(&mut self, stream: &Stream, timeout: bool) -> Flow {
         let plugin = Rc::clone(&self.plugin);
-        inc(if timeout { &plugin.counters.timeout } else { &plugin.counters.error });
+        if timeout { &plugin.counters.timeout } else { &plugin.counters.error }.inc();
         let settings = &plugin.settings;
         if settings.failure_mode_allow {
-            inc(&plugin.counters.failure_mode_allowed);
+            plugin.counters.failure_mode_allowed.inc();
             if settings.failure_mode_allow_header_add {
-                if let Err(status) = REQUEST_HEADERS.set(FAILURE_MODE_ALLOWED, "true") {
+                if let Err(status) = stream.request_headers().set(FAILURE_MODE_ALLOWED, "true") {
                     log::warn!("ext_auth: marking the request failed: {status:?}");
                 }
             }
@@ -283,12 +236,12 @@ impl ExtAuthFilter {
         let body = if want == 0 {
             Vec::new()
         } else {
-            match host::buffer(BufferType::HttpRequestBody, 0, want) {
+            match stream.request_body(want) {
                 Ok(body) => body,
                 Err(status) => {
                     log::warn!("ext_auth: reading the request body failed: {status:?}");
                     self.state = State::Done;
-                    return self.failed(false);
+                    return self.failed(stream, false);
                 }
             }
         };
@@ -301,8 +254,9 @@ impl HttpFilter for ExtAuthFilter {
     fn on_request_headers(&mut self, stream: &mut Stream, end_of_stream: bool) -> Flow {
         let plugin = Rc::clone(&self.plugin);
         let settings = &plugin.settings;
-        let headers = HeaderSnapshot::read(REQUEST_HEADERS);
-        let seen = scan(settings, &headers);
+        let request = stream.request();
+        let headers = request.headers();
+        let seen = scan(settings, headers, stream);
         // Without rules, the host is not normalized (an allocation) for nothing.
         let action = if settings.rules.is_empty() {
             settings.default
@@ -312,7 +266,7 @@ impl HttpFilter for ExtAuthFilter {
             let host = match gatewasm::http::normalize_host(seen.authority) {
                 Some(host) => host,
                 None if settings.host_rules => {
-                    inc(&plugin.counters.invalid_host);
+                    plugin.counters.invalid_host.inc();
                     return Flow::Reply(LocalReply::invalid_host());
                 }
                 None => Default::default(),
@@ -321,13 +275,13 @@ impl HttpFilter for ExtAuthFilter {
             rules::decide(&settings.rules, settings.default, seen.method, &host, path, &headers)
         };
         if action == Action::Skip {
-            inc(&plugin.counters.skipped);
+            plugin.counters.skipped.inc();
             self.state = State::Passed(Vec::new());
             return Flow::Continue;
         }
         // Only a map with bytes that are not UTF-8 is walked again.
         if headers.has_binary() && check::carries_non_text(settings, headers.iter_bytes()) {
-            inc(&plugin.counters.not_text);
+            plugin.counters.not_text.inc();
             self.state = State::Done;
             return Flow::Reply(check::not_text_reply());
         }
@@ -343,15 +297,15 @@ impl HttpFilter for ExtAuthFilter {
         // Upgrades (WebSocket) have no body to wait for, as in Envoy.
         if settings.body.is_some() && !end_of_stream && !seen.upgrade {
             if !plugin.body_seen.get() && plugin.waiting_since.get().is_none() {
-                plugin.waiting_since.set(gatewasm::clock::now());
+                plugin.waiting_since.set(stream.now());
             }
             self.state = State::Buffering(Box::new(call.into_owned()));
-            self.request = headers;
+            self.request = Some(request);
             return Flow::Pause;
         }
         let flow = self.send(stream, &call);
         drop(call);
-        self.request = headers;
+        self.request = Some(request);
         flow
     }
 
@@ -364,7 +318,7 @@ impl HttpFilter for ExtAuthFilter {
                     return Flow::Continue;
                 };
                 if body_size > body.max_bytes && !body.allow_partial {
-                    inc(&self.plugin.counters.body_too_large);
+                    self.plugin.counters.body_too_large.inc();
                     self.state = State::Done;
                     return Flow::Reply(check::too_large_reply(body.max_bytes));
                 }
@@ -394,10 +348,10 @@ impl HttpFilter for ExtAuthFilter {
 
     fn on_callout(&mut self, stream: &mut Stream, mut result: CalloutResult) -> Flow {
         let plugin = Rc::clone(&self.plugin);
-        if let (Some(histogram), Some(elapsed)) = (plugin.duration, stream.callout_elapsed()) {
+        if let (Some(histogram), Some(elapsed)) = (&plugin.duration, stream.callout_elapsed()) {
             histogram.record(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         }
-        read_denied_body(&plugin.settings, &mut result);
+        read_denied_body(&plugin.settings, stream, &mut result);
         match check::decide(&plugin.settings, &result) {
             Decision::Allow(allow) => {
                 let settings = &plugin.settings;
@@ -407,7 +361,8 @@ impl HttpFilter for ExtAuthFilter {
                 let (count, bytes) = if allow.upstream.is_empty() {
                     (0, 0)
                 } else {
-                    check::size_after(self.request.iter_bytes(), &settings.strip, &allow)
+                    let request = self.request.iter().flat_map(|r| r.headers().iter_bytes());
+                    check::size_after(request, &settings.strip, &allow)
                 };
                 if count > settings.max_request_headers_count
                     || bytes > settings.max_request_headers_kb.saturating_mul(1024)
@@ -415,27 +370,27 @@ impl HttpFilter for ExtAuthFilter {
                     log::info!(
                         "ext_auth: the answer's headers take the request to {count} headers, {bytes} bytes"
                     );
-                    inc(&plugin.counters.error);
+                    plugin.counters.error.inc();
                     self.state = State::Done;
                     return Flow::Reply(check::too_many_headers_reply(settings));
                 }
-                if let Err((name, status)) = apply_upstream(&allow) {
+                if let Err((name, status)) = apply_upstream(stream, &allow) {
                     // The upstream must get every identity the answer gave, or none of the
                     // request: refused as the gateway's own error, whatever failure_mode_allow
                     // says (the auth service did answer).
                     log::warn!("ext_auth: setting {name} upstream failed: {status:?}");
-                    inc(&plugin.counters.error);
+                    plugin.counters.error.inc();
                     self.state = State::Done;
                     return Flow::Reply(check::error_reply(&plugin.settings, false));
                 }
-                inc(&plugin.counters.allowed);
+                plugin.counters.allowed.inc();
                 self.state = State::Passed(
                     allow.client.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_vec())).collect(),
                 );
                 Flow::Continue
             }
             Decision::Deny(reply) => {
-                inc(&plugin.counters.denied);
+                plugin.counters.denied.inc();
                 self.state = State::Done;
                 Flow::Reply(reply)
             }
@@ -443,15 +398,16 @@ impl HttpFilter for ExtAuthFilter {
                 if let Ok(resp) = &result {
                     log::debug!("ext_auth: auth service answered {}", resp.status);
                 }
-                self.failed(timeout)
+                self.failed(stream, timeout)
             }
         }
     }
 
-    fn on_response_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+    fn on_response_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
         if let State::Passed(client) = &mut self.state {
+            let response = stream.response_headers();
             for (name, value) in client.drain(..) {
-                if let Err(status) = RESPONSE_HEADERS.add_bytes(&name, &value) {
+                if let Err(status) = response.add_bytes(&name, &value) {
                     log::warn!("ext_auth: adding {name} to the response failed: {status:?}");
                 }
             }
@@ -472,7 +428,7 @@ struct Seen<'h> {
 /// Walks the request headers once: picks out what the rules and the check need, and removes the
 /// client's copies of the headers the filter sets, before anything else, checked or not (so
 /// they can never be spoofed). Each such name is removed once, however often it was sent.
-fn scan<'h>(settings: &Settings, headers: &'h HeaderSnapshot) -> Seen<'h> {
+fn scan<'h>(settings: &Settings, headers: &'h HeaderSnapshot, stream: &Stream) -> Seen<'h> {
     let mut seen = Seen { method: "", path: "", authority: "", upgrade: false };
     let mut removed: u64 = 0;
     for (name, value) in headers.iter() {
@@ -492,7 +448,7 @@ fn scan<'h>(settings: &Settings, headers: &'h HeaderSnapshot) -> Seen<'h> {
             continue;
         }
         removed |= bit;
-        if let Err(status) = REQUEST_HEADERS.remove(name) {
+        if let Err(status) = stream.request_headers().remove(name) {
             log::warn!("ext_auth: removing the client's {name} failed: {status:?}");
         }
     }
@@ -502,14 +458,14 @@ fn scan<'h>(settings: &Settings, headers: &'h HeaderSnapshot) -> Seen<'h> {
 /// Reads a denying answer's body (the callout leaves every body in Envoy, where it stays readable
 /// until the answer's callback returns): up to `max_denied_body_bytes`, as the client gets it. A
 /// failed read is an auth service failure, as when the SDK reads the body.
-fn read_denied_body(settings: &Settings, result: &mut CalloutResult) {
+fn read_denied_body(settings: &Settings, stream: &Stream, result: &mut CalloutResult) {
     let Ok(resp) = result else {
         return;
     };
     if !resp.truncated || settings.max_denied_body_bytes == 0 || !check::is_denial(settings, resp.status) {
         return;
     }
-    match host::buffer(BufferType::HttpCallResponseBody, 0, settings.max_denied_body_bytes) {
+    match stream.callout_body(settings.max_denied_body_bytes) {
         Ok(body) => resp.body = body,
         Err(status) => {
             log::warn!("ext_auth: reading the auth service's answer body failed: {status:?}");
@@ -522,13 +478,15 @@ fn read_denied_body(settings: &Settings, result: &mut CalloutResult) {
 /// (the client's copies were removed when the request arrived). Stops at the first identity
 /// header Envoy refuses, naming it.
 fn apply_upstream<'a>(
+    stream: &Stream,
     allow: &check::Allow<'a>,
 ) -> Result<(), (&'a str, gatewasm::proxy_wasm::types::Status)> {
+    let request = stream.request_headers();
     for (name, value) in &allow.upstream {
-        REQUEST_HEADERS.set_bytes(name, value).map_err(|status| (*name, status))?;
+        request.set_bytes(name, value).map_err(|status| (*name, status))?;
     }
     for name in &allow.remove {
-        if let Err(status) = REQUEST_HEADERS.remove(name) {
+        if let Err(status) = request.remove(name) {
             log::warn!("ext_auth: removing {name} failed: {status:?}");
         }
     }
@@ -536,3 +494,332 @@ fn apply_upstream<'a>(
 }
 
 gatewasm::export!(ExtAuth);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use std::time::Duration;
+
+    use gatewasm::testing::{Action, Answer, FakeHost, Harness};
+
+    use super::*;
+
+    const SEED: &str = r#"{
+        "cluster": "auth",
+        "path_prefix": "/extauth",
+        "timeout_ms": 500,
+        "allowed_request_headers": ["x-qotm-session"],
+        "allowed_upstream_headers": ["x-qotm-session", "x-admin-id", "x-admin-email"],
+        "rules": [{"name": "health", "match": {"path": {"exact": "/healthz"}}, "action": "skip"}]
+    }"#;
+
+    /// `SEED` with `extra` fields added.
+    fn seed_with(extra: &str) -> String {
+        format!("{},{extra}}}", SEED.trim_end().trim_end_matches('}'))
+    }
+
+    fn gateway(config: &str) -> Harness<ExtAuth> {
+        Harness::new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn get<'a>(path: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut headers = vec![(":method", "GET"), (":path", path), (":authority", "shop.example.com")];
+        headers.extend_from_slice(extra);
+        headers
+    }
+
+    /// What the SDK's tick sent to the host for outcome `result`.
+    fn checks(gw: &mut Harness<ExtAuth>, result: &str) -> Option<u64> {
+        gw.tick();
+        gw.host().counter(&format!("{CHECKS};result={result}"))
+    }
+
+    #[test]
+    fn an_allowing_answer_sends_its_identity_upstream_and_the_clients_copies_are_gone() {
+        let mut gw = gateway(SEED);
+        let mut s = gw.stream();
+        let request = get(
+            "/nodebackend/?a=1",
+            &[("cookie", "id_token=tok"), ("x-admin-id", "999"), ("x-secret", "s"), ("x-qotm-session", "s1")],
+        );
+        assert_eq!(s.request_headers(&request, true), Action::Pause);
+        // One read of the request, a remove for each header the filter sets upstream that the
+        // client sent (the forged identity, the session), the callout: nothing else.
+        assert_eq!(s.calls(), 4);
+        assert_eq!(s.request_header("x-admin-id"), None, "removed before the answer");
+        let call = s.callout().unwrap();
+        assert_eq!(call.cluster, "auth");
+        assert_eq!(call.timeout, Duration::from_millis(500));
+        assert_eq!(call.header(":path"), Some("/extauth/nodebackend/?a=1"));
+        assert_eq!(call.header(":authority"), Some("shop.example.com"));
+        assert_eq!(call.header("cookie"), Some("id_token=tok"));
+        assert_eq!(call.header("x-qotm-session"), Some("s1"));
+        assert_eq!(call.header("x-secret"), None);
+        assert_eq!(call.header("content-length"), Some("0"));
+
+        s.answer(&Answer::new(200, &[("x-admin-id", "1"), ("x-admin-email", "admin@qq.com")], "OK"));
+        assert_eq!(s.resumed().len(), 1, "the request goes on");
+        assert!(s.reply().is_none());
+        assert_eq!(s.request_header("x-admin-id").as_deref(), Some("1"));
+        assert_eq!(s.request_header("x-admin-email").as_deref(), Some("admin@qq.com"));
+        assert!(s.request_header_all("x-qotm-session").is_empty(), "not in the answer: not kept");
+        let before = s.calls();
+        assert_eq!(s.response_headers(&[(":status", "200")], true), Action::Continue);
+        assert_eq!(s.calls(), before, "nothing to do on the response");
+        assert_eq!(checks(&mut gw, "allowed"), Some(1));
+    }
+
+    #[test]
+    fn a_denial_reaches_the_client_with_its_body_and_allowed_headers() {
+        let mut gw = gateway(&seed_with(r#""allowed_client_headers": ["x-login-*"]"#));
+        let mut s = gw.stream();
+        s.request_headers(&get("/login", &[]), true);
+        s.answer(&Answer::new(
+            201,
+            &[
+                ("content-type", "application/json"),
+                ("set-cookie", "id_token=tok; HttpOnly"),
+                ("x-login-id", "7"),
+                ("authorization", "Bearer leaked"),
+            ],
+            r#"{"id_token":"tok"}"#,
+        ));
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (201, "ext_auth_denied"));
+        assert_eq!(reply.body_text(), r#"{"id_token":"tok"}"#, "read although the callout reads no body");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(reply.header("set-cookie"), Some("id_token=tok; HttpOnly"));
+        assert_eq!(reply.header("x-login-id"), Some("7"));
+        assert_eq!(reply.header("authorization"), None);
+        assert!(s.resumed().is_empty());
+        assert_eq!(checks(&mut gw, "denied"), Some(1));
+    }
+
+    #[test]
+    fn a_long_denial_body_is_cut_at_the_bound_and_an_allowing_body_is_never_read() {
+        let gw = gateway(r#"{"cluster": "auth", "max_denied_body_bytes": 4}"#);
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer(&Answer::new(401, &[], "0123456789"));
+        assert_eq!(s.reply().unwrap().body, b"0123");
+
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        let before = s.calls();
+        s.answer(&Answer::new(200, &[], "OK (authenticated)"));
+        // The answer's headers and the resume: the body stays in the host.
+        assert_eq!(s.calls() - before, 2);
+    }
+
+    #[test]
+    fn a_timeout_or_a_reset_refuses_with_status_on_error() {
+        let mut gw = gateway(SEED);
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer(&Answer::timeout());
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (403, "ext_auth_auth_timeout"));
+        assert!(!reply.body_text().contains("upstream request timeout"), "Envoy's own body is not shown");
+
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer(&Answer::reset());
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (403, "ext_auth_auth_error"));
+
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer(&Answer::new(503, &[], "no healthy upstream"));
+        assert_eq!(s.reply().unwrap().details, "ext_auth_auth_error");
+        assert!(s.resumed().is_empty());
+        assert_eq!(checks(&mut gw, "timeout"), Some(1));
+        assert_eq!(gw.host().counter(&format!("{CHECKS};result=error")), Some(2));
+    }
+
+    #[test]
+    fn failure_mode_allow_lets_through_marked_and_unknown_clusters_fail_at_once() {
+        let mut gw = gateway(&seed_with(r#""failure_mode_allow": true, "status_on_error": 503"#));
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[("x-envoy-auth-failure-mode-allowed", "forged")]), true);
+        assert_eq!(s.request_header(FAILURE_MODE_ALLOWED), None, "the client's copy is removed");
+        s.answer(&Answer::reset());
+        assert!(s.reply().is_none());
+        assert_eq!(s.resumed().len(), 1);
+        assert_eq!(s.request_header(FAILURE_MODE_ALLOWED).as_deref(), Some("true"));
+        gw.tick();
+        assert_eq!(gw.host().counter(FAILURE_MODE_ALLOWED_TOTAL), Some(1));
+
+        let host = FakeHost::new();
+        host.set_clusters(&["other"]);
+        let gw = Harness::<ExtAuth>::with_host(host, SEED).unwrap();
+        let mut s = gw.stream();
+        assert_eq!(s.request_headers(&get("/", &[]), true), Action::Pause);
+        assert_eq!(s.reply().unwrap().details, "ext_auth_auth_error");
+    }
+
+    #[test]
+    fn skipped_requests_are_not_checked_but_still_stripped() {
+        let mut gw = gateway(SEED);
+        let mut s = gw.stream();
+        assert_eq!(
+            s.request_headers(&get("/healthz", &[("x-admin-email", "evil@x")]), true),
+            Action::Continue
+        );
+        assert!(s.callout().is_none());
+        assert_eq!(s.request_header("x-admin-email"), None);
+        gw.tick();
+        assert_eq!(gw.host().counter(SKIPPED), Some(1));
+    }
+
+    #[test]
+    fn a_host_no_rule_can_read_is_refused_when_rules_name_hosts() {
+        let mut gw = gateway(
+            r#"{"cluster": "auth", "default": "skip",
+                "rules": [{"match": {"hosts": ["api.example.com"]}, "action": "check"}]}"#,
+        );
+        let mut s = gw.stream();
+        s.request_headers(&[(":method", "GET"), (":path", "/"), (":authority", "api.example.com:abc")], true);
+        assert_eq!(s.reply().unwrap().status, 400);
+        assert!(s.callout().is_none());
+        gw.tick();
+        assert_eq!(gw.host().counter(INVALID_HOST), Some(1));
+    }
+
+    #[test]
+    fn a_value_for_the_auth_service_that_is_not_text_is_refused() {
+        let mut gw = gateway(SEED);
+        let mut s = gw.stream();
+        let request = vec![
+            (b":method".to_vec(), b"GET".to_vec()),
+            (b":path".to_vec(), b"/".to_vec()),
+            (b":authority".to_vec(), b"h".to_vec()),
+            (b"cookie".to_vec(), b"sid=\xff".to_vec()),
+        ];
+        assert_eq!(s.request_headers_bytes(request, true), Action::Pause);
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (400, "ext_auth_header_not_text"));
+        assert!(s.callout().is_none());
+        gw.tick();
+        assert_eq!(gw.host().counter(NOT_TEXT), Some(1));
+        // A value the check does not carry does not matter.
+        let mut s = gw.stream();
+        let request = vec![
+            (b":method".to_vec(), b"GET".to_vec()),
+            (b":path".to_vec(), b"/".to_vec()),
+            (b":authority".to_vec(), b"h".to_vec()),
+            (b"x-other".to_vec(), b"\xff".to_vec()),
+        ];
+        s.request_headers_bytes(request, true);
+        assert!(s.callout().is_some());
+    }
+
+    #[test]
+    fn identity_bytes_reach_the_upstream_unchanged() {
+        let gw = gateway(SEED);
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        let mut answer = Answer::new(200, &[], "");
+        answer.headers.push((b"x-admin-email".to_vec(), b"adm\xffin@qq.com".to_vec()));
+        s.answer(&answer);
+        assert_eq!(s.request_header_bytes("x-admin-email").as_deref(), Some(&b"adm\xffin@qq.com"[..]));
+    }
+
+    #[test]
+    fn the_body_is_buffered_then_sent_whole_or_cut() {
+        let gw = gateway(&seed_with(r#""with_request_body": {"max_bytes": 32}"#));
+        let post = [(":method", "POST"), (":path", "/upload"), (":authority", "h"), ("x-admin-id", "9")];
+        let mut s = gw.stream();
+        assert_eq!(s.request_headers(&post, false), Action::Pause);
+        assert_eq!(s.request_header("x-admin-id"), None, "stripped at once");
+        assert_eq!(s.request_body(b"please ", false), Action::Pause);
+        assert!(s.callout().is_none(), "waits for the end of the body");
+        assert_eq!(s.request_body(b"allow me", true), Action::Pause);
+        let call = s.callout().unwrap();
+        assert_eq!(call.body, b"please allow me");
+        assert_eq!(call.header(PARTIAL_BODY_HEADER), Some("false"));
+        s.answer(&Answer::new(200, &[("x-admin-id", "1")], ""));
+        assert_eq!(s.resumed().len(), 1);
+        assert_eq!(s.request_header("x-admin-id").as_deref(), Some("1"));
+
+        // Trailers end the body too.
+        let mut s = gw.stream();
+        s.request_headers(&post, false);
+        s.request_body(b"grpc-ish", false);
+        assert_eq!(s.request_trailers(&[("x-checksum", "1")]), Action::Pause);
+        assert_eq!(s.callout().unwrap().body, b"grpc-ish");
+
+        let mut gw = gateway(&seed_with(r#""with_request_body": {"max_bytes": 8}"#));
+        let mut s = gw.stream();
+        s.request_headers(&post, false);
+        s.request_body(b"0123456789", false);
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (413, "ext_auth_body_too_large"));
+        assert!(s.callout().is_none());
+        gw.tick();
+        assert_eq!(gw.host().counter(BODY_TOO_LARGE), Some(1));
+
+        let gw = gateway(&seed_with(r#""with_request_body": {"max_bytes": 8, "allow_partial": true}"#));
+        let mut s = gw.stream();
+        s.request_headers(&post, false);
+        assert_eq!(s.request_body(b"0123456789", false), Action::Pause);
+        let call = s.callout().unwrap();
+        assert_eq!(call.body, b"01234567");
+        assert_eq!(call.header(PARTIAL_BODY_HEADER), Some("true"));
+        // More body while the check is out is held too.
+        assert_eq!(s.request_body(b"abc", true), Action::Pause);
+        // An upgrade has no body to wait for.
+        let mut s = gw.stream();
+        let upgrade = [(":method", "GET"), (":path", "/ws"), (":authority", "h"), ("upgrade", "websocket")];
+        assert_eq!(s.request_headers(&upgrade, false), Action::Pause);
+        assert!(s.callout().unwrap().body.is_empty());
+    }
+
+    #[test]
+    fn a_body_that_never_arrives_is_noticed_by_the_tick() {
+        let mut gw = gateway(&seed_with(r#""with_request_body": {"max_bytes": 100}"#));
+        assert!(gw.host().tick_period().is_some());
+        let mut s = gw.stream();
+        s.request_headers(&[(":method", "POST"), (":path", "/upload"), (":authority", "h")], false);
+        gw.host().advance(Duration::from_secs(5));
+        gw.tick();
+        assert!(!gw.plugin().warned.get());
+        gw.host().advance(Duration::from_secs(6));
+        gw.tick();
+        assert!(gw.plugin().warned.get(), "past BODY_WAIT_WARNING the log says why");
+    }
+
+    #[test]
+    fn the_duration_histogram_is_opt_in() {
+        let gw = gateway(SEED);
+        assert!(!gw.host().metric_names().iter().any(|n| n == DURATION));
+        let gw = gateway(&seed_with(r#""duration_histogram": true"#));
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        gw.host().advance(Duration::from_millis(3));
+        s.answer(&Answer::new(200, &[], ""));
+        assert_eq!(gw.host().histogram(DURATION), Some(vec![3000]));
+    }
+
+    #[test]
+    fn identities_over_the_header_limits_are_refused_with_500() {
+        let gw = gateway(&seed_with(r#""max_request_headers_count": 4"#));
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer(&Answer::new(200, &[("x-admin-id", "1"), ("x-admin-email", "a@b")], ""));
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (500, "ext_auth_request_headers_too_large"));
+        assert!(s.resumed().is_empty());
+    }
+
+    #[test]
+    fn headers_to_add_to_the_client_on_success() {
+        let gw = gateway(&seed_with(r#""allowed_client_headers_on_success": ["set-cookie"]"#));
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer(&Answer::new(200, &[("set-cookie", "sid=2")], ""));
+        assert_eq!(s.response_headers(&[(":status", "200")], true), Action::Continue);
+        assert_eq!(s.response_header("set-cookie").as_deref(), Some("sid=2"));
+    }
+
+    const PARTIAL_BODY_HEADER: &str = config::PARTIAL_BODY;
+}

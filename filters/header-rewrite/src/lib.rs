@@ -3,14 +3,14 @@
 //! match on host, path, method and headers. See `README.md` for the configuration.
 //!
 //! Request path, per stream:
-//! 1. when `strip_original_path` is on (by default when some rule rewrites the path), a
-//!    client-sent `x-envoy-original-path` is removed (a write only when present). When the rules
-//!    may need two or more request values (this check counts as one), every request header is
-//!    read with one host call ([`gatewasm::Request::snapshot`]) and everything is answered from
-//!    it; with exactly one, that value alone is read; with none, nothing is;
-//! 2. rules are matched against the request as it arrived (`first` or `all` matching rules);
-//! 3. every request value the matched rules' templates need is read once and kept, so response
-//!    operations can use request values after Envoy stops exposing the request headers;
+//! 1. the request is read once: when the rules may need two or more request values (the check
+//!    for a spoofed `x-envoy-original-path` counts as one), every request header with one host
+//!    call ([`gatewasm::Stream::request`]); with exactly one, that header alone; with none,
+//!    nothing. What was read is kept, so response operations can use request values after
+//!    Envoy stops exposing the request headers;
+//! 2. when `strip_original_path` is on (by default when some rule rewrites the path), a
+//!    client-sent `x-envoy-original-path` is removed (a write only when present);
+//! 3. rules are matched against the request as it arrived (`first` or `all` matching rules);
 //! 4. request operations run, then host and path rewrites.
 //!
 //! Response path: the response operations of the rules that matched the request run; nothing is
@@ -21,19 +21,14 @@ pub mod config;
 pub mod rewrite;
 pub mod template;
 
-use std::borrow::Cow;
-use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
-use gatewasm::metrics::{Counter, LocalCounter, FLUSH_PERIOD};
-use gatewasm::{
-    ConfigErrors, Flow, Headers, HttpFilter, LocalReply, Plugin, Request, Stream, REQUEST_HEADERS,
-    RESPONSE_HEADERS,
-};
+use gatewasm::metrics::{Counter, LocalCounter};
+use gatewasm::{ConfigErrors, Flow, HeaderSnapshot, HttpFilter, LocalReply, Plugin, Request, Root, Stream};
 
-use crate::apply::{Applied, Sink};
+use crate::apply::Applied;
 use crate::config::{Compiled, MatchMode};
-use crate::template::{Part, Source};
+use crate::template::{Part, Values};
 
 /// Header the filter sets to the original `:path` (query included) when it rewrites the path,
 /// and removes from every client request so it cannot be spoofed.
@@ -49,21 +44,33 @@ pub const INVALID_HOST: &str = "header_rewrite_invalid_host_total";
 /// The plugin: the compiled configuration and its counters.
 pub struct HeaderRewrite {
     config: Compiled,
-    /// `config.request_headers`, shared with every stream's [`View`].
-    names: Rc<[String]>,
-    /// Whether the request needs two or more values (counting the check for a spoofed
-    /// `x-envoy-original-path`): then every request header is read with one host call instead
-    /// of one call per value.
-    snapshot: bool,
+    /// What is read of the request when it arrives.
+    reads: Reads,
     /// Whether a client's `x-envoy-original-path` is removed (`strip_original_path`, on by
     /// default when some rule rewrites the path).
     strips_original_path: bool,
-    /// Per-rule counts, kept in the VM and flushed to Envoy from the tick: no host call per request.
-    applied: Vec<Option<LocalCounter>>,
-    dropped: Option<Counter>,
+    /// Per-rule counts (by rule index), kept in the VM and flushed by the SDK's tick: no host
+    /// call per request.
+    applied: Vec<LocalCounter>,
+    dropped: Counter,
     /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
     host_rules: bool,
-    invalid_host: Option<LocalCounter>,
+    invalid_host: LocalCounter,
+    /// The request when nothing of it is read, shared by every stream (no allocation each).
+    unread: Rc<Request>,
+}
+
+/// How the request is read on arrival: one pairs read costs about what one value read costs
+/// plus 1 µs (it returns every header), so it is worth it only when two or more values are
+/// needed (BENCHMARKS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reads {
+    /// No rule reads the request.
+    Nothing,
+    /// Exactly one header (or pseudo-header) is read.
+    One(String),
+    /// Every request header, with one host call.
+    All,
 }
 
 impl HeaderRewrite {
@@ -73,26 +80,9 @@ impl HeaderRewrite {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-fn counter(name: &str) -> Option<Counter> {
-    use gatewasm::metrics::Metric;
-    match Counter::define(name) {
-        Ok(c) => Some(c),
-        Err(status) => {
-            log::warn!("header_rewrite: cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-/// Native builds (unit tests) have no host to define metrics in.
-#[cfg(not(target_arch = "wasm32"))]
-fn counter(_name: &str) -> Option<Counter> {
-    None
-}
-
-/// How many distinct request values (pseudo-headers and header slots) the rules may read.
-fn request_values(config: &Compiled) -> usize {
+/// The request values the rules may read, one entry per distinct use (a pseudo-header read by
+/// a condition and by `%REQ(...)%` counts twice, each header slot once).
+fn request_values(config: &Compiled) -> Vec<&str> {
     let (mut method, mut authority, mut path) = (false, false, false);
     for rule in &config.rules {
         method |= !rule.matcher.methods.is_empty();
@@ -107,201 +97,61 @@ fn request_values(config: &Compiled) -> usize {
             }
         }
     }
-    usize::from(method) + usize::from(authority) + usize::from(path) + config.request_headers.len()
+    let pseudo = [(method, ":method"), (authority, ":authority"), (path, ":path")];
+    let pseudo = pseudo.into_iter().filter_map(|(used, name)| used.then_some(name));
+    pseudo.chain(config.request_headers.iter().map(String::as_str)).collect()
 }
 
 impl Plugin for HeaderRewrite {
     const NAME: &'static str = "header_rewrite";
     type Filter = Rewriter;
 
-    fn configure(raw: &[u8]) -> Result<Self, ConfigErrors> {
+    fn configure(raw: &[u8], root: &Root) -> Result<Self, ConfigErrors> {
         let config = config::parse(raw)?;
+        let metrics = root.metrics();
         let applied = config
             .rules
             .iter()
             .map(|r| {
-                counter(&gatewasm::metrics::series_name(RULES_APPLIED, &[("rule", &r.name)]))
-                    .map(LocalCounter::new)
+                metrics.local_counter(&gatewasm::metrics::series_name(RULES_APPLIED, &[("rule", &r.name)]))
             })
             .collect();
-        let dropped = counter(UNSAFE_DROPPED);
+        let dropped = metrics.counter(UNSAFE_DROPPED);
         log::info!("header_rewrite: {} rule(s) loaded", config.rules.len());
-        let names = config.request_headers.clone().into();
         let strips_original_path = config.strip_original_path;
-        // One pairs read costs about what one value read costs plus 1 µs (it returns every
-        // header): worth it only when two or more values are needed (BENCHMARKS.md).
-        let reads = request_values(&config) + usize::from(strips_original_path);
-        let snapshot = reads >= 2;
+        let mut values = request_values(&config);
+        if strips_original_path {
+            values.push(ORIGINAL_PATH);
+        }
+        let reads = match values.as_slice() {
+            [] => Reads::Nothing,
+            [one] => Reads::One((*one).to_string()),
+            _ => Reads::All,
+        };
         let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
-        let invalid_host = counter(INVALID_HOST).map(LocalCounter::new);
+        let invalid_host = metrics.local_counter(INVALID_HOST);
         Ok(HeaderRewrite {
             config,
-            names,
-            snapshot,
+            reads,
             strips_original_path,
             applied,
             dropped,
             host_rules,
             invalid_host,
+            unread: Rc::default(),
         })
     }
 
     fn new_filter(self: &Rc<Self>) -> Rewriter {
-        Rewriter { plugin: Rc::clone(self), view: View::new(Rc::clone(&self.names)), matched: Vec::new() }
-    }
-
-    fn tick_period(&self) -> Option<std::time::Duration> {
-        Some(FLUSH_PERIOD)
-    }
-
-    fn on_tick(self: &Rc<Self>) {
-        for counter in self.applied.iter().flatten().chain(&self.invalid_host) {
-            counter.flush();
-        }
+        Rewriter { plugin: Rc::clone(self), request: Rc::clone(&self.unread), matched: Vec::new() }
     }
 }
 
-/// The request as it reached the filter, each part read from Envoy at most once and kept for
-/// the response phase.
-pub struct View {
-    req: Request,
-    /// Request header values by slot; allocated on first use.
-    headers: OnceCell<Vec<OnceCell<Option<String>>>>,
-    /// The plugin's slot table.
-    names: Rc<[String]>,
-}
-
-impl View {
-    fn new(names: Rc<[String]>) -> Self {
-        View { req: Request::new(), headers: OnceCell::new(), names }
-    }
-
-    /// Every request header read now, with one host call.
-    fn snapshot(names: Rc<[String]>) -> Self {
-        View { req: Request::snapshot(), headers: OnceCell::new(), names }
-    }
-
-    /// Whether the client sent `x-envoy-original-path`.
-    fn has_original_path(&self) -> bool {
-        match self.req.headers() {
-            Some(h) => h.contains(ORIGINAL_PATH),
-            None => REQUEST_HEADERS.get(ORIGINAL_PATH).is_some(),
-        }
-    }
-
-    /// The full `:path`, query included.
-    pub fn path_and_query(&self) -> &str {
-        self.req.path_and_query()
-    }
-}
-
-impl Source for View {
-    fn method(&self) -> &str {
-        self.req.method()
-    }
-    fn host(&self) -> Option<Cow<'_, str>> {
-        self.req.host()
-    }
-    fn authority(&self) -> &str {
-        self.req.authority()
-    }
-    fn path(&self) -> &str {
-        self.req.path()
-    }
-    fn request_header(&self, slot: usize) -> Option<&str> {
-        if let Some(h) = self.req.headers() {
-            let name = self.names.get(slot)?;
-            // Removed before anything else looks at the request (it is in the snapshot).
-            if name == ORIGINAL_PATH {
-                return None;
-            }
-            return h.get(name);
-        }
-        let cells = self.headers.get_or_init(|| self.names.iter().map(|_| OnceCell::new()).collect());
-        let name = self.names.get(slot)?;
-        cells.get(slot)?.get_or_init(|| REQUEST_HEADERS.get(name)).as_deref()
-    }
-    fn response_header(&self, _name: &str) -> Option<String> {
-        None
-    }
-}
-
-/// Rules match through the same lazy reads as templates: a header by its slot.
-impl gatewasm::matcher::MatchRequest for View {
-    fn method(&self) -> &str {
-        Source::method(self)
-    }
-    fn host(&self) -> Option<Cow<'_, str>> {
-        Source::host(self)
-    }
-    fn path(&self) -> &str {
-        Source::path(self)
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.request_header(self.names.iter().position(|n| n == name)?)
-    }
-}
-
-/// The response side: request values from the kept [`View`], response headers from Envoy,
-/// each read once (so substitutions see the response as it arrived, whatever `remove` did).
-struct ResponseSide<'a>(&'a View, RefCell<Vec<(String, Option<String>)>>);
-
-impl Source for ResponseSide<'_> {
-    fn method(&self) -> &str {
-        self.0.method()
-    }
-    fn host(&self) -> Option<Cow<'_, str>> {
-        self.0.host()
-    }
-    fn authority(&self) -> &str {
-        self.0.authority()
-    }
-    fn path(&self) -> &str {
-        self.0.path()
-    }
-    fn request_header(&self, slot: usize) -> Option<&str> {
-        self.0.request_header(slot)
-    }
-    fn response_header(&self, name: &str) -> Option<String> {
-        let mut cache = self.1.borrow_mut();
-        if let Some((_, v)) = cache.iter().find(|(n, _)| *n == name) {
-            return v.clone();
-        }
-        let v = RESPONSE_HEADERS.get(name);
-        cache.push((name.to_string(), v.clone()));
-        v
-    }
-}
-
-/// Writes to one of Envoy's header maps; failures are logged and otherwise ignored (the request
-/// goes on as it is rather than failing).
-struct HostSink(Headers);
-
-impl Sink for HostSink {
-    fn set(&mut self, name: &str, value: &str) {
-        if let Err(status) = self.0.set(name, value) {
-            log::warn!("header_rewrite: setting {name} failed: {status:?}");
-        }
-    }
-    fn add(&mut self, name: &str, value: &str) {
-        if let Err(status) = self.0.add(name, value) {
-            log::warn!("header_rewrite: adding {name} failed: {status:?}");
-        }
-    }
-    fn remove(&mut self, name: &str) {
-        if let Err(status) = self.0.remove(name) {
-            log::warn!("header_rewrite: removing {name} failed: {status:?}");
-        }
-    }
-    fn values(&mut self, name: &str) -> Vec<String> {
-        self.0.all().into_iter().filter(|(n, _)| n == name).map(|(_, v)| v).collect()
-    }
-}
-
-/// Per-stream state: the request view and the rules that matched it.
+/// Per-stream state: the request as it reached the filter and the rules that matched it.
 pub struct Rewriter {
     plugin: Rc<HeaderRewrite>,
-    view: View,
+    /// What was read of the request on arrival, kept for the response side.
+    request: Rc<Request>,
     /// Indexes of matched rules; after the request phase, only those with response operations.
     matched: Vec<usize>,
 }
@@ -309,23 +159,49 @@ pub struct Rewriter {
 impl Rewriter {
     fn count_dropped(&self, applied: Applied) {
         if applied.unsafe_dropped > 0 {
-            if let Some(c) = self.plugin.dropped {
-                c.add(u64::from(applied.unsafe_dropped));
-            }
+            self.plugin.dropped.add(u64::from(applied.unsafe_dropped));
         }
     }
 }
 
+/// The request as the plugin's `reads` says to read it.
+fn read_request(stream: &Stream, plugin: &HeaderRewrite) -> Rc<Request> {
+    match &plugin.reads {
+        Reads::Nothing => Rc::clone(&plugin.unread),
+        Reads::One(name) => {
+            let headers = match stream.request_headers().get(name) {
+                Some(value) => HeaderSnapshot::from_strs(&[(name, &value)]),
+                None => HeaderSnapshot::default(),
+            };
+            Rc::new(Request::from_headers(headers))
+        }
+        Reads::All => stream.request(),
+    }
+}
+
+/// `request` without header `name` (the client's copy of a header the filter removed).
+fn without(request: &Request, name: &str) -> Request {
+    let kept = request
+        .headers()
+        .iter_bytes()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .collect();
+    Request::from_headers(HeaderSnapshot::from_pairs(kept))
+}
+
 impl HttpFilter for Rewriter {
-    fn on_request_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+    fn on_request_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
         let plugin = Rc::clone(&self.plugin);
-        if plugin.snapshot {
-            self.view = View::snapshot(Rc::clone(&plugin.names));
-        }
+        let mut request = read_request(stream, &plugin);
         // Reading first: removing an absent header would still clear Envoy's route cache.
-        if plugin.strips_original_path && self.view.has_original_path() {
-            let _ = REQUEST_HEADERS.remove(ORIGINAL_PATH);
+        if plugin.strips_original_path && request.headers().contains(ORIGINAL_PATH) {
+            apply::remove(stream.request_headers(), ORIGINAL_PATH);
+            // Conditions and substitutions see the request without the spoofed copy (rare: a
+            // copy only then).
+            request = Rc::new(without(&request, ORIGINAL_PATH));
         }
+        self.request = Rc::clone(&request);
         let cfg = &plugin.config;
         if cfg.rules.is_empty() {
             return Flow::Continue;
@@ -333,16 +209,15 @@ impl HttpFilter for Rewriter {
 
         // A host that cannot be read matches no host condition, so a later rule could apply
         // where a well-formed host would have selected another: refused instead.
-        if plugin.host_rules && self.view.host().is_none() {
-            if let Some(c) = &plugin.invalid_host {
-                c.inc();
-            }
+        if plugin.host_rules && request.host().is_none() {
+            plugin.invalid_host.inc();
             return Flow::Reply(LocalReply::invalid_host());
         }
 
         // 1. Match against the request as it arrived.
+        let values = Values { request: &request, names: &cfg.request_headers, response: None };
         for (i, rule) in cfg.rules.iter().enumerate() {
-            if rule.matcher.matches(&self.view) {
+            if rule.matcher.matches(&values) {
                 self.matched.push(i);
                 if cfg.mode == MatchMode::First {
                     break;
@@ -353,46 +228,37 @@ impl HttpFilter for Rewriter {
             return Flow::Continue;
         }
 
-        // 2. Read every request value the operations will use before changing anything.
-        let rules = || self.matched.iter().filter_map(|&i| cfg.rules.get(i).map(|r| (i, r)));
-        for (_, rule) in rules() {
-            for t in rule.request.templates().chain(rule.response.templates()) {
-                t.prefetch(&self.view);
-            }
-            if rule.path_rewrite.is_some() {
-                let _ = self.view.path_and_query();
-            }
-        }
-
-        // 3. Header operations in rule order, then host and path rewrites (in `all` mode the
+        // 2. Header operations in rule order, then host and path rewrites (in `all` mode the
         // last matching rule that rewrites wins; each rewrite starts from the original path).
-        let mut sink = HostSink(REQUEST_HEADERS);
+        // Every value comes from the request as read on arrival, whatever the operations write.
+        let headers = stream.request_headers();
         let mut buf = String::new();
         let mut host = None;
         let mut path = None;
         let mut dropped = Applied::default();
-        for (i, rule) in rules() {
-            let applied = apply::apply(&rule.request, &self.view, &mut sink, &mut buf);
+        for &i in &self.matched {
+            let Some(rule) = cfg.rules.get(i) else { continue };
+            let applied = apply::apply(&rule.request, &values, headers, &mut buf);
             dropped.unsafe_dropped += applied.unsafe_dropped;
             if let Some(h) = &rule.host_rewrite {
                 host = Some(h.as_str());
             }
             if let Some(p) = &rule.path_rewrite {
-                if let Some(new) = p.apply(self.view.path_and_query()) {
+                if let Some(new) = p.apply(request.path_and_query()) {
                     path = Some(new);
                 }
             }
-            if let Some(Some(c)) = plugin.applied.get(i) {
+            if let Some(c) = plugin.applied.get(i) {
                 c.inc();
             }
             log::debug!("header_rewrite: rule {} applied", rule.name);
         }
         if let Some(h) = host {
-            sink.set(":authority", h);
+            apply::set(headers, ":authority", h);
         }
         if let Some(p) = path {
-            sink.set(ORIGINAL_PATH, self.view.path_and_query());
-            sink.set(":path", &p);
+            apply::set(headers, ORIGINAL_PATH, request.path_and_query());
+            apply::set(headers, ":path", &p);
         }
         self.count_dropped(dropped);
 
@@ -400,21 +266,38 @@ impl HttpFilter for Rewriter {
         Flow::Continue
     }
 
-    fn on_response_headers(&mut self, _stream: &mut Stream, _end_of_stream: bool) -> Flow {
+    fn on_response_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
         if self.matched.is_empty() {
             return Flow::Continue;
         }
         let plugin = Rc::clone(&self.plugin);
-        let src = ResponseSide(&self.view, RefCell::new(Vec::new()));
         let rules = || self.matched.iter().filter_map(|&i| plugin.config.rules.get(i));
-        for rule in rules() {
-            rule.response.templates().for_each(|t| t.prefetch(&src));
+        // The response headers substitutions read, as they came from upstream (before this
+        // filter's `remove`): one read for one header, one read of the map for several.
+        let mut names: Vec<&str> = Vec::new();
+        for name in rules().flat_map(|r| r.response.templates()).flat_map(|t| t.response_headers()) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
         }
-        let mut sink = HostSink(RESPONSE_HEADERS);
+        let headers = stream.response_headers();
+        let response = match names.as_slice() {
+            [] => HeaderSnapshot::default(),
+            [name] => match headers.get(name) {
+                Some(value) => HeaderSnapshot::from_strs(&[(name, &value)]),
+                None => HeaderSnapshot::default(),
+            },
+            _ => headers.snapshot(),
+        };
+        let values = Values {
+            request: &self.request,
+            names: &plugin.config.request_headers,
+            response: Some(&response),
+        };
         let mut buf = String::new();
         let mut dropped = Applied::default();
         for rule in rules() {
-            dropped.unsafe_dropped += apply::apply(&rule.response, &src, &mut sink, &mut buf).unsafe_dropped;
+            dropped.unsafe_dropped += apply::apply(&rule.response, &values, headers, &mut buf).unsafe_dropped;
         }
         self.count_dropped(dropped);
         Flow::Continue
@@ -422,3 +305,210 @@ impl HttpFilter for Rewriter {
 }
 
 gatewasm::export!(HeaderRewrite);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use gatewasm::testing::{Action, Harness};
+
+    use super::*;
+
+    fn gateway(config: &str) -> Harness<HeaderRewrite> {
+        Harness::new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn request<'a>(
+        method: &'a str,
+        authority: &'a str,
+        path: &'a str,
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut headers = vec![(":method", method), (":authority", authority), (":path", path)];
+        headers.extend_from_slice(extra);
+        headers
+    }
+
+    #[test]
+    fn how_the_request_is_read_follows_what_the_rules_need() {
+        let reads = |config: &str| gateway(config).plugin().reads.clone();
+        assert_eq!(reads(r#"{"rules": []}"#), Reads::Nothing);
+        assert_eq!(
+            reads(r#"{"rules": [{"response": {"set": [{"name": "x", "value": "1"}]}}]}"#),
+            Reads::Nothing
+        );
+        assert_eq!(
+            reads(
+                r#"{"rules": [{"match": {"path": {"prefix": "/"}}, "request": {"add": [{"name": "x", "value": "1"}]}}]}"#
+            ),
+            Reads::One(":path".into())
+        );
+        assert_eq!(reads(r#"{"strip_original_path": true}"#), Reads::One(ORIGINAL_PATH.into()));
+        assert_eq!(
+            reads(r#"{"rules": [{"request": {"set": [{"name": "x", "value": "%REQUEST_ID%"}]}}]}"#),
+            Reads::One("x-request-id".into())
+        );
+        assert_eq!(
+            reads(r#"{"rules": [{"match": {"path": {"prefix": "/"}}, "path_rewrite": {"prefix": "/v2/"}}]}"#),
+            Reads::All,
+            "the path, and the check for a spoofed original path"
+        );
+    }
+
+    #[test]
+    fn one_value_needed_costs_one_value_read() {
+        let gw = gateway(
+            r#"{"rules": [{"match": {"path": {"prefix": "/"}}, "request": {"add": [{"name": "x-a", "value": "1"}]},
+                "response": {"set": [{"name": "x-b", "value": "2"}]}}]}"#,
+        );
+        let mut s = gw.stream();
+        assert_eq!(s.request_headers(&request("GET", "h", "/bench", &[]), true), Action::Continue);
+        // The `:path` read and the add.
+        assert_eq!(s.calls(), 2);
+        assert_eq!(s.request_header("x-a").as_deref(), Some("1"));
+        s.response_headers(&[(":status", "200")], true);
+        assert_eq!(s.calls(), 3, "one set on the response");
+        assert_eq!(s.response_header("x-b").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn host_and_prefix_path_rewrite_keep_query_and_original_path() {
+        let gw = gateway(
+            r#"{"rules": [{"match": {"path": {"prefix": "/api/v1/"}},
+                "host_rewrite": "backend.internal", "path_rewrite": {"prefix": "/v2/"}}]}"#,
+        );
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "api.example.com", "/api/v1/users/7?fields=name&x", &[]), true);
+        assert_eq!(s.request_header(":path").as_deref(), Some("/v2/users/7?fields=name&x"));
+        assert_eq!(s.request_header(":authority").as_deref(), Some("backend.internal"));
+        assert_eq!(s.request_header(ORIGINAL_PATH).as_deref(), Some("/api/v1/users/7?fields=name&x"));
+        // One read, then :authority, the original path and :path.
+        assert_eq!(s.calls(), 4);
+
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "api.example.com", "/api/v10/users", &[]), true);
+        assert_eq!(s.request_header(":path").as_deref(), Some("/api/v10/users"));
+        assert_eq!(s.request_header(":authority").as_deref(), Some("api.example.com"));
+        assert_eq!(s.calls(), 1, "a request no rule matched costs its read only");
+    }
+
+    #[test]
+    fn a_spoofed_original_path_is_removed_and_never_seen_by_the_rules() {
+        let gw = gateway(
+            r#"{"rules": [{"match": {"path": {"prefix": "/old/"}}, "path_rewrite": {"prefix": "/new/"},
+                "request": {"set": [{"name": "x-seen", "value": "[%REQ(x-envoy-original-path)%]"}]}}]}"#,
+        );
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/other", &[(ORIGINAL_PATH, "/admin")]), true);
+        assert_eq!(s.request_header(ORIGINAL_PATH), None, "removed though no rule matched");
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/old/x", &[(ORIGINAL_PATH, "/admin")]), true);
+        assert_eq!(s.request_header_all(ORIGINAL_PATH), ["/old/x"]);
+        assert_eq!(s.request_header("x-seen").as_deref(), Some("[]"));
+
+        // Not stripped: the client's value is what the rules read, however the request is read.
+        let gw = gateway(
+            r#"{"rules": [{"match": {"path": {"prefix": "/"}},
+                "request": {"set": [{"name": "x-seen", "value": "[%REQ(x-envoy-original-path)%]"}]}}]}"#,
+        );
+        assert_eq!(gw.plugin().reads, Reads::All);
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/", &[(ORIGINAL_PATH, "/admin")]), true);
+        assert_eq!(s.request_header("x-seen").as_deref(), Some("[/admin]"));
+        assert_eq!(s.request_header(ORIGINAL_PATH).as_deref(), Some("/admin"));
+
+        // Asked for with no rules: one value read, one remove when present.
+        let gw = gateway(r#"{"strip_original_path": true}"#);
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/", &[("X-Envoy-Original-Path", "/admin")]), true);
+        assert_eq!(s.request_header(ORIGINAL_PATH), None);
+        assert_eq!(s.calls(), 2);
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/", &[]), true);
+        assert_eq!(s.calls(), 1, "nothing written for a clean request");
+    }
+
+    #[test]
+    fn response_operations_use_the_request_as_it_arrived_and_the_response_as_it_came() {
+        let mut gw = gateway(
+            r#"{"rules": [
+                {"name": "api", "match": {"path": {"prefix": "/api/"}}, "path_rewrite": {"prefix": "/"},
+                 "response": {
+                    "set": [{"name": "x-served-for", "value": "%REQ(x-user)% %METHOD% %PATH% via %RESP(server)% %RESP(x-up)%"}],
+                    "remove": ["server"],
+                    "rename": [{"from": "x-internal-id", "to": "x-trace"}]}},
+                {"name": "other", "response": {"add": [{"name": "x-other", "value": "1"}]}}
+            ]}"#,
+        );
+        let mut s = gw.stream();
+        s.request_headers(&request("DELETE", "h", "/api/thing?q=1", &[("x-user", "alice")]), true);
+        assert_eq!(s.request_header(":path").as_deref(), Some("/thing?q=1"));
+        let before = s.calls();
+        s.response_headers(
+            &[(":status", "200"), ("server", "echo"), ("x-up", "1"), ("x-internal-id", "abc")],
+            true,
+        );
+        // One read of the response for both substitutions; remove; read, remove and set for the
+        // rename; the set.
+        assert_eq!(s.calls() - before, 6);
+        assert_eq!(s.response_header("x-served-for").as_deref(), Some("alice DELETE /api/thing via echo 1"));
+        assert_eq!(s.response_header("server"), None);
+        assert_eq!(s.response_header("x-trace").as_deref(), Some("abc"));
+        assert_eq!(s.response_header("x-other"), None, "first match only");
+
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/elsewhere", &[]), true);
+        s.response_headers(&[(":status", "200"), ("server", "echo")], true);
+        assert_eq!(s.response_header("x-other").as_deref(), Some("1"));
+        assert_eq!(s.response_header("server").as_deref(), Some("echo"));
+
+        // Rule counters reach the host from the SDK's tick.
+        assert_eq!(gw.host().counter("header_rewrite_rules_applied_total;rule=api"), Some(0));
+        gw.tick();
+        assert_eq!(gw.host().counter("header_rewrite_rules_applied_total;rule=api"), Some(1));
+        assert_eq!(gw.host().counter("header_rewrite_rules_applied_total;rule=other"), Some(1));
+    }
+
+    #[test]
+    fn all_mode_matches_the_original_request_and_the_last_rewrite_wins() {
+        let gw = gateway(
+            r#"{"match_mode": "all", "rules": [
+                {"match": {"headers": [{"name": "x-flag", "present": false}]},
+                 "request": {"set": [{"name": "x-flag", "value": "1"}]}, "host_rewrite": "first"},
+                {"match": {"headers": [{"name": "x-flag", "present": false}]},
+                 "request": {"add": [{"name": "x-second", "value": "%REQ(x-flag)%!"}]}, "host_rewrite": "second"}
+            ]}"#,
+        );
+        let mut s = gw.stream();
+        s.request_headers(&request("GET", "h", "/", &[]), true);
+        assert_eq!(s.request_header("x-flag").as_deref(), Some("1"));
+        assert_eq!(
+            s.request_header("x-second").as_deref(),
+            Some("!"),
+            "values are the request's as it arrived"
+        );
+        assert_eq!(s.request_header(":authority").as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn a_host_no_rule_can_read_is_refused_when_rules_name_hosts() {
+        let mut gw = gateway(
+            r#"{"rules": [{"match": {"hosts": ["api.example.com"]}, "request": {"add": [{"name": "x", "value": "1"}]}},
+                          {"request": {"add": [{"name": "y", "value": "1"}]}}]}"#,
+        );
+        let mut s = gw.stream();
+        assert_eq!(s.request_headers(&request("GET", "api.example.com:abc", "/", &[]), true), Action::Pause);
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (400, "header_rewrite_invalid_host"));
+        assert_eq!(s.request_header("y"), None);
+        gw.tick();
+        assert_eq!(gw.host().counter(INVALID_HOST), Some(1));
+        // Without host conditions the host is never read and nothing is refused.
+        let gw = gateway(r#"{"rules": [{"request": {"add": [{"name": "y", "value": "1"}]}}]}"#);
+        let mut s = gw.stream();
+        assert_eq!(
+            s.request_headers(&request("GET", "api.example.com:abc", "/", &[]), true),
+            Action::Continue
+        );
+        assert_eq!(s.request_header("y").as_deref(), Some("1"));
+    }
+}

@@ -18,6 +18,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use gatewasm::{HeaderSnapshot, Request};
+
 /// Where a substitution takes its value from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
@@ -56,21 +58,46 @@ impl fmt::Display for TemplateError {
 /// The substitutions a template may use, for error messages.
 pub const KNOWN: &str = "%REQ(name)%, %RESP(name)%, %HOST%, %AUTHORITY%, %PATH%, %METHOD%, %REQUEST_ID%, %%";
 
-/// Values a template reads. Request values are cached by the implementation.
-pub trait Source {
-    /// The method.
-    fn method(&self) -> &str;
-    /// Host without port, lower-cased; `None` when the authority is not a host (see
-    /// `gatewasm::http::normalize_host`).
-    fn host(&self) -> Option<Cow<'_, str>>;
-    /// Raw `:authority`.
-    fn authority(&self) -> &str;
-    /// Path without query.
-    fn path(&self) -> &str;
-    /// Request header in `slot` (first value).
-    fn request_header(&self, slot: usize) -> Option<&str>;
-    /// Response header `name` (first value); `None` on the request side.
-    fn response_header(&self, name: &str) -> Option<String>;
+/// What templates and header conditions read: values read from the host once, before the
+/// filter changes anything.
+#[derive(Debug, Clone, Copy)]
+pub struct Values<'a> {
+    /// The request as it reached the filter (holding at least every header the rules read).
+    pub request: &'a Request,
+    /// The plugin's table of request header names: a [`Part::RequestHeader`] slot indexes it.
+    pub names: &'a [String],
+    /// The response headers `%RESP(...)%` reads, as they came from upstream; `None` on the
+    /// request side.
+    pub response: Option<&'a HeaderSnapshot>,
+}
+
+impl<'a> Values<'a> {
+    /// The first value of the request header in `slot`.
+    pub fn request_header(&self, slot: usize) -> Option<&'a str> {
+        self.request.header(self.names.get(slot)?)
+    }
+
+    /// The first value of response header `name`.
+    pub fn response_header(&self, name: &str) -> Option<&'a str> {
+        self.response?.get(name)
+    }
+}
+
+/// Rules match on what was read of the request: the configuration puts every header a
+/// condition names in the plugin's table, so it is among what was read.
+impl gatewasm::matcher::MatchRequest for Values<'_> {
+    fn method(&self) -> &str {
+        self.request.method()
+    }
+    fn host(&self) -> Option<Cow<'_, str>> {
+        self.request.host()
+    }
+    fn path(&self) -> &str {
+        self.request.path()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.request.header(name)
+    }
 }
 
 impl Template {
@@ -137,50 +164,27 @@ impl Template {
         self.as_literal().is_none()
     }
 
-    /// Reads every value the template uses, so that a caching [`Source`] holds them before the
-    /// headers are modified (or, for request values, stop being readable).
-    pub fn prefetch(&self, src: &dyn Source) {
-        for part in &self.parts {
-            match part {
-                Part::RequestHeader(slot) => {
-                    let _ = src.request_header(*slot);
-                }
-                Part::Host => {
-                    let _ = src.host();
-                }
-                Part::Authority => {
-                    let _ = src.authority();
-                }
-                Part::Path => {
-                    let _ = src.path();
-                }
-                Part::Method => {
-                    let _ = src.method();
-                }
-                Part::ResponseHeader(name) => {
-                    let _ = src.response_header(name);
-                }
-                Part::Literal(_) => {}
-            }
-        }
+    /// The response headers the template reads (lower-cased names).
+    pub fn response_headers(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::ResponseHeader(name) => Some(name.as_str()),
+            _ => None,
+        })
     }
 
     /// Renders the value into `out` (cleared first). Absent headers render as empty.
-    pub fn render(&self, src: &dyn Source, out: &mut String) {
+    pub fn render(&self, values: &Values<'_>, out: &mut String) {
         out.clear();
+        let request = values.request;
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
-                Part::RequestHeader(slot) => out.push_str(src.request_header(*slot).unwrap_or_default()),
-                Part::ResponseHeader(name) => {
-                    if let Some(v) = src.response_header(name) {
-                        out.push_str(&v);
-                    }
-                }
-                Part::Host => out.push_str(src.host().as_deref().unwrap_or_default()),
-                Part::Authority => out.push_str(src.authority()),
-                Part::Path => out.push_str(src.path()),
-                Part::Method => out.push_str(src.method()),
+                Part::RequestHeader(slot) => out.push_str(values.request_header(*slot).unwrap_or_default()),
+                Part::ResponseHeader(name) => out.push_str(values.response_header(name).unwrap_or_default()),
+                Part::Host => out.push_str(request.host().as_deref().unwrap_or_default()),
+                Part::Authority => out.push_str(request.authority()),
+                Part::Path => out.push_str(request.path()),
+                Part::Method => out.push_str(request.method()),
             }
         }
     }
@@ -241,29 +245,23 @@ fn shorten(s: &str) -> &str {
 mod tests {
     use super::*;
 
-    struct Fake {
-        headers: Vec<Option<String>>,
+    /// A request to `API.example.com:8443/v1/users?page=2`, with `headers`.
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut all =
+            vec![(":method", "GET"), (":authority", "API.example.com:8443"), (":path", "/v1/users?page=2")];
+        all.extend_from_slice(headers);
+        Request::from_headers(HeaderSnapshot::from_strs(&all))
     }
 
-    impl Source for Fake {
-        fn method(&self) -> &str {
-            "GET"
-        }
-        fn host(&self) -> Option<Cow<'_, str>> {
-            Some(Cow::Borrowed("api.example.com"))
-        }
-        fn authority(&self) -> &str {
-            "API.example.com:8443"
-        }
-        fn path(&self) -> &str {
-            "/v1/users"
-        }
-        fn request_header(&self, slot: usize) -> Option<&str> {
-            self.headers.get(slot)?.as_deref()
-        }
-        fn response_header(&self, name: &str) -> Option<String> {
-            (name == "x-up").then(|| "up".to_string())
-        }
+    fn render(
+        t: &Template,
+        request: &Request,
+        names: &[String],
+        response: Option<&HeaderSnapshot>,
+    ) -> String {
+        let mut out = String::from("garbage");
+        t.render(&Values { request, names, response }, &mut out);
+        out
     }
 
     fn parse(text: &str, response: bool) -> Result<(Template, Vec<String>), TemplateError> {
@@ -294,10 +292,11 @@ mod tests {
                 .unwrap();
         assert_eq!(names, ["x-request-id", "x-user", "x-none"]);
         assert!(t.is_dynamic());
-        let src = Fake { headers: vec![Some("r-1".into()), Some("alice".into()), None] };
-        let mut out = String::from("garbage");
-        t.render(&src, &mut out);
-        assert_eq!(out, "GET api.example.com API.example.com:8443 /v1/users id=r-1 u=alice !");
+        let req = request(&[("x-request-id", "r-1"), ("x-user", "alice"), ("x-user", "bob")]);
+        assert_eq!(
+            render(&t, &req, &names, None),
+            "GET api.example.com API.example.com:8443 /v1/users id=r-1 u=alice !"
+        );
     }
 
     #[test]
@@ -310,10 +309,10 @@ mod tests {
 
     #[test]
     fn response_headers_only_on_the_response_side() {
-        let (t, _) = parse("via %RESP(x-up)%", true).unwrap();
-        let mut out = String::new();
-        t.render(&Fake { headers: vec![] }, &mut out);
-        assert_eq!(out, "via up");
+        let (t, names) = parse("via %RESP(x-up)% %RESP(x-none)%", true).unwrap();
+        assert_eq!(t.response_headers().collect::<Vec<_>>(), ["x-up", "x-none"]);
+        let response = HeaderSnapshot::from_strs(&[(":status", "200"), ("x-up", "up")]);
+        assert_eq!(render(&t, &request(&[]), &names, Some(&response)), "via up ");
         let err = parse("%RESP(x-up)%", false).unwrap_err();
         assert!(err.0.contains("only response operations"), "{err}");
     }

@@ -442,7 +442,8 @@ impl HttpFilter for JwtFilter {
             }
             None => Default::default(),
         };
-        let Some(rule) = rules::first_match(&cfg.rules, &host, req.path(), method, Some(req.headers())) else {
+        let Some(rule) = rules::first_match(&cfg.rules, &host, req.path(), method, Some(req.headers()))
+        else {
             return Flow::Continue;
         };
         let Some(requirement) = &rule.requires else {
