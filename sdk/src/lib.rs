@@ -42,6 +42,8 @@
 //! # fn main() {}
 //! ```
 
+#[cfg(feature = "bundle")]
+pub mod bundle;
 pub mod callout;
 pub mod clock;
 pub mod config;

@@ -406,4 +406,6 @@ impl HttpFilter for Rewriter {
     }
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(HeaderRewrite);

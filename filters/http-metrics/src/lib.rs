@@ -277,4 +277,6 @@ impl HttpFilter for Recorder {
     }
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(HttpMetrics);

@@ -560,4 +560,6 @@ impl HttpFilter for LogStream {
     }
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(KafkaLog);
