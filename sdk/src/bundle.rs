@@ -11,9 +11,9 @@
 //! ```
 //!
 //! registers both; a root id of `jwt-auth` runs `JwtAuth`. Listed without a root id, a plugin is
-//! chosen by its [`Plugin::NAME`](crate::Plugin::NAME). A root id that names no plugin of the module is refused
-//! in `on_configure`, with a log line naming the root id and the plugins the module has, so Envoy
-//! rejects the filter configuration; no request reaches an unresolved root.
+//! chosen by its [`Plugin::NAME`](crate::Plugin::NAME). A root id that names no plugin of the
+//! module is refused in `on_configure`, with a log line naming the root id and the plugins the
+//! module has, so Envoy rejects the filter configuration; no request reaches an unresolved root.
 //!
 //! The root id is read on the root context's first callback (`on_vm_start`, else `on_configure`):
 //! Envoy 1.40 answers `plugin_root_id` from the root context's creation on, but reading it there
