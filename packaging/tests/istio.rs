@@ -1081,3 +1081,185 @@ fn expect_services_answer_under_istio_cluster_names() {
     assert_eq!(response.header("x-user"), Some("alice"));
     assert_eq!(envoy.get("/other").unwrap().status, 404, "unscripted paths");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The bundle (bundle/): the five filters from one image, selected by pluginName / root_id
+
+/// The Envoy gauge of live V8 VMs.
+const ACTIVE_VMS: &str = "wasm.envoy.wasm.runtime.v8.active";
+
+/// `gatewasm.wasm` packaged with the CLI as the image `gatewasm-bundle` (tag `t1`) in `out`:
+/// the image's manifest digest (hex) and what Istio's agent hands Envoy, `plugin.wasm` from its
+/// last layer, written to a file.
+fn bundle_image(out: &Path) -> (String, PathBuf) {
+    let module =
+        gatewasm_envoy::wasm_artifact("gatewasm.wasm", "gatewasm-bundle").unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = out.to_str().unwrap();
+    common::pack_ok(&[
+        "file",
+        module.to_str().unwrap(),
+        "--name",
+        "gatewasm-bundle",
+        "--wasm-opt",
+        "skip",
+        "--out",
+        dir,
+        "--tag",
+        "t1",
+    ]);
+    let (image, _) = gatewasm_pack::image::Image::read_layout(&out.join("gatewasm-bundle")).unwrap();
+    let entries = common::untar_gz(&image.layers.last().unwrap().data);
+    let plugin = &entries.iter().find(|e| e.0 == "plugin.wasm").unwrap().2;
+    assert!(*plugin == std::fs::read(&module).unwrap(), "plugin.wasm is the module");
+    let plugin_path = out.join("gatewasm-bundle.plugin.wasm");
+    std::fs::write(&plugin_path, plugin).unwrap();
+    (image.digest().strip_prefix("sha256:").unwrap().to_string(), plugin_path)
+}
+
+/// The filter folders whose filter the bundle holds (every one but the `hello` example).
+fn bundled_folders() -> Vec<(String, PathBuf)> {
+    let ids: Vec<&str> = gatewasm_envoy::BUNDLED.iter().map(|(_, id)| *id).collect();
+    let folders: Vec<_> = filters().into_iter().filter(|(name, _)| ids.contains(&name.as_str())).collect();
+    assert_eq!(folders.len(), ids.len(), "a folder for every filter of the bundle");
+    folders
+}
+
+#[test]
+fn every_filter_folder_runs_from_the_bundle_image_and_all_share_one_vm() {
+    let out = tempfile::tempdir().unwrap();
+    let (digest, plugin_path) = bundle_image(out.path());
+    let validator = Validator::new();
+    let mut chain = Vec::new();
+    let mut services = BTreeMap::new();
+    for (name, dir) in bundled_folders() {
+        // The one change a user makes: the bundle's image and digest; pluginName stays.
+        let mut wp = one_doc(&dir.join("wasmplugin.yaml"));
+        wp["spec"]["url"] = json!("oci://registry.test:5000/team/gatewasm-bundle:t1");
+        wp["spec"]["sha256"] = json!(digest);
+        assert_eq!(validator.errors(&wp), Vec::<String>::new(), "{name}");
+        let filter = wasmplugin_filter(&wp, json!({"local": {"filename": plugin_path}}));
+        let what = format!("{name}/wasmplugin.yaml with the bundle image");
+        let expect = expectations(&dir);
+        let own = start_services(&expect);
+        let upstream = EchoUpstream::start().unwrap();
+        let mut builder = EnvoyBuilder::new().raw_filter(filter.clone()).upstream(upstream.addr());
+        for (cname, service) in &own {
+            builder = builder.cluster(Cluster::new(cname, service.addr()));
+        }
+        let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        check_requests(&envoy, &expect, &what);
+        drop(envoy);
+        chain.push(filter);
+        services.extend(own);
+    }
+    // The five as Istio's agent hands them to Envoy (it strips the ISTIO_META_* variables istiod
+    // adds, such as each WasmPlugin's resource version): one module's VMs, the base VM, a clone
+    // on the main thread and one on each of 2 workers.
+    let gateway = |chain: &[Value]| {
+        let upstream = EchoUpstream::start().unwrap();
+        let mut builder = EnvoyBuilder::new().upstream(upstream.addr()).concurrency(2);
+        for filter in chain {
+            builder = builder.raw_filter(filter.clone());
+        }
+        for (cname, service) in &services {
+            builder = builder.cluster(Cluster::new(cname, service.addr()));
+        }
+        let envoy = builder.start().unwrap_or_else(|e| panic!("the five WasmPlugins of the bundle: {e:#}"));
+        envoy.get("/").unwrap();
+        (envoy.stat(ACTIVE_VMS).unwrap(), envoy.stop())
+    };
+    let (active, log) = gateway(&chain);
+    assert_eq!(active, Some(4), "{log}");
+    // Envoy 1.40 keeps VMs with different environments apart: a WasmPlugin whose vmConfig.env
+    // differs from the others' gets VMs of its own.
+    chain[0]["typed_config"]["config"]["vm_config"]["environment_variables"] =
+        json!({"key_values": {"REGION": "eu"}});
+    let (active, log) = gateway(&chain);
+    assert_eq!(active, Some(8), "{log}");
+}
+
+/// The fenced ```yaml blocks of a Markdown text.
+fn yaml_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match &mut current {
+            None if line.trim_start().starts_with("```yaml") => current = Some(String::new()),
+            None => {}
+            Some(_) if line.trim_start().starts_with("```") => blocks.extend(current.take()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_bundle_readme_forms_match_istio_crds_and_run() {
+    let text = std::fs::read_to_string(workspace_root().join("bundle").join("README.md")).unwrap();
+    let docs: Vec<Value> = yaml_blocks(&text)
+        .iter()
+        .flat_map(|b| yaml_docs_str(b).unwrap_or_else(|e| panic!("{e}\n{b}")))
+        .collect();
+    let ids: Vec<&str> = gatewasm_envoy::BUNDLED.iter().map(|(_, id)| *id).collect();
+    let validator = Validator::new();
+    let version = env!("CARGO_PKG_VERSION");
+    let out = tempfile::tempdir().unwrap();
+    let (_, plugin_path) = bundle_image(out.path());
+    let module = std::fs::read(&plugin_path).unwrap();
+    let (mut plugins, mut envoyfilters) = (0, 0);
+    for doc in &docs {
+        let name = str_at(doc, "/metadata/name");
+        assert_eq!(validator.errors(doc), Vec::<String>::new(), "bundle/README.md: {name}");
+        match str_at(doc, "/kind") {
+            "WasmPlugin" => {
+                plugins += 1;
+                assert_eq!(
+                    str_at(doc, "/spec/url"),
+                    format!("oci://{PLACEHOLDER_REGISTRY}/gatewasm-bundle:{version}"),
+                    "{name}"
+                );
+                assert_eq!(str_at(doc, "/spec/sha256"), PLACEHOLDER_DIGEST, "{name}: the marked placeholder");
+                let root_id = str_at(doc, "/spec/pluginName");
+                assert!(ids.contains(&root_id), "{name}: pluginName {root_id} is no root id of the bundle");
+                // As Istio's agent runs it: the bundle from the image as a local file.
+                let filter = wasmplugin_filter(doc, json!({"local": {"filename": plugin_path}}));
+                let upstream = EchoUpstream::start().unwrap();
+                let envoy = EnvoyBuilder::new()
+                    .raw_filter(filter)
+                    .upstream(upstream.addr())
+                    .start()
+                    .unwrap_or_else(|e| panic!("bundle/README.md {name}: {e:#}"));
+                let answer = envoy.send(&Request::get("/api/x")).unwrap();
+                assert!(
+                    answer.status == 200 && !envoy.log().contains("invalid plugin configuration"),
+                    "{name}"
+                );
+            }
+            _ => {
+                envoyfilters += 1;
+                let parts = envoyfilter_parts(doc, "bundle/README.md");
+                let config = parts.filter.pointer("/typed_config/config").unwrap();
+                assert!(ids.contains(&str_at(config, "/root_id")), "{name}: root_id");
+                assert!(str_at(config, "/vm_config/vm_id").starts_with("gatewasm-bundle-"), "{name}: vm_id");
+                let mut ef = doc.clone();
+                for patch in ef.pointer_mut("/spec/configPatches").and_then(Value::as_array_mut).unwrap() {
+                    if let Some(remote) =
+                        patch.pointer_mut("/patch/value/typed_config/config/vm_config/code/remote")
+                    {
+                        remote["sha256"] = json!(sha256_hex(&module));
+                    }
+                }
+                let expect: Expect = serde_json::from_value(json!({"requests": [{
+                    "request": {"path": "/api/x"}, "status": 200,
+                    "upstream": {"headers": {"x-gateway": "gatewasm"}}
+                }]}))
+                .unwrap();
+                run_envoyfilter(&ef, &module, &expect, &format!("bundle/README.md {name}"));
+            }
+        }
+    }
+    assert!(plugins >= 2 && envoyfilters >= 1, "{plugins} WasmPlugins, {envoyfilters} EnvoyFilters");
+}

@@ -48,6 +48,8 @@
 //! # fn main() {}
 //! ```
 
+#[cfg(feature = "bundle")]
+pub mod bundle;
 pub mod callout;
 pub mod config;
 mod context;

@@ -493,6 +493,8 @@ fn apply_upstream<'a>(
     Ok(())
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(ExtAuth);
 
 #[cfg(test)]

@@ -304,6 +304,8 @@ impl HttpFilter for Rewriter {
     }
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(HeaderRewrite);
 
 #[cfg(test)]

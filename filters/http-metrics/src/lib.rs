@@ -243,6 +243,8 @@ impl HttpFilter for Recorder {
     }
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(HttpMetrics);
 
 #[cfg(test)]

@@ -475,4 +475,6 @@ impl HttpFilter for JwtFilter {
     }
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(JwtAuth);

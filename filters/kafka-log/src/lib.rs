@@ -512,6 +512,8 @@ impl HttpFilter for LogStream {
     }
 }
 
+// The module's entry point; the gatewasm bundle links this crate without it.
+#[cfg(feature = "export")]
 gatewasm::export!(KafkaLog);
 
 #[cfg(test)]

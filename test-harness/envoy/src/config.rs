@@ -75,6 +75,9 @@ impl WasmFilter {
     }
 
     /// The HTTP filter entry (`{"name": "envoy.filters.http.wasm", "typed_config": ...}`).
+    ///
+    /// With `$GATEWASM_ENVOY_BUNDLE` set (see [`BUNDLE_VAR`]), a filter whose module is one of the
+    /// bundle's runs from the bundle module instead, under the filter's root id.
     pub fn to_json(&self) -> Value {
         let name = self.name.clone().unwrap_or_else(|| {
             self.path
@@ -82,9 +85,13 @@ impl WasmFilter {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "wasm".to_string())
         });
+        let (path, root_id) = match bundle_substitute(&self.path, &self.root_id) {
+            Some((bundle, root_id)) => (bundle, root_id),
+            None => (self.path.clone(), self.root_id.clone()),
+        };
         let mut vm_config = serde_json::Map::new();
         vm_config.insert("runtime".into(), json!("envoy.wasm.runtime.v8"));
-        vm_config.insert("code".into(), json!({ "local": { "filename": self.path.to_string_lossy() } }));
+        vm_config.insert("code".into(), json!({ "local": { "filename": path.to_string_lossy() } }));
         if let Some(vm_id) = &self.vm_id {
             vm_config.insert("vm_id".into(), json!(vm_id));
         }
@@ -97,13 +104,41 @@ impl WasmFilter {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
                     "name": name,
-                    "root_id": self.root_id,
+                    "root_id": root_id,
                     "configuration": string_value(&self.configuration),
                     "vm_config": vm_config,
                 }
             }
         })
     }
+}
+
+/// Environment variable that runs the filters' own Envoy tests against the bundle module: its
+/// path (relative to the workspace root), or `1` for `gatewasm.wasm` in the modules' directory.
+/// Every [`WasmFilter`] whose module is one of [`BUNDLED`] then loads the bundle with that
+/// filter's root id (unless the test set a root id of its own).
+pub const BUNDLE_VAR: &str = "GATEWASM_ENVOY_BUNDLE";
+
+/// The single-filter modules the bundle holds, with the root id that selects each in it.
+pub const BUNDLED: [(&str, &str); 5] = [
+    ("jwt_auth.wasm", "jwt-auth"),
+    ("ext_auth.wasm", "ext-auth"),
+    ("header_rewrite.wasm", "header-rewrite"),
+    ("http_metrics.wasm", "http-metrics"),
+    ("kafka_log.wasm", "kafka-log"),
+];
+
+fn bundle_substitute(path: &std::path::Path, root_id: &str) -> Option<(PathBuf, String)> {
+    let bundle = std::env::var_os(BUNDLE_VAR).filter(|v| !v.is_empty())?;
+    let file = path.file_name()?.to_str()?;
+    let (_, id) = BUNDLED.iter().find(|(f, _)| *f == file)?;
+    let bundle = if bundle == "1" {
+        gatewasm_paths::wasm_dir().join("gatewasm.wasm")
+    } else {
+        gatewasm_paths::workspace_root().join(bundle)
+    };
+    let root_id = if root_id.is_empty() { id.to_string() } else { root_id.to_string() };
+    Some((bundle, root_id))
 }
 
 fn string_value(value: &str) -> Value {

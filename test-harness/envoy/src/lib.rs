@@ -27,8 +27,8 @@ mod upstream;
 
 pub use client::{send, Echo, Request, Response};
 pub use config::{
-    duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, WasmFilter, HCM_STAT_PREFIX,
-    UPSTREAM_CLUSTER,
+    duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, WasmFilter, BUNDLED, BUNDLE_VAR,
+    HCM_STAT_PREFIX, UPSTREAM_CLUSTER,
 };
 pub use process::LocalProcess;
 pub use runner::{
