@@ -60,3 +60,27 @@ impl HttpFilter for Greeter {
 }
 
 gatewasm::export!(Hello);
+
+#[cfg(test)]
+mod tests {
+    use gatewasm::testing::{Action, Harness};
+
+    use super::Hello;
+
+    #[test]
+    fn greets_counts_and_blocks_on_the_fake_host() {
+        let Ok(gateway) = Harness::<Hello>::new(r#"{"greeting": "hi", "blocked_prefix": "/admin"}"#) else {
+            panic!("configuration refused");
+        };
+        let mut s = gateway.stream();
+        let request = [(":method", "GET"), (":path", "/x"), (":authority", "Shop.Example.com:8080")];
+        assert_eq!(s.request_headers(&request, true), Action::Continue);
+        assert_eq!(s.request_header("x-greeting").as_deref(), Some("hi shop.example.com"));
+        assert_eq!(gateway.host().counter("hello_requests_total;method=GET"), Some(1));
+
+        let mut s = gateway.stream();
+        assert_eq!(s.request_headers(&[(":method", "GET"), (":path", "/admin/x")], true), Action::Pause);
+        assert_eq!(s.reply().map(|r| r.status), Some(403));
+        assert!(Harness::<Hello>::new(r#"{"blocked_prefix": "admin"}"#).is_err());
+    }
+}

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context as _};
-use gatewasm_envoy::bench::{median, run_wrk, Row, Scenario, Skipped, WrkOptions, WrkResult, BARE};
+use gatewasm_envoy::bench::{
+    median, process_cpu, run_wrk, Row, Scenario, Skipped, WrkOptions, WrkResult, BARE,
+};
 use gatewasm_envoy::{envoy_binary, workspace_root, HCM_STAT_PREFIX};
 
 const USAGE: &str = "\
@@ -161,8 +163,16 @@ fn measure(
             }
             let counter = format!("http.{HCM_STAT_PREFIX}.downstream_rq_2xx");
             let before = envoy.stat(&counter)?.unwrap_or(0);
-            let result = run_wrk(&url, &wrk(options.duration))?;
+            let cpu_before = envoy.pid().and_then(process_cpu);
+            let mut result = run_wrk(&url, &wrk(options.duration))?;
+            let cpu_after = envoy.pid().and_then(process_cpu);
             let after = envoy.stat(&counter)?.unwrap_or(0);
+            let served = after.saturating_sub(before);
+            if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+                if served > 0 {
+                    result.envoy_cpu_us = Some(a.saturating_sub(b).as_secs_f64() * 1e6 / served as f64);
+                }
+            }
             if result.non_2xx != 0 {
                 bail!("{}: wrk saw {} non-2xx responses", row.label, result.non_2xx);
             }
@@ -178,13 +188,14 @@ fn measure(
                 eprintln!("warning: {}: {} socket errors", row.label, result.socket_errors);
             }
             eprintln!(
-                "[{}] round {round}/{} {:<28} {:>10.0} req/s  p50 {}  p99 {}  socket errors {}",
+                "[{}] round {round}/{} {:<28} {:>10.0} req/s  p50 {}  p99 {}  Envoy CPU {} µs/req  socket errors {}",
                 scenario.name,
                 options.rounds,
                 row.label,
                 result.rps,
                 result.p50.as_deref().unwrap_or("?"),
                 result.p99.as_deref().unwrap_or("?"),
+                result.envoy_cpu_us.map_or("?".to_string(), |c| format!("{c:.2}")),
                 result.socket_errors
             );
             row_results.push(result);
@@ -225,9 +236,9 @@ fn table(
     }
     let baseline_name = baseline.unwrap_or("baseline");
     out.push_str(&format!(
-        "| Configuration | req/s (median) | req/s range | p50 latency | added µs/req vs bare | × {baseline_name} (added cost) |\n"
+        "| Configuration | req/s (median) | req/s range | p50 latency | added µs/req vs bare | × {baseline_name} (added cost) | Envoy CPU µs/req (median) |\n"
     ));
-    out.push_str("|---|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     let mut notes = Vec::new();
     for ((row, runs), &rps) in rows.iter().zip(results).zip(&medians) {
         let min = runs.iter().map(|w| w.rps).fold(f64::INFINITY, f64::min);
@@ -247,17 +258,19 @@ fn table(
             }
             None => ("n/a".to_string(), "n/a".to_string()),
         };
+        let cpu: Vec<f64> = runs.iter().filter_map(|w| w.envoy_cpu_us).collect();
+        let cpu_cell = if cpu.is_empty() { "n/a".to_string() } else { format!("{:.2}", median(&cpu)) };
         let mut label = row.label.clone();
         if let Some(note) = &row.note {
             notes.push(note.clone());
             label.push_str(&format!(" [{}]", notes.len()));
         }
         out.push_str(&format!(
-            "| {label} | {rps:.0} | {min:.0}–{max:.0} | {p50} | {added_cell} | {ratio_cell} |\n"
+            "| {label} | {rps:.0} | {min:.0}–{max:.0} | {p50} | {added_cell} | {ratio_cell} | {cpu_cell} |\n"
         ));
     }
     for skip in skipped {
-        out.push_str(&format!("| {} | not run | | | | |\n", skip.label));
+        out.push_str(&format!("| {} | not run | | | | | |\n", skip.label));
         notes.push(format!("{} not run: {}", skip.label, skip.reason));
     }
     out.push('\n');
