@@ -24,10 +24,13 @@
 //! # }
 //! use gatewasm::testing::{Action, Harness};
 //!
-//! let gateway = Harness::<Greeting>::new("{}").unwrap();
+//! # fn main() -> Result<(), String> {
+//! let gateway = Harness::<Greeting>::new("{}")?;
 //! let mut stream = gateway.stream();
 //! assert_eq!(stream.request_headers(&[(":path", "/")], true), Action::Continue);
 //! assert_eq!(stream.request_header("x-hello").as_deref(), Some("world"));
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! The fake answers as Envoy does where a filter can tell (names are case-insensitive and kept
