@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context as _};
 
-use crate::{check_module, Filter};
+use crate::{check_module, Build, Filter};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -25,17 +25,41 @@ pub fn module_path(filter: &Filter) -> PathBuf {
     gatewasm_paths::release_wasm_dir().join(filter.module)
 }
 
-/// `cargo build --release --target wasm32-wasip1 -p <filter>...` in the workspace.
+/// Builds `filters` (release, `wasm32-wasip1`): every [`Build::Shared`] one in one cargo
+/// invocation, then each [`Build::Alone`] one in an invocation of its own ([`build_args`]).
 pub fn cargo_build(filters: &[Filter]) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args(["build", "--release", "--target", "wasm32-wasip1"]);
-    for f in filters {
-        cmd.args(["-p", f.name]);
+    let shared: Vec<&str> = filters.iter().filter(|f| f.build == Build::Shared).map(|f| f.name).collect();
+    if !shared.is_empty() {
+        run_cargo(&build_args(&shared))?;
     }
-    let status = cmd.status().context("running cargo build")?;
+    for f in filters.iter().filter(|f| f.build == Build::Alone) {
+        run_cargo(&build_args(&[f.name]))?;
+    }
+    Ok(())
+}
+
+/// The arguments of the `cargo` invocation that builds `packages`:
+/// `build --release --target wasm32-wasip1 -p <package>...`. The one place packaging spells a
+/// module build, the bundle's included.
+pub fn build_args(packages: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["build", "--release", "--target", "wasm32-wasip1"].map(String::from).to_vec();
+    for p in packages {
+        args.push("-p".into());
+        args.push((*p).to_owned());
+    }
+    args
+}
+
+fn run_cargo(args: &[String]) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(args)
+        .status()
+        .context("running cargo build")?;
     if !status.success() {
-        bail!("cargo build --release --target wasm32-wasip1 failed ({status})");
+        bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
 }
@@ -144,6 +168,16 @@ mod tests {
         assert!(err.contains("--wasm-opt \"yes\""), "{err}");
         let err = optimize(b"\0asm\x01\0\0\0", WasmOpt::Skip, "-O9", Path::new("/nonexistent")).unwrap_err();
         assert!(err.to_string().contains("--opt-level \"-O9\""), "{err}");
+    }
+
+    #[test]
+    fn the_bundle_builds_in_a_cargo_invocation_of_its_own() {
+        assert_eq!(
+            build_args(&["jwt-auth", "hello"]).join(" "),
+            "build --release --target wasm32-wasip1 -p jwt-auth -p hello"
+        );
+        let shared: Vec<_> = crate::SHIPPED.iter().filter(|f| f.build == Build::Shared).collect();
+        assert!(shared.iter().all(|f| f.name != crate::BUNDLE), "{shared:?}");
     }
 
     #[test]

@@ -12,26 +12,44 @@ pub mod registry;
 
 use sha2::{Digest as _, Sha256};
 
-/// A filter the project ships as an image.
+/// A module the project ships as an image: a filter, or the bundle of filters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
     /// Cargo package name, also the image name (`<registry>/<name>:<tag>`).
     pub name: &'static str,
     /// File name of the compiled module in `target/wasm32-wasip1/release/`.
     pub module: &'static str,
+    /// How cargo builds it: with the others, or in an invocation of its own.
+    pub build: Build,
 }
 
-/// Every filter that ships as an image: the production filters and the `hello` example.
-/// This is the one list; `./scripts/package` and the tests read it through this crate
-/// (`gatewasm-pack list` prints it).
+/// How a shipped module is built (see [`compile::cargo_build`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// In one `cargo build` with every other `Shared` module.
+    Shared,
+    /// In a `cargo build` of its own. The bundle links the filters with their `export` feature
+    /// off; built together with a filter, cargo's feature unification would turn it back on and
+    /// five module entry points would not link (bundle/Cargo.toml).
+    Alone,
+}
+
+/// Every module that ships as an image: the production filters, the `hello` example and the
+/// bundle of the five filters (`gatewasm-bundle`, module `gatewasm.wasm`). This is the one list;
+/// `./scripts/package` and the tests read it through this crate (`gatewasm-pack list` prints it).
 pub const SHIPPED: &[Filter] = &[
-    Filter { name: "header-rewrite", module: "header_rewrite.wasm" },
-    Filter { name: "jwt-auth", module: "jwt_auth.wasm" },
-    Filter { name: "http-metrics", module: "http_metrics.wasm" },
-    Filter { name: "ext-auth", module: "ext_auth.wasm" },
-    Filter { name: "kafka-log", module: "kafka_log.wasm" },
-    Filter { name: "hello", module: "hello.wasm" },
+    Filter { name: "header-rewrite", module: "header_rewrite.wasm", build: Build::Shared },
+    Filter { name: "jwt-auth", module: "jwt_auth.wasm", build: Build::Shared },
+    Filter { name: "http-metrics", module: "http_metrics.wasm", build: Build::Shared },
+    Filter { name: "ext-auth", module: "ext_auth.wasm", build: Build::Shared },
+    Filter { name: "kafka-log", module: "kafka_log.wasm", build: Build::Shared },
+    Filter { name: "hello", module: "hello.wasm", build: Build::Shared },
+    Filter { name: BUNDLE, module: "gatewasm.wasm", build: Build::Alone },
 ];
+
+/// The bundle's package and image name: the five filters in one module, each chosen by its
+/// root id (Istio: `pluginName`), so filters configured from it share one VM per worker.
+pub const BUNDLE: &str = "gatewasm-bundle";
 
 /// Finds a shipped filter by name.
 pub fn shipped(name: &str) -> Option<Filter> {
@@ -96,5 +114,8 @@ mod tests {
     fn shipped_list() {
         assert_eq!(shipped("hello").map(|f| f.module), Some("hello.wasm"));
         assert!(shipped("noop-filter").is_none(), "test modules do not ship");
+        let bundle = shipped(BUNDLE).map(|f| (f.module, f.build));
+        assert_eq!(bundle, Some(("gatewasm.wasm", Build::Alone)), "the bundle ships, built on its own");
+        assert!(SHIPPED.iter().filter(|f| f.build == Build::Alone).all(|f| f.name == BUNDLE));
     }
 }

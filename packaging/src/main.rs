@@ -9,7 +9,7 @@ use gatewasm_pack::compile::{self, WasmOpt, DEFAULT_OPT_LEVEL};
 use gatewasm_pack::image::{Format, Image, MODULE_SHA256_ANNOTATION};
 use gatewasm_pack::manifests;
 use gatewasm_pack::registry::{self, Credentials, Target, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
-use gatewasm_pack::{check_module, sha256_hex, shipped, Filter, SHIPPED};
+use gatewasm_pack::{check_module, sha256_hex, shipped, Filter, BUNDLE, SHIPPED};
 
 const USAGE: &str = "\
 gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push them.
@@ -17,8 +17,9 @@ gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push th
 USAGE:
   gatewasm-pack [package] [--filter NAME]... [--format image|artifact] [--wasm-opt auto|require|skip]
                 [--opt-level -Oz|-O3|...] [--out DIR] [--tag TAG] [--no-build]
-      Build the shipped filters (cargo, release, wasm32-wasip1), optionally run wasm-opt, and write
-      each as an OCI image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm.
+      Build the shipped filters and the bundle gatewasm-bundle (cargo, release, wasm32-wasip1; the
+      bundle in a cargo invocation of its own), optionally run wasm-opt, and write each as an OCI
+      image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm.
   gatewasm-pack file MODULE.wasm --name NAME [--format ..] [--wasm-opt ..] [--opt-level ..] [--out DIR] [--tag TAG]
       Package one module file the same way (as DIR/NAME/).
   gatewasm-pack push --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR] [--tag TAG]
@@ -29,7 +30,7 @@ USAGE:
       the digests of the layouts DIR/<filter>/ (WasmPlugin sha256: the manifest digest; EnvoyFilter
       sha256: the module's sha256).
   gatewasm-pack list
-      Print the shipped filters.
+      Print the shipped filters and the bundle (image name, module file).
 
 DEFAULTS: every shipped filter, --format image, --wasm-opt auto (runs when `wasm-opt` is on PATH),
 --opt-level -Oz, --out <target>/oci, --tag <the workspace version>.
@@ -271,6 +272,12 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
         println!("  WasmPlugin       url: oci://{registry}/{}:{tag}", f.name);
         println!("                   sha256: {}  (manifest digest)", r.manifest_digest);
         println!("  EnvoyFilter      sha256: {module_sha256}  (module)");
+        if f.name == BUNDLE {
+            println!(
+                "                   vm_id: {BUNDLE}-{}  (the same in the five)",
+                manifests::vm_id_suffix(module_sha256)
+            );
+        }
         rendered.push(f.name);
     }
     let server = source.join("module-server");
@@ -284,13 +291,17 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
         "# kubectl apply -k: every rendered filter as a WasmPlugin (written by gatewasm-pack manifests).\n\
          apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
     );
-    for name in rendered {
+    // The bundle's WasmPlugins carry the single filters' names (applying them replaces those
+    // filters' own), so one kustomization cannot hold both; `kubectl apply -k <dir>/gatewasm-bundle`
+    // applies it instead.
+    for name in rendered.into_iter().filter(|n| *n != BUNDLE) {
         kustomization.push_str(&format!("- {name}\n"));
     }
     std::fs::write(dest.join("kustomization.yaml"), kustomization)
         .with_context(|| format!("writing {}", dest.join("kustomization.yaml").display()))?;
     println!(
-        "apply: kubectl apply -k {}/<filter>   (or -f {}/<filter>/envoyfilter.yaml)",
+        "apply: kubectl apply -k {}/<filter>   (or -f {}/<filter>/envoyfilter.yaml; the five filters from \
+         one module: {BUNDLE} instead of their folders)",
         dest.display(),
         dest.display()
     );

@@ -26,6 +26,19 @@ pub const MANIFEST_DIGEST_MARK: &str = "# gatewasm:manifest-digest";
 /// Marks the line holding an `EnvoyFilter`'s `remote.sha256` (the module's sha256).
 pub const MODULE_SHA256_MARK: &str = "# gatewasm:module-sha256";
 
+/// Marks the line holding an `EnvoyFilter`'s `vm_id` that names one build of a module:
+/// [`PLACEHOLDER_VM_ID`] there becomes the first 16 hex digits of the module's sha256. The
+/// bundle's five EnvoyFilters share it, so they share a VM, and a new build gets a VM of its own.
+pub const MODULE_VM_ID_MARK: &str = "# gatewasm:module-vm-id";
+
+/// The placeholder on a [`MODULE_VM_ID_MARK`] line: 16 zeros.
+pub const PLACEHOLDER_VM_ID: &str = "0000000000000000";
+
+/// The part of a module's sha256 a [`MODULE_VM_ID_MARK`] line takes: its first 16 hex digits.
+pub fn vm_id_suffix(module_sha256: &str) -> &str {
+    module_sha256.get(..PLACEHOLDER_VM_ID.len()).unwrap_or(module_sha256)
+}
+
 /// The files every filter folder holds.
 pub const FILTER_FILES: &[&str] =
     &["wasmplugin.yaml", "envoyfilter.yaml", "kustomization.yaml", "expect.yaml"];
@@ -83,18 +96,24 @@ pub fn render(
             continue;
         }
         let value = if line.contains(MANIFEST_DIGEST_MARK) {
-            Some(r.manifest_digest)
+            Some((PLACEHOLDER_DIGEST, r.manifest_digest))
         } else if line.contains(MODULE_SHA256_MARK) {
-            Some(r.module_sha256)
+            Some((PLACEHOLDER_DIGEST, r.module_sha256))
+        } else if line.contains(MODULE_VM_ID_MARK) {
+            Some((PLACEHOLDER_VM_ID, vm_id_suffix(r.module_sha256)))
         } else {
             None
         };
         match value {
-            Some(value) => {
-                if !line.contains(PLACEHOLDER_DIGEST) {
-                    bail!("line {}: a marked line without the placeholder digest: {}", n + 1, line.trim());
+            Some((placeholder, value)) => {
+                if !line.contains(placeholder) {
+                    bail!(
+                        "line {}: a marked line without its placeholder {placeholder}: {}",
+                        n + 1,
+                        line.trim()
+                    );
                 }
-                out.push_str(&line.replacen(PLACEHOLDER_DIGEST, value, 1));
+                out.push_str(&line.replacen(placeholder, value, 1));
             }
             None => out.push_str(&line.replace(&committed_url, &url)),
         }
@@ -125,6 +144,19 @@ mod tests {
             ),
             "unmarked lines keep their digits"
         );
+    }
+
+    #[test]
+    fn a_vm_id_takes_the_first_16_digits_of_the_module_sha256() {
+        let r = Rendering { module_sha256: "0123456789abcdef0123", ..R };
+        let text =
+            format!("# c\nvm_id: b-{PLACEHOLDER_VM_ID}  {MODULE_VM_ID_MARK}\nvm_id: b-{PLACEHOLDER_VM_ID}\n");
+        assert_eq!(
+            render(&text, "f", "0.1.0", &r, "").unwrap_or_default(),
+            format!("vm_id: b-0123456789abcdef  {MODULE_VM_ID_MARK}\nvm_id: b-{PLACEHOLDER_VM_ID}\n")
+        );
+        let err = render(&format!("vm_id: b  {MODULE_VM_ID_MARK}\n"), "f", "0.1.0", &r, "").unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
     }
 
     #[test]

@@ -15,10 +15,10 @@ use std::process::Command;
 use gatewasm_envoy::{Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, ScriptedUpstream};
 use gatewasm_pack::compile::workspace_root;
 use gatewasm_pack::manifests::{
-    filter_dirs, FILTER_FILES, MANIFESTS_DIR, MANIFEST_DIGEST_MARK, MODULE_SHA256_MARK, PLACEHOLDER_DIGEST,
-    PLACEHOLDER_REGISTRY,
+    filter_dirs, vm_id_suffix, FILTER_FILES, MANIFESTS_DIR, MANIFEST_DIGEST_MARK, MODULE_SHA256_MARK,
+    MODULE_VM_ID_MARK, PLACEHOLDER_DIGEST, PLACEHOLDER_REGISTRY, PLACEHOLDER_VM_ID,
 };
-use gatewasm_pack::{sha256_hex, SHIPPED};
+use gatewasm_pack::{sha256_hex, shipped, BUNDLE, SHIPPED};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -85,10 +85,68 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn module_bytes(filter: &str) -> Vec<u8> {
-    let file = format!("{}.wasm", filter.replace('-', "_"));
-    let path = gatewasm_envoy::wasm_artifact(&file, filter).unwrap_or_else(|e| panic!("{e:#}"));
+/// The built module of a folder's image (`gatewasm.wasm` for the bundle's folder).
+fn module_bytes(folder: &str) -> Vec<u8> {
+    let shipped = shipped(folder).unwrap_or_else(|| panic!("{folder}: not in gatewasm_pack::SHIPPED"));
+    let path = gatewasm_envoy::wasm_artifact(shipped.module, folder).unwrap_or_else(|e| panic!("{e:#}"));
     std::fs::read(path).unwrap()
+}
+
+/// A folder's WasmPlugins: one in a filter's folder, the five filters' in the bundle's.
+fn wasmplugins(dir: &Path) -> Vec<Value> {
+    let docs = yaml_docs(&dir.join("wasmplugin.yaml"));
+    assert!(!docs.is_empty() && docs.iter().all(|d| d["kind"] == "WasmPlugin"), "{}", dir.display());
+    docs
+}
+
+/// The folder whose `expect.yaml` a WasmPlugin or EnvoyFilter of root id `root_id` answers to
+/// when it runs alone: its filter's folder (for a filter's own folder, that folder).
+fn own_folder(root_id: &str) -> PathBuf {
+    manifests_dir().join(root_id)
+}
+
+/// A folder's `envoyfilter.yaml`: each EnvoyFilter with the HTTP filter it inserts, and the
+/// clusters of every CLUSTER patch in the file (the bundle's module cluster is in an
+/// EnvoyFilter of its own, shared by its five).
+struct EnvoyFilterFile {
+    filters: Vec<(Value, Value)>,
+    clusters: Vec<Value>,
+}
+
+fn envoyfilter_file(dir: &Path, what: &str) -> EnvoyFilterFile {
+    let mut file = EnvoyFilterFile { filters: Vec::new(), clusters: Vec::new() };
+    for doc in yaml_docs(&dir.join("envoyfilter.yaml")) {
+        let parts = patches(&doc, what);
+        assert!(parts.filters.len() <= 1, "{what}: at most one HTTP_FILTER patch per EnvoyFilter");
+        file.clusters.extend(parts.clusters);
+        file.filters.extend(parts.filters.into_iter().map(|f| (doc.clone(), f)));
+    }
+    assert!(!file.filters.is_empty(), "{what}: no HTTP_FILTER patch");
+    file
+}
+
+/// The EnvoyFilter file with `sha256` as every module's sha256 (what `manifests` writes).
+fn with_module_sha256(mut file: EnvoyFilterFile, sha256: &str) -> EnvoyFilterFile {
+    for (_, filter) in &mut file.filters {
+        if let Some(remote) = filter.pointer_mut("/typed_config/config/vm_config/code/remote") {
+            remote["sha256"] = json!(sha256);
+        }
+    }
+    file
+}
+
+/// Where a WasmPlugin's filter runs in Istio's chain: by phase (`listener_builder.go`), then
+/// higher priority first; the sort is stable, so ties keep the file's order.
+fn istio_order(mut plugins: Vec<Value>) -> Vec<Value> {
+    let phase = |d: &Value| match d.pointer("/spec/phase").and_then(Value::as_str) {
+        Some("AUTHN") => 0,
+        Some("AUTHZ") => 1,
+        Some("STATS") => 2,
+        _ => 3,
+    };
+    let priority = |d: &Value| -d.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(i64::MIN + 1);
+    plugins.sort_by_key(|d| (phase(d), priority(d)));
+    plugins
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -397,6 +455,18 @@ struct EnvoyFilterParts {
 }
 
 fn envoyfilter_parts(doc: &Value, what: &str) -> EnvoyFilterParts {
+    let parts = patches(doc, what);
+    assert_eq!(parts.filters.len(), 1, "{what}: one HTTP_FILTER patch");
+    EnvoyFilterParts { filter: parts.filters.into_iter().next().unwrap(), clusters: parts.clusters }
+}
+
+/// The HTTP filters and the clusters an EnvoyFilter's patches add.
+struct Patches {
+    filters: Vec<Value>,
+    clusters: Vec<Value>,
+}
+
+fn patches(doc: &Value, what: &str) -> Patches {
     let patches = doc.pointer("/spec/configPatches").and_then(Value::as_array).unwrap();
     let mut filters = Vec::new();
     let mut clusters = Vec::new();
@@ -425,24 +495,45 @@ fn envoyfilter_parts(doc: &Value, what: &str) -> EnvoyFilterParts {
             other => panic!("{what}: unexpected patch applyTo {other:?}"),
         }
     }
-    assert_eq!(filters.len(), 1, "{what}: one HTTP_FILTER patch");
-    EnvoyFilterParts { filter: filters.remove(0), clusters }
+    Patches { filters, clusters }
+}
+
+/// A committed WasmPlugin names the image `./scripts/package` builds, at the placeholder registry,
+/// tagged with the workspace version, and the placeholder digest.
+fn assert_committed_image(wp: &Value, image: &str, what: &str) {
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(str_at(wp, "/spec/url"), format!("oci://{PLACEHOLDER_REGISTRY}/{image}:{version}"), "{what}");
+    assert_eq!(str_at(wp, "/spec/sha256"), PLACEHOLDER_DIGEST, "{what}: the marked placeholder");
+}
+
+/// The HTTP filters of an EnvoyFilter file in the order Envoy runs them: lower `spec.priority`
+/// first (applied first), ties in the file's order.
+fn envoyfilter_order(file: &EnvoyFilterFile) -> Vec<Value> {
+    let mut ordered: Vec<(i64, Value)> = file
+        .filters
+        .iter()
+        .map(|(ef, f)| (ef.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0), f.clone()))
+        .collect();
+    ordered.sort_by_key(|(priority, _)| *priority);
+    ordered.into_iter().map(|(_, f)| f).collect()
+}
+
+/// The lines of `text` holding `mark`: `count` of them, each holding `placeholder`.
+fn assert_marked(text: &str, mark: &str, placeholder: &str, count: usize, what: &str) {
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(mark)).collect();
+    assert_eq!(lines.len(), count, "{what}: {count} lines marked {mark}");
+    for line in lines {
+        assert!(line.contains(placeholder), "{what}: the marked line holds the placeholder: {line}");
+    }
 }
 
 /// The line of `text` holding `mark`; it must hold the placeholder digest.
 fn assert_marked_placeholder(text: &str, mark: &str, what: &str) {
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains(mark)).collect();
-    assert_eq!(lines.len(), 1, "{what}: one line marked {mark}");
-    assert!(
-        lines[0].contains(PLACEHOLDER_DIGEST),
-        "{what}: the marked line holds the placeholder: {}",
-        lines[0]
-    );
+    assert_marked(text, mark, PLACEHOLDER_DIGEST, 1, what);
 }
 
 #[test]
 fn every_filter_folder_follows_the_convention() {
-    let version = env!("CARGO_PKG_VERSION");
     let top = one_doc(&manifests_dir().join("kustomization.yaml"));
     let server = yaml_docs(&manifests_dir().join("module-server").join("module-server.yaml"));
     let served: Vec<String> = server
@@ -459,102 +550,145 @@ fn every_filter_folder_follows_the_convention() {
         }
         let wp_text = std::fs::read_to_string(dir.join("wasmplugin.yaml")).unwrap();
         let ef_text = std::fs::read_to_string(dir.join("envoyfilter.yaml")).unwrap();
-        let wp = one_doc(&dir.join("wasmplugin.yaml"));
-        let ef = one_doc(&dir.join("envoyfilter.yaml"));
-        let what = format!("{name}/wasmplugin.yaml");
+        let plugins = wasmplugins(&dir);
+        let ef_file = envoyfilter_file(&dir, &format!("{name}/envoyfilter.yaml"));
+        let bundle = name == BUNDLE;
+        let root_ids: Vec<&str> = plugins.iter().map(|wp| str_at(wp, "/spec/pluginName")).collect();
+        if bundle {
+            // The bundle's folder: the five filters of the module, each once, from one image.
+            let mut ids = root_ids.clone();
+            ids.sort_unstable();
+            let mut bundled: Vec<&str> = gatewasm_envoy::BUNDLED.iter().map(|(_, id)| *id).collect();
+            bundled.sort_unstable();
+            assert_eq!(ids, bundled, "{name}/wasmplugin.yaml: one WasmPlugin per filter of the bundle");
+            assert_eq!(
+                plugins,
+                istio_order(plugins.clone()),
+                "{name}/wasmplugin.yaml: in the order Istio runs them"
+            );
+        } else {
+            assert_eq!(
+                root_ids,
+                [name.as_str()],
+                "{name}/wasmplugin.yaml: one WasmPlugin, pluginName = folder"
+            );
+        }
+        assert_marked(&wp_text, MANIFEST_DIGEST_MARK, PLACEHOLDER_DIGEST, plugins.len(), &name);
+        assert_marked(&ef_text, MODULE_SHA256_MARK, PLACEHOLDER_DIGEST, plugins.len(), &name);
+        assert_eq!(ef_file.filters.len(), plugins.len(), "{name}: one EnvoyFilter per WasmPlugin");
 
-        // WasmPlugin
-        assert_eq!(wp["kind"], "WasmPlugin", "{what}");
-        assert_eq!(str_at(&wp, "/metadata/name"), name, "{what}: named after its folder");
-        assert_eq!(
-            wp.pointer("/spec/selector/matchLabels"),
-            Some(&json!({"istio": "ingressgateway"})),
-            "{what}"
-        );
-        assert_eq!(
-            str_at(&wp, "/spec/url"),
-            format!("oci://{PLACEHOLDER_REGISTRY}/{name}:{version}"),
-            "{what}: the image ./scripts/package builds, tagged with the workspace version"
-        );
-        assert_eq!(str_at(&wp, "/spec/sha256"), PLACEHOLDER_DIGEST, "{what}");
-        assert_marked_placeholder(&wp_text, MANIFEST_DIGEST_MARK, &what);
-        assert_eq!(str_at(&wp, "/spec/pluginName"), name, "{what}");
-        let phase = str_at(&wp, "/spec/phase");
-        let fail_strategy = str_at(&wp, "/spec/failStrategy");
-        assert_eq!(
-            fail_strategy,
-            expected_fail_strategy(phase),
-            "{what}: phase {phase} fails {}",
-            if expected_fail_strategy(phase) == "FAIL_OPEN" { "open" } else { "closed" }
-        );
-        assert!(wp.pointer("/spec/imagePullPolicy").is_some(), "{what}: imagePullPolicy chosen");
-        assert!(
-            wp.pointer("/spec/pluginConfig").is_some_and(Value::is_object),
-            "{what}: an example pluginConfig"
-        );
+        for (wp, (ef, filter)) in plugins.iter().zip(&ef_file.filters) {
+            let root_id = str_at(wp, "/spec/pluginName");
+            let what = format!("{name}/wasmplugin.yaml ({root_id})");
 
-        // EnvoyFilter: the same filter, config and failure policy.
-        let what = format!("{name}/envoyfilter.yaml");
-        assert_eq!(ef["kind"], "EnvoyFilter", "{what}");
-        assert_eq!(ef["metadata"], wp["metadata"], "{what}: same name and namespace as the WasmPlugin");
-        assert_eq!(
-            ef.pointer("/spec/workloadSelector/labels"),
-            wp.pointer("/spec/selector/matchLabels"),
-            "{what}"
-        );
-        assert_eq!(
-            ef.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0),
-            envoyfilter_priority(phase),
-            "{what}: the priority of phase {phase}"
-        );
-        let parts = envoyfilter_parts(&ef, &what);
-        assert_eq!(parts.filter.pointer("/typed_config/@type"), Some(&json!(WASM_TYPE)), "{what}");
-        let config = parts.filter.pointer("/typed_config/config").unwrap();
-        let namespace = str_at(&wp, "/metadata/namespace");
-        assert_eq!(config["name"], format!("{namespace}.{name}"), "{what}: named as a WasmPlugin's is");
-        assert_eq!(config["root_id"], wp["spec"]["pluginName"], "{what}: root_id = pluginName");
-        assert_eq!(
-            config["failure_policy"],
-            failure_policy(fail_strategy),
-            "{what}: failStrategy {fail_strategy}"
-        );
-        assert_eq!(config.pointer("/configuration/@type"), Some(&json!(STRING_VALUE_TYPE)), "{what}");
-        let configuration: Value = serde_json::from_str(str_at(config, "/configuration/value")).unwrap();
-        assert_eq!(
-            configuration, wp["spec"]["pluginConfig"],
-            "{what}: configuration = the WasmPlugin's pluginConfig"
-        );
-        assert_eq!(config.pointer("/vm_config/runtime"), Some(&json!("envoy.wasm.runtime.v8")), "{what}");
-        let remote =
-            config.pointer("/vm_config/code/remote").unwrap_or_else(|| panic!("{what}: code.remote"));
-        assert_eq!(str_at(remote, "/sha256"), PLACEHOLDER_DIGEST, "{what}");
-        assert_marked_placeholder(&ef_text, MODULE_SHA256_MARK, &what);
-        assert!(
-            str_at(remote, "/http_uri/uri").ends_with(&format!("/{name}.wasm")),
-            "{what}: the module's URL"
-        );
-        assert!(remote.pointer("/http_uri/timeout").is_some(), "{what}: a fetch timeout");
-        let cluster = str_at(remote, "/http_uri/cluster");
-        assert!(
-            parts.clusters.iter().any(|c| c["name"] == cluster) || cluster.starts_with("outbound|"),
-            "{what}: the module cluster {cluster} is added by a CLUSTER patch or is Istio's own (outbound|port||host)"
-        );
+            // WasmPlugin
+            assert_eq!(str_at(wp, "/metadata/name"), root_id, "{what}: named after its filter");
+            assert_eq!(
+                wp.pointer("/spec/selector/matchLabels"),
+                Some(&json!({"istio": "ingressgateway"})),
+                "{what}"
+            );
+            assert_committed_image(wp, &name, &what);
+            let phase = str_at(wp, "/spec/phase");
+            let fail_strategy = str_at(wp, "/spec/failStrategy");
+            assert_eq!(
+                fail_strategy,
+                expected_fail_strategy(phase),
+                "{what}: phase {phase} fails {}",
+                if expected_fail_strategy(phase) == "FAIL_OPEN" { "open" } else { "closed" }
+            );
+            assert!(wp.pointer("/spec/imagePullPolicy").is_some(), "{what}: imagePullPolicy chosen");
+            assert!(
+                wp.pointer("/spec/pluginConfig").is_some_and(Value::is_object),
+                "{what}: an example pluginConfig"
+            );
+            if bundle {
+                // Everything but the image is the filter's own WasmPlugin.
+                let mut own = one_doc(&own_folder(root_id).join("wasmplugin.yaml"));
+                own["spec"]["url"] = wp["spec"]["url"].clone();
+                assert_eq!(wp, &own, "{what}: the filter folder's WasmPlugin with the bundle's image");
+            }
+
+            // EnvoyFilter: the same filter, config and failure policy.
+            let what = format!("{name}/envoyfilter.yaml ({root_id})");
+            assert_eq!(ef["kind"], "EnvoyFilter", "{what}");
+            assert_eq!(ef["metadata"], wp["metadata"], "{what}: same name and namespace as the WasmPlugin");
+            assert_eq!(
+                ef.pointer("/spec/workloadSelector/labels"),
+                wp.pointer("/spec/selector/matchLabels"),
+                "{what}"
+            );
+            assert_eq!(
+                ef.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0),
+                envoyfilter_priority(phase),
+                "{what}: the priority of phase {phase}"
+            );
+            assert_eq!(filter.pointer("/typed_config/@type"), Some(&json!(WASM_TYPE)), "{what}");
+            let config = filter.pointer("/typed_config/config").unwrap();
+            let namespace = str_at(wp, "/metadata/namespace");
+            assert_eq!(
+                config["name"],
+                format!("{namespace}.{root_id}"),
+                "{what}: named as a WasmPlugin's is"
+            );
+            assert_eq!(config["root_id"], wp["spec"]["pluginName"], "{what}: root_id = pluginName");
+            assert_eq!(
+                config["failure_policy"],
+                failure_policy(fail_strategy),
+                "{what}: failStrategy {fail_strategy}"
+            );
+            assert_eq!(config.pointer("/configuration/@type"), Some(&json!(STRING_VALUE_TYPE)), "{what}");
+            let configuration: Value = serde_json::from_str(str_at(config, "/configuration/value")).unwrap();
+            assert_eq!(
+                configuration, wp["spec"]["pluginConfig"],
+                "{what}: configuration = the WasmPlugin's pluginConfig"
+            );
+            assert_eq!(config.pointer("/vm_config/runtime"), Some(&json!("envoy.wasm.runtime.v8")), "{what}");
+            let remote =
+                config.pointer("/vm_config/code/remote").unwrap_or_else(|| panic!("{what}: code.remote"));
+            assert_eq!(str_at(remote, "/sha256"), PLACEHOLDER_DIGEST, "{what}");
+            assert!(
+                str_at(remote, "/http_uri/uri").ends_with(&format!("/{name}.wasm")),
+                "{what}: the module's URL"
+            );
+            assert!(remote.pointer("/http_uri/timeout").is_some(), "{what}: a fetch timeout");
+            let cluster = str_at(remote, "/http_uri/cluster");
+            assert!(
+                ef_file.clusters.iter().any(|c| c["name"] == cluster) || cluster.starts_with("outbound|"),
+                "{what}: the module cluster {cluster} is added by a CLUSTER patch or is Istio's own (outbound|port||host)"
+            );
+        }
+        if bundle {
+            // One VM for the five: the same vm_id (naming the build, rendered from the module's
+            // sha256), runtime and code in every filter.
+            assert_marked(&ef_text, MODULE_VM_ID_MARK, PLACEHOLDER_VM_ID, plugins.len(), &name);
+            let vm_configs: Vec<&Value> = ef_file
+                .filters
+                .iter()
+                .map(|(_, f)| f.pointer("/typed_config/config/vm_config").unwrap())
+                .collect();
+            assert!(vm_configs.iter().all(|vm| *vm == vm_configs[0]), "{name}: one vm_config for the five");
+            assert_eq!(str_at(vm_configs[0], "/vm_id"), format!("{BUNDLE}-{PLACEHOLDER_VM_ID}"), "{name}");
+            assert_eq!(ef_file.clusters.len(), 1, "{name}: the module cluster, once");
+        }
         assert!(
             served.contains(&format!("gatewasm-module-{name}")),
             "{name}: module-server serves gatewasm-module-{name}"
         );
 
-        // kustomize: the folder applies the WasmPlugin; the top level applies every folder.
+        // kustomize: the folder applies its WasmPlugins; the top level applies every filter's
+        // folder, and not the bundle's, whose WasmPlugins carry the same names.
         let k = one_doc(&dir.join("kustomization.yaml"));
         assert_eq!(k["kind"], "Kustomization");
         assert_eq!(
             k["resources"],
             json!(["wasmplugin.yaml"]),
-            "{name}/kustomization.yaml: the WasmPlugin only"
+            "{name}/kustomization.yaml: the WasmPlugins only"
         );
-        assert!(
+        assert_eq!(
             top["resources"].as_array().unwrap().contains(&json!(name)),
-            "kustomization.yaml lists {name}"
+            !bundle,
+            "kustomization.yaml lists every filter folder but the bundle's ({name})"
         );
     }
     // Every resource a kustomization names exists (a file, or a folder with a kustomization).
@@ -742,14 +876,30 @@ fn wasmplugin_filter(doc: &Value, code: Value) -> Value {
 /// module server, the others at `expect.services`.
 fn run_envoyfilter(ef: &Value, module: &[u8], expect: &Expect, what: &str) {
     let parts = envoyfilter_parts(ef, what);
-    let remote = parts.filter.pointer("/typed_config/config/vm_config/code/remote").unwrap();
+    run_envoyfilters(&[parts.filter], &parts.clusters, module, expect, what);
+}
+
+/// [`run_envoyfilter`] for several filters of one module in one Envoy, in the order given, with
+/// the clusters of their EnvoyFilters; the module is served at the first filter's `http_uri`.
+/// Returns the Envoy.
+fn run_envoyfilters(
+    filters: &[Value],
+    clusters: &[Value],
+    module: &[u8],
+    expect: &Expect,
+    what: &str,
+) -> Envoy {
+    let remote = filters[0].pointer("/typed_config/config/vm_config/code/remote").unwrap();
     let uri = str_at(remote, "/http_uri/uri");
     let module_cluster = str_at(remote, "/http_uri/cluster");
     let (server, module_path) = module_server(uri, module);
     let services = start_services(expect);
     let upstream = EchoUpstream::start().unwrap();
-    let mut builder = EnvoyBuilder::new().raw_filter(parts.filter.clone()).upstream(upstream.addr());
-    let mut names: Vec<&str> = parts.clusters.iter().map(|c| str_at(c, "/name")).collect();
+    let mut builder = EnvoyBuilder::new().upstream(upstream.addr());
+    for filter in filters {
+        builder = builder.raw_filter(filter.clone());
+    }
+    let mut names: Vec<&str> = clusters.iter().map(|c| str_at(c, "/name")).collect();
     if module_cluster.starts_with("outbound|") {
         // Istio's own cluster for a mesh Service: there in a mesh, added here.
         names.push(module_cluster);
@@ -775,55 +925,89 @@ fn run_envoyfilter(ef: &Value, module: &[u8], expect: &Expect, what: &str) {
     assert_eq!(fetched[0].path, module_path, "{what}");
     assert_eq!(fetched[0].header("host"), uri.split('/').nth(2), "{what}: Host of http_uri");
     check_requests(&envoy, expect, what);
+    envoy
 }
 
 #[test]
 fn each_envoyfilter_runs_in_envoy_with_the_module_fetched_by_sha256() {
     for (name, dir) in filters() {
-        let mut ef = one_doc(&dir.join("envoyfilter.yaml"));
         let module = module_bytes(&name);
         // The one change: the module's sha256 where the committed file has the placeholder
         // (what `./scripts/package manifests` writes).
-        for patch in ef.pointer_mut("/spec/configPatches").and_then(Value::as_array_mut).unwrap() {
-            if let Some(remote) = patch.pointer_mut("/patch/value/typed_config/config/vm_config/code/remote")
-            {
-                remote["sha256"] = json!(sha256_hex(&module));
-            }
+        let what = format!("{name}/envoyfilter.yaml");
+        let file = with_module_sha256(envoyfilter_file(&dir, &what), &sha256_hex(&module));
+        // Each filter alone, held to its filter folder's expect.yaml.
+        for (_, filter) in &file.filters {
+            let root_id = str_at(filter, "/typed_config/config/root_id");
+            let what = format!("{what} ({root_id})");
+            drop(run_envoyfilters(
+                std::slice::from_ref(filter),
+                &file.clusters,
+                &module,
+                &expectations(&own_folder(root_id)),
+                &what,
+            ));
         }
-        run_envoyfilter(&ef, &module, &expectations(&dir), &format!("{name}/envoyfilter.yaml"));
+        if file.filters.len() > 1 {
+            // All of them, in the order their priorities give, as one gateway: the folder's
+            // expect.yaml, and one module's VMs (the base VM, a clone on the main thread, one
+            // per worker: 3 at one worker).
+            let chain = envoyfilter_order(&file);
+            let envoy = run_envoyfilters(&chain, &file.clusters, &module, &expectations(&dir), &what);
+            assert_eq!(envoy.stat(ACTIVE_VMS).unwrap(), Some(3), "{what}: one module's VMs\n{}", envoy.log());
+        }
     }
 }
 
 #[test]
 fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
     for (name, dir) in filters() {
-        let wp = one_doc(&dir.join("wasmplugin.yaml"));
-        let what = format!("{name}/wasmplugin.yaml");
         let module = module_bytes(&name);
         let uri = format!("http://gatewasm-modules.test/{name}.wasm");
-        let (server, _) = module_server(&uri, &module);
-        let expect = expectations(&dir);
-        let services = start_services(&expect);
-        let upstream = EchoUpstream::start().unwrap();
         // Envoy fetches the module itself here and checks the module's sha256 (the agent's part,
         // image and manifest digest, is in `rendered_manifests_carry_the_packaged_digests_and_run`).
         let remote = json!({"http_uri": {"uri": uri, "cluster": "module-server", "timeout": "30s"}, "sha256": sha256_hex(&module)});
-        let filter = wasmplugin_filter(&wp, json!({ "remote": remote }));
-        assert_eq!(
-            serde_json::from_str::<Value>(str_at(&filter, "/typed_config/config/configuration/value"))
-                .unwrap(),
-            wp["spec"]["pluginConfig"]
-        );
-        let mut builder = EnvoyBuilder::new()
-            .raw_filter(filter)
-            .upstream(upstream.addr())
-            .cluster(Cluster::new("module-server", server.addr()));
-        for (cname, service) in &services {
-            builder = builder.cluster(Cluster::new(cname, service.addr()));
+        let plugins = wasmplugins(&dir);
+        let run = |plugins: &[Value], expect: &Expect, what: &str| {
+            let (server, _) = module_server(&uri, &module);
+            let services = start_services(expect);
+            let upstream = EchoUpstream::start().unwrap();
+            let mut builder = EnvoyBuilder::new()
+                .upstream(upstream.addr())
+                .cluster(Cluster::new("module-server", server.addr()));
+            for wp in plugins {
+                let filter = wasmplugin_filter(wp, json!({ "remote": remote }));
+                assert_eq!(
+                    serde_json::from_str::<Value>(str_at(
+                        &filter,
+                        "/typed_config/config/configuration/value"
+                    ))
+                    .unwrap(),
+                    wp["spec"]["pluginConfig"]
+                );
+                builder = builder.raw_filter(filter);
+            }
+            for (cname, service) in &services {
+                builder = builder.cluster(Cluster::new(cname, service.addr()));
+            }
+            let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert!(!server.received().is_empty(), "{what}: Envoy did not fetch the module");
+            check_requests(&envoy, expect, what);
+            envoy
+        };
+        // Each WasmPlugin alone, held to its filter folder's expect.yaml.
+        for wp in &plugins {
+            let root_id = str_at(wp, "/spec/pluginName");
+            let what = format!("{name}/wasmplugin.yaml ({root_id})");
+            drop(run(std::slice::from_ref(wp), &expectations(&own_folder(root_id)), &what));
         }
-        let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
-        assert!(!server.received().is_empty(), "{what}: Envoy did not fetch the module");
-        check_requests(&envoy, &expect, &what);
+        if plugins.len() > 1 {
+            // All of them in Istio's order as one gateway: the folder's expect.yaml, in one
+            // module's VMs (the base VM, a clone on the main thread, one on the worker).
+            let what = format!("{name}/wasmplugin.yaml");
+            let envoy = run(&istio_order(plugins), &expectations(&dir), &what);
+            assert_eq!(envoy.stat(ACTIVE_VMS).unwrap(), Some(3), "{what}: one module's VMs\n{}", envoy.log());
+        }
     }
 }
 
@@ -835,16 +1019,19 @@ fn envoy_refuses_a_module_whose_sha256_differs() {
     // upstream. FAIL_OPEN: the filter is left out of every request, which reaches the upstream as
     // if the filter were absent.
     let mut policies = Vec::new();
-    for (name, dir) in filters() {
-        let ef = one_doc(&dir.join("envoyfilter.yaml"));
-        let parts = envoyfilter_parts(&ef, &name);
-        let config = parts.filter.pointer("/typed_config/config").unwrap();
+    let every_filter = filters().into_iter().flat_map(|(folder, dir)| {
+        let file = envoyfilter_file(&dir, &folder);
+        file.filters.into_iter().map(move |(_, filter)| (folder.clone(), filter))
+    });
+    for (folder, filter) in every_filter {
+        let config = filter.pointer("/typed_config/config").unwrap();
+        let name = format!("{folder}/envoyfilter.yaml ({})", str_at(config, "/root_id"));
         let policy = str_at(config, "/failure_policy").to_string();
         let remote = config.pointer("/vm_config/code/remote").unwrap();
-        let (server, _) = module_server(str_at(remote, "/http_uri/uri"), &module_bytes(&name));
+        let (server, _) = module_server(str_at(remote, "/http_uri/uri"), &module_bytes(&folder));
         let upstream = EchoUpstream::start().unwrap();
         let envoy = EnvoyBuilder::new()
-            .raw_filter(parts.filter.clone())
+            .raw_filter(filter.clone())
             .upstream(upstream.addr())
             .cluster(Cluster::new(str_at(remote, "/http_uri/cluster"), server.addr()))
             .component_log_level(Some("wasm:info,config:debug"))
@@ -926,13 +1113,14 @@ fn every_envoy_config_passes_envoy_validate() {
     // Each EnvoyFilter's patches as Envoy gets them: the HTTP filter before the router and the
     // CLUSTER patches' clusters verbatim (DNS names and all), next to a route to an upstream.
     for (name, dir) in filters() {
-        let ef = one_doc(&dir.join("envoyfilter.yaml"));
-        let parts = envoyfilter_parts(&ef, &name);
-        let mut builder =
-            EnvoyBuilder::new().raw_filter(parts.filter.clone()).upstream("127.0.0.1:9".parse().unwrap());
+        let file = envoyfilter_file(&dir, &name);
+        let mut builder = EnvoyBuilder::new().upstream("127.0.0.1:9".parse().unwrap());
+        for (_, filter) in &file.filters {
+            builder = builder.raw_filter(filter.clone());
+        }
         let mut clusters =
             builder.bootstrap().unwrap()["static_resources"]["clusters"].as_array().unwrap().clone();
-        clusters.extend(parts.clusters);
+        clusters.extend(file.clusters);
         builder = builder.bootstrap_patch(json!({"static_resources": {"clusters": clusters}}));
         let validation = builder.validate().unwrap();
         assert!(validation.ok, "{name}/envoyfilter.yaml in Envoy:\n{}", validation.output);
@@ -997,49 +1185,89 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
                 "{}: the placeholder registry is left",
                 path.display()
             );
-            let errors = validator.errors(&one_doc(path));
-            assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+            for doc in yaml_docs(path) {
+                let errors = validator.errors(&doc);
+                assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+            }
         }
-        let wp = one_doc(&wp_path);
-        let expect = expectations(&manifests_dir().join(f.name));
-        assert_eq!(str_at(&wp, "/spec/url"), format!("oci://registry.test:5000/team/{}:t1", f.name));
-        assert_eq!(str_at(&wp, "/spec/sha256"), digest, "{}: the image's manifest digest", f.name);
-        // Everything else is the committed WasmPlugin.
-        let mut committed = one_doc(&manifests_dir().join(f.name).join("wasmplugin.yaml"));
-        committed["spec"]["url"] = wp["spec"]["url"].clone();
-        committed["spec"]["sha256"] = json!(digest);
-        assert_eq!(wp, committed, "{}", f.name);
+        let plugins = wasmplugins(&rendered.join(f.name));
+        let committed_plugins = wasmplugins(&manifests_dir().join(f.name));
+        assert_eq!(plugins.len(), committed_plugins.len(), "{}", f.name);
+        for (wp, mut committed) in plugins.iter().zip(committed_plugins) {
+            assert_eq!(str_at(wp, "/spec/url"), format!("oci://registry.test:5000/team/{}:t1", f.name));
+            assert_eq!(str_at(wp, "/spec/sha256"), digest, "{}: the image's manifest digest", f.name);
+            // Everything else is the committed WasmPlugin.
+            committed["spec"]["url"] = wp["spec"]["url"].clone();
+            committed["spec"]["sha256"] = json!(digest);
+            assert_eq!(wp, &committed, "{}", f.name);
+        }
 
-        // What Istio's agent does with the rendered WasmPlugin: the image whose manifest digest is
-        // spec.sha256 (the layout holds the bytes the registry serves, byte for byte: see
+        // What Istio's agent does with the rendered WasmPlugins: the image whose manifest digest
+        // is spec.sha256 (the layout holds the bytes the registry serves, byte for byte: see
         // tests/registry.rs), plugin.wasm from its last layer, given to Envoy as a local file.
-        assert_eq!(image.digest(), format!("sha256:{}", str_at(&wp, "/spec/sha256")));
+        assert_eq!(image.digest(), format!("sha256:{digest}"));
         let entries = common::untar_gz(&image.layers.last().unwrap().data);
         let plugin = entries.iter().find(|e| e.0 == "plugin.wasm").unwrap();
         assert!(plugin.2 == module, "{}: plugin.wasm is the packaged module", f.name);
         let plugin_path = out.path().join(format!("{}.plugin.wasm", f.name));
         std::fs::write(&plugin_path, &plugin.2).unwrap();
-        let filter = wasmplugin_filter(&wp, json!({"local": {"filename": plugin_path}}));
-        let upstream = EchoUpstream::start().unwrap();
-        let services = start_services(&expect);
-        let mut builder = EnvoyBuilder::new().raw_filter(filter).upstream(upstream.addr());
-        for (cname, service) in &services {
-            builder = builder.cluster(Cluster::new(cname, service.addr()));
+        let expect = expectations(&manifests_dir().join(f.name));
+        let chain: Vec<Value> = istio_order(plugins)
+            .iter()
+            .map(|wp| wasmplugin_filter(wp, json!({"local": {"filename": plugin_path}})))
+            .collect();
+        // At 2 workers: the VMs of one module are the base VM, a clone on the main thread and
+        // one per worker.
+        let gateway = |chain: &[Value]| {
+            let upstream = EchoUpstream::start().unwrap();
+            let services = start_services(&expect);
+            let mut builder = EnvoyBuilder::new().upstream(upstream.addr()).concurrency(2);
+            for filter in chain {
+                builder = builder.raw_filter(filter.clone());
+            }
+            for (cname, service) in &services {
+                builder = builder.cluster(Cluster::new(cname, service.addr()));
+            }
+            let envoy =
+                builder.start().unwrap_or_else(|e| panic!("rendered {}/wasmplugin.yaml: {e:#}", f.name));
+            check_requests(&envoy, &expect, &format!("rendered {}/wasmplugin.yaml", f.name));
+            (envoy.stat(ACTIVE_VMS).unwrap(), envoy.stop())
+        };
+        let (active, log) = gateway(&chain);
+        assert_eq!(active, Some(4), "rendered {}/wasmplugin.yaml: one module's VMs\n{log}", f.name);
+        if chain.len() > 1 {
+            // Istio's agent strips the ISTIO_META_* variables istiod adds (each WasmPlugin's
+            // resource version among them), so the five share the VMs; a WasmPlugin whose
+            // vmConfig.env differs from the others' gets VMs of its own (Envoy 1.40 keeps VMs with
+            // different environments apart).
+            let mut chain = chain;
+            chain[0]["typed_config"]["config"]["vm_config"]["environment_variables"] =
+                json!({"key_values": {"REGION": "eu"}});
+            let (active, log) = gateway(&chain);
+            assert_eq!(active, Some(8), "rendered {}/wasmplugin.yaml, one vmConfig.env apart\n{log}", f.name);
         }
-        let envoy = builder.start().unwrap_or_else(|e| panic!("rendered {}/wasmplugin.yaml: {e:#}", f.name));
-        check_requests(&envoy, &expect, &format!("rendered {}/wasmplugin.yaml", f.name));
-        drop(envoy);
 
-        // The rendered EnvoyFilter runs unchanged with the packaged module.
-        let ef = one_doc(&ef_path);
-        run_envoyfilter(&ef, &module, &expect, &format!("rendered {}/envoyfilter.yaml", f.name));
+        // The rendered EnvoyFilters run unchanged with the packaged module.
+        let what = format!("rendered {}/envoyfilter.yaml", f.name);
+        let file = envoyfilter_file(&rendered.join(f.name), &what);
+        let filters = envoyfilter_order(&file);
+        if f.name == BUNDLE {
+            for filter in &filters {
+                assert_eq!(
+                    str_at(filter, "/typed_config/config/vm_config/vm_id"),
+                    format!("{BUNDLE}-{}", vm_id_suffix(&module_sha)),
+                    "{what}: the vm_id names the packaged build"
+                );
+            }
+        }
+        drop(run_envoyfilters(&filters, &file.clusters, &module, &expect, &what));
         assert_eq!(
             one_doc(&rendered.join(f.name).join("kustomization.yaml")),
             one_doc(&manifests_dir().join(f.name).join("kustomization.yaml"))
         );
     }
     let top = one_doc(&rendered.join("kustomization.yaml"));
-    let names: Vec<&str> = SHIPPED.iter().map(|f| f.name).collect();
+    let names: Vec<&str> = SHIPPED.iter().map(|f| f.name).filter(|n| *n != BUNDLE).collect();
     assert_eq!(top["resources"], json!(names));
     assert!(rendered.join("module-server").join("module-server.yaml").is_file());
 
@@ -1116,68 +1344,6 @@ fn bundle_image(out: &Path) -> (String, PathBuf) {
     (image.digest().strip_prefix("sha256:").unwrap().to_string(), plugin_path)
 }
 
-/// The filter folders whose filter the bundle holds (every one but the `hello` example).
-fn bundled_folders() -> Vec<(String, PathBuf)> {
-    let ids: Vec<&str> = gatewasm_envoy::BUNDLED.iter().map(|(_, id)| *id).collect();
-    let folders: Vec<_> = filters().into_iter().filter(|(name, _)| ids.contains(&name.as_str())).collect();
-    assert_eq!(folders.len(), ids.len(), "a folder for every filter of the bundle");
-    folders
-}
-
-#[test]
-fn every_filter_folder_runs_from_the_bundle_image_and_all_share_one_vm() {
-    let out = tempfile::tempdir().unwrap();
-    let (digest, plugin_path) = bundle_image(out.path());
-    let validator = Validator::new();
-    let mut chain = Vec::new();
-    let mut services = BTreeMap::new();
-    for (name, dir) in bundled_folders() {
-        // The one change a user makes: the bundle's image and digest; pluginName stays.
-        let mut wp = one_doc(&dir.join("wasmplugin.yaml"));
-        wp["spec"]["url"] = json!("oci://registry.test:5000/team/gatewasm-bundle:t1");
-        wp["spec"]["sha256"] = json!(digest);
-        assert_eq!(validator.errors(&wp), Vec::<String>::new(), "{name}");
-        let filter = wasmplugin_filter(&wp, json!({"local": {"filename": plugin_path}}));
-        let what = format!("{name}/wasmplugin.yaml with the bundle image");
-        let expect = expectations(&dir);
-        let own = start_services(&expect);
-        let upstream = EchoUpstream::start().unwrap();
-        let mut builder = EnvoyBuilder::new().raw_filter(filter.clone()).upstream(upstream.addr());
-        for (cname, service) in &own {
-            builder = builder.cluster(Cluster::new(cname, service.addr()));
-        }
-        let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
-        check_requests(&envoy, &expect, &what);
-        drop(envoy);
-        chain.push(filter);
-        services.extend(own);
-    }
-    // The five as Istio's agent hands them to Envoy (it strips the ISTIO_META_* variables istiod
-    // adds, such as each WasmPlugin's resource version): one module's VMs, the base VM, a clone
-    // on the main thread and one on each of 2 workers.
-    let gateway = |chain: &[Value]| {
-        let upstream = EchoUpstream::start().unwrap();
-        let mut builder = EnvoyBuilder::new().upstream(upstream.addr()).concurrency(2);
-        for filter in chain {
-            builder = builder.raw_filter(filter.clone());
-        }
-        for (cname, service) in &services {
-            builder = builder.cluster(Cluster::new(cname, service.addr()));
-        }
-        let envoy = builder.start().unwrap_or_else(|e| panic!("the five WasmPlugins of the bundle: {e:#}"));
-        envoy.get("/").unwrap();
-        (envoy.stat(ACTIVE_VMS).unwrap(), envoy.stop())
-    };
-    let (active, log) = gateway(&chain);
-    assert_eq!(active, Some(4), "{log}");
-    // Envoy 1.40 keeps VMs with different environments apart: a WasmPlugin whose vmConfig.env
-    // differs from the others' gets VMs of its own.
-    chain[0]["typed_config"]["config"]["vm_config"]["environment_variables"] =
-        json!({"key_values": {"REGION": "eu"}});
-    let (active, log) = gateway(&chain);
-    assert_eq!(active, Some(8), "{log}");
-}
-
 /// The fenced ```yaml blocks of a Markdown text.
 fn yaml_blocks(text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
@@ -1205,7 +1371,6 @@ fn the_bundle_readme_forms_match_istio_crds_and_run() {
         .collect();
     let ids: Vec<&str> = gatewasm_envoy::BUNDLED.iter().map(|(_, id)| *id).collect();
     let validator = Validator::new();
-    let version = env!("CARGO_PKG_VERSION");
     let out = tempfile::tempdir().unwrap();
     let (_, plugin_path) = bundle_image(out.path());
     let module = std::fs::read(&plugin_path).unwrap();
@@ -1216,12 +1381,7 @@ fn the_bundle_readme_forms_match_istio_crds_and_run() {
         match str_at(doc, "/kind") {
             "WasmPlugin" => {
                 plugins += 1;
-                assert_eq!(
-                    str_at(doc, "/spec/url"),
-                    format!("oci://{PLACEHOLDER_REGISTRY}/gatewasm-bundle:{version}"),
-                    "{name}"
-                );
-                assert_eq!(str_at(doc, "/spec/sha256"), PLACEHOLDER_DIGEST, "{name}: the marked placeholder");
+                assert_committed_image(doc, BUNDLE, name);
                 let root_id = str_at(doc, "/spec/pluginName");
                 assert!(ids.contains(&root_id), "{name}: pluginName {root_id} is no root id of the bundle");
                 // As Istio's agent runs it: the bundle from the image as a local file.
