@@ -117,7 +117,7 @@ build_modules() {
     (cd "$ROOT" && cargo build --release --target wasm32-wasip1 "${args[@]}")
     # The bundle links the filters without their entry points: a cargo invocation of its own, or
     # feature unification would turn them back on (and five `_initialize`s would not link).
-    (cd "$ROOT" && cargo build --release --target wasm32-wasip1 -p gatewasm-bundle)
+    (cd "$ROOT" && cargo build --profile bundle --target wasm32-wasip1 -p gatewasm-bundle)
 }
 
 export ENVOY_BIN="$VENV/bin/envoy"

@@ -1,6 +1,6 @@
 //! The bundle module in the emulator: each root id runs its filter as that filter's own module
 //! does, and a root id the module does not have is refused.
-//! Build it first: cargo build --release --target wasm32-wasip1 -p gatewasm-bundle
+//! Build it first: cargo build --profile bundle --target wasm32-wasip1 -p gatewasm-bundle
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

@@ -1,7 +1,7 @@
 //! The bundle module in a real Envoy: the five filters configured from it share one VM per
 //! worker (Envoy's own `wasm` stats), each behaves as from its own module, and a root id the
 //! module lacks is refused with a log line naming it.
-//! Build first: cargo build --release --target wasm32-wasip1 -p gatewasm-bundle
+//! Build first: cargo build --profile bundle --target wasm32-wasip1 -p gatewasm-bundle
 //! and, for the five-module comparison, each filter (scripts/lib.sh builds them all).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]

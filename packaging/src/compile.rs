@@ -22,7 +22,7 @@ pub fn target_dir() -> PathBuf {
 /// Where a shipped filter's release module is: where `cargo build` writes it, whatever
 /// `$GATEWASM_WASM_DIR` points the tests at, since packaging builds the module it packages.
 pub fn module_path(filter: &Filter) -> PathBuf {
-    gatewasm_paths::release_wasm_dir().join(filter.module)
+    gatewasm_paths::build_dir(filter.name).join(filter.module)
 }
 
 /// Builds `filters` (release, `wasm32-wasip1`): every [`Build::Shared`] one in one cargo
@@ -39,11 +39,15 @@ pub fn cargo_build(filters: &[Filter]) -> anyhow::Result<()> {
 }
 
 /// The arguments of the `cargo` invocation that builds `packages`:
-/// `build --release --target wasm32-wasip1 -p <package>...`. The one place packaging spells a
-/// module build, the bundle's included.
+/// `build --release --target wasm32-wasip1 -p <package>...` (the bundle: `--profile bundle`, see
+/// [`gatewasm_paths::profile_of`]). The one place packaging spells a module build; `packages`
+/// share one profile (the bundle builds alone).
 pub fn build_args(packages: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> =
-        ["build", "--release", "--target", "wasm32-wasip1"].map(String::from).to_vec();
+    let mut args: Vec<String> = vec!["build".into()];
+    let profile =
+        packages.first().map_or_else(|| "--release".to_string(), |p| gatewasm_paths::profile_flag(p));
+    args.extend(profile.split(' ').map(String::from));
+    args.extend(["--target", "wasm32-wasip1"].map(String::from));
     for p in packages {
         args.push("-p".into());
         args.push((*p).to_owned());
@@ -65,14 +69,19 @@ fn run_cargo(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Whether to run `wasm-opt` (binaryen) on each module.
+///
+/// Off by default: the modules ship as cargo built them, the bytes every test ran. `wasm-opt -Oz`
+/// makes them about 12 % smaller but merges functions into larger ones, and Envoy's V8 keeps what
+/// compiling a larger function cost: the five filters optimised so added 97 MB to a two-worker
+/// Envoy against 81 MB as built (BENCHMARKS.md, "Memory").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WasmOpt {
     /// Run it when `wasm-opt` is on `PATH`, else package the module as cargo built it.
-    #[default]
     Auto,
     /// Fail when `wasm-opt` is missing.
     Require,
-    /// Never run it.
+    /// Never run it (the default).
+    #[default]
     Skip,
 }
 
@@ -175,6 +184,10 @@ mod tests {
         assert_eq!(
             build_args(&["jwt-auth", "hello"]).join(" "),
             "build --release --target wasm32-wasip1 -p jwt-auth -p hello"
+        );
+        assert_eq!(
+            build_args(&[crate::BUNDLE]).join(" "),
+            "build --profile bundle --target wasm32-wasip1 -p gatewasm-bundle"
         );
         let shared: Vec<_> = crate::SHIPPED.iter().filter(|f| f.build == Build::Shared).collect();
         assert!(shared.iter().all(|f| f.name != crate::BUNDLE), "{shared:?}");

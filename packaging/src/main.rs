@@ -17,8 +17,8 @@ gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push th
 USAGE:
   gatewasm-pack [package] [--filter NAME]... [--format image|artifact] [--wasm-opt auto|require|skip]
                 [--opt-level -Oz|-O3|...] [--out DIR] [--tag TAG] [--no-build]
-      Build the shipped filters and the bundle gatewasm-bundle (cargo, release, wasm32-wasip1; the
-      bundle in a cargo invocation of its own), optionally run wasm-opt, and write each as an OCI
+      Build the shipped filters and the bundle gatewasm-bundle (cargo, wasm32-wasip1: the filters
+      --release, the bundle --profile bundle in an invocation of its own), optionally run wasm-opt, and write each as an OCI
       image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm.
   gatewasm-pack file MODULE.wasm --name NAME [--format ..] [--wasm-opt ..] [--opt-level ..] [--out DIR] [--tag TAG]
       Package one module file the same way (as DIR/NAME/).
@@ -32,8 +32,8 @@ USAGE:
   gatewasm-pack list
       Print the shipped filters and the bundle (image name, module file).
 
-DEFAULTS: every shipped filter, --format image, --wasm-opt auto (runs when `wasm-opt` is on PATH),
---opt-level -Oz, --out <target>/oci, --tag <the workspace version>.
+DEFAULTS: every shipped filter, --format image, --wasm-opt skip (modules ship as cargo built them:
+wasm-opt's larger functions cost Envoy more memory), --opt-level -Oz when wasm-opt runs, --out <target>/oci, --tag <the workspace version>.
 CREDENTIALS: --username or $GATEWASM_REGISTRY_USERNAME, with the password from --password-stdin or
 $GATEWASM_REGISTRY_PASSWORD; or a bearer token in $GATEWASM_REGISTRY_TOKEN. Never printed.
 ";
@@ -155,11 +155,7 @@ fn package(o: &Options) -> anyhow::Result<()> {
     for f in &filters {
         let path = compile::module_path(f);
         let module = std::fs::read(&path).with_context(|| {
-            format!(
-                "reading {} (build it: cargo build --release --target wasm32-wasip1 -p {})",
-                path.display(),
-                f.name
-            )
+            format!("reading {} (build it: {})", path.display(), gatewasm_paths::build_command(f.name))
         })?;
         package_one(o, f.name, &module, &path, &tag)?;
     }

@@ -133,7 +133,9 @@ fn bundle_substitute(path: &std::path::Path, root_id: &str) -> Option<(PathBuf, 
     let file = path.file_name()?.to_str()?;
     let (_, id) = BUNDLED.iter().find(|(f, _)| *f == file)?;
     let bundle = if bundle == "1" {
-        gatewasm_paths::wasm_dir().join("gatewasm.wasm")
+        // A missing bundle leaves the path as it would be; Envoy's load error then names it.
+        gatewasm_paths::wasm_file("gatewasm.wasm", gatewasm_paths::BUNDLE_PACKAGE)
+            .unwrap_or_else(|missing| missing.path)
     } else {
         gatewasm_paths::workspace_root().join(bundle)
     };

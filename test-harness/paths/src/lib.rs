@@ -3,9 +3,10 @@
 //!
 //! - The target directory is `$CARGO_TARGET_DIR` (a relative value is taken from the workspace
 //!   root, so every test binary agrees whatever its working directory), else `<workspace>/target`.
-//! - A built module is `<target>/wasm32-wasip1/release/<package with - as _>.wasm`; setting
+//! - A built module is `<target>/wasm32-wasip1/<profile>/<package with - as _>.wasm`, the profile
+//!   being `release`, or `bundle` for the bundle module ([`profile_of`]); setting
 //!   `$GATEWASM_WASM_DIR` (relative values again from the workspace root) points the tests at
-//!   other builds of the same modules, e.g. `wasm-opt` outputs.
+//!   other builds of the same modules, all in that one directory (e.g. packaged modules).
 //! - A missing module is an error naming the exact `cargo build` command, never a skipped test.
 //!
 //! The `*_in` functions take the environment as arguments, so the rule is tested without
@@ -20,6 +21,22 @@ pub const WASM_TARGET: &str = "wasm32-wasip1";
 
 /// The variable that points the tests at another directory of built modules.
 pub const WASM_DIR_VAR: &str = "GATEWASM_WASM_DIR";
+
+/// The package of the bundle module (`gatewasm.wasm`, the five filters in one module).
+pub const BUNDLE_PACKAGE: &str = "gatewasm-bundle";
+
+/// The cargo profile a package's module is built with: `bundle` (the workspace's size-optimised
+/// profile, see `[profile.bundle]` in Cargo.toml) for [`BUNDLE_PACKAGE`], `release` for every
+/// other module. The bundle is built for Envoy's memory: V8 keeps what compiling a module cost,
+/// and the bundle built for size adds about 16 MB less to Envoy than at `opt-level = 3`
+/// (BENCHMARKS.md); a single filter keeps the faster `release` build.
+pub fn profile_of(package: &str) -> &'static str {
+    if package.replace('_', "-") == BUNDLE_PACKAGE {
+        "bundle"
+    } else {
+        "release"
+    }
+}
 
 /// The workspace root (this crate lives in `<root>/test-harness/paths`).
 pub fn workspace_root() -> PathBuf {
@@ -43,13 +60,19 @@ pub fn target_dir_in(root: &Path, cargo_target_dir: Option<&OsStr>) -> PathBuf {
 }
 
 /// Where `cargo build --release --target wasm32-wasip1` writes modules:
-/// `<target>/wasm32-wasip1/release`. Packaging reads its own build from here.
+/// `<target>/wasm32-wasip1/release`.
 pub fn release_wasm_dir() -> PathBuf {
     release_wasm_dir_of(&target_dir())
 }
 
 fn release_wasm_dir_of(target: &Path) -> PathBuf {
     target.join(WASM_TARGET).join("release")
+}
+
+/// Where cargo writes a package's module: `<target>/wasm32-wasip1/<profile_of(package)>`.
+/// Packaging reads its own build from here, whatever `$GATEWASM_WASM_DIR` says.
+pub fn build_dir(package: &str) -> PathBuf {
+    target_dir().join(WASM_TARGET).join(profile_of(package))
 }
 
 /// Where the tests read built modules: `$GATEWASM_WASM_DIR` (relative to the workspace root),
@@ -78,7 +101,15 @@ pub fn module_file_name(package: &str) -> String {
 
 /// The command that builds a package's module.
 pub fn build_command(package: &str) -> String {
-    format!("cargo build --release --target {WASM_TARGET} -p {package}")
+    format!("cargo build {} --target {WASM_TARGET} -p {package}", profile_flag(package))
+}
+
+/// The cargo flag that selects [`profile_of`]`(package)`: `--release`, or `--profile bundle`.
+pub fn profile_flag(package: &str) -> String {
+    match profile_of(package) {
+        "release" => "--release".to_string(),
+        profile => format!("--profile {profile}"),
+    }
 }
 
 /// The built module of a workspace package (`jwt-auth` or `jwt_auth`), in [`wasm_dir`].
@@ -87,9 +118,13 @@ pub fn wasm_module(package: &str) -> Result<PathBuf, MissingModule> {
 }
 
 /// A module file of a workspace package whose name does not follow the package's (`file_name`,
-/// e.g. `noop_filter.wasm`), in [`wasm_dir`].
+/// e.g. `noop_filter.wasm`): in `$GATEWASM_WASM_DIR` when set, else in [`build_dir`].
 pub fn wasm_file(file_name: &str, package: &str) -> Result<PathBuf, MissingModule> {
-    existing(wasm_dir().join(file_name), package)
+    let dir = match std::env::var_os(WASM_DIR_VAR).filter(|d| !d.is_empty()) {
+        Some(_) => wasm_dir(),
+        None => build_dir(package),
+    };
+    existing(dir.join(file_name), package)
 }
 
 fn existing(path: PathBuf, package: &str) -> Result<PathBuf, MissingModule> {
@@ -159,6 +194,18 @@ mod tests {
         let absolute = wasm_dir_in(&root(), Some(OsStr::new("/tmp/t")), Some(OsStr::new("/opt/wasm")));
         assert_eq!(absolute, PathBuf::from("/opt/wasm"));
         assert_eq!(wasm_dir_in(&root(), None, Some(OsStr::new("opt"))), PathBuf::from("/ws/opt"));
+    }
+
+    #[test]
+    fn the_bundle_is_built_with_its_own_profile() {
+        assert_eq!(profile_of("gatewasm-bundle"), "bundle");
+        assert_eq!(profile_of("gatewasm_bundle"), "bundle");
+        assert_eq!(profile_of("jwt-auth"), "release");
+        assert_eq!(
+            build_command("gatewasm-bundle"),
+            "cargo build --profile bundle --target wasm32-wasip1 -p gatewasm-bundle"
+        );
+        assert_eq!(build_command("hello"), "cargo build --release --target wasm32-wasip1 -p hello");
     }
 
     #[test]
