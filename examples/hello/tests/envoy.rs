@@ -1,19 +1,23 @@
-//! The same example module in a real Envoy gives the same answers as in the emulator.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The same example filter in a real Envoy gives the same answers as in the emulator, built as a
+//! Wasm module and as a native dynamic module (each test runs once per target).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use gatewasm_envoy::{wasm_artifact, EchoUpstream, EnvoyBuilder, Request, WasmFilter};
+use gatewasm_envoy::{for_each_target, EchoUpstream, EnvoyBuilder, HttpFilter, Request, Target};
 use serde_json::json;
 
-fn filter(config: serde_json::Value) -> WasmFilter {
-    let path = wasm_artifact("hello.wasm", "hello").unwrap_or_else(|e| panic!("{e:#}"));
-    WasmFilter::new(path).json_configuration(&config)
+fn filter(target: Target, config: serde_json::Value) -> HttpFilter {
+    target.filter("hello", "hello", &config).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-#[test]
-fn greets_blocks_and_counts_in_envoy() {
+for_each_target!(
+    greets_blocks_and_counts_in_envoy,
+    envoy_refuses_bad_config_with_a_log_line_naming_the_field
+);
+
+fn greets_blocks_and_counts_in_envoy(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
     let envoy = EnvoyBuilder::new()
-        .wasm(filter(json!({"greeting": "hi", "blocked_prefix": "/admin"})))
+        .filter(filter(target, json!({"greeting": "hi", "blocked_prefix": "/admin"})))
         .upstream(upstream.addr())
         .bootstrap_patch(
             json!({"stats_config": {"stats_tags": [{"tag_name": "method", "regex": "(;method=([^;]*))"}]}}),
@@ -26,18 +30,18 @@ fn greets_blocks_and_counts_in_envoy() {
 
     let response = envoy.send(&Request::post("/admin/users", "x")).unwrap();
     assert_eq!(response.status, 403);
+    assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.json().unwrap()["code"], "blocked_path");
 
     let scrape = envoy.admin_get("/stats/prometheus").unwrap();
-    assert!(scrape.contains("hello_requests_total{method=\"GET\"} 1"), "{scrape}");
-    assert!(scrape.contains("hello_requests_total{method=\"POST\"} 1"), "{scrape}");
+    assert!(scrape.contains("\nhello_requests_total{method=\"GET\"} 1\n"), "{scrape}");
+    assert!(scrape.contains("\nhello_requests_total{method=\"POST\"} 1\n"), "{scrape}");
 }
 
-#[test]
-fn envoy_refuses_bad_config_with_a_log_line_naming_the_field() {
+fn envoy_refuses_bad_config_with_a_log_line_naming_the_field(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
     let log = EnvoyBuilder::new()
-        .wasm(filter(json!({"blocked_prefix": "admin"})))
+        .filter(filter(target, json!({"blocked_prefix": "admin"})))
         .upstream(upstream.addr())
         .start_expecting_failure()
         .unwrap();
