@@ -270,6 +270,18 @@ callbacks! {
     http_filter_config_set_gauge: fn(ConfigEnvoyPtr, usize, *mut ModuleBuffer, usize, u64) -> u32;
     /// The same shape: records a histogram value.
     http_filter_config_record_histogram_value: fn(ConfigEnvoyPtr, usize, *mut ModuleBuffer, usize, u64) -> u32;
+    /// `http_filter_config_scheduler_module_ptr http_filter_config_scheduler_new(config)`.
+    http_filter_config_scheduler_new: fn(ConfigEnvoyPtr) -> ConfigSchedulerPtr;
+    /// `void http_filter_config_scheduler_commit(scheduler, uint64_t event_id)`: any thread;
+    /// Envoy then calls `on_http_filter_config_scheduled` on the main thread.
+    http_filter_config_scheduler_commit: fn(ConfigSchedulerPtr, u64);
+    /// `void http_filter_config_scheduler_delete(scheduler)`.
+    http_filter_config_scheduler_delete: fn(ConfigSchedulerPtr);
+    /// `http_callout_init_result http_filter_config_http_callout(config, uint64_t* callout_id_out,
+    /// module_buffer cluster, module_http_header* headers, size_t headers_size,
+    /// module_buffer body, uint64_t timeout_milliseconds)`: main thread; the answer comes to
+    /// `on_http_filter_config_http_callout_done`.
+    http_filter_config_http_callout: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut ModuleHttpHeader, usize, ModuleBuffer, u64) -> u32;
 }
 
 static CALLBACKS: OnceLock<Result<Callbacks, &'static str>> = OnceLock::new();

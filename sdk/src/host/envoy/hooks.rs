@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use proxy_wasm::traits::{Context as _, HttpContext as _};
+use proxy_wasm::traits::{Context as _, HttpContext as _, RootContext as _};
 use proxy_wasm::types::{Action, LogLevel, MetricType};
 
 use super::abi::{self, EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer, ModuleHttpHeader};
@@ -48,11 +48,19 @@ pub fn register<P: Plugin>(level: LogLevel) {
 /// A configured plugin instance, with its type erased so the hooks need no type parameter.
 trait ErasedRoot {
     fn stream(&self, host: Rc<dyn Host>) -> Box<dyn ErasedStream>;
+    fn tick(&mut self);
+    fn callout(&mut self, token: u32, headers: usize, body: usize);
 }
 
 impl<P: Plugin> ErasedRoot for RootContext<P> {
     fn stream(&self, host: Rc<dyn Host>) -> Box<dyn ErasedStream> {
         Box::new(RootContext::stream(self, host))
+    }
+    fn tick(&mut self) {
+        self.on_tick();
+    }
+    fn callout(&mut self, token: u32, headers: usize, body: usize) {
+        self.on_http_call_response(token, headers, body, 0);
     }
 }
 
@@ -92,7 +100,7 @@ fn configure<P: Plugin>(config: Arc<ConfigShared>) -> Result<Box<dyn ErasedRoot>
 
 /// A plugin instance of one configuration on one thread, and the host its streams use.
 struct Instance {
-    root: Box<dyn ErasedRoot>,
+    root: RefCell<Box<dyn ErasedRoot>>,
     host: Rc<dyn Host>,
     config: Arc<ConfigShared>,
 }
@@ -100,6 +108,25 @@ struct Instance {
 thread_local! {
     /// This thread's plugin instances, by configuration id.
     static INSTANCES: RefCell<HashMap<u64, Rc<Instance>>> = RefCell::new(HashMap::new());
+}
+
+/// The configurations Envoy holds, by address: a scheduled event or a callout answer may name
+/// one Envoy has just destroyed, which must then not be touched.
+static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn is_live(config: *const c_void) -> bool {
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner).contains(&(config as usize))
+}
+
+/// The main thread's instance of a live configuration, for its ticks and callouts.
+fn main_instance(config: *const c_void) -> Option<Rc<Instance>> {
+    if !is_live(config) {
+        return None;
+    }
+    // SAFETY: a live pointer `config_new` returned (checked just above, on the main thread,
+    // which is also the only thread that destroys it).
+    let native = unsafe { config.cast::<NativeConfig>().as_ref() }?;
+    INSTANCES.with(|i| i.borrow().get(&native.shared.id).cloned())
 }
 
 /// What Envoy holds as the filter configuration (shared by every thread).
@@ -117,7 +144,8 @@ impl NativeConfig {
         match (self.configure)(Arc::clone(&self.shared)) {
             Ok(root) => {
                 let host: Rc<dyn Host> = Rc::new(EnvoyHost::new(Arc::clone(&self.shared)));
-                let instance = Rc::new(Instance { root, host, config: Arc::clone(&self.shared) });
+                let instance =
+                    Rc::new(Instance { root: RefCell::new(root), host, config: Arc::clone(&self.shared) });
                 INSTANCES.with(|i| i.borrow_mut().insert(self.shared.id, Rc::clone(&instance)));
                 Some(instance)
             }
@@ -307,7 +335,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         if native.instance().is_none() {
             return std::ptr::null();
         }
-        Box::into_raw(Box::new(native)).cast_const().cast()
+        let pointer: *const c_void = Box::into_raw(Box::new(native)).cast_const().cast();
+        LIVE.lock().unwrap_or_else(PoisonError::into_inner).push(pointer as usize);
+        pointer
     })
 }
 
@@ -318,9 +348,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
         if config.is_null() {
             return;
         }
+        LIVE.lock().unwrap_or_else(PoisonError::into_inner).retain(|live| *live != config as usize);
         // SAFETY: the pointer `config_new` returned, given back once.
         let native = unsafe { Box::from_raw(config.cast::<NativeConfig>().cast_mut()) };
         native.shared.destroyed.store(true, Ordering::Release);
+        let ticker = native.shared.ticker.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(ticker) = ticker {
+            ticker.stop();
+        }
         sweep();
     });
 }
@@ -338,7 +373,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         };
         sweep();
         let Some(instance) = native.instance() else { return std::ptr::null() };
-        let context = instance.root.stream(Rc::clone(&instance.host));
+        let Ok(root) = instance.root.try_borrow() else { return std::ptr::null() };
+        let context = root.stream(Rc::clone(&instance.host));
+        drop(root);
         let stream = NativeStream {
             _instance: instance,
             context: RefCell::new(context),
@@ -453,19 +490,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body_chunks_size: usize,
 ) {
     guard((), || {
-        let mut answer = Answer::default();
-        if result == abi::callout_result::SUCCESS {
-            // SAFETY: Envoy's arrays are live for this hook, with the sizes given (or null).
-            let headers = unsafe { slice(headers, headers_size) };
-            // SAFETY: entries Envoy filled for this hook.
-            answer.headers =
-                headers.iter().map(|h| unsafe { h.pair() }).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-            // SAFETY: as above.
-            for chunk in unsafe { slice(body_chunks, body_chunks_size) } {
-                // SAFETY: a chunk Envoy filled for this hook.
-                answer.body.extend_from_slice(unsafe { chunk.as_slice() });
-            }
-        }
+        // SAFETY: Envoy's arrays are live for this hook, with the sizes given (or null).
+        let answer = unsafe { answer(result, headers, headers_size, body_chunks, body_chunks_size) };
         let (count, size) = (answer.headers.len(), answer.body.len());
         let Ok(token) = u32::try_from(callout_id) else { return };
         ANSWER.with(|a| *a.borrow_mut() = Some(answer));
@@ -487,6 +513,84 @@ unsafe fn slice<'a, T>(data: *const T, len: usize) -> &'a [T] {
     }
     // SAFETY: per this function's contract.
     unsafe { std::slice::from_raw_parts(data, len) }
+}
+
+/// A tick of the main thread's plugin (the configuration scheduler's event, on the main thread).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: abi::ConfigEnvoyPtr,
+    config: *const c_void,
+    event_id: u64,
+) {
+    guard((), || {
+        if event_id != super::ticker::TICK {
+            return;
+        }
+        let Some(instance) = main_instance(config) else { return };
+        if let Ok(mut root) = instance.root.try_borrow_mut() {
+            if catch_unwind(AssertUnwindSafe(|| root.tick())).is_err() {
+                log::error!("{}: the plugin panicked in its tick", instance.config.name);
+            }
+        };
+    });
+}
+
+/// A callout of the main thread's plugin answered, failed or timed out.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: abi::ConfigEnvoyPtr,
+    config: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) {
+    guard((), || {
+        let Some(instance) = main_instance(config) else { return };
+        let Ok(token) = u32::try_from(callout_id) else { return };
+        // SAFETY: Envoy's arrays are live for this hook, with the sizes given (or null).
+        let answer = unsafe { answer(result, headers, headers_size, body_chunks, body_chunks_size) };
+        let (count, size) = (answer.headers.len(), answer.body.len());
+        ANSWER.with(|a| *a.borrow_mut() = Some(answer));
+        if let Ok(mut root) = instance.root.try_borrow_mut() {
+            if catch_unwind(AssertUnwindSafe(|| root.callout(token, count, size))).is_err() {
+                log::error!("{}: the plugin panicked in a callout answer", instance.config.name);
+            }
+        }
+        ANSWER.with(|a| a.borrow_mut().take());
+    });
+}
+
+/// Copies a callout answer Envoy is delivering.
+///
+/// # Safety
+/// The arrays must be live for the running hook, with the sizes given (or null).
+unsafe fn answer(
+    result: u32,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) -> Answer {
+    let mut answer = Answer::default();
+    if result != abi::callout_result::SUCCESS {
+        return answer;
+    }
+    // SAFETY: per this function's contract.
+    for header in unsafe { slice(headers, headers_size) } {
+        // SAFETY: an entry Envoy filled for this hook.
+        let (key, value) = unsafe { header.pair() };
+        answer.headers.push((key.to_vec(), value.to_vec()));
+    }
+    // SAFETY: per this function's contract.
+    for chunk in unsafe { slice(body_chunks, body_chunks_size) } {
+        // SAFETY: a chunk Envoy filled for this hook.
+        answer.body.extend_from_slice(unsafe { chunk.as_slice() });
+    }
+    answer
 }
 
 /// Streamed callouts are not used by the SDK; Envoy requires the hook.

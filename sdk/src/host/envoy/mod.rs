@@ -20,6 +20,7 @@ mod hooks;
 mod metrics;
 mod proxy_wasm_imports;
 mod shared_data;
+mod ticker;
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +53,8 @@ pub(crate) struct ConfigShared {
     destroyed: AtomicBool,
     /// The `gatewasm_panics_total{plugin}` series.
     panics: OnceLock<u32>,
+    /// The main-thread plugin's ticks, when it asked for them.
+    ticker: std::sync::Mutex<Option<ticker::Ticker>>,
 }
 
 // SAFETY: the Envoy pointer is only used with callbacks Envoy allows from any thread (metrics
@@ -72,6 +75,7 @@ impl ConfigShared {
             metrics: metrics::Table::default(),
             destroyed: AtomicBool::new(false),
             panics: OnceLock::new(),
+            ticker: std::sync::Mutex::new(None),
         }
     }
 
@@ -272,23 +276,35 @@ impl Host for EnvoyHost {
         timeout: Duration,
     ) -> Result<u32, Status> {
         let api = api()?;
-        // Plugin-level callouts are not available natively yet: only a stream may call out.
-        let filter = filter()?;
         let mut module_headers: Vec<ModuleHttpHeader> =
             headers.iter().map(|(k, v)| ModuleHttpHeader::of(k.as_bytes(), v.as_bytes())).collect();
         let mut id = 0u64;
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        // SAFETY: a live stream; the header array and buffers live for the call (Envoy copies).
-        let result = unsafe {
-            (api.http_filter_http_callout)(
-                filter,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                module_headers.as_mut_ptr(),
-                module_headers.len(),
-                ModuleBuffer::of(body.unwrap_or_default()),
-                timeout_ms,
-            )
+        let cluster = ModuleBuffer::of(cluster.as_bytes());
+        let body = ModuleBuffer::of(body.unwrap_or_default());
+        let (headers, count) = (module_headers.as_mut_ptr(), module_headers.len());
+        let result = match filter() {
+            // SAFETY: a live stream; the header array and buffers live for the call (Envoy
+            // copies them).
+            Ok(filter) => unsafe {
+                (api.http_filter_http_callout)(filter, &mut id, cluster, headers, count, body, timeout_ms)
+            },
+            // The plugin's own callouts: Envoy takes them on the main thread only, where the
+            // plugin that ticks lives; the answer comes to that plugin.
+            Err(_) if self.config.on_main_thread() => unsafe {
+                // SAFETY: the configuration is live (its plugin is running on the main thread);
+                // the header array and buffers live for the call.
+                (api.http_filter_config_http_callout)(
+                    self.config.envoy,
+                    &mut id,
+                    cluster,
+                    headers,
+                    count,
+                    body,
+                    timeout_ms,
+                )
+            },
+            Err(status) => return Err(status),
         };
         match result {
             abi::callout_init::SUCCESS => u32::try_from(id).map_err(|_| Status::InternalFailure),
@@ -328,9 +344,13 @@ impl Host for EnvoyHost {
         shared_data::set(key, value, cas)
     }
 
-    fn set_tick_period(&self, _period: Duration) -> Result<(), Status> {
-        // Ticks are not available natively yet (see the SDK README).
-        Err(Status::InternalFailure)
+    fn set_tick_period(&self, period: Duration) -> Result<(), Status> {
+        // Only the main thread's plugin ticks (Envoy has no timer for a worker's module code);
+        // a worker's plugin sees the main one's work through shared data.
+        if !self.config.on_main_thread() {
+            return Ok(());
+        }
+        ticker::set(&self.config, period)
     }
 
     fn current_time(&self) -> Result<SystemTime, Status> {
