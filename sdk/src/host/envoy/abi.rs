@@ -143,6 +143,18 @@ pub mod header_type {
     pub const RESPONSE_TRAILERS: u32 = 3;
 }
 
+/// `envoy_dynamic_module_type_http_body_type`: which body of a stream.
+pub mod body_type {
+    /// The request data of the running body hook.
+    pub const RECEIVED_REQUEST: u32 = 0;
+    /// The request data buffered so far.
+    pub const BUFFERED_REQUEST: u32 = 1;
+    /// The response data of the running body hook.
+    pub const RECEIVED_RESPONSE: u32 = 2;
+    /// The response data buffered so far.
+    pub const BUFFERED_RESPONSE: u32 = 3;
+}
+
 /// `envoy_dynamic_module_type_log_level`.
 pub mod log_level {
     /// Trace.
@@ -242,6 +254,10 @@ callbacks! {
     /// `void http_send_response(filter, uint32_t status, module_http_header* headers,
     /// size_t headers_size, module_buffer body, module_buffer details)`.
     http_send_response: fn(FilterEnvoyPtr, u32, *mut ModuleHttpHeader, usize, ModuleBuffer, ModuleBuffer);
+    /// `size_t http_get_body_chunks_size(filter, body_type)`.
+    http_get_body_chunks_size: fn(FilterEnvoyPtr, u32) -> usize;
+    /// `bool http_get_body_chunks(filter, body_type, envoy_buffer* result)`.
+    http_get_body_chunks: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
     /// `void http_clear_route_cache(filter)`.
     http_clear_route_cache: fn(FilterEnvoyPtr);
     /// `void http_filter_continue_decoding(filter)`.

@@ -16,7 +16,10 @@ use proxy_wasm::traits::{Context as _, HttpContext as _, RootContext as _};
 use proxy_wasm::types::{Action, LogLevel, MetricType};
 
 use super::abi::{self, EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer, ModuleHttpHeader};
-use super::{Answer, ConfigShared, Effect, EnvoyHost, ANSWER, EFFECTS, FILTER, ROUTE_DIRTY};
+use super::{
+    body_size, with_body_view, Answer, BodyView, ConfigShared, Effect, EnvoyHost, ANSWER, EFFECTS, FILTER,
+    ROUTE_DIRTY,
+};
 use crate::context::{RootContext, StreamContext};
 use crate::host::{Half, Host};
 use crate::{LocalReply, Plugin};
@@ -67,6 +70,7 @@ impl<P: Plugin> ErasedRoot for RootContext<P> {
 /// One stream's context, type erased.
 trait ErasedStream {
     fn request_headers(&mut self, end_of_stream: bool) -> Action;
+    fn body(&mut self, half: Half, size: usize, end_of_stream: bool) -> Action;
     fn request_trailers(&mut self) -> Action;
     fn response_headers(&mut self, end_of_stream: bool) -> Action;
     fn callout(&mut self, token: u32, headers: usize, body: usize);
@@ -76,6 +80,12 @@ trait ErasedStream {
 impl<P: Plugin> ErasedStream for StreamContext<P> {
     fn request_headers(&mut self, end_of_stream: bool) -> Action {
         self.on_http_request_headers(0, end_of_stream)
+    }
+    fn body(&mut self, half: Half, size: usize, end_of_stream: bool) -> Action {
+        match half {
+            Half::Request => self.on_http_request_body(size, end_of_stream),
+            Half::Response => self.on_http_response_body(size, end_of_stream),
+        }
     }
     fn request_trailers(&mut self) -> Action {
         self.on_http_request_trailers(0)
@@ -174,6 +184,11 @@ struct NativeStream {
     poisoned: std::cell::Cell<bool>,
     /// Set once the response started (the 500 for a panic can no longer be sent).
     responding: std::cell::Cell<bool>,
+    /// Whether the filter's last request body callback paused, so Envoy buffered that data for
+    /// it and the next callback sees it before the new data.
+    buffering_request: std::cell::Cell<bool>,
+    /// The same for the response body.
+    buffering_response: std::cell::Cell<bool>,
 }
 
 /// Runs `f` on the stream's context with `filter` as the current stream, then does what the
@@ -382,6 +397,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
             config: Arc::clone(&native.shared),
             poisoned: std::cell::Cell::new(false),
             responding: std::cell::Cell::new(false),
+            buffering_request: std::cell::Cell::new(false),
+            buffering_response: std::cell::Cell::new(false),
         };
         Box::into_raw(Box::new(stream)).cast_const().cast()
     })
@@ -408,14 +425,34 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     guard(abi::status::CONTINUE, || run(filter, module, |s| s.request_headers(end_of_stream)))
 }
 
-/// Request body data arrived (bodies are not read natively yet: passed on).
+/// Request body data arrived.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _filter: abi::FilterEnvoyPtr,
-    _module: *const c_void,
-    _end_of_stream: bool,
+    filter: abi::FilterEnvoyPtr,
+    module: *const c_void,
+    end_of_stream: bool,
 ) -> u32 {
-    abi::status::CONTINUE
+    guard(abi::status::CONTINUE, || body(filter, module, Half::Request, end_of_stream))
+}
+
+/// A body callback with the body seen as proxy-wasm shows it (see `BodyView`).
+fn body(filter: abi::FilterEnvoyPtr, module: *const c_void, half: Half, end_of_stream: bool) -> u32 {
+    // SAFETY: as in `run`.
+    let Some(stream) = (unsafe { module.cast::<NativeStream>().as_ref() }) else {
+        return abi::status::CONTINUE;
+    };
+    let buffering = match half {
+        Half::Request => &stream.buffering_request,
+        Half::Response => &stream.buffering_response,
+    };
+    let view = if buffering.get() { BodyView::BufferedAndReceived } else { BodyView::Received };
+    let status = with_body_view(view, || {
+        let size = body_size(filter, half, view);
+        run(filter, module, |s| s.body(half, size, end_of_stream))
+    });
+    // A paused body callback is Envoy's StopIterationAndBuffer: it keeps the data for us.
+    buffering.set(status == abi::status::STOP);
+    status
 }
 
 /// Request trailers arrived.
@@ -443,14 +480,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     })
 }
 
-/// Response body data arrived (bodies are not read natively yet: passed on).
+/// Response body data arrived.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter: abi::FilterEnvoyPtr,
-    _module: *const c_void,
-    _end_of_stream: bool,
+    filter: abi::FilterEnvoyPtr,
+    module: *const c_void,
+    end_of_stream: bool,
 ) -> u32 {
-    abi::status::CONTINUE
+    guard(abi::status::CONTINUE, || body(filter, module, Half::Response, end_of_stream))
 }
 
 /// Response trailers arrived (the SDK has no callback for them).

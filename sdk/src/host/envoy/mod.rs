@@ -108,6 +108,61 @@ thread_local! {
     /// filter does after any request-header change.
     static ROUTE_DIRTY: Cell<bool> = const { Cell::new(false) };
     static ANSWER: RefCell<Option<Answer>> = const { RefCell::new(None) };
+    /// Which of Envoy's body buffers make the body the filter sees now.
+    static BODY_VIEW: Cell<BodyView> = const { Cell::new(BodyView::Buffered) };
+}
+
+/// The body a filter sees, as proxy-wasm shows it: in a body callback the data that arrived,
+/// after the buffered data when the filter's previous body callback paused (Envoy buffered that
+/// for it); elsewhere what Envoy has buffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyView {
+    Buffered,
+    Received,
+    BufferedAndReceived,
+}
+
+/// The chunks of a stream's body for `half` and `view`, as Envoy's buffers (valid until the hook
+/// returns or the body changes).
+fn body_chunks(filter: abi::FilterEnvoyPtr, half: Half, view: BodyView) -> Result<Vec<EnvoyBuffer>, Status> {
+    use abi::body_type::*;
+    let api = api()?;
+    let (received, buffered) = match half {
+        Half::Request => (RECEIVED_REQUEST, BUFFERED_REQUEST),
+        Half::Response => (RECEIVED_RESPONSE, BUFFERED_RESPONSE),
+    };
+    let kinds: &[u32] = match view {
+        BodyView::Buffered => &[buffered],
+        BodyView::Received => &[received],
+        BodyView::BufferedAndReceived => &[buffered, received],
+    };
+    let mut chunks = Vec::new();
+    for kind in kinds {
+        // SAFETY: a live stream (its hook is running).
+        let count = unsafe { (api.http_get_body_chunks_size)(filter, *kind) };
+        if count == 0 {
+            continue;
+        }
+        let mut part = vec![EnvoyBuffer::EMPTY; count];
+        // SAFETY: `part` has room for the `count` chunks Envoy reported.
+        if unsafe { (api.http_get_body_chunks)(filter, *kind, part.as_mut_ptr()) } {
+            chunks.extend(part);
+        }
+    }
+    Ok(chunks)
+}
+
+/// The size of the body `body_chunks` describes.
+pub(crate) fn body_size(filter: abi::FilterEnvoyPtr, half: Half, view: BodyView) -> usize {
+    body_chunks(filter, half, view).map(|chunks| chunks.iter().map(|c| c.length).sum()).unwrap_or(0)
+}
+
+/// Runs `f` with the body seen as `view` (in a body hook).
+pub(crate) fn with_body_view<T>(view: BodyView, f: impl FnOnce() -> T) -> T {
+    let previous = BODY_VIEW.with(|v| v.replace(view));
+    let result = f();
+    BODY_VIEW.with(|v| v.set(previous));
+    result
 }
 
 /// The host of one plugin instance: Envoy, through the dynamic-module callbacks.
@@ -239,6 +294,19 @@ impl Host for EnvoyHost {
             BufferType::PluginConfiguration => Ok(slice(&self.config.raw)),
             BufferType::HttpCallResponseBody => {
                 ANSWER.with(|a| a.borrow().as_ref().map(|a| slice(&a.body)).ok_or(Status::NotFound))
+            }
+            BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
+                let half = if kind == BufferType::HttpRequestBody { Half::Request } else { Half::Response };
+                let chunks = body_chunks(filter()?, half, BODY_VIEW.with(Cell::get))?;
+                let mut body = Vec::new();
+                for chunk in chunks {
+                    // SAFETY: Envoy filled the chunks in this hook; they are copied here.
+                    body.extend_from_slice(unsafe { chunk.as_slice() });
+                    if body.len() >= start.saturating_add(max) {
+                        break;
+                    }
+                }
+                Ok(slice(&body))
             }
             _ => Err(Status::InternalFailure),
         }
