@@ -258,6 +258,10 @@ callbacks! {
     http_get_body_chunks_size: fn(FilterEnvoyPtr, u32) -> usize;
     /// `bool http_get_body_chunks(filter, body_type, envoy_buffer* result)`.
     http_get_body_chunks: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
+    /// `bool http_filter_get_attribute_string(filter, attribute_id, envoy_buffer* result)`.
+    http_filter_get_attribute_string: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
+    /// `bool http_filter_get_attribute_int(filter, attribute_id, uint64_t* result)`.
+    http_filter_get_attribute_int: fn(FilterEnvoyPtr, u32, *mut u64) -> bool;
     /// `void http_clear_route_cache(filter)`.
     http_clear_route_cache: fn(FilterEnvoyPtr);
     /// `void http_filter_continue_decoding(filter)`.

@@ -18,6 +18,7 @@
 pub mod abi;
 mod hooks;
 mod metrics;
+mod properties;
 mod proxy_wasm_imports;
 mod shared_data;
 mod ticker;
@@ -312,8 +313,8 @@ impl Host for EnvoyHost {
         }
     }
 
-    fn property(&self, _path: &[&str]) -> Result<Option<Bytes>, Status> {
-        Err(Status::InternalFailure)
+    fn property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
+        properties::read(filter()?, path)
     }
 
     fn foreign_function(&self, _name: &str, _arguments: &[u8]) -> Result<Bytes, Status> {
