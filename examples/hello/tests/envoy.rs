@@ -11,7 +11,8 @@ fn filter(target: Target, config: serde_json::Value) -> HttpFilter {
 
 for_each_target!(
     greets_blocks_and_counts_in_envoy,
-    envoy_refuses_bad_config_with_a_log_line_naming_the_field
+    envoy_refuses_bad_config_with_a_log_line_naming_the_field,
+    two_workers_count_into_one_series,
 );
 
 fn greets_blocks_and_counts_in_envoy(target: Target) {
@@ -51,6 +52,34 @@ fn envoy_refuses_bad_config_with_a_log_line_naming_the_field(target: Target) {
         ),
         "{log}"
     );
+}
+
+/// With two workers each has its own plugin (a VM, or a native plugin instance), and their
+/// counts land in the same Prometheus series.
+fn two_workers_count_into_one_series(target: Target) {
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .filter(filter(target, json!({"greeting": "hi"})))
+        .upstream(upstream.addr())
+        .concurrency(2)
+        .bootstrap_patch(
+            json!({"stats_config": {"stats_tags": [{"tag_name": "method", "regex": "(;method=([^;]*))"}]}}),
+        )
+        .start()
+        .unwrap();
+    // Each request is a connection of its own, so the kernel spreads them over both workers.
+    let requests = 40;
+    for _ in 0..requests {
+        let response = envoy.get("/x").unwrap();
+        assert_eq!(response.echo().unwrap().header("x-greeting"), Some("hi localhost"));
+    }
+    let scrape = envoy.admin_get("/stats/prometheus").unwrap();
+    assert!(scrape.contains(&format!("\nhello_requests_total{{method=\"GET\"}} {requests}\n")), "{scrape}");
+    // Both workers served (the listener's per-worker connection counters), so both plugins
+    // counted.
+    let per_worker = envoy.admin_get("/stats?filter=worker_.*downstream_cx_total").unwrap();
+    let busy = per_worker.lines().filter(|l| !l.trim_end().ends_with(": 0")).count();
+    assert_eq!(busy, 2, "{per_worker}");
 }
 
 #[test]
