@@ -84,11 +84,23 @@ fn two_workers_count_into_one_series(target: Target) {
 
 #[test]
 fn the_standalone_config_is_valid() {
+    validate_standalone("examples/hello/envoy.yaml");
+}
+
+/// Envoy's validation loads the native module and runs its configuration hook.
+#[test]
+fn the_standalone_native_config_is_valid() {
+    validate_standalone("examples/hello/envoy-native.yaml");
+}
+
+fn validate_standalone(config: &str) {
     // Run from the repository root, as the config's comment tells users to: the module path in
     // it is relative to there.
     let root = gatewasm_envoy::workspace_root();
+    let native = gatewasm_envoy::native_module("hello").unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(gatewasm_envoy::envoy_binary().unwrap())
-        .args(["--mode", "validate", "-c", "examples/hello/envoy.yaml"])
+        .args(["--mode", "validate", "-c", config])
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native.parent().unwrap())
         .current_dir(&root)
         .output()
         .unwrap();

@@ -30,6 +30,7 @@ pub use config::{
     duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, NativeFilter, Target, WasmFilter, BUNDLED,
     BUNDLE_VAR, HCM_STAT_PREFIX, STRIP_MODULE_STAT_PREFIX, UPSTREAM_CLUSTER,
 };
+pub use gatewasm_paths::native_module;
 pub use process::LocalProcess;
 pub use runner::{
     envoy_binary, noop_filter_wasm, target_dir, validate_config_file, wasm_artifact, workspace_root, Envoy,
