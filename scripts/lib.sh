@@ -9,6 +9,8 @@ VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
 # Every module the tests, the demo and the benchmarks load.
 WASM_PACKAGES=(header-rewrite jwt-auth ext-auth http-metrics kafka-log hello noop-filter probe-filter raw-filter calls-filter sdk-fixture)
+# The filters whose Envoy tests also run them as native Envoy dynamic modules (lib<name>.so).
+NATIVE_PACKAGES=(hello header-rewrite sdk-fixture)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -118,6 +120,15 @@ build_modules() {
     # The bundle links the filters without their entry points: a cargo invocation of its own, or
     # feature unification would turn them back on (and five `_initialize`s would not link).
     (cd "$ROOT" && cargo build --profile bundle --target wasm32-wasip1 -p gatewasm-bundle)
+}
+
+# The native modules (Envoy dynamic modules, target/release/lib<name>.so), in one invocation:
+# release, which unwinds on panic natively (see Cargo.toml).
+build_native_modules() {
+    log "building native modules (release, $(rustc -vV | sed -n 's/^host: //p'))"
+    local args=()
+    for p in "${NATIVE_PACKAGES[@]}"; do args+=(-p "$p"); done
+    (cd "$ROOT" && cargo build --release "${args[@]}")
 }
 
 export ENVOY_BIN="$VENV/bin/envoy"

@@ -194,8 +194,16 @@ pub fn init_logging(level: LogLevel) {
     }));
 }
 
-/// Registers a [`Plugin`] as the module's root context, with logging at `info` (or the level
-/// given) and the panic hook installed.
+/// Registers a [`Plugin`] as the module's entry, with logging at `info` (or the level given)
+/// and the panic hook installed: compiled to `wasm32`, the proxy-wasm root context; compiled
+/// natively, the plugin of the Envoy dynamic module (`lib<crate>.so`), chosen by the filter
+/// configuration's `filter_name` (the plugin's [`Plugin::NAME`]).
+///
+/// Natively the hooks Envoy calls are the SDK's own (defined once, whatever links it); this
+/// macro only registers the plugin with them when the library is loaded, so a binary that links
+/// several filter crates (tests, a module serving several filters) has no duplicate symbols.
+/// A native build must unwind on panic (the workspace's profiles do): the hooks catch a panic
+/// and answer the request 500 instead of letting it abort Envoy.
 ///
 /// ```ignore
 /// gatewasm::export!(MyPlugin);
@@ -207,12 +215,13 @@ macro_rules! export {
         $crate::export!($plugin, $crate::proxy_wasm::types::LogLevel::Info);
     };
     ($plugin:ty, $level:expr) => {
-        // A module of its own keeps the ABI entry point out of the filter's public docs.
+        // A module of its own keeps the entry points out of the filter's public docs.
         #[doc(hidden)]
         #[allow(missing_docs)]
         mod __gatewasm_entry {
             #[allow(unused_imports)]
             use super::*;
+            #[cfg(target_arch = "wasm32")]
             $crate::proxy_wasm::main! {{
                 $crate::init_logging($level);
                 $crate::proxy_wasm::set_root_context(
@@ -221,6 +230,27 @@ macro_rules! export {
                     },
                 );
             }}
+
+            #[cfg(all(not(target_arch = "wasm32"), panic = "abort"))]
+            compile_error!(
+                "a native build must unwind on panic (`panic = \"unwind\"`), or a panic in a filter aborts Envoy"
+            );
+
+            /// Registers the plugin when the dynamic loader runs the library's initialisers
+            /// (before Envoy calls `envoy_dynamic_module_on_program_init`).
+            #[cfg(not(target_arch = "wasm32"))]
+            #[used]
+            #[cfg_attr(target_vendor = "apple", link_section = "__DATA,__mod_init_func")]
+            #[cfg_attr(not(target_vendor = "apple"), link_section = ".init_array")]
+            static REGISTER: extern "C" fn() = {
+                extern "C" fn register() {
+                    // A panic must not unwind out of a loader initialiser.
+                    let _ = ::std::panic::catch_unwind(|| {
+                        $crate::host::envoy::register::<$plugin>($level);
+                    });
+                }
+                register
+            };
         }
     };
 }

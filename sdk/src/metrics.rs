@@ -91,9 +91,15 @@ impl Metrics {
     /// A counter that counts in the VM, with no host call on the request path; the SDK sends
     /// what it counted to the host every [`FLUSH_PERIOD`], so Envoy's value lags by up to one
     /// period, and what was counted since the last flush is lost if the VM stops.
+    ///
+    /// On a host where an update is a plain function call (a native module), the counter sends
+    /// each update at once instead: no batching, no lag.
     pub fn local_counter(&self, name: &str) -> LocalCounter {
-        let cell = Rc::new(LocalCell { counter: self.counter(name), pending: Cell::new(0) });
-        self.0.locals.borrow_mut().push(Rc::clone(&cell));
+        let direct = !self.0.host.batches_counters();
+        let cell = Rc::new(LocalCell { counter: self.counter(name), pending: Cell::new(0), direct });
+        if !direct {
+            self.0.locals.borrow_mut().push(Rc::clone(&cell));
+        }
         LocalCounter(cell)
     }
 
@@ -105,9 +111,13 @@ impl Metrics {
         labels: &[&str],
         max_series: usize,
     ) -> Family<M> {
+        let name = name.into();
+        if let Err(status) = self.0.host.define_family(M::KIND, &name, labels) {
+            log::warn!("cannot define metric family {name}: {status:?}; its series will count nothing");
+        }
         Family {
             metrics: self.clone(),
-            name: name.into(),
+            name,
             labels: labels.iter().map(|l| (*l).to_string()).collect(),
             max_series,
             cap: None,
@@ -192,23 +202,28 @@ pub struct Histogram(Handle);
 
 /// A metric kind a [`Family`] can hold.
 pub trait Metric: Clone {
+    /// The host's kind of this metric.
+    const KIND: MetricType;
     /// Defines the metric named `name` in `metrics`.
     fn define(metrics: &Metrics, name: &str) -> Self;
 }
 
 impl Metric for Counter {
+    const KIND: MetricType = MetricType::Counter;
     fn define(metrics: &Metrics, name: &str) -> Self {
         metrics.counter(name)
     }
 }
 
 impl Metric for Gauge {
+    const KIND: MetricType = MetricType::Gauge;
     fn define(metrics: &Metrics, name: &str) -> Self {
         metrics.gauge(name)
     }
 }
 
 impl Metric for Histogram {
+    const KIND: MetricType = MetricType::Histogram;
     fn define(metrics: &Metrics, name: &str) -> Self {
         metrics.histogram(name)
     }
@@ -235,6 +250,8 @@ pub struct LocalCounter(Rc<LocalCell>);
 struct LocalCell {
     counter: Counter,
     pending: Cell<u64>,
+    /// Sends each update at once (the host does not batch, see [`Metrics::local_counter`]).
+    direct: bool,
 }
 
 /// How often the SDK flushes [`LocalCounter`]s: Envoy's stats lag by at most this much.
@@ -248,7 +265,11 @@ impl LocalCounter {
 
     /// Adds `n`, locally.
     pub fn add(&self, n: u64) {
-        self.0.pending.set(self.0.pending.get().saturating_add(n));
+        if self.0.direct {
+            self.0.counter.add(n);
+        } else {
+            self.0.pending.set(self.0.pending.get().saturating_add(n));
+        }
     }
 
     /// What was counted since the last flush.

@@ -5,17 +5,23 @@
 //! callback ([`crate::Stream`] for a request, [`crate::Root`] for the plugin). The SDK builds
 //! those handles on [`Abi`] in a Wasm module (the proxy-wasm ABI 0.2.1) and on
 //! [`crate::testing::FakeHost`] in unit tests, so a filter's callbacks run unchanged on either;
-//! another backend (a native proxy's module API) is one more implementation of this trait.
+//! natively, `envoy::EnvoyHost` implements it on Envoy's dynamic-module ABI, so the same filter
+//! also builds as an Envoy dynamic module.
 
 mod abi;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod envoy;
 mod pairs;
 
 use std::time::{Duration, SystemTime};
 
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
+#[cfg(target_arch = "wasm32")]
 pub(crate) use abi::log;
 pub use abi::Abi;
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use envoy::log;
 pub use pairs::{check_map, deserialize_pairs, is_well_formed, serialize_pairs, MapCheck, PairsIter};
 
 /// Which half of a stream a call is about.
@@ -67,6 +73,18 @@ pub trait Host {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, Status>;
+    /// Declares a labelled metric family before its series are defined (in `configure`): a host
+    /// with real labels defines it there; one whose names carry the labels (proxy-wasm) has
+    /// nothing to do, and makes no call.
+    fn define_family(&self, kind: MetricType, name: &str, labels: &[&str]) -> Result<(), Status> {
+        let _ = (kind, name, labels);
+        Ok(())
+    }
+    /// Whether the SDK should batch local counters in the module and flush them on a tick
+    /// (where a host call crosses a VM boundary), or send each update at once. Not a host call.
+    fn batches_counters(&self) -> bool {
+        true
+    }
     /// Defines a metric (or finds the one of that name) and returns its id.
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
     /// Adds `offset` to a counter or gauge.

@@ -143,6 +143,97 @@ fn bundle_substitute(path: &std::path::Path, root_id: &str) -> Option<(PathBuf, 
     Some((bundle, root_id))
 }
 
+/// A filter built as a native Envoy dynamic module (`envoy.filters.http.dynamic_modules`):
+/// `lib<name>.so`, found by Envoy under `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (the runner sets it
+/// to the module's directory), the plugin chosen by `filter_name`, its configuration passed as a
+/// `google.protobuf.StringValue` (the same JSON a Wasm filter gets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeFilter {
+    /// Path to the `.so`.
+    pub path: PathBuf,
+    /// The plugin in the module (`filter_name`: the plugin's name, `Plugin::NAME`).
+    pub filter_name: String,
+    /// Plugin configuration, passed as a string (usually JSON).
+    pub configuration: String,
+}
+
+/// The runtime flag that makes Envoy 1.40 strip a dynamic module's metrics namespace in
+/// `/stats/prometheus` (and not add `envoy_`), as it does for Wasm's: with it the native and
+/// Wasm targets show the same Prometheus series. The runner sets it whenever a native filter is
+/// in the chain.
+pub const STRIP_MODULE_STAT_PREFIX: &str =
+    "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
+
+impl NativeFilter {
+    /// A filter for the module at `path` serving plugin `filter_name`, empty configuration.
+    pub fn new(path: impl Into<PathBuf>, filter_name: impl Into<String>) -> Self {
+        NativeFilter { path: path.into(), filter_name: filter_name.into(), configuration: String::new() }
+    }
+
+    /// Sets the plugin configuration string.
+    pub fn configuration(mut self, configuration: impl Into<String>) -> Self {
+        self.configuration = configuration.into();
+        self
+    }
+
+    /// Sets the plugin configuration to serialized JSON.
+    pub fn json_configuration(self, configuration: &Value) -> Self {
+        self.configuration(configuration.to_string())
+    }
+
+    /// The library name (`libhello.so` → `hello`), Envoy's `dynamic_module_config.name`.
+    pub fn module_name(&self) -> String {
+        let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        stem.strip_prefix("lib").unwrap_or(&stem).to_string()
+    }
+
+    /// The directory Envoy must search for the module.
+    pub fn dir(&self) -> PathBuf {
+        self.path.parent().map(PathBuf::from).unwrap_or_default()
+    }
+
+    /// The HTTP filter entry.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": "envoy.filters.http.dynamic_modules",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": { "name": self.module_name() },
+                "filter_name": self.filter_name,
+                "filter_config": string_value(&self.configuration),
+            }
+        })
+    }
+}
+
+/// Which build of a filter a test runs: the proxy-wasm module or the native dynamic module.
+/// A filter's Envoy tests take one and run once per target ([`crate::for_each_target!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `<package>.wasm` in Envoy's V8 (`envoy.filters.http.wasm`).
+    Wasm,
+    /// `lib<package>.so` as an Envoy dynamic module (`envoy.filters.http.dynamic_modules`).
+    Native,
+}
+
+impl Target {
+    /// The filter entry for `package`'s module on this target, serving plugin `name` (the
+    /// Wasm plugin name and the native `filter_name`) with `configuration`. Errors, naming the
+    /// build command, when the module is not built.
+    pub fn filter(self, package: &str, name: &str, configuration: &Value) -> anyhow::Result<HttpFilter> {
+        Ok(match self {
+            Target::Wasm => {
+                let path = gatewasm_paths::wasm_module(package)?;
+                HttpFilter::Wasm(WasmFilter::new(path).name(name).json_configuration(configuration))
+            }
+            Target::Native => {
+                let path = gatewasm_paths::native_module(package)?;
+                HttpFilter::Native(NativeFilter::new(path, name).json_configuration(configuration))
+            }
+        })
+    }
+}
+
 fn string_value(value: &str) -> Value {
     json!({ "@type": "type.googleapis.com/google.protobuf.StringValue", "value": value })
 }
@@ -152,6 +243,8 @@ fn string_value(value: &str) -> Value {
 pub enum HttpFilter {
     /// A proxy-wasm filter.
     Wasm(WasmFilter),
+    /// A native filter (Envoy dynamic module).
+    Native(NativeFilter),
     /// Any other filter as raw JSON: `{"name": ..., "typed_config": {"@type": ..., ...}}`.
     Raw(Value),
 }
@@ -184,6 +277,7 @@ impl HttpFilter {
     pub fn to_json(&self) -> Value {
         match self {
             HttpFilter::Wasm(wasm) => wasm.to_json(),
+            HttpFilter::Native(native) => native.to_json(),
             HttpFilter::Raw(raw) => raw.clone(),
         }
     }
@@ -301,6 +395,15 @@ impl Default for BootstrapSpec {
 }
 
 impl BootstrapSpec {
+    /// The directory of the native filters' modules (Envoy's `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`);
+    /// `None` without native filters. Every native filter of one Envoy comes from one directory.
+    pub fn native_dir(&self) -> Option<PathBuf> {
+        self.filters.iter().find_map(|f| match f {
+            HttpFilter::Native(native) => Some(native.dir()),
+            _ => None,
+        })
+    }
+
     /// The bootstrap JSON. Listener and admin bind to 127.0.0.1 port 0; the runner reads the
     /// real ports back.
     pub fn to_json(&self) -> anyhow::Result<Value> {
@@ -364,6 +467,15 @@ impl BootstrapSpec {
                 "clusters": clusters,
             }
         });
+        if self.native_dir().is_some() {
+            merge(
+                &mut bootstrap,
+                &json!({"layered_runtime": {"layers": [{
+                    "name": "gatewasm-native",
+                    "static_layer": { STRIP_MODULE_STAT_PREFIX: true }
+                }]}}),
+            );
+        }
         for patch in &self.bootstrap_patches {
             merge(&mut bootstrap, patch);
         }

@@ -27,12 +27,35 @@ mod upstream;
 
 pub use client::{send, Echo, Request, Response};
 pub use config::{
-    duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, WasmFilter, BUNDLED, BUNDLE_VAR,
-    HCM_STAT_PREFIX, UPSTREAM_CLUSTER,
+    duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, NativeFilter, Target, WasmFilter, BUNDLED,
+    BUNDLE_VAR, HCM_STAT_PREFIX, STRIP_MODULE_STAT_PREFIX, UPSTREAM_CLUSTER,
 };
+pub use gatewasm_paths::native_module;
 pub use process::LocalProcess;
 pub use runner::{
     envoy_binary, noop_filter_wasm, target_dir, validate_config_file, wasm_artifact, workspace_root, Envoy,
     EnvoyBuilder, Validation,
 };
 pub use upstream::{ClosedPort, EchoUpstream, FixedUpstream, Received, Reply, ScriptedUpstream};
+
+/// Runs one test body once per [`Target`]: `for_each_target!(fn_name)` for a
+/// `fn fn_name(target: Target)` defines the tests `fn_name::wasm` and `fn_name::native`. A case
+/// a target cannot do is its own test, named for what differs, never a skipped run.
+#[macro_export]
+macro_rules! for_each_target {
+    ($($body:ident),* $(,)?) => {
+        $(
+            mod $body {
+                #[test]
+                fn wasm() {
+                    super::$body($crate::Target::Wasm);
+                }
+
+                #[test]
+                fn native() {
+                    super::$body($crate::Target::Native);
+                }
+            }
+        )*
+    };
+}

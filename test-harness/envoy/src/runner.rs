@@ -116,13 +116,13 @@ impl Default for EnvoyBuilder {
 
 impl EnvoyBuilder {
     /// No filters, a `direct_response` 200 route, concurrency 1, log level `info`
-    /// (`wasm:info`), 30 s start deadline.
+    /// (`wasm:info,dynamic_modules:info`), 30 s start deadline.
     pub fn new() -> Self {
         EnvoyBuilder {
             spec: BootstrapSpec::default(),
             concurrency: 1,
             log_level: "info".to_string(),
-            component_log_level: Some("wasm:info".to_string()),
+            component_log_level: Some("wasm:info,dynamic_modules:info".to_string()),
             start_timeout: Duration::from_secs(30),
             extra_args: Vec::new(),
             cpu_affinity: None,
@@ -212,7 +212,7 @@ impl EnvoyBuilder {
         self
     }
 
-    /// Sets `--component-log-level` (default `wasm:info`; `None` to omit).
+    /// Sets `--component-log-level` (default `wasm:info,dynamic_modules:info`; `None` to omit).
     pub fn component_log_level(mut self, levels: Option<&str>) -> Self {
         self.component_log_level = levels.map(str::to_string);
         self
@@ -336,6 +336,9 @@ impl EnvoyBuilder {
             .arg(&self.log_level);
         if let Some(levels) = &self.component_log_level {
             command.arg("--component-log-level").arg(levels);
+        }
+        if let Some(dir) = self.spec.native_dir() {
+            command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
         }
         command.args(&self.extra_args).stdin(Stdio::null()).stdout(log).stderr(log_err);
 

@@ -7,6 +7,8 @@
 //!   being `release`, or `bundle` for the bundle module ([`profile_of`]); setting
 //!   `$GATEWASM_WASM_DIR` (relative values again from the workspace root) points the tests at
 //!   other builds of the same modules, all in that one directory (e.g. packaged modules).
+//! - A built native module (an Envoy dynamic module) is `<target>/release/lib<package with - as
+//!   _>.so`, from `cargo build --release -p <package>` on the host target.
 //! - A missing module is an error naming the exact `cargo build` command, never a skipped test.
 //!
 //! The `*_in` functions take the environment as arguments, so the rule is tested without
@@ -112,6 +114,24 @@ pub fn profile_flag(package: &str) -> String {
     }
 }
 
+/// Where `cargo build --release` writes native modules (Envoy dynamic modules): `<target>/release`.
+/// Envoy finds them there through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub fn native_dir() -> PathBuf {
+    target_dir().join("release")
+}
+
+/// The library name Envoy's `dynamic_module_config.name` takes for a package: `header-rewrite`
+/// → `header_rewrite` (the file is `libheader_rewrite.so`).
+pub fn native_module_name(package: &str) -> String {
+    package.replace('-', "_")
+}
+
+/// The built native module of a workspace package, in [`native_dir`].
+pub fn native_module(package: &str) -> Result<PathBuf, MissingModule> {
+    let file = format!("lib{}.so", native_module_name(package));
+    existing(native_dir().join(file), package).map_err(|missing| MissingModule { native: true, ..missing })
+}
+
 /// The built module of a workspace package (`jwt-auth` or `jwt_auth`), in [`wasm_dir`].
 pub fn wasm_module(package: &str) -> Result<PathBuf, MissingModule> {
     wasm_file(&module_file_name(package), package)
@@ -131,7 +151,7 @@ fn existing(path: PathBuf, package: &str) -> Result<PathBuf, MissingModule> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(MissingModule { path, package: package.replace('_', "-") })
+        Err(MissingModule { path, package: package.replace('_', "-"), native: false })
     }
 }
 
@@ -142,11 +162,18 @@ pub struct MissingModule {
     pub path: PathBuf,
     /// The workspace package that builds it.
     pub package: String,
+    /// A native module (built for the host target), not a Wasm one.
+    pub native: bool,
 }
 
 impl fmt::Display for MissingModule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} is missing: build it with `{}`", self.path.display(), build_command(&self.package))
+        let command = if self.native {
+            format!("cargo build --release -p {}", self.package)
+        } else {
+            build_command(&self.package)
+        };
+        write!(f, "{} is missing: build it with `{command}`", self.path.display())
     }
 }
 

@@ -1,0 +1,63 @@
+//! Properties on the native backend: the proxy-wasm attribute paths filters read, mapped onto
+//! Envoy's attribute ids, and encoded as Envoy's Wasm filter encodes them (strings as their
+//! bytes, integers as 8 little-endian bytes), so a filter reads the same bytes on both targets.
+//! Every entry is compared with the Wasm target's answer in the SDK fixture's Envoy tests; a path
+//! not in the table reads as absent.
+
+use proxy_wasm::types::{Bytes, Status};
+
+use super::abi::{self, EnvoyBuffer};
+
+/// How an attribute is read and encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Int,
+}
+
+/// `envoy_dynamic_module_type_attribute_id` values (Envoy 1.40) by proxy-wasm path.
+const ATTRIBUTES: &[(&str, u32, Kind)] = &[
+    ("request.path", 0, Kind::Str),
+    ("request.url_path", 1, Kind::Str),
+    ("request.host", 2, Kind::Str),
+    ("request.scheme", 3, Kind::Str),
+    ("request.method", 4, Kind::Str),
+    ("request.useragent", 7, Kind::Str),
+    ("request.id", 9, Kind::Str),
+    ("request.protocol", 10, Kind::Str),
+    ("request.query", 11, Kind::Str),
+    // At log time Envoy 1.40 has not recorded the request's end yet: absent (as tested).
+    ("request.duration", 12, Kind::Int),
+    ("response.code", 15, Kind::Int),
+    ("source.address", 24, Kind::Str),
+    ("source.port", 25, Kind::Int),
+    ("destination.address", 26, Kind::Str),
+    ("destination.port", 27, Kind::Int),
+    ("xds.cluster_name", 57, Kind::Str),
+    ("xds.route_name", 61, Kind::Str),
+];
+
+/// The attribute at `path` for the stream `filter`; `Ok(None)` when Envoy has none (or the
+/// path is not mapped).
+pub(super) fn read(filter: abi::FilterEnvoyPtr, path: &[&str]) -> Result<Option<Bytes>, Status> {
+    let api = super::api()?;
+    let joined = path.join(".");
+    let Some((_, id, kind)) = ATTRIBUTES.iter().find(|(name, _, _)| *name == joined) else {
+        return Ok(None);
+    };
+    Ok(match kind {
+        Kind::Str => {
+            let mut value = EnvoyBuffer::EMPTY;
+            // SAFETY: a live stream; `value` is a valid out pointer.
+            let found = unsafe { (api.http_filter_get_attribute_string)(filter, *id, &mut value) };
+            // SAFETY: Envoy filled `value` just now; it is copied here.
+            found.then(|| unsafe { value.as_slice() }.to_vec())
+        }
+        Kind::Int => {
+            let mut value = 0u64;
+            // SAFETY: a live stream; `value` is a valid out pointer.
+            let found = unsafe { (api.http_filter_get_attribute_int)(filter, *id, &mut value) };
+            found.then(|| value.to_le_bytes().to_vec())
+        }
+    })
+}
