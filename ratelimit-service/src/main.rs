@@ -66,7 +66,7 @@ fn run(options: Options, limits: Limits) -> anyhow::Result<()> {
     runtime.block_on(async {
         let timeout = Duration::from_millis(options.redis_timeout_ms);
         let store = match &options.redis {
-            Some(url) => Store::redis(url, timeout).with_context(|| format!("--redis {url}"))?,
+            Some(url) => Store::redis(url, timeout).await.with_context(|| format!("--redis {url}"))?,
             None => Store::memory(options.max_counters).context("in-memory counters")?,
         };
         let where_counters = match &options.redis {

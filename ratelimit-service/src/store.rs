@@ -80,8 +80,9 @@ impl Store {
     }
 
     /// Counters in the Redis at `url`. Connects lazily: the service starts, and answers with
-    /// errors, while Redis is away; every command gives up after `timeout`.
-    pub fn redis(url: &str, timeout: Duration) -> Result<Store, StoreError> {
+    /// errors, while Redis is away; every command gives up after `timeout`. Async because the
+    /// connection's task starts on the calling Tokio runtime.
+    pub async fn redis(url: &str, timeout: Duration) -> Result<Store, StoreError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
