@@ -83,6 +83,9 @@ struct DescriptorFile {
     rate_limit: Option<RateLimitFile>,
     #[serde(default)]
     shadow_mode: bool,
+    /// Per-value statistics in the reference service; accepted so its files load, no effect here.
+    #[serde(default, rename = "detailed_metric")]
+    _detailed_metric: bool,
     #[serde(default)]
     descriptors: Vec<DescriptorFile>,
 }
@@ -98,6 +101,14 @@ struct RateLimitFile {
     unlimited: bool,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    replaces: Vec<ReplacesFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplacesFile {
+    name: String,
 }
 
 /// A refused limits file: which file, which field, which value, and why.
@@ -153,6 +164,8 @@ pub struct Limit {
     pub name: Option<String>,
     /// Counted and reported, never enforced.
     pub shadow_mode: bool,
+    /// Names of limits this one replaces when both match one request (`replaces`).
+    pub replaces: Vec<String>,
     /// Stable identity of the rule (domain and the path of keys and values that lead to it),
     /// shared by every service instance reading the same file, so their counters meet in Redis.
     pub id: String,
@@ -265,7 +278,9 @@ fn build(
         if d.key.is_empty() {
             return Err(invalid(&format!("{here}.key"), "", "must not be empty"));
         }
-        let id = match &d.value {
+        // An empty value is no value, as in the reference service.
+        let value = d.value.as_deref().filter(|v| !v.is_empty());
+        let id = match value {
             Some(v) => format!("{parent_id}/{}={}", escape(&d.key), escape(v)),
             None => format!("{parent_id}/{}", escape(&d.key)),
         };
@@ -280,7 +295,7 @@ fn build(
         };
         let children = build(&d.descriptors, &format!("{here}.descriptors"), &id, invalid)?;
         let rule = Rule { action, children };
-        let duplicate = match &d.value {
+        let duplicate = match value {
             Some(v) if v.ends_with('*') => {
                 let prefix = v.trim_end_matches('*');
                 if prefix.contains('*') {
@@ -295,12 +310,12 @@ fn build(
                 if v.contains('*') {
                     return Err(invalid(&format!("{here}.value"), v, "a `*` may only end the value"));
                 }
-                node.exact.insert((d.key.clone(), v.clone()), rule).is_some()
+                node.exact.insert((d.key.clone(), v.to_string()), rule).is_some()
             }
             None => node.any.insert(d.key.clone(), rule).is_some(),
         };
         if duplicate {
-            let shown = match &d.value {
+            let shown = match value {
                 Some(v) => format!("{}={v}", d.key),
                 None => d.key.clone(),
             };
@@ -318,6 +333,13 @@ fn action(
     invalid: &dyn Fn(&str, &str, &'static str) -> ConfigError,
 ) -> Result<Action, ConfigError> {
     if r.unlimited {
+        if let Some(unit) = r.unit {
+            return Err(invalid(
+                &format!("{here}.unit"),
+                &format!("{unit:?}").to_lowercase(),
+                "an unlimited rate_limit has no unit",
+            ));
+        }
         if let Some(n) = r.requests_per_unit {
             return Err(invalid(
                 &format!("{here}.requests_per_unit"),
@@ -336,12 +358,25 @@ fn action(
     let Some(requests_per_unit) = r.requests_per_unit else {
         return Err(invalid(&format!("{here}.requests_per_unit"), "", "required unless unlimited is true"));
     };
+    let name = r.name.clone().filter(|n| !n.is_empty());
+    let mut replaces = Vec::with_capacity(r.replaces.len());
+    for (i, replaced) in r.replaces.iter().enumerate() {
+        let field = format!("{here}.replaces[{i}].name");
+        if replaced.name.is_empty() {
+            return Err(invalid(&field, "", "must not be empty"));
+        }
+        if name.as_deref() == Some(replaced.name.as_str()) {
+            return Err(invalid(&field, &replaced.name, "a limit cannot replace itself"));
+        }
+        replaces.push(replaced.name.clone());
+    }
     let window = unit.window().as_secs();
     Ok(Action::Limit(Limit {
         requests_per_unit,
         unit,
-        name: r.name.clone().filter(|n| !n.is_empty()),
+        name,
         shadow_mode,
+        replaces,
         id: format!("{id}/{window}s"),
     }))
 }
@@ -447,11 +482,29 @@ descriptors:
             "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, requests_per_unit: 4}\n",
         );
         assert!(e.contains("descriptors[0].rate_limit.requests_per_unit = \"4\""), "{e}");
+        let e =
+            refused("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, unit: second}\n");
+        assert!(e.contains("descriptors[0].rate_limit.unit = \"second\""), "{e}");
+        let e = refused(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, name: a, replaces: [{name: a}]}\n",
+        );
+        assert!(e.contains("descriptors[0].rate_limit.replaces[0].name = \"a\""), "{e}");
         let e = refused("domain: d\ndescriptors:\n  - key: k\n    shadow_mode: true\n");
         assert!(e.contains("descriptors[0].shadow_mode"), "{e}");
         let e = refused("domain: d\ndescriptors:\n  - key: ''\n");
         assert!(e.contains("descriptors[0].key"), "{e}");
         assert!(e.starts_with("limits.yaml: "), "{e}");
+    }
+
+    #[test]
+    fn reference_fields_load() {
+        let limits = limits(
+            "domain: d\ndescriptors:\n  - key: k\n    value: ''\n    detailed_metric: true\n    rate_limit: {unit: second, requests_per_unit: 1, name: b, replaces: [{name: a}]}\n",
+        )
+        .unwrap();
+        let limit = limit_of(limits.domain("d").unwrap().find("k", "any").unwrap());
+        assert_eq!(limit.replaces, ["a"]);
+        assert_eq!(limit.id, "d/k/1s", "an empty value is no value");
     }
 
     #[test]

@@ -87,6 +87,16 @@ impl Limiter {
         } else {
             matched.resize(request.descriptors.len(), None);
         }
+        // A matched limit that another matched limit `replaces` does not apply to this request.
+        let replaced: Vec<String> =
+            matched.iter().flatten().flat_map(|m| m.limit.replaces.iter().cloned()).collect();
+        if !replaced.is_empty() {
+            for m in &mut matched {
+                if m.as_ref().and_then(|m| m.limit.name.as_ref()).is_some_and(|n| replaced.contains(n)) {
+                    *m = None;
+                }
+            }
+        }
 
         let counts: Vec<Count> = matched
             .iter()
@@ -165,6 +175,7 @@ fn match_descriptor(
             unit,
             name: None,
             shadow_mode: false,
+            replaces: Vec::new(),
             // `%` is escaped in the file's ids, so no file rule has this one.
             id: format!("{}/%override/{}s", escape(domain), unit.window().as_secs()),
         };
@@ -272,6 +283,9 @@ descriptors:
   - key: path
     value: /free/*
     rate_limit: {unlimited: true}
+  - key: plan
+    value: gold
+    rate_limit: {unit: minute, requests_per_unit: 100, name: gold, replaces: [{name: login}]}
 "#;
 
     fn limiter(headers: bool) -> Limiter {
@@ -370,6 +384,21 @@ descriptors:
         let mut big = other;
         big.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 3 });
         assert_eq!(codes(&l.decide(&request("gw", vec![big])).await.unwrap()), (OVER, vec![OVER]));
+    }
+
+    #[tokio::test]
+    async fn a_limit_replaces_another_by_name() {
+        let l = limiter(false);
+        let login = descriptor(&[("generic_key", "login"), ("remote_address", "3.3.3.3")]);
+        let gold = descriptor(&[("plan", "gold")]);
+        for _ in 0..3 {
+            let r = l.decide(&request("gw", vec![login.clone(), gold.clone()])).await.unwrap();
+            assert_eq!(codes(&r), (OK, vec![OK, OK]));
+            assert_eq!(r.statuses[0].current_limit, None, "replaced by gold: no limit");
+        }
+        // Without gold, the login limit (1 a second) applies and was not counted above.
+        assert_eq!(codes(&l.decide(&request("gw", vec![login.clone()])).await.unwrap()), (OK, vec![OK]));
+        assert_eq!(codes(&l.decide(&request("gw", vec![login])).await.unwrap()), (OVER, vec![OVER]));
     }
 
     #[tokio::test]
