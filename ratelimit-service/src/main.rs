@@ -23,7 +23,7 @@ struct Options {
     configs: Vec<PathBuf>,
     /// Redis to keep the counters in (redis://[user:password@]host:port[/db]); without it,
     /// counters are in memory and per instance.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = redis_url)]
     redis: Option<String>,
     /// Longest wait for Redis per decision (and per connection attempt); past it the call fails
     /// with UNAVAILABLE.
@@ -39,6 +39,12 @@ struct Options {
     /// On SIGTERM/SIGINT, the longest wait for calls in flight.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     stop_timeout_ms: u64,
+}
+
+/// Refuses a Redis URL the client cannot use (another scheme, `rediss://`: no TLS is built in)
+/// on the command line, with clap's exit code 2, rather than at the first decision.
+fn redis_url(url: &str) -> Result<String, String> {
+    redis::Client::open(url).map(|_| url.to_string()).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -144,6 +150,8 @@ mod tests {
         assert_eq!(o.configs, [PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]);
         assert_eq!(o.redis.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!((o.redis_timeout_ms, o.response_headers), (50, true));
+        let o = parse(&["--config", "a.yaml", "--redis", "redis+unix:///run/redis.sock"]).unwrap();
+        assert_eq!(o.redis.as_deref(), Some("redis+unix:///run/redis.sock"));
     }
 
     #[test]
@@ -154,6 +162,8 @@ mod tests {
             &["--config", "a.yaml", "--redis-timeout-ms", "0"],
             &["--config", "a.yaml", "--max-counters", "0"],
             &["--config", "a.yaml", "--colour"],
+            &["--config", "a.yaml", "--redis", "http://127.0.0.1:6379"],
+            &["--config", "a.yaml", "--redis", "rediss://127.0.0.1:6379"],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
