@@ -27,6 +27,8 @@ bench [options]
   --concurrency N     calls in flight (default 32)
   --connections N     HTTP/2 connections (default 4)
   --memory            counters in memory instead of Redis
+  --service ADDR      load a service already running there (its limits must have domain
+                      bench, key remote_address) instead of starting Redis and the binary
 ";
 
 /// Limits that a run of this length never reaches for most addresses: the cost measured is the
@@ -40,8 +42,14 @@ descriptors:
 
 fn main() {
     let (mut duration, mut concurrency, mut connections, mut memory) = (10u64, 32usize, 4usize, false);
+    let mut running: Option<std::net::SocketAddr> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--service" {
+            running =
+                Some(args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("--service ADDR")));
+            continue;
+        }
         let mut value =
             || args.next().unwrap_or_else(|| panic!("{arg} needs a value")).parse::<u64>().unwrap();
         match arg.as_str() {
@@ -59,24 +67,30 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let limits = dir.path().join("limits.yaml");
     std::fs::write(&limits, LIMITS).unwrap();
-    let redis = (!memory).then(Redis::start);
+    let redis = (!memory && running.is_none()).then(Redis::start);
     let mut service_args = vec!["--listen".to_string(), "{addr}".to_string(), "--config".to_string()];
     service_args.push(limits.to_string_lossy().into_owned());
     if let Some(redis) = &redis {
         service_args.extend(["--redis".to_string(), redis.url()]);
     }
     let binary = gatewasm_envoy::target_dir().join("release/gatewasm-ratelimit");
-    let service = LocalProcess::start(
-        &binary,
-        &service_args,
-        Some("cargo build --release -p gatewasm-ratelimit"),
-        None,
-    )
-    .unwrap();
+    let service = match running {
+        Some(_) => None,
+        None => Some(
+            LocalProcess::start(
+                &binary,
+                &service_args,
+                Some("cargo build --release -p gatewasm-ratelimit"),
+                None,
+            )
+            .unwrap(),
+        ),
+    };
+    let addr = running.or(service.as_ref().map(LocalProcess::addr)).unwrap();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (latencies, allowed, limited, errors, elapsed) =
-        runtime.block_on(load(service.addr(), duration, concurrency, connections));
+        runtime.block_on(load(addr, duration, concurrency, connections));
     let mut latencies = latencies;
     latencies.sort_unstable();
     let calls = latencies.len();
@@ -84,7 +98,11 @@ fn main() {
         let i = ((calls as f64 * p).ceil() as usize).clamp(1, calls.max(1)) - 1;
         latencies.get(i).map_or(0.0, |d: &Duration| d.as_secs_f64() * 1e3)
     };
-    let store = if memory { "memory" } else { "Redis" };
+    let store = match (running, memory) {
+        (Some(addr), _) => format!("the service at {addr}"),
+        (None, true) => "memory".to_string(),
+        (None, false) => "Redis".to_string(),
+    };
     println!(
         "counters in {store}: {calls} decisions in {:.2} s = {:.0}/s ({concurrency} in flight, {connections} connections)",
         elapsed.as_secs_f64(),
