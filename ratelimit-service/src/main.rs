@@ -70,6 +70,9 @@ fn run(options: Options, limits: Limits) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
+        // Before anything is served: a SIGTERM right after the "listening" line must stop the
+        // service cleanly, not kill it with the default action.
+        let stop_signal = StopSignal::install()?;
         let timeout = Duration::from_millis(options.redis_timeout_ms);
         let store = match &options.redis {
             Some(url) => Store::redis(url, timeout).await.with_context(|| format!("--redis {url}"))?,
@@ -96,7 +99,7 @@ fn run(options: Options, limits: Limits) -> anyhow::Result<()> {
         let server = tokio::spawn(serve(listener, Service::new(limiter), async {
             let _ = stop_rx.await;
         }));
-        wait_for_signal().await?;
+        stop_signal.wait().await;
         eprintln!("gatewasm-ratelimit: stopping");
         let _ = stop_tx.send(());
         match tokio::time::timeout(Duration::from_millis(options.stop_timeout_ms), server).await {
@@ -108,15 +111,27 @@ fn run(options: Options, limits: Limits) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from start-up on.
+struct StopSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> anyhow::Result<StopSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 #[cfg(test)]

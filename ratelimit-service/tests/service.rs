@@ -97,8 +97,8 @@ async fn unavailable_fast(client: &mut Client, what: &str) {
     let started = Instant::now();
     let error = client.check("gw", &[("api_key", "down")]).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::Unavailable, "{what}: {error:?}");
-    // The store's timeout is 100 ms; nothing waits for a Redis that does not answer.
-    assert!(started.elapsed() < Duration::from_millis(1500), "{what}: {:?}", started.elapsed());
+    // Nothing waits for a Redis that does not answer longer than the store's timeout.
+    assert!(started.elapsed() < support::STORE_TIMEOUT * 5, "{what}: {:?}", started.elapsed());
 }
 
 async fn recovers(client: &mut Client, what: &str) -> u32 {

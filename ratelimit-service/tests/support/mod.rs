@@ -16,6 +16,10 @@ use gatewasm_envoy::LocalProcess;
 use gatewasm_ratelimit::{serve, Limiter, Limits, Service, Store};
 use tonic::transport::Channel;
 
+/// The services' Redis timeout: long enough for a loaded test machine, short against the bounds
+/// the tests put on an error's arrival.
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// `OK` and `OVER_LIMIT` as the protocol numbers them.
 pub const OK: i32 = 1;
 /// See [`OK`].
@@ -42,7 +46,7 @@ impl RunningService {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
                 let store = match redis {
-                    Some(url) => Store::redis(&url, Duration::from_millis(100)).await.unwrap(),
+                    Some(url) => Store::redis(&url, STORE_TIMEOUT).await.unwrap(),
                     None => Store::memory(100_000).unwrap(),
                 };
                 let limiter = Limiter::new(parsed, store, response_headers);
