@@ -121,7 +121,8 @@ impl Limiter {
         let mut statuses = Vec::with_capacity(matched.len());
         let mut over = false;
         for m in &matched {
-            let (Some(m), Some(s)) = (m, seen.next().copied()) else {
+            // Only a matched descriptor has a counter: take the next one for it alone.
+            let Some((m, s)) = m.as_ref().and_then(|m| seen.next().map(|s| (m, *s))) else {
                 statuses.push(DescriptorStatus { code: Code::Ok.into(), ..Default::default() });
                 continue;
             };
@@ -374,6 +375,17 @@ descriptors:
         let r = l.decide(&request("gw", vec![other.clone(), ip.clone()])).await.unwrap();
         assert_eq!(codes(&r), (OVER, vec![OK, OVER]));
         assert_eq!(r.statuses[0].limit_remaining, 2, "the refused request used nothing of the other");
+        // Unmatched descriptors around matched ones: each status is its own descriptor's.
+        let nothing = descriptor(&[("unknown", "x")]);
+        let r = l
+            .decide(&request("gw", vec![nothing.clone(), ip.clone(), nothing, other.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(codes(&r), (OVER, vec![OK, OVER, OK, OK]));
+        assert_eq!(r.statuses[0].current_limit, None);
+        assert_eq!(r.statuses[1].current_limit.as_ref().unwrap().requests_per_unit, 2);
+        assert_eq!(r.statuses[2].current_limit, None);
+        assert_eq!(r.statuses[3].limit_remaining, 2);
         // A descriptor's own hits_addend overrides the request's; 0 only looks.
         let mut look = other.clone();
         look.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 });
