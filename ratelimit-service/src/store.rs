@@ -155,50 +155,63 @@ impl Memory {
 
     fn count(&self, counts: &[Count]) -> Result<Counted, StoreError> {
         let memory = |e: limitador::storage::StorageErr| StoreError::Memory(e.to_string());
-        let mut counters = counts.iter().map(|c| self.counter(c)).collect::<Result<Vec<_>, _>>()?;
-        // Look first, without counting: the decision needs every counter's state.
-        for (counter, count) in counters.iter_mut().zip(counts) {
-            let mut one = vec![counter.clone()];
-            self.storage.check(&mut one, count.delta).map_err(memory)?;
-            if let Some(seen) = one.pop() {
-                *counter = seen;
+        let mut pairs: Vec<(Counter, &Count)> =
+            counts.iter().map(|c| Ok((self.counter(c)?, c))).collect::<Result<_, StoreError>>()?;
+        let deltas: Vec<u64> = counts.iter().filter(|c| c.enforced).map(|c| c.delta).collect();
+        let allowed = match deltas.first() {
+            None => true,
+            // The usual case, one hits_addend for the request: limitador's own check-and-count of
+            // all enforced counters at once, which annotates each, refused or not.
+            Some(&delta) if deltas.iter().all(|d| *d == delta) => {
+                let mut all: Vec<Counter> =
+                    pairs.iter().filter(|(_, c)| c.enforced).map(|(counter, _)| counter.clone()).collect();
+                let authorization = self.storage.check_and_update(&mut all, delta).map_err(memory)?;
+                for ((counter, _), seen) in pairs.iter_mut().filter(|(_, c)| c.enforced).zip(all) {
+                    *counter = seen;
+                }
+                matches!(authorization, Authorization::Ok)
+            }
+            // Descriptors with hits_addend of their own: each looked at with its own hits, then
+            // all counted if none is over (not atomic: a concurrent request may take the room
+            // between the look and the count).
+            Some(_) => {
+                let mut allowed = true;
+                for (counter, count) in pairs.iter_mut().filter(|(_, c)| c.enforced) {
+                    allowed &= !self.look(counter, count.delta).map_err(memory)?;
+                }
+                if allowed {
+                    for (counter, count) in pairs.iter().filter(|(_, c)| c.enforced) {
+                        self.storage.update_counter(counter, count.delta).map_err(memory)?;
+                    }
+                }
+                allowed
+            }
+        };
+        // Shadow counters count what the enforced limits allow, over their own limit or not.
+        for (counter, count) in pairs.iter_mut().filter(|(_, c)| !c.enforced) {
+            self.look(counter, count.delta).map_err(memory)?;
+            if allowed {
+                self.storage.update_counter(counter, count.delta).map_err(memory)?;
             }
         }
-        let seen: Vec<Seen> = counters
+        let seen = pairs
             .iter()
-            .map(|c| Seen {
+            .map(|(c, _)| Seen {
                 remaining: c.remaining().unwrap_or(c.max_value()),
                 reset: c.expires_in().unwrap_or(c.window()),
             })
             .collect();
-        let over = |i: usize, count: &Count| seen.get(i).is_some_and(|s| s.remaining < count.delta);
-        let allowed = !counts.iter().enumerate().any(|(i, c)| c.enforced && over(i, c));
-        if allowed {
-            let (enforced, shadow): (Vec<_>, Vec<_>) =
-                counters.into_iter().zip(counts).partition(|(_, count)| count.enforced);
-            let deltas: Vec<u64> = enforced.iter().map(|(_, c)| c.delta).collect();
-            match deltas.first() {
-                // The usual case: limitador's own check-and-count of all enforced counters at once,
-                // which refuses again if another request used the room since the look above.
-                Some(&delta) if deltas.iter().all(|d| *d == delta) => {
-                    let mut all: Vec<Counter> = enforced.into_iter().map(|(c, _)| c).collect();
-                    if let Authorization::Limited(_) =
-                        self.storage.check_and_update(&mut all, delta).map_err(memory)?
-                    {
-                        return Ok(Counted { allowed: false, seen });
-                    }
-                }
-                _ => {
-                    for (counter, count) in &enforced {
-                        self.storage.update_counter(counter, count.delta).map_err(memory)?;
-                    }
-                }
-            }
-            for (counter, count) in &shadow {
-                self.storage.update_counter(counter, count.delta).map_err(memory)?;
-            }
-        }
         Ok(Counted { allowed, seen })
+    }
+
+    /// Annotates `counter` with its state, counting nothing; whether `delta` more would be over.
+    fn look(&self, counter: &mut Counter, delta: u64) -> Result<bool, limitador::storage::StorageErr> {
+        let mut one = vec![counter.clone()];
+        let authorization = self.storage.check(&mut one, delta)?;
+        if let Some(seen) = one.pop() {
+            *counter = seen;
+        }
+        Ok(matches!(authorization, Authorization::Limited(_)))
     }
 }
 
