@@ -174,8 +174,8 @@ pub struct Limit {
 /// One level of the descriptor tree.
 #[derive(Debug, Default, Clone)]
 pub struct Node {
-    /// Exact `key` + `value` entries.
-    exact: HashMap<(String, String), Rule>,
+    /// Exact `key` + `value` entries, by key then value (looked up without allocating).
+    exact: HashMap<String, HashMap<String, Rule>>,
     /// `value: prefix*` entries, by key, in file order.
     prefixes: HashMap<String, Vec<(String, Rule)>>,
     /// `key` without `value`: any value, each value counted apart.
@@ -195,7 +195,7 @@ impl Node {
     /// The rule for `key` = `value` at this level: the exact value first, then a `prefix*`
     /// value (first in file order), then the key alone, as Envoy's reference service looks.
     pub fn find(&self, key: &str, value: &str) -> Option<&Rule> {
-        if let Some(rule) = self.exact.get(&(key.to_string(), value.to_string())) {
+        if let Some(rule) = self.exact.get(key).and_then(|values| values.get(value)) {
             return Some(rule);
         }
         if let Some(rule) = self
@@ -310,7 +310,7 @@ fn build(
                 if v.contains('*') {
                     return Err(invalid(&format!("{here}.value"), v, "a `*` may only end the value"));
                 }
-                node.exact.insert((d.key.clone(), v.to_string()), rule).is_some()
+                node.exact.entry(d.key.clone()).or_default().insert(v.to_string(), rule).is_some()
             }
             None => node.any.insert(d.key.clone(), rule).is_some(),
         };
