@@ -47,6 +47,14 @@ fn redis_url(url: &str) -> Result<String, String> {
     redis::Client::open(url).map(|_| url.to_string()).map_err(|e| e.to_string())
 }
 
+/// Where a Redis URL points (`host:port`, or the socket path), for messages: the URL may hold a
+/// password, which is never printed.
+fn redis_addr(url: &str) -> String {
+    redis::Client::open(url)
+        .map(|client| client.get_connection_info().addr().to_string())
+        .unwrap_or_else(|_| "(unusable URL)".to_string())
+}
+
 fn main() -> ExitCode {
     // clap exits 0 for --help/--version and 2 for a bad command line.
     let options = Options::parse();
@@ -75,16 +83,18 @@ fn run(options: Options, limits: Limits) -> anyhow::Result<()> {
         let stop_signal = StopSignal::install()?;
         let timeout = Duration::from_millis(options.redis_timeout_ms);
         let store = match &options.redis {
-            Some(url) => Store::redis(url, timeout).await.with_context(|| format!("--redis {url}"))?,
+            Some(url) => {
+                Store::redis(url, timeout).await.with_context(|| format!("--redis {}", redis_addr(url)))?
+            }
             None => Store::memory(options.max_counters).context("in-memory counters")?,
         };
         let where_counters = match &options.redis {
             Some(url) => {
                 if let Err(e) = store.ping().await {
                     // Served all the same: decisions fail with UNAVAILABLE until Redis answers.
-                    eprintln!("gatewasm-ratelimit: warning: {url}: {e}");
+                    eprintln!("gatewasm-ratelimit: warning: Redis at {}: {e}", redis_addr(url));
                 }
-                format!("counters in Redis {url}")
+                format!("counters in Redis at {}", redis_addr(url))
             }
             None => "counters in memory".to_string(),
         };
@@ -167,6 +177,7 @@ mod tests {
         assert_eq!((o.redis_timeout_ms, o.response_headers), (50, true));
         let o = parse(&["--config", "a.yaml", "--redis", "redis+unix:///run/redis.sock"]).unwrap();
         assert_eq!(o.redis.as_deref(), Some("redis+unix:///run/redis.sock"));
+        assert_eq!(redis_addr("redis://user:s3cret@10.0.0.7:6380/2"), "10.0.0.7:6380");
     }
 
     #[test]

@@ -210,7 +210,7 @@ async fn the_binary_serves_with_redis_and_stops_on_sigterm() {
         .strip_prefix("gatewasm-ratelimit: listening on ")
         .and_then(|rest| rest.split(',').next())
         .unwrap_or_else(|| panic!("first line: {line}"));
-    assert!(line.contains("1 domain(s), counters in Redis"), "{line}");
+    assert!(line.contains(&format!("1 domain(s), counters in Redis at {}", redis.addr)), "{line}");
 
     let mut client = Client::connect(addr.parse().unwrap()).await;
     assert_eq!(client.check("gw", &[("api_key", "bin")]).await.unwrap().statuses[0].limit_remaining, 4);
