@@ -35,8 +35,11 @@ fn envoy_with_native_ratelimit(service: &RunningService, upstream: &EchoUpstream
         }))
         .cluster(Cluster::new("ratelimit", service.addr).http2())
         .upstream(upstream.addr())
-        // Two descriptors per request: the client's address always, its API key when it sends one.
+        // Three descriptors per request: one no rule matches (first, so the statuses after it must
+        // stay paired with their own descriptors), the client's address, its API key when it
+        // sends one.
         .route_patch(json!({ "route": { "rate_limits": [
+            { "actions": [{ "generic_key": { "descriptor_value": "unlisted" } }] },
             { "actions": [{ "remote_address": {} }] },
             { "actions": [{ "request_headers": { "header_name": "x-api-key", "descriptor_key": "api_key" } }] }
         ] } }))
