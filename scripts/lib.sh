@@ -75,13 +75,29 @@ ensure_packaging_tools() {
     ensure_deb skopeo skopeo
     if ! command -v docker-registry >/dev/null 2>&1; then
         ensure_deb_package docker-registry
-        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-            log "stopping and disabling the docker-registry service (the tests start their own on 127.0.0.1)"
-            local sudo=""
-            [ "$(id -u)" -eq 0 ] || sudo="sudo"
-            $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
-        fi
+        disable_packaged_service docker-registry
     fi
+}
+
+# disable_packaged_service NAME: stops and disables the service a Debian package just enabled,
+# where systemd runs; the tests start their own instance on 127.0.0.1.
+disable_packaged_service() {
+    local name="$1"
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        log "stopping and disabling the $name service (the tests start their own on 127.0.0.1)"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo systemctl disable --now "$name" >/dev/null 2>&1 || true
+    fi
+}
+
+# ensure_redis: the Redis server the rate limit service's tests share counters through. The tests
+# start their own (loopback, a free port, no persistence) and stop it; Debian's package enables a
+# service on 127.0.0.1:6379 where systemd runs, so a freshly installed one is stopped and disabled.
+ensure_redis() {
+    command -v redis-server >/dev/null 2>&1 && return
+    ensure_deb_package redis-server
+    disable_packaged_service redis-server
 }
 
 KAFKA_PYTHON_VERSION="3.0.12"

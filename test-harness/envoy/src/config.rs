@@ -312,12 +312,20 @@ pub struct Cluster {
     pub addr: SocketAddr,
     /// Connect timeout (default 1 s).
     pub connect_timeout: Option<Duration>,
+    /// Speak HTTP/2 to the endpoint (gRPC services: Envoy's `ext_authz`, `ratelimit`, ...).
+    pub http2: bool,
 }
 
 impl Cluster {
     /// A cluster with one endpoint.
     pub fn new(name: impl Into<String>, addr: SocketAddr) -> Self {
-        Cluster { name: name.into(), addr, connect_timeout: None }
+        Cluster { name: name.into(), addr, connect_timeout: None, http2: false }
+    }
+
+    /// Speaks HTTP/2 (prior knowledge, no TLS) to the endpoint, as a gRPC service needs.
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
     }
 
     /// Sets the connect timeout.
@@ -327,7 +335,20 @@ impl Cluster {
     }
 
     fn to_json(&self) -> anyhow::Result<Value> {
-        cluster_json(&self.name, self.addr, self.connect_timeout.unwrap_or(Duration::from_secs(1)))
+        let mut cluster =
+            cluster_json(&self.name, self.addr, self.connect_timeout.unwrap_or(Duration::from_secs(1)))?;
+        if self.http2 {
+            merge(
+                &mut cluster,
+                &json!({ "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} }
+                    }
+                }}),
+            );
+        }
+        Ok(cluster)
     }
 }
 
@@ -504,6 +525,18 @@ pub fn merge(target: &mut Value, patch: &Value) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http2_cluster_says_so() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let plain = Cluster::new("c", addr).to_json().unwrap();
+        assert!(plain.get("typed_extension_protocol_options").is_none());
+        let h2 = Cluster::new("c", addr).http2().to_json().unwrap();
+        let options =
+            &h2["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert_eq!(options["explicit_http_config"], json!({ "http2_protocol_options": {} }));
+        assert_eq!(h2["load_assignment"], plain["load_assignment"]);
+    }
 
     #[test]
     fn merge_is_deep_and_null_removes() {

@@ -22,9 +22,23 @@ pub struct LocalProcess {
 
 impl LocalProcess {
     /// Starts `command` with `args`, where `{addr}` becomes the `127.0.0.1:<free port>` it must
-    /// listen on, and waits until it accepts connections. `build` is the command that builds
-    /// `command`, for the error when it is missing. Output goes to `log` when given.
+    /// listen on (and `{port}` that port alone), and waits until it accepts connections. `build`
+    /// is the command that builds `command`, for the error when it is missing. Output goes to
+    /// `log` when given.
     pub fn start(
+        command: &Path,
+        args: &[String],
+        build: Option<&str>,
+        log: Option<&Path>,
+    ) -> anyhow::Result<LocalProcess> {
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        LocalProcess::start_on(addr, command, args, build, log)
+    }
+
+    /// [`LocalProcess::start`] on a given loopback address: a program restarted where its
+    /// clients still look for it.
+    pub fn start_on(
+        addr: SocketAddr,
         command: &Path,
         args: &[String],
         build: Option<&str>,
@@ -34,8 +48,13 @@ impl LocalProcess {
             let build = build.map_or(String::new(), |b| format!("; build it with `{b}`"));
             bail!("{} not found{build}", command.display());
         }
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let args: Vec<String> = args.iter().map(|a| a.replace("{addr}", &addr.to_string())).collect();
+        if !addr.ip().is_loopback() {
+            bail!("{addr} is not a loopback address; local programs listen on loopback only");
+        }
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{addr}", &addr.to_string()).replace("{port}", &addr.port().to_string()))
+            .collect();
         let (stdout, stderr) = match log {
             Some(path) => {
                 let file =
