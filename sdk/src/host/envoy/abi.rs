@@ -200,6 +200,9 @@ pub mod status {
     pub const CONTINUE: u32 = 0;
     /// Stop iteration (headers and trailers: `StopIteration`; bodies: `StopIterationAndBuffer`).
     pub const STOP: u32 = 1;
+    /// Headers only: `StopAllIterationAndWatermark`: the body waits (buffered up to the
+    /// watermark) until the filter continues, as Envoy's Wasm filter holds it.
+    pub const STOP_ALL_WATERMARK: u32 = 4;
 }
 
 /// Declares the callback table: one field per callback, resolved by its exported name.

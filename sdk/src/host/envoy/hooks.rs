@@ -422,7 +422,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    guard(abi::status::CONTINUE, || run(filter, module, |s| s.request_headers(end_of_stream)))
+    guard(abi::status::CONTINUE, || headers_status(run(filter, module, |s| s.request_headers(end_of_stream))))
+}
+
+/// A paused headers callback holds the body too (`StopAllIterationAndWatermark`), as Envoy's
+/// Wasm filter does: with a plain `StopIteration` Envoy would hand the filter the body, and a
+/// body callback that continues would let the request (or response) go on before the callout
+/// the filter paused for has answered.
+fn headers_status(status: u32) -> u32 {
+    if status == abi::status::STOP {
+        abi::status::STOP_ALL_WATERMARK
+    } else {
+        status
+    }
 }
 
 /// Request body data arrived.
@@ -476,7 +488,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         if let Some(stream) = unsafe { module.cast::<NativeStream>().as_ref() } {
             stream.responding.set(true);
         }
-        run(filter, module, |s| s.response_headers(end_of_stream))
+        headers_status(run(filter, module, |s| s.response_headers(end_of_stream)))
     })
 }
 
