@@ -27,8 +27,8 @@ USAGE:
       Push the layouts DIR/<filter>/ as HOST[:PORT]/PATH/<filter>:TAG.
   gatewasm-pack manifests --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR]
       Write the Istio manifests of istio-envoyfilters/ to DIR/istio/ with the registry, the tag and
-      the digests of the layouts DIR/<filter>/ (WasmPlugin sha256: the manifest digest; EnvoyFilter
-      sha256: the module's sha256).
+      the digests of the layouts DIR/<filter>/ (WasmPlugin and TrafficExtension sha256: the manifest
+      digest; EnvoyFilter sha256: the module's sha256).
   gatewasm-pack list
       Print the shipped filters and the bundle (image name, module file).
 
@@ -249,7 +249,7 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
         let from = source.join(f.name);
         let to = dest.join(f.name);
         std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-        for file in ["wasmplugin.yaml", "envoyfilter.yaml", "kustomization.yaml"] {
+        for file in manifests::RENDERED_FILES {
             let text = std::fs::read_to_string(from.join(file))
                 .with_context(|| format!("{}: reading {}", f.name, from.join(file).display()))?;
             let header = format!(
@@ -267,6 +267,7 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
         println!("{}: {}", f.name, to.display());
         println!("  WasmPlugin       url: oci://{registry}/{}:{tag}", f.name);
         println!("                   sha256: {}  (manifest digest)", r.manifest_digest);
+        println!("  TrafficExtension wasm.url and wasm.sha256: the same");
         println!("  EnvoyFilter      sha256: {module_sha256}  (module)");
         if f.name == BUNDLE {
             println!(
@@ -296,8 +297,10 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
     std::fs::write(dest.join("kustomization.yaml"), kustomization)
         .with_context(|| format!("writing {}", dest.join("kustomization.yaml").display()))?;
     println!(
-        "apply: kubectl apply -k {}/<filter>   (or -f {}/<filter>/envoyfilter.yaml; the five filters from \
-         one module: {BUNDLE} instead of their folders)",
+        "apply: kubectl apply -k {}/<filter>   (or -f {}/<filter>/envoyfilter.yaml, or on Istio 1.30+ \
+         -f {}/<filter>/trafficextension.yaml: one form per filter; the five filters from one module: \
+         {BUNDLE} instead of their folders)",
+        dest.display(),
         dest.display(),
         dest.display()
     );

@@ -20,7 +20,8 @@ pub const PLACEHOLDER_REGISTRY: &str = "registry.example.com/gatewasm";
 /// or image has, so an unrendered manifest fails closed.
 pub const PLACEHOLDER_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Marks the line holding a `WasmPlugin`'s `sha256` (the image's manifest digest).
+/// Marks the line holding a `WasmPlugin`'s `sha256` or a `TrafficExtension`'s `wasm.sha256` (the
+/// image's manifest digest).
 pub const MANIFEST_DIGEST_MARK: &str = "# gatewasm:manifest-digest";
 
 /// Marks the line holding an `EnvoyFilter`'s `remote.sha256` (the module's sha256).
@@ -39,9 +40,16 @@ pub fn vm_id_suffix(module_sha256: &str) -> &str {
     module_sha256.get(..PLACEHOLDER_VM_ID.len()).unwrap_or(module_sha256)
 }
 
-/// The files every filter folder holds.
+/// The manifests of a filter folder that `gatewasm-pack manifests` renders: the filter in each
+/// of Istio's forms (`WasmPlugin`, `EnvoyFilter`, and `TrafficExtension` for Istio 1.30+), and the
+/// kustomization that applies one of them.
+pub const RENDERED_FILES: &[&str] =
+    &["wasmplugin.yaml", "envoyfilter.yaml", "trafficextension.yaml", "kustomization.yaml"];
+
+/// The files every filter folder holds: the [`RENDERED_FILES`] and what the tests check the
+/// example configuration against.
 pub const FILTER_FILES: &[&str] =
-    &["wasmplugin.yaml", "envoyfilter.yaml", "kustomization.yaml", "expect.yaml"];
+    &["wasmplugin.yaml", "envoyfilter.yaml", "trafficextension.yaml", "kustomization.yaml", "expect.yaml"];
 
 /// Folders of `istio-envoyfilters/` that are not filters.
 pub const SUPPORT_DIRS: &[&str] = &["schemas", "module-server"];

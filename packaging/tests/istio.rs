@@ -1,7 +1,7 @@
 //! The Istio manifests of `istio-envoyfilters/`, proven without a cluster: every manifest against
 //! Istio's CRD schemas (the copy in `istio-envoyfilters/schemas/`), the conventions every filter
-//! folder follows, each `EnvoyFilter`'s Wasm filter and the Envoy config each `WasmPlugin` turns
-//! into run in a real Envoy with the module fetched over HTTP and checked by sha256, and every
+//! folder follows, each `EnvoyFilter`'s Wasm filter and the Envoy config each `WasmPlugin` and
+//! `TrafficExtension` turns into run in a real Envoy with the module fetched over HTTP and checked by sha256, and every
 //! Envoy config file passing `envoy --mode validate`. Filter folders are discovered, so a folder
 //! added later is covered by every test here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -26,9 +26,58 @@ const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER: &str = "envoy.filters.http.router";
-/// Istio's prefix for a WasmPlugin's HTTP filter and extension config name
-/// (`pilot/pkg/model`, `WasmPluginResourceNamePrefix`).
-const WASMPLUGIN_RESOURCE_PREFIX: &str = "extensions.istio.io/wasmplugin/";
+/// The Istio kinds that load a filter's image: `WasmPlugin`, and `TrafficExtension` (Istio 1.30+),
+/// which holds the same Wasm fields under `spec.wasm` and shares the targeting, `phase`,
+/// `priority` and `match`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    WasmPlugin,
+    TrafficExtension,
+}
+
+impl Form {
+    const ALL: [Form; 2] = [Form::WasmPlugin, Form::TrafficExtension];
+
+    fn kind(self) -> &'static str {
+        match self {
+            Form::WasmPlugin => "WasmPlugin",
+            Form::TrafficExtension => "TrafficExtension",
+        }
+    }
+
+    /// The file of a folder that holds this form.
+    fn file(self) -> &'static str {
+        match self {
+            Form::WasmPlugin => "wasmplugin.yaml",
+            Form::TrafficExtension => "trafficextension.yaml",
+        }
+    }
+
+    /// Where `url`, `sha256`, `pluginName`, `pluginConfig` and `failStrategy` are.
+    fn wasm_pointer(self) -> &'static str {
+        match self {
+            Form::WasmPlugin => "/spec",
+            Form::TrafficExtension => "/spec/wasm",
+        }
+    }
+
+    fn wasm(self, doc: &Value) -> &Value {
+        doc.pointer(self.wasm_pointer()).unwrap_or_else(|| panic!("no {} in {doc:#}", self.wasm_pointer()))
+    }
+
+    fn wasm_mut(self, doc: &mut Value) -> &mut Value {
+        doc.pointer_mut(self.wasm_pointer()).unwrap()
+    }
+
+    /// Istio's prefix for the HTTP filter and extension config name (`pilot/pkg/model`,
+    /// `WasmPluginResourceNamePrefix` to 1.29, `TrafficExtensionResourceNamePrefix` from 1.30).
+    fn resource_prefix(self) -> &'static str {
+        match self {
+            Form::WasmPlugin => "extensions.istio.io/wasmplugin/",
+            Form::TrafficExtension => "extensions.istio.io/trafficextension/",
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Reading the manifests
@@ -67,6 +116,17 @@ fn one_doc(path: &Path) -> Value {
     docs.remove(0)
 }
 
+/// The YAML files directly in `dir`, sorted.
+fn yaml_files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Every YAML file under `dir` (recursively), but the CRD copy in `schemas/`.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -92,11 +152,43 @@ fn module_bytes(folder: &str) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-/// A folder's WasmPlugins: one in a filter's folder, the five filters' in the bundle's.
-fn wasmplugins(dir: &Path) -> Vec<Value> {
-    let docs = yaml_docs(&dir.join("wasmplugin.yaml"));
-    assert!(!docs.is_empty() && docs.iter().all(|d| d["kind"] == "WasmPlugin"), "{}", dir.display());
+/// A folder's WasmPlugins or TrafficExtensions: one in a filter's folder, the five filters' in
+/// the bundle's.
+fn form_docs(dir: &Path, form: Form) -> Vec<Value> {
+    let docs = yaml_docs(&dir.join(form.file()));
+    assert!(!docs.is_empty() && docs.iter().all(|d| d["kind"] == form.kind()), "{}", dir.display());
     docs
+}
+
+/// The TrafficExtension Istio 1.30 makes of a WasmPlugin (`pilot/pkg/config/kube/extensions/
+/// translate.go`, `translateWasmPlugin`), but for the name: targeting, phase (the same enum
+/// value, spelt `UNSPECIFIED` where the WasmPlugin says `UNSPECIFIED_PHASE`), priority and match
+/// as they are, the deprecated `targetRef` as the one entry of `targetRefs`, and the Wasm fields
+/// under `wasm`.
+fn traffic_extension_of(wp: &Value) -> Value {
+    let spec = wp["spec"].as_object().unwrap();
+    let mut te = serde_json::Map::new();
+    let mut wasm = serde_json::Map::new();
+    for (field, value) in spec {
+        match field.as_str() {
+            "selector" | "targetRefs" | "priority" | "match" => drop(te.insert(field.clone(), value.clone())),
+            "targetRef" => {
+                if !spec.contains_key("targetRefs") {
+                    te.insert("targetRefs".into(), json!([value]));
+                }
+            }
+            "phase" if value == "UNSPECIFIED_PHASE" => drop(te.insert(field.clone(), json!("UNSPECIFIED"))),
+            "phase" => drop(te.insert(field.clone(), value.clone())),
+            _ => drop(wasm.insert(field.clone(), value.clone())),
+        }
+    }
+    te.insert("wasm".into(), Value::Object(wasm));
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "TrafficExtension",
+        "metadata": wp["metadata"],
+        "spec": te,
+    })
 }
 
 /// The folder whose `expect.yaml` a WasmPlugin or EnvoyFilter of root id `root_id` answers to
@@ -161,7 +253,8 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
 /// object that lists `properties` and does not say `x-kubernetes-preserve-unknown-fields`
 /// accepts no other field, plus the `apiVersion`, `kind` and `metadata` every object has.
 fn crd_schema(kind: &str) -> Value {
-    let crds = yaml_docs(&manifests_dir().join("schemas").join("wasmplugin-envoyfilter-crds.yaml"));
+    let crds: Vec<Value> =
+        yaml_files_in(&manifests_dir().join("schemas")).iter().flat_map(|p| yaml_docs(p)).collect();
     let crd = crds
         .iter()
         .find(|c| c.pointer("/spec/names/kind").and_then(Value::as_str) == Some(kind))
@@ -214,7 +307,10 @@ fn strict(schema: &mut Value) {
     }
 }
 
-/// Checks manifests against the two CRDs: JSON Schema, then the CRDs' CEL rules
+/// The kinds of `istio-envoyfilters/`, each checked against its CRD.
+const KINDS: [&str; 3] = ["WasmPlugin", "EnvoyFilter", "TrafficExtension"];
+
+/// Checks manifests against the three CRDs: JSON Schema, then the CRDs' CEL rules
 /// (`x-kubernetes-validations`) that concern gateway manifests, by hand.
 struct Validator {
     kinds: BTreeMap<String, jsonschema::Validator>,
@@ -223,7 +319,7 @@ struct Validator {
 impl Validator {
     fn new() -> Self {
         let mut kinds = BTreeMap::new();
-        for kind in ["WasmPlugin", "EnvoyFilter"] {
+        for kind in KINDS {
             // OpenAPI 3.0 schemas extend a subset of JSON Schema Wright draft 00 (draft 5), which
             // validates as draft 4 for every keyword these CRDs use.
             let validator =
@@ -237,22 +333,23 @@ impl Validator {
     fn errors(&self, doc: &Value) -> Vec<String> {
         let kind = doc["kind"].as_str().unwrap_or_default();
         let Some(validator) = self.kinds.get(kind) else {
-            return vec![format!("/kind: {kind:?} is neither WasmPlugin nor EnvoyFilter")];
+            return vec![format!("/kind: {kind:?} is none of {KINDS:?}")];
         };
         let mut errors: Vec<String> =
             validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
         let spec = &doc["spec"];
         let set = |field: &str| spec.get(field).is_some_and(|v| !v.is_null());
         match kind {
-            "WasmPlugin" => {
+            "WasmPlugin" | "TrafficExtension" => {
                 if [set("selector"), set("targetRef"), set("targetRefs")].iter().filter(|s| **s).count() > 1 {
                     errors.push("/spec: only one of targetRefs or selector can be set".into());
                 }
-                if let Some(url) = spec["url"].as_str() {
+                let url_at = if kind == "WasmPlugin" { "/spec/url" } else { "/spec/wasm/url" };
+                if let Some(url) = doc.pointer(url_at).and_then(Value::as_str) {
                     let scheme = url.split_once("://").map_or("", |(s, _)| s);
                     if !["", "http", "https", "oci", "file"].contains(&scheme) {
                         errors.push(format!(
-                            "/spec/url: url must have schema one of [http, https, file, oci]: {url}"
+                            "{url_at}: url must have schema one of [http, https, file, oci]: {url}"
                         ));
                     }
                 }
@@ -264,6 +361,18 @@ impl Validator {
                         errors.push(format!(
                             "/spec/selector/matchLabels: empty key or wildcard in {key}: {value}"
                         ));
+                    }
+                }
+                if kind == "TrafficExtension" {
+                    if set("wasm") == set("lua") {
+                        errors.push("/spec: exactly one of wasm or lua must be set".into());
+                    }
+                    for (i, target) in spec["targetRefs"].as_array().into_iter().flatten().enumerate() {
+                        if target["namespace"].as_str().is_some_and(|n| !n.is_empty()) {
+                            errors.push(format!(
+                                "/spec/targetRefs/{i}/namespace: cross namespace referencing is not currently supported"
+                            ));
+                        }
                     }
                 }
             }
@@ -284,7 +393,7 @@ fn every_manifest_matches_istio_crd_schemas() {
     for path in yaml_files(&manifests_dir()) {
         for doc in yaml_docs(&path) {
             let kind = doc["kind"].as_str().unwrap_or_default();
-            if kind != "WasmPlugin" && kind != "EnvoyFilter" {
+            if !KINDS.contains(&kind) {
                 continue;
             }
             let errors = validator.errors(&doc);
@@ -297,7 +406,13 @@ fn every_manifest_matches_istio_crd_schemas() {
             checked += 1;
         }
     }
-    assert!(checked >= 2 * filters().len(), "{checked} manifests checked");
+    assert!(checked >= KINDS.len() * filters().len(), "{checked} manifests checked");
+}
+
+/// Attaches a manifest to the Gateway API Gateway `gw` by `targetRefs`.
+fn add_gateway_target(doc: &mut Value) {
+    doc["spec"]["targetRefs"] =
+        json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}]);
 }
 
 #[test]
@@ -306,7 +421,10 @@ fn the_validator_rejects_broken_manifests() {
     let (_, dir) = &filters()[0];
     let wasmplugin = one_doc(&dir.join("wasmplugin.yaml"));
     let envoyfilter = one_doc(&dir.join("envoyfilter.yaml"));
-    assert!(validator.errors(&wasmplugin).is_empty() && validator.errors(&envoyfilter).is_empty());
+    let extension = one_doc(&dir.join("trafficextension.yaml"));
+    for doc in [&wasmplugin, &envoyfilter, &extension] {
+        assert_eq!(validator.errors(doc), Vec::<String>::new(), "{}", dir.display());
+    }
 
     type Edit = fn(&mut Value);
     let cases: &[(&str, &Value, Edit, &str)] = &[
@@ -334,15 +452,7 @@ fn the_validator_rejects_broken_manifests() {
             |d| d["spec"]["imagePullPolicy"] = json!("Never"),
             "/spec/imagePullPolicy",
         ),
-        (
-            "selector and targetRefs",
-            &wasmplugin,
-            |d| {
-                d["spec"]["targetRefs"] =
-                    json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}])
-            },
-            "only one of targetRefs or selector",
-        ),
+        ("selector and targetRefs", &wasmplugin, add_gateway_target, "only one of targetRefs or selector"),
         ("ftp url", &wasmplugin, |d| d["spec"]["url"] = json!("ftp://example.com/x.wasm"), "/spec/url"),
         (
             "wildcard label",
@@ -396,11 +506,85 @@ fn the_validator_rejects_broken_manifests() {
         (
             "workloadSelector and targetRefs",
             &envoyfilter,
-            |d| {
-                d["spec"]["targetRefs"] =
-                    json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}])
-            },
+            add_gateway_target,
             "only one of targetRefs or workloadSelector",
+        ),
+        (
+            "a WasmPlugin field outside wasm",
+            &extension,
+            |d| d["spec"]["url"] = json!("oci://registry.example.com/x:1"),
+            "url",
+        ),
+        (
+            "WasmPlugin's phase name",
+            &extension,
+            |d| d["spec"]["phase"] = json!("UNSPECIFIED_PHASE"),
+            "/spec/phase",
+        ),
+        (
+            "wasm and lua",
+            &extension,
+            |d| d["spec"]["lua"] = json!({"inlineCode": "function envoy_on_request(h) end"}),
+            "exactly one of wasm or lua",
+        ),
+        (
+            "neither wasm nor lua",
+            &extension,
+            |d| drop(d["spec"].as_object_mut().unwrap().remove("wasm")),
+            "exactly one of wasm or lua",
+        ),
+        (
+            "empty lua",
+            &extension,
+            |d| {
+                d["spec"].as_object_mut().unwrap().remove("wasm");
+                d["spec"]["lua"] = json!({"inlineCode": ""});
+            },
+            "/spec/lua/inlineCode",
+        ),
+        (
+            "no wasm url",
+            &extension,
+            |d| drop(d["spec"]["wasm"].as_object_mut().unwrap().remove("url")),
+            "url",
+        ),
+        (
+            "ftp wasm url",
+            &extension,
+            |d| d["spec"]["wasm"]["url"] = json!("ftp://example.com/x.wasm"),
+            "/spec/wasm/url",
+        ),
+        (
+            "wasm sha256: prefix",
+            &extension,
+            |d| d["spec"]["wasm"]["sha256"] = json!(format!("sha256:{PLACEHOLDER_DIGEST}")),
+            "/spec/wasm/sha256",
+        ),
+        (
+            "EnvoyFilter's failure policy name",
+            &extension,
+            |d| d["spec"]["wasm"]["failStrategy"] = json!("FAIL_CLOSED"),
+            "/spec/wasm/failStrategy",
+        ),
+        (
+            "the deprecated singular targetRef",
+            &extension,
+            |d| {
+                d["spec"]["targetRef"] =
+                    json!({"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"})
+            },
+            "targetRef",
+        ),
+        ("selector and targetRefs", &extension, add_gateway_target, "only one of targetRefs or selector"),
+        (
+            "targetRefs in another namespace",
+            &extension,
+            |d| {
+                d["spec"].as_object_mut().unwrap().remove("selector");
+                d["spec"]["targetRefs"] = json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                                                  "name": "gw", "namespace": "other"}]);
+            },
+            "cross namespace",
         ),
     ];
     for (what, doc, edit, expected) in cases {
@@ -541,6 +725,9 @@ fn every_filter_folder_follows_the_convention() {
         .filter_map(|d| d.pointer("/spec/template/spec/volumes/0/projected/sources"))
         .flat_map(|s| s.as_array().unwrap().iter().map(|c| str_at(c, "/configMap/name").to_string()))
         .collect();
+    // TrafficExtensions attached by targetRefs: waypoints honour nothing else, so at least one
+    // example shows it.
+    let mut gateway_targets = 0;
     for (name, dir) in filters() {
         for file in FILTER_FILES {
             assert!(
@@ -550,7 +737,7 @@ fn every_filter_folder_follows_the_convention() {
         }
         let wp_text = std::fs::read_to_string(dir.join("wasmplugin.yaml")).unwrap();
         let ef_text = std::fs::read_to_string(dir.join("envoyfilter.yaml")).unwrap();
-        let plugins = wasmplugins(&dir);
+        let plugins = form_docs(&dir, Form::WasmPlugin);
         let ef_file = envoyfilter_file(&dir, &format!("{name}/envoyfilter.yaml"));
         let bundle = name == BUNDLE;
         let root_ids: Vec<&str> = plugins.iter().map(|wp| str_at(wp, "/spec/pluginName")).collect();
@@ -676,6 +863,33 @@ fn every_filter_folder_follows_the_convention() {
             "{name}: module-server serves gatewasm-module-{name}"
         );
 
+        // TrafficExtension: each the WasmPlugin as Istio 1.30 translates it, in the same order;
+        // one may attach to a Gateway API Gateway by targetRefs instead of the selector (then in
+        // that Gateway's namespace, the only one a targetRef may name).
+        let te_text = std::fs::read_to_string(dir.join("trafficextension.yaml")).unwrap();
+        let extensions = form_docs(&dir, Form::TrafficExtension);
+        assert_eq!(extensions.len(), plugins.len(), "{name}: one TrafficExtension per WasmPlugin");
+        assert_marked(&te_text, MANIFEST_DIGEST_MARK, PLACEHOLDER_DIGEST, extensions.len(), &name);
+        for (wp, te) in plugins.iter().zip(&extensions) {
+            let what = format!("{name}/trafficextension.yaml ({})", str_at(wp, "/spec/pluginName"));
+            let mut expected = traffic_extension_of(wp);
+            if let Some(targets) = te.pointer("/spec/targetRefs") {
+                for target in targets.as_array().unwrap() {
+                    assert_eq!(
+                        (&target["kind"], &target["group"]),
+                        (&json!("Gateway"), &json!("gateway.networking.k8s.io")),
+                        "{what}: a Gateway API Gateway"
+                    );
+                    assert_eq!(target.get("namespace"), None, "{what}: the TrafficExtension's namespace");
+                }
+                expected["spec"].as_object_mut().unwrap().remove("selector");
+                expected["spec"]["targetRefs"] = targets.clone();
+                expected["metadata"]["namespace"] = te["metadata"]["namespace"].clone();
+                gateway_targets += 1;
+            }
+            assert_eq!(te, &expected, "{what}: the WasmPlugin as Istio 1.30 translates it");
+        }
+
         // kustomize: the folder applies its WasmPlugins; the top level applies every filter's
         // folder, and not the bundle's, whose WasmPlugins carry the same names.
         let k = one_doc(&dir.join("kustomization.yaml"));
@@ -683,7 +897,7 @@ fn every_filter_folder_follows_the_convention() {
         assert_eq!(
             k["resources"],
             json!(["wasmplugin.yaml"]),
-            "{name}/kustomization.yaml: the WasmPlugins only"
+            "{name}/kustomization.yaml: the WasmPlugins only (one form per filter: two would each run it)"
         );
         assert_eq!(
             top["resources"].as_array().unwrap().contains(&json!(name)),
@@ -703,6 +917,7 @@ fn every_filter_folder_follows_the_convention() {
             );
         }
     }
+    assert!(gateway_targets >= 1, "no TrafficExtension attaches to a Gateway by targetRefs");
     for f in SHIPPED {
         assert!(
             manifests_dir().join(f.name).is_dir(),
@@ -844,13 +1059,15 @@ fn check_requests(envoy: &Envoy, expect: &Expect, what: &str) {
 }
 
 /// The Envoy config Istio derives from a `WasmPlugin` (`pilot/pkg/model/extensions.go`,
-/// `buildPluginConfig`): name `<namespace>.<name>`, `root_id` = `pluginName`, `pluginConfig`
-/// as a JSON string in a `StringValue`, the V8 runtime, `failStrategy` as `failure_policy`, and
-/// `code` for the module: istiod sends a remote source with the WasmPlugin's URL, and Istio's
-/// agent fetches the image, checks its manifest digest and hands Envoy the module as a local
-/// file (`pkg/wasm/convert.go`).
-fn wasmplugin_filter(doc: &Value, code: Value) -> Value {
-    let spec = &doc["spec"];
+/// `buildPluginConfig`, Istio 1.29) or a `TrafficExtension` (the same file, `buildWasmConfig`,
+/// Istio 1.30, which builds a WasmPlugin from its translation too): name `<namespace>.<name>`,
+/// `root_id` = `pluginName`, `pluginConfig` as a JSON string in a `StringValue`, the V8 runtime,
+/// `failStrategy` as `failure_policy`, no `vm_id`, and `code` for the module: istiod sends a
+/// remote source with the URL, and Istio's agent fetches the image, checks its manifest digest
+/// and hands Envoy the module as a local file (`pkg/wasm/convert.go`). The VM environment istiod
+/// adds (`ISTIO_META_*`) is left out: the agent strips it.
+fn istio_filter(form: Form, doc: &Value, code: Value) -> Value {
+    let spec = form.wasm(doc);
     let name = format!("{}.{}", str_at(doc, "/metadata/namespace"), str_at(doc, "/metadata/name"));
     let mut config = json!({
         "name": name,
@@ -867,7 +1084,7 @@ fn wasmplugin_filter(doc: &Value, code: Value) -> Value {
     if let Some(strategy) = spec["failStrategy"].as_str() {
         config["failure_policy"] = json!(failure_policy(strategy));
     }
-    json!({"name": format!("{WASMPLUGIN_RESOURCE_PREFIX}{name}"), "typed_config": {"@type": WASM_TYPE, "config": config}})
+    json!({"name": format!("{}{name}", form.resource_prefix()), "typed_config": {"@type": WASM_TYPE, "config": config}})
 }
 
 /// Runs an `EnvoyFilter`'s Wasm filter in Envoy as its patches give it, in front of the echo
@@ -960,14 +1177,14 @@ fn each_envoyfilter_runs_in_envoy_with_the_module_fetched_by_sha256() {
 }
 
 #[test]
-fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
-    for (name, dir) in filters() {
+fn each_wasmplugin_and_trafficextension_runs_in_envoy_as_istio_configures_it() {
+    for ((name, dir), form) in filters().into_iter().flat_map(|f| Form::ALL.map(|form| (f.clone(), form))) {
         let module = module_bytes(&name);
         let uri = format!("http://gatewasm-modules.test/{name}.wasm");
         // Envoy fetches the module itself here and checks the module's sha256 (the agent's part,
         // image and manifest digest, is in `rendered_manifests_carry_the_packaged_digests_and_run`).
         let remote = json!({"http_uri": {"uri": uri, "cluster": "module-server", "timeout": "30s"}, "sha256": sha256_hex(&module)});
-        let plugins = wasmplugins(&dir);
+        let plugins = form_docs(&dir, form);
         let run = |plugins: &[Value], expect: &Expect, what: &str| {
             let (server, _) = module_server(&uri, &module);
             let services = start_services(expect);
@@ -976,14 +1193,14 @@ fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
                 .upstream(upstream.addr())
                 .cluster(Cluster::new("module-server", server.addr()));
             for wp in plugins {
-                let filter = wasmplugin_filter(wp, json!({ "remote": remote }));
+                let filter = istio_filter(form, wp, json!({ "remote": remote }));
                 assert_eq!(
                     serde_json::from_str::<Value>(str_at(
                         &filter,
                         "/typed_config/config/configuration/value"
                     ))
                     .unwrap(),
-                    wp["spec"]["pluginConfig"]
+                    form.wasm(wp)["pluginConfig"]
                 );
                 builder = builder.raw_filter(filter);
             }
@@ -995,16 +1212,16 @@ fn each_wasmplugin_runs_in_envoy_as_istio_configures_it() {
             check_requests(&envoy, expect, what);
             envoy
         };
-        // Each WasmPlugin alone, held to its filter folder's expect.yaml.
+        // Each alone, held to its filter folder's expect.yaml.
         for wp in &plugins {
-            let root_id = str_at(wp, "/spec/pluginName");
-            let what = format!("{name}/wasmplugin.yaml ({root_id})");
+            let root_id = form.wasm(wp)["pluginName"].as_str().unwrap();
+            let what = format!("{name}/{} ({root_id})", form.file());
             drop(run(std::slice::from_ref(wp), &expectations(&own_folder(root_id)), &what));
         }
         if plugins.len() > 1 {
             // All of them in Istio's order as one gateway: the folder's expect.yaml, in one
             // module's VMs (the base VM, a clone on the main thread, one on the worker).
-            let what = format!("{name}/wasmplugin.yaml");
+            let what = format!("{name}/{}", form.file());
             let envoy = run(&istio_order(plugins), &expectations(&dir), &what);
             assert_eq!(envoy.stat(ACTIVE_VMS).unwrap(), Some(3), "{what}: one module's VMs\n{}", envoy.log());
         }
@@ -1160,6 +1377,38 @@ fn the_standalone_remote_example_loads_its_module_by_sha256() {
 // ---------------------------------------------------------------------------------------------
 // gatewasm-pack manifests
 
+/// Runs the filters Istio makes of a folder's rendered WasmPlugins or TrafficExtensions, in its
+/// order, at 2 workers, and checks the folder's `expect.yaml` and that they share one module's
+/// VMs: the base VM, a clone on the main thread and one per worker.
+fn run_rendered_chain(chain: Vec<Value>, expect: &Expect, what: &str) {
+    let gateway = |chain: &[Value]| {
+        let upstream = EchoUpstream::start().unwrap();
+        let services = start_services(expect);
+        let mut builder = EnvoyBuilder::new().upstream(upstream.addr()).concurrency(2);
+        for filter in chain {
+            builder = builder.raw_filter(filter.clone());
+        }
+        for (cname, service) in &services {
+            builder = builder.cluster(Cluster::new(cname, service.addr()));
+        }
+        let envoy = builder.start().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        check_requests(&envoy, expect, what);
+        (envoy.stat(ACTIVE_VMS).unwrap(), envoy.stop())
+    };
+    let (active, log) = gateway(&chain);
+    assert_eq!(active, Some(4), "{what}: one module's VMs\n{log}");
+    if chain.len() > 1 {
+        // Istio's agent strips the ISTIO_META_* variables istiod adds (each plugin's resource
+        // version among them), so the five share the VMs; one whose vmConfig.env differs from the
+        // others' gets VMs of its own (Envoy 1.40 keeps VMs with different environments apart).
+        let mut chain = chain;
+        chain[0]["typed_config"]["config"]["vm_config"]["environment_variables"] =
+            json!({"key_values": {"REGION": "eu"}});
+        let (active, log) = gateway(&chain);
+        assert_eq!(active, Some(8), "{what}, one vmConfig.env apart\n{log}");
+    }
+}
+
 #[test]
 fn rendered_manifests_carry_the_packaged_digests_and_run() {
     let out = tempfile::tempdir().unwrap();
@@ -1175,9 +1424,8 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
         let module_sha = sha256_hex(&module);
         assert!(stdout.contains(&digest) && stdout.contains(&module_sha), "{stdout}");
 
-        let wp_path = rendered.join(f.name).join("wasmplugin.yaml");
-        let ef_path = rendered.join(f.name).join("envoyfilter.yaml");
-        for path in [&wp_path, &ef_path] {
+        for file in ["wasmplugin.yaml", "envoyfilter.yaml", "trafficextension.yaml"] {
+            let path = &rendered.join(f.name).join(file);
             let text = std::fs::read_to_string(path).unwrap();
             assert!(!text.contains(PLACEHOLDER_DIGEST), "{}: a placeholder is left", path.display());
             assert!(
@@ -1190,21 +1438,10 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
                 assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
             }
         }
-        let plugins = wasmplugins(&rendered.join(f.name));
-        let committed_plugins = wasmplugins(&manifests_dir().join(f.name));
-        assert_eq!(plugins.len(), committed_plugins.len(), "{}", f.name);
-        for (wp, mut committed) in plugins.iter().zip(committed_plugins) {
-            assert_eq!(str_at(wp, "/spec/url"), format!("oci://registry.test:5000/team/{}:t1", f.name));
-            assert_eq!(str_at(wp, "/spec/sha256"), digest, "{}: the image's manifest digest", f.name);
-            // Everything else is the committed WasmPlugin.
-            committed["spec"]["url"] = wp["spec"]["url"].clone();
-            committed["spec"]["sha256"] = json!(digest);
-            assert_eq!(wp, &committed, "{}", f.name);
-        }
-
-        // What Istio's agent does with the rendered WasmPlugins: the image whose manifest digest
-        // is spec.sha256 (the layout holds the bytes the registry serves, byte for byte: see
-        // tests/registry.rs), plugin.wasm from its last layer, given to Envoy as a local file.
+        // What Istio's agent does with the rendered WasmPlugins and TrafficExtensions: the image
+        // whose manifest digest is their sha256 (the layout holds the bytes the registry serves,
+        // byte for byte: see tests/registry.rs), plugin.wasm from its last layer, given to Envoy
+        // as a local file.
         assert_eq!(image.digest(), format!("sha256:{digest}"));
         let entries = common::untar_gz(&image.layers.last().unwrap().data);
         let plugin = entries.iter().find(|e| e.0 == "plugin.wasm").unwrap();
@@ -1212,39 +1449,25 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
         let plugin_path = out.path().join(format!("{}.plugin.wasm", f.name));
         std::fs::write(&plugin_path, &plugin.2).unwrap();
         let expect = expectations(&manifests_dir().join(f.name));
-        let chain: Vec<Value> = istio_order(plugins)
-            .iter()
-            .map(|wp| wasmplugin_filter(wp, json!({"local": {"filename": plugin_path}})))
-            .collect();
-        // At 2 workers: the VMs of one module are the base VM, a clone on the main thread and
-        // one per worker.
-        let gateway = |chain: &[Value]| {
-            let upstream = EchoUpstream::start().unwrap();
-            let services = start_services(&expect);
-            let mut builder = EnvoyBuilder::new().upstream(upstream.addr()).concurrency(2);
-            for filter in chain {
-                builder = builder.raw_filter(filter.clone());
+        for form in Form::ALL {
+            let what = format!("rendered {}/{}", f.name, form.file());
+            let plugins = form_docs(&rendered.join(f.name), form);
+            let committed_plugins = form_docs(&manifests_dir().join(f.name), form);
+            assert_eq!(plugins.len(), committed_plugins.len(), "{what}");
+            for (wp, mut committed) in plugins.iter().zip(committed_plugins) {
+                let wasm = form.wasm(wp);
+                assert_eq!(wasm["url"], format!("oci://registry.test:5000/team/{}:t1", f.name), "{what}");
+                assert_eq!(wasm["sha256"], digest, "{what}: the image's manifest digest");
+                // Everything else is the committed manifest.
+                form.wasm_mut(&mut committed)["url"] = wasm["url"].clone();
+                form.wasm_mut(&mut committed)["sha256"] = json!(digest);
+                assert_eq!(wp, &committed, "{what}");
             }
-            for (cname, service) in &services {
-                builder = builder.cluster(Cluster::new(cname, service.addr()));
-            }
-            let envoy =
-                builder.start().unwrap_or_else(|e| panic!("rendered {}/wasmplugin.yaml: {e:#}", f.name));
-            check_requests(&envoy, &expect, &format!("rendered {}/wasmplugin.yaml", f.name));
-            (envoy.stat(ACTIVE_VMS).unwrap(), envoy.stop())
-        };
-        let (active, log) = gateway(&chain);
-        assert_eq!(active, Some(4), "rendered {}/wasmplugin.yaml: one module's VMs\n{log}", f.name);
-        if chain.len() > 1 {
-            // Istio's agent strips the ISTIO_META_* variables istiod adds (each WasmPlugin's
-            // resource version among them), so the five share the VMs; a WasmPlugin whose
-            // vmConfig.env differs from the others' gets VMs of its own (Envoy 1.40 keeps VMs with
-            // different environments apart).
-            let mut chain = chain;
-            chain[0]["typed_config"]["config"]["vm_config"]["environment_variables"] =
-                json!({"key_values": {"REGION": "eu"}});
-            let (active, log) = gateway(&chain);
-            assert_eq!(active, Some(8), "rendered {}/wasmplugin.yaml, one vmConfig.env apart\n{log}", f.name);
+            let chain: Vec<Value> = istio_order(plugins)
+                .iter()
+                .map(|wp| istio_filter(form, wp, json!({"local": {"filename": plugin_path}})))
+                .collect();
+            run_rendered_chain(chain, &expect, &what);
         }
 
         // The rendered EnvoyFilters run unchanged with the packaged module.
@@ -1385,7 +1608,7 @@ fn the_bundle_readme_forms_match_istio_crds_and_run() {
                 let root_id = str_at(doc, "/spec/pluginName");
                 assert!(ids.contains(&root_id), "{name}: pluginName {root_id} is no root id of the bundle");
                 // As Istio's agent runs it: the bundle from the image as a local file.
-                let filter = wasmplugin_filter(doc, json!({"local": {"filename": plugin_path}}));
+                let filter = istio_filter(Form::WasmPlugin, doc, json!({"local": {"filename": plugin_path}}));
                 let upstream = EchoUpstream::start().unwrap();
                 let envoy = EnvoyBuilder::new()
                     .raw_filter(filter)
