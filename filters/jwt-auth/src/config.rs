@@ -14,6 +14,7 @@ use serde_json::Value;
 use gatewasm::config::{self, ConfigErrors};
 use gatewasm::matcher::RawMatch;
 
+use crate::authz::{self, ClaimCheck, ClaimRules, ClaimTest};
 use crate::extractor::{default_locations, Location};
 use crate::jwks_cache::{KeySource, RemoteConfig, RemoteJwks, TokenCache};
 use crate::jwt::Alg;
@@ -197,6 +198,13 @@ pub struct RawRequirement {
     pub allow_missing: Option<RawEmpty>,
     /// Missing and invalid tokens pass; valid ones still produce outputs.
     pub allow_missing_or_failed: Option<RawEmpty>,
+    /// With `provider_name` or `provider_and_audiences`: claims the provider's tokens must also
+    /// carry, by claim path (dots reach into objects): a string, boolean or integer the claim
+    /// equals, `{"any_of": [...]}` or `{"all_of": [...]}`. A valid token without them: 403.
+    pub claims: Option<BTreeMap<String, Value>>,
+    /// With `provider_name` or `provider_and_audiences`: OAuth scopes the provider's tokens must
+    /// all grant (`scope`, space-separated, or `scp`). A valid token without them: 403.
+    pub scopes: Option<Vec<String>>,
 }
 
 /// Envoy's `ProviderWithAudiences`.
@@ -526,6 +534,101 @@ fn remote_jwks(at: &str, raw: &RawRemoteJwks, errors: &mut ConfigErrors) -> Opti
     }))
 }
 
+/// A JSON value quoted in an error as its JSON text.
+struct Json<'v>(&'v Value);
+
+impl std::fmt::Debug for Json<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The `claims` and `scopes` of a requirement: `Some(None)` when it has neither, `None` when
+/// they are wrong (recorded in `errors`).
+#[allow(clippy::option_option)] // ok: "none given" and "refused" are different answers.
+fn claim_rules(at: &str, raw: &RawRequirement, errors: &mut ConfigErrors) -> Option<Option<Box<ClaimRules>>> {
+    if raw.claims.is_none() && raw.scopes.is_none() {
+        return Some(None);
+    }
+    if raw.provider_name.is_none() && raw.provider_and_audiences.is_none() {
+        let field = if raw.claims.is_some() { "claims" } else { "scopes" };
+        errors.add_field(
+            format!("{at}.{field}"),
+            "applies to a provider: put it next to `provider_name` or `provider_and_audiences` (in each alternative of `requires_any`/`requires_all`)",
+        );
+        return None;
+    }
+    let before = errors.errors().len();
+    let mut rules = ClaimRules::default();
+    const FORMS: &str = "must be a string, boolean or integer the claim equals, or {\"any_of\": [...]} or {\"all_of\": [...]} of them";
+    for (path, want) in raw.claims.iter().flatten() {
+        let field = format!("{at}.claims.{path}");
+        if path.is_empty() || path.starts_with('.') || path.ends_with('.') || path.contains("..") {
+            errors.add(format!("{at}.claims"), path, "not a claim path (names joined by single dots)");
+            continue;
+        }
+        let test = match want {
+            v if authz::is_comparable(v) => ClaimTest::Equals(v.clone()),
+            Value::Object(o) if o.len() == 1 => {
+                let (form, list) = o.iter().next().map_or(("", &Value::Null), |(k, v)| (k.as_str(), v));
+                let items = match list {
+                    Value::Array(items) if !items.is_empty() => items,
+                    other => {
+                        errors.add(format!("{field}.{form}"), Json(other), "must be a non-empty list");
+                        continue;
+                    }
+                };
+                if let Some((i, bad)) = items.iter().enumerate().find(|(_, v)| !authz::is_comparable(v)) {
+                    errors.add(
+                        format!("{field}.{form}[{i}]"),
+                        Json(bad),
+                        "must be a string, boolean or integer",
+                    );
+                    continue;
+                }
+                match form {
+                    "any_of" => ClaimTest::AnyOf(items.clone()),
+                    "all_of" => ClaimTest::AllOf(items.clone()),
+                    _ => {
+                        errors.add(&field, Json(want), FORMS);
+                        continue;
+                    }
+                }
+            }
+            Value::Array(_) => {
+                errors.add(
+                    &field,
+                    Json(want),
+                    "a list is ambiguous: write {\"any_of\": [...]} or {\"all_of\": [...]}",
+                );
+                continue;
+            }
+            other => {
+                errors.add(&field, Json(other), FORMS);
+                continue;
+            }
+        };
+        rules.claims.push(ClaimCheck { path: path.clone(), test });
+    }
+    if raw.claims.as_ref().is_some_and(BTreeMap::is_empty) {
+        errors.add_field(format!("{at}.claims"), "must name at least one claim (leave it out otherwise)");
+    }
+    for (i, scope) in raw.scopes.iter().flatten().enumerate() {
+        if !authz::is_scope_token(scope) {
+            errors.add(
+                format!("{at}.scopes[{i}]"),
+                scope,
+                "not a scope (one word of printable ASCII, no spaces, quotes or backslashes)",
+            );
+        }
+        rules.scopes.push(scope.clone());
+    }
+    if raw.scopes.as_ref().is_some_and(Vec::is_empty) {
+        errors.add_field(format!("{at}.scopes"), "must name at least one scope (leave it out otherwise)");
+    }
+    (errors.errors().len() == before).then_some(Some(Box::new(rules)))
+}
+
 fn requirement(
     at: &str,
     raw: &RawRequirement,
@@ -558,15 +661,16 @@ fn requirement(
                 None
             }
         };
+    let claims = claim_rules(at, raw, errors);
     if let Some(name) = &raw.provider_name {
         let provider = index(format!("{at}.provider_name"), name, errors)?;
-        return Some(Requirement::Provider { provider, audiences: None });
+        return Some(Requirement::Provider { provider, audiences: None, claims: claims? });
     }
     if let Some(pa) = &raw.provider_and_audiences {
         let provider =
             index(format!("{at}.provider_and_audiences.provider_name"), &pa.provider_name, errors)?;
         let audiences = pa.audiences.iter().map(|a| normalize_audience(a).to_string()).collect();
-        return Some(Requirement::Provider { provider, audiences: Some(audiences) });
+        return Some(Requirement::Provider { provider, audiences: Some(audiences), claims: claims? });
     }
     if raw.allow_missing.is_some() {
         return Some(Requirement::AllowMissing);
@@ -632,7 +736,10 @@ mod tests {
         assert_eq!(p.clock_skew, 60);
         assert!(!p.outputs.forward);
         assert_eq!(c.output_headers, ["x-admin-id", "x-admin-email"]);
-        assert_eq!(c.rules[0].requires, Some(Requirement::Provider { provider: 0, audiences: None }));
+        assert_eq!(
+            c.rules[0].requires,
+            Some(Requirement::Provider { provider: 0, audiences: None, claims: None })
+        );
     }
 
     #[test]
@@ -751,6 +858,70 @@ mod tests {
         assert!(!t[0].matcher.matches(&get("/users")));
         let err = rules(json!({"prefix": "api"})).unwrap_err().to_string();
         assert!(err.contains("`rules[0].match.prefix` = \"api\": must start with `/`"), "{err}");
+    }
+
+    #[test]
+    fn claims_and_scopes_compile_next_to_a_provider() {
+        let c = parse(
+            json!({"providers": {"a": {"keys": [{"secret": SECRET}]}}, "rules": [
+                {"requires": {"provider_name": "a", "claims": {"tenant": "acme", "org.unit": {"any_of": ["eu", 7]}, "groups": {"all_of": ["dev"]}}, "scopes": ["orders:read"]}},
+                {"requires": {"provider_and_audiences": {"provider_name": "a", "audiences": ["x"]}, "scopes": ["w"]}}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let Some(Requirement::Provider { claims: Some(rules), .. }) = &c.rules[0].requires else {
+            panic!("claims")
+        };
+        assert_eq!(rules.scopes, ["orders:read"]);
+        assert_eq!(
+            rules.claims,
+            [
+                ClaimCheck { path: "groups".into(), test: ClaimTest::AllOf(vec![json!("dev")]) },
+                ClaimCheck { path: "org.unit".into(), test: ClaimTest::AnyOf(vec![json!("eu"), json!(7)]) },
+                ClaimCheck { path: "tenant".into(), test: ClaimTest::Equals(json!("acme")) },
+            ]
+        );
+        assert!(
+            matches!(&c.rules[1].requires, Some(Requirement::Provider { claims: Some(r), .. }) if r.scopes == ["w"])
+        );
+    }
+
+    #[test]
+    fn claim_errors_name_the_field_and_the_value() {
+        let err = parse(
+            json!({"providers": {"a": {"keys": [{"secret": SECRET}]}}, "rules": [
+                {"requires": {"provider_name": "a", "claims": {
+                    "groups": ["a", "b"], "n": 1.5, "o": {"one_of": ["x"]}, "e": {"any_of": []},
+                    "x": {"all_of": ["a", {"b": 1}]}, "a..b": "x", "z": null
+                }, "scopes": ["read write", ""]}},
+                {"requires": {"allow_missing": {}, "claims": {"tenant": "acme"}}},
+                {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"allow_missing": {}}]}, "scopes": ["r"]}},
+                {"requires": {"provider_name": "a", "claims": {}, "scopes": []}}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "`rules[0].requires.claims.groups` = [\"a\",\"b\"]: a list is ambiguous",
+            "`rules[0].requires.claims.n` = 1.5: must be a string, boolean or integer",
+            "`rules[0].requires.claims.o` = {\"one_of\":[\"x\"]}: must be",
+            "`rules[0].requires.claims.e.any_of` = []: must be a non-empty list",
+            "`rules[0].requires.claims.x.all_of[1]` = {\"b\":1}: must be a string, boolean or integer",
+            "`rules[0].requires.claims` = \"a..b\": not a claim path",
+            "`rules[0].requires.claims.z` = null",
+            "`rules[0].requires.scopes[0]` = \"read write\": not a scope",
+            "`rules[0].requires.scopes[1]` = \"\": not a scope",
+            "`rules[1].requires.claims`: applies to a provider",
+            "`rules[2].requires.scopes`: applies to a provider",
+            "`rules[3].requires.claims`: must name at least one claim",
+            "`rules[3].requires.scopes`: must name at least one scope",
+        ] {
+            assert!(err.contains(want), "{want} not in {err}");
+        }
     }
 
     #[test]

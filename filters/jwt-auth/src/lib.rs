@@ -16,6 +16,7 @@
 //! ([`jwks_cache`]); their answers arrive in [`Plugin::on_callout`]. The SDK flushes the
 //! counters.
 
+pub mod authz;
 pub mod config;
 pub mod ec_verify;
 pub mod extractor;
@@ -294,15 +295,18 @@ fn realm(req: &Request) -> String {
 
 fn deny(status: Status, req: &Request) -> LocalReply {
     let mut value = format!("Bearer realm=\"{}\"", realm(req));
-    if status != Status::Missing {
-        value.push_str(", error=\"invalid_token\"");
+    // RFC 6750 section 3.1: a valid token without the needed claims or scopes is
+    // `insufficient_scope`, anything else wrong with a token `invalid_token`.
+    let (error, code) = match status {
+        Status::Missing => (None, "missing_token"),
+        Status::InsufficientScope => (Some("insufficient_scope"), "insufficient_scope"),
+        Status::AudienceNotAllowed => (Some("invalid_token"), "forbidden"),
+        _ => (Some("invalid_token"), "invalid_token"),
+    };
+    if let Some(error) = error {
+        value.push_str(&format!(", error=\"{error}\""));
     }
-    let code = if status == Status::AudienceNotAllowed { "forbidden" } else { "invalid_token" };
-    let mut reply = LocalReply::new(status.http_status(), code, status.message());
-    if status == Status::Missing {
-        reply.code = "missing_token";
-    }
-    reply.header("www-authenticate", value)
+    LocalReply::new(status.http_status(), code, status.message()).header("www-authenticate", value)
 }
 
 /// Removes tokens from the request going upstream: a header as a whole, a cookie out of

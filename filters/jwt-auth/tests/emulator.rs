@@ -745,3 +745,67 @@ fn tokens_of_an_alternative_that_failed_are_removed() {
     assert_eq!(s.request_header("authorization"), Some(bearer), "verified and forwarded");
     assert_eq!(s.request_header("cookie").as_deref(), Some("theme=dark"), "the failed token is gone");
 }
+
+#[test]
+fn claims_and_scopes_are_required_per_rule() {
+    let signer = Signer::hmac();
+    let emu = emulator(&json!({
+        "providers": {"idp": {
+            "issuer": "https://idp.test", "local_jwks": signer.jwks("k"),
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}, {"header_name": "x-groups", "claim_name": "groups"}]
+        }},
+        "rules": [
+            {"match": {"prefix": "/orders/"}, "requires": {"provider_name": "idp", "scopes": ["orders:read"], "claims": {"tenant": "acme", "groups": {"all_of": ["buyers"]}}}},
+            {"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}
+        ]
+    }));
+    let bearer = |claims: Value| {
+        let mut c = claims;
+        c["iss"] = json!("https://idp.test");
+        c["exp"] = json!(T0 + 3600);
+        format!("Bearer {}", signer.token("k", &c))
+    };
+    let alice = bearer(
+        json!({"sub": "alice", "tenant": "acme", "groups": ["buyers", "staff"], "scope": "openid orders:read"}),
+    );
+    let (s, a) = request(&emu, "/orders/7", &[("authorization", &alice)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+    // A list claim's header is the base64 of its JSON, as Envoy 1.40 writes it.
+    assert_eq!(s.request_header("x-groups").as_deref(), Some("WyJidXllcnMiLCJzdGFmZiJd"));
+
+    for (claims, why) in [
+        (
+            json!({"sub": "bob", "tenant": "acme", "groups": ["buyers"], "scope": "orders:readwrite"}),
+            "scope substring",
+        ),
+        (
+            json!({"sub": "bob", "tenant": "acme", "groups": ["staff"], "scope": "orders:read"}),
+            "group missing",
+        ),
+        (
+            json!({"sub": "bob", "tenant": {"name": "acme"}, "groups": ["buyers"], "scope": "orders:read"}),
+            "object tenant",
+        ),
+        (
+            json!({"sub": "bob", "tenant": "acme", "groups": "buyers staff", "scp": ["orders:read"]}),
+            "groups as one string",
+        ),
+    ] {
+        let token = bearer(claims);
+        let (s, a) = request(&emu, "/orders/7", &[("authorization", &token), ("x-user", "alice")]);
+        assert_eq!(a, Action::Pause, "{why}");
+        let (status, body, www) = reply_json(&s);
+        assert_eq!(status, 403, "{why}");
+        assert_eq!(body["code"], "insufficient_scope");
+        assert_eq!(
+            www.as_deref(),
+            Some("Bearer realm=\"https://gw.example.com/orders/7\", error=\"insufficient_scope\"")
+        );
+        assert_eq!(s.request_header("x-user"), None, "{why}: no identity upstream");
+        // The same token is good where only a valid token is needed.
+        assert_eq!(request(&emu, "/other", &[("authorization", &token)]).1, Action::Continue, "{why}");
+    }
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_denied_total;reason=insufficient_scope"), Some(4));
+}
