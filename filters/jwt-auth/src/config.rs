@@ -16,7 +16,7 @@ use gatewasm::matcher::RawMatch;
 
 use crate::authz::{self, ClaimCheck, ClaimRules, ClaimTest};
 use crate::extractor::{default_locations, Location};
-use crate::jwks_cache::{KeySource, RemoteConfig, RemoteJwks, TokenCache};
+use crate::jwks_cache::{self, KeySource, RemoteConfig, RemoteJwks, TokenCache};
 use crate::jwt::Alg;
 use crate::keys::{self, Key, KeySet};
 use crate::rules::{Requirement, Rule};
@@ -116,13 +116,16 @@ pub struct RawKey {
     pub alg: Option<String>,
 }
 
-/// Envoy's `RemoteJwks`.
+/// Envoy's `RemoteJwks`, or OpenID Connect discovery: exactly one of `http_uri` and
+/// `discovery`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRemoteJwks {
     /// Where the JWKS is.
-    #[serde(default)]
-    pub http_uri: RawHttpUri,
+    pub http_uri: Option<RawHttpUri>,
+    /// Find the JWKS through the provider's `issuer`: its
+    /// `/.well-known/openid-configuration` document names it (`jwks_uri`).
+    pub discovery: Option<RawDiscovery>,
     /// Refresh period of a good key set, seconds (default 600).
     pub cache_duration_seconds: Option<u64>,
     /// Wait after a failed fetch before the next, seconds (default 5).
@@ -144,6 +147,18 @@ pub struct RawHttpUri {
     #[serde(default)]
     pub cluster: String,
     /// Fetch timeout, milliseconds (default 1000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// OpenID Connect discovery of a provider's JWKS.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// The Envoy cluster that reaches the issuer (and its `jwks_uri`): both fetches go through
+    /// it.
+    #[serde(default)]
+    pub cluster: String,
+    /// Timeout of each fetch, milliseconds (default 1000).
     pub timeout_ms: Option<u64>,
 }
 
@@ -445,7 +460,8 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
         };
     }
     if let Some(remote) = &raw.remote_jwks {
-        return remote_jwks(&format!("{at}.remote_jwks"), remote, errors).map(KeySource::Remote);
+        return remote_jwks(&format!("{at}.remote_jwks"), remote, raw.issuer.as_ref(), errors)
+            .map(|r| KeySource::Remote(Box::new(r)));
     }
     let mut set = KeySet::default();
     for (i, k) in raw.keys.iter().enumerate() {
@@ -487,50 +503,71 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
     Some(KeySource::Local(Rc::new(set)))
 }
 
-fn remote_jwks(at: &str, raw: &RawRemoteJwks, errors: &mut ConfigErrors) -> Option<RemoteJwks> {
-    let uri = &raw.http_uri.uri;
-    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"));
-    let Some(rest) = rest else {
-        errors.add(format!("{at}.http_uri.uri"), uri, "must be an http:// or https:// URL");
-        return None;
+fn remote_jwks(
+    at: &str,
+    raw: &RawRemoteJwks,
+    issuer: Option<&String>,
+    errors: &mut ConfigErrors,
+) -> Option<RemoteJwks> {
+    // Where the fetches go: the JWKS URL, or (discovery) the issuer's document.
+    let (field, cluster, timeout_ms, authority, path, discovery) = match (&raw.http_uri, &raw.discovery) {
+        (Some(h), None) => {
+            let (authority, path) = jwks_cache::split_url(&h.uri)
+                .map_err(|e| errors.add(format!("{at}.http_uri.uri"), &h.uri, e))
+                .ok()?;
+            ("http_uri", &h.cluster, h.timeout_ms, authority, path, None)
+        }
+        (None, Some(d)) => {
+            let Some(issuer) = issuer else {
+                errors.add_field(
+                    format!("{at}.discovery"),
+                    "needs the provider's `issuer`: its discovery document names the JWKS",
+                );
+                return None;
+            };
+            let at_issuer = at.strip_suffix(".remote_jwks").unwrap_or(at);
+            jwks_cache::discovery_url(issuer)
+                .map_err(|e| {
+                    errors.add(
+                        format!("{at_issuer}.issuer"),
+                        issuer,
+                        format!("{e} (discovery reads its document)"),
+                    )
+                })
+                .ok()?;
+            ("discovery", &d.cluster, d.timeout_ms, String::new(), String::new(), Some(issuer.clone()))
+        }
+        _ => {
+            errors.add_field(at, "give exactly one of `http_uri` and `discovery`");
+            return None;
+        }
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || !config::is_header_value(authority) || authority.contains(['@', ' ']) {
-        errors.add(format!("{at}.http_uri.uri"), uri, "has no valid host");
-        return None;
-    }
-    if !config::is_header_value(path) || path.contains(' ') {
-        errors.add(format!("{at}.http_uri.uri"), uri, "has an invalid path");
-        return None;
-    }
-    if raw.http_uri.cluster.is_empty() {
+    if cluster.is_empty() {
         errors.add_field(
-            format!("{at}.http_uri.cluster"),
+            format!("{at}.{field}.cluster"),
             "the Envoy cluster that reaches the JWKS is required",
         );
         return None;
     }
     let secs = |v: Option<u64>, default: u64| v.unwrap_or(default).saturating_mul(1000);
-    let timeout_ms = raw.http_uri.timeout_ms.unwrap_or(1000);
+    let timeout_ms = timeout_ms.unwrap_or(1000);
     if !(1..=60_000).contains(&timeout_ms) {
-        errors.add(format!("{at}.http_uri.timeout_ms"), timeout_ms, "must be between 1 and 60000");
+        errors.add(format!("{at}.{field}.timeout_ms"), timeout_ms, "must be between 1 and 60000");
     }
     let cache_duration_ms = secs(raw.cache_duration_seconds, 600);
     if cache_duration_ms == 0 {
         errors.add(format!("{at}.cache_duration_seconds"), 0, "must be at least 1");
     }
     Some(RemoteJwks::new(RemoteConfig {
-        cluster: raw.http_uri.cluster.clone(),
-        authority: authority.to_string(),
-        path: path.to_string(),
+        cluster: cluster.clone(),
+        authority,
+        path,
         timeout_ms,
         cache_duration_ms,
         retry_interval_ms: secs(raw.retry_interval_seconds, 5).max(100),
         refetch_unknown_kid_ms: secs(raw.refetch_unknown_kid_seconds, 30),
         max_bytes: raw.max_bytes.unwrap_or(65536).clamp(256, 1 << 20),
+        discovery,
     }))
 }
 
@@ -824,6 +861,75 @@ mod tests {
         assert_eq!(r.config.authority, "idp.example.com");
         assert_eq!(r.config.path, "/.well-known/jwks.json?v=1");
         assert_eq!(r.config.cache_duration_ms, 600_000);
+    }
+
+    #[test]
+    fn discovery_needs_an_issuer_url_and_a_cluster() {
+        let remote = |issuer: Value, remote: Value| {
+            let mut p = json!({"remote_jwks": remote});
+            if !issuer.is_null() {
+                p["issuer"] = issuer;
+            }
+            parse(
+                json!({"providers": {"idp": p}, "rules": [{"requires": {"provider_name": "idp"}}]})
+                    .to_string()
+                    .as_bytes(),
+            )
+        };
+        let c = remote(
+            json!("https://idp.example.com/realms/a"),
+            json!({"discovery": {"cluster": "idp"}, "max_bytes": 4096}),
+        )
+        .unwrap();
+        let KeySource::Remote(r) = &c.providers[0].keys else { panic!("remote") };
+        assert_eq!(r.config.discovery.as_deref(), Some("https://idp.example.com/realms/a"));
+        assert_eq!(r.target().path, "/realms/a/.well-known/openid-configuration");
+        assert_eq!(r.config.max_bytes, 4096);
+        for (issuer, jwks, want) in [
+            (
+                Value::Null,
+                json!({"discovery": {"cluster": "idp"}}),
+                "`providers.idp.remote_jwks.discovery`: needs the provider's `issuer`",
+            ),
+            (
+                json!("idp.example.com"),
+                json!({"discovery": {"cluster": "idp"}}),
+                "`providers.idp.issuer` = \"idp.example.com\": must be an http:// or https:// URL",
+            ),
+            (
+                json!("https://idp.example.com/?x"),
+                json!({"discovery": {"cluster": "idp"}}),
+                "`providers.idp.issuer` = \"https://idp.example.com/?x\": an issuer has no query",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {}}),
+                "`providers.idp.remote_jwks.discovery.cluster`: the Envoy cluster",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {"cluster": "c", "timeout_ms": 0}}),
+                "`providers.idp.remote_jwks.discovery.timeout_ms` = 0",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {"cluster": "c"}, "http_uri": {"uri": "https://i/k", "cluster": "c"}}),
+                "`providers.idp.remote_jwks`: give exactly one of `http_uri` and `discovery`",
+            ),
+            (
+                json!("https://i"),
+                json!({"cache_duration_seconds": 5}),
+                "`providers.idp.remote_jwks`: give exactly one",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {"cluster": "c", "uri": "https://i/x"}}),
+                "unknown field `uri`, expected `cluster` or `timeout_ms`",
+            ),
+        ] {
+            let err = remote(issuer, jwks).unwrap_err().to_string();
+            assert!(err.contains(want), "{want} not in {err}");
+        }
     }
 
     /// Envoy's `jwt_authn` shorthand (`prefix`, `path`, `regex` beside `hosts`) and the SDK's

@@ -809,3 +809,66 @@ fn claims_and_scopes_are_required_per_rule() {
     emu.advance_clock(Duration::from_secs(1)).unwrap();
     assert_eq!(emu.metric("jwt_auth_denied_total;reason=insufficient_scope"), Some(4));
 }
+
+#[test]
+fn oidc_discovery_finds_the_jwks_keeps_keys_on_failure_and_recovers() {
+    let issuer = "https://idp.test/tenant-a";
+    let emu = emulator(&json!({
+        "providers": {"idp": {
+            "issuer": issuer,
+            "remote_jwks": {"discovery": {"cluster": "idp", "timeout_ms": 500}, "cache_duration_seconds": 300,
+                            "retry_interval_seconds": 2, "max_bytes": 2048},
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    }));
+    let k1 = Signer::p256();
+    let bearer = |sub: &str| {
+        format!("Bearer {}", k1.token("k1", &json!({"iss": issuer, "sub": sub, "exp": T0 + 3600})))
+    };
+    let path_of = |emu: &Emulator| {
+        let call = emu.http_calls().into_iter().find(|c| c.cluster == "idp").expect("a fetch");
+        let path = call.headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.clone()).unwrap();
+        (call.token, path)
+    };
+    let doc = |iss: &str| json!({"issuer": iss, "jwks_uri": "https://idp.test/tenant-a/keys"});
+
+    // Before any keys: refused.
+    assert_eq!(reply_json(&request(&emu, "/a", &[("authorization", &bearer("alice"))]).0).0, 401);
+    // A document naming another issuer is refused; the retry gets a good one.
+    advance_until_fetch(&emu, Duration::from_secs(1));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/.well-known/openid-configuration");
+    answer(&emu, token, "200", &doc("https://idp.test/tenant-b"));
+    assert_eq!(reply_json(&request(&emu, "/a", &[("authorization", &bearer("alice"))]).0).0, 401);
+    advance_until_fetch(&emu, Duration::from_secs(3));
+    let (token, _) = path_of(&emu);
+    answer(&emu, token, "200", &doc(issuer));
+    advance_until_fetch(&emu, Duration::from_secs(1));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/keys");
+    answer(&emu, token, "200", &k1.jwks("k1"));
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer("alice"))]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+
+    // The refresh fails, then the document is too large: the keys stay.
+    emu.advance_clock(Duration::from_secs(299)).unwrap();
+    advance_until_fetch(&emu, Duration::from_secs(2));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/keys");
+    emu.fail_http_call(token).unwrap();
+    advance_until_fetch(&emu, Duration::from_secs(3));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/.well-known/openid-configuration");
+    let mut huge = doc(issuer);
+    huge["padding"] = json!("x".repeat(4096));
+    answer(&emu, token, "200", &huge);
+    assert_eq!(request(&emu, "/a", &[("authorization", &bearer("bob"))]).1, Action::Continue);
+
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_discovery_fetches_total;provider=idp;result=ok"), Some(1));
+    assert_eq!(emu.metric("jwt_auth_discovery_fetches_total;provider=idp;result=failed"), Some(2));
+    assert_eq!(emu.metric("jwt_auth_jwks_fetches_total;provider=idp;result=failed"), Some(1));
+    assert!(emu.logged("discovery document names another issuer"), "{:?}", emu.logs());
+}
