@@ -216,7 +216,7 @@ pub struct RawRequirement {
     /// With `provider_name` or `provider_and_audiences`: claims the provider's tokens must also
     /// carry, by claim path (dots reach into objects): a string, boolean or integer the claim
     /// equals, `{"any_of": [...]}` or `{"all_of": [...]}`. A valid token without them: 403.
-    pub claims: Option<BTreeMap<String, Value>>,
+    pub claims: Option<Value>,
     /// With `provider_name` or `provider_and_audiences`: OAuth scopes the provider's tokens must
     /// all grant (`scope`, space-separated, or `scp`). A valid token without them: 403.
     pub scopes: Option<Vec<String>>,
@@ -598,7 +598,17 @@ fn claim_rules(at: &str, raw: &RawRequirement, errors: &mut ConfigErrors) -> Opt
     let before = errors.errors().len();
     let mut rules = ClaimRules::default();
     const FORMS: &str = "must be a string, boolean or integer the claim equals, or {\"any_of\": [...]} or {\"all_of\": [...]} of them";
-    for (path, want) in raw.claims.iter().flatten() {
+    // A JSON object, read here rather than by serde: one `Value` parser serves `local_jwks` too.
+    let empty = serde_json::Map::new();
+    let claims = match &raw.claims {
+        None => &empty,
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            errors.add(format!("{at}.claims"), Json(other), "must be an object of claim paths");
+            &empty
+        }
+    };
+    for (path, want) in claims {
         let field = format!("{at}.claims.{path}");
         if path.is_empty() || path.starts_with('.') || path.ends_with('.') || path.contains("..") {
             errors.add(format!("{at}.claims"), path, "not a claim path (names joined by single dots)");
@@ -647,7 +657,7 @@ fn claim_rules(at: &str, raw: &RawRequirement, errors: &mut ConfigErrors) -> Opt
         };
         rules.claims.push(ClaimCheck { path: path.clone(), test });
     }
-    if raw.claims.as_ref().is_some_and(BTreeMap::is_empty) {
+    if matches!(&raw.claims, Some(Value::Object(o)) if o.is_empty()) {
         errors.add_field(format!("{at}.claims"), "must name at least one claim (leave it out otherwise)");
     }
     for (i, scope) in raw.scopes.iter().flatten().enumerate() {
@@ -1004,7 +1014,8 @@ mod tests {
                 }, "scopes": ["read write", ""]}},
                 {"requires": {"allow_missing": {}, "claims": {"tenant": "acme"}}},
                 {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"allow_missing": {}}]}, "scopes": ["r"]}},
-                {"requires": {"provider_name": "a", "claims": {}, "scopes": []}}
+                {"requires": {"provider_name": "a", "claims": {}, "scopes": []}},
+                {"requires": {"provider_name": "a", "claims": "tenant=acme"}}
             ]})
             .to_string()
             .as_bytes(),
@@ -1025,6 +1036,7 @@ mod tests {
             "`rules[2].requires.scopes`: applies to a provider",
             "`rules[3].requires.claims`: must name at least one claim",
             "`rules[3].requires.scopes`: must name at least one scope",
+            "`rules[4].requires.claims` = \"tenant=acme\": must be an object of claim paths",
         ] {
             assert!(err.contains(want), "{want} not in {err}");
         }

@@ -6,6 +6,11 @@
 //! and when a token named a `kid` the current set lacks (at most once per
 //! `refetch_unknown_kid_interval`). Until the first set arrives, tokens of the provider fail
 //! (fail closed); a failed or unusable answer keeps the last good set.
+//!
+//! With OpenID Connect discovery the JWKS location is not configured: a fetch first reads the
+//! issuer's discovery document (same cluster, same schedule and size bound), and the JWKS it
+//! names is fetched at the next tick. The location is kept until a JWKS fetch fails; the retry
+//! then reads the document again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
