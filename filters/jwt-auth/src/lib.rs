@@ -8,12 +8,14 @@
 //!    removed, on every request, before anything else;
 //! 3. the first matching rule's requirement is evaluated ([`verifier`]): tokens extracted
 //!    ([`extractor`]), each verified once ([`verifier::Provider::verify`]: the verified-token
-//!    cache first, then parse, claims and signature);
+//!    cache first, then parse, claims and signature), then the claims and scopes the
+//!    requirement demands of them ([`authz`]);
 //! 4. on success the outputs are written and the tokens removed (unless `forward`); on failure
 //!    the request is answered 401/403 and does not go upstream.
 //!
 //! Root context: a tick reads the clock and fetches remote key sets that are due
-//! ([`jwks_cache`]); their answers arrive in [`Plugin::on_callout`]. The SDK flushes the
+//! ([`jwks_cache`], first through the issuer's OpenID Connect discovery document where
+//! configured); their answers arrive in [`Plugin::on_callout`]. The SDK flushes the
 //! counters.
 
 pub mod authz;
