@@ -85,7 +85,11 @@ fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy
                     {"header_name": "x-user-email", "claim_name": "email"}
                 ]
             }},
-            "rules": [{"match": {"prefix": "/jwt/"}, "requires": {"provider_name": "login"}}]
+            "rules": [
+                // A valid token is not enough here: it must grant this scope (the demo's does not).
+                {"match": {"prefix": "/jwt/billing/"}, "requires": {"provider_name": "login", "scopes": ["billing:read"]}},
+                {"match": {"prefix": "/jwt/"}, "requires": {"provider_name": "login"}}
+            ]
         }));
     // The login and /nodebackend/ are asked of the auth service (the user story's Ambassador
     // AuthService setup); everything else passes unchecked.
@@ -167,6 +171,15 @@ fn check(envoy: &Envoy, access_log: &std::path::Path) -> anyhow::Result<()> {
         ensure!(echo.header("x-user-id") == Some("1"), "{how}: x-user-id {:?}", echo.header("x-user-id"));
         ensure!(echo.header("x-user-email") == Some("admin@qq.com"), "{how}: x-user-email missing");
     }
+    let r =
+        envoy.send(&Request::get("/jwt/billing/").header("authorization", &format!("Bearer {DEMO_JWT}")))?;
+    ensure!(
+        r.status == 403
+            && r.header("www-authenticate").is_some_and(|w| w.ends_with("error=\"insufficient_scope\"")),
+        "GET /jwt/billing/ with a token lacking the scope: status {} {:?}",
+        r.status,
+        r.header("www-authenticate")
+    );
     let r = envoy.get("/jwt/profile")?;
     ensure!(r.status == 401, "GET /jwt/profile without a token: status {}", r.status);
     ensure!(
@@ -282,6 +295,7 @@ lines to {access_log} (no Kafka needed).
   curl -si localhost:{listener}/jwt/profile -H "Authorization: Bearer $TOKEN"
   curl -si "localhost:{listener}/jwt/profile?token=$TOKEN"
   curl -si localhost:{listener}/jwt/profile          # 401 with WWW-Authenticate
+  curl -si localhost:{listener}/jwt/billing/ -H "Authorization: Bearer $TOKEN"  # 403 insufficient_scope: no billing:read scope
 
   # ext-auth: the login is answered by the auth service itself: 201, the token and its cookie.
   curl -si -X POST localhost:{listener}/login -u admin@qq.com:123

@@ -14,8 +14,9 @@ use serde_json::Value;
 use gatewasm::config::{self, ConfigErrors};
 use gatewasm::matcher::RawMatch;
 
+use crate::authz::{self, ClaimCheck, ClaimRules, ClaimTest};
 use crate::extractor::{default_locations, Location};
-use crate::jwks_cache::{KeySource, RemoteConfig, RemoteJwks, TokenCache};
+use crate::jwks_cache::{self, KeySource, RemoteConfig, RemoteJwks, TokenCache};
 use crate::jwt::Alg;
 use crate::keys::{self, Key, KeySet};
 use crate::rules::{Requirement, Rule};
@@ -115,13 +116,16 @@ pub struct RawKey {
     pub alg: Option<String>,
 }
 
-/// Envoy's `RemoteJwks`.
+/// Envoy's `RemoteJwks`, or OpenID Connect discovery: exactly one of `http_uri` and
+/// `discovery`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRemoteJwks {
     /// Where the JWKS is.
-    #[serde(default)]
-    pub http_uri: RawHttpUri,
+    pub http_uri: Option<RawHttpUri>,
+    /// Find the JWKS through the provider's `issuer`: its
+    /// `/.well-known/openid-configuration` document names it (`jwks_uri`).
+    pub discovery: Option<RawDiscovery>,
     /// Refresh period of a good key set, seconds (default 600).
     pub cache_duration_seconds: Option<u64>,
     /// Wait after a failed fetch before the next, seconds (default 5).
@@ -143,6 +147,18 @@ pub struct RawHttpUri {
     #[serde(default)]
     pub cluster: String,
     /// Fetch timeout, milliseconds (default 1000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// OpenID Connect discovery of a provider's JWKS.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// The Envoy cluster that reaches the issuer (and its `jwks_uri`): both fetches go through
+    /// it.
+    #[serde(default)]
+    pub cluster: String,
+    /// Timeout of each fetch, milliseconds (default 1000).
     pub timeout_ms: Option<u64>,
 }
 
@@ -197,6 +213,13 @@ pub struct RawRequirement {
     pub allow_missing: Option<RawEmpty>,
     /// Missing and invalid tokens pass; valid ones still produce outputs.
     pub allow_missing_or_failed: Option<RawEmpty>,
+    /// With `provider_name` or `provider_and_audiences`: claims the provider's tokens must also
+    /// carry, by claim path (dots reach into objects): a string, boolean or integer the claim
+    /// equals, `{"any_of": [...]}` or `{"all_of": [...]}`. A valid token without them: 403.
+    pub claims: Option<Value>,
+    /// With `provider_name` or `provider_and_audiences`: OAuth scopes the provider's tokens must
+    /// all grant (`scope`, space-separated, or `scp`). A valid token without them: 403.
+    pub scopes: Option<Vec<String>>,
 }
 
 /// Envoy's `ProviderWithAudiences`.
@@ -437,7 +460,8 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
         };
     }
     if let Some(remote) = &raw.remote_jwks {
-        return remote_jwks(&format!("{at}.remote_jwks"), remote, errors).map(KeySource::Remote);
+        return remote_jwks(&format!("{at}.remote_jwks"), remote, raw.issuer.as_ref(), errors)
+            .map(|r| KeySource::Remote(Box::new(r)));
     }
     let mut set = KeySet::default();
     for (i, k) in raw.keys.iter().enumerate() {
@@ -479,51 +503,177 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
     Some(KeySource::Local(Rc::new(set)))
 }
 
-fn remote_jwks(at: &str, raw: &RawRemoteJwks, errors: &mut ConfigErrors) -> Option<RemoteJwks> {
-    let uri = &raw.http_uri.uri;
-    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"));
-    let Some(rest) = rest else {
-        errors.add(format!("{at}.http_uri.uri"), uri, "must be an http:// or https:// URL");
-        return None;
+fn remote_jwks(
+    at: &str,
+    raw: &RawRemoteJwks,
+    issuer: Option<&String>,
+    errors: &mut ConfigErrors,
+) -> Option<RemoteJwks> {
+    // Where the fetches go: the JWKS URL, or (discovery) the issuer's document.
+    let (field, cluster, timeout_ms, authority, path, discovery) = match (&raw.http_uri, &raw.discovery) {
+        (Some(h), None) => {
+            let (authority, path) = jwks_cache::split_url(&h.uri)
+                .map_err(|e| errors.add(format!("{at}.http_uri.uri"), &h.uri, e))
+                .ok()?;
+            ("http_uri", &h.cluster, h.timeout_ms, authority, path, None)
+        }
+        (None, Some(d)) => {
+            let Some(issuer) = issuer else {
+                errors.add_field(
+                    format!("{at}.discovery"),
+                    "needs the provider's `issuer`: its discovery document names the JWKS",
+                );
+                return None;
+            };
+            let at_issuer = at.strip_suffix(".remote_jwks").unwrap_or(at);
+            jwks_cache::discovery_url(issuer)
+                .map_err(|e| {
+                    errors.add(
+                        format!("{at_issuer}.issuer"),
+                        issuer,
+                        format!("{e} (discovery reads its document)"),
+                    )
+                })
+                .ok()?;
+            ("discovery", &d.cluster, d.timeout_ms, String::new(), String::new(), Some(issuer.clone()))
+        }
+        _ => {
+            errors.add_field(at, "give exactly one of `http_uri` and `discovery`");
+            return None;
+        }
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || !config::is_header_value(authority) || authority.contains(['@', ' ']) {
-        errors.add(format!("{at}.http_uri.uri"), uri, "has no valid host");
-        return None;
-    }
-    if !config::is_header_value(path) || path.contains(' ') {
-        errors.add(format!("{at}.http_uri.uri"), uri, "has an invalid path");
-        return None;
-    }
-    if raw.http_uri.cluster.is_empty() {
+    if cluster.is_empty() {
         errors.add_field(
-            format!("{at}.http_uri.cluster"),
+            format!("{at}.{field}.cluster"),
             "the Envoy cluster that reaches the JWKS is required",
         );
         return None;
     }
     let secs = |v: Option<u64>, default: u64| v.unwrap_or(default).saturating_mul(1000);
-    let timeout_ms = raw.http_uri.timeout_ms.unwrap_or(1000);
+    let timeout_ms = timeout_ms.unwrap_or(1000);
     if !(1..=60_000).contains(&timeout_ms) {
-        errors.add(format!("{at}.http_uri.timeout_ms"), timeout_ms, "must be between 1 and 60000");
+        errors.add(format!("{at}.{field}.timeout_ms"), timeout_ms, "must be between 1 and 60000");
     }
     let cache_duration_ms = secs(raw.cache_duration_seconds, 600);
     if cache_duration_ms == 0 {
         errors.add(format!("{at}.cache_duration_seconds"), 0, "must be at least 1");
     }
     Some(RemoteJwks::new(RemoteConfig {
-        cluster: raw.http_uri.cluster.clone(),
-        authority: authority.to_string(),
-        path: path.to_string(),
+        cluster: cluster.clone(),
+        authority,
+        path,
         timeout_ms,
         cache_duration_ms,
         retry_interval_ms: secs(raw.retry_interval_seconds, 5).max(100),
         refetch_unknown_kid_ms: secs(raw.refetch_unknown_kid_seconds, 30),
         max_bytes: raw.max_bytes.unwrap_or(65536).clamp(256, 1 << 20),
+        discovery,
     }))
+}
+
+/// A JSON value quoted in an error as its JSON text.
+struct Json<'v>(&'v Value);
+
+impl std::fmt::Debug for Json<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The `claims` and `scopes` of a requirement: `Some(None)` when it has neither, `None` when
+/// they are wrong (recorded in `errors`).
+#[allow(clippy::option_option)] // ok: "none given" and "refused" are different answers.
+fn claim_rules(at: &str, raw: &RawRequirement, errors: &mut ConfigErrors) -> Option<Option<Box<ClaimRules>>> {
+    if raw.claims.is_none() && raw.scopes.is_none() {
+        return Some(None);
+    }
+    if raw.provider_name.is_none() && raw.provider_and_audiences.is_none() {
+        let field = if raw.claims.is_some() { "claims" } else { "scopes" };
+        errors.add_field(
+            format!("{at}.{field}"),
+            "applies to a provider: put it next to `provider_name` or `provider_and_audiences` (in each alternative of `requires_any`/`requires_all`)",
+        );
+        return None;
+    }
+    let before = errors.errors().len();
+    let mut rules = ClaimRules::default();
+    const FORMS: &str = "must be a string, boolean or integer the claim equals, or {\"any_of\": [...]} or {\"all_of\": [...]} of them";
+    // A JSON object, read here rather than by serde: one `Value` parser serves `local_jwks` too.
+    let empty = serde_json::Map::new();
+    let claims = match &raw.claims {
+        None => &empty,
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            errors.add(format!("{at}.claims"), Json(other), "must be an object of claim paths");
+            &empty
+        }
+    };
+    for (path, want) in claims {
+        let field = format!("{at}.claims.{path}");
+        if path.is_empty() || path.starts_with('.') || path.ends_with('.') || path.contains("..") {
+            errors.add(format!("{at}.claims"), path, "not a claim path (names joined by single dots)");
+            continue;
+        }
+        let test = match want {
+            v if authz::is_comparable(v) => ClaimTest::Equals(v.clone()),
+            Value::Object(o) if o.len() == 1 => {
+                let (form, list) = o.iter().next().map_or(("", &Value::Null), |(k, v)| (k.as_str(), v));
+                let items = match list {
+                    Value::Array(items) if !items.is_empty() => items,
+                    other => {
+                        errors.add(format!("{field}.{form}"), Json(other), "must be a non-empty list");
+                        continue;
+                    }
+                };
+                if let Some((i, bad)) = items.iter().enumerate().find(|(_, v)| !authz::is_comparable(v)) {
+                    errors.add(
+                        format!("{field}.{form}[{i}]"),
+                        Json(bad),
+                        "must be a string, boolean or integer",
+                    );
+                    continue;
+                }
+                match form {
+                    "any_of" => ClaimTest::AnyOf(items.clone()),
+                    "all_of" => ClaimTest::AllOf(items.clone()),
+                    _ => {
+                        errors.add(&field, Json(want), FORMS);
+                        continue;
+                    }
+                }
+            }
+            Value::Array(_) => {
+                errors.add(
+                    &field,
+                    Json(want),
+                    "a list is ambiguous: write {\"any_of\": [...]} or {\"all_of\": [...]}",
+                );
+                continue;
+            }
+            other => {
+                errors.add(&field, Json(other), FORMS);
+                continue;
+            }
+        };
+        rules.claims.push(ClaimCheck { path: path.clone(), test });
+    }
+    if matches!(&raw.claims, Some(Value::Object(o)) if o.is_empty()) {
+        errors.add_field(format!("{at}.claims"), "must name at least one claim (leave it out otherwise)");
+    }
+    for (i, scope) in raw.scopes.iter().flatten().enumerate() {
+        if !authz::is_scope_token(scope) {
+            errors.add(
+                format!("{at}.scopes[{i}]"),
+                scope,
+                "not a scope (one word of printable ASCII, no spaces, quotes or backslashes)",
+            );
+        }
+        rules.scopes.push(scope.clone());
+    }
+    if raw.scopes.as_ref().is_some_and(Vec::is_empty) {
+        errors.add_field(format!("{at}.scopes"), "must name at least one scope (leave it out otherwise)");
+    }
+    (errors.errors().len() == before).then_some(Some(Box::new(rules)))
 }
 
 fn requirement(
@@ -558,15 +708,16 @@ fn requirement(
                 None
             }
         };
+    let claims = claim_rules(at, raw, errors);
     if let Some(name) = &raw.provider_name {
         let provider = index(format!("{at}.provider_name"), name, errors)?;
-        return Some(Requirement::Provider { provider, audiences: None });
+        return Some(Requirement::Provider { provider, audiences: None, claims: claims? });
     }
     if let Some(pa) = &raw.provider_and_audiences {
         let provider =
             index(format!("{at}.provider_and_audiences.provider_name"), &pa.provider_name, errors)?;
         let audiences = pa.audiences.iter().map(|a| normalize_audience(a).to_string()).collect();
-        return Some(Requirement::Provider { provider, audiences: Some(audiences) });
+        return Some(Requirement::Provider { provider, audiences: Some(audiences), claims: claims? });
     }
     if raw.allow_missing.is_some() {
         return Some(Requirement::AllowMissing);
@@ -632,7 +783,10 @@ mod tests {
         assert_eq!(p.clock_skew, 60);
         assert!(!p.outputs.forward);
         assert_eq!(c.output_headers, ["x-admin-id", "x-admin-email"]);
-        assert_eq!(c.rules[0].requires, Some(Requirement::Provider { provider: 0, audiences: None }));
+        assert_eq!(
+            c.rules[0].requires,
+            Some(Requirement::Provider { provider: 0, audiences: None, claims: None })
+        );
     }
 
     #[test]
@@ -719,6 +873,75 @@ mod tests {
         assert_eq!(r.config.cache_duration_ms, 600_000);
     }
 
+    #[test]
+    fn discovery_needs_an_issuer_url_and_a_cluster() {
+        let remote = |issuer: Value, remote: Value| {
+            let mut p = json!({"remote_jwks": remote});
+            if !issuer.is_null() {
+                p["issuer"] = issuer;
+            }
+            parse(
+                json!({"providers": {"idp": p}, "rules": [{"requires": {"provider_name": "idp"}}]})
+                    .to_string()
+                    .as_bytes(),
+            )
+        };
+        let c = remote(
+            json!("https://idp.example.com/realms/a"),
+            json!({"discovery": {"cluster": "idp"}, "max_bytes": 4096}),
+        )
+        .unwrap();
+        let KeySource::Remote(r) = &c.providers[0].keys else { panic!("remote") };
+        assert_eq!(r.config.discovery.as_deref(), Some("https://idp.example.com/realms/a"));
+        assert_eq!(r.target().path, "/realms/a/.well-known/openid-configuration");
+        assert_eq!(r.config.max_bytes, 4096);
+        for (issuer, jwks, want) in [
+            (
+                Value::Null,
+                json!({"discovery": {"cluster": "idp"}}),
+                "`providers.idp.remote_jwks.discovery`: needs the provider's `issuer`",
+            ),
+            (
+                json!("idp.example.com"),
+                json!({"discovery": {"cluster": "idp"}}),
+                "`providers.idp.issuer` = \"idp.example.com\": must be an http:// or https:// URL",
+            ),
+            (
+                json!("https://idp.example.com/?x"),
+                json!({"discovery": {"cluster": "idp"}}),
+                "`providers.idp.issuer` = \"https://idp.example.com/?x\": an issuer has no query",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {}}),
+                "`providers.idp.remote_jwks.discovery.cluster`: the Envoy cluster",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {"cluster": "c", "timeout_ms": 0}}),
+                "`providers.idp.remote_jwks.discovery.timeout_ms` = 0",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {"cluster": "c"}, "http_uri": {"uri": "https://i/k", "cluster": "c"}}),
+                "`providers.idp.remote_jwks`: give exactly one of `http_uri` and `discovery`",
+            ),
+            (
+                json!("https://i"),
+                json!({"cache_duration_seconds": 5}),
+                "`providers.idp.remote_jwks`: give exactly one",
+            ),
+            (
+                json!("https://i"),
+                json!({"discovery": {"cluster": "c", "uri": "https://i/x"}}),
+                "unknown field `uri`, expected `cluster` or `timeout_ms`",
+            ),
+        ] {
+            let err = remote(issuer, jwks).unwrap_err().to_string();
+            assert!(err.contains(want), "{want} not in {err}");
+        }
+    }
+
     /// Envoy's `jwt_authn` shorthand (`prefix`, `path`, `regex` beside `hosts`) and the SDK's
     /// object form compile to the same conditions.
     #[test]
@@ -751,6 +974,72 @@ mod tests {
         assert!(!t[0].matcher.matches(&get("/users")));
         let err = rules(json!({"prefix": "api"})).unwrap_err().to_string();
         assert!(err.contains("`rules[0].match.prefix` = \"api\": must start with `/`"), "{err}");
+    }
+
+    #[test]
+    fn claims_and_scopes_compile_next_to_a_provider() {
+        let c = parse(
+            json!({"providers": {"a": {"keys": [{"secret": SECRET}]}}, "rules": [
+                {"requires": {"provider_name": "a", "claims": {"tenant": "acme", "org.unit": {"any_of": ["eu", 7]}, "groups": {"all_of": ["dev"]}}, "scopes": ["orders:read"]}},
+                {"requires": {"provider_and_audiences": {"provider_name": "a", "audiences": ["x"]}, "scopes": ["w"]}}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let Some(Requirement::Provider { claims: Some(rules), .. }) = &c.rules[0].requires else {
+            panic!("claims")
+        };
+        assert_eq!(rules.scopes, ["orders:read"]);
+        assert_eq!(
+            rules.claims,
+            [
+                ClaimCheck { path: "groups".into(), test: ClaimTest::AllOf(vec![json!("dev")]) },
+                ClaimCheck { path: "org.unit".into(), test: ClaimTest::AnyOf(vec![json!("eu"), json!(7)]) },
+                ClaimCheck { path: "tenant".into(), test: ClaimTest::Equals(json!("acme")) },
+            ]
+        );
+        assert!(
+            matches!(&c.rules[1].requires, Some(Requirement::Provider { claims: Some(r), .. }) if r.scopes == ["w"])
+        );
+    }
+
+    #[test]
+    fn claim_errors_name_the_field_and_the_value() {
+        let err = parse(
+            json!({"providers": {"a": {"keys": [{"secret": SECRET}]}}, "rules": [
+                {"requires": {"provider_name": "a", "claims": {
+                    "groups": ["a", "b"], "n": 1.5, "o": {"one_of": ["x"]}, "e": {"any_of": []},
+                    "x": {"all_of": ["a", {"b": 1}]}, "a..b": "x", "z": null
+                }, "scopes": ["read write", ""]}},
+                {"requires": {"allow_missing": {}, "claims": {"tenant": "acme"}}},
+                {"requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"allow_missing": {}}]}, "scopes": ["r"]}},
+                {"requires": {"provider_name": "a", "claims": {}, "scopes": []}},
+                {"requires": {"provider_name": "a", "claims": "tenant=acme"}}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "`rules[0].requires.claims.groups` = [\"a\",\"b\"]: a list is ambiguous",
+            "`rules[0].requires.claims.n` = 1.5: must be a string, boolean or integer",
+            "`rules[0].requires.claims.o` = {\"one_of\":[\"x\"]}: must be",
+            "`rules[0].requires.claims.e.any_of` = []: must be a non-empty list",
+            "`rules[0].requires.claims.x.all_of[1]` = {\"b\":1}: must be a string, boolean or integer",
+            "`rules[0].requires.claims` = \"a..b\": not a claim path",
+            "`rules[0].requires.claims.z` = null",
+            "`rules[0].requires.scopes[0]` = \"read write\": not a scope",
+            "`rules[0].requires.scopes[1]` = \"\": not a scope",
+            "`rules[1].requires.claims`: applies to a provider",
+            "`rules[2].requires.scopes`: applies to a provider",
+            "`rules[3].requires.claims`: must name at least one claim",
+            "`rules[3].requires.scopes`: must name at least one scope",
+            "`rules[4].requires.claims` = \"tenant=acme\": must be an object of claim paths",
+        ] {
+            assert!(err.contains(want), "{want} not in {err}");
+        }
     }
 
     #[test]

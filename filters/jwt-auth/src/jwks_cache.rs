@@ -6,6 +6,11 @@
 //! and when a token named a `kid` the current set lacks (at most once per
 //! `refetch_unknown_kid_interval`). Until the first set arrives, tokens of the provider fail
 //! (fail closed); a failed or unusable answer keeps the last good set.
+//!
+//! With OpenID Connect discovery the JWKS location is not configured: a fetch first reads the
+//! issuer's discovery document (same cluster, same schedule and size bound), and the JWKS it
+//! names is fetched at the next tick. The location is kept until a JWKS fetch fails; the retry
+//! then reads the document again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -31,8 +36,63 @@ pub struct RemoteConfig {
     pub retry_interval_ms: u64,
     /// Least time between two fetches caused by unknown `kid`s, ms.
     pub refetch_unknown_kid_ms: u64,
-    /// Largest JWKS document read, bytes.
+    /// Largest JWKS (and discovery) document read, bytes.
     pub max_bytes: usize,
+    /// With OIDC discovery: the issuer whose document names the JWKS (`authority` and `path`
+    /// are then the document's).
+    pub discovery: Option<String>,
+}
+
+/// The path of OpenID Connect discovery documents under an issuer (OIDC Discovery 1.0,
+/// section 4).
+pub const WELL_KNOWN: &str = "/.well-known/openid-configuration";
+
+/// Splits an `http(s)://host/path` URL into `:authority` and path (with query), refusing what
+/// cannot be sent as a request.
+pub fn split_url(uri: &str) -> Result<(String, String), &'static str> {
+    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"));
+    let rest = rest.ok_or("must be an http:// or https:// URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || !gatewasm::config::is_header_value(authority) || authority.contains(['@', ' '])
+    {
+        return Err("has no valid host");
+    }
+    if !gatewasm::config::is_header_value(path) || path.contains(' ') {
+        return Err("has an invalid path");
+    }
+    Ok((authority.to_string(), path.to_string()))
+}
+
+/// Where an issuer's discovery document is: its host, and its path with
+/// [`WELL_KNOWN`] appended (a trailing `/` of the issuer dropped).
+pub fn discovery_url(issuer: &str) -> Result<(String, String), &'static str> {
+    let (authority, path) = split_url(issuer)?;
+    if path.contains(['?', '#']) {
+        return Err("an issuer has no query or fragment");
+    }
+    Ok((authority, format!("{}{WELL_KNOWN}", path.trim_end_matches('/'))))
+}
+
+/// The fields of a discovery document this filter reads.
+#[derive(serde::Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    jwks_uri: String,
+}
+
+/// The JWKS location named by a discovery document for `issuer`: its `issuer` must be the
+/// configured one byte for byte (OIDC Discovery 1.0, section 4.3), its `jwks_uri` an
+/// `http(s)` URL.
+pub fn parse_discovery(issuer: &str, body: &[u8]) -> Result<(String, String), String> {
+    let doc: DiscoveryDocument =
+        serde_json::from_slice(body).map_err(|e| format!("discovery document does not parse: {e}"))?;
+    if doc.issuer != issuer {
+        return Err("discovery document names another issuer".to_string());
+    }
+    split_url(&doc.jwks_uri).map_err(|e| format!("discovery document's jwks_uri {e}"))
 }
 
 /// What happened to a fetch, for logs and counters.
@@ -49,6 +109,11 @@ pub enum FetchOutcome {
     },
     /// The fetch failed; the previous set (if any) stays.
     Failed(String),
+    /// The discovery document named the JWKS; its fetch is due at once.
+    Discovered,
+    /// The discovery document could not be read or was refused; the previous set (if any)
+    /// stays.
+    DiscoveryFailed(String),
 }
 
 /// The state of a remote key set.
@@ -70,6 +135,24 @@ pub struct RemoteState {
     pub unknown_kid_fetched_at: Option<u64>,
     /// Whether the last fetch failed.
     pub last_failed: bool,
+    /// With discovery: the JWKS `:authority` and path the document named, until a JWKS fetch
+    /// fails (the next attempt reads the document again).
+    pub discovered: Option<(String, String)>,
+    /// Whether the fetch in flight is of the discovery document.
+    pub discovering: bool,
+    /// A discovery document just arrived: the JWKS fetch goes out at the next tick.
+    pub jwks_due: bool,
+}
+
+/// What a fetch asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `:authority`.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// Whether it is the discovery document.
+    pub discovery: bool,
 }
 
 /// A remote JWKS and its state.
@@ -93,6 +176,9 @@ impl RemoteJwks {
         if s.in_flight {
             return None;
         }
+        if s.jwks_due {
+            return Some(false);
+        }
         let since = |t: Option<u64>| t.map_or(u64::MAX, |t| now.saturating_sub(t));
         let c = &self.config;
         if s.keys.is_none() || s.last_failed {
@@ -104,10 +190,29 @@ impl RemoteJwks {
         (since(s.fetched_at) >= c.cache_duration_ms).then_some(false)
     }
 
-    /// Records that a fetch was sent.
-    pub fn sent(&self, now: u64, for_unknown_kid: bool) {
+    /// What the next fetch asks for: the discovery document while no JWKS location is known
+    /// (with discovery), the JWKS otherwise.
+    pub fn target(&self) -> Target {
+        let c = &self.config;
+        match (&c.discovery, &self.state.borrow().discovered) {
+            (Some(issuer), None) => {
+                // ok to fall back: the configuration checked the issuer's URL.
+                let (authority, path) = discovery_url(issuer).unwrap_or_default();
+                Target { authority, path, discovery: true }
+            }
+            (Some(_), Some((authority, path))) => {
+                Target { authority: authority.clone(), path: path.clone(), discovery: false }
+            }
+            (None, _) => Target { authority: c.authority.clone(), path: c.path.clone(), discovery: false },
+        }
+    }
+
+    /// Records that a fetch of `target` ([`RemoteJwks::target`]) was sent.
+    pub fn sent(&self, now: u64, for_unknown_kid: bool, target: &Target) {
         let mut s = self.state.borrow_mut();
         s.in_flight = true;
+        s.discovering = target.discovery;
+        s.jwks_due = false;
         s.attempted_at = Some(now);
         if for_unknown_kid {
             s.unknown_kid_seen = false;
@@ -120,12 +225,42 @@ impl RemoteJwks {
         let mut s = self.state.borrow_mut();
         s.attempted_at = Some(now);
         s.last_failed = true;
+        s.jwks_due = false;
+    }
+
+    fn discovery_answered(&self, status: Option<u16>, body: &[u8], truncated: bool) -> FetchOutcome {
+        let mut s = self.state.borrow_mut();
+        let issuer = self.config.discovery.as_deref().unwrap_or_default();
+        let found = match status {
+            None => Err("no answer (timeout or connection failure)".to_string()),
+            Some(200) if truncated => Err(format!("document larger than {} bytes", self.config.max_bytes)),
+            Some(200) => parse_discovery(issuer, body),
+            Some(code) => Err(format!("status {code}")),
+        };
+        match found {
+            Ok(at) => {
+                s.discovered = Some(at);
+                s.jwks_due = true;
+                FetchOutcome::Discovered
+            }
+            Err(why) => {
+                s.last_failed = true;
+                FetchOutcome::DiscoveryFailed(why)
+            }
+        }
     }
 
     /// Takes the answer to a fetch: a good document replaces the set, anything else keeps it.
     pub fn answered(&self, now: u64, status: Option<u16>, body: &[u8], truncated: bool) -> FetchOutcome {
+        let discovering = {
+            let mut s = self.state.borrow_mut();
+            s.in_flight = false;
+            std::mem::take(&mut s.discovering)
+        };
+        if discovering {
+            return self.discovery_answered(status, body, truncated);
+        }
         let mut s = self.state.borrow_mut();
-        s.in_flight = false;
         let parsed = match status {
             None => Err("no answer (timeout or connection failure)".to_string()),
             Some(200) if truncated => Err(format!("document larger than {} bytes", self.config.max_bytes)),
@@ -148,6 +283,8 @@ impl RemoteJwks {
             }
             Err(why) => {
                 s.last_failed = true;
+                // The provider may have moved its keys: read the document again first.
+                s.discovered = None;
                 FetchOutcome::Failed(why)
             }
         }
@@ -168,7 +305,7 @@ pub enum KeySource {
     /// From the configuration.
     Local(Rc<KeySet>),
     /// From a JWKS endpoint.
-    Remote(RemoteJwks),
+    Remote(Box<RemoteJwks>),
 }
 
 impl KeySource {
@@ -301,7 +438,23 @@ mod tests {
             retry_interval_ms: 1000,
             refetch_unknown_kid_ms: 30_000,
             max_bytes: 65536,
+            discovery: None,
         })
+    }
+
+    fn discovering() -> RemoteJwks {
+        let mut r = remote();
+        r.config.discovery = Some("https://idp.test/realms/a".into());
+        r
+    }
+
+    /// Sends the fetch that is due at `now` and answers it.
+    fn fetch(r: &RemoteJwks, now: u64, status: Option<u16>, body: &[u8]) -> (Target, FetchOutcome) {
+        let target = r.target();
+        let for_kid = r.due(now).unwrap();
+        r.sent(now, for_kid, &target);
+        let outcome = r.answered(now + 1, status, body, false);
+        (target, outcome)
     }
 
     const JWKS: &[u8] =
@@ -311,13 +464,13 @@ mod tests {
     fn fetch_schedule() {
         let r = remote();
         assert_eq!(r.due(0), Some(false), "nothing yet: fetch at once");
-        r.sent(0, false);
+        r.sent(0, false, &r.target());
         assert_eq!(r.due(10), None, "one fetch at a time");
         assert!(matches!(r.answered(20, None, b"", false), FetchOutcome::Failed(_)));
         assert!(r.state.borrow().keys.is_none());
         assert_eq!(r.due(500), None, "retry waits");
         assert_eq!(r.due(1020), Some(false));
-        r.sent(1020, false);
+        r.sent(1020, false, &r.target());
         assert_eq!(
             r.answered(1030, Some(200), JWKS, false),
             FetchOutcome::Updated { keys: 1, changed: true, weak: 0 }
@@ -325,7 +478,7 @@ mod tests {
         assert_eq!(r.due(2000), None, "fresh");
         r.unknown_kid();
         assert_eq!(r.due(2000), Some(true), "unknown kid: refetch now");
-        r.sent(2000, true);
+        r.sent(2000, true, &r.target());
         assert_eq!(
             r.answered(2010, Some(200), JWKS, false),
             FetchOutcome::Updated { keys: 1, changed: false, weak: 0 }
@@ -339,7 +492,7 @@ mod tests {
     #[test]
     fn failures_keep_the_last_good_set() {
         let r = remote();
-        r.sent(0, false);
+        r.sent(0, false, &r.target());
         r.answered(1, Some(200), JWKS, false);
         for (status, body, truncated) in [
             (Some(503), &b"down"[..], false),
@@ -347,12 +500,82 @@ mod tests {
             (Some(200), JWKS, true),
             (None, b"", false),
         ] {
-            r.sent(2, false);
+            r.sent(2, false, &r.target());
             assert!(matches!(r.answered(3, status, body, truncated), FetchOutcome::Failed(_)));
             assert!(r.state.borrow().keys.as_ref().unwrap().has_kid("a"));
         }
         assert_eq!(r.due(500), None);
         assert_eq!(r.due(1003), Some(false), "a failure is retried after retry_interval");
+    }
+
+    #[test]
+    fn discovery_names_the_jwks_and_is_read_again_after_a_failure() {
+        let r = discovering();
+        let doc = |iss: &str, uri: &str| serde_json::json!({"issuer": iss, "jwks_uri": uri}).to_string();
+        let good = doc("https://idp.test/realms/a", "https://keys.idp.test/realms/a/certs");
+        let (t, o) = fetch(&r, 0, Some(200), good.as_bytes());
+        assert_eq!(
+            (t.authority.as_str(), t.path.as_str(), t.discovery),
+            ("idp.test", "/realms/a/.well-known/openid-configuration", true)
+        );
+        assert_eq!(o, FetchOutcome::Discovered);
+        assert_eq!(r.due(2), Some(false), "the JWKS fetch follows at once");
+        let (t, o) = fetch(&r, 2, Some(200), JWKS);
+        assert_eq!(
+            (t.authority.as_str(), t.path.as_str(), t.discovery),
+            ("keys.idp.test", "/realms/a/certs", false)
+        );
+        assert!(matches!(o, FetchOutcome::Updated { keys: 1, .. }));
+        assert_eq!(r.due(10), None, "fresh");
+        // A refresh goes to the known JWKS; a failed one sends the next attempt to the document.
+        assert!(r.target().path.ends_with("/certs"));
+        let (_, o) = fetch(&r, 600_010, Some(500), b"");
+        assert!(matches!(o, FetchOutcome::Failed(_)));
+        assert!(r.target().discovery);
+        // Refused documents keep the keys: another issuer, a trailing slash, a huge one, junk.
+        for (status, body, truncated) in [
+            (Some(200), doc("https://evil.test/realms/a", "https://evil.test/certs"), false),
+            (Some(200), doc("https://idp.test/realms/a/", "https://idp.test/certs"), false),
+            (Some(200), doc("https://idp.test/realms/a", "ftp://idp.test/certs"), false),
+            (Some(200), r#"{"issuer": "https://idp.test/realms/a"}"#.to_string(), false),
+            (Some(200), r#"{"issuer": 1, "jwks_uri": "https://idp.test/certs"}"#.to_string(), false),
+            (Some(200), good.clone(), true),
+            (Some(404), good.clone(), false),
+            (None, String::new(), false),
+        ] {
+            let t = r.target();
+            assert!(t.discovery);
+            r.sent(700_000, false, &t);
+            assert!(
+                matches!(
+                    r.answered(700_001, status, body.as_bytes(), truncated),
+                    FetchOutcome::DiscoveryFailed(_)
+                ),
+                "{body}"
+            );
+            assert!(r.state.borrow().keys.as_ref().unwrap().has_kid("a"), "keys kept");
+            assert_eq!(r.due(700_002), None, "retried after retry_interval");
+        }
+        // Recovery.
+        let (_, o) = fetch(&r, 800_000, Some(200), good.as_bytes());
+        assert_eq!(o, FetchOutcome::Discovered);
+        let (t, o) = fetch(&r, 800_002, Some(200), JWKS);
+        assert!(!t.discovery);
+        assert!(matches!(o, FetchOutcome::Updated { .. }));
+    }
+
+    #[test]
+    fn discovery_urls() {
+        assert_eq!(discovery_url("https://idp.test").unwrap(), ("idp.test".into(), WELL_KNOWN.to_string()));
+        assert_eq!(discovery_url("https://idp.test/").unwrap().1, WELL_KNOWN);
+        assert_eq!(
+            discovery_url("http://idp.test:8080/t/x/").unwrap(),
+            ("idp.test:8080".into(), format!("/t/x{WELL_KNOWN}"))
+        );
+        assert!(discovery_url("https://idp.test/?a=1").is_err());
+        assert!(discovery_url("https://idp.test/#a").is_err());
+        assert!(discovery_url("idp.test").is_err());
+        assert!(discovery_url("https://user@idp.test").is_err());
     }
 
     fn v() -> Rc<Verified> {

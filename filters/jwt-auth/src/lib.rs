@@ -8,14 +8,17 @@
 //!    removed, on every request, before anything else;
 //! 3. the first matching rule's requirement is evaluated ([`verifier`]): tokens extracted
 //!    ([`extractor`]), each verified once ([`verifier::Provider::verify`]: the verified-token
-//!    cache first, then parse, claims and signature);
+//!    cache first, then parse, claims and signature), then the claims and scopes the
+//!    requirement demands of them ([`authz`]);
 //! 4. on success the outputs are written and the tokens removed (unless `forward`); on failure
 //!    the request is answered 401/403 and does not go upstream.
 //!
 //! Root context: a tick reads the clock and fetches remote key sets that are due
-//! ([`jwks_cache`]); their answers arrive in [`Plugin::on_callout`]. The SDK flushes the
+//! ([`jwks_cache`], first through the issuer's OpenID Connect discovery document where
+//! configured); their answers arrive in [`Plugin::on_callout`]. The SDK flushes the
 //! counters.
 
+pub mod authz;
 pub mod config;
 pub mod ec_verify;
 pub mod extractor;
@@ -51,6 +54,8 @@ pub const ALLOWED: &str = "jwt_auth_allowed_total";
 pub const DENIED: &str = "jwt_auth_denied_total";
 /// JWKS fetches by `provider` and `result` (`ok`, `failed`).
 pub const JWKS_FETCHES: &str = "jwt_auth_jwks_fetches_total";
+/// OpenID Connect discovery document fetches by `provider` and `result` (`ok`, `failed`).
+pub const DISCOVERY_FETCHES: &str = "jwt_auth_discovery_fetches_total";
 /// Weak keys (RSA under 2048 bits, `oct` secrets under 32 bytes) skipped in fetched JWKS
 /// documents, by `provider`: counted at each fetch that serves them.
 pub const JWKS_WEAK_KEYS: &str = "jwt_auth_jwks_weak_keys_total";
@@ -89,15 +94,23 @@ struct RemoteCounters {
     failed: Counter,
     /// Weak keys skipped in its fetched documents.
     weak_keys: Counter,
+    /// With discovery: discovery document fetches that succeeded and failed.
+    discovery: Option<(Counter, Counter)>,
 }
 
 impl RemoteCounters {
-    fn define(metrics: &Metrics, provider: &str) -> Self {
-        let fetches = |result| series_name(JWKS_FETCHES, &[("provider", provider), ("result", result)]);
+    fn define(metrics: &Metrics, provider: &str, discovery: bool) -> Self {
+        let series = |name, result| series_name(name, &[("provider", provider), ("result", result)]);
         Self {
-            fetched: metrics.counter(&fetches("ok")),
-            failed: metrics.counter(&fetches("failed")),
+            fetched: metrics.counter(&series(JWKS_FETCHES, "ok")),
+            failed: metrics.counter(&series(JWKS_FETCHES, "failed")),
             weak_keys: metrics.counter(&series_name(JWKS_WEAK_KEYS, &[("provider", provider)])),
+            discovery: discovery.then(|| {
+                (
+                    metrics.counter(&series(DISCOVERY_FETCHES, "ok")),
+                    metrics.counter(&series(DISCOVERY_FETCHES, "failed")),
+                )
+            }),
         }
     }
 }
@@ -156,29 +169,47 @@ impl JwtAuth {
             let KeySource::Remote(remote) = &p.keys else { continue };
             let Some(for_kid) = remote.due(now) else { continue };
             let c = &remote.config;
-            let mut call = Callout::get(&c.cluster, &c.authority, &c.path);
+            let target = remote.target();
+            let what = if target.discovery { "discovery document" } else { "JWKS" };
+            let mut call = Callout::get(&c.cluster, &target.authority, &target.path);
             call.timeout = Duration::from_millis(c.timeout_ms);
             call.max_response_bytes = c.max_bytes;
             call.headers.push(("accept".into(), "application/json".into()));
             match root.dispatch(&call) {
                 Ok(id) => {
-                    remote.sent(now, for_kid);
+                    remote.sent(now, for_kid, &target);
                     self.in_flight.borrow_mut().push((id, index));
-                    log::debug!("jwt_auth: fetching JWKS of provider {}", p.name);
+                    log::debug!("jwt_auth: fetching the {what} of provider {}", p.name);
                 }
                 Err(e) => {
                     remote.send_failed(now);
-                    self.count_fetch(index, false);
-                    log::warn!("jwt_auth: JWKS fetch of provider {} could not be sent: {e:?}", p.name);
+                    self.count(index, target.discovery, false);
+                    log::warn!("jwt_auth: the {what} fetch of provider {} could not be sent: {e:?}", p.name);
                 }
             }
         }
     }
 
-    fn count_fetch(&self, index: usize, ok: bool) {
-        if let Some(Some(c)) = self.remote_counters.get(index) {
-            if ok { &c.fetched } else { &c.failed }.inc();
-        }
+    /// Counts a fetch of provider `index`: of its discovery document or of its JWKS.
+    fn count(&self, index: usize, discovery: bool, ok: bool) {
+        let Some(Some(c)) = self.remote_counters.get(index) else { return };
+        let counter = match (discovery, &c.discovery) {
+            (true, Some((fetched, failed))) => {
+                if ok {
+                    fetched
+                } else {
+                    failed
+                }
+            }
+            _ => {
+                if ok {
+                    &c.fetched
+                } else {
+                    &c.failed
+                }
+            }
+        };
+        counter.inc();
     }
 }
 
@@ -198,7 +229,12 @@ impl Plugin for JwtAuth {
         let remote_counters = config
             .providers
             .iter()
-            .map(|p| matches!(p.keys, KeySource::Remote(_)).then(|| RemoteCounters::define(metrics, &p.name)))
+            .map(|p| match &p.keys {
+                KeySource::Remote(r) => {
+                    Some(RemoteCounters::define(metrics, &p.name, r.config.discovery.is_some()))
+                }
+                KeySource::Local(_) => None,
+            })
             .collect();
         let remote = config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_)));
         let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
@@ -247,9 +283,10 @@ impl Plugin for JwtAuth {
             Ok(resp) => remote.answered(now, Some(resp.status), &resp.body, resp.truncated),
             Err(_) => remote.answered(now, None, &[], false),
         };
+        let discovery = matches!(outcome, FetchOutcome::DiscoveryFailed(_));
         match outcome {
             FetchOutcome::Updated { keys, changed, weak } => {
-                self.count_fetch(index, true);
+                self.count(index, false, true);
                 if weak > 0 {
                     if let Some(Some(c)) = self.remote_counters.get(index) {
                         c.weak_keys.add(u64::try_from(weak).unwrap_or(u64::MAX));
@@ -265,14 +302,19 @@ impl Plugin for JwtAuth {
                     log::info!("jwt_auth: provider {}: {keys} key(s) from its JWKS", p.name);
                 }
             }
-            FetchOutcome::Failed(why) => {
-                self.count_fetch(index, false);
+            FetchOutcome::Discovered => {
+                self.count(index, true, true);
+                log::debug!("jwt_auth: provider {}: discovery document read", p.name);
+            }
+            FetchOutcome::Failed(why) | FetchOutcome::DiscoveryFailed(why) => {
+                self.count(index, discovery, false);
                 let kept = if remote.state.borrow().keys.is_some() {
                     "keeping the last key set"
                 } else {
                     "no keys yet"
                 };
-                log::warn!("jwt_auth: provider {}: JWKS fetch failed: {why}; {kept}", p.name);
+                let what = if discovery { "discovery" } else { "JWKS fetch" };
+                log::warn!("jwt_auth: provider {}: {what} failed: {why}; {kept}", p.name);
             }
         }
     }
@@ -294,15 +336,18 @@ fn realm(req: &Request) -> String {
 
 fn deny(status: Status, req: &Request) -> LocalReply {
     let mut value = format!("Bearer realm=\"{}\"", realm(req));
-    if status != Status::Missing {
-        value.push_str(", error=\"invalid_token\"");
+    // RFC 6750 section 3.1: a valid token without the needed claims or scopes is
+    // `insufficient_scope`, anything else wrong with a token `invalid_token`.
+    let (error, code) = match status {
+        Status::Missing => (None, "missing_token"),
+        Status::InsufficientScope => (Some("insufficient_scope"), "insufficient_scope"),
+        Status::AudienceNotAllowed => (Some("invalid_token"), "forbidden"),
+        _ => (Some("invalid_token"), "invalid_token"),
+    };
+    if let Some(error) = error {
+        value.push_str(&format!(", error=\"{error}\""));
     }
-    let code = if status == Status::AudienceNotAllowed { "forbidden" } else { "invalid_token" };
-    let mut reply = LocalReply::new(status.http_status(), code, status.message());
-    if status == Status::Missing {
-        reply.code = "missing_token";
-    }
-    reply.header("www-authenticate", value)
+    LocalReply::new(status.http_status(), code, status.message()).header("www-authenticate", value)
 }
 
 /// Removes tokens from the request going upstream: a header as a whole, a cookie out of

@@ -4,6 +4,8 @@
 use gatewasm::matcher::{RequestMatch, RequestParts};
 use gatewasm::HeaderSnapshot;
 
+use crate::authz::ClaimRules;
+
 /// What a matched request needs (Envoy's `JwtRequirement`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
@@ -13,6 +15,9 @@ pub enum Requirement {
         provider: usize,
         /// Audiences replacing the provider's (`provider_and_audiences`).
         audiences: Option<Vec<String>>,
+        /// Claims and scopes every token of the provider must also carry (`claims`,
+        /// `scopes`); a valid token without them fails with 403 `insufficient_scope`.
+        claims: Option<Box<ClaimRules>>,
     },
     /// Any one of these.
     Any(Vec<Requirement>),

@@ -62,6 +62,9 @@ pub enum Status {
     VerificationFailed,
     /// An Ed25519 key matched and the signature is not 64 bytes.
     Ed25519SignatureWrongLength,
+    /// Every token verified and one lacks a claim or scope the requirement demands (403,
+    /// RFC 6750's `insufficient_scope`).
+    InsufficientScope,
     /// Tokens that verified name different identities (the values `claim_to_headers` would
     /// send differ); Envoy would send both.
     IdentityConflict,
@@ -69,10 +72,10 @@ pub enum Status {
 
 impl Status {
     /// The HTTP status Envoy's `jwt_authn` answers with: 403 for an audience that is not
-    /// allowed, 401 for everything else.
+    /// allowed (and here for missing claims or scopes), 401 for everything else.
     pub fn http_status(self) -> u16 {
         match self {
-            Status::AudienceNotAllowed => 403,
+            Status::AudienceNotAllowed | Status::InsufficientScope => 403,
             _ => 401,
         }
     }
@@ -112,6 +115,7 @@ impl Status {
             Status::VerificationFailed => "Jwt verification fails",
             Status::Ed25519SignatureWrongLength => "Jwt ED25519 signature is wrong length",
             Status::IdentityConflict => "Jwts in the request name different identities",
+            Status::InsufficientScope => "Jwt lacks the claims or scopes the route requires",
         }
     }
 
@@ -145,11 +149,12 @@ impl Status {
             Status::JwksUnavailable => "jwks_unavailable",
             Status::VerificationFailed | Status::Ed25519SignatureWrongLength => "bad_signature",
             Status::IdentityConflict => "identity_conflict",
+            Status::InsufficientScope => "insufficient_scope",
         }
     }
 
     /// Every reason a request can be denied with (the `reason` label values).
-    pub const DENY_CODES: [&'static str; 14] = [
+    pub const DENY_CODES: [&'static str; 15] = [
         "missing",
         "too_large",
         "malformed",
@@ -164,6 +169,7 @@ impl Status {
         "jwks_unavailable",
         "bad_signature",
         "identity_conflict",
+        "insufficient_scope",
     ];
 
     /// Whether, among several failures of a `requires_any`, another one says more: a missing
@@ -178,8 +184,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_audience_is_forbidden() {
+    fn only_audience_and_claims_are_forbidden() {
         assert_eq!(Status::AudienceNotAllowed.http_status(), 403);
+        assert_eq!(Status::InsufficientScope.http_status(), 403);
         assert_eq!(Status::Missing.http_status(), 401);
         assert_eq!(Status::VerificationFailed.http_status(), 401);
         assert_eq!(Status::JwksUnavailable.http_status(), 401);
@@ -204,6 +211,7 @@ mod tests {
             Status::VerificationFailed,
             Status::Ed25519SignatureWrongLength,
             Status::IdentityConflict,
+            Status::InsufficientScope,
         ];
         for s in all {
             assert!(Status::DENY_CODES.contains(&s.code()), "{s:?}");

@@ -14,6 +14,7 @@ use std::rc::Rc;
 
 use gatewasm::Request;
 
+use crate::authz::ClaimRules;
 use crate::extractor::{self, Found, Location};
 use crate::jwks_cache::{KeySource, TokenCache, Verified};
 use crate::jwt::{self, Alg};
@@ -233,8 +234,8 @@ impl<'a> Evaluation<'a> {
     /// Evaluates `req`, appending the verified tokens to `out` when it passes.
     pub fn run(&mut self, requirement: &Requirement, out: &mut Vec<Success<'a>>) -> Status {
         match requirement {
-            Requirement::Provider { provider, audiences } => {
-                self.provider(*provider, audiences.as_deref(), out)
+            Requirement::Provider { provider, audiences, claims } => {
+                self.provider(*provider, audiences.as_deref(), claims.as_deref(), out)
             }
             Requirement::Any(alternatives) => {
                 let mut failure: Option<Status> = None;
@@ -276,7 +277,14 @@ impl<'a> Evaluation<'a> {
         }
     }
 
-    fn provider(&mut self, index: usize, audiences: Option<&[String]>, out: &mut Vec<Success<'a>>) -> Status {
+    /// Every token in the provider's locations must verify and, with `claims`, carry them.
+    fn provider(
+        &mut self,
+        index: usize,
+        audiences: Option<&[String]>,
+        claims: Option<&ClaimRules>,
+        out: &mut Vec<Success<'a>>,
+    ) -> Status {
         let Some(p) = self.providers.get(index) else {
             return Status::UnknownIssuer;
         };
@@ -296,6 +304,13 @@ impl<'a> Evaluation<'a> {
                 },
             };
             mine.push(Success { provider: index, location: f.location, token: f.token.clone(), verified });
+        }
+        // Checked once every token verified, so a bad token is answered as such (401) first.
+        // The tokens stay out of `out`: the request does not pass with them.
+        if let Some(rules) = claims {
+            if !mine.iter().all(|s| rules.satisfied_by(&s.verified.claims)) {
+                return Status::InsufficientScope;
+            }
         }
         out.append(&mut mine);
         Status::Ok

@@ -745,3 +745,130 @@ fn tokens_of_an_alternative_that_failed_are_removed() {
     assert_eq!(s.request_header("authorization"), Some(bearer), "verified and forwarded");
     assert_eq!(s.request_header("cookie").as_deref(), Some("theme=dark"), "the failed token is gone");
 }
+
+#[test]
+fn claims_and_scopes_are_required_per_rule() {
+    let signer = Signer::hmac();
+    let emu = emulator(&json!({
+        "providers": {"idp": {
+            "issuer": "https://idp.test", "local_jwks": signer.jwks("k"),
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}, {"header_name": "x-groups", "claim_name": "groups"}]
+        }},
+        "rules": [
+            {"match": {"prefix": "/orders/"}, "requires": {"provider_name": "idp", "scopes": ["orders:read"], "claims": {"tenant": "acme", "groups": {"all_of": ["buyers"]}}}},
+            {"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}
+        ]
+    }));
+    let bearer = |claims: Value| {
+        let mut c = claims;
+        c["iss"] = json!("https://idp.test");
+        c["exp"] = json!(T0 + 3600);
+        format!("Bearer {}", signer.token("k", &c))
+    };
+    let alice = bearer(
+        json!({"sub": "alice", "tenant": "acme", "groups": ["buyers", "staff"], "scope": "openid orders:read"}),
+    );
+    let (s, a) = request(&emu, "/orders/7", &[("authorization", &alice)]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+    // A list claim's header is the base64 of its JSON, as Envoy 1.40 writes it.
+    assert_eq!(s.request_header("x-groups").as_deref(), Some("WyJidXllcnMiLCJzdGFmZiJd"));
+
+    for (claims, why) in [
+        (
+            json!({"sub": "bob", "tenant": "acme", "groups": ["buyers"], "scope": "orders:readwrite"}),
+            "scope substring",
+        ),
+        (
+            json!({"sub": "bob", "tenant": "acme", "groups": ["staff"], "scope": "orders:read"}),
+            "group missing",
+        ),
+        (
+            json!({"sub": "bob", "tenant": {"name": "acme"}, "groups": ["buyers"], "scope": "orders:read"}),
+            "object tenant",
+        ),
+        (
+            json!({"sub": "bob", "tenant": "acme", "groups": "buyers staff", "scp": ["orders:read"]}),
+            "groups as one string",
+        ),
+    ] {
+        let token = bearer(claims);
+        let (s, a) = request(&emu, "/orders/7", &[("authorization", &token), ("x-user", "alice")]);
+        assert_eq!(a, Action::Pause, "{why}");
+        let (status, body, www) = reply_json(&s);
+        assert_eq!(status, 403, "{why}");
+        assert_eq!(body["code"], "insufficient_scope");
+        assert_eq!(
+            www.as_deref(),
+            Some("Bearer realm=\"https://gw.example.com/orders/7\", error=\"insufficient_scope\"")
+        );
+        assert_eq!(s.request_header("x-user"), None, "{why}: no identity upstream");
+        // The same token is good where only a valid token is needed.
+        assert_eq!(request(&emu, "/other", &[("authorization", &token)]).1, Action::Continue, "{why}");
+    }
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_denied_total;reason=insufficient_scope"), Some(4));
+}
+
+#[test]
+fn oidc_discovery_finds_the_jwks_keeps_keys_on_failure_and_recovers() {
+    let issuer = "https://idp.test/tenant-a";
+    let emu = emulator(&json!({
+        "providers": {"idp": {
+            "issuer": issuer,
+            "remote_jwks": {"discovery": {"cluster": "idp", "timeout_ms": 500}, "cache_duration_seconds": 300,
+                            "retry_interval_seconds": 2, "max_bytes": 2048},
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    }));
+    let k1 = Signer::p256();
+    let bearer = |sub: &str| {
+        format!("Bearer {}", k1.token("k1", &json!({"iss": issuer, "sub": sub, "exp": T0 + 3600})))
+    };
+    let path_of = |emu: &Emulator| {
+        let call = emu.http_calls().into_iter().find(|c| c.cluster == "idp").expect("a fetch");
+        let path = call.headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| v.clone()).unwrap();
+        (call.token, path)
+    };
+    let doc = |iss: &str| json!({"issuer": iss, "jwks_uri": "https://idp.test/tenant-a/keys"});
+
+    // Before any keys: refused.
+    assert_eq!(reply_json(&request(&emu, "/a", &[("authorization", &bearer("alice"))]).0).0, 401);
+    // A document naming another issuer is refused; the retry gets a good one.
+    advance_until_fetch(&emu, Duration::from_secs(1));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/.well-known/openid-configuration");
+    answer(&emu, token, "200", &doc("https://idp.test/tenant-b"));
+    assert_eq!(reply_json(&request(&emu, "/a", &[("authorization", &bearer("alice"))]).0).0, 401);
+    advance_until_fetch(&emu, Duration::from_secs(3));
+    let (token, _) = path_of(&emu);
+    answer(&emu, token, "200", &doc(issuer));
+    advance_until_fetch(&emu, Duration::from_secs(1));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/keys");
+    answer(&emu, token, "200", &k1.jwks("k1"));
+    let (s, a) = request(&emu, "/a", &[("authorization", &bearer("alice"))]);
+    assert_eq!(a, Action::Continue);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+
+    // The refresh fails, then the document is too large: the keys stay.
+    emu.advance_clock(Duration::from_secs(299)).unwrap();
+    advance_until_fetch(&emu, Duration::from_secs(2));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/keys");
+    emu.fail_http_call(token).unwrap();
+    advance_until_fetch(&emu, Duration::from_secs(3));
+    let (token, path) = path_of(&emu);
+    assert_eq!(path, "/tenant-a/.well-known/openid-configuration");
+    let mut huge = doc(issuer);
+    huge["padding"] = json!("x".repeat(4096));
+    answer(&emu, token, "200", &huge);
+    assert_eq!(request(&emu, "/a", &[("authorization", &bearer("bob"))]).1, Action::Continue);
+
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("jwt_auth_discovery_fetches_total;provider=idp;result=ok"), Some(1));
+    assert_eq!(emu.metric("jwt_auth_discovery_fetches_total;provider=idp;result=failed"), Some(2));
+    assert_eq!(emu.metric("jwt_auth_jwks_fetches_total;provider=idp;result=failed"), Some(1));
+    assert!(emu.logged("discovery document names another issuer"), "{:?}", emu.logs());
+}

@@ -1,7 +1,9 @@
 //! End to end through a real Envoy (V8): the seed's scenario (login token in a cookie, a bearer
 //! header or a query parameter; `x-admin-id` from the token, a client's copy removed), the same
 //! answers as Envoy's own `jwt_authn` for the same cases, and a remote JWKS served by a test
-//! server: fail closed before the first fetch, key rotation, the server failing and going away.
+//! server: fail closed before the first fetch, key rotation, the server failing and going away;
+//! claims and scopes per rule (403 `insufficient_scope`); OpenID Connect discovery from a
+//! scripted identity provider serving the document and the JWKS.
 //! Build the module first: cargo build --release --target wasm32-wasip1 -p jwt-auth
 
 #![cfg(not(target_arch = "wasm32"))]
@@ -650,4 +652,154 @@ fn documented_differences_hold_in_envoy() {
     assert!(kept.header("cookie").unwrap().contains(&good), "Envoy leaves the cookie token");
     let taken = ours.send(&cookie).unwrap().echo().unwrap();
     assert_eq!(taken.header("cookie"), Some("theme=dark"));
+}
+
+/// Claims and scopes per rule through Envoy: 403 with `error="insufficient_scope"`, no identity
+/// upstream, the denied counter by its reason.
+#[test]
+fn claims_and_scopes_are_enforced_per_rule_in_envoy() {
+    let upstream = EchoUpstream::start().unwrap();
+    let key = Signer::hmac();
+    let config = json!({
+        "providers": {"idp": {"issuer": "https://idp.test", "local_jwks": key.jwks("k"),
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]}},
+        "rules": [
+            {"match": {"prefix": "/orders"}, "requires": {"provider_name": "idp", "scopes": ["orders:read"],
+                "claims": {"tenant": "acme", "realm_access.roles": {"all_of": ["buyer"]}}}},
+            {"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}
+        ]
+    });
+    let envoy = EnvoyBuilder::new().wasm(filter(&config)).upstream(upstream.addr()).start().unwrap();
+    let send = |path: &str, claims: Value| {
+        let mut c = claims;
+        c["iss"] = json!("https://idp.test");
+        c["exp"] = json!(now() + 600);
+        let t = key.token("k", &c);
+        envoy
+            .send(
+                &Request::get(path)
+                    .header("authorization", &format!("Bearer {t}"))
+                    .header("x-user", "spoofed"),
+            )
+            .unwrap()
+    };
+    let good = json!({"sub": "alice", "tenant": "acme", "realm_access": {"roles": ["buyer"]}, "scope": "orders:read"});
+    let r = send("/orders/1", good);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().unwrap().header_all("x-user"), ["alice"]);
+
+    for claims in [
+        json!({"sub": "bob", "tenant": "acme", "realm_access": {"roles": ["buyer"]}, "scope": "orders:readwrite"}),
+        json!({"sub": "bob", "tenant": "acme", "realm_access": {"roles": "buyers"}, "scope": "orders:read"}),
+        json!({"sub": "bob", "tenant": 1, "realm_access": {"roles": ["buyer"]}, "scope": "orders:read"}),
+    ] {
+        let r = send("/orders/1", claims.clone());
+        assert_eq!(r.status, 403, "{claims}: {}", r.text());
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"http://localhost/orders/1\", error=\"insufficient_scope\""),
+            "{claims}"
+        );
+        assert_eq!(r.json().unwrap()["code"], "insufficient_scope");
+        // Valid tokens all the same.
+        assert_eq!(send("/other", claims).status, 200);
+    }
+    let stats = eventually_stats(&envoy, "jwt_auth_denied_total;reason=insufficient_scope: 3");
+    assert!(stats.contains("jwt_auth_denied_total;reason=insufficient_scope: 3"), "{stats}");
+}
+
+/// Polls Envoy's stats until they hold `want` (counters are flushed on the filter's tick).
+fn eventually_stats(envoy: &Envoy, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = envoy.admin_get("/stats?filter=jwt_auth").unwrap();
+        if stats.contains(want) || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// OpenID Connect discovery through Envoy: the document (another issuer's and a too large one
+/// refused first), the JWKS it names, both through one cluster; failures keep the keys, and a
+/// document served again after an outage brings a rotated key set.
+#[test]
+fn oidc_discovery_through_envoy() {
+    let issuer = "http://idp.test/realms/shop";
+    let idp = ScriptedUpstream::start().unwrap();
+    let well_known = "/realms/shop/.well-known/openid-configuration";
+    let doc = |iss: &str, jwks: &str| json!({"issuer": iss, "jwks_uri": format!("http://idp.test{jwks}")});
+    idp.set(well_known, Reply::json(&doc("http://idp.test/realms/other", "/evil")));
+    let upstream = EchoUpstream::start().unwrap();
+    let config = json!({
+        "providers": {"idp": {
+            "issuer": issuer,
+            "remote_jwks": {"discovery": {"cluster": "idp", "timeout_ms": 1000}, "cache_duration_seconds": 1,
+                            "retry_interval_seconds": 1, "max_bytes": 2048},
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    });
+    let envoy = EnvoyBuilder::new()
+        .wasm(filter(&config))
+        .cluster(Cluster::new("idp", idp.addr()))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
+    let k1 = Signer::rsa();
+    let k2 = Signer::p256();
+    let bearer = |signer: &Signer, kid: &str, sub: &str| {
+        let t = signer.token(kid, &json!({"iss": issuer, "sub": sub, "exp": now() + 600}));
+        Request::get("/api").header("authorization", &format!("Bearer {t}"))
+    };
+    idp.set("/evil", Reply::json(&k1.jwks("k1")));
+    idp.set("/realms/shop/certs", Reply::json(&k1.jwks("k1")));
+
+    // Another issuer's document: never followed, requests refused.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = envoy.send(&bearer(&k1, "k1", "alice")).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json().unwrap()["message"], "Jwks remote fetch is failed");
+    let got = idp.received();
+    assert!(got.iter().any(|g| g.path == well_known && g.header("host") == Some("idp.test")), "{got:?}");
+    assert!(got.iter().all(|g| g.path != "/evil"), "another issuer's jwks_uri is never fetched");
+    // A document larger than max_bytes: refused too.
+    let mut huge = doc(issuer, "/realms/shop/certs");
+    huge["padding"] = json!("x".repeat(4096));
+    idp.set(well_known, Reply::json(&huge));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(envoy.send(&bearer(&k1, "k1", "alice")).unwrap().status, 401);
+    assert!(idp.received().iter().all(|g| g.path != "/realms/shop/certs"));
+
+    // The right document: its JWKS is fetched and used.
+    idp.set(well_known, Reply::json(&doc(issuer, "/realms/shop/certs")));
+    let r = eventually(&envoy, &bearer(&k1, "k1", "alice"), 200);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().unwrap().header("x-user"), Some("alice"));
+
+    // Discovery and the JWKS fail: the keys stay.
+    idp.set(well_known, Reply::status(500));
+    idp.set("/realms/shop/certs", Reply::status(503));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(envoy.send(&bearer(&k1, "k1", "bob")).unwrap().status, 200);
+
+    // Recovery, with the keys moved and rotated: the document is read again and followed.
+    idp.set(well_known, Reply::json(&doc(issuer, "/realms/shop/certs-v2")));
+    idp.set("/realms/shop/certs-v2", Reply::json(&k2.jwks("k2")));
+    let r = eventually(&envoy, &bearer(&k2, "k2", "carol"), 200);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().unwrap().header("x-user"), Some("carol"));
+
+    let stats = envoy.admin_get("/stats?filter=jwt_auth").unwrap();
+    for series in [
+        "jwt_auth_discovery_fetches_total;provider=idp;result=ok",
+        "jwt_auth_discovery_fetches_total;provider=idp;result=failed",
+        "jwt_auth_jwks_fetches_total;provider=idp;result=failed",
+    ] {
+        assert!(
+            stats.lines().any(|l| l.contains(&format!("{series}: ")) && !l.ends_with(": 0")),
+            "{series}: {stats}"
+        );
+    }
+    assert!(envoy.log().contains("discovery document names another issuer"), "{}", envoy.log());
 }

@@ -156,3 +156,116 @@ fn without_verify_signature_the_module_checks_and_stops_asking() {
     assert_eq!(second.calls() + 1, first.calls(), "only the first request asks the host");
     assert_eq!(status(&bearer(&g, &forged)), 401);
 }
+
+/// Provider `idp` with OIDC discovery through cluster `idp`: refresh every 300 s, retry after 2.
+fn discovery_config(issuer: &str) -> Value {
+    json!({
+        "providers": {"idp": {
+            "issuer": issuer,
+            "remote_jwks": {"discovery": {"cluster": "idp", "timeout_ms": 500}, "cache_duration_seconds": 300,
+                            "retry_interval_seconds": 2, "max_bytes": 4096},
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        }},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    })
+}
+
+fn document(issuer: &str, jwks_uri: &str) -> String {
+    json!({"issuer": issuer, "jwks_uri": jwks_uri, "id_token_signing_alg_values_supported": ["RS256"]})
+        .to_string()
+}
+
+#[test]
+fn discovery_reads_the_issuers_document_then_its_jwks() {
+    let signer = Signer::rsa();
+    let issuer = "https://idp.test/realms/shop";
+    let mut g = gateway(FakeHost::new(), &discovery_config(issuer));
+    let token = signer.token("k", &json!({"iss": issuer, "sub": "alice", "exp": now() + 600}));
+    assert_eq!(status(&bearer(&g, &token)), 401, "fail closed before any keys");
+
+    g.tick();
+    let sent = g.host().callouts();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].cluster, "idp");
+    assert_eq!(sent[0].header(":authority"), Some("idp.test"));
+    assert_eq!(sent[0].header(":path"), Some("/realms/shop/.well-known/openid-configuration"));
+    assert_eq!(sent[0].timeout, Duration::from_millis(500));
+    g.answer(sent[0].token, &Answer::new(200, &[], document(issuer, "https://idp.test/realms/shop/certs")));
+    assert_eq!(status(&bearer(&g, &token)), 401, "no keys until the JWKS arrives");
+
+    g.tick();
+    let sent = g.host().callouts();
+    assert_eq!(sent.len(), 2, "the JWKS fetch follows at the next tick");
+    assert_eq!(sent[1].header(":path"), Some("/realms/shop/certs"));
+    assert_eq!(sent[1].cluster, "idp");
+    g.answer(sent[1].token, &Answer::new(200, &[], signer.jwks("k").to_string()));
+    let s = bearer(&g, &token);
+    assert_eq!(status(&s), 200);
+    assert_eq!(s.request_header("x-user").as_deref(), Some("alice"));
+
+    // A refresh goes straight to the JWKS.
+    g.host().advance(Duration::from_secs(301));
+    g.tick();
+    let sent = g.host().callouts();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[2].header(":path"), Some("/realms/shop/certs"));
+    // It fails: the keys stay, and the retry reads the document again.
+    g.answer(sent[2].token, &Answer::new(503, &[], "down"));
+    assert_eq!(status(&bearer(&g, &token)), 200);
+    g.host().advance(Duration::from_secs(3));
+    g.tick();
+    let sent = g.host().callouts();
+    assert_eq!(sent[3].header(":path"), Some("/realms/shop/.well-known/openid-configuration"));
+
+    let host = g.host();
+    assert_eq!(host.counter("jwt_auth_discovery_fetches_total;provider=idp;result=ok"), Some(1));
+    assert_eq!(host.counter("jwt_auth_jwks_fetches_total;provider=idp;result=ok"), Some(1));
+    assert_eq!(host.counter("jwt_auth_jwks_fetches_total;provider=idp;result=failed"), Some(1));
+}
+
+#[test]
+fn a_document_for_another_issuer_or_too_large_is_refused_until_a_good_one_comes() {
+    let signer = Signer::rsa();
+    let issuer = "https://idp.test";
+    let mut g = gateway(FakeHost::new(), &discovery_config(issuer));
+    let token = signer.token("k", &json!({"iss": issuer, "sub": "alice", "exp": now() + 600}));
+    let huge =
+        json!({"issuer": issuer, "jwks_uri": "https://idp.test/jwks", "pad": "x".repeat(5000)}).to_string();
+    let bad = [
+        Answer::new(200, &[], document("https://evil.test", "https://evil.test/jwks")),
+        Answer::new(200, &[], document("https://idp.test/", "https://idp.test/jwks")),
+        Answer::new(200, &[], document("https://IDP.test", "https://idp.test/jwks")),
+        Answer::new(200, &[], huge),
+        Answer::new(200, &[], json!({"issuer": issuer, "jwks_uri": 7}).to_string()),
+        Answer::new(200, &[], json!({"issuer": issuer, "jwks_uri": "file:///etc/jwks"}).to_string()),
+        Answer::new(200, &[], "<html>".to_string()),
+        Answer::new(404, &[], document(issuer, "https://idp.test/jwks")),
+    ];
+    for (i, answer) in bad.iter().enumerate() {
+        g.host().advance(Duration::from_secs(3));
+        g.tick();
+        let sent = g.host().callouts();
+        assert_eq!(sent.len(), i + 1, "one attempt per retry interval");
+        assert_eq!(sent[i].header(":path"), Some("/.well-known/openid-configuration"), "attempt {i}");
+        g.answer(sent[i].token, answer);
+        assert_eq!(status(&bearer(&g, &token)), 401, "attempt {i}: still no keys");
+    }
+    assert_eq!(
+        g.host().counter("jwt_auth_discovery_fetches_total;provider=idp;result=failed"),
+        Some(bad.len() as u64)
+    );
+    // Recovery.
+    g.host().advance(Duration::from_secs(3));
+    g.tick();
+    let n = bad.len();
+    g.answer(
+        g.host().callouts()[n].token,
+        &Answer::new(200, &[], document(issuer, "https://keys.idp.test/jwks")),
+    );
+    g.tick();
+    let sent = g.host().callouts();
+    assert_eq!(sent[n + 1].header(":authority"), Some("keys.idp.test"), "the document's host");
+    g.answer(sent[n + 1].token, &Answer::new(200, &[], signer.jwks("k").to_string()));
+    assert_eq!(status(&bearer(&g, &token)), 200);
+    assert_eq!(g.host().counter("jwt_auth_discovery_fetches_total;provider=idp;result=ok"), Some(1));
+}
