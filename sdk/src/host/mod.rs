@@ -108,4 +108,11 @@ pub trait Host {
     fn resume(&self, half: Half) -> Result<(), Status>;
     /// Resets the current stream (the client sees it end without an answer).
     fn reset(&self) -> Result<(), Status>;
+    /// Makes the pause the current headers callback returns hold the headers only, so the body
+    /// still reaches the filter's body callbacks (to buffer it before a callout). On proxy-wasm
+    /// the host's configuration decides (Envoy's `allow_on_headers_stop_iteration`): nothing
+    /// to do here.
+    fn let_body_through(&self) -> Result<(), Status> {
+        Ok(())
+    }
 }
