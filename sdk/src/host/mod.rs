@@ -115,4 +115,10 @@ pub trait Host {
     fn let_body_through(&self) -> Result<(), Status> {
         Ok(())
     }
+    /// Whether this plugin instance gets [`crate::Plugin::on_tick`] (and its own callouts'
+    /// answers). Every proxy-wasm VM does; natively only the main thread's instance does. Not a
+    /// host call.
+    fn ticks(&self) -> bool {
+        true
+    }
 }

@@ -445,6 +445,11 @@ impl Host for EnvoyHost {
         Err(Status::InternalFailure)
     }
 
+    fn ticks(&self) -> bool {
+        // See `set_tick_period`.
+        self.config.on_main_thread()
+    }
+
     fn let_body_through(&self) -> Result<(), Status> {
         filter()?;
         BODY_THROUGH.with(|b| b.set(true));
