@@ -437,7 +437,8 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
         };
     }
     if let Some(remote) = &raw.remote_jwks {
-        return remote_jwks(&format!("{at}.remote_jwks"), remote, errors).map(KeySource::Remote);
+        return remote_jwks(&format!("{at}.remote_jwks"), remote, errors)
+            .map(|r| KeySource::Remote(Box::new(r)));
     }
     let mut set = KeySet::default();
     for (i, k) in raw.keys.iter().enumerate() {
@@ -470,7 +471,7 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
                         continue;
                     }
                 }
-                set.keys.push(Key { kid: k.kid.clone(), alg, material });
+                set.keys.push(Key::new(k.kid.clone(), alg, material));
             }
             // Never quote a secret back.
             Err((field, e)) => errors.add(field, "<redacted>", e),
