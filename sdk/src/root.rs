@@ -45,6 +45,14 @@ impl Root {
         &self.0.metrics
     }
 
+    /// Whether this instance of the plugin gets [`crate::Plugin::on_tick`] and the answers to
+    /// its own [`Root::dispatch`]es: every Wasm VM does; natively only the main thread's
+    /// instance does, and worker instances must find that work's results in shared data (and
+    /// read the clock themselves). Known at `configure`; not a host call.
+    pub fn ticks(&self) -> bool {
+        self.0.host.ticks()
+    }
+
     /// The host's wall clock; `None` when the host cannot tell.
     pub fn now(&self) -> Option<SystemTime> {
         self.0.host.current_time().ok()

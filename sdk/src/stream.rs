@@ -139,6 +139,20 @@ impl Stream {
         Ok(())
     }
 
+    /// In a headers callback that returns [`crate::Flow::Pause`]: hold the headers only and let
+    /// the body reach the body callbacks, where the filter buffers it (pausing them) before it
+    /// lets the request go on. Without it a paused headers callback holds the body too. Native
+    /// modules do it for that request; a Wasm filter needs Envoy's
+    /// `allow_on_headers_stop_iteration: true`, without which Envoy holds the body regardless.
+    pub fn let_body_through(&self) {
+        if let Err(status) = self.host.let_body_through() {
+            log::warn!(
+                "{}: letting the body through a paused headers callback failed: {status:?}",
+                self.plugin_name()
+            );
+        }
+    }
+
     /// True once the filter sent a local reply on this stream.
     pub fn replied(&self) -> bool {
         self.replied

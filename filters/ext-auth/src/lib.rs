@@ -301,6 +301,7 @@ impl HttpFilter for ExtAuthFilter {
             }
             self.state = State::Buffering(Box::new(call.into_owned()));
             self.request = Some(request);
+            stream.let_body_through();
             return Flow::Pause;
         }
         let flow = self.send(stream, &call);

@@ -494,7 +494,7 @@ fn key_source(at: &str, raw: &RawProvider, errors: &mut ConfigErrors) -> Option<
                         continue;
                     }
                 }
-                set.keys.push(Key { kid: k.kid.clone(), alg, material });
+                set.keys.push(Key::new(k.kid.clone(), alg, material));
             }
             // Never quote a secret back.
             Err((field, e)) => errors.add(field, "<redacted>", e),

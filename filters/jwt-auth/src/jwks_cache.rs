@@ -11,6 +11,12 @@
 //! issuer's discovery document (same cluster, same schedule and size bound), and the JWKS it
 //! names is fetched at the next tick. The location is kept until a JWKS fetch fails; the retry
 //! then reads the document again.
+//!
+//! A native module ticks on the main thread's plugin instance only; the workers' instances
+//! serve the requests. The fetching instance publishes each new JWKS document in shared data
+//! ([`RemoteJwks::shared_key`]); a worker adopts it from there ([`RemoteJwks::adopt`]), and
+//! tells the fetching instance of an unknown `kid` through a second key
+//! ([`RemoteJwks::unknown_kid_key`]). Every Wasm VM ticks and fetches for itself, as before.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -142,6 +148,8 @@ pub struct RemoteState {
     pub discovering: bool,
     /// A discovery document just arrived: the JWKS fetch goes out at the next tick.
     pub jwks_due: bool,
+    /// The shared-data version of the document adopted last (instances that do not fetch).
+    pub shared_version: Option<u32>,
 }
 
 /// What a fetch asks for.
@@ -162,12 +170,51 @@ pub struct RemoteJwks {
     pub config: RemoteConfig,
     /// What is known.
     pub state: RefCell<RemoteState>,
+    /// The shared-data key of its document: named by where it is fetched from, so every
+    /// configuration fetching the same document shares it.
+    shared_key: String,
+    /// The shared-data key where a worker notes that a token named an unknown `kid`.
+    unknown_kid_key: String,
 }
 
 impl RemoteJwks {
     /// A key set not fetched yet.
     pub fn new(config: RemoteConfig) -> Self {
-        Self { config, state: RefCell::new(RemoteState::default()) }
+        let shared_key = format!("jwt_auth.jwks {} {} {}", config.cluster, config.authority, config.path);
+        let unknown_kid_key = format!("{shared_key} unknown_kid");
+        Self { config, state: RefCell::new(RemoteState::default()), shared_key, unknown_kid_key }
+    }
+
+    /// The shared-data key the fetching instance publishes the current document under.
+    pub fn shared_key(&self) -> &str {
+        &self.shared_key
+    }
+
+    /// The shared-data key a worker sets (non-empty) when a token named a `kid` its set lacks.
+    pub fn unknown_kid_key(&self) -> &str {
+        &self.unknown_kid_key
+    }
+
+    /// Adopts the document another instance published (`version` its shared-data version),
+    /// unless this version was adopted already: `None` then, else what parsing it gave.
+    pub fn adopt(&self, now: u64, document: &[u8], version: Option<u32>) -> Option<FetchOutcome> {
+        if version.is_some() && self.state.borrow().shared_version == version {
+            return None;
+        }
+        let outcome = self.answered(now, Some(200), document, false);
+        self.state.borrow_mut().shared_version = version;
+        Some(outcome)
+    }
+
+    /// Takes the note that a token named an unknown `kid` (a worker's, noted for the fetching
+    /// instance): whether there was one.
+    pub fn take_unknown_kid(&self) -> bool {
+        std::mem::take(&mut self.state.borrow_mut().unknown_kid_seen)
+    }
+
+    /// Whether the set has arrived.
+    pub fn has_keys(&self) -> bool {
+        self.state.borrow().keys.is_some()
     }
 
     /// Whether a fetch should be sent now (`now` in ms), and whether it is for an unknown kid.
@@ -304,7 +351,7 @@ impl RemoteJwks {
 pub enum KeySource {
     /// From the configuration.
     Local(Rc<KeySet>),
-    /// From a JWKS endpoint.
+    /// From a JWKS endpoint (boxed: its schedule and shared-data keys are most of the size).
     Remote(Box<RemoteJwks>),
 }
 
@@ -576,6 +623,25 @@ mod tests {
         assert!(discovery_url("https://idp.test/#a").is_err());
         assert!(discovery_url("idp.test").is_err());
         assert!(discovery_url("https://user@idp.test").is_err());
+    }
+
+    #[test]
+    fn a_published_document_is_adopted_once_per_version() {
+        let r = remote();
+        assert!(!r.has_keys());
+        assert!(matches!(r.adopt(5, JWKS, Some(1)), Some(FetchOutcome::Updated { changed: true, .. })));
+        assert!(r.has_keys());
+        assert_eq!(r.adopt(6, JWKS, Some(1)), None, "the same version is not parsed again");
+        assert_eq!(
+            r.adopt(7, JWKS, Some(2)),
+            Some(FetchOutcome::Updated { keys: 1, changed: false, weak: 0 })
+        );
+        assert!(matches!(r.adopt(8, b"{}", Some(3)), Some(FetchOutcome::Failed(_))));
+        assert!(r.has_keys(), "an unusable document keeps the set");
+        r.unknown_kid();
+        assert!(r.take_unknown_kid());
+        assert!(!r.take_unknown_kid(), "taken once");
+        assert_ne!(r.shared_key(), r.unknown_kid_key());
     }
 
     fn v() -> Rc<Verified> {

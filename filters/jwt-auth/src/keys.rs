@@ -76,6 +76,32 @@ pub struct Key {
     pub alg: Option<Alg>,
     /// The key.
     pub material: Material,
+    /// The key as AWS-LC holds it, in native builds (parsed on first use).
+    #[cfg(not(target_arch = "wasm32"))]
+    native: crate::native_crypto::NativeKey,
+}
+
+impl Key {
+    /// A key of `material`, with its `kid` and `alg` when it names them.
+    pub fn new(kid: Option<String>, alg: Option<Alg>, material: Material) -> Self {
+        Self {
+            kid,
+            alg,
+            material,
+            #[cfg(not(target_arch = "wasm32"))]
+            native: Default::default(),
+        }
+    }
+
+    /// Whether `sig` is a valid `alg` signature of `msg` by this key, checked in the module: by
+    /// [`verify_with`], or natively by AWS-LC for RS* and ES* (`native_crypto`).
+    fn verify_here(&self, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(valid) = self.material.spki().and_then(|spki| self.native.verify(spki, alg, msg, sig)) {
+            return valid;
+        }
+        verify_with(&self.material, alg, msg, sig)
+    }
 }
 
 /// A provider's keys.
@@ -118,7 +144,7 @@ impl KeySet {
                 continue;
             }
             let msg = jwt.signed.as_bytes();
-            let module = || verify_with(&key.material, jwt.alg, msg, &jwt.signature);
+            let module = || key.verify_here(jwt.alg, msg, &jwt.signature);
             let valid = match host {
                 Some(check) => match host_crypto::request(
                     key.material.kind(),
@@ -336,7 +362,7 @@ pub fn parse_jwk(value: &Value) -> Result<Option<Key>, JwkError> {
             return Err(format!("`alg` {} does not fit a key of this kind", a.name()).into());
         }
     }
-    Ok(Some(Key { kid, alg, material }))
+    Ok(Some(Key::new(kid, alg, material)))
 }
 
 fn rsa_key(n: BigUint, e: BigUint) -> Result<RsaPublicKey, JwkError> {

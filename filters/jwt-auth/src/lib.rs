@@ -16,7 +16,10 @@
 //! Root context: a tick reads the clock and fetches remote key sets that are due
 //! ([`jwks_cache`], first through the issuer's OpenID Connect discovery document where
 //! configured); their answers arrive in [`Plugin::on_callout`]. The SDK flushes the
-//! counters.
+//! counters. A native module ticks on the main thread's instance only: it publishes each new
+//! key set in shared data, and the workers' instances, which serve the requests, read the clock
+//! per request and adopt the published sets (at most every [`REMOTE_TICK`], at once while a set
+//! is missing).
 
 pub mod authz;
 pub mod config;
@@ -26,6 +29,8 @@ pub mod host_crypto;
 pub mod jwks_cache;
 pub mod jwt;
 pub mod keys;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native_crypto;
 pub mod outputs;
 pub mod rsa_public;
 pub mod rules;
@@ -64,6 +69,10 @@ pub const JWKS_WEAK_KEYS: &str = "jwt_auth_jwks_weak_keys_total";
 /// after the configuration is loaded, and an unknown `kid` is re-fetched this soon.
 const REMOTE_TICK: Duration = Duration::from_millis(200);
 
+/// Whether the instance that fetches remote key sets publishes them in shared data: natively,
+/// where the workers' instances never tick. Every Wasm VM fetches for itself.
+const PUBLISHES_KEYS: bool = cfg!(not(target_arch = "wasm32"));
+
 /// The plugin: providers, rules and counters.
 pub struct JwtAuth {
     config: Compiled,
@@ -84,8 +93,13 @@ pub struct JwtAuth {
     /// with remote keys, 1 s otherwise), well inside any clock skew.
     clock: Cell<Option<u64>>,
     /// Set once the host answered that it has no `verify_signature` (Envoy before 1.35, other
-    /// hosts): later signatures go straight to the module's own code.
+    /// hosts, native modules): later signatures go straight to the module's own code.
     host_lacks_verify: Cell<bool>,
+    /// Whether this instance ticks (see [`Root::ticks`]): one that does not reads the clock per
+    /// request and takes remote key sets from shared data.
+    ticks: bool,
+    /// When this instance last looked for published key sets, ms (instances that do not tick).
+    last_sync: Cell<u64>,
 }
 
 /// The counters of a provider that fetches its keys.
@@ -113,6 +127,24 @@ impl RemoteCounters {
             }),
         }
     }
+}
+
+/// Milliseconds in `d`, saturating.
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// On the fetching instance: whether a worker noted an unknown `kid` for `remote` (the note is
+/// cleared), recorded as if this instance had seen it.
+fn take_workers_unknown_kid(root: &Root, remote: &jwks_cache::RemoteJwks) {
+    let Ok((Some(note), version)) = root.shared_data(remote.unknown_kid_key()) else { return };
+    if note.is_empty() {
+        return;
+    }
+    remote.unknown_kid();
+    // A worker noting another one meanwhile changes the version: this clear then fails, and
+    // the next tick sees the note again.
+    let _ = root.set_shared_data(remote.unknown_kid_key(), b"", version);
 }
 
 /// Milliseconds since the Unix epoch of a host clock reading (0 when the host has none).
@@ -167,6 +199,9 @@ impl JwtAuth {
         let now = millis(root.now());
         for (index, p) in self.config.providers.iter().enumerate() {
             let KeySource::Remote(remote) = &p.keys else { continue };
+            if PUBLISHES_KEYS {
+                take_workers_unknown_kid(root, remote);
+            }
             let Some(for_kid) = remote.due(now) else { continue };
             let c = &remote.config;
             let target = remote.target();
@@ -211,6 +246,38 @@ impl JwtAuth {
         };
         counter.inc();
     }
+
+    /// On an instance that does not tick: adopts the key sets the fetching instance published,
+    /// at most every [`REMOTE_TICK`] (at once while a set is missing), and passes on that a token
+    /// named an unknown `kid`. Tokens verified with a replaced set are verified again.
+    fn sync_published_keys(&self, root: &Root, now: u64) {
+        let due = now.saturating_sub(self.last_sync.get()) >= millis_of(REMOTE_TICK);
+        for p in &self.config.providers {
+            let KeySource::Remote(remote) = &p.keys else { continue };
+            if !due && remote.has_keys() {
+                continue;
+            }
+            if remote.take_unknown_kid() {
+                if let Err(status) = root.set_shared_data(remote.unknown_kid_key(), b"1", None) {
+                    log::debug!("jwt_auth: noting an unknown kid for provider {} failed: {status:?}", p.name);
+                }
+            }
+            let Ok((Some(document), version)) = root.shared_data(remote.shared_key()) else { continue };
+            match remote.adopt(now, &document, version) {
+                Some(FetchOutcome::Updated { keys, changed: true, .. }) => {
+                    p.cache.borrow_mut().clear();
+                    log::debug!("jwt_auth: provider {}: {keys} key(s) from the published JWKS", p.name);
+                }
+                Some(FetchOutcome::Failed(why)) => {
+                    log::warn!("jwt_auth: provider {}: published JWKS unusable: {why}", p.name);
+                }
+                Some(FetchOutcome::Updated { .. }) | None => {}
+            }
+        }
+        if due {
+            self.last_sync.set(now);
+        }
+    }
 }
 
 impl Plugin for JwtAuth {
@@ -251,6 +318,8 @@ impl Plugin for JwtAuth {
             invalid_host,
             clock: Cell::new(None),
             host_lacks_verify: Cell::new(false),
+            ticks: root.ticks(),
+            last_sync: Cell::new(0),
         })
     }
 
@@ -300,6 +369,15 @@ impl Plugin for JwtAuth {
                     // Tokens verified with keys that may be gone must be verified again.
                     p.cache.borrow_mut().clear();
                     log::info!("jwt_auth: provider {}: {keys} key(s) from its JWKS", p.name);
+                    if PUBLISHES_KEYS {
+                        let document = remote.state.borrow().document.clone();
+                        if let Err(status) = root.set_shared_data(remote.shared_key(), &document, None) {
+                            log::warn!(
+                                "jwt_auth: provider {}: publishing its JWKS failed: {status:?}",
+                                p.name
+                            );
+                        }
+                    }
                 }
             }
             FetchOutcome::Discovered => {
@@ -495,17 +573,23 @@ impl HttpFilter for JwtFilter {
             return Flow::Continue;
         };
         let now = match plugin.clock.get() {
-            Some(t) => t,
-            None => {
-                // Before the first tick.
-                let t = millis(stream.now()) / 1000;
+            Some(t) if plugin.ticks => t,
+            _ => {
+                // Before the first tick, or on an instance that never ticks.
+                let now_ms = millis(stream.now());
+                if !plugin.ticks && plugin.remote {
+                    plugin.sync_published_keys(stream.root(), now_ms);
+                }
+                let t = now_ms / 1000;
                 plugin.clock.set(Some(t));
                 t
             }
         };
         let stream: &Stream = stream;
         let check = |arguments: &[u8]| plugin.host_check(stream, arguments);
-        let host_check: Option<keys::SignatureCheck<'_>> = cfg.host_crypto.then_some(&check);
+        // Once the host said it has no `verify_signature`, the arguments are not even built.
+        let host_check: Option<keys::SignatureCheck<'_>> =
+            (cfg.host_crypto && !plugin.host_lacks_verify.get()).then_some(&check);
         let mut successes = Vec::new();
         let mut evaluation = Evaluation::new(&cfg.providers, &req, now, host_check);
         let status = evaluation.decide(requirement, &mut successes);

@@ -3,30 +3,58 @@
 //! answers as Envoy's own `jwt_authn` for the same cases, and a remote JWKS served by a test
 //! server: fail closed before the first fetch, key rotation, the server failing and going away;
 //! claims and scopes per rule (403 `insufficient_scope`); OpenID Connect discovery from a
-//! scripted identity provider serving the document and the JWKS.
-//! Build the module first: cargo build --release --target wasm32-wasip1 -p jwt-auth
+//! scripted identity provider serving the document and the JWKS. Every test runs once with the
+//! Wasm module and once with the native dynamic module, one set of expectations for both.
+//! Build the modules first: cargo build --release --target wasm32-wasip1 -p jwt-auth, and
+//! cargo build --release -p jwt-auth
 
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{now, remote_config, seed_config, Signer};
 use gatewasm_envoy::{
-    wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, Response, ScriptedUpstream,
-    WasmFilter,
+    for_each_target, Cluster, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Reply, Request, Response,
+    ScriptedUpstream, Target,
 };
 use serde_json::{json, Value};
 
-fn module() -> PathBuf {
-    wasm_artifact("jwt_auth.wasm", "jwt-auth").unwrap_or_else(|e| panic!("{e:#}"))
+for_each_target!(
+    the_seeds_scenario_through_envoy,
+    same_answers_as_envoys_jwt_authn,
+    refused_configuration_names_the_field,
+    remote_jwks_fail_closed_rotation_and_outage,
+    signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn,
+    a_second_credential_is_refused_as_native_jwt_authn_refuses_it_even_with_forward,
+    two_identities_native_sends_both_this_filter_refuses,
+    documented_differences_hold_in_envoy,
+    claims_and_scopes_are_enforced_per_rule_in_envoy,
+    oidc_discovery_through_envoy,
+);
+
+fn filter(target: Target, config: &Value) -> HttpFilter {
+    target.filter("jwt-auth", "jwt_auth", config).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn filter(config: &Value) -> WasmFilter {
-    WasmFilter::new(module()).name("jwt_auth").json_configuration(config)
+/// Envoy's `stats_tags` for these labels of the filter's metrics: the Wasm target's series carry
+/// them in their names; the native target's have them as real labels already.
+fn stats_tags(labels: &[&str]) -> Value {
+    let tags: Vec<Value> =
+        labels.iter().map(|l| json!({"tag_name": l, "regex": gatewasm::metrics::tag_regex(l)})).collect();
+    json!({"stats_config": {"stats_tags": tags}})
+}
+
+/// The value of the Prometheus series `name` whose labels include every one of `labels`
+/// (`reason="x"`), in any order.
+fn series<'a>(scrape: &'a str, name: &str, labels: &[&str]) -> Option<&'a str> {
+    scrape.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?.strip_prefix('{')?;
+        labels.iter().all(|l| rest.contains(l)).then_some(value)
+    })
 }
 
 fn login_token() -> String {
@@ -37,10 +65,10 @@ fn login_token() -> String {
     )
 }
 
-#[test]
-fn the_seeds_scenario_through_envoy() {
+fn the_seeds_scenario_through_envoy(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
-    let envoy = EnvoyBuilder::new().wasm(filter(&seed_config())).upstream(upstream.addr()).start().unwrap();
+    let envoy =
+        EnvoyBuilder::new().filter(filter(target, &seed_config())).upstream(upstream.addr()).start().unwrap();
     let token = login_token();
 
     let requests = [
@@ -111,7 +139,7 @@ fn native_envoy(provider: Value, rules: &Value) -> Envoy {
 }
 
 /// The same provider and rules, as Envoy's `jwt_authn` and as this filter.
-fn parity_envoys() -> (Envoy, Envoy) {
+fn parity_envoys(target: Target) -> (Envoy, Envoy) {
     let jwks = Signer::hmac().jwks("k").to_string();
     let provider = |native: bool| {
         let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
@@ -132,7 +160,7 @@ fn parity_envoys() -> (Envoy, Envoy) {
     ]);
     let native = native_envoy(provider(true), &rules);
     let ours = EnvoyBuilder::new()
-        .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
+        .filter(filter(target, &json!({"providers": {"p": provider(false)}, "rules": rules})))
         .start()
         .unwrap();
     (native, ours)
@@ -158,9 +186,8 @@ fn answer(r: &Response, native: bool) -> (u16, Option<String>, String) {
     (r.status, www, message)
 }
 
-#[test]
-fn same_answers_as_envoys_jwt_authn() {
-    let (native, ours) = parity_envoys();
+fn same_answers_as_envoys_jwt_authn(target: Target) {
+    let (native, ours) = parity_envoys(target);
     let s = Signer::hmac();
     let n = now();
     let tok = |c: Value| s.token("k", &c);
@@ -257,10 +284,9 @@ fn same_answers_as_envoys_jwt_authn() {
     }
 }
 
-#[test]
-fn refused_configuration_names_the_field() {
+fn refused_configuration_names_the_field(target: Target) {
     let bad = json!({"providers": {"p": {"keys": [{"secret": "too-short"}]}}, "rules": [{"requires": {"provider_name": "nope"}}]});
-    let log = EnvoyBuilder::new().wasm(filter(&bad)).start_expecting_failure().unwrap();
+    let log = EnvoyBuilder::new().filter(filter(target, &bad)).start_expecting_failure().unwrap();
     let line = log
         .lines()
         .find(|l| l.contains("jwt_auth: invalid plugin configuration"))
@@ -287,13 +313,13 @@ fn eventually(envoy: &Envoy, req: &Request, want: u16) -> Response {
     }
 }
 
-#[test]
-fn remote_jwks_fail_closed_rotation_and_outage() {
+fn remote_jwks_fail_closed_rotation_and_outage(target: Target) {
     let idp = ScriptedUpstream::start().unwrap();
     idp.set("/jwks", Reply::status(503).body("starting"));
     let upstream = EchoUpstream::start().unwrap();
     let envoy = EnvoyBuilder::new()
-        .wasm(filter(&remote_config("http://idp.test/jwks", 1000, [1, 1, 0])))
+        .filter(filter(target, &remote_config("http://idp.test/jwks", 1000, [1, 1, 0])))
+        .bootstrap_patch(stats_tags(&["provider", "result"]))
         .cluster(Cluster::new("idp", idp.addr()))
         .upstream(upstream.addr())
         .start()
@@ -341,16 +367,17 @@ fn remote_jwks_fail_closed_rotation_and_outage() {
     let log = envoy.log();
     assert!(log.contains("JWKS fetch failed"), "{log}");
 
-    let stats = envoy.admin_get("/stats?filter=jwt_auth_jwks").unwrap();
-    assert!(stats.contains("jwt_auth_jwks_fetches_total;provider=idp;result=failed"), "{stats}");
-    assert!(stats.contains("jwt_auth_jwks_fetches_total;provider=idp;result=ok"), "{stats}");
+    let stats = envoy.admin_get("/stats/prometheus").unwrap();
+    for result in ["failed", "ok"] {
+        let labels = [r#"provider="idp""#, &format!(r#"result="{result}""#)];
+        assert!(series(&stats, "jwt_auth_jwks_fetches_total", &labels).is_some(), "{stats}");
+    }
 }
 
 /// RS256 and ES256 signatures are checked by Envoy's `verify_signature` (BoringSSL) by default;
 /// EdDSA and HS256 by the module. Every algorithm, valid and altered, gets the answer native
 /// `jwt_authn` gives, with `host_crypto` on and off.
-#[test]
-fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn() {
+fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn(target: Target) {
     let signers =
         [("rs", Signer::rsa()), ("es", Signer::p256()), ("ed", Signer::ed25519()), ("hs", Signer::hmac())];
     let jwks = json!({"keys": signers.iter().map(|(kid, s)| s.jwk(kid)).collect::<Vec<_>>()});
@@ -362,7 +389,10 @@ fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn() {
     let native = native_envoy(provider(true), &rules);
     let ours = |host: bool| {
         EnvoyBuilder::new()
-            .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules, "host_crypto": host})))
+            .filter(filter(
+                target,
+                &json!({"providers": {"p": provider(false)}, "rules": rules, "host_crypto": host}),
+            ))
             .start()
             .unwrap()
     };
@@ -421,7 +451,11 @@ fn signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn() {
 
 /// Native `jwt_authn` and this filter, each with one provider `p` (`provider(true)` in Envoy's
 /// form, `provider(false)` in the filter's) required on every path, in front of `upstream`.
-fn native_and_ours(provider: &dyn Fn(bool) -> Value, upstream: &EchoUpstream) -> (Envoy, Envoy) {
+fn native_and_ours(
+    target: Target,
+    provider: &dyn Fn(bool) -> Value,
+    upstream: &EchoUpstream,
+) -> (Envoy, Envoy) {
     let rules = json!([{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]);
     let native = EnvoyBuilder::new()
         .raw_filter(json!({
@@ -436,7 +470,8 @@ fn native_and_ours(provider: &dyn Fn(bool) -> Value, upstream: &EchoUpstream) ->
         .start()
         .unwrap();
     let ours = EnvoyBuilder::new()
-        .wasm(filter(&json!({"providers": {"p": provider(false)}, "rules": rules})))
+        .filter(filter(target, &json!({"providers": {"p": provider(false)}, "rules": rules})))
+        .bootstrap_patch(stats_tags(&["reason"]))
         .upstream(upstream.addr())
         .start()
         .unwrap();
@@ -444,7 +479,7 @@ fn native_and_ours(provider: &dyn Fn(bool) -> Value, upstream: &EchoUpstream) ->
 }
 
 /// Both filters with `forward: true`, `sub` to `x-user`, in front of an echo upstream.
-fn forwarding_envoys(upstream: &EchoUpstream) -> (Envoy, Envoy) {
+fn forwarding_envoys(target: Target, upstream: &EchoUpstream) -> (Envoy, Envoy) {
     let jwks = Signer::hmac().jwks("k").to_string();
     let provider = |native: bool| {
         let keys = if native { json!({"inline_string": jwks}) } else { serde_json::from_str(&jwks).unwrap() };
@@ -457,16 +492,15 @@ fn forwarding_envoys(upstream: &EchoUpstream) -> (Envoy, Envoy) {
             "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
         })
     };
-    native_and_ours(&provider, upstream)
+    native_and_ours(target, &provider, upstream)
 }
 
 /// Security: a good token followed by another credential in the same header value (or in a
 /// second `Authorization` header, which Envoy joins with a comma) is refused by native
 /// `jwt_authn`, and by this filter with `forward: true`; nothing unverified reaches the upstream.
-#[test]
-fn a_second_credential_is_refused_as_native_jwt_authn_refuses_it_even_with_forward() {
+fn a_second_credential_is_refused_as_native_jwt_authn_refuses_it_even_with_forward(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
-    let (native, ours) = forwarding_envoys(&upstream);
+    let (native, ours) = forwarding_envoys(target, &upstream);
     let n = now();
     let good = Signer::hmac().token("k", &json!({"sub": "alice", "exp": n + 600}));
     let forged = Signer::Hmac(vec![3; 32]).token("k", &json!({"sub": "admin", "exp": n + 600}));
@@ -507,10 +541,9 @@ fn a_second_credential_is_refused_as_native_jwt_authn_refuses_it_even_with_forwa
 /// Security: a bearer token and a query or cookie token naming different users. Native
 /// `jwt_authn` lets the request through with both identities as repeated headers; this filter
 /// refuses it (README, differences). One user in two places passes both, once here.
-#[test]
-fn two_identities_native_sends_both_this_filter_refuses() {
+fn two_identities_native_sends_both_this_filter_refuses(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
-    let (native, ours) = forwarding_envoys(&upstream);
+    let (native, ours) = forwarding_envoys(target, &upstream);
     let n = now();
     let s = Signer::hmac();
     let alice = s.token("k", &json!({"sub": "alice", "exp": n + 600}));
@@ -538,9 +571,8 @@ fn two_identities_native_sends_both_this_filter_refuses() {
     // Counters are flushed on the filter's one-second tick.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let stats = ours.admin_get("/stats?filter=jwt_auth_denied").unwrap();
-        let line = stats.lines().find(|l| l.contains("reason=identity_conflict")).map(str::to_string);
-        if line.as_deref().is_some_and(|l| l.ends_with(": 2")) {
+        let stats = ours.admin_get("/stats/prometheus").unwrap();
+        if series(&stats, "jwt_auth_denied_total", &[r#"reason="identity_conflict""#]) == Some("2") {
             break;
         }
         assert!(Instant::now() < deadline, "{stats}");
@@ -550,8 +582,7 @@ fn two_identities_native_sends_both_this_filter_refuses() {
 
 /// The README's differences from Envoy, each run through native `jwt_authn` and this filter
 /// side by side: Envoy's answer first, then this filter's.
-#[test]
-fn documented_differences_hold_in_envoy() {
+fn documented_differences_hold_in_envoy(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
     let s = Signer::hmac();
     let enc_key = Signer::Hmac(b"an-encryption-key-of-32-bytes!!!".to_vec());
@@ -569,7 +600,7 @@ fn documented_differences_hold_in_envoy() {
             "claim_to_headers": forms.iter().map(|f| json!({"header_name": format!("x-{f}"), "claim_name": f})).collect::<Vec<_>>()
         })
     };
-    let (native, ours) = native_and_ours(&provider, &upstream);
+    let (native, ours) = native_and_ours(target, &provider, &upstream);
     let n = now();
     let good = s.token("k", &json!({"sub": "alice", "exp": n + 600}));
     let bearer = |t: &str| Request::get("/a").header("authorization", &format!("Bearer {t}"));
@@ -656,8 +687,7 @@ fn documented_differences_hold_in_envoy() {
 
 /// Claims and scopes per rule through Envoy: 403 with `error="insufficient_scope"`, no identity
 /// upstream, the denied counter by its reason.
-#[test]
-fn claims_and_scopes_are_enforced_per_rule_in_envoy() {
+fn claims_and_scopes_are_enforced_per_rule_in_envoy(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
     let key = Signer::hmac();
     let config = json!({
@@ -669,7 +699,12 @@ fn claims_and_scopes_are_enforced_per_rule_in_envoy() {
             {"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}
         ]
     });
-    let envoy = EnvoyBuilder::new().wasm(filter(&config)).upstream(upstream.addr()).start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .filter(filter(target, &config))
+        .bootstrap_patch(stats_tags(&["reason"]))
+        .upstream(upstream.addr())
+        .start()
+        .unwrap();
     let send = |path: &str, claims: Value| {
         let mut c = claims;
         c["iss"] = json!("https://idp.test");
@@ -704,16 +739,18 @@ fn claims_and_scopes_are_enforced_per_rule_in_envoy() {
         // Valid tokens all the same.
         assert_eq!(send("/other", claims).status, 200);
     }
-    let stats = eventually_stats(&envoy, "jwt_auth_denied_total;reason=insufficient_scope: 3");
-    assert!(stats.contains("jwt_auth_denied_total;reason=insufficient_scope: 3"), "{stats}");
+    let want = [r#"reason="insufficient_scope""#];
+    let stats = eventually_stats(&envoy, |scrape| series(scrape, "jwt_auth_denied_total", &want) == Some("3"));
+    assert_eq!(series(&stats, "jwt_auth_denied_total", &want), Some("3"), "{stats}");
 }
 
-/// Polls Envoy's stats until they hold `want` (counters are flushed on the filter's tick).
-fn eventually_stats(envoy: &Envoy, want: &str) -> String {
+/// Polls Envoy's Prometheus stats until `done` holds (Wasm counters are flushed on the SDK's
+/// tick).
+fn eventually_stats(envoy: &Envoy, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let stats = envoy.admin_get("/stats?filter=jwt_auth").unwrap();
-        if stats.contains(want) || Instant::now() > deadline {
+        let stats = envoy.admin_get("/stats/prometheus").unwrap();
+        if done(&stats) || Instant::now() > deadline {
             return stats;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -723,8 +760,7 @@ fn eventually_stats(envoy: &Envoy, want: &str) -> String {
 /// OpenID Connect discovery through Envoy: the document (another issuer's and a too large one
 /// refused first), the JWKS it names, both through one cluster; failures keep the keys, and a
 /// document served again after an outage brings a rotated key set.
-#[test]
-fn oidc_discovery_through_envoy() {
+fn oidc_discovery_through_envoy(target: Target) {
     let issuer = "http://idp.test/realms/shop";
     let idp = ScriptedUpstream::start().unwrap();
     let well_known = "/realms/shop/.well-known/openid-configuration";
@@ -741,7 +777,8 @@ fn oidc_discovery_through_envoy() {
         "rules": [{"requires": {"provider_name": "idp"}}]
     });
     let envoy = EnvoyBuilder::new()
-        .wasm(filter(&config))
+        .filter(filter(target, &config))
+        .bootstrap_patch(stats_tags(&["provider", "result"]))
         .cluster(Cluster::new("idp", idp.addr()))
         .upstream(upstream.addr())
         .start()
@@ -790,16 +827,16 @@ fn oidc_discovery_through_envoy() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.echo().unwrap().header("x-user"), Some("carol"));
 
-    let stats = envoy.admin_get("/stats?filter=jwt_auth").unwrap();
-    for series in [
-        "jwt_auth_discovery_fetches_total;provider=idp;result=ok",
-        "jwt_auth_discovery_fetches_total;provider=idp;result=failed",
-        "jwt_auth_jwks_fetches_total;provider=idp;result=failed",
+    let stats = envoy.admin_get("/stats/prometheus").unwrap();
+    for (name, result) in [
+        ("jwt_auth_discovery_fetches_total", "ok"),
+        ("jwt_auth_discovery_fetches_total", "failed"),
+        ("jwt_auth_jwks_fetches_total", "failed"),
     ] {
-        assert!(
-            stats.lines().any(|l| l.contains(&format!("{series}: ")) && !l.ends_with(": 0")),
-            "{series}: {stats}"
-        );
+        let labels = [r#"provider="idp""#.to_string(), format!("result=\"{result}\"")];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let value = series(&stats, name, &labels);
+        assert!(value.is_some_and(|v| v != "0"), "{name} {result}: {stats}");
     }
     assert!(envoy.log().contains("discovery document names another issuer"), "{}", envoy.log());
 }

@@ -108,4 +108,17 @@ pub trait Host {
     fn resume(&self, half: Half) -> Result<(), Status>;
     /// Resets the current stream (the client sees it end without an answer).
     fn reset(&self) -> Result<(), Status>;
+    /// Makes the pause the current headers callback returns hold the headers only, so the body
+    /// still reaches the filter's body callbacks (to buffer it before a callout). On proxy-wasm
+    /// the host's configuration decides (Envoy's `allow_on_headers_stop_iteration`): nothing
+    /// to do here.
+    fn let_body_through(&self) -> Result<(), Status> {
+        Ok(())
+    }
+    /// Whether this plugin instance gets [`crate::Plugin::on_tick`] (and its own callouts'
+    /// answers). Every proxy-wasm VM does; natively only the main thread's instance does. Not a
+    /// host call.
+    fn ticks(&self) -> bool {
+        true
+    }
 }

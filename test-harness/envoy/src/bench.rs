@@ -2,7 +2,8 @@
 //!
 //! A scenario file (JSON, see `bench/header-rewrite.json`) names the request path, what a
 //! filter must have done (request headers the upstream sees, response headers the client sees)
-//! and rows, each a filter chain of raw Envoy filters or `{"wasm": {...}}` entries. The bare
+//! and rows, each a filter chain of raw Envoy filters, `{"wasm": {...}}` entries or
+//! `{"module": {...}}` entries (the same filter built as a native dynamic module). The bare
 //! Envoy row and the Wasm floor row (noop filter) are always added in front.
 
 use crate::LocalProcess;
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     noop_filter_wasm, wasm_artifact, workspace_root, Cluster, EchoUpstream, EnvoyBuilder, FixedUpstream,
-    HttpFilter, Reply, Request, WasmFilter,
+    HttpFilter, NativeFilter, Reply, Request, WasmFilter,
 };
 
 /// Key of the always-present bare Envoy row.
@@ -145,7 +146,7 @@ pub struct RowSpec {
     #[serde(default)]
     pub note: Option<String>,
     /// The filter chain, before the router: raw Envoy HTTP filters
-    /// (`{"name": ..., "typed_config": ...}`) or `{"wasm": WasmSpec}`.
+    /// (`{"name": ..., "typed_config": ...}`), `{"wasm": WasmSpec}` or `{"module": ModuleSpec}`.
     pub filters: Vec<Value>,
     /// Merged into the HTTP connection manager's typed config, for work that is not an HTTP
     /// filter (a native `access_log`, say).
@@ -194,17 +195,45 @@ impl WasmSpec {
     }
 
     fn filter(&self) -> anyhow::Result<WasmFilter> {
-        let configuration = match &self.configuration {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        };
+        let configuration = configuration_text(&self.configuration);
         let mut filter =
             WasmFilter::new(self.resolve()?).root_id(self.root_id.clone()).configuration(configuration);
         if let Some(vm_id) = &self.vm_id {
             filter = filter.vm_id(vm_id.clone());
         }
         Ok(filter)
+    }
+}
+
+/// A filter built as a native Envoy dynamic module (`lib<package>.so`) in a scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleSpec {
+    /// Workspace package that builds the module (`cargo build --release -p <package>`).
+    pub package: String,
+    /// The plugin in the module (its `Plugin::NAME`).
+    pub filter_name: String,
+    /// Plugin configuration: a JSON string is passed as is, anything else serialised.
+    #[serde(default)]
+    pub configuration: Value,
+}
+
+impl ModuleSpec {
+    /// The filter; errors (naming the build command) when the module is not built.
+    fn filter(&self) -> anyhow::Result<NativeFilter> {
+        let path = gatewasm_paths::native_module(&self.package)?;
+        Ok(NativeFilter::new(path, self.filter_name.clone())
+            .configuration(configuration_text(&self.configuration)))
+    }
+}
+
+/// A scenario's `configuration` as the string a filter gets: a JSON string as is, anything else
+/// serialised.
+fn configuration_text(configuration: &Value) -> String {
+    match configuration {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
@@ -319,14 +348,20 @@ impl Scenario {
         'rows: for spec in &self.rows {
             let mut filters = Vec::new();
             for filter in &spec.filters {
-                let Some(wasm) = filter.get("wasm") else {
+                let resolved = if let Some(wasm) = filter.get("wasm") {
+                    let wasm: WasmSpec = serde_json::from_value(wasm.clone())
+                        .with_context(|| format!("row {}: bad wasm entry {wasm}", spec.label))?;
+                    wasm.filter().map(HttpFilter::Wasm)
+                } else if let Some(module) = filter.get("module") {
+                    let module: ModuleSpec = serde_json::from_value(module.clone())
+                        .with_context(|| format!("row {}: bad module entry {module}", spec.label))?;
+                    module.filter().map(HttpFilter::Native)
+                } else {
                     filters.push(HttpFilter::Raw(filter.clone()));
                     continue;
                 };
-                let wasm: WasmSpec = serde_json::from_value(wasm.clone())
-                    .with_context(|| format!("row {}: bad wasm entry {wasm}", spec.label))?;
-                match wasm.filter() {
-                    Ok(filter) => filters.push(HttpFilter::Wasm(filter)),
+                match resolved {
+                    Ok(filter) => filters.push(filter),
                     Err(err) => {
                         skipped.push(Skipped { label: spec.label.clone(), reason: format!("{err:#}") });
                         continue 'rows;

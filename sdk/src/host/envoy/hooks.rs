@@ -209,6 +209,8 @@ fn run(
         // Envoy called back into a stream whose callback is running: leave it alone.
         return abi::status::CONTINUE;
     };
+    // A request to let the body through counts only for the callback about to run.
+    super::take_body_through();
     let previous = FILTER.with(|f| f.replace(filter));
     let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut **context)));
     FILTER.with(|f| f.set(previous));
@@ -428,9 +430,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 /// A paused headers callback holds the body too (`StopAllIterationAndWatermark`), as Envoy's
 /// Wasm filter does: with a plain `StopIteration` Envoy would hand the filter the body, and a
 /// body callback that continues would let the request (or response) go on before the callout
-/// the filter paused for has answered.
+/// the filter paused for has answered. A filter that buffers the body before its callout asks
+/// for the plain `StopIteration` (`Stream::let_body_through`).
 fn headers_status(status: u32) -> u32 {
-    if status == abi::status::STOP {
+    let body_through = super::take_body_through();
+    if status == abi::status::STOP && !body_through {
         abi::status::STOP_ALL_WATERMARK
     } else {
         status

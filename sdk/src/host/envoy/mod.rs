@@ -109,6 +109,8 @@ thread_local! {
     /// filter does after any request-header change.
     static ROUTE_DIRTY: Cell<bool> = const { Cell::new(false) };
     static ANSWER: RefCell<Option<Answer>> = const { RefCell::new(None) };
+    /// Set when the running headers callback asked its pause to let the body through.
+    static BODY_THROUGH: Cell<bool> = const { Cell::new(false) };
     /// Which of Envoy's body buffers make the body the filter sees now.
     static BODY_VIEW: Cell<BodyView> = const { Cell::new(BodyView::Buffered) };
 }
@@ -442,6 +444,22 @@ impl Host for EnvoyHost {
     fn reset(&self) -> Result<(), Status> {
         Err(Status::InternalFailure)
     }
+
+    fn ticks(&self) -> bool {
+        // See `set_tick_period`.
+        self.config.on_main_thread()
+    }
+
+    fn let_body_through(&self) -> Result<(), Status> {
+        filter()?;
+        BODY_THROUGH.with(|b| b.set(true));
+        Ok(())
+    }
+}
+
+/// Whether the headers callback that just ran asked to let the body through (and forgets it).
+pub(crate) fn take_body_through() -> bool {
+    BODY_THROUGH.with(|b| b.replace(false))
 }
 
 /// Writes a line to Envoy's log (component `dynamic_modules`); `InternalFailure` outside Envoy.
