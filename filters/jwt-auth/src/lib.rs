@@ -271,7 +271,9 @@ impl JwtAuth {
                 Some(FetchOutcome::Failed(why)) => {
                     log::warn!("jwt_auth: provider {}: published JWKS unusable: {why}", p.name);
                 }
-                Some(FetchOutcome::Updated { .. }) | None => {}
+                // A published document is a JWKS: adopting it never reads a discovery document.
+                Some(FetchOutcome::Updated { .. } | FetchOutcome::Discovered | FetchOutcome::DiscoveryFailed(_))
+                | None => {}
             }
         }
         if due {

@@ -27,6 +27,7 @@ for_each_target!(
     same_answers_as_envoys_jwt_authn,
     refused_configuration_names_the_field,
     remote_jwks_fail_closed_rotation_and_outage,
+    remote_keys_and_their_refresh_reach_every_worker,
     signatures_checked_by_the_host_or_the_module_answer_as_jwt_authn,
     a_second_credential_is_refused_as_native_jwt_authn_refuses_it_even_with_forward,
     two_identities_native_sends_both_this_filter_refuses,
@@ -372,6 +373,43 @@ fn remote_jwks_fail_closed_rotation_and_outage(target: Target) {
         let labels = [r#"provider="idp""#, &format!(r#"result="{result}""#)];
         assert!(series(&stats, "jwt_auth_jwks_fetches_total", &labels).is_some(), "{stats}");
     }
+}
+
+/// With two workers every one of them verifies with the fetched keys and with their refresh: on
+/// Wasm each worker's VM fetches for itself; natively the main thread's instance fetches and the
+/// workers' instances take the set from shared data.
+fn remote_keys_and_their_refresh_reach_every_worker(target: Target) {
+    let idp = ScriptedUpstream::start().unwrap();
+    let k1 = Signer::rsa();
+    let k2 = Signer::p256();
+    idp.set("/jwks", Reply::json(&k1.jwks("k1")));
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new()
+        .filter(filter(target, &remote_config("http://idp.test/jwks", 1000, [1, 1, 600])))
+        .cluster(Cluster::new("idp", idp.addr()))
+        .upstream(upstream.addr())
+        .concurrency(2)
+        .start()
+        .unwrap();
+    assert_eq!(eventually(&envoy, &bearer_for(&k1, "k1", "alice"), 200).status, 200);
+    // Every worker has had time to fetch (Wasm) or to adopt the published set (native).
+    std::thread::sleep(Duration::from_millis(1500));
+    // Each request is a connection of its own, so the kernel spreads them over both workers.
+    for i in 0..30 {
+        let r = envoy.send(&bearer_for(&k1, "k1", &format!("u{i}"))).unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.echo().unwrap().header("x-user"), Some(format!("u{i}").as_str()));
+    }
+    // The issuer rotates to k2; the set is refreshed every second, unknown kids never refetch.
+    idp.set("/jwks", Reply::json(&k2.jwks("k2")));
+    std::thread::sleep(Duration::from_millis(2500));
+    for i in 0..30 {
+        assert_eq!(envoy.send(&bearer_for(&k2, "k2", "bob")).unwrap().status, 200, "request {i}");
+        assert_eq!(envoy.send(&bearer_for(&k1, "k1", "alice")).unwrap().status, 401, "request {i}");
+    }
+    let per_worker = envoy.admin_get("/stats?filter=worker_.*downstream_cx_total").unwrap();
+    let busy = per_worker.lines().filter(|l| !l.trim_end().ends_with(": 0")).count();
+    assert_eq!(busy, 2, "both workers served: {per_worker}");
 }
 
 /// RS256 and ES256 signatures are checked by Envoy's `verify_signature` (BoringSSL) by default;
