@@ -272,7 +272,11 @@ impl JwtAuth {
                     log::warn!("jwt_auth: provider {}: published JWKS unusable: {why}", p.name);
                 }
                 // A published document is a JWKS: adopting it never reads a discovery document.
-                Some(FetchOutcome::Updated { .. } | FetchOutcome::Discovered | FetchOutcome::DiscoveryFailed(_))
+                Some(
+                    FetchOutcome::Updated { .. }
+                    | FetchOutcome::Discovered
+                    | FetchOutcome::DiscoveryFailed(_),
+                )
                 | None => {}
             }
         }

@@ -778,7 +778,8 @@ fn claims_and_scopes_are_enforced_per_rule_in_envoy(target: Target) {
         assert_eq!(send("/other", claims).status, 200);
     }
     let want = [r#"reason="insufficient_scope""#];
-    let stats = eventually_stats(&envoy, |scrape| series(scrape, "jwt_auth_denied_total", &want) == Some("3"));
+    let stats =
+        eventually_stats(&envoy, |scrape| series(scrape, "jwt_auth_denied_total", &want) == Some("3"));
     assert_eq!(series(&stats, "jwt_auth_denied_total", &want), Some("3"), "{stats}");
 }
 
