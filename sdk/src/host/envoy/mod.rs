@@ -111,6 +111,17 @@ thread_local! {
     static ANSWER: RefCell<Option<Answer>> = const { RefCell::new(None) };
     /// Which of Envoy's body buffers make the body the filter sees now.
     static BODY_VIEW: Cell<BodyView> = const { Cell::new(BodyView::Buffered) };
+    /// In the log hook: how long the stream has lived (from its filter's creation), the
+    /// module's own `request.duration` (see `properties`).
+    static LOG_ELAPSED: Cell<Option<std::time::Duration>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `elapsed` as the logged stream's duration (in the log hook).
+pub(crate) fn with_log_elapsed<T>(elapsed: std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let previous = LOG_ELAPSED.with(|e| e.replace(Some(elapsed)));
+    let result = f();
+    LOG_ELAPSED.with(|e| e.set(previous));
+    result
 }
 
 /// The body a filter sees, as proxy-wasm shows it: in a body callback the data that arrived,
@@ -314,7 +325,7 @@ impl Host for EnvoyHost {
     }
 
     fn property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
-        properties::read(filter()?, path)
+        properties::read(filter()?, path, LOG_ELAPSED.with(Cell::get))
     }
 
     fn foreign_function(&self, _name: &str, _arguments: &[u8]) -> Result<Bytes, Status> {
