@@ -1,6 +1,6 @@
 //! Properties on the native backend: the proxy-wasm attribute paths filters read, mapped onto
 //! Envoy's attribute ids, and encoded as Envoy's Wasm filter encodes them (strings as their
-//! bytes, integers as 8 little-endian bytes), so a filter reads the same bytes on both targets.
+//! bytes, integers as 8 little-endian bytes, booleans as one byte), so a filter reads the same bytes on both targets.
 //! Every entry is compared with the Wasm target's answer in the SDK fixture's Envoy tests; a path
 //! not in the table reads as absent.
 //!
@@ -20,6 +20,7 @@ use super::abi::{self, EnvoyBuffer};
 enum Kind {
     Str,
     Int,
+    Bool,
 }
 
 /// The path the module times itself at log time.
@@ -51,6 +52,7 @@ const ATTRIBUTES: &[(&str, u32, Kind)] = &[
     ("destination.address", 26, Kind::Str),
     ("destination.port", 27, Kind::Int),
     ("connection.id", 28, Kind::Int),
+    ("connection.mtls", 29, Kind::Bool),
     ("upstream.address", 41, Kind::Str),
     ("upstream.port", 42, Kind::Int),
     ("xds.cluster_name", 57, Kind::Str),
@@ -82,6 +84,14 @@ pub(super) fn read(
             // SAFETY: a live stream; `value` is a valid out pointer.
             let found = unsafe { (api.http_filter_get_attribute_int)(filter, *id, &mut value) };
             found.then(|| value.to_le_bytes().to_vec())
+        }
+        Kind::Bool => {
+            let mut value = false;
+            // SAFETY: a live stream; `value` is a valid out pointer.
+            let found = unsafe { (api.http_filter_get_attribute_bool)(filter, *id, &mut value) };
+            // Envoy 1.40 answers `connection.mtls` (the one boolean mapped) only on a TLS
+            // connection; the Wasm filter reads false on any other, so does this.
+            Some(vec![u8::from(found && value)])
         }
     };
     Ok(match (found, log_elapsed) {
