@@ -420,6 +420,19 @@ impl Host for EnvoyHost {
         Ok(shared_data::get(key))
     }
 
+    fn ticks(&self) -> bool {
+        // Envoy runs the configuration's scheduler, and so `on_tick`, on the main thread.
+        self.config.on_main_thread()
+    }
+
+    fn queue_push(&self, name: &str, item: &[u8], capacity: usize) -> Result<bool, Status> {
+        Ok(shared_data::queue_push(name, item, capacity))
+    }
+
+    fn queue_drain(&self, name: &str) -> Result<Vec<Bytes>, Status> {
+        Ok(shared_data::queue_drain(name))
+    }
+
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
         shared_data::set(key, value, cas)
     }
