@@ -2,7 +2,8 @@
 //!
 //! A scenario file (JSON, see `bench/header-rewrite.json`) names the request path, what a
 //! filter must have done (request headers the upstream sees, response headers the client sees)
-//! and rows, each a filter chain of raw Envoy filters or `{"wasm": {...}}` entries. The bare
+//! and rows, each a filter chain of raw Envoy filters, `{"wasm": {...}}` entries or
+//! `{"module": {...}}` entries (a filter's native dynamic module, [`ModuleSpec`]). The bare
 //! Envoy row and the Wasm floor row (noop filter) are always added in front.
 
 use crate::LocalProcess;
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     noop_filter_wasm, wasm_artifact, workspace_root, Cluster, EchoUpstream, EnvoyBuilder, FixedUpstream,
-    HttpFilter, Reply, Request, WasmFilter,
+    HttpFilter, Reply, Request, Target, WasmFilter,
 };
 
 /// Key of the always-present bare Envoy row.
@@ -177,6 +178,20 @@ pub struct WasmSpec {
     pub vm_id: Option<String>,
 }
 
+/// A `{"module": {...}}` entry: a workspace package's native dynamic module
+/// (`target/release/lib<name>.so`), as the filters' Envoy tests load it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleSpec {
+    /// Workspace package that builds the module.
+    pub package: String,
+    /// The plugin in the module (`filter_name`: the plugin's `Plugin::NAME`).
+    pub name: String,
+    /// Plugin configuration (serialised JSON).
+    #[serde(default)]
+    pub configuration: Value,
+}
+
 impl WasmSpec {
     /// The module path; errors (naming the build command) when it is not built.
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {
@@ -319,6 +334,18 @@ impl Scenario {
         'rows: for spec in &self.rows {
             let mut filters = Vec::new();
             for filter in &spec.filters {
+                if let Some(module) = filter.get("module") {
+                    let module: ModuleSpec = serde_json::from_value(module.clone())
+                        .with_context(|| format!("row {}: bad module entry {module}", spec.label))?;
+                    match Target::Native.filter(&module.package, &module.name, &module.configuration) {
+                        Ok(filter) => filters.push(filter),
+                        Err(err) => {
+                            skipped.push(Skipped { label: spec.label.clone(), reason: format!("{err:#}") });
+                            continue 'rows;
+                        }
+                    }
+                    continue;
+                }
                 let Some(wasm) = filter.get("wasm") else {
                     filters.push(HttpFilter::Raw(filter.clone()));
                     continue;
