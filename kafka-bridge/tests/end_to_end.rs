@@ -2,7 +2,9 @@
 //! Kafka-protocol broker; an independent consumer (kafka-python) reads the topic back. Faults:
 //! the bridge stopped for 10 s, the bridge killed with produce requests in flight, the broker
 //! stalled 8 s, the broker stopped and restarted, a full buffer.
-//! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log
+//! Each test runs with the Wasm module and with the native dynamic module.
+//! Build first: cargo build --release --target wasm32-wasip1 -p kafka-log, and cargo build
+//! --release -p kafka-log
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -11,22 +13,30 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use gatewasm_envoy::{wasm_artifact, Cluster, Envoy, EnvoyBuilder, Request, WasmFilter};
+use gatewasm_envoy::{for_each_target, Cluster, Envoy, EnvoyBuilder, Request, Target};
 use serde_json::{json, Value};
 use support::{consume, Bridge, Broker, Message};
 
 const TOPIC: &str = "access-logs";
 
-fn envoy(bridge: &Bridge, extra: &Value) -> Envoy {
+for_each_target!(
+    five_thousand_requests_arrive_exactly_once,
+    bridge_stopped_for_ten_seconds_loses_nothing,
+    broker_stopped_and_restarted_loses_nothing,
+    a_full_buffer_drops_and_counts_and_stays_bounded,
+    broker_stalled_longer_than_the_filter_timeout_stores_every_record_once,
+    bridge_killed_with_produce_requests_in_flight_duplicates_at_most_what_it_held,
+);
+
+fn envoy(target: Target, bridge: &Bridge, extra: &Value) -> Envoy {
     let mut config = json!({
         "cluster": "kafka-bridge", "topic": TOPIC, "key_field": "request_id",
         "flush_interval_ms": 200, "timeout_ms": 8000,
         "retry": {"initial_backoff_ms": 100, "max_backoff_ms": 1000},
     });
     gatewasm_envoy::merge(&mut config, extra);
-    let wasm = wasm_artifact("kafka_log.wasm", "kafka-log").unwrap();
     EnvoyBuilder::new()
-        .wasm(WasmFilter::new(wasm).json_configuration(&config))
+        .filter(target.filter("kafka-log", "kafka_log", &config).unwrap_or_else(|e| panic!("{e:#}")))
         .direct_response(200, "ok")
         .cluster(Cluster::new("kafka-bridge", bridge.addr))
         .concurrency(2)
@@ -123,12 +133,11 @@ fn assert_exactly_once(messages: &[Message], ids: &[String]) {
     assert_eq!(seen.len(), ids.len(), "records that no request made");
 }
 
-#[test]
-fn five_thousand_requests_arrive_exactly_once() {
+fn five_thousand_requests_arrive_exactly_once(target: Target) {
     let broker = Broker::start();
     broker.create_topic(TOPIC, 2);
     let bridge = Bridge::start(&["--brokers", &broker.bootstrap()]);
-    let envoy = envoy(&bridge, &json!({}));
+    let envoy = envoy(target, &bridge, &json!({}));
     let all = ids("e2e", 5000);
     send_all(&envoy, &all, 4);
     wait_sent(&envoy, 5000, Duration::from_secs(60));
@@ -139,12 +148,11 @@ fn five_thousand_requests_arrive_exactly_once() {
     assert_eq!(stat(&envoy, "kafka_log_records_failed_total"), 0);
 }
 
-#[test]
-fn bridge_stopped_for_ten_seconds_loses_nothing() {
+fn bridge_stopped_for_ten_seconds_loses_nothing(target: Target) {
     let broker = Broker::start();
     broker.create_topic(TOPIC, 2);
     let mut bridge = Bridge::start(&["--brokers", &broker.bootstrap()]);
-    let envoy = envoy(&bridge, &json!({}));
+    let envoy = envoy(target, &bridge, &json!({}));
     let before = ids("before", 500);
     send_all(&envoy, &before, 2);
     assert!(bridge.stop(), "the bridge did not stop cleanly:\n{}", bridge.log_text());
@@ -167,8 +175,7 @@ fn bridge_stopped_for_ten_seconds_loses_nothing() {
     assert_eq!(stat(&envoy, "kafka_log_records_dropped_total"), 0);
 }
 
-#[test]
-fn broker_stopped_and_restarted_loses_nothing() {
+fn broker_stopped_and_restarted_loses_nothing(target: Target) {
     let mut broker = Broker::start();
     broker.create_topic(TOPIC, 2);
     // A broker that comes back empty (tansu's memory storage) knows no producer id: with tansu
@@ -183,7 +190,7 @@ fn broker_stopped_and_restarted_loses_nothing() {
         "--kafka",
         "enable.idempotence=false",
     ]);
-    let envoy = envoy(&bridge, &json!({}));
+    let envoy = envoy(target, &bridge, &json!({}));
     let before = ids("before", 500);
     send_all(&envoy, &before, 2);
     wait_sent(&envoy, 500, Duration::from_secs(30));
@@ -231,22 +238,22 @@ fn wait_accounted(envoy: &Envoy, total: u64) -> (u64, u64) {
     (dropped, buffered)
 }
 
-#[test]
-fn a_full_buffer_drops_and_counts_and_stays_bounded() {
+fn a_full_buffer_drops_and_counts_and_stays_bounded(target: Target) {
     // The bridge writes JSON lines here; it is down while the buffer fills.
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("records.jsonl");
     let mut bridge = Bridge::start(&["--output", &output.to_string_lossy()]);
     let config = json!({"buffer_max_records": 100, "batch_max_size": 50, "max_in_flight": 1,
                         "fields": {"request_headers": {"pad": "x-pad"}}});
-    let envoy = envoy(&bridge, &config);
+    let envoy = envoy(target, &bridge, &config);
     bridge.stop();
     // 4 KiB records: 5,000 of them held would be 20 MiB.
     let pad = "p".repeat(4096);
     let first = ids("flood", 1000);
     send_all_with(&envoy, &first, 2, &[("x-pad", &pad)]);
     let (_, buffered) = wait_accounted(&envoy, 1000);
-    assert!((100..=200).contains(&buffered), "each of the two workers holds at most 100: {buffered}");
+    // At most 100 per buffer: one per worker on Wasm, one for the whole Envoy natively.
+    assert!((100..=200).contains(&buffered), "{buffered}");
     assert!(envoy.log().contains("record(s) dropped (buffer full"), "{}", envoy.log_tail(20));
     let pid = envoy.pid().unwrap();
     let rss_before = rss_kib(pid);
@@ -289,8 +296,7 @@ fn send_spread(
     })
 }
 
-#[test]
-fn broker_stalled_longer_than_the_filter_timeout_stores_every_record_once() {
+fn broker_stalled_longer_than_the_filter_timeout_stores_every_record_once(target: Target) {
     // The issue this guards against: a broker that stalls longer than a delivery timeout still
     // stores what it was sent; a bridge that reported those records failed (retriable) had them
     // sent and stored again. Now the bridge waits for Kafka, and the filter, whose 3 s timeout
@@ -299,7 +305,7 @@ fn broker_stalled_longer_than_the_filter_timeout_stores_every_record_once() {
     let broker = Broker::start();
     broker.create_topic(TOPIC, 2);
     let bridge = Bridge::start(&["--brokers", &broker.bootstrap()]);
-    let envoy = envoy(&bridge, &json!({"timeout_ms": 3000}));
+    let envoy = envoy(target, &bridge, &json!({"timeout_ms": 3000}));
     let before = ids("before", 1000);
     send_all(&envoy, &before, 2);
     wait_sent(&envoy, 1000, Duration::from_secs(30));
@@ -330,8 +336,7 @@ fn broker_stalled_longer_than_the_filter_timeout_stores_every_record_once() {
     assert_eq!(stat(&envoy, "kafka_log_records_failed_total"), 0);
 }
 
-#[test]
-fn bridge_killed_with_produce_requests_in_flight_duplicates_at_most_what_it_held() {
+fn bridge_killed_with_produce_requests_in_flight_duplicates_at_most_what_it_held(target: Target) {
     // What cannot be removed: a bridge that dies after librdkafka sent a batch to the broker
     // forgets it, the filter (no answer) sends it again to the next bridge, and Kafka stores
     // both. Made certain here by stalling the broker, so the batches sit in its sockets when
@@ -342,7 +347,7 @@ fn bridge_killed_with_produce_requests_in_flight_duplicates_at_most_what_it_held
     broker.create_topic(TOPIC, 2);
     let mut bridge = Bridge::start(&["--brokers", &broker.bootstrap()]);
     let config = json!({"batch_max_size": 500, "max_in_flight": 32});
-    let envoy = envoy(&bridge, &config);
+    let envoy = envoy(target, &bridge, &config);
     let before = ids("before", 500);
     send_all(&envoy, &before, 2);
     wait_sent(&envoy, 500, Duration::from_secs(30));

@@ -126,6 +126,17 @@ impl Metrics {
         }
     }
 
+    /// Declares a labelled family of kind `M` whose series the plugin defines itself, by name
+    /// (with [`series_name`], or another form the host can split with the declared label
+    /// names, such as Istio's `family` `label=.=value;.;`), rather than through a [`Family`]. A
+    /// host with real labels defines the family here, while the plugin is configured (Envoy's
+    /// dynamic modules accept new families only then); on proxy-wasm this makes no host call.
+    pub fn declare_family<M: Metric>(&self, name: &str, labels: &[&str]) {
+        if let Err(status) = self.0.host.define_family(M::KIND, name, labels) {
+            log::warn!("cannot define metric family {name}: {status:?}; its series will count nothing");
+        }
+    }
+
     /// A cap of `max_series` label sets over every VM of the plugin (every Envoy worker), kept
     /// in the host's shared data under `namespace`. Shared data belongs to the VM id, which
     /// other plugins may share: make `namespace` name the plugin, and the configuration too

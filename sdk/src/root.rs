@@ -45,14 +45,6 @@ impl Root {
         &self.0.metrics
     }
 
-    /// Whether this instance of the plugin gets [`crate::Plugin::on_tick`] and the answers to
-    /// its own [`Root::dispatch`]es: every Wasm VM does; natively only the main thread's
-    /// instance does, and worker instances must find that work's results in shared data (and
-    /// read the clock themselves). Known at `configure`; not a host call.
-    pub fn ticks(&self) -> bool {
-        self.0.host.ticks()
-    }
-
     /// The host's wall clock; `None` when the host cannot tell.
     pub fn now(&self) -> Option<SystemTime> {
         self.0.host.current_time().ok()
@@ -88,6 +80,27 @@ impl Root {
     /// (`Err(CasMismatch)` otherwise).
     pub fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
         self.0.host.set_shared_data(key, value, cas)
+    }
+
+    /// Whether this plugin instance gets [`crate::Plugin::on_tick`] and the answers to its own
+    /// callouts: every proxy-wasm VM does; natively only the main thread's instance does, so
+    /// work a worker's instance leaves for the tick must reach it (see [`Root::queue_push`]).
+    pub fn ticks(&self) -> bool {
+        self.0.host.ticks()
+    }
+
+    /// Hands `item` to the queue `name`, one per process natively, from an instance that does
+    /// not tick to the one that does ([`Root::queue_drain`] in its `on_tick`); `Ok(false)` when
+    /// the queue holds `capacity` items already. Only where [`Root::ticks`] is false:
+    /// elsewhere `Err(NotFound)`, and no host call.
+    pub fn queue_push(&self, name: &str, item: &[u8], capacity: usize) -> Result<bool, Status> {
+        self.0.host.queue_push(name, item, capacity)
+    }
+
+    /// Takes every item of the queue `name`, oldest first (`Err(NotFound)` where every
+    /// instance ticks: nothing is ever queued there).
+    pub fn queue_drain(&self, name: &str) -> Result<Vec<Bytes>, Status> {
+        self.0.host.queue_drain(name)
     }
 
     /// Sends `callout` from the plugin: the answer arrives in [`crate::Plugin::on_callout`]

@@ -228,6 +228,9 @@ pub struct FakeHost {
     logs: RefCell<Vec<(LogLevel, String)>>,
     /// Clusters callouts may go to; `None` for any.
     clusters: RefCell<Option<Vec<String>>>,
+    /// Whether plugins on this host tick (`Root::ticks`); the queues they hand work over in.
+    ticks: Cell<bool>,
+    queues: RefCell<HashMap<String, std::collections::VecDeque<Bytes>>>,
 }
 
 /// 2026-01-01T00:00:00Z: the fake clock's start, fixed so tests are repeatable.
@@ -251,7 +254,16 @@ impl FakeHost {
             done: Cell::new(0),
             logs: RefCell::new(Vec::new()),
             clusters: RefCell::new(None),
+            ticks: Cell::new(true),
+            queues: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Plugins configured from now on this host see `Root::ticks` as `ticks` (false: a native
+    /// module's worker instance), with the process's queues (`Root::queue_push`), which are
+    /// not proxy-wasm host calls and are not counted.
+    pub fn set_ticks(&self, ticks: bool) {
+        self.ticks.set(ticks);
     }
 
     fn count(&self) {
@@ -486,6 +498,24 @@ impl Host for FakeHost {
         }
         shared.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
         Ok(())
+    }
+    fn ticks(&self) -> bool {
+        self.ticks.get()
+    }
+    fn queue_push(&self, name: &str, item: &[u8], capacity: usize) -> Result<bool, Status> {
+        if self.ticks.get() {
+            return Err(Status::NotFound);
+        }
+        let mut queues = self.queues.borrow_mut();
+        let queue = queues.entry(name.to_string()).or_default();
+        if queue.len() >= capacity {
+            return Ok(false);
+        }
+        queue.push_back(item.to_vec());
+        Ok(true)
+    }
+    fn queue_drain(&self, name: &str) -> Result<Vec<Bytes>, Status> {
+        Ok(self.queues.borrow_mut().get_mut(name).map(|q| q.drain(..).collect()).unwrap_or_default())
     }
     fn set_tick_period(&self, period: Duration) -> Result<(), Status> {
         self.count();

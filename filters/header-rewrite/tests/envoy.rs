@@ -6,16 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use gatewasm_envoy::{
-    for_each_target, EchoUpstream, EnvoyBuilder, HttpFilter, Request, Target, UPSTREAM_CLUSTER,
+    for_each_target, EchoUpstream, EnvoyBuilder, HttpFilter, Request, Target, NATIVE_REFUSAL,
+    UPSTREAM_CLUSTER,
 };
 use serde_json::{json, Value};
 
 fn filter(target: Target, config: &Value) -> HttpFilter {
     target.filter("header-rewrite", "header_rewrite", config).unwrap_or_else(|e| panic!("{e:#}"))
 }
-
-/// What Envoy 1.40 logs when a dynamic module's configuration hook returns null.
-const NATIVE_REFUSAL: &str = "Failed to create filter config: Failed to initialize dynamic module";
 
 for_each_target!(
     rewritten_request_reaches_upstream_and_response_headers_reach_client,

@@ -15,7 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use gatewasm::metrics::{Gauge, Histogram, LocalCounter, Metrics, SharedCap};
+use gatewasm::metrics::{Counter, Gauge, Histogram, LocalCounter, Metrics, SharedCap};
 
 use crate::config::Histograms;
 use crate::labels::OVERFLOW_VALUE;
@@ -142,6 +142,19 @@ impl Registry {
         max_series: usize,
         namespace: String,
     ) -> Self {
+        // A host with real labels (a native module) defines each family once, here; the series
+        // below are then named in either form and split with these label names.
+        let names: Vec<&str> = labels.iter().map(String::as_str).collect();
+        metrics.declare_family::<Counter>(&families.requests, &names);
+        for (on, family) in [
+            (histograms.duration, &families.duration),
+            (histograms.request_bytes, &families.request_bytes),
+            (histograms.response_bytes, &families.response_bytes),
+        ] {
+            if on {
+                metrics.declare_family::<Histogram>(family, &names);
+            }
+        }
         let overflow_counter = metrics.local_counter(&families.overflow);
         let series_gauge = metrics.gauge(&families.series);
         let memory_gauge = metrics.gauge(&families.memory);

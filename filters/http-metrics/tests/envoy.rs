@@ -1,19 +1,31 @@
 //! End to end through Envoy 1.40: requests in, `/stats/prometheus` out, parsed with a Prometheus
-//! text-format parser. Build first: cargo build --release --target wasm32-wasip1 -p http-metrics
+//! text-format parser; each test once with the Wasm module (V8) and once with the native dynamic
+//! module, one set of expectations for both. Build first: cargo build --release --target
+//! wasm32-wasip1 -p http-metrics, and cargo build --release -p http-metrics
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use gatewasm_envoy::{EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Request, WasmFilter};
+use gatewasm_envoy::{
+    for_each_target, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Request, Target, NATIVE_REFUSAL,
+};
 use openmetrics_parser::{MetricNumber, PrometheusType, PrometheusValue};
 use serde_json::{json, Value};
 
-fn filter(config: &Value) -> WasmFilter {
-    WasmFilter::new(gatewasm_envoy::wasm_artifact("http_metrics.wasm", "http-metrics").unwrap())
-        .json_configuration(config)
+fn filter(target: Target, config: &Value) -> HttpFilter {
+    target.filter("http-metrics", "http_metrics", config).unwrap_or_else(|e| panic!("{e:#}"))
 }
+
+for_each_target!(
+    a_mix_of_hosts_and_paths_becomes_labelled_series,
+    envoy_and_earlier_filter_replies_are_counted,
+    ten_thousand_random_paths_and_hosts_stay_within_the_cap,
+    bad_config_is_refused_with_the_field_named,
+    istio_extra_stat_tags_give_the_same_labels,
+    labels_are_the_request_as_it_reached_the_filter,
+);
 
 /// The shipped `stats_config`, given to Envoy exactly as the README tells users to:
 /// `--config-yaml "$(cat filters/http-metrics/envoy-stats.json)"`.
@@ -23,9 +35,9 @@ fn shipped_stats_config() -> String {
 
 /// Envoy with the filter and the shipped stats settings; histograms merged every 100 ms so a
 /// scrape sees them quickly (Envoy's default is every 5 s).
-fn envoy(config: &Value, upstream: &EchoUpstream, workers: u32) -> Envoy {
+fn envoy(target: Target, config: &Value, upstream: &EchoUpstream, workers: u32) -> Envoy {
     EnvoyBuilder::new()
-        .wasm(filter(config))
+        .filter(filter(target, config))
         .upstream(upstream.addr())
         .concurrency(workers)
         .arg("--config-yaml")
@@ -131,10 +143,10 @@ fn send(envoy: &Envoy, request: Request) -> u16 {
     envoy.send(&request).unwrap().status
 }
 
-#[test]
-fn a_mix_of_hosts_and_paths_becomes_labelled_series() {
+fn a_mix_of_hosts_and_paths_becomes_labelled_series(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
     let envoy = envoy(
+        target,
         &json!({
             "hosts": ["api.example.com", "*.shop.example.com"],
             "routes": [{"template": "/users/{id}/orders/{order}"}, {"prefix": "/static/"}],
@@ -166,9 +178,12 @@ fn a_mix_of_hosts_and_paths_becomes_labelled_series() {
         200
     );
 
+    // The series gauge is set by the plugin's tick, which may come after the counts (a native
+    // module counts at once).
     let f = scrape_until(&envoy, |f| {
         total(f, "gatewasm_http_requests_total") == 8
             && histograms(f, "gatewasm_http_request_duration_ms").values().map(|(c, _)| c).sum::<u64>() == 8
+            && matches!(f.get("gatewasm_http_series").map(|(_, s)| &s[0].1), Some(Val::Number(n)) if *n == 5.0)
     });
     let series = |host: &str, path: &str, method: &str, n: u64| {
         (
@@ -222,17 +237,22 @@ fn a_mix_of_hosts_and_paths_becomes_labelled_series() {
         other => panic!("{name}: {other:?}"),
     };
     assert_eq!(gauge("gatewasm_http_series"), 5.0);
-    assert!(gauge("gatewasm_http_vm_memory_bytes") >= 65536.0);
+    let memory = gauge("gatewasm_http_vm_memory_bytes");
+    match target {
+        // A VM's linear memory: at least one 64 KiB page.
+        Target::Wasm => assert!(memory >= 65536.0, "{memory}"),
+        // A native module runs in Envoy's own memory: there is no VM to report.
+        Target::Native => assert_eq!(memory, 0.0),
+    }
 }
 
-#[test]
-fn envoy_and_earlier_filter_replies_are_counted() {
+fn envoy_and_earlier_filter_replies_are_counted(target: Target) {
     let closed = EchoUpstream::start().unwrap().addr();
     let upstream = EchoUpstream::start().unwrap();
     let config = json!({"status": "class", "unmatched_paths": "fixed", "routes": [{"prefix": "/api/"}]});
     // An unreachable upstream: the router's own 503.
     let dead = EnvoyBuilder::new()
-        .wasm(filter(&config))
+        .filter(filter(target, &config))
         .upstream(closed)
         .arg("--config-yaml")
         .arg(&shipped_stats_config())
@@ -255,7 +275,7 @@ fn envoy_and_earlier_filter_replies_are_counted() {
         .filter(HttpFilter::lua(
             "function envoy_on_request(h)\n  if h:headers():get(\":path\") == \"/api/private\" then\n    h:respond({[\":status\"] = \"401\"}, \"no\")\n  end\nend\n",
         ))
-        .wasm(filter(&json!({"hosts": ["api.example.com"], "routes": [{"prefix": "/api/"}]})))
+        .filter(filter(target, &json!({"hosts": ["api.example.com"], "routes": [{"prefix": "/api/"}]})))
         .upstream(upstream.addr())
         .arg("--config-yaml")
         .arg(&shipped_stats_config())
@@ -275,12 +295,11 @@ fn envoy_and_earlier_filter_replies_are_counted() {
 
 /// 10,000 requests with random paths and hosts over two workers: the series stay within the cap
 /// (shared by both workers' VMs), every request is counted, and the VMs' memory stays small.
-#[test]
-fn ten_thousand_random_paths_and_hosts_stay_within_the_cap() {
+fn ten_thousand_random_paths_and_hosts_stay_within_the_cap(target: Target) {
     const N: u64 = 10_000;
     const CAP: usize = 50;
     let upstream = EchoUpstream::start().unwrap();
-    let envoy = envoy(&json!({"hosts": ["*.example.com"], "max_series": CAP}), &upstream, 2);
+    let envoy = envoy(target, &json!({"hosts": ["*.example.com"], "max_series": CAP}), &upstream, 2);
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = || {
         seed ^= seed << 13;
@@ -327,10 +346,9 @@ fn ten_thousand_random_paths_and_hosts_stay_within_the_cap() {
     assert!(memory <= 6.0 * 1024.0 * 1024.0, "the VMs hold {memory} bytes");
 }
 
-#[test]
-fn bad_config_is_refused_with_the_field_named() {
+fn bad_config_is_refused_with_the_field_named(target: Target) {
     let log = EnvoyBuilder::new()
-        .wasm(filter(&json!({"hosts": ["a.example.com:80"], "max_series": 0, "colour": 1})))
+        .filter(filter(target, &json!({"hosts": ["a.example.com:80"], "max_series": 0, "colour": 1})))
         .start_expecting_failure()
         .unwrap();
     let line = log
@@ -342,7 +360,10 @@ fn bad_config_is_refused_with_the_field_named() {
     {
         assert!(line.contains(needle), "missing {needle:?} in {line}");
     }
-    assert!(log.contains("Unable to create Wasm plugin http_metrics"), "{log}");
+    match target {
+        Target::Wasm => assert!(log.contains("Unable to create Wasm plugin http_metrics"), "{log}"),
+        Target::Native => assert!(log.contains(NATIVE_REFUSAL), "{log}"),
+    }
 }
 
 /// The `stats_config` an Istio proxy gets from Istio's bootstrap template
@@ -378,12 +399,16 @@ fn istio_stats_config() -> Value {
             "use_all_default_tags": false,
             "stats_tags": tags,
             "histogram_bucket_settings": [
-                {"match": {"prefix": "wasmcustom.gatewasm_http_request_bytes"}, "buckets": [1, 100, 1000]}
+                {"match": {"prefix": "wasmcustom.gatewasm_http_request_bytes"}, "buckets": [1, 100, 1000]},
+                {"match": {"prefix": "dynamicmodulescustom.gatewasm_http_request_bytes"}, "buckets": [1, 100, 1000]}
             ],
+            // The last prefix is what `proxyStatsMatcher: {inclusionPrefixes:
+            // [dynamicmodulescustom.]}` adds: Istio's own list keeps `wasm*` stats only, and a
+            // native module's are `dynamicmodulescustom.*`.
             "stats_matcher": {"inclusion_list": {"patterns": [
                 {"prefix": "reporter="}, {"prefix": "cluster_manager"}, {"prefix": "listener_manager"},
                 {"prefix": "server"}, {"prefix": "cluster.xds-grpc"}, {"prefix": "wasm"},
-                {"prefix": "component"}, {"prefix": "istio"}
+                {"prefix": "component"}, {"prefix": "istio"}, {"prefix": "dynamicmodulescustom."}
             ]}}
         },
         "stats_flush_interval": "0.100s"
@@ -392,15 +417,17 @@ fn istio_stats_config() -> Value {
 
 /// `stat_names: istio` on an Istio-shaped proxy: the same labels through `extraStatTags`, and
 /// values that Istio's own unanchored tags would otherwise cut into.
-#[test]
-fn istio_extra_stat_tags_give_the_same_labels() {
+fn istio_extra_stat_tags_give_the_same_labels(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
     let envoy = EnvoyBuilder::new()
-        .wasm(filter(&json!({
-            "stat_names": "istio",
-            "hosts": ["api.example.com", "cache.example.com"],
-            "routes": [{"template": "/users/{id}"}]
-        })))
+        .filter(filter(
+            target,
+            &json!({
+                "stat_names": "istio",
+                "hosts": ["api.example.com", "cache.example.com"],
+                "routes": [{"template": "/users/{id}"}]
+            }),
+        ))
         .upstream(upstream.addr())
         .bootstrap_patch(istio_stats_config())
         .start()
@@ -480,11 +507,10 @@ fn standalone_example_is_valid_and_matches_the_shipped_stats_config() {
 
 /// A filter after this one rewrites the path and host (as header-rewrite does): the labels are
 /// still what the client called.
-#[test]
-fn labels_are_the_request_as_it_reached_the_filter() {
+fn labels_are_the_request_as_it_reached_the_filter(target: Target) {
     let upstream = EchoUpstream::start().unwrap();
     let envoy = EnvoyBuilder::new()
-        .wasm(filter(&json!({"hosts": ["api.example.com", "backend.internal"], "routes": [{"prefix": "/api/"}]})))
+        .filter(filter(target, &json!({"hosts": ["api.example.com", "backend.internal"], "routes": [{"prefix": "/api/"}]})))
         .filter(HttpFilter::lua(
             "function envoy_on_request(h)\n  h:headers():replace(\":path\", \"/v2/users\")\n  h:headers():replace(\":authority\", \"backend.internal\")\nend\n",
         ))

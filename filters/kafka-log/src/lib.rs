@@ -14,6 +14,7 @@
 //! (`produce`), and what may succeed later is retried with exponential backoff (`outbox`).
 
 pub mod config;
+pub mod handoff;
 pub mod outbox;
 pub mod produce;
 pub mod record;
@@ -107,6 +108,9 @@ pub struct KafkaLog {
     /// This VM's part of every idempotency key, drawn at configuration: keys of two workers or
     /// two configurations differ even though their batch numbers are the same.
     key_prefix: u64,
+    /// Where an instance that never ticks (a native module's worker) hands its records to the
+    /// one that does, named for the configuration.
+    queue: String,
 }
 
 /// The idempotency key header of the produce requests; the bridge recognises it (README).
@@ -265,6 +269,15 @@ impl KafkaLog {
     }
 }
 
+/// The queue of the configuration `raw`: configurations that differ do not share records.
+fn queue_name(raw: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    // Deterministic within the process, which is all a queue's name must be.
+    let mut hasher = std::hash::DefaultHasher::new();
+    raw.hash(&mut hasher);
+    format!("kafka_log.{:016x}", hasher.finish())
+}
+
 /// The root's clock in milliseconds since the Unix epoch (0 when the host cannot tell).
 fn now_ms(root: &Root) -> u64 {
     unix_ns(root.now()).map_or(0, |ns| ns / 1_000_000)
@@ -306,6 +319,7 @@ impl Plugin for KafkaLog {
             warned: Cell::new(Warned::default()),
             closing: Cell::new(false),
             key_prefix: 0,
+            queue: queue_name(raw),
         };
         plugin.key_prefix = plugin.random();
         Ok(plugin)
@@ -326,6 +340,14 @@ impl Plugin for KafkaLog {
     }
 
     fn on_tick(self: &Rc<Self>, root: &Root) {
+        // Records of the instances that never tick (a native module's workers); on proxy-wasm
+        // every VM ticks, nothing is queued and this is no host call.
+        if let Ok(items) = root.queue_drain(&self.queue) {
+            let mut outbox = self.outbox.borrow_mut();
+            for entry in items.iter().filter_map(|item| handoff::decode(item)) {
+                outbox.push(entry);
+            }
+        }
         let now = now_ms(root);
         self.pump(root, now);
         self.report(now);
@@ -508,7 +530,18 @@ impl HttpFilter for LogStream {
         let key =
             record::write_record(&plugin.config.fields, &values, &timing, plugin.config.key_field, &mut text);
         let at_ms = end_ns.map_or(0, |ns| ns / 1_000_000);
-        plugin.outbox.borrow_mut().push(Entry { text, key, at_ms });
+        let entry = Entry { text, key, at_ms };
+        let root = stream.root();
+        if root.ticks() {
+            plugin.outbox.borrow_mut().push(entry);
+            return;
+        }
+        // This instance never sends (a native module's worker): the record goes to the one that
+        // does, through a queue bounded as the buffer is; what does not fit is counted dropped.
+        let capacity = plugin.config.limits.buffer_max_records;
+        if !matches!(root.queue_push(&plugin.queue, &handoff::encode(&entry), capacity), Ok(true)) {
+            plugin.metrics.dropped.add(1);
+        }
     }
 }
 
@@ -519,6 +552,7 @@ gatewasm::export!(KafkaLog);
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
+    use std::rc::Rc;
     use std::time::{Duration, UNIX_EPOCH};
 
     use gatewasm::testing::{Answer, FakeHost, FakeStream, Harness};
@@ -651,6 +685,26 @@ mod tests {
             pick,
             json!({"auth": "[REDACTED]", "absent_auth": null, "mtls": true, "long": "five segments", "fixed": {"a": [1]}})
         );
+    }
+
+    /// A native module's worker instances never tick: their records reach the instance that
+    /// does through the process's queue, bounded as the buffer is.
+    #[test]
+    fn records_of_an_instance_that_never_ticks_reach_the_one_that_does() {
+        let host = FakeHost::new();
+        host.set_now(UNIX_EPOCH + Duration::from_nanos(START_NS));
+        let config = r#"{"cluster": "kafka", "topic": "t", "buffer_max_records": 1, "batch_max_size": 1}"#;
+        let worker = Harness::<KafkaLog>::with_host(Rc::clone(&host), config).unwrap();
+        let mut main = Harness::<KafkaLog>::with_host(Rc::clone(&host), config).unwrap();
+        host.set_ticks(false);
+        full_stream(&worker).log();
+        // The queue holds one record, as the buffer would: the second is dropped, and counted.
+        full_stream(&worker).log();
+        assert_eq!(host.counter(DROPPED), Some(1));
+        host.set_ticks(true);
+        let records = sent(&mut main);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].1["method"], "POST");
     }
 
     #[test]

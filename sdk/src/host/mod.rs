@@ -80,6 +80,24 @@ pub trait Host {
         let _ = (kind, name, labels);
         Ok(())
     }
+    /// Whether this plugin instance gets ticks and the answers to its own callouts: every
+    /// proxy-wasm VM does; a native module's worker instances do not (only the main thread's
+    /// instance ticks). Not a host call.
+    fn ticks(&self) -> bool {
+        true
+    }
+    /// Appends `item` to the queue `name`, shared by every plugin instance of the process,
+    /// unless it holds `capacity` items already (`Ok(false)`). For a host whose instances do not
+    /// all tick (see [`Host::ticks`]); others have no such queue (`NotFound`, no call).
+    fn queue_push(&self, name: &str, item: &[u8], capacity: usize) -> Result<bool, Status> {
+        let _ = (name, item, capacity);
+        Err(Status::NotFound)
+    }
+    /// Takes every item of the queue `name`, oldest first (see [`Host::queue_push`]).
+    fn queue_drain(&self, name: &str) -> Result<Vec<Bytes>, Status> {
+        let _ = name;
+        Err(Status::NotFound)
+    }
     /// Whether the SDK should batch local counters in the module and flush them on a tick
     /// (where a host call crosses a VM boundary), or send each update at once. Not a host call.
     fn batches_counters(&self) -> bool {
@@ -114,11 +132,5 @@ pub trait Host {
     /// to do here.
     fn let_body_through(&self) -> Result<(), Status> {
         Ok(())
-    }
-    /// Whether this plugin instance gets [`crate::Plugin::on_tick`] (and its own callouts'
-    /// answers). Every proxy-wasm VM does; natively only the main thread's instance does. Not a
-    /// host call.
-    fn ticks(&self) -> bool {
-        true
     }
 }

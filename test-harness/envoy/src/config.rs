@@ -206,6 +206,10 @@ impl NativeFilter {
     }
 }
 
+/// What Envoy 1.40 logs when a dynamic module's configuration hook refuses the configuration
+/// (the module's own message, naming the field, comes before it).
+pub const NATIVE_REFUSAL: &str = "Failed to create filter config: Failed to initialize dynamic module";
+
 /// Which build of a filter a test runs: the proxy-wasm module or the native dynamic module.
 /// A filter's Envoy tests take one and run once per target ([`crate::for_each_target!`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

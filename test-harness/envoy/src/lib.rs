@@ -28,7 +28,7 @@ mod upstream;
 pub use client::{send, Echo, Request, Response};
 pub use config::{
     duration, merge, Backend, BootstrapSpec, Cluster, HttpFilter, NativeFilter, Target, WasmFilter, BUNDLED,
-    BUNDLE_VAR, HCM_STAT_PREFIX, STRIP_MODULE_STAT_PREFIX, UPSTREAM_CLUSTER,
+    BUNDLE_VAR, HCM_STAT_PREFIX, NATIVE_REFUSAL, STRIP_MODULE_STAT_PREFIX, UPSTREAM_CLUSTER,
 };
 pub use gatewasm_paths::native_module;
 pub use process::LocalProcess;

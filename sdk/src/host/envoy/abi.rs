@@ -265,6 +265,8 @@ callbacks! {
     http_filter_get_attribute_string: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
     /// `bool http_filter_get_attribute_int(filter, attribute_id, uint64_t* result)`.
     http_filter_get_attribute_int: fn(FilterEnvoyPtr, u32, *mut u64) -> bool;
+    /// `bool http_filter_get_attribute_bool(filter, attribute_id, bool* result)`.
+    http_filter_get_attribute_bool: fn(FilterEnvoyPtr, u32, *mut bool) -> bool;
     /// `void http_clear_route_cache(filter)`.
     http_clear_route_cache: fn(FilterEnvoyPtr);
     /// `void http_filter_continue_decoding(filter)`.

@@ -17,8 +17,8 @@ use proxy_wasm::types::{Action, LogLevel, MetricType};
 
 use super::abi::{self, EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer, ModuleHttpHeader};
 use super::{
-    body_size, with_body_view, Answer, BodyView, ConfigShared, Effect, EnvoyHost, ANSWER, EFFECTS, FILTER,
-    ROUTE_DIRTY,
+    body_size, with_body_view, with_log_elapsed, Answer, BodyView, ConfigShared, Effect, EnvoyHost, ANSWER,
+    EFFECTS, FILTER, ROUTE_DIRTY,
 };
 use crate::context::{RootContext, StreamContext};
 use crate::host::{Half, Host};
@@ -189,6 +189,9 @@ struct NativeStream {
     buffering_request: std::cell::Cell<bool>,
     /// The same for the response body.
     buffering_response: std::cell::Cell<bool>,
+    /// When Envoy created the stream's filter (the request headers had arrived): the start of
+    /// the module's own `request.duration`.
+    created: std::time::Instant,
 }
 
 /// Runs `f` on the stream's context with `filter` as the current stream, then does what the
@@ -401,6 +404,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
             responding: std::cell::Cell::new(false),
             buffering_request: std::cell::Cell::new(false),
             buffering_response: std::cell::Cell::new(false),
+            created: std::time::Instant::now(),
         };
         Box::into_raw(Box::new(stream)).cast_const().cast()
     })
@@ -522,9 +526,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     module: *const c_void,
 ) {
     guard((), || {
-        run(filter, module, |s| {
-            s.log();
-            Action::Continue
+        // SAFETY: as in `run`.
+        let Some(stream) = (unsafe { module.cast::<NativeStream>().as_ref() }) else { return };
+        with_log_elapsed(stream.created.elapsed(), || {
+            run(filter, module, |s| {
+                s.log();
+                Action::Continue
+            })
         });
     });
 }

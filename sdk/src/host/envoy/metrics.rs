@@ -63,6 +63,26 @@ fn split(name: &str) -> (&str, Vec<&str>, Vec<&str>) {
     (family, labels, values)
 }
 
+/// Istio's form of a series name, `family` then `label=.=value;.;` per label (the form Istio's
+/// `extraStatTags` regexes take apart), split with the label names of a declared family of
+/// `kind`: the family name runs into the first label's, so only the declared names tell them
+/// apart.
+fn split_istio(inner: &Inner, kind: u8, name: &str) -> Option<(String, Vec<String>, Vec<String>)> {
+    inner.families.keys().filter(|(k, _, labels)| *k == kind && !labels.is_empty()).find_map(
+        |(_, family, labels)| {
+            let mut rest = name.strip_prefix(family.as_str())?;
+            let mut values = Vec::with_capacity(labels.len());
+            for label in labels {
+                rest = rest.strip_prefix(label.as_str())?.strip_prefix("=.=")?;
+                let (value, after) = rest.split_once(";.;")?;
+                values.push(value.to_string());
+                rest = after;
+            }
+            rest.is_empty().then(|| (family.clone(), labels.clone(), values))
+        },
+    )
+}
+
 /// Defines a family in Envoy unless it is defined; only the main thread may.
 fn ensure_family(
     config: &ConfigShared,
@@ -117,6 +137,17 @@ pub(super) fn define(config: &ConfigShared, kind: MetricType, name: &str) -> Res
         return Ok(*id);
     }
     let (family, labels, values) = split(name);
+    let istio = if labels.is_empty() && name.ends_with(";.;") {
+        split_istio(&config.metrics.0.read().unwrap_or_else(PoisonError::into_inner), kind_key(kind), name)
+    } else {
+        None
+    };
+    let (family, labels, values): (&str, Vec<&str>, Vec<&str>) = match &istio {
+        Some((family, labels, values)) => {
+            (family, labels.iter().map(String::as_str).collect(), values.iter().map(String::as_str).collect())
+        }
+        None => (family, labels, values),
+    };
     let envoy = ensure_family(config, kind, family, &labels)?;
     let mut table = config.metrics.0.write().unwrap_or_else(PoisonError::into_inner);
     if let Some(id) = table.by_name.get(&key) {
@@ -177,7 +208,26 @@ pub(super) fn record(config: &ConfigShared, id: u32, value: u64) -> Result<(), S
 
 #[cfg(test)]
 mod tests {
-    use super::split;
+    use super::{split, split_istio, Inner};
+
+    #[test]
+    fn istio_form_names_split_with_the_declared_label_names() {
+        let mut inner = Inner::default();
+        inner.families.insert((0, "req_total".into(), vec!["host".into(), "code".into()]), 1);
+        inner.families.insert((0, "req".into(), vec!["x".into()]), 2);
+        let split = |name: &str| split_istio(&inner, 0, name);
+        assert_eq!(
+            split("req_totalhost=.=a.example;.;code=.=200;.;"),
+            Some((
+                "req_total".into(),
+                vec!["host".into(), "code".into()],
+                vec!["a.example".into(), "200".into()]
+            ))
+        );
+        assert_eq!(split("reqx=.=1;.;"), Some(("req".into(), vec!["x".into()], vec!["1".into()])));
+        assert_eq!(split("req_totalhost=.=a;.;"), None, "a label missing");
+        assert_eq!(split_istio(&inner, 2, "reqx=.=1;.;"), None, "another kind");
+    }
 
     #[test]
     fn series_names_split_into_family_labels_and_values() {

@@ -113,6 +113,17 @@ thread_local! {
     static BODY_THROUGH: Cell<bool> = const { Cell::new(false) };
     /// Which of Envoy's body buffers make the body the filter sees now.
     static BODY_VIEW: Cell<BodyView> = const { Cell::new(BodyView::Buffered) };
+    /// In the log hook: how long the stream has lived (from its filter's creation), the
+    /// module's own `request.duration` (see `properties`).
+    static LOG_ELAPSED: Cell<Option<std::time::Duration>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `elapsed` as the logged stream's duration (in the log hook).
+pub(crate) fn with_log_elapsed<T>(elapsed: std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let previous = LOG_ELAPSED.with(|e| e.replace(Some(elapsed)));
+    let result = f();
+    LOG_ELAPSED.with(|e| e.set(previous));
+    result
 }
 
 /// The body a filter sees, as proxy-wasm shows it: in a body callback the data that arrived,
@@ -316,7 +327,7 @@ impl Host for EnvoyHost {
     }
 
     fn property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
-        properties::read(filter()?, path)
+        properties::read(filter()?, path, LOG_ELAPSED.with(Cell::get))
     }
 
     fn foreign_function(&self, _name: &str, _arguments: &[u8]) -> Result<Bytes, Status> {
@@ -411,6 +422,19 @@ impl Host for EnvoyHost {
         Ok(shared_data::get(key))
     }
 
+    fn ticks(&self) -> bool {
+        // Envoy runs the configuration's scheduler, and so `on_tick`, on the main thread.
+        self.config.on_main_thread()
+    }
+
+    fn queue_push(&self, name: &str, item: &[u8], capacity: usize) -> Result<bool, Status> {
+        Ok(shared_data::queue_push(name, item, capacity))
+    }
+
+    fn queue_drain(&self, name: &str) -> Result<Vec<Bytes>, Status> {
+        Ok(shared_data::queue_drain(name))
+    }
+
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
         shared_data::set(key, value, cas)
     }
@@ -443,11 +467,6 @@ impl Host for EnvoyHost {
 
     fn reset(&self) -> Result<(), Status> {
         Err(Status::InternalFailure)
-    }
-
-    fn ticks(&self) -> bool {
-        // See `set_tick_period`.
-        self.config.on_main_thread()
     }
 
     fn let_body_through(&self) -> Result<(), Status> {

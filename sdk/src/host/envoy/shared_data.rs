@@ -2,12 +2,33 @@
 //! with the compare-and-swap versions of proxy-wasm's shared data (a write with a version
 //! succeeds only at that version; every write moves the version on).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use proxy_wasm::types::{Bytes, Status};
 
 static DATA: Mutex<Option<HashMap<String, (Bytes, u32)>>> = Mutex::new(None);
+
+/// The process's queues (`Root::queue_push`): how a worker's instance hands work to the main
+/// thread's, the only one that ticks.
+static QUEUES: Mutex<Option<HashMap<String, VecDeque<Bytes>>>> = Mutex::new(None);
+
+/// Appends `item` to queue `name` unless it holds `capacity` items.
+pub(super) fn queue_push(name: &str, item: &[u8], capacity: usize) -> bool {
+    let mut queues = QUEUES.lock().unwrap_or_else(PoisonError::into_inner);
+    let queue = queues.get_or_insert_with(HashMap::new).entry(name.to_string()).or_default();
+    if queue.len() >= capacity {
+        return false;
+    }
+    queue.push_back(item.to_vec());
+    true
+}
+
+/// Takes every item of queue `name`.
+pub(super) fn queue_drain(name: &str) -> Vec<Bytes> {
+    let mut queues = QUEUES.lock().unwrap_or_else(PoisonError::into_inner);
+    queues.as_mut().and_then(|q| q.get_mut(name)).map(|q| q.drain(..).collect()).unwrap_or_default()
+}
 
 /// The value of `key` and its version; `(None, None)` when absent.
 pub(super) fn get(key: &str) -> (Option<Bytes>, Option<u32>) {
