@@ -4,7 +4,8 @@
 //! filter must have done (request headers the upstream sees, response headers the client sees)
 //! and rows, each a filter chain of raw Envoy filters, `{"wasm": {...}}` entries or
 //! `{"module": {...}}` entries (the same filter built as a native dynamic module). The bare
-//! Envoy row and the Wasm floor row (noop filter) are always added in front.
+//! Envoy row and the Wasm floor row (noop filter) are always added in front, then the native floor
+//! row (noop-module) when its `.so` is built.
 
 use crate::LocalProcess;
 use std::collections::BTreeMap;
@@ -24,6 +25,9 @@ use crate::{
 pub const BARE: &str = "bare";
 /// Key of the always-present Wasm floor row (noop filter).
 pub const FLOOR: &str = "floor";
+/// Key of the native floor row (noop-module, an SDK filter that does nothing, as a dynamic
+/// module), present whenever `libnoop_module.so` is built.
+pub const NATIVE_FLOOR: &str = "native-floor";
 
 /// A benchmark scenario as read from its JSON file.
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +349,26 @@ impl Scenario {
             },
         ];
         let mut skipped = Vec::new();
+        let native_floor = ModuleSpec {
+            package: "noop-module".to_string(),
+            filter_name: "noop".to_string(),
+            configuration: Value::Null,
+        };
+        match native_floor.filter() {
+            Ok(filter) => rows.push(Row {
+                key: NATIVE_FLOOR.to_string(),
+                label: "native floor (SDK filter that does nothing, dynamic module)".to_string(),
+                note: None,
+                check_effects: false,
+                filters: vec![HttpFilter::Native(filter)],
+                clusters: Vec::new(),
+                services: None,
+                hcm_patch: None,
+            }),
+            Err(err) => {
+                skipped.push(Skipped { label: "native floor".to_string(), reason: format!("{err:#}") })
+            }
+        }
         'rows: for spec in &self.rows {
             let mut filters = Vec::new();
             for filter in &spec.filters {
