@@ -3,14 +3,13 @@
 //!
 //! `gatewasm-demo` runs until interrupted; `gatewasm-demo --check` sends the printed requests
 //! itself, checks the answers and exits (the test suite runs it, so the README's lines stay true).
+//! `--native` runs the same filters, from the same source, as native Envoy dynamic modules.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use gatewasm_envoy::auth_service::{AuthService, ADMIN_TOKEN};
-use gatewasm_envoy::{
-    target_dir, wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, LocalProcess, Request, WasmFilter,
-};
+use gatewasm_envoy::{target_dir, Cluster, EchoUpstream, Envoy, EnvoyBuilder, LocalProcess, Request, Target};
 use serde_json::json;
 
 /// An HS256 token for the demo secret: `{"name":"Admin","email":"admin@qq.com","id":1}`, valid
@@ -47,10 +46,13 @@ fn start_bridge(log: &std::path::Path) -> anyhow::Result<LocalProcess> {
     )
 }
 
-fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy> {
-    let header_rewrite = WasmFilter::new(wasm_artifact("header_rewrite.wasm", "header-rewrite")?)
-        .name("header-rewrite")
-        .json_configuration(&json!({
+/// Starts Envoy with the six filters built for `target`: Wasm modules in Envoy's V8, or native
+/// Envoy dynamic modules (`--native`).
+fn start(target: Target, listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy> {
+    let header_rewrite = target.filter(
+        "header-rewrite",
+        "header_rewrite",
+        &json!({
             "rules": [{
                 "name": "api",
                 "match": {"path": {"prefix": "/api/"}},
@@ -59,22 +61,25 @@ fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy
                 "request": {"remove": ["x-debug"], "set": [{"name": "x-gateway", "value": "gatewasm"}]},
                 "response": {"set": [{"name": "x-served-by", "value": "gatewasm %METHOD% %PATH%"}]}
             }]
-        }));
-    let hello = WasmFilter::new(wasm_artifact("hello.wasm", "hello")?)
-        .name("hello")
-        .json_configuration(&json!({"greeting": "hello from", "blocked_prefix": "/admin"}));
+        }),
+    )?;
+    let hello =
+        target.filter("hello", "hello", &json!({"greeting": "hello from", "blocked_prefix": "/admin"}))?;
     // Measures every request as it arrived, before the others act on it: known hosts keep their
     // name, /api/* is one route, other paths are normalised ({id} for numbers, UUIDs, hex).
-    let http_metrics = WasmFilter::new(wasm_artifact("http_metrics.wasm", "http-metrics")?)
-        .name("http-metrics")
-        .json_configuration(&json!({"hosts": ["shop.example.com"], "routes": [{"prefix": "/api/"}]}));
+    let http_metrics = target.filter(
+        "http-metrics",
+        "http_metrics",
+        &json!({"hosts": ["shop.example.com"], "routes": [{"prefix": "/api/"}]}),
+    )?;
     // /jwt/* needs a token signed with the demo secret, from the id_token cookie, a bearer header
     // or ?token=; its id and email claims go upstream as x-user-id / x-user-email. Each filter
     // removes client copies of the identity headers it sets from every request, so the two
     // identity sources of this demo use different headers (ext-auth owns x-admin-*).
-    let jwt_auth = WasmFilter::new(wasm_artifact("jwt_auth.wasm", "jwt-auth")?)
-        .name("jwt-auth")
-        .json_configuration(&json!({
+    let jwt_auth = target.filter(
+        "jwt-auth",
+        "jwt_auth",
+        &json!({
             "providers": {"login": {
                 "keys": [{"secret": "gatewasm-demo-secret-change-me-0123456789"}],
                 "from_cookies": ["id_token"],
@@ -90,12 +95,14 @@ fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy
                 {"match": {"prefix": "/jwt/billing/"}, "requires": {"provider_name": "login", "scopes": ["billing:read"]}},
                 {"match": {"prefix": "/jwt/"}, "requires": {"provider_name": "login"}}
             ]
-        }));
+        }),
+    )?;
     // The login and /nodebackend/ are asked of the auth service (the user story's Ambassador
     // AuthService setup); everything else passes unchecked.
-    let ext_auth = WasmFilter::new(wasm_artifact("ext_auth.wasm", "ext-auth")?)
-        .name("ext-auth")
-        .json_configuration(&json!({
+    let ext_auth = target.filter(
+        "ext-auth",
+        "ext_auth",
+        &json!({
             "cluster": "ext_auth", "path_prefix": "/extauth", "timeout_ms": 1000,
             "allowed_upstream_headers": ["x-admin-id", "x-admin-email"],
             "default": "skip",
@@ -103,27 +110,30 @@ fn start(listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy
                 {"name": "login", "match": {"path": {"exact": "/login"}, "methods": ["POST"]}, "action": "check"},
                 {"name": "protected", "match": {"path": {"prefix": "/nodebackend/"}}, "action": "check"}
             ]
-        }));
+        }),
+    )?;
     // Last in the chain: one JSON record per request, batched to the bridge from the root
     // context's tick; the client's Authorization is copied as [REDACTED].
-    let kafka_log = WasmFilter::new(wasm_artifact("kafka_log.wasm", "kafka-log")?)
-        .name("kafka-log")
-        .json_configuration(&json!({
+    let kafka_log = target.filter(
+        "kafka-log",
+        "kafka_log",
+        &json!({
             "cluster": "kafka-bridge", "topic": "access-logs", "key_field": "request_id",
             "flush_interval_ms": 200,
             "fields": {"request_headers": {"auth": "authorization"}, "values": {"gateway": "gatewasm-demo"}}
-        }));
+        }),
+    )?;
     let tags: Vec<_> = ["host", "path", "method", "code", "rule", "result", "provider", "reason"]
         .iter()
         .map(|t| json!({"tag_name": t, "regex": format!("(;{t}=([^;]*))")}))
         .collect();
     EnvoyBuilder::new()
-        .wasm(http_metrics)
-        .wasm(jwt_auth)
-        .wasm(ext_auth)
-        .wasm(hello)
-        .wasm(header_rewrite)
-        .wasm(kafka_log)
+        .filter(http_metrics)
+        .filter(jwt_auth)
+        .filter(ext_auth)
+        .filter(hello)
+        .filter(header_rewrite)
+        .filter(kafka_log)
         .upstream(services.upstream.addr())
         .cluster(Cluster::new("ext_auth", services.auth.addr()))
         .cluster(Cluster::new("kafka-bridge", services.bridge.addr()))
@@ -271,14 +281,20 @@ fn check_access_log(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-fn banner(listener: u16, admin: u16, access_log: &std::path::Path) -> String {
+fn banner(target: Target, listener: u16, admin: u16, access_log: &std::path::Path) -> String {
     let access_log = access_log.display();
+    let built = match target {
+        Target::Wasm => {
+            "Wasm modules in Envoy's V8; ./scripts/demo --native runs the same filters as native modules"
+        }
+        Target::Native => "native Envoy dynamic modules (lib<filter>.so); ./scripts/demo runs them as Wasm",
+    };
     format!(
         r#"
 gatewasm demo gateway: Envoy on 127.0.0.1:{listener} (admin 127.0.0.1:{admin}), filters http-metrics,
 jwt-auth, ext-auth, hello, header-rewrite and kafka-log, in front of an echo upstream that answers with the
 request it received; an auth service for ext-auth; the Kafka bridge for kafka-log, writing JSON
-lines to {access_log} (no Kafka needed).
+lines to {access_log} (no Kafka needed). The filters run as {built}.
 
   # header-rewrite: /api/* goes upstream as /v2/* with Host backend.internal, x-debug removed,
   # x-gateway added, x-envoy-original-path kept; the answer carries x-served-by.
@@ -321,7 +337,15 @@ Ctrl-C stops the gateway.
 }
 
 fn main() -> anyhow::Result<()> {
-    let check_only = std::env::args().any(|a| a == "--check");
+    let mut check_only = false;
+    let mut target = Target::Wasm;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--check" => check_only = true,
+            "--native" => target = Target::Native,
+            other => anyhow::bail!("unknown argument {other:?} (expected --check and/or --native)"),
+        }
+    }
     let (listener, admin) = if check_only {
         (0, 0)
     } else {
@@ -341,17 +365,17 @@ fn main() -> anyhow::Result<()> {
         auth: AuthService::start()?,
         bridge: start_bridge(&access_log)?,
     };
-    let envoy = start(listener, admin, &services)?;
+    let envoy = start(target, listener, admin, &services)?;
     if check_only {
         check(&envoy, &access_log)?;
-        println!("demo check: 1 passed, 0 failed");
+        println!("demo check ({target:?}): 1 passed, 0 failed");
         return Ok(());
     }
     // Envoy dies with this process whatever kills it; waiting for Ctrl-C or SIGTERM instead of
     // dying of it lets the destructors stop the services and remove Envoy's temporary files.
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-    print!("{}", banner(envoy.listener_addr().port(), envoy.admin_addr().port(), &access_log));
+    print!("{}", banner(target, envoy.listener_addr().port(), envoy.admin_addr().port(), &access_log));
     if let Some(signal) = signals.forever().next() {
         eprintln!("signal {signal}: stopping the gateway");
     }
