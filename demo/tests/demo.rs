@@ -1,6 +1,8 @@
 //! The demo gateway answers the requests its banner (and the README) shows, with the filters
 //! built as Wasm modules and as native dynamic modules.
 
+#![allow(clippy::panic)] // test code: a failure to run the demo fails the test
+
 fn check(args: &[&str]) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewasm-demo"))
         .arg("--check")
