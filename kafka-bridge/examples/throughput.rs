@@ -8,6 +8,8 @@
 //! cargo build --release -p gatewasm-kafka-bridge
 //! cargo run --release -p gatewasm-kafka-bridge --example throughput -- --duration 10
 //! ```
+//!
+//! `--native` runs the filter as a native dynamic module (`cargo build --release -p kafka-log`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,7 +19,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use gatewasm_envoy::bench::{run_wrk, WrkOptions};
-use gatewasm_envoy::{wasm_artifact, Cluster, Envoy, EnvoyBuilder, WasmFilter, HCM_STAT_PREFIX};
+use gatewasm_envoy::{Cluster, Envoy, EnvoyBuilder, Target, HCM_STAT_PREFIX};
 use serde_json::json;
 
 const USAGE: &str = "\
@@ -27,6 +29,7 @@ throughput [options]
   --connections N     wrk -c (default 16)
   --workers N         Envoy --concurrency (default 1)
   --verify            read the topic back with kafka-python and count the records
+  --native            the filter as a native Envoy dynamic module instead of Wasm
 ";
 
 fn stat(envoy: &Envoy, name: &str) -> u64 {
@@ -35,6 +38,7 @@ fn stat(envoy: &Envoy, name: &str) -> u64 {
 
 fn main() {
     let (mut duration, mut connections, mut workers, mut verify) = (10u32, 16u32, 1u32, false);
+    let mut target = Target::Wasm;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value =
@@ -44,6 +48,7 @@ fn main() {
             "--connections" => connections = value(),
             "--workers" => workers = value(),
             "--verify" => verify = true,
+            "--native" => target = Target::Native,
             _ => {
                 eprint!("{USAGE}");
                 std::process::exit(2);
@@ -59,9 +64,8 @@ fn main() {
         "batch_max_size": 500, "flush_interval_ms": 200, "max_in_flight": 4,
         "buffer_max_records": 50000, "buffer_max_bytes": 64 << 20,
     });
-    let wasm = wasm_artifact("kafka_log.wasm", "kafka-log").unwrap();
     let envoy = EnvoyBuilder::new()
-        .wasm(WasmFilter::new(wasm).json_configuration(&config))
+        .filter(target.filter("kafka-log", "kafka_log", &config).unwrap())
         .direct_response(200, "ok")
         .cluster(Cluster::new("kafka-bridge", bridge.addr))
         .concurrency(workers)
@@ -88,7 +92,7 @@ fn main() {
     }
     let drained = started.elapsed();
     let retried = stat(&envoy, "kafka_log_records_retried_total");
-    println!("Envoy workers: {workers}; wrk -t1 -c{connections} -d{duration}s");
+    println!("filter: {target:?}; Envoy workers: {workers}; wrk -t1 -c{connections} -d{duration}s");
     println!("gateway: {:.0} requests/s ({} requests answered)", wrk.rps, answered);
     println!(
         "Kafka: {sent} records stored in {:.2} s from the start of the load ({:.2} s of load, {:.2} s to drain): {:.0} records/s",

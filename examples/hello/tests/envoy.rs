@@ -34,9 +34,12 @@ fn greets_blocks_and_counts_in_envoy(target: Target) {
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.json().unwrap()["code"], "blocked_path");
 
-    let scrape = envoy.admin_get("/stats/prometheus").unwrap();
-    assert!(scrape.contains("\nhello_requests_total{method=\"GET\"} 1\n"), "{scrape}");
-    assert!(scrape.contains("\nhello_requests_total{method=\"POST\"} 1\n"), "{scrape}");
+    envoy
+        .prometheus_until(&[
+            "\nhello_requests_total{method=\"GET\"} 1\n",
+            "\nhello_requests_total{method=\"POST\"} 1\n",
+        ])
+        .unwrap();
 }
 
 fn envoy_refuses_bad_config_with_a_log_line_naming_the_field(target: Target) {
@@ -73,8 +76,7 @@ fn two_workers_count_into_one_series(target: Target) {
         let response = envoy.get("/x").unwrap();
         assert_eq!(response.echo().unwrap().header("x-greeting"), Some("hi localhost"));
     }
-    let scrape = envoy.admin_get("/stats/prometheus").unwrap();
-    assert!(scrape.contains(&format!("\nhello_requests_total{{method=\"GET\"}} {requests}\n")), "{scrape}");
+    envoy.prometheus_until(&[&format!("\nhello_requests_total{{method=\"GET\"}} {requests}\n")]).unwrap();
     // Both workers served (the listener's per-worker connection counters), so both plugins
     // counted.
     let per_worker = envoy.admin_get("/stats?filter=worker_.*downstream_cx_total").unwrap();

@@ -783,8 +783,8 @@ fn claims_and_scopes_are_enforced_per_rule_in_envoy(target: Target) {
     assert_eq!(series(&stats, "jwt_auth_denied_total", &want), Some("3"), "{stats}");
 }
 
-/// Polls Envoy's Prometheus stats until `done` holds (Wasm counters are flushed on the SDK's
-/// tick).
+/// Polls Envoy's Prometheus stats until `done` holds (counters reach Envoy from a periodic
+/// flush on both targets).
 fn eventually_stats(envoy: &Envoy, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -866,16 +866,19 @@ fn oidc_discovery_through_envoy(target: Target) {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.echo().unwrap().header("x-user"), Some("carol"));
 
-    let stats = envoy.admin_get("/stats/prometheus").unwrap();
-    for (name, result) in [
+    let wanted = [
         ("jwt_auth_discovery_fetches_total", "ok"),
         ("jwt_auth_discovery_fetches_total", "failed"),
         ("jwt_auth_jwks_fetches_total", "failed"),
-    ] {
+    ];
+    let counted = |stats: &str, name: &str, result: &str| {
         let labels = [r#"provider="idp""#.to_string(), format!("result=\"{result}\"")];
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        let value = series(&stats, name, &labels);
-        assert!(value.is_some_and(|v| v != "0"), "{name} {result}: {stats}");
+        series(stats, name, &labels).is_some_and(|v| v != "0")
+    };
+    let stats = eventually_stats(&envoy, |stats| wanted.iter().all(|(n, r)| counted(stats, n, r)));
+    for (name, result) in wanted {
+        assert!(counted(&stats, name, result), "{name} {result}: {stats}");
     }
     assert!(envoy.log().contains("discovery document names another issuer"), "{}", envoy.log());
 }

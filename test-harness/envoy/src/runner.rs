@@ -582,6 +582,24 @@ impl Envoy {
         Ok(response.text())
     }
 
+    /// `/stats/prometheus` once it contains every one of `wanted` (or an error with the last
+    /// scrape after 10 s): counters reach Envoy from the module's periodic flush on both
+    /// targets, up to a second after the request.
+    pub fn prometheus_until(&self, wanted: &[&str]) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let scrape = self.admin_get("/stats/prometheus")?;
+            if wanted.iter().all(|w| scrape.contains(w)) {
+                return Ok(scrape);
+            }
+            if std::time::Instant::now() > deadline {
+                let missing: Vec<&&str> = wanted.iter().filter(|w| !scrape.contains(**w)).collect();
+                bail!("metrics missing after 10 s: {missing:?}\n{scrape}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// All counters and gauges from `/stats?format=json`, by name.
     pub fn stats(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
         let text = self.admin_get("/stats?format=json")?;

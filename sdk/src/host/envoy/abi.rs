@@ -261,6 +261,8 @@ callbacks! {
     http_get_body_chunks_size: fn(FilterEnvoyPtr, u32) -> usize;
     /// `bool http_get_body_chunks(filter, body_type, envoy_buffer* result)`.
     http_get_body_chunks: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
+    /// `size_t http_get_body_size(filter, body_type)`: the bytes of that body, 0 when absent.
+    http_get_body_size: fn(FilterEnvoyPtr, u32) -> usize;
     /// `bool http_filter_get_attribute_string(filter, attribute_id, envoy_buffer* result)`.
     http_filter_get_attribute_string: fn(FilterEnvoyPtr, u32, *mut EnvoyBuffer) -> bool;
     /// `bool http_filter_get_attribute_int(filter, attribute_id, uint64_t* result)`.

@@ -355,6 +355,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         if native.instance().is_none() {
             return std::ptr::null();
         }
+        if super::ticker::start_flush(&native.shared).is_err() {
+            log::error!("{}: cannot start the counter flush", native.shared.name);
+            return std::ptr::null();
+        }
         let pointer: *const c_void = Box::into_raw(Box::new(native)).cast_const().cast();
         LIVE.lock().unwrap_or_else(PoisonError::into_inner).push(pointer as usize);
         pointer
@@ -372,10 +376,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
         // SAFETY: the pointer `config_new` returned, given back once.
         let native = unsafe { Box::from_raw(config.cast::<NativeConfig>().cast_mut()) };
         native.shared.destroyed.store(true, Ordering::Release);
-        let ticker = native.shared.ticker.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(ticker) = ticker {
-            ticker.stop();
+        for slot in [&native.shared.ticker, &native.shared.flusher] {
+            let ticker = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(ticker) = ticker {
+                ticker.stop();
+            }
         }
+        // Counts since the last flush: Envoy keeps the stats of a configuration it replaced.
+        super::metrics::flush(&native.shared);
         sweep();
     });
 }
@@ -576,7 +584,8 @@ unsafe fn slice<'a, T>(data: *const T, len: usize) -> &'a [T] {
     unsafe { std::slice::from_raw_parts(data, len) }
 }
 
-/// A tick of the main thread's plugin (the configuration scheduler's event, on the main thread).
+/// A tick of the main thread's plugin or a counter flush (the configuration scheduler's events,
+/// on the main thread).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: abi::ConfigEnvoyPtr,
@@ -584,6 +593,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     event_id: u64,
 ) {
     guard((), || {
+        if event_id == super::ticker::FLUSH {
+            if let Some(instance) = main_instance(config) {
+                super::metrics::flush(&instance.config);
+            }
+            return;
+        }
         if event_id != super::ticker::TICK {
             return;
         }

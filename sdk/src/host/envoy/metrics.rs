@@ -7,8 +7,15 @@
 //! `/stats/prometheus` shows the same series as the Wasm target's without any `stats_tags`.
 //! Series are the SDK's ids into a table shared by every thread of the configuration; updates
 //! go through the configuration's callbacks, which Envoy allows from any thread.
+//!
+//! Counter increments are counted here, in one atomic per series, and reach Envoy from the main
+//! thread once a second (and when the configuration goes), as the Wasm target's local counters
+//! do: Envoy resolves a labelled series' name on every update (about 6,000 instructions, three
+//! quarters of what a native filter may add to a request), and a counter needs only the sum.
+//! Gauges and histogram samples go to Envoy at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use proxy_wasm::types::{MetricType, Status};
@@ -33,6 +40,8 @@ struct Series {
     kind: MetricType,
     envoy: usize,
     values: Vec<String>,
+    /// A counter's increments not yet given to Envoy.
+    pending: AtomicU64,
 }
 
 fn kind_key(kind: MetricType) -> u8 {
@@ -154,22 +163,20 @@ pub(super) fn define(config: &ConfigShared, kind: MetricType, name: &str) -> Res
         return Ok(*id);
     }
     let id = u32::try_from(table.series.len() + 1).map_err(|_| Status::InternalFailure)?;
-    table.series.push(Series { kind, envoy, values: values.into_iter().map(str::to_string).collect() });
+    table.series.push(Series {
+        kind,
+        envoy,
+        values: values.into_iter().map(str::to_string).collect(),
+        pending: AtomicU64::new(0),
+    });
     table.by_name.insert(key, id);
     Ok(id)
 }
 
 type Update = unsafe extern "C" fn(abi::ConfigEnvoyPtr, usize, *mut ModuleBuffer, usize, u64) -> u32;
 
-fn update(
-    config: &ConfigShared,
-    id: u32,
-    pick: impl FnOnce(MetricType) -> Option<(Update, u64)>,
-) -> Result<(), Status> {
-    let table = config.metrics.0.read().unwrap_or_else(PoisonError::into_inner);
-    let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::NotFound)?;
-    let series = table.series.get(index).ok_or(Status::NotFound)?;
-    let (call, value) = pick(series.kind).ok_or(Status::BadArgument)?;
+/// Calls `call` on Envoy's series for `series` with `value`.
+fn send(config: &ConfigShared, series: &Series, call: Update, value: u64) -> Result<(), Status> {
     let mut values: Vec<ModuleBuffer> =
         series.values.iter().map(|v| ModuleBuffer::of(v.as_bytes())).collect();
     // SAFETY: the configuration is live; the buffers live for the call.
@@ -181,19 +188,51 @@ fn update(
     }
 }
 
-/// Adds `offset` to a counter (not below zero) or a gauge.
+fn update(
+    config: &ConfigShared,
+    id: u32,
+    pick: impl FnOnce(MetricType) -> Option<(Update, u64)>,
+) -> Result<(), Status> {
+    let table = config.metrics.0.read().unwrap_or_else(PoisonError::into_inner);
+    let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::NotFound)?;
+    let series = table.series.get(index).ok_or(Status::NotFound)?;
+    let (call, value) = pick(series.kind).ok_or(Status::BadArgument)?;
+    send(config, series, call, value)
+}
+
+/// Adds `offset` to a counter (not below zero; counted here until the next flush) or a gauge.
 pub(super) fn increment(config: &ConfigShared, id: u32, offset: i64) -> Result<(), Status> {
     let api = super::api()?;
-    update(config, id, |kind| match kind {
-        MetricType::Counter => {
-            u64::try_from(offset).ok().map(|v| (api.http_filter_config_increment_counter as Update, v))
+    {
+        let table = config.metrics.0.read().unwrap_or_else(PoisonError::into_inner);
+        let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).ok_or(Status::NotFound)?;
+        let series = table.series.get(index).ok_or(Status::NotFound)?;
+        if series.kind == MetricType::Counter {
+            let value = u64::try_from(offset).map_err(|_| Status::BadArgument)?;
+            series.pending.fetch_add(value, Ordering::Relaxed);
+            return Ok(());
         }
+    }
+    update(config, id, |kind| match kind {
         MetricType::Gauge if offset >= 0 => {
-            Some((api.http_filter_config_increment_gauge, offset.unsigned_abs()))
+            Some((api.http_filter_config_increment_gauge as Update, offset.unsigned_abs()))
         }
         MetricType::Gauge => Some((api.http_filter_config_decrement_gauge, offset.unsigned_abs())),
         _ => None,
     })
+}
+
+/// Gives Envoy the counters' increments counted since the last flush (main thread: the flush
+/// event, and the configuration's destruction).
+pub(super) fn flush(config: &ConfigShared) {
+    let Ok(api) = super::api() else { return };
+    let table = config.metrics.0.read().unwrap_or_else(PoisonError::into_inner);
+    for series in table.series.iter().filter(|s| s.kind == MetricType::Counter) {
+        let value = series.pending.swap(0, Ordering::Relaxed);
+        if value > 0 && send(config, series, api.http_filter_config_increment_counter, value).is_err() {
+            log::warn!("{}: Envoy refused a counter update of {value}", config.name);
+        }
+    }
 }
 
 /// Sets a gauge or records a histogram value.

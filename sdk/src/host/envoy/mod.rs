@@ -56,6 +56,8 @@ pub(crate) struct ConfigShared {
     panics: OnceLock<u32>,
     /// The main-thread plugin's ticks, when it asked for them.
     ticker: std::sync::Mutex<Option<ticker::Ticker>>,
+    /// The counter flush (see `metrics`).
+    flusher: std::sync::Mutex<Option<ticker::Ticker>>,
 }
 
 // SAFETY: the Envoy pointer is only used with callbacks Envoy allows from any thread (metrics
@@ -77,6 +79,7 @@ impl ConfigShared {
             destroyed: AtomicBool::new(false),
             panics: OnceLock::new(),
             ticker: std::sync::Mutex::new(None),
+            flusher: std::sync::Mutex::new(None),
         }
     }
 
@@ -139,19 +142,9 @@ pub(crate) enum BodyView {
 /// The chunks of a stream's body for `half` and `view`, as Envoy's buffers (valid until the hook
 /// returns or the body changes).
 fn body_chunks(filter: abi::FilterEnvoyPtr, half: Half, view: BodyView) -> Result<Vec<EnvoyBuffer>, Status> {
-    use abi::body_type::*;
     let api = api()?;
-    let (received, buffered) = match half {
-        Half::Request => (RECEIVED_REQUEST, BUFFERED_REQUEST),
-        Half::Response => (RECEIVED_RESPONSE, BUFFERED_RESPONSE),
-    };
-    let kinds: &[u32] = match view {
-        BodyView::Buffered => &[buffered],
-        BodyView::Received => &[received],
-        BodyView::BufferedAndReceived => &[buffered, received],
-    };
     let mut chunks = Vec::new();
-    for kind in kinds {
+    for kind in body_kinds(half, view) {
         // SAFETY: a live stream (its hook is running).
         let count = unsafe { (api.http_get_body_chunks_size)(filter, *kind) };
         if count == 0 {
@@ -166,9 +159,28 @@ fn body_chunks(filter: abi::FilterEnvoyPtr, half: Half, view: BodyView) -> Resul
     Ok(chunks)
 }
 
-/// The size of the body `body_chunks` describes.
+/// Envoy's body types that make up `half`'s body seen as `view`.
+fn body_kinds(half: Half, view: BodyView) -> &'static [u32] {
+    use abi::body_type::*;
+    match (half, view) {
+        (Half::Request, BodyView::Buffered) => &[BUFFERED_REQUEST],
+        (Half::Request, BodyView::Received) => &[RECEIVED_REQUEST],
+        (Half::Request, BodyView::BufferedAndReceived) => &[BUFFERED_REQUEST, RECEIVED_REQUEST],
+        (Half::Response, BodyView::Buffered) => &[BUFFERED_RESPONSE],
+        (Half::Response, BodyView::Received) => &[RECEIVED_RESPONSE],
+        (Half::Response, BodyView::BufferedAndReceived) => &[BUFFERED_RESPONSE, RECEIVED_RESPONSE],
+    }
+}
+
+/// The size of the body `body_chunks` describes: one call per body type, no chunk list (every
+/// body hook asks, whether or not the filter reads bodies).
 pub(crate) fn body_size(filter: abi::FilterEnvoyPtr, half: Half, view: BodyView) -> usize {
-    body_chunks(filter, half, view).map(|chunks| chunks.iter().map(|c| c.length).sum()).unwrap_or(0)
+    let Ok(api) = api() else { return 0 };
+    body_kinds(half, view)
+        .iter()
+        // SAFETY: a live stream (its hook is running).
+        .map(|kind| unsafe { (api.http_get_body_size)(filter, *kind) })
+        .fold(0usize, usize::saturating_add)
 }
 
 /// Runs `f` with the body seen as `view` (in a body hook).
