@@ -9,7 +9,9 @@ use gatewasm_pack::compile::{self, WasmOpt, DEFAULT_OPT_LEVEL};
 use gatewasm_pack::image::{Format, Image, MODULE_SHA256_ANNOTATION};
 use gatewasm_pack::manifests;
 use gatewasm_pack::registry::{self, Credentials, Target, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
-use gatewasm_pack::{check_module, sha256_hex, shipped, Filter, BUNDLE, SHIPPED};
+use gatewasm_pack::{
+    check_module, check_native_module, sha256_hex, sha256sum_line, shipped, Filter, BUNDLE, SHIPPED,
+};
 
 const USAGE: &str = "\
 gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push them.
@@ -19,7 +21,9 @@ USAGE:
                 [--opt-level -Oz|-O3|...] [--out DIR] [--tag TAG] [--no-build]
       Build the shipped filters and the bundle gatewasm-bundle (cargo, wasm32-wasip1: the filters
       --release, the bundle --profile bundle in an invocation of its own), optionally run wasm-opt, and write each as an OCI
-      image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm.
+      image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm; and each filter's native
+      Envoy dynamic module (<target>/release/lib<name>.so, built by ./scripts/package) as
+      DIR/lib<name>.so with DIR/lib<name>.so.sha256 (what `sha256sum -c` reads).
   gatewasm-pack file MODULE.wasm --name NAME [--format ..] [--wasm-opt ..] [--opt-level ..] [--out DIR] [--tag TAG]
       Package one module file the same way (as DIR/NAME/).
   gatewasm-pack push --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR] [--tag TAG]
@@ -158,7 +162,32 @@ fn package(o: &Options) -> anyhow::Result<()> {
             format!("reading {} (build it: {})", path.display(), gatewasm_paths::build_command(f.name))
         })?;
         package_one(o, f.name, &module, &path, &tag)?;
+        if let Some(file) = f.native_file() {
+            package_native(o, f, &file)?;
+        }
     }
+    Ok(())
+}
+
+/// Copies a filter's native module to `DIR/lib<name>.so` and writes its sha256 next to it, as
+/// the line `sha256sum -c` reads.
+fn package_native(o: &Options, f: &Filter, file: &str) -> anyhow::Result<()> {
+    let path = compile::native_path(f)?;
+    let module = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    check_native_module(&module, &path.display().to_string())?;
+    let out = out_dir(o);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let dest = out.join(file);
+    std::fs::write(&dest, &module).with_context(|| format!("writing {}", dest.display()))?;
+    let sum = out.join(format!("{file}.sha256"));
+    std::fs::write(&sum, sha256sum_line(&module, file))
+        .with_context(|| format!("writing {}", sum.display()))?;
+    println!("  native module    {} ({} bytes, from {})", dest.display(), module.len(), path.display());
+    println!("  native sha256    {}  ({})", sha256_hex(&module), sum.display());
+    println!(
+        "                   -> the module loader's check (envoyfilter-native.yaml, Envoy Gateway's EnvoyProxy); \
+         Envoy `module.remote.sha256`"
+    );
     Ok(())
 }
 
