@@ -1,6 +1,8 @@
 //! Shared by the packaging tests: running the CLI, the shipped modules, reading layers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod manifests;
+
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
