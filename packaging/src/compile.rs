@@ -1,4 +1,5 @@
-//! Building the shipped modules (cargo, release, `wasm32-wasip1`) and the optional `wasm-opt` pass.
+//! Building the shipped modules (cargo, release, `wasm32-wasip1`) and the optional `wasm-opt` pass;
+//! where the native modules are.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +24,16 @@ pub fn target_dir() -> PathBuf {
 /// `$GATEWASM_WASM_DIR` points the tests at, since packaging builds the module it packages.
 pub fn module_path(filter: &Filter) -> PathBuf {
     gatewasm_paths::build_dir(filter.name).join(filter.module)
+}
+
+/// Where a shipped filter's native module is: `<target>/release/lib<name>.so`. Packaging never
+/// builds it: `./scripts/package` does, with `build_native_modules` (scripts/lib.sh), the one
+/// `cargo build --release` of every native module that `./scripts/test` runs too, so the `.so`
+/// shipped is the one the tests ran. The error names that script and the package's own build.
+pub fn native_path(filter: &Filter) -> anyhow::Result<PathBuf> {
+    gatewasm_paths::native_module(filter.name).map_err(|missing| {
+        anyhow::anyhow!("{missing} (`./scripts/package` builds every native module in one cargo invocation)")
+    })
 }
 
 /// Builds `filters` (release, `wasm32-wasip1`): every [`Build::Shared`] one in one cargo

@@ -21,6 +21,18 @@ pub struct Filter {
     pub module: &'static str,
     /// How cargo builds it: with the others, or in an invocation of its own.
     pub build: Build,
+    /// Whether it also ships as a native Envoy dynamic module (`lib<name>.so`, built for the
+    /// host by `cargo build --release`): every filter but the bundle, which exists to share one
+    /// Wasm VM and has no native build.
+    pub native: bool,
+}
+
+impl Filter {
+    /// The file name of its native module, `lib<name with _>.so` (what cargo writes, and what
+    /// Envoy's `dynamic_module_config.name` looks for); `None` for a Wasm-only module.
+    pub fn native_file(&self) -> Option<String> {
+        self.native.then(|| format!("lib{}.so", gatewasm_paths::native_module_name(self.name)))
+    }
 }
 
 /// How a shipped module is built (see [`compile::cargo_build`]).
@@ -38,13 +50,13 @@ pub enum Build {
 /// bundle of the five filters (`gatewasm-bundle`, module `gatewasm.wasm`). This is the one list;
 /// `./scripts/package` and the tests read it through this crate (`gatewasm-pack list` prints it).
 pub const SHIPPED: &[Filter] = &[
-    Filter { name: "header-rewrite", module: "header_rewrite.wasm", build: Build::Shared },
-    Filter { name: "jwt-auth", module: "jwt_auth.wasm", build: Build::Shared },
-    Filter { name: "http-metrics", module: "http_metrics.wasm", build: Build::Shared },
-    Filter { name: "ext-auth", module: "ext_auth.wasm", build: Build::Shared },
-    Filter { name: "kafka-log", module: "kafka_log.wasm", build: Build::Shared },
-    Filter { name: "hello", module: "hello.wasm", build: Build::Shared },
-    Filter { name: BUNDLE, module: "gatewasm.wasm", build: Build::Alone },
+    Filter { name: "header-rewrite", module: "header_rewrite.wasm", build: Build::Shared, native: true },
+    Filter { name: "jwt-auth", module: "jwt_auth.wasm", build: Build::Shared, native: true },
+    Filter { name: "http-metrics", module: "http_metrics.wasm", build: Build::Shared, native: true },
+    Filter { name: "ext-auth", module: "ext_auth.wasm", build: Build::Shared, native: true },
+    Filter { name: "kafka-log", module: "kafka_log.wasm", build: Build::Shared, native: true },
+    Filter { name: "hello", module: "hello.wasm", build: Build::Shared, native: true },
+    Filter { name: BUNDLE, module: "gatewasm.wasm", build: Build::Alone, native: false },
 ];
 
 /// The bundle's package and image name: the five filters in one module, each chosen by its
@@ -72,6 +84,30 @@ pub fn check_module(bytes: &[u8], what: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The ELF magic a native module (a shared library) starts with, `\x7fELF`.
+pub const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+
+/// Refuses bytes that are not a shared library Envoy could `dlopen`: at least the 16-byte ELF
+/// identification, starting with [`ELF_MAGIC`]. `what` names the input in the error.
+pub fn check_native_module(bytes: &[u8], what: &str) -> anyhow::Result<()> {
+    if bytes.len() < 16 || bytes.get(..4) != Some(&ELF_MAGIC[..]) {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        anyhow::bail!(
+            "{what} is not a native module: it must be an ELF shared library starting with \\x7fELF \
+             (7f 45 4c 46); it has {} bytes starting with [{}]",
+            bytes.len(),
+            head.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The line `sha256sum -c` checks a file against: `<hex>  <file name>` and a newline, what
+/// `gatewasm-pack` writes next to each native module as `<file>.sha256`.
+pub fn sha256sum_line(bytes: &[u8], file_name: &str) -> String {
+    format!("{}  {file_name}\n", sha256_hex(bytes))
 }
 
 /// Lower-case hex SHA-256 of `bytes` (no `sha256:` prefix): what Envoy's `remote` code source
@@ -117,5 +153,24 @@ mod tests {
         let bundle = shipped(BUNDLE).map(|f| (f.module, f.build));
         assert_eq!(bundle, Some(("gatewasm.wasm", Build::Alone)), "the bundle ships, built on its own");
         assert!(SHIPPED.iter().filter(|f| f.build == Build::Alone).all(|f| f.name == BUNDLE));
+        assert_eq!(shipped("jwt-auth").and_then(|f| f.native_file()).as_deref(), Some("libjwt_auth.so"));
+        assert_eq!(shipped(BUNDLE).and_then(|f| f.native_file()), None, "the bundle is Wasm only");
+    }
+
+    #[test]
+    fn refuses_non_elf_as_native() {
+        assert!(check_native_module(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0", "m").is_ok());
+        let err = check_native_module(b"\0asm\x01\0\0\0", "x.so").unwrap_err().to_string();
+        assert!(err.contains("x.so is not a native module"), "{err}");
+        assert!(err.contains("[00 61 73 6d]"), "{err}");
+        assert!(check_native_module(b"\x7fELF", "short").is_err(), "shorter than the ELF identification");
+    }
+
+    #[test]
+    fn sha256sum_lines() {
+        assert_eq!(
+            sha256sum_line(b"", "libx.so"),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  libx.so\n"
+        );
     }
 }

@@ -9,7 +9,9 @@ use gatewasm_pack::compile::{self, WasmOpt, DEFAULT_OPT_LEVEL};
 use gatewasm_pack::image::{Format, Image, MODULE_SHA256_ANNOTATION};
 use gatewasm_pack::manifests;
 use gatewasm_pack::registry::{self, Credentials, Target, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
-use gatewasm_pack::{check_module, sha256_hex, shipped, Filter, BUNDLE, SHIPPED};
+use gatewasm_pack::{
+    check_module, check_native_module, sha256_hex, sha256sum_line, shipped, Filter, BUNDLE, SHIPPED,
+};
 
 const USAGE: &str = "\
 gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push them.
@@ -19,7 +21,9 @@ USAGE:
                 [--opt-level -Oz|-O3|...] [--out DIR] [--tag TAG] [--no-build]
       Build the shipped filters and the bundle gatewasm-bundle (cargo, wasm32-wasip1: the filters
       --release, the bundle --profile bundle in an invocation of its own), optionally run wasm-opt, and write each as an OCI
-      image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm.
+      image layout DIR/<filter>/ plus the packaged module DIR/<filter>.wasm; and each filter's native
+      Envoy dynamic module (<target>/release/lib<name>.so, built by ./scripts/package) as
+      DIR/lib<name>.so with DIR/lib<name>.so.sha256 (what `sha256sum -c` reads).
   gatewasm-pack file MODULE.wasm --name NAME [--format ..] [--wasm-opt ..] [--opt-level ..] [--out DIR] [--tag TAG]
       Package one module file the same way (as DIR/NAME/).
   gatewasm-pack push --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR] [--tag TAG]
@@ -28,7 +32,8 @@ USAGE:
   gatewasm-pack manifests --registry HOST[:PORT][/PATH] [--filter NAME]... [--out DIR]
       Write the Istio manifests of istio-envoyfilters/ to DIR/istio/ with the registry, the tag and
       the digests of the layouts DIR/<filter>/ (WasmPlugin and TrafficExtension sha256: the manifest
-      digest; EnvoyFilter sha256: the module's sha256).
+      digest; EnvoyFilter sha256: the module's sha256) and the native modules' sha256s (the init
+      containers of native-loader.yaml and, without --filter, of envoy-gateway/envoyproxy.yaml).
   gatewasm-pack list
       Print the shipped filters and the bundle (image name, module file).
 
@@ -158,7 +163,32 @@ fn package(o: &Options) -> anyhow::Result<()> {
             format!("reading {} (build it: {})", path.display(), gatewasm_paths::build_command(f.name))
         })?;
         package_one(o, f.name, &module, &path, &tag)?;
+        if let Some(file) = f.native_file() {
+            package_native(o, f, &file)?;
+        }
     }
+    Ok(())
+}
+
+/// Copies a filter's native module to `DIR/lib<name>.so` and writes its sha256 next to it, as
+/// the line `sha256sum -c` reads.
+fn package_native(o: &Options, f: &Filter, file: &str) -> anyhow::Result<()> {
+    let path = compile::native_path(f)?;
+    let module = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    check_native_module(&module, &path.display().to_string())?;
+    let out = out_dir(o);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let dest = out.join(file);
+    std::fs::write(&dest, &module).with_context(|| format!("writing {}", dest.display()))?;
+    let sum = out.join(format!("{file}.sha256"));
+    std::fs::write(&sum, sha256sum_line(&module, file))
+        .with_context(|| format!("writing {}", sum.display()))?;
+    println!("  native module    {} ({} bytes, from {})", dest.display(), module.len(), path.display());
+    println!("  native sha256    {}  ({})", sha256_hex(&module), sum.display());
+    println!(
+        "                   -> the module loader's check (envoyfilter-native.yaml, Envoy Gateway's EnvoyProxy); \
+         Envoy `module.remote.sha256`"
+    );
     Ok(())
 }
 
@@ -240,31 +270,25 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
             .pointer(&format!("/annotations/{}", MODULE_SHA256_ANNOTATION.replace('/', "~1")))
             .and_then(serde_json::Value::as_str)
             .with_context(|| format!("{}: the image manifest has no {MODULE_SHA256_ANNOTATION}", f.name))?;
+        let native_sha256: Vec<(&str, String)> =
+            if f.native { vec![(f.name, packaged_native_sha256(&out, f)?)] } else { Vec::new() };
         let r = manifests::Rendering {
             registry: &registry,
             tag: &tag,
             manifest_digest: image.digest().trim_start_matches("sha256:"),
             module_sha256,
+            native_sha256: &native_sha256,
         };
-        let from = source.join(f.name);
-        let to = dest.join(f.name);
-        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-        for file in manifests::RENDERED_FILES {
-            let text = std::fs::read_to_string(from.join(file))
-                .with_context(|| format!("{}: reading {}", f.name, from.join(file).display()))?;
-            let header = format!(
-                "# {}/{}/{file}, written by `gatewasm-pack manifests` with registry {registry}, tag {tag}\n\
-                 # and the digests of the image in {} (edit the committed file, not this one).\n",
-                manifests::MANIFESTS_DIR,
-                f.name,
-                out.join(f.name).display()
-            );
-            let text = manifests::render(&text, f.name, env!("CARGO_PKG_VERSION"), &r, &header)
-                .with_context(|| format!("rendering {}", from.join(file).display()))?;
-            std::fs::write(to.join(file), text)
-                .with_context(|| format!("writing {}", to.join(file).display()))?;
+        let files =
+            manifests::RENDERED_FILES.iter().chain(if f.native { manifests::NATIVE_FILES } else { &[] });
+        let mut images = format!("the digests of the image in {}", out.join(f.name).display());
+        if let Some(file) = f.native_file() {
+            images.push_str(&format!(" and of {}", out.join(file).display()));
         }
-        println!("{}: {}", f.name, to.display());
+        for file in files {
+            render_file(&source, &dest, f.name, file, &r, &images)?;
+        }
+        println!("{}: {}", f.name, dest.join(f.name).display());
         println!("  WasmPlugin       url: oci://{registry}/{}:{tag}", f.name);
         println!("                   sha256: {}  (manifest digest)", r.manifest_digest);
         println!("  TrafficExtension wasm.url and wasm.sha256: the same");
@@ -275,7 +299,31 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
                 manifests::vm_id_suffix(module_sha256)
             );
         }
+        for (_, sha) in &native_sha256 {
+            println!("  native loader    sha256: {sha}  (native module, native-loader.yaml)");
+        }
         rendered.push(f.name);
+    }
+    // Envoy Gateway's EnvoyProxy loads every native module, so its folder is rendered when every
+    // filter is (a selection would leave placeholders in it).
+    if o.filters.is_empty() {
+        let mut natives = Vec::new();
+        for f in filters.iter().filter(|f| f.native) {
+            natives.push((f.name, packaged_native_sha256(&out, f)?));
+        }
+        let r = manifests::Rendering {
+            registry: &registry,
+            tag: &tag(o)?,
+            manifest_digest: "",
+            module_sha256: "",
+            native_sha256: &natives,
+        };
+        let what = format!("the native modules in {}", out.display());
+        for file in manifests::ENVOY_GATEWAY_FILES {
+            render_file(&source, &dest, manifests::ENVOY_GATEWAY_DIR, file, &r, &what)?;
+        }
+        println!("{}: {}", manifests::ENVOY_GATEWAY_DIR, dest.join(manifests::ENVOY_GATEWAY_DIR).display());
+        println!("  EnvoyProxy       the native modules' sha256s in its init containers");
     }
     let server = source.join("module-server");
     let server_out = dest.join("module-server");
@@ -299,12 +347,51 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
     println!(
         "apply: kubectl apply -k {}/<filter>   (or -f {}/<filter>/envoyfilter.yaml, or on Istio 1.30+ \
          -f {}/<filter>/trafficextension.yaml: one form per filter; the five filters from one module: \
-         {BUNDLE} instead of their folders)",
+         {BUNDLE} instead of their folders; native modules: <filter>/native-loader.yaml and \
+         envoyfilter-native.yaml, or {} on Envoy Gateway)",
         dest.display(),
         dest.display(),
-        dest.display()
+        dest.display(),
+        manifests::ENVOY_GATEWAY_DIR
     );
     Ok(())
+}
+
+/// The sha256 of the native module `package` wrote for `f` in `out`.
+fn packaged_native_sha256(out: &Path, f: &Filter) -> anyhow::Result<String> {
+    let file = f.native_file().with_context(|| format!("{}: has no native module", f.name))?;
+    let path = out.join(file);
+    let module = std::fs::read(&path).with_context(|| {
+        format!("{}: reading {} (run `gatewasm-pack package` first)", f.name, path.display())
+    })?;
+    Ok(sha256_hex(&module))
+}
+
+/// Renders `source/<folder>/<file>` into `dest/<folder>/<file>` with `r`, under a header that
+/// says where the values come from (`values`).
+fn render_file(
+    source: &Path,
+    dest: &Path,
+    folder: &str,
+    file: &str,
+    r: &manifests::Rendering<'_>,
+    values: &str,
+) -> anyhow::Result<()> {
+    let from = source.join(folder).join(file);
+    let to = dest.join(folder);
+    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    let text =
+        std::fs::read_to_string(&from).with_context(|| format!("{folder}: reading {}", from.display()))?;
+    let header = format!(
+        "# {}/{folder}/{file}, written by `gatewasm-pack manifests` with registry {}, tag {}\n\
+         # and {values} (edit the committed file, not this one).\n",
+        manifests::MANIFESTS_DIR,
+        r.registry,
+        r.tag,
+    );
+    let text = manifests::render(&text, folder, env!("CARGO_PKG_VERSION"), r, &header)
+        .with_context(|| format!("rendering {}", from.display()))?;
+    std::fs::write(to.join(file), text).with_context(|| format!("writing {}", to.join(file).display()))
 }
 
 fn push(o: &Options) -> anyhow::Result<()> {

@@ -32,6 +32,12 @@ pub const MODULE_SHA256_MARK: &str = "# gatewasm:module-sha256";
 /// bundle's five EnvoyFilters share it, so they share a VM, and a new build gets a VM of its own.
 pub const MODULE_VM_ID_MARK: &str = "# gatewasm:module-vm-id";
 
+/// Marks the line holding a native module's sha256 (the module loader's check, or Envoy's
+/// `module.remote.sha256`). The mark is followed by the filter whose module it is
+/// (`# gatewasm:native-sha256 jwt-auth`), since one file may load several (Envoy Gateway's
+/// EnvoyProxy); [`PLACEHOLDER_DIGEST`] there becomes that module's sha256.
+pub const NATIVE_SHA256_MARK: &str = "# gatewasm:native-sha256";
+
 /// The placeholder on a [`MODULE_VM_ID_MARK`] line: 16 zeros.
 pub const PLACEHOLDER_VM_ID: &str = "0000000000000000";
 
@@ -51,8 +57,20 @@ pub const RENDERED_FILES: &[&str] =
 pub const FILTER_FILES: &[&str] =
     &["wasmplugin.yaml", "envoyfilter.yaml", "trafficextension.yaml", "kustomization.yaml", "expect.yaml"];
 
+/// The native forms a folder of a filter with a native module also holds, rendered too: the
+/// filter as an Envoy dynamic module through an `EnvoyFilter` (Istio 1.31+), and the patch of
+/// the gateway Deployment whose init container puts the module on the pods, its sha256 checked.
+pub const NATIVE_FILES: &[&str] = &["envoyfilter-native.yaml", "native-loader.yaml"];
+
+/// The folder of the Envoy Gateway forms: one `EnvoyProxy` that registers and loads every
+/// native module, and one `EnvoyExtensionPolicy` that attaches the filters to a Gateway.
+pub const ENVOY_GATEWAY_DIR: &str = "envoy-gateway";
+
+/// The files of [`ENVOY_GATEWAY_DIR`], rendered with every native module's sha256.
+pub const ENVOY_GATEWAY_FILES: &[&str] = &["envoyproxy.yaml", "envoyextensionpolicy.yaml"];
+
 /// Folders of `istio-envoyfilters/` that are not filters.
-pub const SUPPORT_DIRS: &[&str] = &["schemas", "module-server"];
+pub const SUPPORT_DIRS: &[&str] = &["schemas", "module-server", ENVOY_GATEWAY_DIR];
 
 /// The digests and place of one packaged filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +83,8 @@ pub struct Rendering<'a> {
     pub manifest_digest: &'a str,
     /// The module's sha256, hex.
     pub module_sha256: &'a str,
+    /// The native modules' sha256s (hex) by filter, for [`NATIVE_SHA256_MARK`] lines.
+    pub native_sha256: &'a [(&'a str, String)],
 }
 
 /// The filter folders of `dir` (`istio-envoyfilters/`): every sub-folder but [`SUPPORT_DIRS`],
@@ -109,6 +129,13 @@ pub fn render(
             Some((PLACEHOLDER_DIGEST, r.module_sha256))
         } else if line.contains(MODULE_VM_ID_MARK) {
             Some((PLACEHOLDER_VM_ID, vm_id_suffix(r.module_sha256)))
+        } else if let Some((_, named)) = line.split_once(NATIVE_SHA256_MARK) {
+            let filter = named.trim();
+            let sha = r.native_sha256.iter().find(|(f, _)| *f == filter).map(|(_, sha)| sha.as_str());
+            match sha {
+                Some(sha) => Some((PLACEHOLDER_DIGEST, sha)),
+                None => bail!("line {}: no native module sha256 for {filter:?} (package it first)", n + 1),
+            }
         } else {
             None
         };
@@ -133,8 +160,29 @@ pub fn render(
 mod tests {
     use super::*;
 
-    const R: Rendering<'static> =
-        Rendering { registry: "r.io:5000/team", tag: "t1", manifest_digest: "aa", module_sha256: "bb" };
+    const R: Rendering<'static> = Rendering {
+        registry: "r.io:5000/team",
+        tag: "t1",
+        manifest_digest: "aa",
+        module_sha256: "bb",
+        native_sha256: &[],
+    };
+
+    #[test]
+    fn a_native_mark_takes_the_sha256_of_the_module_it_names() {
+        let natives = [("f", "cc".to_string()), ("g", "dd".to_string())];
+        let r = Rendering { native_sha256: &natives, ..R };
+        let text = format!(
+            "a: \"{PLACEHOLDER_DIGEST}\"  {NATIVE_SHA256_MARK} g\nb: {PLACEHOLDER_DIGEST}  {NATIVE_SHA256_MARK} f\n"
+        );
+        assert_eq!(
+            render(&text, "f", "0.1.0", &r, "").unwrap_or_default(),
+            format!("a: \"dd\"  {NATIVE_SHA256_MARK} g\nb: cc  {NATIVE_SHA256_MARK} f\n")
+        );
+        let err = render(&format!("x: {PLACEHOLDER_DIGEST}  {NATIVE_SHA256_MARK} h\n"), "f", "0.1.0", &r, "")
+            .unwrap_err();
+        assert!(err.to_string().contains("line 1: no native module sha256 for \"h\""), "{err}");
+    }
 
     #[test]
     fn renders_marked_lines_and_urls() {

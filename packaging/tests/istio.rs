@@ -8,21 +8,26 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gatewasm_envoy::{Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, ScriptedUpstream};
+use common::manifests::{
+    assert_each_refused, check_requests, expectations, filters, manifests_dir, module_server,
+    native_module_bytes, one_doc, run_loader, run_native, start_services, str_at, with_loader_sha256,
+    with_module_dir, yaml_docs, yaml_docs_str, yaml_files, BrokenCase, CrdSchemas, Expect, MODULE_MOUNT,
+};
+use gatewasm_envoy::{Cluster, EchoUpstream, Envoy, EnvoyBuilder, Request, STRIP_MODULE_STAT_PREFIX};
 use gatewasm_pack::compile::workspace_root;
 use gatewasm_pack::manifests::{
-    filter_dirs, vm_id_suffix, FILTER_FILES, MANIFESTS_DIR, MANIFEST_DIGEST_MARK, MODULE_SHA256_MARK,
-    MODULE_VM_ID_MARK, PLACEHOLDER_DIGEST, PLACEHOLDER_REGISTRY, PLACEHOLDER_VM_ID,
+    vm_id_suffix, FILTER_FILES, MANIFESTS_DIR, MANIFEST_DIGEST_MARK, MODULE_SHA256_MARK, MODULE_VM_ID_MARK,
+    NATIVE_FILES, NATIVE_SHA256_MARK, PLACEHOLDER_DIGEST, PLACEHOLDER_REGISTRY, PLACEHOLDER_VM_ID,
 };
 use gatewasm_pack::{sha256_hex, shipped, BUNDLE, SHIPPED};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const NATIVE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER: &str = "envoy.filters.http.router";
@@ -81,69 +86,6 @@ impl Form {
 
 // ---------------------------------------------------------------------------------------------
 // Reading the manifests
-
-fn manifests_dir() -> PathBuf {
-    workspace_root().join(MANIFESTS_DIR)
-}
-
-/// Every filter folder: (name, path). Fails when there is none (the discovery itself is broken).
-fn filters() -> Vec<(String, PathBuf)> {
-    let dirs = filter_dirs(&manifests_dir()).unwrap();
-    assert!(!dirs.is_empty(), "no filter folders found in {}", manifests_dir().display());
-    dirs.into_iter().map(|d| (d.file_name().unwrap().to_string_lossy().into_owned(), d)).collect()
-}
-
-/// The YAML documents of a file, as JSON values.
-fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    yaml_docs_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn yaml_docs_str(text: &str) -> Result<Vec<Value>, String> {
-    let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-fn one_doc(path: &Path) -> Value {
-    let mut docs = yaml_docs(path);
-    assert_eq!(docs.len(), 1, "{}: one document expected", path.display());
-    docs.remove(0)
-}
-
-/// The YAML files directly in `dir`, sorted.
-fn yaml_files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    out.sort();
-    out
-}
-
-/// Every YAML file under `dir` (recursively), but the CRD copy in `schemas/`.
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            if path.file_name().is_some_and(|n| n == "schemas") {
-                continue;
-            }
-            out.extend(yaml_files(&path));
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
 
 /// The built module of a folder's image (`gatewasm.wasm` for the bundle's folder).
 fn module_bytes(folder: &str) -> Vec<u8> {
@@ -241,71 +183,8 @@ fn istio_order(mut plugins: Vec<Value>) -> Vec<Value> {
     plugins
 }
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or_else(|| panic!("no string at {pointer} in {v:#}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Schema validation
-
-/// A kind's CRD schema as a Kubernetes API server applies it with strict field validation
-/// (`kubectl apply`'s default): the `openAPIV3Schema` of the served, stored version, where an
-/// object that lists `properties` and does not say `x-kubernetes-preserve-unknown-fields`
-/// accepts no other field, plus the `apiVersion`, `kind` and `metadata` every object has.
-fn crd_schema(kind: &str) -> Value {
-    let crds: Vec<Value> =
-        yaml_files_in(&manifests_dir().join("schemas")).iter().flat_map(|p| yaml_docs(p)).collect();
-    let crd = crds
-        .iter()
-        .find(|c| c.pointer("/spec/names/kind").and_then(Value::as_str) == Some(kind))
-        .unwrap_or_else(|| panic!("no CRD for {kind}"));
-    let group = str_at(crd, "/spec/group");
-    let version = crd
-        .pointer("/spec/versions")
-        .and_then(Value::as_array)
-        .and_then(|vs| vs.iter().find(|v| v["storage"] == true && v["served"] == true))
-        .unwrap_or_else(|| panic!("{kind}: no served storage version"));
-    let api_version = format!("{group}/{}", str_at(version, "/name"));
-    let mut schema = version.pointer("/schema/openAPIV3Schema").unwrap().clone();
-    strict(&mut schema);
-    let props = schema["properties"].as_object_mut().unwrap();
-    props.insert("apiVersion".into(), json!({"enum": [api_version]}));
-    props.insert("kind".into(), json!({"enum": [kind]}));
-    props.insert(
-        "metadata".into(),
-        json!({
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": false,
-            "properties": {
-                // DNS-1123 subdomain, as Kubernetes requires of object names.
-                "name": {"type": "string", "maxLength": 253,
-                         "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
-                "namespace": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
-            }
-        }),
-    );
-    schema["required"] = json!(["apiVersion", "kind", "metadata", "spec"]);
-    schema
-}
-
-fn strict(schema: &mut Value) {
-    let Some(obj) = schema.as_object_mut() else { return };
-    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if obj.contains_key("properties") && !preserve && !obj.contains_key("additionalProperties") {
-        obj.insert("additionalProperties".into(), Value::Bool(false));
-    }
-    for (key, value) in obj.iter_mut() {
-        match key.as_str() {
-            "properties" => value.as_object_mut().into_iter().flatten().for_each(|(_, v)| strict(v)),
-            "items" | "additionalProperties" => strict(value),
-            "anyOf" | "allOf" | "oneOf" => value.as_array_mut().into_iter().flatten().for_each(strict),
-            _ => {}
-        }
-    }
-}
 
 /// The kinds of `istio-envoyfilters/`, each checked against its CRD.
 const KINDS: [&str; 3] = ["WasmPlugin", "EnvoyFilter", "TrafficExtension"];
@@ -313,30 +192,18 @@ const KINDS: [&str; 3] = ["WasmPlugin", "EnvoyFilter", "TrafficExtension"];
 /// Checks manifests against the three CRDs: JSON Schema, then the CRDs' CEL rules
 /// (`x-kubernetes-validations`) that concern gateway manifests, by hand.
 struct Validator {
-    kinds: BTreeMap<String, jsonschema::Validator>,
+    crds: CrdSchemas,
 }
 
 impl Validator {
     fn new() -> Self {
-        let mut kinds = BTreeMap::new();
-        for kind in KINDS {
-            // OpenAPI 3.0 schemas extend a subset of JSON Schema Wright draft 00 (draft 5), which
-            // validates as draft 4 for every keyword these CRDs use.
-            let validator =
-                jsonschema::draft4::new(&crd_schema(kind)).unwrap_or_else(|e| panic!("{kind} schema: {e}"));
-            kinds.insert(kind.to_string(), validator);
-        }
-        Validator { kinds }
+        Validator { crds: CrdSchemas::new(&manifests_dir().join("schemas"), &KINDS) }
     }
 
     /// Every problem with `doc`, each as `<path>: <message>`.
     fn errors(&self, doc: &Value) -> Vec<String> {
         let kind = doc["kind"].as_str().unwrap_or_default();
-        let Some(validator) = self.kinds.get(kind) else {
-            return vec![format!("/kind: {kind:?} is none of {KINDS:?}")];
-        };
-        let mut errors: Vec<String> =
-            validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+        let mut errors = self.crds.errors(doc);
         let spec = &doc["spec"];
         let set = |field: &str| spec.get(field).is_some_and(|v| !v.is_null());
         match kind {
@@ -426,8 +293,7 @@ fn the_validator_rejects_broken_manifests() {
         assert_eq!(validator.errors(doc), Vec::<String>::new(), "{}", dir.display());
     }
 
-    type Edit = fn(&mut Value);
-    let cases: &[(&str, &Value, Edit, &str)] = &[
+    let cases: &[BrokenCase<'_>] = &[
         ("unknown phase", &wasmplugin, |d| d["spec"]["phase"] = json!("AUTHENTICATION"), "/spec/phase"),
         ("sha256 not lower-case hex", &wasmplugin, |d| d["spec"]["sha256"] = json!("ABCDEF"), "/spec/sha256"),
         (
@@ -587,15 +453,7 @@ fn the_validator_rejects_broken_manifests() {
             "cross namespace",
         ),
     ];
-    for (what, doc, edit, expected) in cases {
-        let mut broken = (*doc).clone();
-        edit(&mut broken);
-        let errors = validator.errors(&broken);
-        assert!(
-            errors.iter().any(|e| e.contains(expected)),
-            "{what}: expected an error mentioning {expected:?}, got {errors:#?}"
-        );
-    }
+    assert_each_refused(cases, |doc| validator.errors(doc));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -714,6 +572,105 @@ fn assert_marked(text: &str, mark: &str, placeholder: &str, count: usize, what: 
 /// The line of `text` holding `mark`; it must hold the placeholder digest.
 fn assert_marked_placeholder(text: &str, mark: &str, what: &str) {
     assert_marked(text, mark, PLACEHOLDER_DIGEST, 1, what);
+}
+
+/// The `module.local.filename` the native forms load `file` (`lib<name>.so`) from.
+fn native_module_path(file: &str) -> String {
+    format!("{MODULE_MOUNT}/{file}")
+}
+
+/// The init container of a filter folder's `native-loader.yaml`, checked as a patch of the
+/// gateway Deployment that gives istio-proxy the modules' volume.
+fn loader_container(dir: &Path, name: &str) -> Value {
+    let what = format!("{name}/native-loader.yaml");
+    let patch = one_doc(&dir.join("native-loader.yaml"));
+    assert_eq!((&patch["apiVersion"], &patch["kind"]), (&json!("apps/v1"), &json!("Deployment")), "{what}");
+    assert_eq!(
+        patch["metadata"],
+        json!({"name": "istio-ingressgateway", "namespace": "istio-system"}),
+        "{what}: the gateway Deployment"
+    );
+    let pod = patch.pointer("/spec/template/spec").unwrap();
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "gatewasm-modules", "emptyDir": {}}]),
+        "{what}: the volume the modules are written to"
+    );
+    assert_eq!(
+        pod["containers"],
+        json!([{"name": "istio-proxy", "volumeMounts": [
+            {"name": "gatewasm-modules", "mountPath": MODULE_MOUNT, "readOnly": true}]}]),
+        "{what}: Envoy reads the modules, read-only"
+    );
+    let config = str_at(&patch, "/spec/template/metadata/annotations/proxy.istio.io~1config");
+    let config: Value = serde_norway::from_str(config).unwrap();
+    assert_eq!(
+        config,
+        json!({"runtimeValues": {STRIP_MODULE_STAT_PREFIX: "true"},
+               "proxyStatsMatcher": {"inclusionPrefixes": ["dynamicmodulescustom."]}}),
+        "{what}: the modules' metrics named as the Wasm filters' and kept by Istio"
+    );
+    let inits = pod["initContainers"].as_array().unwrap();
+    assert_eq!(inits.len(), 1, "{what}: one init container");
+    assert_eq!(
+        inits[0]["name"],
+        format!("gatewasm-native-{name}"),
+        "{what}: named per filter so patches merge"
+    );
+    inits[0].clone()
+}
+
+/// A filter folder's native forms: `envoyfilter-native.yaml` is `envoyfilter.yaml`'s EnvoyFilter
+/// (name, namespace, selector, priority) with the filter as a dynamic module loaded from the
+/// file `native-loader.yaml`'s init container writes, and the WasmPlugin's configuration.
+fn assert_native_forms(name: &str, dir: &Path, wp: &Value, wasm_ef: &Value, file: &str) {
+    let what = format!("{name}/envoyfilter-native.yaml");
+    let ef = one_doc(&dir.join("envoyfilter-native.yaml"));
+    assert_eq!(ef["kind"], "EnvoyFilter", "{what}");
+    assert_eq!(
+        ef["metadata"], wasm_ef["metadata"],
+        "{what}: envoyfilter.yaml's name, so one replaces the other"
+    );
+    assert_eq!(ef.pointer("/spec/workloadSelector"), wasm_ef.pointer("/spec/workloadSelector"), "{what}");
+    assert_eq!(ef.pointer("/spec/priority"), wasm_ef.pointer("/spec/priority"), "{what}: the same place");
+    let parts = envoyfilter_parts(&ef, &what);
+    assert!(parts.clusters.is_empty(), "{what}: no module cluster, the module is a local file");
+    let filter = &parts.filter;
+    assert_eq!(filter["name"], format!("gatewasm.{name}"), "{what}");
+    assert_eq!(filter.pointer("/typed_config/@type"), Some(&json!(NATIVE_TYPE)), "{what}");
+    assert_eq!(
+        filter.pointer("/typed_config/dynamic_module_config"),
+        Some(&json!({"module": {"local": {"filename": native_module_path(file)}}})),
+        "{what}: the file native-loader.yaml writes"
+    );
+    assert_eq!(
+        filter.pointer("/typed_config/filter_name"),
+        Some(&json!(gatewasm_paths_name(name))),
+        "{what}: the plugin's name"
+    );
+    assert_eq!(
+        filter.pointer("/typed_config/filter_config/@type"),
+        Some(&json!(STRING_VALUE_TYPE)),
+        "{what}"
+    );
+    let config: Value = serde_json::from_str(str_at(filter, "/typed_config/filter_config/value")).unwrap();
+    assert_eq!(config, wp["spec"]["pluginConfig"], "{what}: filter_config = the WasmPlugin's pluginConfig");
+
+    let what = format!("{name}/native-loader.yaml");
+    let text = std::fs::read_to_string(dir.join("native-loader.yaml")).unwrap();
+    assert_marked(&text, &format!("{NATIVE_SHA256_MARK} {name}"), PLACEHOLDER_DIGEST, 1, &what);
+    let init = loader_container(dir, name);
+    let script = str_at(&init, "/args/0");
+    assert!(script.contains(&format!("module={}\n", native_module_path(file))), "{what}: writes {file}");
+    assert!(
+        script.contains(&format!("http://gatewasm-modules.istio-system.svc.cluster.local/{file}\n")),
+        "{what}: from the module server"
+    );
+}
+
+/// The plugin name of a filter's native module: its package name with `_` (`Plugin::NAME`).
+fn gatewasm_paths_name(package: &str) -> String {
+    package.replace('-', "_")
 }
 
 #[test]
@@ -862,6 +819,20 @@ fn every_filter_folder_follows_the_convention() {
             served.contains(&format!("gatewasm-module-{name}")),
             "{name}: module-server serves gatewasm-module-{name}"
         );
+        match shipped(&name).and_then(|f| f.native_file()) {
+            Some(file) => {
+                assert_native_forms(&name, &dir, &plugins[0], &ef_file.filters[0].0, &file);
+                assert!(
+                    served.contains(&format!("gatewasm-native-{name}")),
+                    "{name}: module-server serves gatewasm-native-{name}"
+                );
+            }
+            None => {
+                for file in NATIVE_FILES {
+                    assert!(!dir.join(file).exists(), "{name}: {file}, but the module has no native build");
+                }
+            }
+        }
 
         // TrafficExtension: each the WasmPlugin as Istio 1.30 translates it, in the same order;
         // one may attach to a Gateway API Gateway by targetRefs instead of the selector (then in
@@ -929,134 +900,6 @@ fn every_filter_folder_follows_the_convention() {
 
 // ---------------------------------------------------------------------------------------------
 // Running the manifests in Envoy
-
-/// A folder's `expect.yaml`: requests and what must come of them.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Expect {
-    requests: Vec<Case>,
-    /// Clusters the filter calls (JWKS, auth service, …), by the name its config uses, each
-    /// answered by a scripted server: path → reply.
-    #[serde(default)]
-    services: BTreeMap<String, BTreeMap<String, ScriptedReply>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    request: CaseRequest,
-    status: u16,
-    #[serde(default)]
-    upstream: Option<CaseUpstream>,
-    /// Response headers: a value, or null for "absent".
-    #[serde(default)]
-    response_headers: BTreeMap<String, Option<String>>,
-    #[serde(default)]
-    body_contains: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaseRequest {
-    #[serde(default = "get")]
-    method: String,
-    path: String,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    body: String,
-}
-
-fn get() -> String {
-    "GET".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaseUpstream {
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, Option<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScriptedReply {
-    #[serde(default = "ok")]
-    status: u16,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    body: String,
-}
-
-fn ok() -> u16 {
-    200
-}
-
-fn expectations(dir: &Path) -> Expect {
-    let doc = one_doc(&dir.join("expect.yaml"));
-    serde_json::from_value(doc).unwrap_or_else(|e| panic!("{}/expect.yaml: {e}", dir.display()))
-}
-
-/// The scripted servers of `expect.services`, by cluster name.
-fn start_services(expect: &Expect) -> BTreeMap<String, ScriptedUpstream> {
-    expect
-        .services
-        .iter()
-        .map(|(cluster, replies)| {
-            let server = ScriptedUpstream::start().unwrap();
-            for (path, r) in replies {
-                let mut reply = Reply::status(r.status).body(r.body.clone());
-                for (k, v) in &r.headers {
-                    reply = reply.header(k, v);
-                }
-                server.set(path, reply);
-            }
-            (cluster.clone(), server)
-        })
-        .collect()
-}
-
-/// A server for the module at the path of `uri`, as the gateway's module server would.
-fn module_server(uri: &str, module: &[u8]) -> (ScriptedUpstream, String) {
-    let path =
-        uri.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_else(|| panic!("no path in {uri}"));
-    let server = ScriptedUpstream::start().unwrap();
-    server.set(&path, Reply::status(200).header("content-type", "application/wasm").body(module.to_vec()));
-    (server, path)
-}
-
-/// Sends every request of `expect` and checks the answers.
-fn check_requests(envoy: &Envoy, expect: &Expect, what: &str) {
-    for case in &expect.requests {
-        let r = &case.request;
-        let mut request = Request::new(&r.method, &r.path).body(r.body.clone());
-        for (k, v) in &r.headers {
-            request = request.header(k, v);
-        }
-        let response = envoy.send(&request).unwrap();
-        let label = format!("{what}: {} {}", r.method, r.path);
-        assert_eq!(response.status, case.status, "{label}: {}", response.text());
-        for (name, value) in &case.response_headers {
-            assert_eq!(response.header(name), value.as_deref(), "{label}: response header {name}");
-        }
-        if let Some(needle) = &case.body_contains {
-            assert!(response.text().contains(needle.as_str()), "{label}: body {:?}", response.text());
-        }
-        if let Some(upstream) = &case.upstream {
-            let echo =
-                response.echo().unwrap_or_else(|e| panic!("{label}: not the echo upstream's answer: {e}"));
-            if let Some(path) = &upstream.path {
-                assert_eq!(&echo.path, path, "{label}: upstream path");
-            }
-            for (name, value) in &upstream.headers {
-                assert_eq!(echo.header(name), value.as_deref(), "{label}: upstream header {name}");
-            }
-        }
-    }
-}
 
 /// The Envoy config Istio derives from a `WasmPlugin` (`pilot/pkg/model/extensions.go`,
 /// `buildPluginConfig`, Istio 1.29) or a `TrafficExtension` (the same file, `buildWasmConfig`,
@@ -1295,6 +1138,78 @@ fn envoy_refuses_a_module_whose_sha256_differs() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Native modules on Istio: envoyfilter-native.yaml, with native-loader.yaml's init container
+
+/// A filter folder's `envoyfilter-native.yaml` filter, and the native module's file name, for
+/// each folder of a filter with a native module.
+fn native_folders() -> Vec<(String, PathBuf, String)> {
+    let folders: Vec<_> = filters()
+        .into_iter()
+        .filter_map(|(name, dir)| shipped(&name).and_then(|f| f.native_file()).map(|file| (name, dir, file)))
+        .collect();
+    assert!(!folders.is_empty(), "no folder of a filter with a native module");
+    folders
+}
+
+fn native_filter(dir: &Path, what: &str) -> Value {
+    envoyfilter_parts(&one_doc(&dir.join("envoyfilter-native.yaml")), what).filter
+}
+
+#[test]
+fn each_native_envoyfilter_runs_with_the_module_its_loader_checked() {
+    for (name, dir, file) in native_folders() {
+        let what = format!("{name}/envoyfilter-native.yaml");
+        let module = native_module_bytes(&name);
+        // The loader with the module's sha256 where the committed file has the placeholder (what
+        // `./scripts/package manifests` writes), run as the pod would before istio-proxy starts.
+        let init = with_loader_sha256(&loader_container(&dir, &name), &sha256_hex(&module));
+        let modules = tempfile::tempdir().unwrap();
+        let loaded = run_loader(&init, &module, modules.path(), &what);
+        assert!(loaded.ok, "{what}: the loader refused the module:\n{}", loaded.output);
+        assert_eq!(loaded.fetched.len(), 1, "{what}: one download");
+        assert!(std::fs::read(modules.path().join(&file)).unwrap() == module, "{what}: {file} as built");
+        let filter = with_module_dir(native_filter(&dir, &what), modules.path(), &what);
+        let envoy = run_native(&[filter], None, &expectations(&dir), &what);
+        let scrape = envoy.admin_get("/stats/prometheus").unwrap();
+        assert!(
+            !scrape.contains("dynamicmodulescustom"),
+            "{what}: the loader's runtime flag names them\n{scrape}"
+        );
+        if name == "hello" {
+            assert!(scrape.contains("\nhello_requests_total{method=\"GET\"} "), "{what}: {scrape}");
+        }
+    }
+}
+
+#[test]
+fn the_native_loader_refuses_a_module_whose_sha256_differs() {
+    // Each committed loader as is: its placeholder sha256 matches no module, so the init
+    // container stops with the module unwritten, and Envoy, given the EnvoyFilter, refuses to
+    // start without the file: the pod never serves without the filter.
+    for (name, dir, file) in native_folders() {
+        let what = format!("{name}/native-loader.yaml");
+        let modules = tempfile::tempdir().unwrap();
+        let loaded =
+            run_loader(&loader_container(&dir, &name), &native_module_bytes(&name), modules.path(), &what);
+        assert!(!loaded.ok, "{what}: the placeholder sha256 passed:\n{}", loaded.output);
+        assert_eq!(loaded.fetched.len(), 1, "{what}: the module was downloaded");
+        assert!(loaded.output.contains("FAILED"), "{what}: sha256sum says why:\n{}", loaded.output);
+        assert!(
+            !modules.path().join(&file).exists(),
+            "{what}: a refused module is never where Envoy loads it"
+        );
+        let filter = with_module_dir(native_filter(&dir, &what), modules.path(), &what);
+        let upstream = EchoUpstream::start().unwrap();
+        let log = EnvoyBuilder::new()
+            .raw_filter(filter)
+            .upstream(upstream.addr())
+            .start_expecting_failure()
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert!(log.contains("Failed to load dynamic module"), "{name}/envoyfilter-native.yaml: {log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // envoy --mode validate
 
 /// `envoy --mode validate -c <path>` from the repository root (configs name modules by paths
@@ -1344,34 +1259,115 @@ fn every_envoy_config_passes_envoy_validate() {
     }
 }
 
-#[test]
-fn the_standalone_remote_example_loads_its_module_by_sha256() {
-    // examples/remote-envoy.yaml's Wasm filter and module cluster, with the sha256 its comment
-    // has users put in, in front of the echo upstream.
-    let path = workspace_root().join("examples").join("remote-envoy.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert_marked_placeholder(&text, MODULE_SHA256_MARK, "examples/remote-envoy.yaml");
-    let doc = one_doc(&path);
+/// The first HTTP filter of a standalone example in `examples/`, and its `layered_runtime` (if
+/// any) as a bootstrap patch.
+fn example_filter(path: &str) -> (Value, Value) {
+    let doc = one_doc(&workspace_root().join(path));
     let hcm = doc.pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config").unwrap();
-    let mut filter = hcm.pointer("/http_filters/0").unwrap().clone();
-    let module = module_bytes("hello");
-    let remote = filter.pointer_mut("/typed_config/config/vm_config/code/remote").unwrap();
-    remote["sha256"] = json!(sha256_hex(&module));
+    (hcm.pointer("/http_filters/0").unwrap().clone(), json!({"layered_runtime": doc["layered_runtime"]}))
+}
+
+/// An example's remote filter running in front of the echo upstream, its module fetched from a
+/// local server through the example's cluster.
+struct RemoteRun {
+    envoy: Envoy,
+    /// What the module server received.
+    fetched: Vec<gatewasm_envoy::Received>,
+    /// The path of the example's module URL.
+    module_path: String,
+    _upstream: EchoUpstream,
+}
+
+/// Starts Envoy with `filter`, whose module source is at the JSON pointer `remote`, with
+/// `sha256` in that source and `module` served at its URL.
+fn run_remote_example(
+    filter: &Value,
+    remote: &str,
+    sha256: &str,
+    module: &[u8],
+    runtime: &Value,
+) -> RemoteRun {
+    let mut filter = filter.clone();
+    let source = filter.pointer_mut(remote).unwrap();
+    source["sha256"] = json!(sha256);
     let (uri, cluster) =
-        (str_at(remote, "/http_uri/uri").to_string(), str_at(remote, "/http_uri/cluster").to_string());
-    let (server, module_path) = module_server(&uri, &module);
+        (str_at(source, "/http_uri/uri").to_string(), str_at(source, "/http_uri/cluster").to_string());
+    let (server, module_path) = module_server(&uri, module);
     let upstream = EchoUpstream::start().unwrap();
     let envoy = EnvoyBuilder::new()
         .raw_filter(filter)
         .upstream(upstream.addr())
         .cluster(Cluster::new(&cluster, server.addr()))
+        .bootstrap_patch(runtime.clone())
         .start()
         .unwrap();
-    assert_eq!(server.received()[0].path, module_path);
-    let echo =
-        envoy.send(&Request::get("/anything").header("host", "Shop.Example.com")).unwrap().echo().unwrap();
-    assert_eq!(echo.header("x-greeting"), Some("hi shop.example.com"));
-    assert_eq!(envoy.get("/admin/users").unwrap().status, 403);
+    RemoteRun { envoy, fetched: server.received(), module_path, _upstream: upstream }
+}
+
+/// The example configuration of `hello`: a greeting for the host, `/admin` refused.
+fn greets_and_blocks(envoy: &Envoy, what: &str) {
+    let echo = envoy.send(&Request::get("/anything").header("host", "Shop.Example.com")).unwrap().echo();
+    assert_eq!(echo.unwrap().header("x-greeting"), Some("hi shop.example.com"), "{what}");
+    assert_eq!(envoy.get("/admin/users").unwrap().status, 403, "{what}");
+}
+
+#[test]
+fn the_standalone_remote_example_loads_its_module_by_sha256() {
+    // examples/remote-envoy.yaml's Wasm filter and module cluster, with the sha256 its comment
+    // has users put in, in front of the echo upstream.
+    let path = "examples/remote-envoy.yaml";
+    let text = std::fs::read_to_string(workspace_root().join(path)).unwrap();
+    assert_marked_placeholder(&text, MODULE_SHA256_MARK, path);
+    let (filter, runtime) = example_filter(path);
+    let module = module_bytes("hello");
+    let remote = "/typed_config/config/vm_config/code/remote";
+    let run = run_remote_example(&filter, remote, &sha256_hex(&module), &module, &runtime);
+    assert_eq!(run.fetched[0].path, run.module_path);
+    greets_and_blocks(&run.envoy, path);
+}
+
+#[test]
+fn the_standalone_native_examples_load_their_module() {
+    let module = native_module_bytes("hello");
+    // From a local file, as the example names it (relative to the repository root, where its
+    // comment runs Envoy), with the example's runtime flag for the metrics' names.
+    let path = "examples/hello/envoy-native.yaml";
+    let (mut filter, runtime) = example_filter(path);
+    let file = filter.pointer_mut("/typed_config/dynamic_module_config/module/local/filename").unwrap();
+    let built = gatewasm_envoy::native_module("hello").unwrap();
+    // Where `cargo build --release -p hello` writes it in the default target directory (the test
+    // loads the build wherever $CARGO_TARGET_DIR put it).
+    assert_eq!(file.as_str(), Some("target/release/libhello.so"), "{path}: the module cargo builds");
+    *file = json!(built.display().to_string());
+    let upstream = EchoUpstream::start().unwrap();
+    let envoy = EnvoyBuilder::new().raw_filter(filter).upstream(upstream.addr()).bootstrap_patch(runtime);
+    let envoy = envoy.start().unwrap();
+    greets_and_blocks(&envoy, path);
+    let scrape = envoy.admin_get("/stats/prometheus").unwrap();
+    assert!(scrape.contains("\nhello_requests_total{method=\"GET\"} 2\n"), "{path}: {scrape}");
+
+    // From an HTTP URL with the module's sha256 where the example has the marked placeholder.
+    let path = "examples/remote-native-envoy.yaml";
+    let text = std::fs::read_to_string(workspace_root().join(path)).unwrap();
+    assert_marked_placeholder(&text, &format!("{NATIVE_SHA256_MARK} hello"), path);
+    let (filter, runtime) = example_filter(path);
+    let remote = "/typed_config/dynamic_module_config/module/remote";
+    let run = run_remote_example(&filter, remote, &sha256_hex(&module), &module, &runtime);
+    assert!(!run.fetched.is_empty() && run.fetched.iter().all(|r| r.path == run.module_path), "{path}");
+    greets_and_blocks(&run.envoy, path);
+
+    // The placeholder: Envoy refuses the module it fetched, and Envoy 1.40 then starts without the
+    // filter (a remote module fails open; the example's comment says so): the request the filter
+    // blocks reaches the upstream, and the refusal is counted.
+    let run = run_remote_example(&filter, remote, PLACEHOLDER_DIGEST, &module, &runtime);
+    assert!(!run.fetched.is_empty(), "{path}: the module was fetched");
+    let log = run.envoy.log();
+    assert!(log.contains("module will not be loaded"), "{path}: the refusal is logged\n{log}");
+    let response = run.envoy.get("/admin/users").unwrap();
+    assert_eq!(response.status, 200, "{path}: the filter is left out");
+    assert_eq!(response.echo().unwrap().header("x-greeting"), None, "{path}: no filter ran");
+    let stats = run.envoy.admin_get("/stats?filter=dynamic_modules").unwrap();
+    assert!(stats.contains("dynamic_modules.remote_fetch_error.config_name.hello: 1"), "{path}: {stats}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1488,6 +1484,42 @@ fn rendered_manifests_carry_the_packaged_digests_and_run() {
             one_doc(&rendered.join(f.name).join("kustomization.yaml")),
             one_doc(&manifests_dir().join(f.name).join("kustomization.yaml"))
         );
+
+        // The native forms: the loader with the packaged native module's sha256 and nothing else
+        // changed, which then loads that module for the unchanged EnvoyFilter.
+        let Some(file) = f.native_file() else {
+            for file in NATIVE_FILES {
+                assert!(
+                    !rendered.join(f.name).join(file).exists(),
+                    "{}: {file} without a native module",
+                    f.name
+                );
+            }
+            continue;
+        };
+        let native = std::fs::read(out.path().join(&file)).unwrap();
+        let native_sha = sha256_hex(&native);
+        assert!(stdout.contains(&format!("native loader    sha256: {native_sha}")), "{stdout}");
+        for nf in NATIVE_FILES {
+            let text = std::fs::read_to_string(rendered.join(f.name).join(nf)).unwrap();
+            assert!(!text.contains(PLACEHOLDER_DIGEST), "rendered {}/{nf}: a placeholder is left", f.name);
+        }
+        let what = format!("rendered {}/envoyfilter-native.yaml", f.name);
+        let native_ef = one_doc(&rendered.join(f.name).join("envoyfilter-native.yaml"));
+        assert_eq!(validator.errors(&native_ef), Vec::<String>::new(), "{what}");
+        assert_eq!(
+            native_ef,
+            one_doc(&manifests_dir().join(f.name).join("envoyfilter-native.yaml")),
+            "{what}"
+        );
+        let init = loader_container(&rendered.join(f.name), f.name);
+        let committed = loader_container(&manifests_dir().join(f.name), f.name);
+        assert_eq!(init, with_loader_sha256(&committed, &native_sha), "{what}: the packaged module's sha256");
+        let modules = tempfile::tempdir().unwrap();
+        let loaded = run_loader(&init, &native, modules.path(), &what);
+        assert!(loaded.ok, "{what}: {}", loaded.output);
+        let filter = with_module_dir(native_filter(&rendered.join(f.name), &what), modules.path(), &what);
+        drop(run_native(&[filter], None, &expect, &what));
     }
     let top = one_doc(&rendered.join("kustomization.yaml"));
     let names: Vec<&str> = SHIPPED.iter().map(|f| f.name).filter(|n| *n != BUNDLE).collect();

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{pack, pack_ok, pack_with, require_tool, shipped_modules, tree, untar_gz};
+use common::{
+    pack, pack_ok, pack_with, require_tool, shipped_modules, shipped_native_modules, tree, untar_gz,
+};
 use gatewasm_pack::image::{
     Image, IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
     WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
@@ -69,6 +71,50 @@ fn image_layout_structure_and_media_types() {
         let (image, tag) = Image::read_layout(&layout).unwrap();
         assert_eq!((image.digest(), tag.as_deref()), (digest, Some("t1")));
     }
+}
+
+#[test]
+fn native_modules_are_written_with_their_sha256() {
+    require_tool("sha256sum", "coreutils");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let stdout = pack_ok(&["package", "--no-build", "--wasm-opt", "skip", "--out", dir]);
+    let natives = shipped_native_modules();
+    assert!(natives.len() + 1 == common::shipped_modules().len(), "every shipped module but the bundle");
+    for (filter, module) in &natives {
+        let file = filter.native_file().unwrap();
+        let written = std::fs::read(out.path().join(&file)).unwrap();
+        assert!(written == *module, "{file}: not the built module");
+        let sum = std::fs::read_to_string(out.path().join(format!("{file}.sha256"))).unwrap();
+        assert_eq!(sum, format!("{}  {file}\n", sha256_hex(module)));
+        assert!(stdout.contains(&format!("  native sha256    {}  (", sha256_hex(module))), "{stdout}");
+        // What an init container runs before Envoy loads it: the file as packaged passes, one
+        // changed byte does not.
+        let check = |what: &str| {
+            std::process::Command::new("sha256sum")
+                .args(["-c", &format!("{file}.sha256")])
+                .current_dir(out.path())
+                .output()
+                .unwrap_or_else(|e| panic!("{what}: sha256sum: {e}"))
+        };
+        let ok = check("as packaged");
+        assert!(ok.status.success(), "{file}: {}", String::from_utf8_lossy(&ok.stdout));
+        let mut tampered = written.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        std::fs::write(out.path().join(&file), &tampered).unwrap();
+        let refused = check("tampered");
+        assert!(!refused.status.success(), "{file}: a changed byte passes sha256sum -c");
+        assert!(String::from_utf8_lossy(&refused.stdout).contains("FAILED"), "{file}");
+    }
+    let mut shared: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".so"))
+        .collect();
+    shared.sort();
+    let mut expected: Vec<String> = natives.iter().map(|(f, _)| f.native_file().unwrap()).collect();
+    expected.sort();
+    assert_eq!(shared, expected, "one .so per native filter, none for the bundle");
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! Shared by the packaging tests: running the CLI, the shipped modules, reading layers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod manifests;
+
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gatewasm_pack::compile::module_path;
+use gatewasm_pack::compile::{module_path, native_path};
 use gatewasm_pack::{Filter, SHIPPED};
 
 /// Runs `gatewasm-pack` with `args`; returns its output (not checked).
@@ -55,6 +57,19 @@ pub fn shipped_modules() -> Vec<(Filter, Vec<u8>)> {
                 )
             });
             (*f, bytes)
+        })
+        .collect()
+}
+
+/// The built native module of every shipped filter that has one. Fails (never skips) when one
+/// is missing.
+pub fn shipped_native_modules() -> Vec<(Filter, Vec<u8>)> {
+    SHIPPED
+        .iter()
+        .filter(|f| f.native)
+        .map(|f| {
+            let path = native_path(f).unwrap_or_else(|e| panic!("{e:#} (./scripts/test builds them too)"));
+            (*f, std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         })
         .collect()
 }

@@ -340,6 +340,11 @@ impl EnvoyBuilder {
         if let Some(dir) = self.spec.native_dir() {
             command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
         }
+        // Envoy 1.40 caches a dynamic module fetched from a `remote` source as
+        // `$TMPDIR/envoy_dynamic_module_<sha256>.so` and loads a later config from that file
+        // without fetching: each Envoy gets its own cache, so a test always sees its own fetch and
+        // leaves nothing behind.
+        command.env("TMPDIR", dir.path());
         command.args(&self.extra_args).stdin(Stdio::null()).stdout(log).stderr(log_err);
 
         // Envoy dies with SIGKILL when the thread that spawned it dies (for example the test
