@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use gatewasm_envoy::auth_service::{AuthService, ADMIN_TOKEN};
 use gatewasm_envoy::{
-    wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, Reply, Request, ScriptedUpstream, WasmFilter,
-    BUNDLED,
+    wasm_artifact, Cluster, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Reply, Request, ScriptedUpstream,
+    Target, WasmFilter, BUNDLED,
 };
 use serde_json::{json, Value};
 
@@ -40,6 +40,9 @@ enum Source {
     Bundle,
     /// Every filter from its own module.
     Modules,
+    /// Every filter as its native Envoy dynamic module (`lib<filter>.so`), for the memory
+    /// comparison.
+    Native,
 }
 
 /// The gateway's chain, as the demo runs it: root id and configuration of each filter.
@@ -88,12 +91,17 @@ fn chain() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn filter(source: Source, root_id: &str, config: &Value) -> WasmFilter {
+fn filter(source: Source, root_id: &str, config: &Value) -> HttpFilter {
     let filter = match source {
         Source::Bundle => WasmFilter::new(bundle()).root_id(root_id),
         Source::Modules => WasmFilter::new(own_module(root_id)),
+        Source::Native => {
+            // The package is the root id; the plugin's name has underscores (`jwt_auth`).
+            let name = root_id.replace('-', "_");
+            return Target::Native.filter(root_id, &name, config).unwrap_or_else(|e| panic!("{e:#}"));
+        }
     };
-    filter.name(root_id).json_configuration(config)
+    HttpFilter::Wasm(filter.name(root_id).json_configuration(config))
 }
 
 struct Services {
@@ -109,10 +117,10 @@ impl Services {
         Services { upstream: EchoUpstream::start().unwrap(), auth: AuthService::start().unwrap(), bridge }
     }
 
-    fn gateway(&self, filters: Vec<WasmFilter>, workers: u32) -> Envoy {
+    fn gateway(&self, filters: Vec<HttpFilter>, workers: u32) -> Envoy {
         let mut builder = EnvoyBuilder::new();
         for f in filters {
-            builder = builder.wasm(f);
+            builder = builder.filter(f);
         }
         builder
             .upstream(self.upstream.addr())
@@ -291,8 +299,9 @@ fn rss_kb(envoy: &Envoy) -> u64 {
 }
 
 /// A measurement, not a check (run it with `--ignored --nocapture`): Envoy's RSS at 2 workers
-/// bare, with the five filters as five modules and from the bundle, the median of three starts
-/// each, after every worker served requests through the whole chain.
+/// bare, with the five filters as five modules, from the bundle and as five native dynamic
+/// modules (`cargo build --release -p <filter>`), the median of three starts each, after every
+/// worker served requests through the whole chain.
 #[test]
 #[ignore]
 fn measure_rss_of_five_modules_and_the_bundle() {
@@ -314,20 +323,26 @@ fn measure_rss_of_five_modules_and_the_bundle() {
     let bare = measure(&|| services.gateway(Vec::new(), 2));
     let modules = measure(&|| services.chain(Source::Modules, 2));
     let bundle = measure(&|| services.chain(Source::Bundle, 2));
+    let native = measure(&|| services.chain(Source::Native, 2));
     let mut shares = Vec::new();
-    for (root_id, config) in chain() {
-        let one = measure(&|| services.gateway(vec![filter(Source::Modules, root_id, &config)], 2));
-        shares.push(format!("{root_id} +{:.1} MB", (one as f64 - bare as f64) / 1024.0));
+    for source in [Source::Modules, Source::Native] {
+        for (root_id, config) in chain() {
+            let one = measure(&|| services.gateway(vec![filter(source, root_id, &config)], 2));
+            shares.push(format!("{root_id} ({source:?}) +{:.1} MB", (one as f64 - bare as f64) / 1024.0));
+        }
     }
     let mb = |kb: u64| kb as f64 / 1024.0;
     println!(
-        "RSS at --concurrency 2 (median of 3): bare {:.1} MB; five modules {:.1} MB (+{:.1}); bundle {:.1} MB (+{:.1}); each module alone: {}",
+        "RSS at --concurrency 2 (median of 3): bare {:.1} MB; five modules {:.1} MB (+{:.1}); bundle {:.1} MB (+{:.1}); five native modules {:.1} MB (+{:.1}); each alone: {}",
         mb(bare),
         mb(modules),
         mb(modules) - mb(bare),
         mb(bundle),
         mb(bundle) - mb(bare),
+        mb(native),
+        mb(native) - mb(bare),
         shares.join(", ")
     );
     assert!(bundle < modules, "the bundle uses less memory than five modules");
+    assert!(native < bundle, "native modules use less memory than the bundle");
 }
