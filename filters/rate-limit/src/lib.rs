@@ -43,8 +43,15 @@ pub const EVICTIONS: &str = "rate_limit_evictions_total";
 /// Requests let through uncounted, by reason (`full`: every way of the bucket holds requests in
 /// flight; `contention`: other workers kept writing first; `host`: a shared-data call failed).
 pub const UNTRACKED: &str = "rate_limit_untracked_total";
+/// Compare-and-swap writes refused because another worker wrote the counter's bucket first
+/// (each is read and tried again): how contended the counters are.
+pub const RETRIES: &str = "rate_limit_cas_retries_total";
 /// Requests refused (400) because their host cannot be read while rules name hosts.
 pub const INVALID_HOST: &str = "rate_limit_invalid_host_total";
+/// Requests held by concurrency limits, released, by the callback that released them (`log`:
+/// the stream's log callback, which Envoy runs however a stream ends; `destroy`: the stream's
+/// context went without it).
+pub const RELEASES: &str = "rate_limit_releases_total";
 
 /// The plugin: the compiled configuration, its shared table and its counters.
 pub struct RateLimit {
@@ -57,7 +64,10 @@ pub struct RateLimit {
     evicted_idle: LocalCounter,
     evicted_active: LocalCounter,
     untracked: [LocalCounter; 3],
+    retries: LocalCounter,
     invalid_host: LocalCounter,
+    /// Releases at the log callback and at the context's destruction.
+    released: [LocalCounter; 2],
     /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
     host_rules: bool,
 }
@@ -160,8 +170,11 @@ impl RateLimit {
         Some((limit, self.limits.get(at.rule)?.get(at.limit)?))
     }
 
-    fn count_eviction(&self, evicted: Option<Eviction>) {
-        match evicted {
+    fn count_change<T>(&self, changed: &table::Changed<T>) {
+        if changed.retries > 0 {
+            self.retries.add(u64::from(changed.retries));
+        }
+        match changed.evicted {
             Some(Eviction::Idle) => self.evicted_idle.inc(),
             Some(Eviction::Active) => self.evicted_active.inc(),
             None => {}
@@ -187,8 +200,9 @@ impl RateLimit {
         let result = self.table.change(&self.root, &at.fingerprint, now, |state| {
             (limit.algorithm.give_back(state, now, limit.hits), ())
         });
-        if let Err(why) = result {
-            self.count_untracked(why, &limit.policy);
+        match result {
+            Ok(changed) => self.count_change(&changed),
+            Err(why) => self.count_untracked(why, &limit.policy),
         }
     }
 
@@ -238,7 +252,10 @@ impl Plugin for RateLimit {
             evicted_idle: eviction("idle"),
             evicted_active: eviction("active"),
             untracked: [untracked("full"), untracked("contention"), untracked("host")],
+            retries: metrics.local_counter(RETRIES),
             invalid_host: metrics.local_counter(INVALID_HOST),
+            released: ["log", "destroy"]
+                .map(|hook| metrics.local_counter(&series_name(RELEASES, &[("hook", hook)]))),
             table,
             root: root.clone(),
             host_rules,
@@ -268,15 +285,19 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// Releases the concurrency counters the request holds; `hook` names the callback, for logs.
-    fn release(&mut self, hook: &str) {
+    /// Releases the concurrency counters the request holds, counted under `hook` (0: the log
+    /// callback, 1: the context's destruction).
+    fn release(&mut self, hook: usize) {
         if self.held.is_empty() {
             return;
         }
-        for at in std::mem::take(&mut self.held) {
+        let held = std::mem::take(&mut self.held);
+        for &at in &held {
             self.plugin.give_back(at, 0);
         }
-        log::debug!("rate_limit: requests in flight released at {hook}");
+        if let Some(counter) = self.plugin.released.get(hook) {
+            counter.add(held.len() as u64);
+        }
     }
 }
 
@@ -355,7 +376,7 @@ impl HttpFilter for Limiter {
             });
             let decision = match changed {
                 Ok(changed) => {
-                    plugin.count_eviction(changed.evicted);
+                    plugin.count_change(&changed);
                     changed.value
                 }
                 Err(why) => {
@@ -441,7 +462,7 @@ impl HttpFilter for Limiter {
     }
 
     fn on_log(&mut self, _stream: &mut Stream) {
-        self.release("log");
+        self.release(0);
     }
 }
 
@@ -449,7 +470,7 @@ impl Drop for Limiter {
     /// A stream that ends without its log callback (should any host skip it) still frees what
     /// it holds: the context goes when its stream does.
     fn drop(&mut self) {
-        self.release("destroy");
+        self.release(1);
     }
 }
 
@@ -737,6 +758,8 @@ mod tests {
         );
         gw.host().lose_cas_races(5);
         assert_eq!(status(&send(&gw, "/", &[])), 200);
+        gw.tick();
+        assert_eq!(gw.host().counter(RETRIES), Some(5));
         assert_eq!(status(&send(&gw, "/", &[])), 200);
         assert_eq!(status(&send(&gw, "/", &[])), 200);
         assert_eq!(status(&send(&gw, "/", &[])), 429);

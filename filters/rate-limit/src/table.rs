@@ -193,13 +193,16 @@ pub enum Untracked {
     Host(Status),
 }
 
-/// The result of a change: what the step returned, and the counter it evicted, if any.
+/// The result of a change: what the step returned, the counter it evicted, if any, and how many
+/// times another worker's write came first.
 #[derive(Debug)]
 pub struct Changed<T> {
     /// The step's value.
     pub value: T,
     /// A counter the new one replaced.
     pub evicted: Option<Eviction>,
+    /// Writes refused because the bucket had changed since it was read (each then read again).
+    pub retries: u32,
 }
 
 /// The shared table of one domain.
@@ -259,12 +262,12 @@ impl Table {
         mut step: impl FnMut(Option<State>) -> (Option<(State, IdleAt)>, T),
     ) -> Result<Changed<T>, Untracked> {
         let key = self.key(self.bucket_of(fingerprint));
-        for _ in 0..ATTEMPTS {
+        for retries in 0..ATTEMPTS as u32 {
             let (value, cas) = root.shared_data(&key).map_err(Untracked::Host)?;
             let mut bucket = Bucket::decode(value.as_deref().unwrap_or_default());
             let way = bucket.find(fingerprint);
             let (write, value) = step(way.and_then(|i| bucket.entries.get(i)).map(|e| e.state));
-            let Some((state, idle_at)) = write else { return Ok(Changed { value, evicted: None }) };
+            let Some((state, idle_at)) = write else { return Ok(Changed { value, evicted: None, retries }) };
             let entry = Entry { fingerprint: *fingerprint, state, idle_at };
             let evicted = match way.and_then(|i| bucket.entries.get_mut(i)) {
                 Some(slot) => {
@@ -277,7 +280,7 @@ impl Table {
                 },
             };
             match root.set_shared_data(&key, &bucket.encode(), cas) {
-                Ok(()) => return Ok(Changed { value, evicted }),
+                Ok(()) => return Ok(Changed { value, evicted, retries }),
                 Err(Status::CasMismatch) => continue,
                 Err(status) => return Err(Untracked::Host(status)),
             }
