@@ -35,7 +35,7 @@ pub enum Build {
 }
 
 /// Every module that ships as an image: the production filters, the `hello` example and the
-/// bundle of the five filters (`gatewasm-bundle`, module `gatewasm.wasm`). This is the one list;
+/// bundle (`gatewasm-bundle`, module `gatewasm.wasm`: five of the filters in one module). This is the one list;
 /// `./scripts/package` and the tests read it through this crate (`gatewasm-pack list` prints it).
 pub const SHIPPED: &[Filter] = &[
     Filter { name: "header-rewrite", module: "header_rewrite.wasm", build: Build::Shared },
@@ -43,6 +43,7 @@ pub const SHIPPED: &[Filter] = &[
     Filter { name: "http-metrics", module: "http_metrics.wasm", build: Build::Shared },
     Filter { name: "ext-auth", module: "ext_auth.wasm", build: Build::Shared },
     Filter { name: "kafka-log", module: "kafka_log.wasm", build: Build::Shared },
+    Filter { name: "rate-limit", module: "rate_limit.wasm", build: Build::Shared },
     Filter { name: "hello", module: "hello.wasm", build: Build::Shared },
     Filter { name: BUNDLE, module: "gatewasm.wasm", build: Build::Alone },
 ];
