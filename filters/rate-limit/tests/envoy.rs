@@ -344,3 +344,36 @@ fn two_workers_under_load_count_every_request_exactly_once(target: Target) {
     assert_eq!(decisions(&envoy, "load", "all", "allowed", LIMIT), Some(LIMIT));
     assert_eq!(decisions(&envoy, "load", "all", "limited", limited), Some(limited));
 }
+
+/// The standalone example is a valid Envoy 1.40 configuration, and the README shows it with the
+/// module where an operator installs it.
+#[test]
+fn standalone_example_is_valid_and_shown_in_the_readme() {
+    let root = gatewasm_envoy::workspace_root();
+    // From the repository root, where the example's relative module path points.
+    let out = std::process::Command::new(gatewasm_envoy::envoy_binary().unwrap())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c", "filters/rate-limit/envoy.yaml"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+    let example = std::fs::read_to_string(root.join("filters/rate-limit/envoy.yaml")).unwrap();
+    let readme = std::fs::read_to_string(root.join("filters/rate-limit/README.md")).unwrap();
+    let shown: String = example
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("target/wasm32-wasip1/release/", "/etc/envoy/");
+    assert!(
+        readme.contains(&format!("```yaml\n{shown}```")),
+        "README.md's In Envoy block differs from envoy.yaml"
+    );
+    // The example's filter configuration is the README's first example.
+    let start = readme.find("```json\n").unwrap() + 8;
+    let json: Value =
+        serde_json::from_str(&readme[start..start + readme[start..].find("```").unwrap()]).unwrap();
+    let value = example.split("value: |\n").nth(1).unwrap().split("vm_config").next().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(value).unwrap(), json);
+}
