@@ -8,9 +8,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 ENVOY_VERSION="1.40.0"
 # Every module the tests, the demo and the benchmarks load.
-WASM_PACKAGES=(header-rewrite jwt-auth ext-auth http-metrics kafka-log hello noop-filter probe-filter raw-filter calls-filter sdk-fixture)
+WASM_PACKAGES=(header-rewrite jwt-auth ext-auth http-metrics kafka-log rate-limit hello noop-filter probe-filter raw-filter calls-filter sdk-fixture)
 # The filters whose Envoy tests also run them as native Envoy dynamic modules (lib<name>.so).
-NATIVE_PACKAGES=(hello header-rewrite ext-auth jwt-auth http-metrics kafka-log sdk-fixture noop-module)
+NATIVE_PACKAGES=(hello header-rewrite ext-auth jwt-auth http-metrics kafka-log rate-limit sdk-fixture noop-module)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -46,7 +46,7 @@ fn start_bridge(log: &std::path::Path) -> anyhow::Result<LocalProcess> {
     )
 }
 
-/// Starts Envoy with the six filters built for `target`: Wasm modules in Envoy's V8, or native
+/// Starts Envoy with the seven filters built for `target`: Wasm modules in Envoy's V8, or native
 /// Envoy dynamic modules (`--native`).
 fn start(target: Target, listener: u16, admin: u16, services: &Services) -> anyhow::Result<Envoy> {
     let header_rewrite = target.filter(
@@ -112,6 +112,18 @@ fn start(target: Target, listener: u16, admin: u16, services: &Services) -> anyh
             ]
         }),
     )?;
+    // /limited/*: 5 requests a minute per client address (a bucket of 5, refilled at 5 a minute),
+    // counted by every worker together; the RateLimit fields on every counted response.
+    let rate_limit = target.filter(
+        "rate-limit",
+        "rate_limit",
+        &json!({
+            "domain": "demo", "response_headers": "always",
+            "rules": [{"name": "demo", "match": {"prefix": "/limited/"}, "limits": [
+                {"name": "per-client", "descriptors": ["client_address"], "token_bucket": {"rate": 5, "per": "minute"}}
+            ]}]
+        }),
+    )?;
     // Last in the chain: one JSON record per request, batched to the bridge from the root
     // context's tick; the client's Authorization is copied as [REDACTED].
     let kafka_log = target.filter(
@@ -123,13 +135,14 @@ fn start(target: Target, listener: u16, admin: u16, services: &Services) -> anyh
             "fields": {"request_headers": {"auth": "authorization"}, "values": {"gateway": "gatewasm-demo"}}
         }),
     )?;
-    let tags: Vec<_> = ["host", "path", "method", "code", "rule", "result", "provider", "reason"]
+    let tags: Vec<_> = ["host", "path", "method", "code", "rule", "limit", "result", "provider", "reason"]
         .iter()
         .map(|t| json!({"tag_name": t, "regex": format!("(;{t}=([^;]*))")}))
         .collect();
     EnvoyBuilder::new()
         .filter(http_metrics)
         .filter(jwt_auth)
+        .filter(rate_limit)
         .filter(ext_auth)
         .filter(hello)
         .filter(header_rewrite)
@@ -229,15 +242,35 @@ fn check(envoy: &Envoy, access_log: &std::path::Path) -> anyhow::Result<()> {
     ensure!(r.status == 200, "GET /api/orders/7: status {}", r.status);
     check_access_log(access_log)?;
 
+    let statuses: Vec<u16> =
+        (0..7).map(|_| envoy.get("/limited/").map(|r| r.status)).collect::<anyhow::Result<_>>()?;
+    ensure!(statuses == [200, 200, 200, 200, 200, 429, 429], "GET /limited/ seven times: {statuses:?}");
+    let r = envoy.get("/limited/")?;
+    ensure!(r.status == 429, "GET /limited/ again: status {}", r.status);
+    ensure!(
+        r.json()?.get("code").and_then(|c| c.as_str()) == Some("too_many_requests"),
+        "429 body {}",
+        r.text()
+    );
+    ensure!(r.header("retry-after").is_some(), "no Retry-After");
+    ensure!(
+        r.header("ratelimit-policy") == Some(r#""demo.per-client";q=5;w=60"#),
+        "RateLimit-Policy {:?}",
+        r.header("ratelimit-policy")
+    );
+    ensure!(r.header("ratelimit").is_some_and(|f| f.starts_with(r#""demo.per-client";r=0;t="#)), "RateLimit");
+
     // header-rewrite's rule counters reach Envoy from its 1 s tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let wanted = [
         // hello sees the requests ext-auth lets through: the login's 201 and the 401 are answers
         // from the auth service, which ext-auth counts as denials.
-        "hello_requests_total{method=\"GET\"} 8",
+        "hello_requests_total{method=\"GET\"} 13",
         "ext_auth_checks_total{result=\"allowed\"} 1",
         "ext_auth_checks_total{result=\"denied\"} 2",
         "header_rewrite_rules_applied_total{rule=\"api\"} 2",
+        "rate_limit_requests_total{rule=\"demo\",limit=\"per-client\",result=\"allowed\"} 5",
+        "rate_limit_requests_total{rule=\"demo\",limit=\"per-client\",result=\"limited\"} 3",
         "gatewasm_http_requests_total{host=\"shop.example.com\",path=\"/api/*\",method=\"GET\",code=\"200\"} 2",
         "gatewasm_http_requests_total{host=\"other\",path=\"/admin/settings\",method=\"GET\",code=\"403\"} 1",
         "gatewasm_http_requests_total{host=\"other\",path=\"/orders/{id}/items\",method=\"GET\",code=\"200\"} 1",
@@ -292,8 +325,8 @@ fn banner(target: Target, listener: u16, admin: u16, access_log: &std::path::Pat
     format!(
         r#"
 gatewasm demo gateway: Envoy on 127.0.0.1:{listener} (admin 127.0.0.1:{admin}), filters http-metrics,
-jwt-auth, ext-auth, hello, header-rewrite and kafka-log, in front of an echo upstream that answers with the
-request it received; an auth service for ext-auth; the Kafka bridge for kafka-log, writing JSON
+jwt-auth, rate-limit, ext-auth, hello, header-rewrite and kafka-log, in front of an echo upstream that
+answers with the request it received; an auth service for ext-auth; the Kafka bridge for kafka-log, writing JSON
 lines to {access_log} (no Kafka needed). The filters run as {built}.
 
   # header-rewrite: /api/* goes upstream as /v2/* with Host backend.internal, x-debug removed,
@@ -321,6 +354,11 @@ lines to {access_log} (no Kafka needed). The filters run as {built}.
   curl -si localhost:{listener}/nodebackend/ -H 'Cookie: id_token={ADMIN_TOKEN}' -H 'x-admin-id: 999'
   curl -si localhost:{listener}/nodebackend/
 
+  # rate-limit: /limited/* allows 5 requests a minute per client address (5 at once, then one
+  # every 12 s), counted by all workers together: five 200s, then 429 with Retry-After.
+  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' localhost:{listener}/limited/; done; echo
+  curl -si localhost:{listener}/limited/             # 429: JSON body, Retry-After, RateLimit-Policy, RateLimit
+
   # http-metrics: numbers in paths become {{id}}, the query never reaches a label.
   curl -s 'localhost:{listener}/orders/12345/items?page=2' -o /dev/null
 
@@ -329,7 +367,7 @@ lines to {access_log} (no Kafka needed). The filters run as {built}.
   sleep 1; tail -n 1 {access_log}
 
   # Per-host/route/method/code series, per-method and per-rule counters, as Prometheus labels.
-  curl -s localhost:{admin}/stats/prometheus | grep -E '^(gatewasm_http_requests_total|jwt_auth|ext_auth_checks|kafka_log|hello|header_rewrite)'
+  curl -s localhost:{admin}/stats/prometheus | grep -E '^(gatewasm_http_requests_total|jwt_auth|ext_auth_checks|kafka_log|hello|header_rewrite|rate_limit)'
 
 Ctrl-C stops the gateway.
 "#

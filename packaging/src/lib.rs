@@ -47,7 +47,7 @@ pub enum Build {
 }
 
 /// Every module that ships as an image: the production filters, the `hello` example and the
-/// bundle of the five filters (`gatewasm-bundle`, module `gatewasm.wasm`). This is the one list;
+/// bundle (`gatewasm-bundle`, module `gatewasm.wasm`: five of the filters in one module). This is the one list;
 /// `./scripts/package` and the tests read it through this crate (`gatewasm-pack list` prints it).
 pub const SHIPPED: &[Filter] = &[
     Filter { name: "header-rewrite", module: "header_rewrite.wasm", build: Build::Shared, native: true },
@@ -55,6 +55,7 @@ pub const SHIPPED: &[Filter] = &[
     Filter { name: "http-metrics", module: "http_metrics.wasm", build: Build::Shared, native: true },
     Filter { name: "ext-auth", module: "ext_auth.wasm", build: Build::Shared, native: true },
     Filter { name: "kafka-log", module: "kafka_log.wasm", build: Build::Shared, native: true },
+    Filter { name: "rate-limit", module: "rate_limit.wasm", build: Build::Shared, native: true },
     Filter { name: "hello", module: "hello.wasm", build: Build::Shared, native: true },
     Filter { name: BUNDLE, module: "gatewasm.wasm", build: Build::Alone, native: false },
 ];

@@ -459,24 +459,31 @@ fn the_validator_rejects_broken_manifests() {
 // ---------------------------------------------------------------------------------------------
 // Conventions of a filter folder
 
-/// The `EnvoyFilter` priority that puts a filter where a `WasmPlugin` of this phase runs
-/// (patches with a lower priority are applied first, so run earlier before the router).
-fn envoyfilter_priority(phase: &str) -> i64 {
-    match phase {
+/// The `EnvoyFilter` priority that puts a filter where a `WasmPlugin` of this phase and
+/// priority runs (patches with a lower priority are applied first, so run earlier before the
+/// router): the phase's base, less the WasmPlugin's priority within the phase (a higher one runs
+/// first), which stays within -99..=99 so phases never overlap.
+fn envoyfilter_priority(phase: &str, priority: i64) -> i64 {
+    assert!((-99..=99).contains(&priority), "a WasmPlugin priority within -99..=99, not {priority}");
+    let base = match phase {
         "AUTHN" => -300,
         "AUTHZ" => -200,
         "STATS" => -100,
         _ => 0,
-    }
+    };
+    base - priority
 }
 
-/// The `failStrategy` a filter of `phase` must have. Guards (AUTHN, AUTHZ) and the filters that
-/// run after them without a phase (header-rewrite strips headers upstreams trust and rewrites
-/// hosts and paths) fail closed: skipping them would forward what must not be forwarded.
-/// Observability (STATS) fails open: a broken counter or log shipper must not stop the gateway.
-fn expected_fail_strategy(phase: &str) -> &'static str {
-    match phase {
-        "STATS" => "FAIL_OPEN",
+/// The `failStrategy` filter `name` of `phase` must have. Guards (AUTHN, AUTHZ) and the filters
+/// that run after them without a phase (header-rewrite strips headers upstreams trust and
+/// rewrites hosts and paths) fail closed: skipping them would forward what must not be
+/// forwarded. Observability (STATS) fails open: a broken counter or log shipper must not stop
+/// the gateway. rate-limit runs among the guards (AUTHZ, after authentication) but protects
+/// backends rather than checking access: it fails open, as Envoy's own rate limit filter lets
+/// requests through when its service fails.
+fn expected_fail_strategy(name: &str, phase: &str) -> &'static str {
+    match (name, phase) {
+        (_, "STATS") | ("rate-limit", _) => "FAIL_OPEN",
         _ => "FAIL_CLOSE",
     }
 }
@@ -734,12 +741,14 @@ fn every_filter_folder_follows_the_convention() {
             );
             assert_committed_image(wp, &name, &what);
             let phase = str_at(wp, "/spec/phase");
+            let priority = wp.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0);
             let fail_strategy = str_at(wp, "/spec/failStrategy");
+            let expected = expected_fail_strategy(root_id, phase);
             assert_eq!(
                 fail_strategy,
-                expected_fail_strategy(phase),
+                expected,
                 "{what}: phase {phase} fails {}",
-                if expected_fail_strategy(phase) == "FAIL_OPEN" { "open" } else { "closed" }
+                if expected == "FAIL_OPEN" { "open" } else { "closed" }
             );
             assert!(wp.pointer("/spec/imagePullPolicy").is_some(), "{what}: imagePullPolicy chosen");
             assert!(
@@ -764,8 +773,8 @@ fn every_filter_folder_follows_the_convention() {
             );
             assert_eq!(
                 ef.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0),
-                envoyfilter_priority(phase),
-                "{what}: the priority of phase {phase}"
+                envoyfilter_priority(phase, priority),
+                "{what}: the priority of phase {phase}, priority {priority}"
             );
             assert_eq!(filter.pointer("/typed_config/@type"), Some(&json!(WASM_TYPE)), "{what}");
             let config = filter.pointer("/typed_config/config").unwrap();

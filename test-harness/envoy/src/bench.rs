@@ -41,7 +41,7 @@ pub struct Scenario {
     /// Request path wrk and the checks use.
     #[serde(default = "default_path")]
     pub path: String,
-    /// What every row except bare and floor must do.
+    /// What every row except bare and floor must do, unless the row says itself.
     #[serde(default)]
     pub expect: Expect,
     /// Row key the ratio column compares against (usually `native`).
@@ -156,6 +156,10 @@ pub struct RowSpec {
     /// filter (a native `access_log`, say).
     #[serde(default)]
     pub hcm_patch: Option<Value>,
+    /// What this row must do instead of the scenario's `expect`: for rows whose filters show
+    /// the same work differently (Envoy's own filter writing its own header names, say).
+    #[serde(default)]
+    pub expect: Option<Expect>,
 }
 
 /// A proxy-wasm module in a scenario.
@@ -250,8 +254,10 @@ pub struct Row {
     pub label: String,
     /// Footnote.
     pub note: Option<String>,
-    /// Whether the scenario's expectations apply (not for bare and floor).
+    /// Whether the row's expectations apply (not for bare and floor).
     pub check_effects: bool,
+    /// What the row must do: its own `expect`, or the scenario's.
+    pub expect: Expect,
     /// The filter chain.
     pub filters: Vec<HttpFilter>,
     /// Clusters of the scenario's services (empty for bare and floor).
@@ -332,6 +338,7 @@ impl Scenario {
                 label: "bare Envoy".to_string(),
                 note: None,
                 check_effects: false,
+                expect: Expect::default(),
                 filters: Vec::new(),
                 clusters: Vec::new(),
                 services: None,
@@ -342,6 +349,7 @@ impl Scenario {
                 label: "Wasm floor (noop filter)".to_string(),
                 note: None,
                 check_effects: false,
+                expect: Expect::default(),
                 filters: vec![HttpFilter::Wasm(WasmFilter::new(noop_filter_wasm()?).configuration("{}"))],
                 clusters: Vec::new(),
                 services: None,
@@ -397,6 +405,7 @@ impl Scenario {
                 label: spec.label.clone(),
                 note: spec.note.clone(),
                 check_effects: true,
+                expect: spec.expect.clone().unwrap_or_else(|| self.expect.clone()),
                 filters,
                 clusters: clusters.clone(),
                 services: services.clone(),
@@ -421,7 +430,7 @@ impl Scenario {
         }
         if row.check_effects {
             let echo = response.echo()?;
-            for (name, value) in &self.expect.request_headers {
+            for (name, value) in &row.expect.request_headers {
                 if echo.header(name) != Some(value.as_str()) {
                     bail!(
                         "row {}: upstream did not receive {name}: {value}; it got {:?}",
@@ -440,7 +449,7 @@ impl Scenario {
         if !row.check_effects {
             return Ok(());
         }
-        for (name, value) in &self.expect.response_headers {
+        for (name, value) in &row.expect.response_headers {
             if response.header(name) != Some(value.as_str()) {
                 bail!("row {}: response lacks {name}: {value}; headers {:?}", row.label, response.headers);
             }
