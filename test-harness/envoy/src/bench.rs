@@ -368,6 +368,7 @@ impl Scenario {
                 label: "native floor (SDK filter that does nothing, dynamic module)".to_string(),
                 note: None,
                 check_effects: false,
+                expect: Expect::default(),
                 filters: vec![HttpFilter::Native(filter)],
                 clusters: Vec::new(),
                 services: None,
