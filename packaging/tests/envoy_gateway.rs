@@ -312,21 +312,24 @@ fn the_envoy_gateway_forms_agree_with_the_filter_folders() {
         );
     }
 
-    // The policy: the five filters of the bundle in the order the Istio forms run them, each its
+    // The policy: the five filters of the bundle and rate-limit in the order the Istio forms run
+    // them (rate-limit in AUTHZ at priority 10: after jwt-auth, before ext-auth), each its
     // folder's configuration on a registered module.
     let targets = policy["spec"]["targetRefs"].as_array().unwrap();
     assert!(
         targets.iter().all(|t| t["kind"] == "Gateway" && t["group"] == "gateway.networking.k8s.io"),
         "{targets:?}"
     );
-    let order: Vec<String> = yaml_docs(&manifests_dir().join(BUNDLE).join("wasmplugin.yaml"))
+    let mut order: Vec<String> = yaml_docs(&manifests_dir().join(BUNDLE).join("wasmplugin.yaml"))
         .iter()
         .map(|wp| str_at(wp, "/spec/pluginName").to_string())
         .collect();
+    let after_jwt = order.iter().position(|n| n == "jwt-auth").map_or(0, |i| i + 1);
+    order.insert(after_jwt, "rate-limit".to_string());
     let entries = policy["spec"]["dynamicModule"].as_array().unwrap();
     let names: Vec<String> =
         entries.iter().map(|e| str_at(e, "/name").trim_start_matches("gatewasm-").to_string()).collect();
-    assert_eq!(names, order, "the bundle's filters, in the order Istio runs them");
+    assert_eq!(names, order, "the bundle's filters and rate-limit, in the order Istio runs them");
     for entry in entries {
         let name = str_at(entry, "/name");
         assert!(registry.iter().any(|e| e["name"] == name), "{name}: registered in the EnvoyProxy");
