@@ -78,8 +78,8 @@ pub trait Host {
     /// delivered to the context that sent it: the message (status 0 and its size, read from
     /// `BufferType::GrpcReceiveBuffer`) or the call's close (a status, its message from
     /// [`Host::grpc_status`]). `ParseFailure` when the cluster is unknown (Envoy's answer). A
-    /// host that reads the answer itself keeps at most `max_response_bytes` of the message (the
-    /// SDK refuses a longer one).
+    /// host that reads the answer itself keeps at most the call's `max_response_bytes` of the
+    /// message (the SDK refuses a longer one).
     fn dispatch_grpc_call(&self, call: &crate::grpc::GrpcCall<'_>) -> Result<u32, Status>;
     /// The status code and message (`grpc-message`, as the service sent it) of the gRPC call
     /// whose close is being delivered.
