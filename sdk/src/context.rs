@@ -135,6 +135,16 @@ impl<P: Plugin> Context for RootContext<P> {
         let result = pending.read(&*self.host, num_headers, body_size);
         plugin.on_callout(root, crate::CalloutId(token_id), result);
     }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some((plugin, root)) = &self.configured else { return };
+        let Some(pending) = root.take_grpc(token_id) else {
+            log::warn!("{}: answer for unknown gRPC call {token_id} ignored", P::NAME);
+            return;
+        };
+        let result = pending.read(&*self.host, status_code, response_size);
+        plugin.on_grpc_result(root, crate::CalloutId(token_id), result);
+    }
 }
 
 impl<P: Plugin> ProxyRootContext for RootContext<P> {
@@ -217,13 +227,9 @@ impl<P: Plugin> Context for StreamContext<P> {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let pending = match self.stream.pending.take() {
-            Some(p) if p.token == token_id => p,
-            other => {
-                self.stream.pending = other;
-                log::warn!("{}: answer for unknown callout {token_id} ignored", P::NAME);
-                return;
-            }
+        let Some(pending) = take_if(&mut self.stream.pending, |p| p.token == token_id) else {
+            log::warn!("{}: answer for unknown callout {token_id} ignored", P::NAME);
+            return;
         };
         let half = self.stream.half;
         self.stream.enter(half);
@@ -231,7 +237,39 @@ impl<P: Plugin> Context for StreamContext<P> {
         self.stream.callout_elapsed = pending.elapsed.get();
         // ok to skip: only a configured filter can have sent a callout.
         let Some(filter) = &mut self.filter else { return };
-        match filter.on_callout(&mut self.stream, result) {
+        let flow = filter.on_callout(&mut self.stream, result);
+        self.after_answer(half, flow);
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(pending) = take_if(&mut self.stream.pending_grpc, |p| p.token == token_id) else {
+            log::warn!("{}: answer for unknown gRPC call {token_id} ignored", P::NAME);
+            return;
+        };
+        let half = self.stream.half;
+        self.stream.enter(half);
+        let result = pending.read(&*self.stream.host, status_code, response_size);
+        // ok to skip: only a configured filter can have sent a call.
+        let Some(filter) = &mut self.filter else { return };
+        let flow = filter.on_grpc_result(&mut self.stream, result);
+        self.after_answer(half, flow);
+    }
+}
+
+/// What `slot` holds when it is the one `wanted` (taken out), else `None` (left in place).
+fn take_if<T>(slot: &mut Option<T>, wanted: impl FnOnce(&T) -> bool) -> Option<T> {
+    if slot.as_ref().is_some_and(wanted) {
+        slot.take()
+    } else {
+        None
+    }
+}
+
+impl<P: Plugin> StreamContext<P> {
+    /// Does what the filter decided when a callout or gRPC call answered: resume the half that
+    /// waited, keep it paused, or reply.
+    fn after_answer(&mut self, half: Half, flow: Flow) {
+        match flow {
             Flow::Continue => {
                 if let Err(status) = self.stream.host.resume(half) {
                     log::warn!("{}: resuming the stream failed: {status:?}", P::NAME);

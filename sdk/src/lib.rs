@@ -15,7 +15,8 @@
 //! - reads the request with one host call however many parts a filter looks at
 //!   ([`Stream::request`]);
 //! - sends local replies of one JSON shape ([`LocalReply`]);
-//! - runs HTTP callouts ([`Stream::dispatch`]) and resumes or replies when they answer;
+//! - runs HTTP callouts ([`Stream::dispatch`]) and unary gRPC calls ([`Stream::dispatch_grpc`])
+//!   and resumes or replies when they answer;
 //! - flushes [`metrics::LocalCounter`]s on its own tick;
 //! - runs the same callbacks on a fake host in unit tests ([`testing`]);
 //! - logs through the `log` crate, and logs a panic at critical before the VM aborts.
@@ -53,6 +54,7 @@ pub mod bundle;
 pub mod callout;
 pub mod config;
 mod context;
+pub mod grpc;
 pub mod host;
 pub mod http;
 mod logging;
@@ -76,6 +78,7 @@ pub use callout::{Callout, CalloutError, CalloutId, CalloutResponse, CalloutResu
 pub use config::{ConfigError, ConfigErrors};
 #[doc(hidden)]
 pub use context::RootContext;
+pub use grpc::{GrpcCall, GrpcError, GrpcResult, GrpcStatus};
 pub use reply::LocalReply;
 pub use request::{HeaderSnapshot, Request};
 pub use root::{Root, MAX_ROOT_CALLOUTS};
@@ -130,6 +133,13 @@ pub trait Plugin: Sized + 'static {
         let _ = (root, id, result);
     }
 
+    /// A gRPC call sent with [`Root::dispatch_grpc`] answered, failed or timed out, with the id
+    /// the dispatch returned. As [`Plugin::on_callout`], state it updates lives in
+    /// `Cell`/`RefCell` fields.
+    fn on_grpc_result(self: &Rc<Self>, root: &Root, id: CalloutId, result: GrpcResult) {
+        let _ = (root, id, result);
+    }
+
     /// The host is removing the plugin (`proxy_on_done` on the root context): return true to
     /// let it go at once, or false to finish work first (a last flush of buffered records, say)
     /// and call [`Root::done`] once finished; callout answers keep arriving meanwhile. Local
@@ -177,6 +187,12 @@ pub trait HttpFilter: 'static {
 
     /// A callout dispatched with [`Stream::dispatch`] answered, failed or timed out.
     fn on_callout(&mut self, stream: &mut Stream, result: CalloutResult) -> Flow {
+        Flow::Continue
+    }
+
+    /// A gRPC call dispatched with [`Stream::dispatch_grpc`] answered, failed or timed out.
+    /// `Continue` resumes whichever half of the stream was paused, as for an HTTP callout.
+    fn on_grpc_result(&mut self, stream: &mut Stream, result: GrpcResult) -> Flow {
         Flow::Continue
     }
 

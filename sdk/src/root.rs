@@ -1,5 +1,5 @@
 //! [`Root`]: the handle a plugin reaches its host through outside any one request: metrics,
-//! shared data, background callouts, the clock and its own shutdown.
+//! shared data, background callouts and gRPC calls, the clock and its own shutdown.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proxy_wasm::types::{Bytes, Status};
 
 use crate::callout::{self, Callout, CalloutError, CalloutId};
+use crate::grpc::{self, GrpcCall, GrpcError};
 use crate::host::Host;
 use crate::metrics::Metrics;
 
-/// Most root-context callouts in flight per VM; [`Root::dispatch`] refuses more, so a plugin
-/// that dispatches on every tick while its cluster hangs cannot grow this table without bound.
+/// Most root-context callouts (HTTP and gRPC together) in flight per VM; [`Root::dispatch`]
+/// and [`Root::dispatch_grpc`] refuse more, so a plugin that dispatches on every tick while its
+/// cluster hangs cannot grow this table without bound.
 pub const MAX_ROOT_CALLOUTS: usize = 64;
 
 /// The plugin's handle to its host, handed to [`crate::Plugin::configure`] and to every
@@ -25,13 +27,20 @@ struct Shared {
     name: &'static str,
     host: Rc<dyn Host>,
     pending: RefCell<Vec<callout::Pending>>,
+    pending_grpc: RefCell<Vec<grpc::Pending>>,
     metrics: Metrics,
 }
 
 impl Root {
     pub(crate) fn new(name: &'static str, host: Rc<dyn Host>) -> Self {
         let metrics = Metrics::new(Rc::clone(&host));
-        Self(Rc::new(Shared { name, host, pending: RefCell::new(Vec::new()), metrics }))
+        Self(Rc::new(Shared {
+            name,
+            host,
+            pending: RefCell::new(Vec::new()),
+            pending_grpc: RefCell::new(Vec::new()),
+            metrics,
+        }))
     }
 
     /// The plugin's name ([`crate::Plugin::NAME`]).
@@ -121,14 +130,35 @@ impl Root {
         Ok(id)
     }
 
-    /// Number of the plugin's callouts in flight.
+    /// Sends the unary gRPC `call` from the plugin: the answer arrives in
+    /// [`crate::Plugin::on_grpc_result`] with the returned id. For background work, as
+    /// [`Root::dispatch`]; refused with `Dispatch(BadArgument)` when [`MAX_ROOT_CALLOUTS`] are
+    /// already in flight.
+    pub fn dispatch_grpc(&self, call: &GrpcCall<'_>) -> Result<CalloutId, GrpcError> {
+        if self.in_flight() >= MAX_ROOT_CALLOUTS {
+            return Err(GrpcError::Dispatch(Status::BadArgument));
+        }
+        let pending = grpc::Pending::send(&*self.0.host, call)?;
+        let id = CalloutId(pending.token);
+        self.0.pending_grpc.borrow_mut().push(pending);
+        Ok(id)
+    }
+
+    /// Number of the plugin's callouts (HTTP and gRPC) in flight.
     pub fn in_flight(&self) -> usize {
-        self.0.pending.borrow().len()
+        self.0.pending.borrow().len() + self.0.pending_grpc.borrow().len()
     }
 
     /// Removes and returns the pending callout with `token`.
     pub(crate) fn take_callout(&self, token: u32) -> Option<callout::Pending> {
         let mut pending = self.0.pending.borrow_mut();
+        let at = pending.iter().position(|c| c.token == token)?;
+        Some(pending.swap_remove(at))
+    }
+
+    /// Removes and returns the pending gRPC call with `token`.
+    pub(crate) fn take_grpc(&self, token: u32) -> Option<grpc::Pending> {
+        let mut pending = self.0.pending_grpc.borrow_mut();
         let at = pending.iter().position(|c| c.token == token)?;
         Some(pending.swap_remove(at))
     }

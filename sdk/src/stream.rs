@@ -1,5 +1,5 @@
 //! [`Stream`]: the handle a filter reaches one request through: its headers, bodies,
-//! properties, callouts, the clock and its plugin's [`Root`].
+//! properties, callouts and gRPC calls, the clock and its plugin's [`Root`].
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
 
 use crate::callout::{self, Callout, CalloutError};
+use crate::grpc::{self, GrpcCall, GrpcError};
 use crate::host::{Half, Host};
 use crate::request::{HeaderSnapshot, Request};
 use crate::Root;
@@ -19,6 +20,7 @@ pub struct Stream {
     root: Root,
     pub(crate) half: Half,
     pub(crate) pending: Option<callout::Pending>,
+    pub(crate) pending_grpc: Option<grpc::Pending>,
     pub(crate) replied: bool,
     pub(crate) callout_elapsed: Option<Duration>,
     /// The request headers as read in the running callback: one host call the first time a
@@ -33,6 +35,7 @@ impl Stream {
             root,
             half: Half::Request,
             pending: None,
+            pending_grpc: None,
             replied: false,
             callout_elapsed: None,
             request: RefCell::new(None),
@@ -136,6 +139,17 @@ impl Stream {
         }
         let pending = callout::Pending::send(&*self.host, callout).map_err(CalloutError::Dispatch)?;
         self.pending = Some(pending);
+        Ok(())
+    }
+
+    /// Sends the unary gRPC `call`; its answer arrives in [`crate::HttpFilter::on_grpc_result`].
+    /// One gRPC call at a time (besides one HTTP callout): a second while the first is pending
+    /// is refused with `Dispatch(BadArgument)`.
+    pub fn dispatch_grpc(&mut self, call: &GrpcCall<'_>) -> Result<(), GrpcError> {
+        if self.pending_grpc.is_some() {
+            return Err(GrpcError::Dispatch(Status::BadArgument));
+        }
+        self.pending_grpc = Some(grpc::Pending::send(&*self.host, call)?);
         Ok(())
     }
 

@@ -48,6 +48,7 @@ pub use proxy_wasm::types::Action;
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
 use crate::context::{RootContext, StreamContext};
+use crate::grpc::GrpcCall;
 use crate::host::{serialize_pairs, Half, Host};
 use crate::{Plugin, Root};
 
@@ -123,6 +124,93 @@ impl Answer {
     /// Envoy's own answer to a callout whose timeout passed.
     pub fn timeout() -> Self {
         Self::new(504, &[("content-type", "text/plain")], crate::callout::ENVOY_TIMEOUT_BODY)
+    }
+}
+
+/// A gRPC call a filter or plugin sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentGrpcCall {
+    /// The token the host gave it.
+    pub token: u32,
+    /// Target cluster.
+    pub cluster: String,
+    /// Service name.
+    pub service: String,
+    /// Method name.
+    pub method: String,
+    /// Initial metadata, as sent.
+    pub metadata: Vec<(String, Vec<u8>)>,
+    /// The serialized request message.
+    pub message: Vec<u8>,
+    /// Timeout.
+    pub timeout: Duration,
+}
+
+impl SentGrpcCall {
+    /// The first value of metadata `name`.
+    pub fn metadata(&self, name: &str) -> Option<&[u8]> {
+        self.metadata.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// What the fake host delivers for a gRPC call: what Envoy's Wasm host delivers, so the SDK's
+/// reading of it runs as in Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcAnswer {
+    /// The response message (`proxy_on_grpc_receive`).
+    Message(Vec<u8>),
+    /// The call closed with a status other than `OK` and its message
+    /// (`proxy_on_grpc_close`, `proxy_get_status`).
+    Close {
+        /// The status code.
+        code: u32,
+        /// The message (`grpc-message`, as the service sent it).
+        message: Vec<u8>,
+    },
+}
+
+impl GrpcAnswer {
+    /// The service answered `message`.
+    pub fn message(message: impl Into<Vec<u8>>) -> Self {
+        Self::Message(message.into())
+    }
+
+    /// The service answered the error status `code` with `message` (its `grpc-message`).
+    pub fn status(code: u32, message: &str) -> Self {
+        Self::Close { code, message: message.as_bytes().to_vec() }
+    }
+
+    /// Envoy's own answer when the call's timeout passed.
+    pub fn timeout() -> Self {
+        Self::status(14, crate::grpc::ENVOY_TIMEOUT_MESSAGE)
+    }
+
+    /// Envoy's own answer when the connection to the service was refused.
+    pub fn unavailable() -> Self {
+        Self::status(
+            14,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+        )
+    }
+
+    /// Envoy's answer to a response it cannot decode (a broken frame).
+    pub fn malformed() -> Self {
+        Self::status(13, "")
+    }
+
+    /// Puts the answer where the host's calls read it, and returns the status and size the
+    /// answer callback gets.
+    fn deliver(&self, maps: &mut Maps, status: &RefCell<Option<(u32, Bytes)>>) -> (u32, usize) {
+        match self {
+            Self::Message(message) => {
+                maps.buffers.insert(BufferType::GrpcReceiveBuffer as u32, message.clone());
+                (0, message.len())
+            }
+            Self::Close { code, message } => {
+                *status.borrow_mut() = Some((*code, message.clone()));
+                (*code, 0)
+            }
+        }
     }
 }
 
@@ -222,6 +310,9 @@ pub struct FakeHost {
     shared: RefCell<HashMap<String, (Bytes, u32)>>,
     lose_cas: Cell<u32>,
     callouts: RefCell<Vec<SentCallout>>,
+    grpc_calls: RefCell<Vec<SentGrpcCall>>,
+    /// The status of the gRPC close being delivered to the plugin.
+    grpc_status: RefCell<Option<(u32, Bytes)>>,
     next_token: Cell<u32>,
     tick: Cell<Option<Duration>>,
     done: Cell<u32>,
@@ -249,6 +340,8 @@ impl FakeHost {
             shared: RefCell::new(HashMap::new()),
             lose_cas: Cell::new(0),
             callouts: RefCell::new(Vec::new()),
+            grpc_calls: RefCell::new(Vec::new()),
+            grpc_status: RefCell::new(None),
             next_token: Cell::new(1),
             tick: Cell::new(None),
             done: Cell::new(0),
@@ -304,8 +397,8 @@ impl FakeHost {
         self.foreign.borrow_mut().insert(name.to_string(), Box::new(function));
     }
 
-    /// Only these clusters accept callouts (others are refused with `BadArgument`, as Envoy
-    /// refuses an unknown cluster).
+    /// Only these clusters accept callouts (others are refused as Envoy refuses an unknown
+    /// cluster: `BadArgument` for an HTTP callout, `ParseFailure` for a gRPC call).
     pub fn set_clusters(&self, clusters: &[&str]) {
         *self.clusters.borrow_mut() = Some(clusters.iter().map(|c| (*c).to_string()).collect());
     }
@@ -350,6 +443,11 @@ impl FakeHost {
         self.callouts.borrow().clone()
     }
 
+    /// Every gRPC call sent so far, by the plugin and every stream.
+    pub fn grpc_calls(&self) -> Vec<SentGrpcCall> {
+        self.grpc_calls.borrow().clone()
+    }
+
     /// The tick period last asked for.
     pub fn tick_period(&self) -> Option<Duration> {
         self.tick.get()
@@ -385,6 +483,26 @@ impl FakeHost {
             headers: headers.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
             body: body.map(<[u8]>::to_vec).unwrap_or_default(),
             timeout,
+        });
+        Ok(token)
+    }
+}
+
+impl FakeHost {
+    fn dispatch_grpc(&self, call: &GrpcCall<'_>) -> Result<u32, Status> {
+        if !self.clusters.borrow().as_ref().is_none_or(|c| c.iter().any(|k| *k == call.cluster)) {
+            return Err(Status::ParseFailure);
+        }
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.grpc_calls.borrow_mut().push(SentGrpcCall {
+            token,
+            cluster: call.cluster.to_string(),
+            service: call.service.to_string(),
+            method: call.method.to_string(),
+            metadata: call.metadata.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+            message: call.message.clone(),
+            timeout: call.timeout,
         });
         Ok(token)
     }
@@ -440,6 +558,14 @@ impl Host for FakeHost {
     ) -> Result<u32, Status> {
         self.count();
         self.dispatch(cluster, headers, body, timeout)
+    }
+    fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, Status> {
+        self.count();
+        self.dispatch_grpc(call)
+    }
+    fn grpc_status(&self) -> Result<(u32, Bytes), Status> {
+        self.count();
+        Ok(self.grpc_status.borrow().clone().unwrap_or_default())
     }
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
         self.count();
@@ -557,6 +683,9 @@ struct StreamHost {
     resumed: RefCell<Vec<Half>>,
     reset: Cell<bool>,
     tokens: RefCell<Vec<u32>>,
+    grpc_tokens: RefCell<Vec<u32>>,
+    /// The status of the gRPC close being delivered to the stream.
+    grpc_status: RefCell<Option<(u32, Bytes)>>,
 }
 
 impl StreamHost {
@@ -634,6 +763,16 @@ impl Host for StreamHost {
         let token = self.plugin.dispatch(cluster, headers, body, timeout)?;
         self.tokens.borrow_mut().push(token);
         Ok(token)
+    }
+    fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, Status> {
+        self.count();
+        let token = self.plugin.dispatch_grpc(call)?;
+        self.grpc_tokens.borrow_mut().push(token);
+        Ok(token)
+    }
+    fn grpc_status(&self) -> Result<(u32, Bytes), Status> {
+        self.count();
+        Ok(self.grpc_status.borrow().clone().unwrap_or_default())
     }
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
         self.calls.set(self.calls.get() + 1);
@@ -749,6 +888,13 @@ impl<P: Plugin> Harness<P> {
         self.root.on_http_call_response(token, count, answer.body.len(), 0);
     }
 
+    /// Answers a gRPC call the plugin sent from its root context.
+    pub fn answer_grpc(&mut self, token: u32, answer: &GrpcAnswer) {
+        let (status, size) = answer.deliver(&mut self.host.root.borrow_mut(), &self.host.grpc_status);
+        self.root.on_grpc_call_response(token, status, size);
+        self.host.grpc_status.borrow_mut().take();
+    }
+
     /// The host asks the plugin to finish (`proxy_on_done`); true when it may go at once.
     pub fn done(&mut self) -> bool {
         self.root.on_done()
@@ -765,6 +911,8 @@ impl<P: Plugin> Harness<P> {
             resumed: RefCell::new(Vec::new()),
             reset: Cell::new(false),
             tokens: RefCell::new(Vec::new()),
+            grpc_tokens: RefCell::new(Vec::new()),
+            grpc_status: RefCell::new(None),
         });
         let shared: Rc<dyn Host> = host.clone();
         FakeStream {
@@ -847,6 +995,20 @@ impl<P: Plugin> FakeStream<P> {
             maps.buffers.insert(BufferType::HttpCallResponseBody as u32, answer.body.clone());
         }
         self.context.on_http_call_response(token, answer.headers.len(), answer.body.len(), 0);
+    }
+
+    /// Answers the stream's last gRPC call.
+    pub fn answer_grpc(&mut self, answer: &GrpcAnswer) {
+        let Some(token) = self.host.grpc_tokens.borrow().last().copied() else { return };
+        let (status, size) = answer.deliver(&mut self.host.maps.borrow_mut(), &self.host.grpc_status);
+        self.context.on_grpc_call_response(token, status, size);
+        self.host.grpc_status.borrow_mut().take();
+    }
+
+    /// The last gRPC call this stream sent.
+    pub fn grpc_call(&self) -> Option<SentGrpcCall> {
+        let token = self.host.grpc_tokens.borrow().last().copied()?;
+        self.host.plugin.grpc_calls.borrow().iter().find(|c| c.token == token).cloned()
     }
 
     /// The stream completes (access-log time).
@@ -941,7 +1103,8 @@ mod tests {
     use super::*;
     use crate::metrics::{Counter, Family, LocalCounter};
     use crate::{
-        config, Callout, CalloutId, CalloutResult, ConfigErrors, Flow, HttpFilter, LocalReply, Stream,
+        config, Callout, CalloutId, CalloutResult, ConfigErrors, Flow, GrpcError, GrpcResult, GrpcStatus,
+        HttpFilter, LocalReply, Stream,
     };
 
     #[derive(serde::Deserialize)]
@@ -955,6 +1118,8 @@ mod tests {
         by_method: Option<Family<Counter>>,
         #[serde(skip)]
         answers: Cell<u32>,
+        #[serde(skip)]
+        grpc_results: std::cell::RefCell<Vec<(CalloutId, GrpcResult)>>,
     }
 
     impl config::Validate for Probe {
@@ -982,6 +1147,10 @@ mod tests {
         }
         fn on_tick(self: &Rc<Self>, root: &Root) {
             let _ = root.dispatch(&Callout::get(&self.cluster, "bg.local", "/bg"));
+            let _ = root.dispatch_grpc(&GrpcCall::new(&self.cluster, "bg.Svc", "Get", b"bg".to_vec()));
+        }
+        fn on_grpc_result(self: &Rc<Self>, _root: &Root, id: CalloutId, result: GrpcResult) {
+            self.grpc_results.borrow_mut().push((id, result));
         }
         fn on_callout(self: &Rc<Self>, _root: &Root, _id: CalloutId, result: CalloutResult) {
             if result.is_ok_and(|r| r.status == 200) {
@@ -1011,6 +1180,15 @@ mod tests {
                     Ok(()) => Flow::Pause,
                     Err(e) => Flow::Reply(LocalReply::new(500, "dispatch", format!("{e:?}"))),
                 },
+                "/grpc" => {
+                    let mut call = GrpcCall::new(&self.0.cluster, "test.Auth", "Check", b"req".to_vec());
+                    call.metadata.push(("x-id".into(), b"7".as_slice().into()));
+                    call.max_response_bytes = 4;
+                    match stream.dispatch_grpc(&call) {
+                        Ok(()) => Flow::Pause,
+                        Err(e) => Flow::Reply(LocalReply::new(500, "dispatch", format!("{e:?}"))),
+                    }
+                }
                 _ => {
                     let host = req.host().unwrap_or_default().into_owned();
                     let headers = stream.request_headers();
@@ -1031,6 +1209,16 @@ mod tests {
                 }
                 Ok(r) => Flow::Reply(LocalReply::new(403, "denied", format!("{}", r.status))),
                 Err(e) => Flow::Reply(LocalReply::new(502, "failed", format!("{e:?}"))),
+            }
+        }
+
+        fn on_grpc_result(&mut self, stream: &mut Stream, result: GrpcResult) -> Flow {
+            match result {
+                Ok(message) => {
+                    let _ = stream.request_headers().set("x-grpc", &String::from_utf8_lossy(&message));
+                    Flow::Continue
+                }
+                Err(e) => Flow::Reply(LocalReply::new(502, "grpc_failed", format!("{e:?}"))),
             }
         }
     }
@@ -1128,9 +1316,12 @@ mod tests {
         let host = FakeHost::new();
         host.set_clusters(&["other"]);
         let gw = Harness::<Probe>::with_host(host, r#"{"cluster": "auth"}"#).unwrap();
-        let mut s = gw.stream();
-        s.request_headers(&[(":method", "GET"), (":path", "/call")], true);
-        assert!(s.reply().unwrap().body_text().contains("BadArgument"));
+        for (path, error) in [("/call", "BadArgument"), ("/grpc", "UnknownCluster")] {
+            let mut s = gw.stream();
+            s.request_headers(&[(":method", "GET"), (":path", path)], true);
+            assert!(s.reply().unwrap().body_text().contains(error), "{path}");
+        }
+        assert!(gw.host().callouts().is_empty() && gw.host().grpc_calls().is_empty());
     }
 
     #[test]
@@ -1144,13 +1335,71 @@ mod tests {
         gw.tick();
         let calls = gw.host().callouts();
         assert_eq!(calls.len(), 1);
-        assert_eq!(gw.root().in_flight(), 1);
+        // The HTTP callout and the gRPC call the tick sent.
+        assert_eq!(gw.root().in_flight(), 2);
         gw.answer(calls[0].token, &Answer::new(200, &[], "ok"));
         assert_eq!(gw.plugin().answers.get(), 1);
-        assert_eq!(gw.root().in_flight(), 0);
+        assert_eq!(gw.root().in_flight(), 1);
         // An answer nobody waits for is ignored.
         gw.answer(99, &Answer::new(200, &[], "ok"));
         assert_eq!(gw.plugin().answers.get(), 1);
+    }
+
+    #[test]
+    fn stream_grpc_calls_resume_or_reply_with_typed_errors() {
+        let gw = Harness::<Probe>::new(r#"{"cluster": "rls"}"#).unwrap();
+        let mut s = gw.stream();
+        assert_eq!(s.request_headers(&[(":method", "GET"), (":path", "/grpc")], true), Action::Pause);
+        let call = s.grpc_call().unwrap();
+        assert_eq!(
+            (call.cluster.as_str(), call.service.as_str(), call.method.as_str()),
+            ("rls", "test.Auth", "Check")
+        );
+        assert_eq!((call.message.as_slice(), call.metadata("x-id")), (&b"req"[..], Some(&b"7"[..])));
+        assert_eq!(call.timeout, Duration::from_secs(1));
+        s.answer_grpc(&GrpcAnswer::message("ok"));
+        assert_eq!(s.resumed(), [Half::Request]);
+        assert_eq!(s.request_header("x-grpc").as_deref(), Some("ok"));
+
+        let cases = [
+            (GrpcAnswer::message("12345"), format!("{:?}", GrpcError::TooLarge { size: 5 })),
+            (GrpcAnswer::timeout(), format!("{:?}", GrpcError::Timeout)),
+            (GrpcAnswer::malformed(), format!("{:?}", GrpcError::Malformed)),
+            (
+                GrpcAnswer::status(7, "denied %25"),
+                format!("{:?}", GrpcError::Status(GrpcStatus { code: 7, message: "denied %".into() })),
+            ),
+        ];
+        for (answer, want) in cases {
+            let mut s = gw.stream();
+            s.request_headers(&[(":method", "GET"), (":path", "/grpc")], true);
+            s.answer_grpc(&answer);
+            assert!(s.resumed().is_empty());
+            let reply = s.reply().unwrap();
+            assert_eq!(reply.details, "probe_grpc_failed");
+            assert!(reply.body_text().contains(&want.replace('"', "\\\"")), "{} ~ {want}", reply.body_text());
+        }
+        let mut s = gw.stream();
+        s.request_headers(&[(":method", "GET"), (":path", "/grpc")], true);
+        s.answer_grpc(&GrpcAnswer::unavailable());
+        assert!(s.reply().unwrap().body_text().contains("Unavailable(\\\"upstream connect error"));
+    }
+
+    #[test]
+    fn root_grpc_calls_answer_the_plugin() {
+        let mut gw = Harness::<Probe>::new(r#"{"cluster": "rls", "tick_ms": 1000}"#).unwrap();
+        gw.tick();
+        let calls = gw.host().grpc_calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(gw.root().in_flight(), 2, "an HTTP callout and a gRPC call");
+        gw.answer_grpc(calls[0].token, &GrpcAnswer::status(14, "redis down"));
+        gw.answer_grpc(calls[0].token, &GrpcAnswer::message("late"));
+        let results = gw.plugin().grpc_results.borrow().clone();
+        assert_eq!(
+            results,
+            vec![(CalloutId(calls[0].token), Err(GrpcError::Unavailable("redis down".into())))]
+        );
+        assert_eq!(gw.root().in_flight(), 1);
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! forwards `obs-text` bytes (0x80-0xFF) in header values, so a client could trap the VM with one
 //! header, and a host that answers a status the crate did not foresee (`done` outside a plugin's
 //! shutdown, a metric call on an unknown id) would trap it too. This module declares the ABI 0.2.1
-//! imports itself and returns errors instead. The one call it leaves to the crate is
-//! [`dispatch_http_call`], whose answer the crate's dispatcher must route back to the calling
-//! context (it registers the token); Envoy answers that call only with the statuses the crate
-//! maps to errors.
+//! imports itself and returns errors instead. The calls it leaves to the crate are
+//! [`dispatch_http_call`] and [`dispatch_grpc_call`], whose answers the crate's dispatcher must
+//! route back to the calling context (it registers the token); Envoy answers them only with the
+//! statuses the crate maps to errors.
 //!
 //! Memory the host returns was allocated by the guest's `proxy_on_memory_allocate` (exported by
 //! the `proxy-wasm` crate) as a boxed `[u8]` of exactly the returned size, which is what makes
@@ -112,6 +112,11 @@ mod sys {
         pub(crate) fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
         pub(crate) fn proxy_continue_stream(stream: u32) -> u32;
         pub(crate) fn proxy_close_stream(stream: u32) -> u32;
+        pub(crate) fn proxy_get_status(
+            return_code: *mut u32,
+            return_message_data: *mut *mut u8,
+            return_message_size: *mut usize,
+        ) -> u32;
     }
 }
 
@@ -215,6 +220,9 @@ mod sys {
         UNAVAILABLE
     }
     pub unsafe fn proxy_close_stream(_: u32) -> u32 {
+        UNAVAILABLE
+    }
+    pub unsafe fn proxy_get_status(_: *mut u32, _: *mut *mut u8, _: *mut usize) -> u32 {
         UNAVAILABLE
     }
 }
@@ -510,6 +518,60 @@ fn dispatch_http_call(
     }
 }
 
+/// Sends a unary gRPC call and returns its token. Goes through the `proxy-wasm` crate, whose
+/// dispatcher must know the token to hand the answer to the calling context. Envoy reads the
+/// `upstream` argument as a serialized `GrpcService` when it parses as one, else as a cluster
+/// name (unknown: `ParseFailure`); a name that would parse is sent as the `GrpcService` naming
+/// it, since Envoy 1.40 aborts on one that names no cluster. Envoy then answers Ok,
+/// ParseFailure or InternalFailure only (`BadArgument` needs a `GrpcService` Envoy cannot build
+/// a client for, which this never sends), the statuses the crate returns as they are.
+fn dispatch_grpc_call(call: &crate::grpc::GrpcCall<'_>) -> Result<u32, Status> {
+    let proto;
+    let upstream = if crate::grpc::may_parse_as_protobuf(call.cluster.as_bytes()) {
+        // The crate takes the argument as text: a name of 126 bytes or more encodes its
+        // lengths in bytes that are not UTF-8, and is refused.
+        proto =
+            String::from_utf8(crate::grpc::grpc_service(&call.cluster)).map_err(|_| Status::BadArgument)?;
+        proto.as_str()
+    } else {
+        &call.cluster
+    };
+    let metadata: Vec<(&str, &[u8])> = call.metadata.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+    // The crate's wrapper sends the timeout as `as_millis() as u32`: keep it in range.
+    let timeout = Duration::from_millis(
+        u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).min(u64::from(u32::MAX)),
+    );
+    #[cfg(target_arch = "wasm32")]
+    return proxy_wasm::hostcalls::dispatch_grpc_call(
+        upstream,
+        &call.service,
+        &call.method,
+        metadata,
+        Some(&call.message),
+        timeout,
+    );
+    // Native builds have no host (and the crate's wrapper would not link there).
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (upstream, metadata, timeout);
+        Err(Status::InternalFailure)
+    }
+}
+
+/// The code and message of the gRPC call being closed (`proxy_get_status`), read raw (the
+/// crate's wrapper panics on a message that is not UTF-8), without the response code details
+/// Envoy appends to it.
+fn grpc_status() -> Result<(u32, Bytes), Status> {
+    let mut code = 0u32;
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the pointers are valid for the call; the host fills them per ABI 0.2.1.
+    unit(unsafe { sys::proxy_get_status(&mut code, &mut data, &mut size) })?;
+    // SAFETY: on Ok the host returned a guest allocation of `size` bytes (or nothing).
+    let message = unsafe { take(data, size) };
+    Ok((code, crate::grpc::strip_envoy_details(&message).to_vec()))
+}
+
 /// The proxy-wasm ABI 0.2.1 host: the proxy the module is loaded in. Holds nothing: the ABI
 /// is a set of imported functions, and the host tracks which context is current.
 #[derive(Debug, Clone, Copy, Default)]
@@ -557,6 +619,13 @@ impl Host for Abi {
         timeout: Duration,
     ) -> Result<u32, Status> {
         dispatch_http_call(cluster, headers.to_vec(), body, timeout)
+    }
+    fn dispatch_grpc_call(&self, call: &crate::grpc::GrpcCall<'_>) -> Result<u32, Status> {
+        // Envoy reads the whole message; the SDK bounds what it takes of it.
+        dispatch_grpc_call(call)
+    }
+    fn grpc_status(&self) -> Result<(u32, Bytes), Status> {
+        grpc_status()
     }
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
         define_metric(kind, name)

@@ -73,6 +73,17 @@ pub trait Host {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, Status>;
+    /// Sends the unary gRPC `call` (`/<service>/<method>` on its cluster, its metadata as
+    /// initial metadata, its message framed by the host) and returns its token; the answer is
+    /// delivered to the context that sent it: the message (status 0 and its size, read from
+    /// `BufferType::GrpcReceiveBuffer`) or the call's close (a status, its message from
+    /// [`Host::grpc_status`]). `ParseFailure` when the cluster is unknown (Envoy's answer). A
+    /// host that reads the answer itself keeps at most the call's `max_response_bytes` of the
+    /// message (the SDK refuses a longer one).
+    fn dispatch_grpc_call(&self, call: &crate::grpc::GrpcCall<'_>) -> Result<u32, Status>;
+    /// The status code and message (`grpc-message`, as the service sent it) of the gRPC call
+    /// whose close is being delivered.
+    fn grpc_status(&self) -> Result<(u32, Bytes), Status>;
     /// Declares a labelled metric family before its series are defined (in `configure`): a host
     /// with real labels defines it there; one whose names carry the labels (proxy-wasm) has
     /// nothing to do, and makes no call.

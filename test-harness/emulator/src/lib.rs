@@ -21,9 +21,9 @@
 //!
 //! What the host does where Envoy's behaviour is not obvious is written next to each host call
 //! in `host/` (one module per ABI area), from Envoy's source and from running the probe filter
-//! in Envoy 1.40. Host calls the emulator does not implement (gRPC, foreign functions other than
-//! `verify_signature`, and any unknown import) trap with a message naming the call: a test never
-//! sees a pretend success.
+//! in Envoy 1.40. Host calls the emulator does not implement (gRPC streams, foreign functions
+//! other than `verify_signature`, and any unknown import) trap with a message naming the call: a
+//! test never sees a pretend success.
 //! See the README for the full list and the API.
 
 pub mod abi;
@@ -31,13 +31,15 @@ pub mod cost;
 mod emulator;
 mod foreign;
 mod group;
+mod grpc;
 mod host;
 pub mod wasi;
 
 pub use abi::{Action, LogLevel, MetricType};
 pub use emulator::{engine, load_module, load_module_bytes, Emulator, EmulatorBuilder, PropertyPath, Stream};
 pub use group::Group;
-pub use host::{HttpCall, LocalReply, LogEntry, Metric};
+pub use grpc::{grpc_frame, GrpcResponse};
+pub use host::{GrpcCall, HttpCall, LocalReply, LogEntry, Metric};
 
 /// Errors from the emulator.
 #[derive(Debug, thiserror::Error)]

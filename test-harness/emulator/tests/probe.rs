@@ -313,8 +313,8 @@ fn panic_is_reported_and_vm_dies() {
 fn unimplemented_call_fails_loudly() {
     let emu = probe().build().unwrap();
     let mut s = emu.stream();
-    let err = s.request_headers(&[(":path", "/"), ("x-probe", "grpc_call:c")], true).unwrap_err();
-    assert!(err.to_string().contains("proxy_grpc_call"), "{err}");
+    let err = s.request_headers(&[(":path", "/"), ("x-probe", "grpc_stream:c")], true).unwrap_err();
+    assert!(err.to_string().contains("proxy_grpc_stream"), "{err}");
     assert!(err.to_string().contains("not implemented"), "{err}");
 }
 

@@ -318,12 +318,22 @@ pub struct Cluster {
     pub connect_timeout: Option<Duration>,
     /// Speak HTTP/2 to the endpoint (gRPC services: Envoy's `ext_authz`, `ratelimit`, ...).
     pub http2: bool,
+    /// List no endpoint (`addr` unused): a cluster with no healthy host, which Envoy fails a
+    /// request to at once.
+    pub no_endpoints: bool,
 }
 
 impl Cluster {
     /// A cluster with one endpoint.
     pub fn new(name: impl Into<String>, addr: SocketAddr) -> Self {
-        Cluster { name: name.into(), addr, connect_timeout: None, http2: false }
+        Cluster { name: name.into(), addr, connect_timeout: None, http2: false, no_endpoints: false }
+    }
+
+    /// Lists no endpoint: Envoy fails every request to the cluster at once ("no healthy
+    /// upstream").
+    pub fn without_endpoints(mut self) -> Self {
+        self.no_endpoints = true;
+        self
     }
 
     /// Speaks HTTP/2 (prior knowledge, no TLS) to the endpoint, as a gRPC service needs.
@@ -341,6 +351,9 @@ impl Cluster {
     fn to_json(&self) -> anyhow::Result<Value> {
         let mut cluster =
             cluster_json(&self.name, self.addr, self.connect_timeout.unwrap_or(Duration::from_secs(1)))?;
+        if self.no_endpoints {
+            merge(&mut cluster, &json!({ "load_assignment": { "endpoints": [] } }));
+        }
         if self.http2 {
             merge(
                 &mut cluster,

@@ -21,6 +21,7 @@ pub mod auth_service;
 pub mod bench;
 mod client;
 mod config;
+mod grpc_upstream;
 mod process;
 mod runner;
 mod upstream;
@@ -31,6 +32,7 @@ pub use config::{
     BUNDLE_VAR, HCM_STAT_PREFIX, NATIVE_REFUSAL, STRIP_MODULE_STAT_PREFIX, UPSTREAM_CLUSTER,
 };
 pub use gatewasm_paths::native_module;
+pub use grpc_upstream::{grpc_frame, GrpcReply, GrpcUpstream};
 pub use process::LocalProcess;
 pub use runner::{
     envoy_binary, noop_filter_wasm, target_dir, validate_config_file, wasm_artifact, workspace_root, Envoy,

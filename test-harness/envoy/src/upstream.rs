@@ -106,16 +106,36 @@ impl Reply {
 }
 
 /// A running server on 127.0.0.1 with an ephemeral port. Stops on drop.
-struct Server {
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Server {
+    /// An HTTP/1.1 server answering with `handler`.
     fn start(handler: Handler) -> anyhow::Result<Server> {
+        Server::listen("gatewasm-upstream", move |stream| {
+            let handler = handler.clone();
+            async move {
+                let service = service_fn(move |req| serve(handler.clone(), req));
+                // Connection errors (client went away) are not the upstream's business.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+    }
+
+    /// Accepts connections on 127.0.0.1 (an ephemeral port), each served by `connection` on a
+    /// runtime of the server's own (its threads named `name`).
+    pub(crate) fn listen<F, Fut>(name: &str, connection: F) -> anyhow::Result<Server>
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .thread_name("gatewasm-upstream")
+            .thread_name(name)
             .enable_all()
             .build()
             .context("building the upstream's tokio runtime")?;
@@ -128,14 +148,7 @@ impl Server {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| serve(handler.clone(), req));
-                    // Connection errors (client went away) are not the upstream's business.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                tokio::spawn(connection(stream));
             }
         });
         Ok(Server { addr, runtime: Some(runtime) })
@@ -229,32 +242,64 @@ impl FixedUpstream {
     }
 }
 
-#[derive(Default)]
-struct Script {
-    replies: HashMap<String, Reply>,
+/// Replies by path, and every request received.
+struct Script<R> {
+    replies: HashMap<String, R>,
     received: Vec<Received>,
+}
+
+/// A [`Script`] shared by a scripted upstream and its server.
+pub(crate) struct Scripts<R>(Arc<Mutex<Script<R>>>);
+
+impl<R> Clone for Scripts<R> {
+    fn clone(&self) -> Self {
+        Scripts(Arc::clone(&self.0))
+    }
+}
+
+impl<R: Clone> Scripts<R> {
+    pub(crate) fn new() -> Self {
+        Scripts(Arc::new(Mutex::new(Script { replies: HashMap::new(), received: Vec::new() })))
+    }
+
+    /// Sets (or replaces) the reply for `path`.
+    pub(crate) fn set(&self, path: &str, reply: R) {
+        self.lock().replies.insert(path.to_string(), reply);
+    }
+
+    /// Every request received so far, in order.
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    /// Records `received` and returns the reply for `path`, if one is set.
+    pub(crate) fn answer(&self, path: &str, received: Received) -> Option<R> {
+        let mut script = self.lock();
+        script.received.push(received);
+        script.replies.get(path).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Script<R>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// An upstream whose reply per path is set by the test (JWKS server, auth service, …). Paths
 /// match exactly on the path without query; unknown paths get 404. Every request is recorded.
 pub struct ScriptedUpstream {
     server: Server,
-    script: Arc<Mutex<Script>>,
+    script: Scripts<Reply>,
 }
 
 impl ScriptedUpstream {
     /// Starts the scripted upstream on 127.0.0.1 with an ephemeral port and no scripted paths.
     pub fn start() -> anyhow::Result<ScriptedUpstream> {
-        let script = Arc::new(Mutex::new(Script::default()));
+        let script = Scripts::new();
         let shared = script.clone();
         let handler: Handler = Arc::new(move |received: Received| {
             let key = received.path.split('?').next().unwrap_or_default().to_string();
-            let mut script = shared.lock().unwrap_or_else(PoisonError::into_inner);
-            script.received.push(received);
-            script
-                .replies
-                .get(&key)
-                .cloned()
+            shared
+                .answer(&key, received)
                 .unwrap_or_else(|| Reply::status(404).body(format!("no script for {key}")))
         });
         Ok(ScriptedUpstream { server: Server::start(handler)?, script })
@@ -267,16 +312,12 @@ impl ScriptedUpstream {
 
     /// Sets (or replaces) the reply for a path (without query).
     pub fn set(&self, path: &str, reply: Reply) {
-        self.lock().replies.insert(path.to_string(), reply);
+        self.script.set(path, reply);
     }
 
     /// All requests received so far, in order.
     pub fn received(&self) -> Vec<Received> {
-        self.lock().received.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
-        self.script.lock().unwrap_or_else(PoisonError::into_inner)
+        self.script.received()
     }
 }
 

@@ -15,6 +15,8 @@
 //!   `probe: log results=...`, since no response is left to carry them.
 //! - `x-probe-callresp`: ops run in `on_http_call_response` (in the HTTP context, after the SDK set
 //!   the effective context).
+//! - `x-probe-grpcresp`: ops run when a `grpc_call` answers (`on_grpc_call_response`, after the
+//!   crate set the effective context), after a result `grpcresp=TOKEN,STATUS,SIZE`.
 //!
 //! An op is `name` or `name:arg,arg,...`. Every op appends one result line `name=...`; values
 //! are shown as `'text'`, or as `0x` and hex when they are not text (integers, maps). Results
@@ -23,7 +25,8 @@
 //! The names of the response headers the filter saw are also reported as `x-probe-resp-seen`.
 //!
 //! Ops that end the request phase: `pause` (return Pause), `reply:CODE[,BODY]` (send a local reply
-//! with the results so far). `http_call:...` pauses the request until the call response arrives.
+//! with the results so far). `http_call:...` and `grpc_call:...` pause the request until the
+//! call answers.
 
 // A test instrument, loaded only by tests: it panics when a request asks it to (that is how the
 // emulator's trap handling is checked against Envoy), and it indexes ABI buffers it has
@@ -114,6 +117,19 @@ extern "C" {
         timeout: u32,
         ret: *mut u32,
     ) -> u32;
+    fn proxy_grpc_stream(
+        u: *const u8,
+        us: usize,
+        s: *const u8,
+        ss: usize,
+        m: *const u8,
+        ms: usize,
+        h: *const u8,
+        hs: usize,
+        ret: *mut u32,
+    ) -> u32;
+    fn proxy_grpc_cancel(token: u32) -> u32;
+    fn proxy_get_status(code: *mut u32, ret: *mut *mut u8, ret_size: *mut usize) -> u32;
     fn proxy_define_metric(t: u32, n: *const u8, ns: usize, ret: *mut u32) -> u32;
     fn proxy_get_metric(id: u32, ret: *mut u64) -> u32;
     fn proxy_record_metric(id: u32, v: u64) -> u32;
@@ -179,6 +195,8 @@ impl RootContext for ProbeRoot {
             body_ops: String::new(),
             resp_ops: String::new(),
             callresp_ops: String::new(),
+            grpcresp_ops: String::new(),
+            last_grpc_token: 0,
             log_ops: String::new(),
             respbody_ops: String::new(),
         }))
@@ -191,6 +209,9 @@ struct Probe {
     body_ops: String,
     resp_ops: String,
     callresp_ops: String,
+    grpcresp_ops: String,
+    /// The token of the last `grpc_call` this stream made.
+    last_grpc_token: u32,
     log_ops: String,
     respbody_ops: String,
 }
@@ -271,6 +292,8 @@ fn map_type(name: &str) -> u32 {
         "reqtr" => 1,
         "resp" => 2,
         "resptr" => 3,
+        "grpcinit" => 4,
+        "grpctrail" => 5,
         "callresp" => 6,
         "calltr" => 7,
         other => other.parse().unwrap_or(99),
@@ -279,6 +302,17 @@ fn map_type(name: &str) -> u32 {
 
 fn num<T: std::str::FromStr + Default>(s: Option<&&str>) -> T {
     s.and_then(|s| s.parse().ok()).unwrap_or_default()
+}
+
+/// An argument as bytes: `hex:...` decoded, anything else as its text.
+fn bytes_arg(arg: &str) -> Vec<u8> {
+    match arg.strip_prefix("hex:") {
+        Some(hex) => (0..hex.len() / 2)
+            .filter_map(|i| hex.get(2 * i..2 * i + 2))
+            .filter_map(|h| u8::from_str_radix(h, 16).ok())
+            .collect(),
+        None => arg.as_bytes().to_vec(),
+    }
 }
 
 impl Probe {
@@ -508,12 +542,70 @@ impl Probe {
                         Err(st) => format!("{},0", st as u32),
                     }
                 }
-                "grpc_call" => {
+                "grpc_call" | "grpc_raw" => {
+                    // grpc_call:UPSTREAM,SERVICE,METHOD,TIMEOUT_MS[,MESSAGE[,KEY=VALUE...]]: through
+                    // the crate, whose dispatcher routes the answer to this context (it panics on
+                    // a status other than Ok, ParseFailure and InternalFailure); grpc_raw: the
+                    // same through the raw import, for the status alone (the answer is dropped).
+                    // UPSTREAM and MESSAGE may be `hex:...`.
+                    let upstream = bytes_arg(a.first().copied().unwrap_or(""));
+                    let service = a.get(1).copied().unwrap_or("");
+                    let method = a.get(2).copied().unwrap_or("");
+                    let timeout: u32 = num(a.get(3));
+                    let message = bytes_arg(a.get(4).copied().unwrap_or(""));
+                    let metadata: Vec<(&str, &[u8])> = a
+                        .iter()
+                        .skip(5)
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k, v.as_bytes()))
+                        .collect();
+                    if name == "grpc_call" {
+                        let upstream = String::from_utf8_lossy(&upstream).into_owned();
+                        match self.dispatch_grpc_call(
+                            &upstream,
+                            service,
+                            method,
+                            metadata,
+                            Some(&message),
+                            std::time::Duration::from_millis(u64::from(timeout)),
+                        ) {
+                            Ok(token) => {
+                                flow = Flow::Pause;
+                                self.last_grpc_token = token;
+                                format!("0,{token}")
+                            }
+                            Err(st) => format!("{},0", st as u32),
+                        }
+                    } else {
+                        let pairs: Vec<(&str, &str)> =
+                            a.iter().skip(5).filter_map(|kv| kv.split_once('=')).collect();
+                        let h = serialize_pairs(&pairs);
+                        let mut token = 0u32;
+                        let st = unsafe {
+                            proxy_grpc_call(
+                                upstream.as_ptr(),
+                                upstream.len(),
+                                service.as_ptr(),
+                                service.len(),
+                                method.as_ptr(),
+                                method.len(),
+                                h.as_ptr(),
+                                h.len(),
+                                message.as_ptr(),
+                                message.len(),
+                                timeout,
+                                &mut token,
+                            )
+                        };
+                        format!("{st},{token}")
+                    }
+                }
+                "grpc_stream" => {
                     let c = a.first().copied().unwrap_or("");
                     let mut token = 0u32;
                     let e: &[u8] = b"";
                     let st = unsafe {
-                        proxy_grpc_call(
+                        proxy_grpc_stream(
                             c.as_ptr(),
                             c.len(),
                             c.as_ptr(),
@@ -522,13 +614,20 @@ impl Probe {
                             c.len(),
                             e.as_ptr(),
                             0,
-                            e.as_ptr(),
-                            0,
-                            1000,
                             &mut token,
                         )
                     };
                     format!("{st},{token}")
+                }
+                "grpc_cancel" => {
+                    // grpc_cancel[:TOKEN]: the last grpc_call's token without one.
+                    let token = if a.is_empty() { self.last_grpc_token } else { num(a.first()) };
+                    format!("{}", unsafe { proxy_grpc_cancel(token) })
+                }
+                "grpc_status" => {
+                    let mut code = 0u32;
+                    let st = unsafe { proxy_get_status(&mut code, &mut p, &mut s) };
+                    format!("{st},{code},{}", show(&take(p, s)))
                 }
                 "reply" => {
                     let code: u32 = num(a.first());
@@ -583,6 +682,17 @@ impl Context for Probe {
             self.resume_http_request();
         }
     }
+
+    /// The crate calls this for `proxy_on_grpc_receive` (status 0, the message size) and for
+    /// `proxy_on_grpc_close` (the status, size 0) of a call made with `grpc_call`.
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        self.results.push(format!("grpcresp={token},{status},{size}"));
+        let ops = std::mem::take(&mut self.grpcresp_ops);
+        let flow = self.run(&ops);
+        if flow == Flow::Go {
+            self.resume_http_request();
+        }
+    }
 }
 
 impl HttpContext for Probe {
@@ -591,6 +701,7 @@ impl HttpContext for Probe {
         self.body_ops = self.header("x-probe-body");
         self.resp_ops = self.header("x-probe-resp");
         self.callresp_ops = self.header("x-probe-callresp");
+        self.grpcresp_ops = self.header("x-probe-grpcresp");
         self.log_ops = self.header("x-probe-log");
         self.respbody_ops = self.header("x-probe-respbody");
         match self.run(&ops) {

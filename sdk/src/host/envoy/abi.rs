@@ -181,6 +181,10 @@ pub mod callout_init {
     pub const CLUSTER_NOT_FOUND: u32 = 2;
 }
 
+/// `envoy_dynamic_module_type_http_stream_reset_reason` is passed to the stream reset hooks;
+/// Envoy 1.40 always passes `LocalReset` (2), whatever the cause, so the SDK does not read it.
+pub type StreamResetReason = u32;
+
 /// `envoy_dynamic_module_type_http_callout_result`.
 pub mod callout_result {
     /// An answer arrived.
@@ -309,6 +313,15 @@ callbacks! {
     /// module_buffer body, uint64_t timeout_milliseconds)`: main thread; the answer comes to
     /// `on_http_filter_config_http_callout_done`.
     http_filter_config_http_callout: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut ModuleHttpHeader, usize, ModuleBuffer, u64) -> u32;
+    /// `http_callout_init_result http_filter_start_http_stream(filter, uint64_t* stream_id_out,
+    /// module_buffer cluster, module_http_header* headers, size_t headers_size,
+    /// module_buffer body, bool end_stream, uint64_t timeout_milliseconds)`: the answer comes
+    /// to `on_http_filter_http_stream_*` (possibly before this returns, when Envoy fails the
+    /// stream at once).
+    http_filter_start_http_stream: fn(FilterEnvoyPtr, *mut u64, ModuleBuffer, *mut ModuleHttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
+    /// The same from the configuration (main thread): the answer comes to
+    /// `on_http_filter_config_http_stream_*`.
+    http_filter_config_start_http_stream: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *mut ModuleHttpHeader, usize, ModuleBuffer, bool, u64) -> u32;
 }
 
 static CALLBACKS: OnceLock<Result<Callbacks, &'static str>> = OnceLock::new();

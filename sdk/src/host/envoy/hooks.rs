@@ -16,9 +16,10 @@ use proxy_wasm::traits::{Context as _, HttpContext as _, RootContext as _};
 use proxy_wasm::types::{Action, LogLevel, MetricType};
 
 use super::abi::{self, EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer, ModuleHttpHeader};
+use super::grpc::{self, Event, Outcome};
 use super::{
-    body_size, with_body_view, with_log_elapsed, Answer, BodyView, ConfigShared, Effect, EnvoyHost, ANSWER,
-    EFFECTS, FILTER, ROUTE_DIRTY,
+    body_size, with_body_view, with_log_elapsed, Answer, BodyView, ConfigShared, Effect, EnvoyHost,
+    GrpcAnswer, ANSWER, EFFECTS, FILTER, GRPC_ANSWER, ROUTE_DIRTY,
 };
 use crate::context::{RootContext, StreamContext};
 use crate::host::{Half, Host};
@@ -53,6 +54,7 @@ trait ErasedRoot {
     fn stream(&self, host: Rc<dyn Host>) -> Box<dyn ErasedStream>;
     fn tick(&mut self);
     fn callout(&mut self, token: u32, headers: usize, body: usize);
+    fn grpc(&mut self, token: u32, status: u32, size: usize);
 }
 
 impl<P: Plugin> ErasedRoot for RootContext<P> {
@@ -65,6 +67,9 @@ impl<P: Plugin> ErasedRoot for RootContext<P> {
     fn callout(&mut self, token: u32, headers: usize, body: usize) {
         self.on_http_call_response(token, headers, body, 0);
     }
+    fn grpc(&mut self, token: u32, status: u32, size: usize) {
+        self.on_grpc_call_response(token, status, size);
+    }
 }
 
 /// One stream's context, type erased.
@@ -74,6 +79,7 @@ trait ErasedStream {
     fn request_trailers(&mut self) -> Action;
     fn response_headers(&mut self, end_of_stream: bool) -> Action;
     fn callout(&mut self, token: u32, headers: usize, body: usize);
+    fn grpc(&mut self, token: u32, status: u32, size: usize);
     fn log(&mut self);
 }
 
@@ -95,6 +101,9 @@ impl<P: Plugin> ErasedStream for StreamContext<P> {
     }
     fn callout(&mut self, token: u32, headers: usize, body: usize) {
         self.on_http_call_response(token, headers, body, 0);
+    }
+    fn grpc(&mut self, token: u32, status: u32, size: usize) {
+        self.on_grpc_call_response(token, status, size);
     }
     fn log(&mut self) {
         self.on_log();
@@ -178,6 +187,8 @@ fn sweep() {
 struct NativeStream {
     /// Keeps the plugin instance alive as long as its streams.
     _instance: Rc<Instance>,
+    /// Envoy's filter of this stream, which owns the stream's gRPC calls.
+    envoy: usize,
     context: RefCell<Box<dyn ErasedStream>>,
     config: Arc<ConfigShared>,
     /// Set once the filter panicked on this stream: it sees nothing more.
@@ -376,6 +387,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
         // SAFETY: the pointer `config_new` returned, given back once.
         let native = unsafe { Box::from_raw(config.cast::<NativeConfig>().cast_mut()) };
         native.shared.destroyed.store(true, Ordering::Release);
+        grpc::forget(native.shared.envoy as usize);
         for slot in [&native.shared.ticker, &native.shared.flusher] {
             let ticker = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
             if let Some(ticker) = ticker {
@@ -392,7 +404,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
-    _filter: abi::FilterEnvoyPtr,
+    filter: abi::FilterEnvoyPtr,
 ) -> *const c_void {
     guard(std::ptr::null(), || {
         // SAFETY: the pointer `config_new` returned, live while Envoy creates streams from it.
@@ -406,6 +418,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         drop(root);
         let stream = NativeStream {
             _instance: instance,
+            envoy: filter as usize,
             context: RefCell::new(context),
             config: Arc::clone(&native.shared),
             poisoned: std::cell::Cell::new(false),
@@ -424,7 +437,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: *const c_v
     guard((), || {
         if !module.is_null() {
             // SAFETY: the pointer `http_filter_new` returned, given back once.
-            drop(unsafe { Box::from_raw(module.cast::<NativeStream>().cast_mut()) });
+            let stream = unsafe { Box::from_raw(module.cast::<NativeStream>().cast_mut()) };
+            // Envoy delivers nothing more for the stream's calls.
+            grpc::forget(stream.envoy);
         }
     });
 }
@@ -669,59 +684,182 @@ unsafe fn answer(
     answer
 }
 
-/// Streamed callouts are not used by the SDK; Envoy requires the hook.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _filter: abi::FilterEnvoyPtr,
-    _module: *const c_void,
-    _stream_id: u64,
-    _headers: *const EnvoyHttpHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
+/// Envoy's headers as pairs of byte slices.
+///
+/// # Safety
+/// `headers` must be null or point to `size` entries Envoy filled for the running hook.
+unsafe fn pairs<'a>(headers: *const EnvoyHttpHeader, size: usize) -> Vec<(&'a [u8], &'a [u8])> {
+    // SAFETY: per this function's contract.
+    unsafe { slice(headers, size) }
+        .iter()
+        // SAFETY: entries Envoy filled for this hook.
+        .map(|h| unsafe { h.pair() })
+        .collect()
 }
 
-/// Streamed callouts are not used by the SDK; Envoy requires the hook.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _filter: abi::FilterEnvoyPtr,
-    _module: *const c_void,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
+/// Feeds each chunk of a data event to the call, until one ends it.
+///
+/// # Safety
+/// `data` must be null or point to `count` buffers Envoy filled for the running hook.
+unsafe fn data_event(
+    owner: usize,
+    stream_id: u64,
+    data: *const EnvoyBuffer,
+    count: usize,
+    end_stream: bool,
+) -> Option<(u32, Outcome)> {
+    // SAFETY: per this function's contract.
+    let chunks = unsafe { slice(data, count) };
+    if chunks.is_empty() {
+        return grpc::on_event(owner, stream_id, Event::Data(&[], end_stream));
+    }
+    for (i, chunk) in chunks.iter().enumerate() {
+        // SAFETY: a chunk Envoy filled for this hook.
+        let bytes = unsafe { chunk.as_slice() };
+        let ended = grpc::on_event(owner, stream_id, Event::Data(bytes, end_stream && i + 1 == chunks.len()));
+        if ended.is_some() {
+            return ended;
+        }
+    }
+    None
 }
 
-/// Streamed callouts are not used by the SDK; Envoy requires the hook.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _filter: abi::FilterEnvoyPtr,
-    _module: *const c_void,
-    _stream_id: u64,
-    _trailers: *const EnvoyHttpHeader,
-    _trailers_size: usize,
-) {
+/// Runs `deliver` with a gRPC call's outcome where the SDK's reads find it; `deliver` gets the
+/// status and size proxy-wasm's answer callback would get.
+fn with_grpc_answer(outcome: Outcome, deliver: impl FnOnce(u32, usize)) {
+    let (answer, status, size) = match outcome {
+        Outcome::Message { bytes, len } => (GrpcAnswer { message: bytes, status: (0, Vec::new()) }, 0, len),
+        Outcome::Close { code, message } => {
+            (GrpcAnswer { message: Vec::new(), status: (code, message) }, code, 0)
+        }
+    };
+    GRPC_ANSWER.with(|a| *a.borrow_mut() = Some(answer));
+    deliver(status, size);
+    GRPC_ANSWER.with(|a| a.borrow_mut().take());
 }
 
-/// Streamed callouts are not used by the SDK; Envoy requires the hook.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _filter: abi::FilterEnvoyPtr,
-    _module: *const c_void,
-    _stream_id: u64,
-) {
+/// Hands a stream's gRPC call its outcome, when the event ended it.
+fn stream_grpc(filter: abi::FilterEnvoyPtr, module: *const c_void, ended: Option<(u32, Outcome)>) {
+    let Some((token, outcome)) = ended else { return };
+    with_grpc_answer(outcome, |status, size| {
+        run(filter, module, |s| {
+            s.grpc(token, status, size);
+            Action::Continue
+        });
+    });
 }
 
-/// Streamed callouts are not used by the SDK; Envoy requires the hook.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _filter: abi::FilterEnvoyPtr,
-    _module: *const c_void,
-    _stream_id: u64,
-    _reason: u32,
-) {
+/// Hands a call of the main thread's plugin its outcome, when the event ended it.
+fn config_grpc(_config_envoy: abi::ConfigEnvoyPtr, config: *const c_void, ended: Option<(u32, Outcome)>) {
+    let Some((token, outcome)) = ended else { return };
+    let Some(instance) = main_instance(config) else { return };
+    with_grpc_answer(outcome, |status, size| {
+        if let Ok(mut root) = instance.root.try_borrow_mut() {
+            if catch_unwind(AssertUnwindSafe(|| root.grpc(token, status, size))).is_err() {
+                log::error!("{}: the plugin panicked in a gRPC answer", instance.config.name);
+            }
+        }
+    });
 }
+
+/// The hooks of the HTTP streams that carry gRPC calls: one family for a stream's calls (its
+/// filter owns them), one for the plugin's (its configuration owns them), each feeding the
+/// call's decoder and handing the call its outcome through `$deliver` once an event ends it.
+macro_rules! grpc_stream_hooks {
+    ($who:literal, $deliver:ident, $headers:ident, $data:ident, $trailers:ident, $complete:ident, $reset:ident) => {
+        #[doc = concat!("A gRPC call of ", $who, " got its response headers.")]
+        #[no_mangle]
+        pub extern "C" fn $headers(
+            owner: *mut c_void,
+            module: *const c_void,
+            stream_id: u64,
+            headers: *const EnvoyHttpHeader,
+            headers_size: usize,
+            end_stream: bool,
+        ) {
+            guard((), || {
+                // SAFETY: Envoy's array is live for this hook, with the size given (or null).
+                let headers = unsafe { pairs(headers, headers_size) };
+                let event = Event::Headers(&headers, end_stream);
+                $deliver(owner, module, grpc::on_event(owner as usize, stream_id, event));
+            });
+        }
+
+        #[doc = concat!("A gRPC call of ", $who, " got response data.")]
+        #[no_mangle]
+        pub extern "C" fn $data(
+            owner: *mut c_void,
+            module: *const c_void,
+            stream_id: u64,
+            data: *const EnvoyBuffer,
+            data_count: usize,
+            end_stream: bool,
+        ) {
+            guard((), || {
+                // SAFETY: Envoy's buffers are live for this hook, with the count given (or null).
+                let ended = unsafe { data_event(owner as usize, stream_id, data, data_count, end_stream) };
+                $deliver(owner, module, ended);
+            });
+        }
+
+        #[doc = concat!("A gRPC call of ", $who, " got response trailers.")]
+        #[no_mangle]
+        pub extern "C" fn $trailers(
+            owner: *mut c_void,
+            module: *const c_void,
+            stream_id: u64,
+            trailers: *const EnvoyHttpHeader,
+            trailers_size: usize,
+        ) {
+            guard((), || {
+                // SAFETY: Envoy's array is live for this hook, with the size given (or null).
+                let trailers = unsafe { pairs(trailers, trailers_size) };
+                $deliver(
+                    owner,
+                    module,
+                    grpc::on_event(owner as usize, stream_id, Event::Trailers(&trailers)),
+                );
+            });
+        }
+
+        #[doc = concat!("The HTTP stream of a gRPC call of ", $who, " completed.")]
+        #[no_mangle]
+        pub extern "C" fn $complete(owner: *mut c_void, module: *const c_void, stream_id: u64) {
+            guard((), || $deliver(owner, module, grpc::on_event(owner as usize, stream_id, Event::Complete)));
+        }
+
+        #[doc = concat!("The HTTP stream of a gRPC call of ", $who, " was reset.")]
+        #[no_mangle]
+        pub extern "C" fn $reset(
+            owner: *mut c_void,
+            module: *const c_void,
+            stream_id: u64,
+            _reason: abi::StreamResetReason,
+        ) {
+            guard((), || $deliver(owner, module, grpc::on_event(owner as usize, stream_id, Event::Reset)));
+        }
+    };
+}
+
+grpc_stream_hooks!(
+    "a stream",
+    stream_grpc,
+    envoy_dynamic_module_on_http_filter_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_http_stream_data,
+    envoy_dynamic_module_on_http_filter_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_http_stream_reset
+);
+
+grpc_stream_hooks!(
+    "the main thread's plugin",
+    config_grpc,
+    envoy_dynamic_module_on_http_filter_config_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_config_http_stream_data,
+    envoy_dynamic_module_on_http_filter_config_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_config_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_config_http_stream_reset
+);
 
 /// Stream-scheduled events are not used by the SDK; Envoy requires the hook.
 #[no_mangle]

@@ -16,6 +16,7 @@
 //! worker. See the SDK README ("Native modules") for ticks, callouts and shared data.
 
 pub mod abi;
+mod grpc;
 mod hooks;
 mod metrics;
 mod properties;
@@ -104,7 +105,16 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// A gRPC answer being delivered, read by the SDK's gRPC code through [`Host::buffer`]
+/// (`GrpcReceiveBuffer`) and [`Host::grpc_status`].
+#[derive(Debug, Default)]
+struct GrpcAnswer {
+    message: Vec<u8>,
+    status: (u32, Vec<u8>),
+}
+
 thread_local! {
+    static GRPC_ANSWER: RefCell<Option<GrpcAnswer>> = const { RefCell::new(None) };
     /// The stream whose hook runs on this thread (null outside stream hooks).
     static FILTER: Cell<abi::FilterEnvoyPtr> = const { Cell::new(std::ptr::null_mut()) };
     static EFFECTS: RefCell<Vec<Effect>> = const { RefCell::new(Vec::new()) };
@@ -241,6 +251,18 @@ fn defer(effect: Effect) -> Result<(), Status> {
 }
 
 impl EnvoyHost {
+    /// Who a callout or gRPC call is made for, as the Envoy object that owns it: the stream
+    /// whose hook is running, or outside any stream, on the main thread, the configuration
+    /// (`true`: the plugin's own, answered to the main thread's plugin, which is the one that
+    /// ticks). Envoy takes a configuration's callouts on the main thread only.
+    fn caller(&self) -> Result<(*mut std::ffi::c_void, bool), Status> {
+        match filter() {
+            Ok(filter) => Ok((filter, false)),
+            Err(_) if self.config.on_main_thread() => Ok((self.config.envoy, true)),
+            Err(status) => Err(status),
+        }
+    }
+
     fn set_or_remove(&self, map: MapType, name: &str, value: ModuleBuffer) -> Result<(), Status> {
         let api = api()?;
         let filter = filter()?;
@@ -321,6 +343,9 @@ impl Host for EnvoyHost {
             BufferType::HttpCallResponseBody => {
                 ANSWER.with(|a| a.borrow().as_ref().map(|a| slice(&a.body)).ok_or(Status::NotFound))
             }
+            BufferType::GrpcReceiveBuffer => {
+                GRPC_ANSWER.with(|a| a.borrow().as_ref().map(|a| slice(&a.message)).ok_or(Status::NotFound))
+            }
             BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
                 let half = if kind == BufferType::HttpRequestBody { Half::Request } else { Half::Response };
                 let chunks = body_chunks(filter()?, half, BODY_VIEW.with(Cell::get))?;
@@ -377,29 +402,11 @@ impl Host for EnvoyHost {
         let cluster = ModuleBuffer::of(cluster.as_bytes());
         let body = ModuleBuffer::of(body.unwrap_or_default());
         let (headers, count) = (module_headers.as_mut_ptr(), module_headers.len());
-        let result = match filter() {
-            // SAFETY: a live stream; the header array and buffers live for the call (Envoy
-            // copies them).
-            Ok(filter) => unsafe {
-                (api.http_filter_http_callout)(filter, &mut id, cluster, headers, count, body, timeout_ms)
-            },
-            // The plugin's own callouts: Envoy takes them on the main thread only, where the
-            // plugin that ticks lives; the answer comes to that plugin.
-            Err(_) if self.config.on_main_thread() => unsafe {
-                // SAFETY: the configuration is live (its plugin is running on the main thread);
-                // the header array and buffers live for the call.
-                (api.http_filter_config_http_callout)(
-                    self.config.envoy,
-                    &mut id,
-                    cluster,
-                    headers,
-                    count,
-                    body,
-                    timeout_ms,
-                )
-            },
-            Err(status) => return Err(status),
-        };
+        let (owner, plugin) = self.caller()?;
+        let callout = if plugin { api.http_filter_config_http_callout } else { api.http_filter_http_callout };
+        // SAFETY: `owner` is live (see `caller`); the header array and buffers live for the
+        // call (Envoy copies them).
+        let result = unsafe { callout(owner, &mut id, cluster, headers, count, body, timeout_ms) };
         match result {
             abi::callout_init::SUCCESS => u32::try_from(id).map_err(|_| Status::InternalFailure),
             abi::callout_init::MISSING_REQUIRED_HEADERS | abi::callout_init::CLUSTER_NOT_FOUND => {
@@ -407,6 +414,51 @@ impl Host for EnvoyHost {
             }
             _ => Err(Status::InternalFailure),
         }
+    }
+
+    fn dispatch_grpc_call(&self, call: &crate::grpc::GrpcCall<'_>) -> Result<u32, Status> {
+        let api = api()?;
+        // Envoy's Wasm call takes whole milliseconds up to `u32::MAX`: so does this one.
+        let timeout = Duration::from_millis(
+            u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).min(u64::from(u32::MAX)),
+        );
+        let metadata: Vec<(&str, &[u8])> =
+            call.metadata.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        let headers = grpc::request_headers(&call.cluster, &call.service, &call.method, &metadata, timeout);
+        let mut module_headers: Vec<ModuleHttpHeader> =
+            headers.iter().map(|(k, v)| ModuleHttpHeader::of(k, v)).collect();
+        let framed = grpc::frame(&call.message).ok_or(Status::BadArgument)?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let cluster = ModuleBuffer::of(call.cluster.as_bytes());
+        let body = ModuleBuffer::of(&framed);
+        let (headers, count) = (module_headers.as_mut_ptr(), module_headers.len());
+        let (owner, plugin) = self.caller()?;
+        let start =
+            if plugin { api.http_filter_config_start_http_stream } else { api.http_filter_start_http_stream };
+        let mut id = 0u64;
+        let (result, answered) = grpc::starting(owner as usize, || {
+            // SAFETY: `owner` is live (see `caller`); the header array and buffers live for the
+            // call (Envoy copies them).
+            unsafe { start(owner, &mut id, cluster, headers, count, body, true, timeout_ms) }
+        });
+        match result {
+            // Envoy ended the stream before the start returned (no healthy endpoint): its
+            // Wasm gRPC call fails the same way, with `InternalFailure`.
+            abi::callout_init::SUCCESS if answered => Err(Status::InternalFailure),
+            abi::callout_init::SUCCESS => {
+                let token = u32::try_from(id).map_err(|_| Status::InternalFailure)?;
+                grpc::track(owner as usize, id, token, call.max_response_bytes);
+                Ok(token)
+            }
+            // Envoy's Wasm answer for an unknown cluster.
+            abi::callout_init::CLUSTER_NOT_FOUND => Err(Status::ParseFailure),
+            abi::callout_init::MISSING_REQUIRED_HEADERS => Err(Status::BadArgument),
+            _ => Err(Status::InternalFailure),
+        }
+    }
+
+    fn grpc_status(&self) -> Result<(u32, Bytes), Status> {
+        GRPC_ANSWER.with(|a| a.borrow().as_ref().map(|a| a.status.clone()).ok_or(Status::NotFound))
     }
 
     fn define_family(&self, kind: MetricType, name: &str, labels: &[&str]) -> Result<(), Status> {

@@ -4,7 +4,8 @@
 use super::driver::{Inner, Side};
 use crate::abi::{Action, MetricType};
 use crate::group::Group;
-use crate::host::{HeaderMap, HttpCall, LocalReply, LogEntry, Metric, StreamState};
+use crate::grpc::{self, GrpcResponse};
+use crate::host::{GrpcCall, HeaderMap, HttpCall, LocalReply, LogEntry, Metric, StreamState};
 use crate::wasi::Sink;
 use crate::Error;
 use std::cell::RefCell;
@@ -182,9 +183,35 @@ impl Emulator {
         self.with(|i| i.deliver_call_response(token, None))
     }
 
-    /// Advances the emulated clock, firing each tick and HTTP-call timeout in time order.
-    /// A timed-out call gets what Envoy gives it: status 504, `content-length: 24`,
-    /// `content-type: text/plain`, body `upstream request timeout`.
+    /// gRPC calls waiting for an answer, oldest first.
+    pub fn grpc_calls(&self) -> Vec<GrpcCall> {
+        self.with(|i| i.store.data().grpc_calls.values().cloned().collect())
+    }
+
+    /// Answers a pending gRPC call with the service's `response`: the module gets what Envoy
+    /// 1.40's gRPC client makes of it (`proxy_on_grpc_receive` with the message, or
+    /// `proxy_on_grpc_close` with a status code and Envoy's message), then whatever that
+    /// resumed runs.
+    pub fn respond_grpc_call(&self, token: u32, response: &GrpcResponse) -> Result<()> {
+        self.with(|i| i.deliver_grpc(token, grpc::outcome(response)))
+    }
+
+    /// Fails a pending gRPC call as Envoy does when the connection to the service is refused:
+    /// `UNAVAILABLE` (14) with its router's `upstream connect error ...` message.
+    pub fn fail_grpc_call(&self, token: u32) -> Result<()> {
+        self.with(|i| i.deliver_grpc(token, grpc::router_close(grpc::router::REFUSED)))
+    }
+
+    /// Fails a pending gRPC call as Envoy does when the service resets the stream before its
+    /// headers: `UNAVAILABLE` (14), `... reset reason: remote reset`.
+    pub fn reset_grpc_call(&self, token: u32) -> Result<()> {
+        self.with(|i| i.deliver_grpc(token, grpc::router_close(grpc::router::RESET)))
+    }
+
+    /// Advances the emulated clock, firing each tick and callout timeout in time order. A
+    /// timed-out HTTP call gets what Envoy gives it: status 504, `content-length: 24`,
+    /// `content-type: text/plain`, body `upstream request timeout`; a timed-out gRPC call
+    /// `proxy_on_grpc_close` with `UNAVAILABLE` (14) and `upstream request timeout{response_timeout}`.
     pub fn advance_clock(&self, by: Duration) -> Result<()> {
         self.with(|i| i.advance_clock(by))
     }

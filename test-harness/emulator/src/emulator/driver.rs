@@ -3,6 +3,7 @@
 
 use super::modules::engine;
 use crate::abi::{Action, LogLevel};
+use crate::grpc::Outcome;
 use crate::host::{self, AfterCall, Dir, HeaderMap, HostState, LocalReply, Phase, StreamState};
 use crate::Error;
 use std::time::Duration;
@@ -32,6 +33,10 @@ struct Exports {
     delete: Option<TypedFunc<u32, ()>>,
     tick: Option<TypedFunc<u32, ()>>,
     http_call_response: Option<CallResponseFn>,
+    /// `proxy_on_grpc_receive(context, token, size)` and `proxy_on_grpc_close(context, token,
+    /// code)`.
+    grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
+    grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
     queue_ready: Option<TypedFunc<(u32, u32), ()>>,
 }
 
@@ -111,6 +116,8 @@ impl Inner {
             delete: get!("proxy_on_delete"),
             tick: get!("proxy_on_tick"),
             http_call_response: get!("proxy_on_http_call_response"),
+            grpc_receive: get!("proxy_on_grpc_receive"),
+            grpc_close: get!("proxy_on_grpc_close"),
             queue_ready: get!("proxy_on_queue_ready"),
         };
         let mut inner = Inner { store, exports, failed: None, configured: false, next_context_id: 2 };
@@ -526,6 +533,10 @@ impl Inner {
                     }
                     AfterCall::LocalReply(id, reply) => self.local_reply(id, reply)?,
                     AfterCall::DeleteRoot => self.delete_root()?,
+                    AfterCall::GrpcClose(token, code, message) => {
+                        let root = self.store.data().root_id;
+                        self.grpc_answer(root, token, Outcome::Close(code, message))?;
+                    }
                 }
             }
             for (root, qid) in ready {
@@ -545,6 +556,7 @@ impl Inner {
         st.tick_period_ms = 0;
         st.next_tick = None;
         st.http_calls.retain(|_, call| call.context_id != root);
+        st.grpc_calls.retain(|_, call| call.context_id != root);
         if let Some(f) = self.exports.delete.clone() {
             self.call("proxy_on_delete", root, |s| f.call(s, root))?;
         }
@@ -583,6 +595,45 @@ impl Inner {
         self.pump()
     }
 
+    /// Answers gRPC call `token` with `outcome` (a pending call, removed), then runs what the
+    /// answer resumed.
+    pub(super) fn deliver_grpc(&mut self, token: u32, outcome: Outcome) -> Result<()> {
+        let call = self
+            .store
+            .data_mut()
+            .grpc_calls
+            .remove(&token)
+            .ok_or_else(|| Error::Usage(format!("no pending gRPC call with token {token}")))?;
+        self.grpc_answer(call.context_id, token, outcome)?;
+        self.pump()
+    }
+
+    /// Calls `proxy_on_grpc_receive` or `proxy_on_grpc_close` on context `ctx`, with the
+    /// message or status where the module's reads find them while it runs.
+    fn grpc_answer(&mut self, ctx: u32, token: u32, outcome: Outcome) -> Result<()> {
+        match outcome {
+            Outcome::Message(message) => {
+                let size = message.len() as u32;
+                self.store.data_mut().grpc_receive = Some(message);
+                let r = match self.exports.grpc_receive.clone() {
+                    Some(f) => self.call("proxy_on_grpc_receive", ctx, |s| f.call(s, (ctx, token, size))),
+                    None => Ok(()),
+                };
+                self.store.data_mut().grpc_receive = None;
+                r
+            }
+            Outcome::Close(code, message) => {
+                self.store.data_mut().grpc_status = (code, Some(message));
+                let r = match self.exports.grpc_close.clone() {
+                    Some(f) => self.call("proxy_on_grpc_close", ctx, |s| f.call(s, (ctx, token, code))),
+                    None => Ok(()),
+                };
+                self.store.data_mut().grpc_status.1 = None;
+                r
+            }
+        }
+    }
+
     fn set_clock(&mut self, monotonic: u64) {
         let st = self.store.data_mut();
         let delta = monotonic.saturating_sub(st.monotonic_ns);
@@ -591,22 +642,20 @@ impl Inner {
         st.sync_clock();
     }
 
-    /// Advances the emulated clock by `by`, firing each tick and HTTP-call timeout in time
-    /// order; a timed-out call gets Envoy's 504 (`upstream request timeout`).
+    /// Advances the emulated clock by `by`, firing each tick and callout timeout in time order;
+    /// a timed-out HTTP call gets Envoy's 504 (`upstream request timeout`), a gRPC call its
+    /// `UNAVAILABLE` close with that message.
     pub(super) fn advance_clock(&mut self, by: Duration) -> Result<()> {
         self.pump()?;
         let target = self.store.data().monotonic_ns.saturating_add(by.as_nanos() as u64);
         loop {
             let st = self.store.data();
             let tick = st.next_tick.filter(|t| *t <= target);
-            let timeout = st
-                .http_calls
-                .values()
-                .filter_map(|c| c.deadline.map(|d| (d, c.token)))
-                .filter(|(d, _)| *d <= target)
-                .min();
+            let http = st.http_calls.values().filter_map(|c| c.deadline.map(|d| (d, c.token, false)));
+            let grpc = st.grpc_calls.values().filter_map(|c| c.deadline.map(|d| (d, c.token, true)));
+            let timeout = http.chain(grpc).filter(|(d, _, _)| *d <= target).min();
             match (tick, timeout) {
-                (Some(t), to) if to.map(|(d, _)| t <= d).unwrap_or(true) => {
+                (Some(t), to) if to.map(|(d, _, _)| t <= d).unwrap_or(true) => {
                     self.set_clock(t);
                     let st = self.store.data_mut();
                     st.next_tick = if st.tick_period_ms > 0 {
@@ -620,7 +669,12 @@ impl Inner {
                     }
                     self.pump()?;
                 }
-                (_, Some((d, token))) => {
+                (_, Some((d, token, true))) => {
+                    // Envoy's router answers the call's stream with its timeout reply.
+                    self.set_clock(d);
+                    self.deliver_grpc(token, crate::grpc::router_close(crate::grpc::router::TIMEOUT))?;
+                }
+                (_, Some((d, token, false))) => {
                     self.set_clock(d);
                     let h = HeaderMap::from_pairs(
                         &[(":status", "504"), ("content-length", "24"), ("content-type", "text/plain")],

@@ -1,8 +1,7 @@
-//! HTTP callouts, and the gRPC status their answers carry. gRPC calls themselves are left
-//! undefined: the emulator links them to a stub that traps naming the call.
+//! HTTP callouts.
 
 use super::import::import;
-use super::memory::{copy_out, mem};
+use super::memory::mem;
 use super::state::{HeaderMap, HostState, HttpCall};
 use crate::abi::{deserialize_pairs, status};
 use crate::wasi::{read, write_u32};
@@ -66,12 +65,6 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         };
         st.http_calls.insert(token, call);
         Ok(if write_u32(&mut c, token_ptr, token) { status::OK } else { status::INVALID_MEMORY_ACCESS })
-    })?;
-    import!(linker, "proxy_get_status", |c, code_ptr: u32, ptr_ptr: u32, size_ptr: u32| {
-        if !write_u32(&mut c, code_ptr, 0) {
-            return Ok(status::INVALID_MEMORY_ACCESS);
-        }
-        copy_out(&mut c, b"", ptr_ptr, size_ptr)
     })?;
     Ok(())
 }

@@ -91,7 +91,12 @@ fn buffer(st: &HostState, t: u32) -> Option<Buf> {
                 _ => Buf::Empty,
             }
         }
-        2 | 3 | 5 | 8 => Buf::Empty,
+        // Envoy: the gRPC message while `proxy_on_grpc_receive` runs, else an empty buffer.
+        5 => match &st.grpc_receive {
+            Some(message) => Buf::Const(message.clone()),
+            None => Buf::Empty,
+        },
+        2 | 3 | 8 => Buf::Empty,
         4 => Buf::Const(st.call_response.as_ref()?.1.clone()),
         6 => Buf::Const(st.vm_config.clone()),
         7 if st.in_configure => Buf::Const(st.plugin_config.clone()),

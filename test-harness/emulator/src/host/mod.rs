@@ -7,6 +7,7 @@
 
 mod callouts;
 mod foreign;
+mod grpc;
 mod headers;
 mod import;
 mod lifecycle;
@@ -19,18 +20,20 @@ mod stream;
 
 pub(crate) use import::unimplemented_import;
 pub(crate) use state::{AfterCall, Dir, Downstream, HeaderMap, HostState, Phase, StreamState, UpstreamModel};
-pub use state::{HttpCall, LocalReply, LogEntry, Metric};
+pub use state::{GrpcCall, HttpCall, LocalReply, LogEntry, Metric};
 
 use wasmtime::{Linker, Result};
 
-/// Defines the `env` imports. gRPC calls (`proxy_grpc_*`) are left undefined on purpose:
-/// `Emulator` links every import it does not define to a stub that traps naming the call.
+/// Defines the `env` imports. gRPC streams (`proxy_grpc_stream`, `_send`, `_close`) are left
+/// undefined on purpose: `Emulator` links every import it does not define to a stub that traps
+/// naming the call.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     lifecycle::add_to_linker(linker)?;
     headers::add_to_linker(linker)?;
     properties::add_to_linker(linker)?;
     stream::add_to_linker(linker)?;
     callouts::add_to_linker(linker)?;
+    grpc::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
     shared::add_to_linker(linker)?;
     foreign::add_to_linker(linker)?;

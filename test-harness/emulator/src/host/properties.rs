@@ -4,6 +4,7 @@ use super::import::import;
 use super::memory::{copy_out, mem};
 use super::state::{HeaderMap, HostState, Phase, UPSTREAM_LOCAL_ADDRESS};
 use crate::abi::{serialize_pairs, status};
+use crate::grpc::http_to_grpc_status;
 use crate::wasi::read;
 use wasmtime::{Linker, Result};
 
@@ -57,18 +58,6 @@ fn joined(m: Option<&HeaderMap>, name: &str) -> Option<Vec<u8>> {
         }
     }
     out
-}
-
-/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
-fn http_to_grpc_status(code: u64) -> i64 {
-    match code {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
 }
 
 /// Envoy's `Grpc::Common::getGrpcStatus` on one map: the `grpc-status` value, -1 (InvalidCode)
@@ -190,7 +179,7 @@ fn get_property(st: &HostState, raw: &[u8]) -> std::result::Result<Vec<u8>, u32>
         // getGrpcStatus): a plain 200 answers 2 (Unknown).
         ["response", "grpc_status"] => match grpc_status_of(resp_trailers).or_else(|| grpc_status_of(resp)) {
             Some(g) => int(g),
-            None => int(http_to_grpc_status(response_code().ok_or(NF)?)),
+            None => int(i64::from(http_to_grpc_status(response_code().ok_or(NF)?))),
         },
         ["response", "headers"] => Ok(header_map_value(resp)),
         ["response", "headers", name] if header_name_is_valid(name) => joined(resp, name).ok_or(NF),
@@ -313,8 +302,9 @@ mod tests {
         assert_eq!(grpc_status_of(Some(&map(&[("grpc-status", "x")]))), Some(-1));
         assert_eq!(grpc_status_of(Some(&map(&[]))), None);
         assert_eq!(grpc_status_of(None), None);
-        let mapped: Vec<i64> =
-            [200, 400, 401, 403, 404, 429, 500, 502, 503, 504].map(http_to_grpc_status).to_vec();
+        let mapped: Vec<i64> = [200, 400, 401, 403, 404, 429, 500, 502, 503, 504]
+            .map(|c| i64::from(http_to_grpc_status(c)))
+            .to_vec();
         assert_eq!(mapped, [2, 13, 16, 7, 12, 14, 2, 14, 14, 14]);
     }
 

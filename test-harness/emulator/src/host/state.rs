@@ -225,6 +225,29 @@ pub struct HttpCall {
     pub context_id: u32,
 }
 
+/// An outgoing `proxy_grpc_call` waiting for the test's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// Token the module got back.
+    pub token: u32,
+    /// The cluster: the `upstream` argument, or the cluster of the `GrpcService` it held.
+    pub cluster: String,
+    /// Service name.
+    pub service: String,
+    /// Method name.
+    pub method: String,
+    /// Initial metadata as the module gave it (Envoy base64-encodes `-bin` values on the wire).
+    pub metadata: Vec<(String, Vec<u8>)>,
+    /// The serialized request message (Envoy frames it).
+    pub message: Vec<u8>,
+    /// Timeout; `None` when the module passed 0 (Envoy then sets no timer).
+    pub timeout: Option<Duration>,
+    /// Emulated monotonic time at which it times out.
+    pub(crate) deadline: Option<u64>,
+    /// Context the answer goes to (Envoy makes gRPC calls on the root context).
+    pub context_id: u32,
+}
+
 /// A metric the module defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metric {
@@ -245,6 +268,9 @@ pub(crate) enum AfterCall {
     Close(u32),
     /// `proxy_done` accepted: delete the root context once the call returns (Envoy defers it).
     DeleteRoot,
+    /// A gRPC close Envoy defers to after the VM call (token, code, message): the close of a
+    /// call its client failed while the module was making it.
+    GrpcClose(u32, u32, Vec<u8>),
 }
 
 /// Everything the host keeps for one VM (one `Emulator`).
@@ -268,6 +294,13 @@ pub(crate) struct HostState {
     pub next_metric_id: [u32; 3],
     pub http_calls: BTreeMap<u32, HttpCall>,
     pub next_http_token: u32,
+    pub grpc_calls: BTreeMap<u32, GrpcCall>,
+    pub next_grpc_token: u32,
+    /// The message of the gRPC answer being delivered (`proxy_on_grpc_receive`).
+    pub grpc_receive: Option<Vec<u8>>,
+    /// What `proxy_get_status` answers: the last close's code, and its message while that
+    /// close is being delivered.
+    pub grpc_status: (u32, Option<Vec<u8>>),
     pub clusters: Option<HashSet<String>>,
     /// Envoy's `allow_on_headers_stop_iteration`.
     pub hold_headers: bool,
