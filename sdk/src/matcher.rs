@@ -170,6 +170,16 @@ pub fn is_path_text(text: &str) -> bool {
     text.bytes().all(|b| b > b' ' && b != 0x7f && b != b'?' && b != b'#')
 }
 
+/// True for a query parameter name as configurations write it: the decoded name, not empty,
+/// without control characters.
+pub fn is_query_name(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(char::is_control)
+}
+
+/// The wording of a query parameter name's error, shared by every field that takes one.
+pub const NOT_A_QUERY_NAME: &str =
+    "a query parameter name is the decoded name: not empty, no control characters";
+
 /// Compiles `pattern` to match a whole string (`^(?:pattern)$`); on error, the message on one line.
 pub fn full_match_regex(pattern: &str) -> Result<Regex, String> {
     // Compiled alone first: a pattern such as `a)|(.*` is invalid alone but would be valid, and

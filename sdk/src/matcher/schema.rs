@@ -326,12 +326,8 @@ impl RawHeaderMatch {
     /// The condition as a query parameter's: the name is the decoded parameter name, compared
     /// exactly (case-sensitive, as Envoy's route `query_parameters`).
     fn compile_query(&self, at: &str, errors: &mut ConfigErrors) -> Option<QueryCondition> {
-        if self.name.is_empty() || self.name.chars().any(char::is_control) {
-            errors.add(
-                format!("{at}.name"),
-                &self.name,
-                "a query parameter name is the decoded name: not empty, no control characters",
-            );
+        if !super::is_query_name(&self.name) {
+            errors.add(format!("{at}.name"), &self.name, super::NOT_A_QUERY_NAME);
             return None;
         }
         let (value, invert) = self.value_condition(at, errors)?;
