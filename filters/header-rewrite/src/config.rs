@@ -93,6 +93,13 @@ pub struct RawQueryOps {
     pub add: Vec<RawHeader>,
 }
 
+impl RawQueryOps {
+    /// Whether any operation is given (valid or not).
+    fn is_given(&self) -> bool {
+        !self.remove.is_empty() || self.keep.is_some() || !self.set.is_empty() || !self.add.is_empty()
+    }
+}
+
 /// Envoy's `RedirectAction`, with its field names.
 #[derive(Debug, Deserialize, Default)]
 pub struct RawRedirect {
@@ -421,9 +428,7 @@ impl Compiler<'_> {
         let query = self.query_ops(&format!("{at}.query"), &raw.query);
         let answer = self.answer(at, raw, &matcher);
         let rule = Rule { name, matcher, request, response, host_rewrite, path_rewrite, query, answer };
-        if let Some(answer) = &rule.answer {
-            self.answering(at, &rule, answer, raw);
-        }
+        self.answering(at, &rule, raw);
         if self.errors.errors().len() > before {
             return None;
         }
@@ -443,8 +448,12 @@ impl Compiler<'_> {
         Some(rule)
     }
 
-    /// Records what a rule that answers the request cannot also have.
-    fn answering(&mut self, at: &str, rule: &Rule, answer: &Answer, raw: &RawRule) {
+    /// Records what a rule that answers the request cannot also have (whether or not its answer
+    /// is valid itself).
+    fn answering(&mut self, at: &str, rule: &Rule, raw: &RawRule) {
+        if raw.redirect.is_none() && raw.direct_response.is_none() {
+            return;
+        }
         const UPSTREAM: &str = "the rule answers the request itself (`redirect` or `direct_response`): nothing goes upstream for this to change";
         if !rule.request.is_empty() {
             self.errors.add_field(format!("{at}.request"), UPSTREAM);
@@ -455,15 +464,15 @@ impl Compiler<'_> {
         if raw.path_rewrite.is_some() {
             self.errors.add_field(format!("{at}.path_rewrite"), UPSTREAM);
         }
-        match answer {
-            Answer::Direct(_) if !rule.query.is_empty() => {
-                self.errors.add_field(format!("{at}.query"), "a direct response has no query to change");
+        if raw.query.is_given() {
+            match &raw.redirect {
+                None => self.errors.add_field(format!("{at}.query"), "a direct response has no query to change"),
+                Some(r) if r.strip_query => self.errors.add_field(
+                    format!("{at}.query"),
+                    "`redirect.strip_query` drops the query these operations change (for a new query use `keep: []` and `set`)",
+                ),
+                Some(_) => {}
             }
-            Answer::Redirect(r) if r.strip_query && !rule.query.is_empty() => self.errors.add_field(
-                format!("{at}.query"),
-                "`redirect.strip_query` drops the query these operations change (for a new query use `keep: []` and `set`)",
-            ),
-            _ => {}
         }
     }
 

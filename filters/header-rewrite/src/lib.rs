@@ -589,8 +589,9 @@ mod tests {
         assert_eq!(reply.header("cache-control"), Some("no-store"));
         // The `:path` read and the reply.
         assert_eq!(s.calls(), 2);
-        // Envoy runs the reply through this filter's response side: the rule's response
-        // operations apply to it, as a route's `response_headers_to_add` to its direct response.
+        // Envoy runs the reply through a Wasm filter's response side (not a dynamic module's):
+        // the rule's response operations apply to it there, as a route's
+        // `response_headers_to_add` to its direct response.
         s.response_headers(&[(":status", "418"), ("content-type", "application/json")], true);
         assert_eq!(s.response_header("x-served-by").as_deref(), Some("gw POST"));
         gw.tick();

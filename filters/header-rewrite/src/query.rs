@@ -99,8 +99,7 @@ impl QueryOps {
         for (op, replace) in self.set.iter().map(|op| (op, true)).chain(self.add.iter().map(|op| (op, false)))
         {
             let Some(value) = render(&op.value, values, buf) else { continue };
-            let piece = format!("{}={}", op.encoded_name, encode(value));
-            changed |= if replace { set(&mut pieces, &op.name, piece) } else { add(&mut pieces, piece) };
+            changed |= if replace { set(&mut pieces, op, value) } else { add(&mut pieces, op, value) };
         }
         changed.then(|| pieces.join("&"))
     }
@@ -115,15 +114,16 @@ fn render<'b>(template: &'b Template, values: &Values<'_>, buf: &'b mut String) 
     (!buf.is_empty()).then_some(buf.as_str())
 }
 
-/// Gives the first parameter named `name` the text `piece` and removes the others, or appends
-/// `piece`; whether the query changed.
-fn set(pieces: &mut Vec<Cow<'_, str>>, name: &str, piece: String) -> bool {
+/// Gives the first parameter named `op.name` the value `value` and removes the others, or
+/// appends it; whether the query changed. A first occurrence that already reads as `value`
+/// keeps its text (`a+b` stays, though `a%20b` would be written).
+fn set(pieces: &mut Vec<Cow<'_, str>>, op: &QueryOp, value: &str) -> bool {
     let mut first = None;
     let mut removed = false;
     let mut at = 0;
     pieces.retain(|p| {
         at += 1;
-        if !query_component_eq(name_of(p), name) {
+        if !query_component_eq(name_of(p), &op.name) {
             return true;
         }
         if first.is_none() {
@@ -134,18 +134,25 @@ fn set(pieces: &mut Vec<Cow<'_, str>>, name: &str, piece: String) -> bool {
         false
     });
     match first.and_then(|i| pieces.get_mut(i)) {
-        Some(existing) if *existing == piece => removed,
+        Some(existing) if query_component_eq(existing.split_once('=').map_or("", |(_, v)| v), value) => {
+            removed
+        }
         Some(existing) => {
-            *existing = Cow::Owned(piece);
+            *existing = Cow::Owned(piece(op, value));
             true
         }
-        None => add(pieces, piece),
+        None => add(pieces, op, value),
     }
 }
 
-fn add(pieces: &mut Vec<Cow<'_, str>>, piece: String) -> bool {
-    pieces.push(Cow::Owned(piece));
+fn add(pieces: &mut Vec<Cow<'_, str>>, op: &QueryOp, value: &str) -> bool {
+    pieces.push(Cow::Owned(piece(op, value)));
     true
+}
+
+/// `name=value`, encoded.
+fn piece(op: &QueryOp, value: &str) -> String {
+    format!("{}={}", op.encoded_name, encode(value))
 }
 
 #[cfg(test)]
@@ -198,6 +205,10 @@ mod tests {
         let set = QueryOps { set: vec![op("v", "2")], ..QueryOps::default() };
         assert_eq!(run(&set, "a=1&v=1&b=2&v=3"), Some("a=1&v=2&b=2".into()));
         assert_eq!(run(&set, "a=1&v=2"), None, "already so");
+        assert_eq!(run(&set, "a=1&v=%32"), None, "already so, decoded");
+        let spaced = QueryOps { set: vec![op("v", "a b")], ..QueryOps::default() };
+        assert_eq!(run(&spaced, "v=a+b"), None, "its text kept");
+        assert_eq!(run(&spaced, "v=a"), Some("v=a%20b".into()));
         assert_eq!(run(&set, "a=1&v=2&v=2"), Some("a=1&v=2".into()), "a repeat removed is a change");
         assert_eq!(run(&set, "a=1"), Some("a=1&v=2".into()), "appended when absent");
         assert_eq!(run(&set, ""), Some("v=2".into()));
