@@ -228,3 +228,16 @@ fn query_conditions_cost_the_path_read_only() {
     assert_eq!(req, calls(&[(GET, 1), (ALLOC, 1)]));
     assert!(resp.is_empty());
 }
+
+/// The benchmarked configurations of the direct response and redirect scenarios: what
+/// `BENCHMARKS.md` measures against Envoy's own route actions.
+#[test]
+fn bench_answers_read_what_they_need_and_reply() {
+    let config =
+        |json: &str| serde_json::from_str::<Scenario>(json).unwrap().wasm_configuration("wasm").unwrap();
+    let direct =
+        config(include_str!("../../../test-harness/envoy/bench/header-rewrite-direct-response.json"));
+    assert_eq!(answered(&emulator(&direct), BENCH_REQUEST), calls(&[(GET, 1), (ALLOC, 1), (REPLY, 1)]));
+    let redirect = config(include_str!("../../../test-harness/envoy/bench/header-rewrite-redirect.json"));
+    assert_eq!(answered(&emulator(&redirect), BENCH_REQUEST), calls(&[(PAIRS, 1), (ALLOC, 1), (REPLY, 1)]));
+}
