@@ -18,21 +18,114 @@ use crate::template::Template;
 /// own `direct_response`.
 pub const MAX_BODY_BYTES: usize = 4096;
 
+/// `Deserialize` for a configuration object through [`config::read_map`]: each key read into its
+/// field with `next_value`, an absent key leaving the field's default, an unknown one left for
+/// `config::parse` to report. Written out instead of derived: the derived form costs the module
+/// several kilobytes per struct (a sequence form and a field enum no configuration uses).
+macro_rules! deserialize_object {
+    ($ty:ident, $what:literal, { $($key:literal => $field:ident),* $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct ObjectVisitor;
+
+                impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+                    type Value = $ty;
+
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str($what)
+                    }
+
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<$ty, A::Error> {
+                        config::read_map(map, $ty::default(), |object, key, map| {
+                            match key {
+                                $($key => object.$field = map.next_value()?,)*
+                                _ => return Ok(false),
+                            }
+                            Ok(true)
+                        })
+                    }
+                }
+
+                deserializer.deserialize_map(ObjectVisitor)
+            }
+        }
+    };
+}
+
+deserialize_object!(RawConfig, r#"the header-rewrite configuration `{"rules": [...]}`"#, {
+    "match_mode" => match_mode,
+    "rules" => rules,
+    "strip_original_path" => strip_original_path,
+});
+deserialize_object!(RawRule, r#"a rule `{"match": ..., "request": ..., ...}`"#, {
+    "name" => name,
+    "match" => matcher,
+    "request" => request,
+    "response" => response,
+    "host_rewrite" => host_rewrite,
+    "path_rewrite" => path_rewrite,
+    "query" => query,
+    "redirect" => redirect,
+    "direct_response" => direct_response,
+});
+deserialize_object!(RawQueryOps, r#"query operations `{"remove", "keep", "set", "add"}`"#, {
+    "remove" => remove,
+    "keep" => keep,
+    "set" => set,
+    "add" => add,
+});
+deserialize_object!(RawRedirect, r#"a redirect `{"https_redirect", "host_redirect", ...}`"#, {
+    "https_redirect" => https_redirect,
+    "scheme_redirect" => scheme_redirect,
+    "host_redirect" => host_redirect,
+    "port_redirect" => port_redirect,
+    "path_redirect" => path_redirect,
+    "prefix_rewrite" => prefix_rewrite,
+    "regex_rewrite" => regex_rewrite,
+    "response_code" => response_code,
+    "strip_query" => strip_query,
+});
+deserialize_object!(RawDirectResponse, r#"a direct response `{"status", "body", "json", "headers"}`"#, {
+    "status" => status,
+    "body" => body,
+    "json" => json,
+    "headers" => headers,
+});
+deserialize_object!(RawOps, r#"header operations `{"remove", "rename", "set", "add"}`"#, {
+    "remove" => remove,
+    "rename" => rename,
+    "set" => set,
+    "add" => add,
+});
+deserialize_object!(RawHeader, r#"`{"name": ..., "value": ...}`"#, {
+    "name" => name,
+    "value" => value,
+});
+deserialize_object!(RawRename, r#"`{"from": ..., "to": ...}`"#, {
+    "from" => from,
+    "to" => to,
+});
+deserialize_object!(RawPathRewrite, r#"a path rewrite `{"prefix"}` or `{"regex"}`"#, {
+    "prefix" => prefix,
+    "regex" => regex,
+});
+deserialize_object!(RawRegexRewrite, r#"`{"pattern": ..., "substitution": ...}`"#, {
+    "pattern" => pattern,
+    "substitution" => substitution,
+});
+
 /// The plugin configuration.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawConfig {
     /// `first` (default): only the first rule whose `match` matches applies, as routes are
     /// chosen in Envoy and Istio. `all`: every matching rule applies, in order.
-    #[serde(default)]
     pub match_mode: MatchMode,
     /// The rules, in order.
-    #[serde(default)]
     pub rules: Vec<RawRule>,
     /// Remove every `x-envoy-original-path` a client sends. Default: on when some rule has a
     /// `path_rewrite` (the filter then sets that header itself, so upstreams must be able to
     /// trust it), off otherwise (Envoy's own behaviour: it forwards the header). Checking costs
     /// a header read per request (about 1 µs).
-    #[serde(default)]
     pub strip_original_path: Option<bool>,
 }
 
@@ -48,26 +141,22 @@ pub enum MatchMode {
 }
 
 /// One rule: conditions and what to do when they hold.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawRule {
     /// Name used in logs and in the `rule` label of the metric (default: the rule's index).
     pub name: Option<String>,
     /// Conditions, the SDK's one shape (`gatewasm::matcher::RawMatch`): hosts, path, methods,
     /// headers, all of which must hold; absent means every request.
-    #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     /// Operations on the request headers (what the upstream sees).
-    #[serde(default)]
     pub request: RawOps,
     /// Operations on the response headers (what the client sees) of requests this rule matched.
-    #[serde(default)]
     pub response: RawOps,
     /// Replaces `:authority` (the Host header) going upstream, like Ambassador's `host_rewrite`.
     pub host_rewrite: Option<String>,
     /// Rewrites the path going upstream; the query string is kept.
     pub path_rewrite: Option<RawPathRewrite>,
     /// Query parameter operations on the request (or on a redirect's `Location`).
-    #[serde(default)]
     pub query: RawQueryOps,
     /// Answers the request with a redirect, as Envoy's route `redirect` (its field names).
     pub redirect: Option<RawRedirect>,
@@ -77,19 +166,16 @@ pub struct RawRule {
 
 /// Query parameter operations, applied in this order: `remove`, `keep`, `set`, `add`. Names are
 /// the decoded names.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawQueryOps {
     /// Names of parameters to remove (every occurrence).
-    #[serde(default)]
     pub remove: Vec<String>,
     /// When given, only parameters with these names are kept (`[]`: none).
     pub keep: Option<Vec<String>>,
     /// Parameters to set: the first occurrence gets the value in place, later ones are removed,
     /// appended when absent.
-    #[serde(default)]
     pub set: Vec<RawHeader>,
     /// Parameters to append, keeping existing ones.
-    #[serde(default)]
     pub add: Vec<RawHeader>,
 }
 
@@ -101,10 +187,9 @@ impl RawQueryOps {
 }
 
 /// Envoy's `RedirectAction`, with its field names.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawRedirect {
     /// Redirect to `https` (at most one of this and `scheme_redirect`).
-    #[serde(default)]
     pub https_redirect: bool,
     /// Redirect to this scheme.
     pub scheme_redirect: Option<String>,
@@ -121,19 +206,48 @@ pub struct RawRedirect {
     /// 301 (default), 302, 303, 307 or 308, or Envoy's names for them.
     pub response_code: Option<RawResponseCode>,
     /// Drop the request's query.
-    #[serde(default)]
     pub strip_query: bool,
 }
 
-/// An integer field as written: an integer, or whatever else was there (as JSON text), so that
-/// a wrong type is reported with its field like any other bad value.
+/// An integer field as written: an integer, or the number, text or boolean that was there
+/// instead (as written), so that a wrong type is reported with its field like any other bad
+/// value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawInt(pub Result<i64, String>);
 
 impl<'de> Deserialize<'de> for RawInt {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(deserializer)?;
-        Ok(RawInt(value.as_i64().ok_or_else(|| value.to_string())))
+        struct IntVisitor;
+
+        impl serde::de::Visitor<'_> for IntVisitor {
+            type Value = RawInt;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawInt, E> {
+                Ok(RawInt(Ok(v)))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawInt, E> {
+                Ok(RawInt(i64::try_from(v).map_err(|_| v.to_string())))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawInt, E> {
+                Ok(RawInt(Err(v.to_string())))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawInt, E> {
+                Ok(RawInt(Err(v.to_string())))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawInt, E> {
+                Ok(RawInt(Err(format!("{v:?}"))))
+            }
+        }
+
+        deserializer.deserialize_any(IntVisitor)
     }
 }
 
@@ -157,6 +271,103 @@ impl RawInt {
                 None
             }
         }
+    }
+}
+
+/// Any JSON value, kept as compact JSON text: written while it is read, with no
+/// `serde_json::Value` in between (whose reading alone costs the module kilobytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawJson(pub String);
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut out = String::new();
+        serde::de::DeserializeSeed::deserialize(JsonText(&mut out), deserializer)?;
+        Ok(RawJson(out))
+    }
+}
+
+/// Writes the JSON value it reads into its string.
+struct JsonText<'a>(&'a mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonText<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonText<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.0.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push_str(&v.to_string());
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.push_str(&v.to_string());
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        // JSON has no NaN or infinity, so a parsed number is finite; written as JSON writes it.
+        self.0.push_str(&serde_json::to_string(&v).map_err(E::custom)?);
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push_str(&serde_json::to_string(v).map_err(E::custom)?);
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.0.push_str("null");
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push('[');
+        let mut first = true;
+        loop {
+            let at = self.0.len();
+            if !first {
+                self.0.push(',');
+            }
+            if seq.next_element_seed(JsonText(self.0))?.is_none() {
+                self.0.truncate(at);
+                break;
+            }
+            first = false;
+        }
+        self.0.push(']');
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.push('{');
+        let mut first = true;
+        while let Some(key) = map.next_key::<String>()? {
+            if !first {
+                self.0.push(',');
+            }
+            first = false;
+            self.0.push_str(&serde_json::to_string(&key).map_err(serde::de::Error::custom)?);
+            self.0.push(':');
+            map.next_value_seed(JsonText(self.0))?;
+        }
+        self.0.push('}');
+        Ok(())
     }
 }
 
@@ -208,7 +419,7 @@ const REDIRECT_CODES: [(u16, &str); 5] = [
 ];
 
 /// Envoy's `DirectResponseAction`: a status and an optional body, with headers.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawDirectResponse {
     /// Status, 200 to 599 (required).
     pub status: Option<RawInt>,
@@ -216,52 +427,44 @@ pub struct RawDirectResponse {
     pub body: Option<String>,
     /// Body as JSON, serialized once at load; `content-type: application/json` unless `headers`
     /// give one.
-    pub json: Option<serde_json::Value>,
+    pub json: Option<RawJson>,
     /// Response headers with literal values (`content-type`, `cache-control`, ...).
-    #[serde(default)]
     pub headers: Vec<RawHeader>,
 }
 
 /// Header operations, applied in this order: `remove`, `rename`, `set`, `add`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawOps {
     /// Names of headers to remove (every value).
-    #[serde(default)]
     pub remove: Vec<String>,
     /// Headers to move to a new name: the target is replaced by every value of the source.
-    #[serde(default)]
     pub rename: Vec<RawRename>,
     /// Headers to set, replacing any existing value.
-    #[serde(default)]
     pub set: Vec<RawHeader>,
     /// Headers to append, keeping existing values.
-    #[serde(default)]
     pub add: Vec<RawHeader>,
 }
 
 /// A header name and a value template.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawHeader {
     /// Header name.
-    #[serde(default)]
     pub name: String,
     /// Value, with substitutions (see the README).
     pub value: Option<String>,
 }
 
 /// A rename.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawRename {
     /// Current name.
-    #[serde(default)]
     pub from: String,
     /// New name.
-    #[serde(default)]
     pub to: String,
 }
 
 /// Exactly one of `prefix`, `regex`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawPathRewrite {
     /// Replaces the rule's `match.path.prefix` (required) with this.
     pub prefix: Option<String>,
@@ -270,13 +473,11 @@ pub struct RawPathRewrite {
 }
 
 /// Envoy's `regex_rewrite`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct RawRegexRewrite {
     /// Pattern (regex-lite syntax), matched anywhere in the path, every match replaced.
-    #[serde(default)]
     pub pattern: String,
     /// Replacement: `\1`..`\9` insert groups, `\\` a backslash.
-    #[serde(default)]
     pub substitution: String,
 }
 
@@ -598,8 +799,7 @@ impl Compiler<'_> {
                 ("body", Vec::new())
             }
             (Some(text), None) => ("body", text.as_bytes().to_vec()),
-            // Serializing a parsed JSON value cannot fail.
-            (None, Some(json)) => ("json", serde_json::to_vec(json).unwrap_or_default()),
+            (None, Some(json)) => ("json", json.0.as_bytes().to_vec()),
             (None, None) => ("body", Vec::new()),
         };
         let shown = || String::from_utf8_lossy(&body).into_owned();
@@ -1240,6 +1440,32 @@ mod tests {
             one(r#"{"redirect": {"port_redirect": 80.5}}"#),
             [format!("`rules[0].redirect.port_redirect` = 80.5: {PORT}")]
         );
+    }
+
+    #[test]
+    fn a_json_body_is_compact_and_keeps_what_was_written() {
+        let body = |json: &str| {
+            let c = parse(
+                format!(r#"{{"rules": [{{"direct_response": {{"status": 200, "json": {json}}}}}]}}"#)
+                    .as_bytes(),
+            )
+            .unwrap();
+            match &c.rules[0].answer {
+                Some(Answer::Direct(d)) => String::from_utf8(d.body.clone()).unwrap(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            body(r#" { "z": 1, "a": [true, false, null, -2, 1.5, 1e3, "x\"\n\u00e9"], "m": {}, "l": [] } "#),
+            r#"{"z":1,"a":[true,false,null,-2,1.5,1000.0,"x\"\né"],"m":{},"l":[]}"#,
+            "keys in the order written, whitespace gone, text escaped as JSON"
+        );
+        assert_eq!(body("\"text\""), "\"text\"");
+        assert_eq!(body("18446744073709551615"), "18446744073709551615");
+        // What is written reads back as the value given.
+        let back: serde_json::Value =
+            serde_json::from_str(&body(r#"{"a": {"b": [1, {"c": "d"}]}}"#)).unwrap();
+        assert_eq!(back, serde_json::json!({"a": {"b": [1, {"c": "d"}]}}));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Header rewrite: request and response header operations (add, set, remove, rename) with
-//! value substitutions, host rewrite and path rewrite (prefix or regex), selected by rules that
-//! match on host, path, method and headers. See `README.md` for the configuration.
+//! value substitutions, host rewrite, path rewrite (prefix or regex), query parameter operations,
+//! and answers without an upstream (direct responses and redirects), selected by rules that
+//! match on host, path, method, query parameters and headers. See `README.md` for the
+//! configuration.
 //!
 //! Request path, per stream:
 //! 1. the request is read once: when the rules may need two or more request values (the check
@@ -10,8 +12,11 @@
 //!    Envoy stops exposing the request headers;
 //! 2. when `strip_original_path` is on (by default when some rule rewrites the path), a
 //!    client-sent `x-envoy-original-path` is removed (a write only when present);
-//! 3. rules are matched against the request as it arrived (`first` or `all` matching rules);
-//! 4. request operations run, then host and path rewrites.
+//! 3. rules are matched against the request as it arrived (`first` or `all` matching rules); a
+//!    matching rule with a `redirect` or `direct_response` answers here, and the request goes
+//!    nowhere;
+//! 4. request operations run, then the host rewrite, and the path rewrite and query operations,
+//!    written as one `:path`.
 //!
 //! Response path: the response operations of the rules that matched the request run; nothing is
 //! matched again.
@@ -243,7 +248,8 @@ impl HttpFilter for Rewriter {
 
         // A rule that answers ends the request: the rules after it do not apply, and nothing
         // is written to a request that goes nowhere. The rules before it (`all` mode) keep
-        // their response operations, which Envoy runs on the answer with the answering rule's.
+        // their response operations, with the answering rule's: Envoy runs a Wasm filter's own
+        // reply through its response side (not a dynamic module's).
         if let Some(at) =
             self.matched.iter().position(|&i| cfg.rules.get(i).is_some_and(|r| r.answer.is_some()))
         {

@@ -1,6 +1,6 @@
 //! Path rewrites: prefix replacement (Istio `rewrite.uri`, Envoy `prefix_rewrite`) and regex
-//! replacement (Envoy `regex_rewrite`). Both work on the path without the query string and keep
-//! the query as it was.
+//! replacement (Envoy `regex_rewrite`). Both work on the path without the query string; the
+//! caller puts a query back ([`join_path`]), the request's or the one query operations left.
 
 use std::borrow::Cow;
 

@@ -520,3 +520,50 @@ fn bad_answers_and_query_operations_fail_configure_with_every_field_named() {
         assert!(line.message.contains(needle), "missing {needle:?} in {}", line.message);
     }
 }
+
+/// The README's example configuration, and what the README says it does.
+#[test]
+fn the_readme_example_does_what_the_readme_says() {
+    let readme = include_str!("../README.md");
+    let example = readme
+        .split("## Example")
+        .nth(1)
+        .and_then(|rest| rest.split("```json").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the README's example block");
+    let emu = emulator(&serde_json::from_str(example).expect("the example is JSON"));
+    let mut s = request(
+        &emu,
+        "GET",
+        "api.example.com",
+        "/api/v1/items?limit=5",
+        &[("x-env", "prod"), ("x-version", "v3"), ("x-internal-token", "t")],
+    );
+    assert_eq!(s.request_header(":path").as_deref(), Some("/v2/items?limit=5"));
+    assert_eq!(s.request_header(":authority").as_deref(), Some("backend.internal"));
+    assert_eq!(s.request_header("x-envoy-original-path").as_deref(), Some("/api/v1/items?limit=5"));
+    assert_eq!(s.request_header("x-internal-token"), None);
+    respond(&mut s, &[]);
+    assert_eq!(s.response_header("x-served-for").as_deref(), Some("GET /api/v1/items"));
+    assert_eq!(s.response_header("server"), None);
+
+    let s = request(&emu, "GET", "h", "/users/42/profile?utm_source=mail&v=1", &[]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/profiles/42?v=1&view=full"));
+
+    let answer = |authority: &str, path: &str| {
+        let mut s = emu.stream();
+        let headers = [(":method", "GET"), (":path", path), (":authority", authority), (":scheme", "http")];
+        assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause, "{path}");
+        s.local_reply().unwrap()
+    };
+    let moved = answer("shop.example.com", "/docs/v1/intro?lang=en");
+    assert_eq!(moved.status, 308);
+    assert_eq!(all(&moved.headers, "location"), ["https://docs.example.com/docs/v2/intro?lang=en"]);
+    let down = answer("shop.example.com", "/billing/invoices");
+    assert_eq!(down.status, 503);
+    assert_eq!(all(&down.headers, "retry-after"), ["600"]);
+    assert_eq!(all(&down.headers, "content-type"), ["application/json"]);
+    assert_eq!(down.body, br#"{"error":"maintenance","retry_after":600}"#);
+    let s = request(&emu, "GET", "shop.example.com", "/billing/invoices?preview", &[]);
+    assert!(s.local_reply().is_none());
+}

@@ -9,7 +9,7 @@ use super::{
     full_match_regex, parse_method, HeaderCondition, HostError, HostPattern, PathMatch, PathTemplate,
     QueryCondition, RequestMatch, ValueMatch,
 };
-use crate::config::{self, ConfigErrors};
+use crate::config::{self, read_map, ConfigErrors};
 
 /// Request conditions as a configuration writes them (a rule's `match`), all of which must hold;
 /// an absent or empty `match` holds for every request. Compile with [`RawMatch::compile`].
@@ -112,27 +112,6 @@ impl<'de> Deserialize<'de> for RawHeaderMatch {
 
         deserializer.deserialize_map(HeaderVisitor)
     }
-}
-
-/// Deserializes a map whose values are all read by `field`, which says whether it knew the key;
-/// the values of keys it did not know are ignored, which `config::parse` reports as unknown
-/// fields. Written by hand: the derived form costs a module several kilobytes more (a sequence
-/// form and a field enum no configuration uses) for each of these structs every rule-based
-/// filter links.
-fn read_map<'de, A, T>(
-    mut map: A,
-    mut value: T,
-    mut field: impl FnMut(&mut T, &str, &mut A) -> Result<bool, A::Error>,
-) -> Result<T, A::Error>
-where
-    A: MapAccess<'de>,
-{
-    while let Some(key) = map.next_key::<String>()? {
-        if !field(&mut value, &key, &mut map)? {
-            map.next_value::<de::IgnoredAny>()?;
-        }
-    }
-    Ok(value)
 }
 
 impl<'de> Deserialize<'de> for RawMatch {
