@@ -25,6 +25,10 @@ pub const MAX_BODY_BYTES: usize = 4096;
 macro_rules! deserialize_object {
     ($ty:ident, $what:literal, { $($key:literal => $field:ident),* $(,)? }) => {
         impl<'de> Deserialize<'de> for $ty {
+            // Each object's reading is a function of its own: inlined into the rule's, they made
+            // one function of over 20 KB, and V8 compiles a module with memory that grows with
+            // its largest functions.
+            #[inline(never)]
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct ObjectVisitor;
 
@@ -235,7 +239,9 @@ impl<'de> Deserialize<'de> for RawInt {
             }
 
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawInt, E> {
-                Ok(RawInt(Err(v.to_string())))
+                // Written as JSON writes it (the standard library's float formatting would add
+                // its own code to the module).
+                Ok(RawInt(Err(serde_json::to_string(&v).map_err(E::custom)?)))
             }
 
             fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawInt, E> {
@@ -677,7 +683,9 @@ impl Compiler<'_> {
         }
     }
 
-    /// The rule's `redirect` or `direct_response`, at most one.
+    /// The rule's `redirect` or `direct_response`, at most one. The compile functions of a rule's
+    /// parts stay functions of their own (`inline(never)`): one rule function of them all was
+    /// V8's largest to compile.
     fn answer(&mut self, at: &str, raw: &RawRule, matcher: &RequestMatch) -> Option<Answer> {
         match (&raw.redirect, &raw.direct_response) {
             (Some(_), Some(_)) => {
@@ -690,6 +698,7 @@ impl Compiler<'_> {
         }
     }
 
+    #[inline(never)]
     fn redirect(&mut self, at: &str, raw: &RawRedirect, matcher: &RequestMatch) -> Option<Redirect> {
         let before = self.errors.errors().len();
         let scheme = match (raw.https_redirect, &raw.scheme_redirect) {
@@ -778,6 +787,7 @@ impl Compiler<'_> {
         })
     }
 
+    #[inline(never)]
     fn direct_response(&mut self, at: &str, raw: &RawDirectResponse) -> Option<DirectResponse> {
         let before = self.errors.errors().len();
         let status = match &raw.status {
@@ -838,6 +848,7 @@ impl Compiler<'_> {
         Some(DirectResponse { status: status?, headers, body })
     }
 
+    #[inline(never)]
     fn query_ops(&mut self, at: &str, raw: &RawQueryOps) -> QueryOps {
         let mut ops = QueryOps::default();
         for (i, name) in raw.remove.iter().enumerate() {
@@ -1012,6 +1023,7 @@ impl Compiler<'_> {
         Some(lower)
     }
 
+    #[inline(never)]
     fn ops(&mut self, at: &str, raw: &RawOps, response_side: bool) -> Ops {
         let mut ops = Ops::default();
         for (i, name) in raw.remove.iter().enumerate() {
