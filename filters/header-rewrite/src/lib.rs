@@ -295,7 +295,8 @@ impl HttpFilter for Rewriter {
                     path = Some(new);
                 }
             }
-            if !rule.query.is_empty() {
+            // Only an origin-form `:path` has a query to change (not `*`, nor a CONNECT's none).
+            if !rule.query.is_empty() && request.path().starts_with('/') {
                 let current = query.as_deref().or(request.query()).unwrap_or_default();
                 if let Some(new) = rule.query.apply(current, &values, &mut buf) {
                     query = Some(new);
@@ -685,6 +686,14 @@ mod tests {
         let mut s = gw.stream();
         s.request_headers(&request("GET", "h", "/p?debug=1", &[]), true);
         assert_eq!(s.request_header(":path").as_deref(), Some("/p"), "no query left: no `?`");
+        // A `:path` that is not origin-form is left alone, whatever the operations would add.
+        let gw = gateway(r#"{"rules": [{"query": {"add": [{"name": "v", "value": "2"}]}}]}"#);
+        let mut s = gw.stream();
+        s.request_headers(&request("OPTIONS", "h", "*", &[]), true);
+        assert_eq!(s.request_header(":path").as_deref(), Some("*"));
+        let mut s = gw.stream();
+        s.request_headers(&[(":method", "CONNECT"), (":authority", "h:443")], true);
+        assert_eq!(s.request_header(":path"), None);
     }
 
     #[test]
