@@ -252,6 +252,27 @@ fn trim_ascii(mut b: &[u8]) -> &[u8] {
     b
 }
 
+/// Deserializes a map whose values are all read by `field`, which says whether it knew the key;
+/// the values of keys it did not know are ignored, which [`parse`] reports as unknown fields.
+/// For a `Deserialize` written by hand (a visitor's `visit_map`): the derived form costs a
+/// module several kilobytes more per struct (a sequence form and a field enum no configuration
+/// uses), which a filter with many configuration structs notices.
+pub fn read_map<'de, A, T>(
+    mut map: A,
+    mut value: T,
+    mut field: impl FnMut(&mut T, &str, &mut A) -> Result<bool, A::Error>,
+) -> Result<T, A::Error>
+where
+    A: serde::de::MapAccess<'de>,
+{
+    while let Some(key) = map.next_key::<String>()? {
+        if !field(&mut value, &key, &mut map)? {
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+    }
+    Ok(value)
+}
+
 /// True for an HTTP field name (RFC 9110 `token`) that Envoy accepts: lower case is not required
 /// here because Envoy lower-cases names itself, but CR, LF, NUL, spaces and separators are refused.
 pub fn is_header_name(name: &str) -> bool {

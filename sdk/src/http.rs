@@ -55,6 +55,55 @@ fn has_percent_or_plus(bytes: &[u8]) -> bool {
     chunks.remainder().iter().any(|b| *b == b'%' || *b == b'+')
 }
 
+/// The bytes of one query-string component as [`decode_query_component`] decodes it (`+` a
+/// space, `%XX` its byte, an invalid escape as written), one at a time: comparisons against a
+/// decoded value need no decoded copy.
+pub fn decoded_query_bytes(raw: &str) -> impl Iterator<Item = u8> + '_ {
+    let bytes = raw.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        Some(match byte {
+            b'+' => b' ',
+            b'%' => match (bytes.get(at).and_then(hex), bytes.get(at + 1).and_then(hex)) {
+                (Some(high), Some(low)) => {
+                    at += 2;
+                    high << 4 | low
+                }
+                _ => b'%',
+            },
+            other => other,
+        })
+    })
+}
+
+fn hex(byte: &u8) -> Option<u8> {
+    (*byte as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+/// Whether the raw query component `raw` decodes to exactly `decoded`, without decoding a copy.
+pub fn query_component_eq(raw: &str, decoded: &str) -> bool {
+    // A decoded component is never longer than its raw form.
+    raw.len() >= decoded.len() && decoded_query_bytes(raw).eq(decoded.bytes())
+}
+
+/// Whether the raw query component `raw` decodes to text starting with `prefix`, without
+/// decoding a copy.
+pub fn query_component_starts_with(raw: &str, prefix: &str) -> bool {
+    let mut decoded = decoded_query_bytes(raw);
+    prefix.bytes().all(|want| decoded.next() == Some(want))
+}
+
+/// The raw value of the first parameter of `query` whose name decodes to `name`; `Some("")` for
+/// a parameter without `=`. Nothing is decoded into a copy.
+pub fn raw_query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').filter(|p| !p.is_empty()).find_map(|pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        query_component_eq(n, name).then_some(v)
+    })
+}
+
 /// The query parameters of a query string, in order, decoded. A parameter without `=` has an
 /// empty value; empty pieces (`a=1&&b=2`) are skipped.
 pub fn query_params(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
@@ -192,6 +241,34 @@ mod tests {
         assert_eq!(query_param("a%20b=1", "a b").as_deref(), Some("1"));
         assert_eq!(query_param("x=%FF", "x").as_deref(), Some("\u{FFFD}"));
         assert!(query_param(q, "missing").is_none());
+    }
+
+    #[test]
+    fn decoded_comparisons_agree_with_decoding() {
+        let raws = ["", "a", "a+b", "a%20b", "%2B", "%zz%4", "J%C3%B6rg", "%", "%4", "%41%42c", "x%2", "%ff"];
+        for raw in raws {
+            let decoded = decode_query_component(raw);
+            let bytes: Vec<u8> = decoded_query_bytes(raw).collect();
+            if !decoded.contains('\u{fffd}') {
+                assert_eq!(bytes, decoded.as_bytes(), "{raw:?}");
+                assert!(query_component_eq(raw, &decoded), "{raw:?}");
+                for end in 0..=decoded.len() {
+                    if let Some(prefix) = decoded.get(..end) {
+                        assert!(query_component_starts_with(raw, prefix), "{raw:?} {prefix:?}");
+                    }
+                }
+            }
+            assert!(!query_component_eq(raw, &format!("{decoded}x")), "{raw:?}");
+            assert!(!query_component_starts_with(raw, &format!("{decoded}x")), "{raw:?}");
+        }
+        assert!(query_component_eq("a+b", "a b"));
+        assert!(!query_component_eq("a%2Bb", "a b"), "an encoded plus stays a plus");
+        assert!(query_component_eq("a%2Bb", "a+b"));
+        assert!(!query_component_eq("ab", "a"));
+        assert_eq!(raw_query_param("a=1&b%20c=2&b+c=3&flag&&d=", "b c"), Some("2"));
+        assert_eq!(raw_query_param("a=1&flag", "flag"), Some(""));
+        assert_eq!(raw_query_param("a=1&flag", "fla"), None);
+        assert_eq!(raw_query_param("", "a"), None);
     }
 
     #[test]

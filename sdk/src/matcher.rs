@@ -1,6 +1,7 @@
 //! Request matching shared by filters: the one configuration shape of a rule's conditions
 //! ([`RawMatch`], compiled once by [`RawMatch::compile`] with one error wording), what it
-//! compiles to ([`RequestMatch`]: hosts, path, methods, headers), the check of rule names
+//! compiles to ([`RequestMatch`]: hosts, path, methods, query parameters, headers), the check
+//! of rule names
 //! ([`rule_names`]), and the pieces they are built of.
 //!
 //! Every matcher compares with the request as [`crate::request::Request`] gives it: the host
@@ -13,11 +14,12 @@ mod schema;
 mod template;
 
 pub use names::{rule_names, MAX_RULE_NAME};
-pub use schema::{RawHeaderMatch, RawMatch, RawPath, RawPathMatch, NOT_A_PATH};
+pub use schema::{RawHeaderMatch, RawMatch, RawPath, RawPathMatch, RawQueryMatch, NOT_A_PATH};
 pub use template::PathTemplate;
 
 use std::borrow::Cow;
 
+use crate::http;
 use crate::request::HeaderSnapshot;
 
 use regex_lite::Regex;
@@ -168,6 +170,16 @@ pub fn is_path_text(text: &str) -> bool {
     text.bytes().all(|b| b > b' ' && b != 0x7f && b != b'?' && b != b'#')
 }
 
+/// True for a query parameter name as configurations write it: the decoded name, not empty,
+/// without control characters.
+pub fn is_query_name(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(char::is_control)
+}
+
+/// The wording of a query parameter name's error, shared by every field that takes one.
+pub const NOT_A_QUERY_NAME: &str =
+    "a query parameter name is the decoded name: not empty, no control characters";
+
 /// Compiles `pattern` to match a whole string (`^(?:pattern)$`); on error, the message on one line.
 pub fn full_match_regex(pattern: &str) -> Result<Regex, String> {
     // Compiled alone first: a pattern such as `a)|(.*` is invalid alone but would be valid, and
@@ -208,6 +220,8 @@ pub trait MatchRequest {
     fn host(&self) -> Option<Cow<'_, str>>;
     /// The path without its query string.
     fn path(&self) -> &str;
+    /// The query string as sent (without `?`, not decoded), when the path has one.
+    fn query(&self) -> Option<&str>;
     /// The first value of a request header (`name` is lower-case).
     fn header(&self, name: &str) -> Option<&str>;
 }
@@ -222,6 +236,8 @@ pub struct RequestParts<'a> {
     pub host: Option<&'a str>,
     /// The path without query.
     pub path: &'a str,
+    /// The query string (without `?`), when there is one.
+    pub query: Option<&'a str>,
     /// The request headers.
     pub headers: Option<&'a HeaderSnapshot>,
 }
@@ -235,6 +251,9 @@ impl MatchRequest for RequestParts<'_> {
     }
     fn path(&self) -> &str {
         self.path
+    }
+    fn query(&self) -> Option<&str> {
+        self.query
     }
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.and_then(|h| h.get(name))
@@ -279,8 +298,62 @@ impl HeaderCondition {
     }
 }
 
-/// Conditions on host, path, method and headers, all of which must hold; empty lists and no
-/// path match everything. Built by [`RawMatch::compile`].
+/// A condition on one query parameter, compared percent-decoded (`%XX` and `+` as a space, as
+/// [`crate::http::query_params`] reads them) on both its name and its value.
+#[derive(Debug, Clone)]
+pub struct QueryCondition {
+    /// The parameter's name, decoded.
+    pub name: String,
+    /// The condition on the value of its first occurrence; a missing parameter fails it, a
+    /// parameter without `=` has the empty value.
+    pub value: ValueMatch,
+    /// The result is negated (a missing parameter then holds).
+    pub invert: bool,
+}
+
+impl QueryCondition {
+    /// Whether the request holds the condition. Nothing is decoded into a new copy: a regex on a
+    /// value with escapes reads it from a buffer kept for that.
+    pub fn matches<R: MatchRequest + ?Sized>(&self, req: &R) -> bool {
+        let raw = req.query().and_then(|q| http::raw_query_param(q, &self.name));
+        let held = match (&self.value, raw) {
+            (_, None) => false,
+            (ValueMatch::Present, Some(_)) => true,
+            (ValueMatch::Exact(e), Some(v)) => http::query_component_eq(v, e),
+            (ValueMatch::Prefix(p), Some(v)) => http::query_component_starts_with(v, p),
+            (ValueMatch::Regex(r), Some(v)) => regex_on_decoded(r, v),
+        };
+        held != self.invert
+    }
+}
+
+thread_local! {
+    /// Where a query value with escapes is decoded for a regex: kept from one request to the
+    /// next, so matching allocates only until it has held the longest value.
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `regex` matches the decoded raw query component `raw` in full.
+fn regex_on_decoded(regex: &Regex, raw: &str) -> bool {
+    if !raw.contains(['%', '+']) {
+        return regex.is_match(raw);
+    }
+    DECODED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            buf.extend(http::decoded_query_bytes(raw));
+            match std::str::from_utf8(&buf) {
+                Ok(text) => regex.is_match(text),
+                // Bytes that are not UTF-8 read as U+FFFD, as `decode_query_component` gives them.
+                Err(_) => regex.is_match(&String::from_utf8_lossy(&buf)),
+            }
+        }
+        Err(_) => regex.is_match(&http::decode_query_component(raw)),
+    })
+}
+
+/// Conditions on host, path, method, query parameters and headers, all of which must hold;
+/// empty lists and no path match everything. Built by [`RawMatch::compile`].
 #[derive(Debug, Clone, Default)]
 pub struct RequestMatch {
     /// Any of these hosts.
@@ -289,23 +362,30 @@ pub struct RequestMatch {
     pub path: Option<PathMatch>,
     /// Any of these methods (upper-case, from [`parse_method`]).
     pub methods: Vec<String>,
+    /// All of these query parameters.
+    pub query_params: Vec<QueryCondition>,
     /// All of these headers.
     pub headers: Vec<HeaderCondition>,
 }
 
 impl RequestMatch {
-    /// Whether the request matches. The method is compared first, then the host, the path and
-    /// the headers; a part no condition names is never asked for.
+    /// Whether the request matches. The method is compared first, then the host, the path, the
+    /// query parameters and the headers; a part no condition names is never asked for.
     pub fn matches<R: MatchRequest + ?Sized>(&self, req: &R) -> bool {
         (self.methods.is_empty() || method_matches(&self.methods, req.method()))
             && (self.hosts.is_empty() || req.host().is_some_and(|h| host_matches(&self.hosts, &h)))
             && self.path.as_ref().is_none_or(|p| p.matches(req.path()))
+            && self.query_params.iter().all(|q| q.matches(req))
             && self.headers.iter().all(|h| h.matches(req))
     }
 
     /// True when there is no condition (every request matches).
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty() && self.path.is_none() && self.methods.is_empty() && self.headers.is_empty()
+        self.hosts.is_empty()
+            && self.path.is_none()
+            && self.methods.is_empty()
+            && self.query_params.is_empty()
+            && self.headers.is_empty()
     }
 }
 
@@ -409,7 +489,7 @@ mod tests {
         path: &'a str,
         h: &'a HeaderSnapshot,
     ) -> RequestParts<'a> {
-        RequestParts { method, host, path, headers: Some(h) }
+        RequestParts { method, host, path, query: None, headers: Some(h) }
     }
 
     #[test]
@@ -426,6 +506,7 @@ mod tests {
                 value: ValueMatch::Present,
                 invert: false,
             }],
+            ..RequestMatch::default()
         };
         let h = HeaderSnapshot::from_strs(&[("X-Env", "prod")]);
         assert!(m.matches(&req("GET", Some("api.example.com"), "/v1/x", &h)));
@@ -436,8 +517,13 @@ mod tests {
         assert!(!m.matches(&req("GET", Some("api.example.com"), "/v2/x", &h)));
         let none = HeaderSnapshot::default();
         assert!(!m.matches(&req("GET", Some("api.example.com"), "/v1/x", &none)));
-        let no_headers =
-            RequestParts { method: "GET", host: Some("api.example.com"), path: "/v1/x", headers: None };
+        let no_headers = RequestParts {
+            method: "GET",
+            host: Some("api.example.com"),
+            path: "/v1/x",
+            query: None,
+            headers: None,
+        };
         assert!(!m.matches(&no_headers));
         assert!(!m.is_empty());
         assert!(RequestMatch::default().is_empty());
@@ -463,6 +549,10 @@ mod tests {
             self.1.set(self.1.get() + 100);
             self.0.path
         }
+        fn query(&self) -> Option<&str> {
+            self.1.set(self.1.get() + 10_000);
+            self.0.query
+        }
         fn header(&self, name: &str) -> Option<&str> {
             self.1.set(self.1.get() + 1000);
             self.0.header(name)
@@ -482,8 +572,49 @@ mod tests {
         assert_eq!(reads(&path), 100);
         let method = RequestMatch { methods: vec!["POST".into()], ..path.clone() };
         assert_eq!(reads(&method), 1, "a failed method stops before the path");
-        let host = RequestMatch { hosts: vec![HostPattern::Any], ..path };
+        let host = RequestMatch { hosts: vec![HostPattern::Any], ..path.clone() };
         assert_eq!(reads(&host), 110);
+        let query = RequestMatch {
+            query_params: vec![QueryCondition { name: "a".into(), value: ValueMatch::Present, invert: true }],
+            ..path
+        };
+        assert_eq!(reads(&query), 10_100);
+    }
+
+    #[test]
+    fn query_conditions_compare_decoded_names_and_values() {
+        let h = HeaderSnapshot::default();
+        let at = |query: &'static str| RequestParts {
+            method: "GET",
+            host: Some("h"),
+            path: "/",
+            query: Some(query),
+            headers: Some(&h),
+        };
+        let cond =
+            |name: &str, value: ValueMatch, invert: bool| QueryCondition { name: name.into(), value, invert };
+        let q = at("debug=1&user+id=J%C3%B6rg&debug=2&flag&tag=v2.3&enc=%31%32");
+        assert!(cond("debug", ValueMatch::Exact("1".into()), false).matches(&q));
+        assert!(!cond("debug", ValueMatch::Exact("2".into()), false).matches(&q), "the first occurrence");
+        assert!(cond("user id", ValueMatch::Exact("Jörg".into()), false).matches(&q), "decoded");
+        assert!(cond("user id", ValueMatch::Prefix("J\u{f6}".into()), false).matches(&q));
+        assert!(cond("enc", ValueMatch::Exact("12".into()), false).matches(&q));
+        assert!(cond("flag", ValueMatch::Present, false).matches(&q));
+        assert!(cond("flag", ValueMatch::Exact(String::new()), false).matches(&q), "no `=`: empty");
+        assert!(!cond("fla", ValueMatch::Present, false).matches(&q));
+        assert!(cond("missing", ValueMatch::Present, true).matches(&q), "absent");
+        assert!(cond("missing", ValueMatch::Exact("x".into()), true).matches(&q));
+        assert!(cond("tag", ValueMatch::Regex(full_match_regex(r"v2\.[0-9]+").unwrap()), false).matches(&q));
+        assert!(cond("enc", ValueMatch::Regex(full_match_regex("[0-9]{2}").unwrap()), false).matches(&q));
+        assert!(
+            !cond("tag", ValueMatch::Regex(full_match_regex("v2").unwrap()), false).matches(&q),
+            "in full"
+        );
+        let odd = at("v=%FF%2B");
+        assert!(cond("v", ValueMatch::Regex(full_match_regex("\u{fffd}[+]").unwrap()), false).matches(&odd));
+        let none = RequestParts { query: None, ..q };
+        assert!(!cond("debug", ValueMatch::Present, false).matches(&none));
+        assert!(cond("debug", ValueMatch::Present, true).matches(&none));
     }
 
     #[test]

@@ -44,6 +44,12 @@ impl LocalReply {
         Self::new(400, "invalid_host", "the Host header is not a host name with an optional port")
     }
 
+    /// A redirect as Envoy's route `redirect` answers one: `status` (a 3xx), `location`, no body
+    /// (so no JSON and no `content-type`); `code` `redirect`.
+    pub fn redirect(status: u16, location: impl Into<String>) -> Self {
+        Self::new(status, "redirect", String::new()).header("location", location).raw_body(Vec::new())
+    }
+
     /// Adds a response header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -89,6 +95,14 @@ impl LocalReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_has_a_location_and_no_body() {
+        let r = LocalReply::redirect(308, "https://example.com/a?b=1");
+        assert_eq!((r.status, r.code), (308, "redirect"));
+        assert_eq!(r.headers, [("location".to_string(), "https://example.com/a?b=1".to_string())]);
+        assert_eq!(r.raw_body.as_deref(), Some(&[][..]));
+    }
 
     #[test]
     fn body_shape_and_escaping() {

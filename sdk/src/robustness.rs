@@ -51,6 +51,22 @@ fn request_parsers_never_panic() {
         if let Some(q) = query {
             let _ = http::query_params(q).count();
             let _ = http::query_param(q, "token");
+            // The in-place lookup finds what the decoding one finds.
+            for (name, value) in http::query_params(q) {
+                let raw = http::raw_query_param(q, &name);
+                assert!(raw.is_some(), "{q:?} {name:?}");
+                let first = http::query_param(q, &name);
+                assert_eq!(raw.map(http::decode_query_component), first, "{q:?} {name:?}");
+                if !value.contains('\u{fffd}') {
+                    let raw = raw.unwrap_or_default();
+                    assert_eq!(http::query_component_eq(raw, &value), first.as_deref() == Some(&*value));
+                }
+            }
+        }
+        let decoded = http::decode_query_component(&s);
+        if !decoded.contains('\u{fffd}') {
+            assert!(http::query_component_eq(&s, &decoded), "{s:?}");
+            assert!(http::query_component_starts_with(&s, &decoded), "{s:?}");
         }
         let _ = http::cookies(&s).count();
         let _ = http::cookie(&s, "id_token");

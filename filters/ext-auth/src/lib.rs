@@ -271,8 +271,7 @@ impl HttpFilter for ExtAuthFilter {
                 }
                 None => Default::default(),
             };
-            let path = gatewasm::http::split_path(seen.path).0;
-            rules::decide(&settings.rules, settings.default, seen.method, &host, path, headers)
+            rules::decide(&settings.rules, settings.default, seen.method, &host, seen.path, headers)
         };
         if action == Action::Skip {
             plugin.counters.skipped.inc();

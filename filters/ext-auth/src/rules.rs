@@ -28,17 +28,18 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// The action for a request (normalized host, path without query, headers as the client sent
-/// them): the first matching rule's, else `default`.
+/// The action for a request (normalized host, `:path` with its query, headers as the client
+/// sent them): the first matching rule's, else `default`.
 pub fn decide(
     rules: &[Rule],
     default: Action,
     method: &str,
     host: &str,
-    path: &str,
+    path_and_query: &str,
     headers: &HeaderSnapshot,
 ) -> Action {
-    let req = RequestParts { method, host: Some(host), path, headers: Some(headers) };
+    let (path, query) = gatewasm::http::split_path(path_and_query);
+    let req = RequestParts { method, host: Some(host), path, query, headers: Some(headers) };
     rules.iter().find(|r| r.matcher.matches(&req)).map_or(default, |r| r.action)
 }
 
@@ -46,7 +47,7 @@ pub fn decide(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use gatewasm::matcher::{HeaderCondition, HostPattern, PathMatch, ValueMatch};
+    use gatewasm::matcher::{HeaderCondition, HostPattern, PathMatch, QueryCondition, ValueMatch};
 
     fn rule(matcher: RequestMatch, action: Action) -> Rule {
         Rule { name: "r".into(), matcher, action }
@@ -94,5 +95,26 @@ mod tests {
         assert_eq!(decide(&[], Action::Skip, "GET", "h", "/x"), Action::Skip);
         assert_eq!(decide(&[], Action::Check, "GET", "h", "/x"), Action::Check);
         assert_eq!(super::decide(&rules, Action::Check, "GET", "shop.example.com", "/x", &ws), Action::Skip);
+        // The path is matched without its query; query conditions read the query.
+        assert_eq!(
+            decide(&rules, Action::Check, "GET", "shop.example.com", "/healthz?probe=1"),
+            Action::Skip
+        );
+        let preview = rule(
+            RequestMatch {
+                query_params: vec![QueryCondition {
+                    name: "preview".into(),
+                    value: ValueMatch::Present,
+                    invert: false,
+                }],
+                ..Default::default()
+            },
+            Action::Skip,
+        );
+        assert_eq!(
+            decide(std::slice::from_ref(&preview), Action::Check, "GET", "h", "/p?preview"),
+            Action::Skip
+        );
+        assert_eq!(decide(&[preview], Action::Check, "GET", "h", "/p?previews=1"), Action::Check);
     }
 }

@@ -1,6 +1,8 @@
 //! Path rewrites: prefix replacement (Istio `rewrite.uri`, Envoy `prefix_rewrite`) and regex
-//! replacement (Envoy `regex_rewrite`). Both work on the path without the query string and keep
-//! the query as it was.
+//! replacement (Envoy `regex_rewrite`). Both work on the path without the query string; the
+//! caller puts a query back ([`join_path`]), the request's or the one query operations left.
+
+use std::borrow::Cow;
 
 use regex_lite::Regex;
 
@@ -27,37 +29,46 @@ pub enum PathRewrite {
 }
 
 impl PathRewrite {
-    /// The new `:path` for the request's `path_and_query`, or `None` when the rewrite leaves it
-    /// as it is, or would produce something that is not an origin-form path (empty, not
-    /// starting with `/`, or with control characters); the request then goes on unchanged.
-    pub fn apply(&self, path_and_query: &str) -> Option<String> {
-        let (path, query) = gatewasm::http::split_path(path_and_query);
-        let mut out = match self {
+    /// The path (without query) as the rewrite leaves it: `None` when it does not apply (the
+    /// prefix is not there) or the result is empty, as Envoy's `rewritePathByPrefixOrRegex`
+    /// leaves the path alone then. Not checked for anything else: callers decide what an
+    /// acceptable path is.
+    pub fn rewrite<'p>(&self, path: &'p str) -> Option<Cow<'p, str>> {
+        let out = match self {
             PathRewrite::Prefix { matched, replacement } => {
                 let rest = path.strip_prefix(matched.as_str())?;
-                let mut out =
-                    String::with_capacity(replacement.len() + rest.len() + path_and_query.len() - path.len());
+                let mut out = String::with_capacity(replacement.len() + rest.len());
                 out.push_str(replacement);
                 out.push_str(rest);
-                out
+                Cow::Owned(out)
             }
-            PathRewrite::Regex { regex, substitution } => {
-                let replaced = regex.replace_all(path, substitution.as_str());
-                if replaced == path {
-                    return None;
-                }
-                replaced.into_owned()
-            }
+            PathRewrite::Regex { regex, substitution } => regex.replace_all(path, substitution.as_str()),
         };
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The new path (without query) for the upstream, or `None` when the rewrite leaves `path` as
+    /// it is, or would produce something that is not an origin-form path (not starting with
+    /// `/`, or with whitespace or control characters); the request then goes on unchanged.
+    pub fn apply(&self, path: &str) -> Option<String> {
+        let out = self.rewrite(path)?;
         if !out.starts_with('/') || !gatewasm::config::is_header_value(&out) || out.contains([' ', '\t']) {
             return None;
         }
-        if let Some(q) = query {
-            out.push('?');
-            out.push_str(q);
-        }
-        (out != path_and_query).then_some(out)
+        (out != path).then(|| out.into_owned())
     }
+}
+
+/// `path` and `query` as one `:path`: `?` and the query when there is one (an empty query keeps
+/// its `?`).
+pub fn join_path(path: &str, query: Option<&str>) -> String {
+    let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// Translates an Envoy/RE2 substitution (`\1` for group 1, `\\` for a backslash) into regex-lite
@@ -116,28 +127,28 @@ mod tests {
     }
 
     #[test]
-    fn prefix_keeps_rest_and_query() {
+    fn prefix_replaces_the_matched_prefix() {
         let r = prefix("/api/v1/", "/v2/");
-        assert_eq!(r.apply("/api/v1/users?id=3&x").as_deref(), Some("/v2/users?id=3&x"));
+        assert_eq!(r.apply("/api/v1/users").as_deref(), Some("/v2/users"));
         assert_eq!(r.apply("/api/v1/").as_deref(), Some("/v2/"));
-        assert_eq!(r.apply("/api/v1/a?").as_deref(), Some("/v2/a?"));
         assert_eq!(r.apply("/other"), None);
         // As in Envoy and Istio: a prefix without trailing slash rewritten to "/" doubles it.
         assert_eq!(prefix("/api", "/").apply("/api/x").as_deref(), Some("//x"));
         assert_eq!(prefix("/api", "/").apply("/api").as_deref(), Some("/"));
-        // The query's own `?` and text are never touched by the prefix.
-        assert_eq!(prefix("/a", "/b").apply("/a?/a").as_deref(), Some("/b?/a"));
         // Unchanged is not a rewrite.
         assert_eq!(prefix("/a", "/a").apply("/a/x"), None);
+        assert_eq!(join_path("/v2/a", Some("x=1&y")), "/v2/a?x=1&y");
+        assert_eq!(join_path("/v2/a", Some("")), "/v2/a?", "an empty query keeps its `?`");
+        assert_eq!(join_path("/v2/a", None), "/v2/a");
     }
 
     #[test]
-    fn regex_replaces_every_match_in_the_path_only() {
+    fn regex_replaces_every_match() {
         let r = regex(r"^/users/([0-9]+)/profile$", r"/profiles/\1");
-        assert_eq!(r.apply("/users/42/profile?full=1").as_deref(), Some("/profiles/42?full=1"));
+        assert_eq!(r.apply("/users/42/profile").as_deref(), Some("/profiles/42"));
         assert_eq!(r.apply("/users/x/profile"), None);
         let all = regex("o", "0");
-        assert_eq!(all.apply("/foo/boo?o=o").as_deref(), Some("/f00/b00?o=o"));
+        assert_eq!(all.apply("/foo/boo").as_deref(), Some("/f00/b00"));
         // `$` in the substitution is literal, as in Envoy.
         let dollar = regex("^/a$", r"/cost$1");
         assert_eq!(dollar.apply("/a").as_deref(), Some("/cost$1"));
@@ -148,7 +159,9 @@ mod tests {
     #[test]
     fn bad_results_leave_the_path_alone() {
         assert_eq!(regex("^/.*$", "").apply("/x"), None, "empty path");
+        assert_eq!(regex("^/.*$", "").rewrite("/x"), None, "empty is no rewrite, as in Envoy");
         assert_eq!(regex("^/", "x").apply("/x"), None, "not starting with /");
+        assert_eq!(regex("^/", "x").rewrite("/x").as_deref(), Some("xx"), "a redirect decides itself");
     }
 
     #[test]

@@ -95,6 +95,9 @@ impl gatewasm::matcher::MatchRequest for Values<'_> {
     fn path(&self) -> &str {
         self.request.path()
     }
+    fn query(&self) -> Option<&str> {
+        self.request.query()
+    }
     fn header(&self, name: &str) -> Option<&str> {
         self.request.header(name)
     }

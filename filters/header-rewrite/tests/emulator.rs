@@ -14,6 +14,18 @@ fn emulator(config: &serde_json::Value) -> Emulator {
     emu
 }
 
+/// The error line of a module that refused `config` (it must refuse it).
+fn refusal(config: &serde_json::Value) -> gatewasm_emulator::LogEntry {
+    let emu = for_module("header-rewrite", config.to_string())
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!emu.configured());
+    let logs = emu.logs();
+    logs.into_iter()
+        .find(|l| l.message.contains("invalid plugin configuration"))
+        .unwrap_or_else(|| panic!("no configuration error logged: {:?}", emu.logs()))
+}
+
 fn request(emu: &Emulator, method: &str, authority: &str, path: &str, extra: &[(&str, &str)]) -> Stream {
     let mut s = emu.stream();
     let mut headers =
@@ -282,15 +294,7 @@ fn bad_config_fails_configure_and_logs_every_field() {
         },
         "colour": "blue"
     }]});
-    let emu = for_module("header-rewrite", config.to_string())
-        .and_then(|b| b.build())
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!emu.configured());
-    let logs = emu.logs();
-    let line = logs
-        .iter()
-        .find(|l| l.message.contains("invalid plugin configuration"))
-        .unwrap_or_else(|| panic!("no configuration error logged: {logs:?}"));
+    let line = refusal(&config);
     assert_eq!(line.level, LogLevel::Error);
     for needle in [
         "header_rewrite: invalid plugin configuration (5 errors)",
@@ -357,4 +361,209 @@ fn templates_and_header_conditions_select_rules() {
     assert_eq!(rule("/users/7/orders/9", &[("x-tenant", "us-1")]), (None, api.clone()));
     assert_eq!(rule("/users/7/orders", &[("x-tenant", "eu-1")]), (None, api));
     assert_eq!(rule("/other", &[("x-tenant", "eu-1")]), (None, None));
+}
+
+/// A rule answers with a fixed response; Envoy runs the reply through the filter's response side
+/// (the emulator as Envoy 1.40 does), so the rule's response operations apply to it.
+#[test]
+fn direct_responses_answer_with_their_status_headers_and_body() {
+    let emu = emulator(&json!({"rules": [
+        {"name": "teapot", "match": {"path": "/brew"},
+         "direct_response": {"status": 418, "json": {"error": "teapot", "n": [1, 2]},
+                             "headers": [{"name": "Cache-Control", "value": "no-store"}]},
+         "response": {"set": [{"name": "x-served-by", "value": "gw %METHOD% %PATH%"}]}},
+        {"name": "text", "match": {"path": "/hello"}, "direct_response": {"status": 200, "body": "hello\n"}},
+        {"name": "empty", "match": {"path": "/empty"}, "direct_response": {"status": 503}}
+    ]}));
+    let mut s = emu.stream();
+    let headers = [(":method", "GET"), (":path", "/brew?x=1"), (":authority", "h"), (":scheme", "http")];
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause);
+    let reply = s.local_reply().unwrap();
+    assert_eq!((reply.status, reply.details.as_str()), (418, "header_rewrite_direct_response"));
+    assert_eq!(reply.body, br#"{"error":"teapot","n":[1,2]}"#);
+    assert_eq!(all(&reply.headers, "content-type"), ["application/json"]);
+    assert_eq!(all(&reply.headers, "cache-control"), ["no-store"]);
+    assert_eq!(all(&reply.headers, "x-served-by"), ["gw GET /brew"]);
+
+    let mut s = emu.stream();
+    let headers = [(":method", "GET"), (":path", "/hello"), (":authority", "h")];
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause);
+    let reply = s.local_reply().unwrap();
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"hello\n"[..]));
+    assert_eq!(all(&reply.headers, "content-type"), ["text/plain"], "Envoy's type for a body without one");
+
+    let mut s = emu.stream();
+    let headers = [(":method", "GET"), (":path", "/empty"), (":authority", "h")];
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause);
+    let reply = s.local_reply().unwrap();
+    assert_eq!((reply.status, reply.body.len()), (503, 0));
+    assert!(all(&reply.headers, "content-type").is_empty());
+
+    // Not matched: the request goes on.
+    let s = request(&emu, "GET", "h", "/brewing", &[]);
+    assert!(s.local_reply().is_none());
+    emu.advance_clock(std::time::Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("header_rewrite_rules_applied_total;rule=teapot"), Some(1));
+}
+
+#[test]
+fn redirects_build_their_location_from_the_request() {
+    let emu = emulator(&json!({"rules": [
+        {"match": {"path": {"prefix": "/old/"}}, "redirect": {"prefix_rewrite": "/new/", "response_code": 308}},
+        {"match": {"path": {"prefix": "/secure/"}}, "redirect": {"https_redirect": true}},
+        {"match": {"path": {"prefix": "/port/"}}, "redirect": {"port_redirect": 8443, "strip_query": true}},
+        {"match": {"path": {"prefix": "/moved"}}, "redirect": {"host_redirect": "[2001:db8::1]", "path_redirect": "/here?from=moved", "response_code": "SEE_OTHER"}},
+        {"match": {"path": {"regex": "/u/[0-9]+"}}, "redirect": {"regex_rewrite": {"pattern": "^/u/([0-9]+)$", "substitution": "/users/\\1"}, "response_code": 302},
+         "query": {"remove": ["utm_source"], "add": [{"name": "via", "value": "old link"}]}}
+    ]}));
+    let location = |authority: &str, path: &str, proto: &str| {
+        let mut s = emu.stream();
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            (":scheme", "http"),
+            ("x-forwarded-proto", proto),
+        ];
+        assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause, "{path}");
+        let reply = s.local_reply().unwrap();
+        assert_eq!(reply.details, "header_rewrite_redirect");
+        assert!(reply.body.is_empty());
+        (reply.status, all(&reply.headers, "location").join(","))
+    };
+    let cases = [
+        ("a.example.com", "/old/x?q=1", 308, "http://a.example.com/new/x?q=1"),
+        ("a.example.com:80", "/secure/x?q", 301, "https://a.example.com/secure/x?q"),
+        ("a.example.com:8080", "/secure/", 301, "https://a.example.com:8080/secure/"),
+        ("[::1]:80", "/secure/", 301, "https://[::1]/secure/"),
+        ("[::1]:9000", "/port/a?b=1", 301, "http://[::1]:8443/port/a"),
+        ("a.example.com", "/moved?x=1", 303, "http://[2001:db8::1]/here?from=moved"),
+        (
+            "a.example.com",
+            "/u/42?utm_source=mail&id=1",
+            302,
+            "http://a.example.com/users/42?id=1&via=old%20link",
+        ),
+    ];
+    for (authority, path, status, want) in cases {
+        assert_eq!(location(authority, path, "http"), (status, want.to_string()), "{authority} {path}");
+    }
+}
+
+#[test]
+fn query_operations_rewrite_the_query_once() {
+    let emu = emulator(&json!({"match_mode": "all", "rules": [
+        {"query": {"remove": ["utm_source", "utm_medium"], "set": [{"name": "api version", "value": "2&3"}]}},
+        {"match": {"path": {"prefix": "/search"}},
+         "query": {"keep": ["q", "page", "api version", "tag", "user"], "add": [{"name": "user", "value": "%REQ(x-user)%"}]}}
+    ]}));
+    let mut s = emu.stream();
+    let headers = [
+        (":method", "GET"),
+        (
+            ":path",
+            "/search?q=caf%C3%A9+au+lait&utm_source=x&tag=a&debug=1&tag=b&page=2&api+version=1&utm_medium=y",
+        ),
+        (":authority", "h"),
+        ("x-user", "Jörg & co"),
+    ];
+    s.request_headers(&headers, true).unwrap();
+    assert_eq!(
+        s.request_header(":path").as_deref(),
+        Some("/search?q=caf%C3%A9+au+lait&tag=a&tag=b&page=2&api%20version=2%263&user=J%C3%B6rg%20%26%20co"),
+        "order kept, repeated names kept, only written text encoded"
+    );
+    assert_eq!(s.request_header("x-envoy-original-path"), None, "the path itself did not change");
+    assert_eq!(s.host_calls().get("proxy_replace_header_map_value"), Some(&1), "`:path` written once");
+
+    // A request whose query the rules leave as it is: nothing written.
+    let s = request(&emu, "GET", "h", "/other?api+version=2%263", &[]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/other?api+version=2%263"));
+    assert_eq!(s.host_calls().get("proxy_replace_header_map_value"), None);
+}
+
+#[test]
+fn query_conditions_select_rules() {
+    let emu = emulator(&json!({"rules": [
+        {"match": {"query_params": [{"name": "debug", "exact": "1"}, {"name": "user id", "regex": "J.*"}]},
+         "request": {"set": [{"name": "x-rule", "value": "debug"}]}},
+        {"match": {"query_params": [{"name": "preview", "present": false}]},
+         "request": {"set": [{"name": "x-rule", "value": "no-preview"}]}}
+    ]}));
+    let rule = |path: &str| request(&emu, "GET", "h", path, &[]).request_header("x-rule");
+    assert_eq!(rule("/?debug=1&user+id=J%C3%B6rg").as_deref(), Some("debug"));
+    assert_eq!(rule("/?debug=%31&user%20id=Jo").as_deref(), Some("debug"), "compared decoded");
+    assert_eq!(rule("/?debug=1&user+id=jo").as_deref(), Some("no-preview"));
+    assert_eq!(rule("/?preview"), None);
+    assert_eq!(rule("/").as_deref(), Some("no-preview"));
+}
+
+#[test]
+fn bad_answers_and_query_operations_fail_configure_with_every_field_named() {
+    let config = json!({"rules": [
+        {"redirect": {"response_code": 300, "host_redirect": "a.com:80"}, "request": {"remove": ["x-a"]}},
+        {"direct_response": {"status": 99, "body": "x", "json": {}}},
+        {"query": {"remove": [""], "set": [{"name": "a", "value": "%NOPE%"}]}, "match": {"query_params": [{"name": "", "exact": "1"}]}}
+    ]});
+    let line = refusal(&config);
+    for needle in [
+        "(8 errors)",
+        "`rules[0].redirect.host_redirect` = \"a.com:80\": no port here",
+        "`rules[0].redirect.response_code` = 300: a redirect answers 301, 302, 303, 307 or 308",
+        "`rules[0].request`: the rule answers the request itself",
+        "`rules[1].direct_response.status` = 99: a status from 200 to 599",
+        "`rules[1].direct_response`: give at most one of `body`, `json`",
+        "`rules[2].match.query_params[0].name` = \"\": a query parameter name is the decoded name",
+        "`rules[2].query.remove[0]` = \"\": a query parameter name is the decoded name",
+        "`rules[2].query.set[0].value` = \"%NOPE%\": unknown substitution",
+    ] {
+        assert!(line.message.contains(needle), "missing {needle:?} in {}", line.message);
+    }
+}
+
+/// The README's example configuration, and what the README says it does.
+#[test]
+fn the_readme_example_does_what_the_readme_says() {
+    let readme = include_str!("../README.md");
+    let example = readme
+        .split("## Example")
+        .nth(1)
+        .and_then(|rest| rest.split("```json").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the README's example block");
+    let emu = emulator(&serde_json::from_str(example).expect("the example is JSON"));
+    let mut s = request(
+        &emu,
+        "GET",
+        "api.example.com",
+        "/api/v1/items?limit=5",
+        &[("x-env", "prod"), ("x-version", "v3"), ("x-internal-token", "t")],
+    );
+    assert_eq!(s.request_header(":path").as_deref(), Some("/v2/items?limit=5"));
+    assert_eq!(s.request_header(":authority").as_deref(), Some("backend.internal"));
+    assert_eq!(s.request_header("x-envoy-original-path").as_deref(), Some("/api/v1/items?limit=5"));
+    assert_eq!(s.request_header("x-internal-token"), None);
+    respond(&mut s, &[]);
+    assert_eq!(s.response_header("x-served-for").as_deref(), Some("GET /api/v1/items"));
+    assert_eq!(s.response_header("server"), None);
+
+    let s = request(&emu, "GET", "h", "/users/42/profile?utm_source=mail&v=1", &[]);
+    assert_eq!(s.request_header(":path").as_deref(), Some("/profiles/42?v=1&view=full"));
+
+    let answer = |authority: &str, path: &str| {
+        let mut s = emu.stream();
+        let headers = [(":method", "GET"), (":path", path), (":authority", authority), (":scheme", "http")];
+        assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause, "{path}");
+        s.local_reply().unwrap()
+    };
+    let moved = answer("shop.example.com", "/docs/v1/intro?lang=en");
+    assert_eq!(moved.status, 308);
+    assert_eq!(all(&moved.headers, "location"), ["https://docs.example.com/docs/v2/intro?lang=en"]);
+    let down = answer("shop.example.com", "/billing/invoices");
+    assert_eq!(down.status, 503);
+    assert_eq!(all(&down.headers, "retry-after"), ["600"]);
+    assert_eq!(all(&down.headers, "content-type"), ["application/json"]);
+    assert_eq!(down.body, br#"{"error":"maintenance","retry_after":600}"#);
+    let s = request(&emu, "GET", "shop.example.com", "/billing/invoices?preview", &[]);
+    assert!(s.local_reply().is_none());
 }

@@ -951,7 +951,13 @@ mod tests {
             parse(c.to_string().as_bytes()).map(|c| c.rules)
         };
         use gatewasm::matcher::{MatchRequest, RequestParts};
-        let get = |path| RequestParts { method: "GET", host: Some("api.example.com"), path, headers: None };
+        let get = |path| RequestParts {
+            method: "GET",
+            host: Some("api.example.com"),
+            path,
+            query: None,
+            headers: None,
+        };
         for (short, object) in [
             (json!({"prefix": "/api/"}), json!({"path": {"prefix": "/api/"}})),
             (json!({"path": "/api/x"}), json!({"path": {"exact": "/api/x"}})),

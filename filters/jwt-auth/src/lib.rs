@@ -571,7 +571,8 @@ impl HttpFilter for JwtFilter {
             }
             None => Default::default(),
         };
-        let Some(rule) = rules::first_match(&cfg.rules, &host, req.path(), method, Some(req.headers()))
+        let Some(rule) =
+            rules::first_match(&cfg.rules, &host, req.path_and_query(), method, Some(req.headers()))
         else {
             return Flow::Continue;
         };

@@ -38,16 +38,17 @@ pub struct Rule {
     pub requires: Option<Requirement>,
 }
 
-/// The first rule matching the request: its normalized host, path without query, method and
-/// headers (as the client sent them).
+/// The first rule matching the request: its normalized host, `:path` (query included), method
+/// and headers (as the client sent them).
 pub fn first_match<'r>(
     rules: &'r [Rule],
     host: &str,
-    path: &str,
+    path_and_query: &str,
     method: &str,
     headers: Option<&HeaderSnapshot>,
 ) -> Option<&'r Rule> {
-    let req = RequestParts { method, host: Some(host), path, headers };
+    let (path, query) = gatewasm::http::split_path(path_and_query);
+    let req = RequestParts { method, host: Some(host), path, query, headers };
     rules.iter().find(|r| r.matcher.matches(&req))
 }
 
@@ -55,7 +56,7 @@ pub fn first_match<'r>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use gatewasm::matcher::{HeaderCondition, PathMatch, ValueMatch};
+    use gatewasm::matcher::{HeaderCondition, PathMatch, QueryCondition, ValueMatch};
 
     #[test]
     fn first_rule_wins() {
@@ -88,5 +89,23 @@ mod tests {
             Some(Requirement::AllowMissing)
         );
         assert!(first_match(&rules[..1], "h", "/x", "GET", None).is_none());
+        // The path is matched without its query; query conditions read the query.
+        assert!(first_match(&rules, "h", "/login?next=/x", "POST", None).unwrap().requires.is_none());
+        let public = Rule {
+            matcher: RequestMatch {
+                query_params: vec![QueryCondition {
+                    name: "preview".into(),
+                    value: ValueMatch::Exact("1".into()),
+                    invert: false,
+                }],
+                ..RequestMatch::default()
+            },
+            requires: None,
+        };
+        let rules =
+            [public, Rule { matcher: RequestMatch::default(), requires: Some(Requirement::AllowMissing) }];
+        assert!(first_match(&rules, "h", "/doc?a=b&preview=%31", "GET", None).unwrap().requires.is_none());
+        assert!(first_match(&rules, "h", "/doc?preview=2", "GET", None).unwrap().requires.is_some());
+        assert!(first_match(&rules, "h", "/doc", "GET", None).unwrap().requires.is_some());
     }
 }

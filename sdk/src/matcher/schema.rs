@@ -7,9 +7,9 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     full_match_regex, parse_method, HeaderCondition, HostError, HostPattern, PathMatch, PathTemplate,
-    RequestMatch, ValueMatch,
+    QueryCondition, RequestMatch, ValueMatch,
 };
-use crate::config::{self, ConfigErrors};
+use crate::config::{self, read_map, ConfigErrors};
 
 /// Request conditions as a configuration writes them (a rule's `match`), all of which must hold;
 /// an absent or empty `match` holds for every request. Compile with [`RawMatch::compile`].
@@ -30,6 +30,8 @@ pub struct RawMatch {
     pub regex: Option<String>,
     /// Methods, any of which (case-insensitive, compared upper-case).
     pub methods: Vec<String>,
+    /// Query parameter conditions, all of which.
+    pub query_params: Vec<RawQueryMatch>,
     /// Header conditions, all of which.
     pub headers: Vec<RawHeaderMatch>,
 }
@@ -76,6 +78,11 @@ pub struct RawHeaderMatch {
     pub invert: bool,
 }
 
+/// A query parameter condition, in the shape of a header condition ([`RawHeaderMatch`]): the
+/// parameter is present, or the value of its first occurrence is `exact`, starts with `prefix` or
+/// matches `regex` in full, names and values compared percent-decoded; `invert` negates it.
+pub type RawQueryMatch = RawHeaderMatch;
+
 impl<'de> Deserialize<'de> for RawHeaderMatch {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct HeaderVisitor;
@@ -107,27 +114,6 @@ impl<'de> Deserialize<'de> for RawHeaderMatch {
     }
 }
 
-/// Deserializes a map whose values are all read by `field`, which says whether it knew the key;
-/// the values of keys it did not know are ignored, which `config::parse` reports as unknown
-/// fields. Written by hand: the derived form costs a module several kilobytes more (a sequence
-/// form and a field enum no configuration uses) for each of these structs every rule-based
-/// filter links.
-fn read_map<'de, A, T>(
-    mut map: A,
-    mut value: T,
-    mut field: impl FnMut(&mut T, &str, &mut A) -> Result<bool, A::Error>,
-) -> Result<T, A::Error>
-where
-    A: MapAccess<'de>,
-{
-    while let Some(key) = map.next_key::<String>()? {
-        if !field(&mut value, &key, &mut map)? {
-            map.next_value::<de::IgnoredAny>()?;
-        }
-    }
-    Ok(value)
-}
-
 impl<'de> Deserialize<'de> for RawMatch {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct MatchVisitor;
@@ -136,7 +122,7 @@ impl<'de> Deserialize<'de> for RawMatch {
             type Value = RawMatch;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("request conditions `{\"hosts\": ..., \"path\": ..., \"methods\": ..., \"headers\": ...}`")
+                f.write_str("request conditions `{\"hosts\": ..., \"path\": ..., \"methods\": ..., \"query_params\": ..., \"headers\": ...}`")
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMatch, A::Error> {
@@ -147,6 +133,7 @@ impl<'de> Deserialize<'de> for RawMatch {
                         "prefix" => m.prefix = map.next_value()?,
                         "regex" => m.regex = map.next_value()?,
                         "methods" => m.methods = map.next_value()?,
+                        "query_params" => m.query_params = map.next_value()?,
                         "headers" => m.headers = map.next_value()?,
                         _ => return Ok(false),
                     }
@@ -215,6 +202,11 @@ impl RawMatch {
                 None => {
                     errors.add(format!("{at}.methods[{i}]"), method, "not an HTTP method (RFC 9110 token)")
                 }
+            }
+        }
+        for (i, q) in self.query_params.iter().enumerate() {
+            if let Some(c) = q.compile_query(&format!("{at}.query_params[{i}]"), errors) {
+                m.query_params.push(c);
             }
         }
         for (i, h) in self.headers.iter().enumerate() {
@@ -306,6 +298,23 @@ impl RawHeaderMatch {
             errors.add(format!("{at}.name"), &self.name, "not a valid HTTP header name (RFC 9110 token)");
             return None;
         }
+        let (value, invert) = self.value_condition(at, errors)?;
+        Some(HeaderCondition { name: self.name.to_ascii_lowercase(), value, invert })
+    }
+
+    /// The condition as a query parameter's: the name is the decoded parameter name, compared
+    /// exactly (case-sensitive, as Envoy's route `query_parameters`).
+    fn compile_query(&self, at: &str, errors: &mut ConfigErrors) -> Option<QueryCondition> {
+        if !super::is_query_name(&self.name) {
+            errors.add(format!("{at}.name"), &self.name, super::NOT_A_QUERY_NAME);
+            return None;
+        }
+        let (value, invert) = self.value_condition(at, errors)?;
+        Some(QueryCondition { name: self.name.clone(), value, invert })
+    }
+
+    /// The value condition and whether it is negated, shared by headers and query parameters.
+    fn value_condition(&self, at: &str, errors: &mut ConfigErrors) -> Option<(ValueMatch, bool)> {
         let given = usize::from(self.exact.is_some())
             + usize::from(self.prefix.is_some())
             + usize::from(self.regex.is_some())
@@ -330,7 +339,7 @@ impl RawHeaderMatch {
                 ValueMatch::Present
             }
         };
-        Some(HeaderCondition { name: self.name.to_ascii_lowercase(), value, invert })
+        Some((value, invert))
     }
 }
 
@@ -374,7 +383,7 @@ mod tests {
 
     fn hit(m: &RequestMatch, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> bool {
         let h = HeaderSnapshot::from_strs(headers);
-        m.matches(&RequestParts { method, host: Some(host), path, headers: Some(&h) })
+        m.matches(&RequestParts { method, host: Some(host), path, query: None, headers: Some(&h) })
     }
 
     #[test]
@@ -425,6 +434,33 @@ mod tests {
     }
 
     #[test]
+    fn query_conditions_compile_in_the_shape_of_header_conditions() {
+        let m =
+            one(r#"{"query_params": [{"name": "debug", "exact": "1"}, {"name": "page", "regex": "[0-9]+"},
+                {"name": "user id", "prefix": "J"}, {"name": "trace"}, {"name": "internal", "present": false},
+                {"name": "beta", "exact": "on", "invert": true}]}"#);
+        assert_eq!(m.query_params.len(), 6);
+        assert!(!m.is_empty());
+        let hit = |query: &str| {
+            let h = HeaderSnapshot::default();
+            m.matches(&RequestParts {
+                method: "GET",
+                host: Some("h"),
+                path: "/",
+                query: Some(query),
+                headers: Some(&h),
+            })
+        };
+        assert!(hit("debug=1&page=12&user+id=J%C3%B6rg&trace"));
+        assert!(hit("trace=&page=3&debug=%31&user%20id=Jo&beta=off"));
+        assert!(!hit("debug=1&page=12&user+id=J&trace&internal=0"), "internal must be absent");
+        assert!(!hit("debug=1&page=12&user+id=J&trace&beta=on"));
+        assert!(!hit("debug=1&page=1x&user+id=J&trace"));
+        assert!(!hit("DEBUG=1&page=1&user+id=J&trace"), "names are case-sensitive");
+        assert!(!hit("debug=1&page=1&user+id=J"), "trace must be present");
+    }
+
+    #[test]
     fn every_path_form() {
         let exact = [r#"{"path": "/login"}"#, r#"{"path": {"exact": "/login"}}"#];
         for json in exact {
@@ -468,6 +504,10 @@ mod tests {
             (r#"{"headers": [{"name": "x y"}]}"#, &["`rules[0].match.headers[0].name` = \"x y\": not a valid HTTP header name (RFC 9110 token)"]),
             (r#"{"headers": [{"name": "x", "exact": "a", "present": true}]}"#, &["`rules[0].match.headers[0]`: give at most one of `exact`, `prefix`, `regex`, `present`"]),
             (r#"{"headers": [{"name": "x", "colour": "a"}]}"#, &["`rules[0].match.headers[0].colour`: unknown field"]),
+            (r#"{"query_params": [{"name": ""}]}"#, &["`rules[0].match.query_params[0].name` = \"\": a query parameter name is the decoded name: not empty, no control characters"]),
+            (r#"{"query_params": [{"name": "a\nb"}]}"#, &["`rules[0].match.query_params[0].name` = \"a\\nb\": a query parameter name is the decoded name: not empty, no control characters"]),
+            (r#"{"query_params": [{"name": "a", "exact": "1", "prefix": "2"}]}"#, &["`rules[0].match.query_params[0]`: give at most one of `exact`, `prefix`, `regex`, `present`"]),
+            (r#"{"query_params": [{"name": "a", "colour": "a"}]}"#, &["`rules[0].match.query_params[0].colour`: unknown field"]),
             (r#"{"path": {"prefix": "/", "colour": "a"}}"#, &["`rules[0].match.path.colour`: unknown field"]),
             (r#"{"colour": "a"}"#, &["`rules[0].match.colour`: unknown field"]),
         ];
@@ -481,6 +521,11 @@ mod tests {
         let regex = errors(r#"{"path": {"regex": "a)|(.*"}}"#);
         assert!(
             regex[0].starts_with("`rules[0].match.path.regex` = \"a)|(.*\": invalid regex: "),
+            "{regex:?}"
+        );
+        let regex = errors(r#"{"query_params": [{"name": "x", "regex": "["}]}"#);
+        assert!(
+            regex[0].starts_with("`rules[0].match.query_params[0].regex` = \"[\": invalid regex: "),
             "{regex:?}"
         );
         let regex = errors(r#"{"headers": [{"name": "x", "regex": "["}]}"#);
@@ -532,6 +577,9 @@ mod tests {
             }
             fn path(&self) -> &str {
                 "/"
+            }
+            fn query(&self) -> Option<&str> {
+                None
             }
             fn header(&self, name: &str) -> Option<&str> {
                 (name == "x-a").then_some("1")

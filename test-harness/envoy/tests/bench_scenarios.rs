@@ -47,3 +47,26 @@ fn preflight_rejects_a_row_that_does_not_do_the_work() {
     let err = scenario.preflight(lazy).unwrap_err();
     assert!(format!("{err:#}").contains("did not receive x-bench"), "{err:#}");
 }
+
+#[test]
+fn preflight_rejects_a_row_that_does_not_answer_as_expected() {
+    let scenario: Scenario = serde_json::from_value(serde_json::json!({
+        "name": "t",
+        "path": "/x",
+        "expect": { "status": 301, "response_headers": { "location": "https://example.com/x" } },
+        "rows": [
+            { "key": "redirect", "label": "route redirect", "filters": [],
+              "route_patch": { "route": null, "redirect": { "https_redirect": true, "host_redirect": "example.com" } } },
+            { "key": "lazy", "label": "no redirect", "filters": [] }
+        ]
+    }))
+    .unwrap();
+    let (rows, _) = scenario.rows().unwrap();
+    let row = |key: &str| rows.iter().find(|r| r.key == key).unwrap();
+    scenario.preflight(row("redirect")).unwrap_or_else(|e| panic!("{e:#}"));
+    let err = scenario.preflight(row("lazy")).unwrap_err();
+    assert!(format!("{err:#}").contains("row no redirect: status 200"), "{err:#}");
+    // Bare Envoy answers 200 whatever the scenario's rows answer.
+    assert_eq!(scenario.expected_status(row("bare")), 200);
+    assert_eq!(scenario.expected_status(row("redirect")), 301);
+}

@@ -153,15 +153,17 @@ fn measure(
             }
             let envoy = builder.start().with_context(|| format!("starting Envoy for {}", row.label))?;
             let response = envoy.get(&scenario.path)?;
-            if response.status != 200 {
-                bail!("{}: status {} before timing", row.label, response.status);
+            let status = scenario.expected_status(row);
+            if response.status != status {
+                bail!("{}: status {} before timing (expected {status})", row.label, response.status);
             }
             scenario.check_response_headers(row, &response)?;
             let url = envoy.url(&scenario.path);
             if options.warmup > 0 {
                 run_wrk(&url, &wrk(options.warmup))?;
             }
-            let counter = format!("http.{HCM_STAT_PREFIX}.downstream_rq_2xx");
+            // Envoy counts answers by class: a redirect row's are 3xx.
+            let counter = format!("http.{HCM_STAT_PREFIX}.downstream_rq_{}xx", status / 100);
             let before = envoy.stat(&counter)?.unwrap_or(0);
             let cpu_before = envoy.pid().and_then(process_cpu);
             let mut result = run_wrk(&url, &wrk(options.duration))?;
@@ -174,7 +176,7 @@ fn measure(
                 }
             }
             if result.non_2xx != 0 {
-                bail!("{}: wrk saw {} non-2xx responses", row.label, result.non_2xx);
+                bail!("{}: wrk saw {} responses neither 2xx nor 3xx", row.label, result.non_2xx);
             }
             if result.requests == 0 || after.saturating_sub(before) < result.requests {
                 bail!(
