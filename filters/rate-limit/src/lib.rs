@@ -312,6 +312,7 @@ fn applied(
         method: request.method(),
         host,
         path: request.path(),
+        query: request.query(),
         headers: Some(request.headers()),
     };
     let values = RequestValues { headers: request.headers(), host, method: request.method() };
