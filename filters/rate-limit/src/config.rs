@@ -33,8 +33,8 @@ pub const MAX_RETRY_AFTER: u64 = 3_600;
 /// The plugin configuration as written.
 #[derive(Debug, Deserialize, Default)]
 pub struct RawConfig {
-    /// `local` (default): counters in this Envoy, shared by its workers. `global`: Envoy's rate
-    /// limit service over gRPC decides (checked, not yet supported).
+    /// `local` (default): counters in this Envoy, shared by its workers. `global`: a rate limit
+    /// service speaking Envoy's protocol over gRPC decides, for every gateway replica at once.
     pub mode: Option<String>,
     /// Names the counters: local mode's shared-data table (configurations with one domain share
     /// counters) and, in global mode, the rate limit service's domain. Default `gatewasm`.
@@ -149,7 +149,7 @@ pub enum FailureMode {
     Deny,
 }
 
-/// Global mode's settings, checked now for the mode to come.
+/// Global mode's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Global {
     /// The rate limit service's gRPC cluster.
@@ -169,8 +169,8 @@ pub struct Limit {
     pub policy: String,
     /// The values counted apart.
     pub descriptors: Vec<Descriptor>,
-    /// How it counts (local mode).
-    pub algorithm: Algorithm,
+    /// How it counts in local mode; `None` in global mode, where the service holds the limit.
+    pub algorithm: Option<Algorithm>,
     /// Hits one request counts.
     pub hits: u64,
     /// Only counts, logs and adds headers.
@@ -191,8 +191,10 @@ pub struct Rule {
 /// The configuration as the request path uses it.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The counters' namespace.
+    /// The counters' namespace (local mode), the service's domain (global mode).
     pub domain: String,
+    /// Global mode's service; `None` in local mode.
+    pub global: Option<Global>,
     /// Most counters kept.
     pub max_keys: u64,
     /// Where the `RateLimit` fields go.
@@ -235,15 +237,28 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Config {
             ResponseHeaders::Limited
         }
     };
-    match (&raw.global, global_mode) {
-        (Some(g), true) => {
-            global(g, errors);
-        }
-        (None, true) => errors
-            .add_field("global", "required with \"mode\": \"global\": the rate limit service's `cluster`"),
-        (Some(_), false) => errors.add_field("global", "only with \"mode\": \"global\""),
-        (None, false) => {}
+    if global_mode && raw.max_keys.is_some() {
+        errors.add(
+            "max_keys",
+            max_keys,
+            "only in local mode: the rate limit service keeps global mode's counters",
+        );
     }
+    let global = match (&raw.global, global_mode) {
+        (Some(g), true) => global(g, errors),
+        (None, true) => {
+            errors.add_field(
+                "global",
+                "required with \"mode\": \"global\": the rate limit service's `cluster`",
+            );
+            None
+        }
+        (Some(_), false) => {
+            errors.add_field("global", "only with \"mode\": \"global\"");
+            None
+        }
+        (None, false) => None,
+    };
 
     let names = matcher::rule_names(errors, "rules", raw.rules.iter().map(|r| r.name.as_deref()));
     let mut rules = Vec::with_capacity(raw.rules.len());
@@ -253,15 +268,7 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Config {
             rules.push(rule);
         }
     }
-    if global_mode {
-        errors.add(
-            "mode",
-            "global",
-            "not yet supported: this build counts in the Envoy that runs it (\"mode\": \"local\"); \
-             the rest of this configuration was checked as global mode will read it",
-        );
-    }
-    Config { domain, max_keys, response_headers, rules }
+    Config { domain, global, max_keys, response_headers, rules }
 }
 
 /// Checks global mode's settings.
@@ -325,7 +332,7 @@ fn compile_rule(
         }
         let algorithm = algorithm(&at, limit, global_mode, errors);
         let hits = hits(&at, limit, algorithm.as_ref(), errors);
-        if let Some(algorithm) = algorithm {
+        if algorithm.is_some() || global_mode {
             limits.push(Limit { name: limit_name, policy, descriptors, algorithm, hits, dry_run });
         }
     }
@@ -686,13 +693,13 @@ mod tests {
             api.descriptors,
             [Descriptor { key: "x-api-key".into(), source: Source::Header("x-api-key".into()) }]
         );
-        assert_eq!(api.algorithm, Algorithm::TokenBucket { rate: 100, per: Unit::Minute, burst: 100 });
+        assert_eq!(api.algorithm, Some(Algorithm::TokenBucket { rate: 100, per: Unit::Minute, burst: 100 }));
         assert_eq!((api.hits, api.dry_run), (1, false));
         let login = &c.rules[1].limits[0];
         assert_eq!(login.descriptors[0].key, "remote_address");
         assert_eq!(login.descriptors[0].source, Source::ClientAddress(ClientAddress::default()));
         let tenants = &c.rules[2].limits[0];
-        assert_eq!(tenants.algorithm, Algorithm::FixedWindow { requests: 1000, per: Unit::Second });
+        assert_eq!(tenants.algorithm, Some(Algorithm::FixedWindow { requests: 1000, per: Unit::Second }));
         assert_eq!(tenants.descriptors[0].source, Source::JwtClaimHeader("x-tenant".into()));
     }
 
@@ -725,7 +732,7 @@ mod tests {
         );
         assert_eq!(limit.name, "0");
         assert_eq!(limit.policy, "r.0");
-        assert_eq!(limit.algorithm, Algorithm::Concurrency { max: 5, retry_after: 1 });
+        assert_eq!(limit.algorithm, Some(Algorithm::Concurrency { max: 5, retry_after: 1 }));
         // Every form of path condition names the rule's path.
         for (m, text) in [
             (r#"{"path": "/login"}"#, "/login"),
@@ -748,7 +755,7 @@ mod tests {
         assert!(limit.dry_run);
         assert_eq!(limit.hits, 3);
         assert!(limit.descriptors.is_empty(), "one counter for the rule");
-        assert_eq!(limit.algorithm, Algorithm::TokenBucket { rate: 5, per: Unit::Second, burst: 9 });
+        assert_eq!(limit.algorithm, Some(Algorithm::TokenBucket { rate: 5, per: Unit::Second, burst: 9 }));
         assert_eq!((c.max_keys, c.response_headers), (64, ResponseHeaders::Always));
         let c = ok(r#"{"rules": [{"dry_run": true, "limits": [{"fixed_window": {"requests": 1}}]},
                                   {"limits": [{"fixed_window": {"requests": 1}}]}]}"#);
@@ -905,14 +912,23 @@ mod tests {
     }
 
     #[test]
-    fn global_mode_is_checked_then_refused_as_not_yet_supported() {
-        let global = r#"{"mode": "global", "domain": "edge",
-            "global": {"cluster": "outbound|8081||ratelimit.default.svc.cluster.local", "timeout_ms": 50},
-            "rules": [{"name": "api", "limits": [{"descriptors": [{"header": "x-api-key", "key": "api_key"}], "hits_addend": 2}]}]}"#;
-        let errors = refused(global);
-        assert_eq!(errors.len(), 1, "{errors:#?}");
-        assert!(errors[0].starts_with(r#"`mode` = "global": not yet supported"#), "{}", errors[0]);
-        // Its settings are read and checked all the same.
+    fn global_mode_sends_descriptors_to_the_service() {
+        let c = ok(r#"{"mode": "global", "domain": "edge",
+            "global": {"cluster": "outbound|8081||ratelimit.default.svc.cluster.local", "timeout_ms": 50,
+                       "failure_mode": "deny"},
+            "rules": [{"name": "api", "limits": [{"descriptors": [{"header": "x-api-key", "key": "api_key"}], "hits_addend": 2}]}]}"#);
+        assert_eq!(
+            c.global,
+            Some(Global {
+                cluster: "outbound|8081||ratelimit.default.svc.cluster.local".into(),
+                timeout_ms: 50,
+                failure_mode: FailureMode::Deny
+            })
+        );
+        let limit = &c.rules[0].limits[0];
+        assert_eq!((limit.algorithm.as_ref(), limit.hits, limit.policy.as_str()), (None, 2, "api.0"));
+        assert_eq!(limit.descriptors[0].key, "api_key");
+        assert_eq!(ok(GATEWAY).global, None);
         let mut e = ConfigErrors::new();
         let checked = super::global(
             &RawGlobal { cluster: Some("rls".into()), timeout_ms: None, failure_mode: None },
@@ -922,16 +938,16 @@ mod tests {
             checked,
             Some(Global { cluster: "rls".into(), timeout_ms: 20, failure_mode: FailureMode::Allow })
         );
-        let bad = r#"{"mode": "global", "global": {"cluster": "", "timeout_ms": 0, "failure_mode": "panic"},
+        let bad = r#"{"mode": "global", "max_keys": 10, "global": {"cluster": "", "timeout_ms": 0, "failure_mode": "panic"},
             "rules": [{"limits": [{"token_bucket": {"rate": 1}}, {"hits_addend": 0}]}]}"#;
         for (field, needle) in [
             ("global.cluster", r#""": the rate limit service's cluster"#),
             ("global.timeout_ms", "0: must be 1 to 60000"),
             ("global.failure_mode", r#""panic": must be "allow" or "deny""#),
+            ("max_keys", "10: only in local mode"),
             ("rules[0].limits[0]", "the rate limit service's configuration holds the limits"),
             ("rules[0].limits[0].descriptors", "give at least one"),
             ("rules[0].limits[1].hits_addend", "0: must be 1 to"),
-            ("mode", "not yet supported"),
         ] {
             one(bad, field, needle);
         }

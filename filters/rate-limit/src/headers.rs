@@ -51,12 +51,23 @@ pub fn policy_item(policy: &str, algorithm: &Algorithm, hits: u64) -> String {
         Algorithm::FixedWindow { requests, per } => format!("{name};q={requests};w={}", per.seconds()),
         Algorithm::Concurrency { max, .. } => format!("{name};q={max};qu=\"concurrent-requests\""),
     };
-    // A request that costs several hits says so, so that `q` and `r` can be read as requests.
+    with_hits(item, hits)
+}
+
+/// A policy item with the request's hits when it costs several, so that `q` and `r` can be
+/// read as requests.
+fn with_hits(item: String, hits: u64) -> String {
     if hits > 1 {
         format!("{item};gatewasm-hits={hits}")
     } else {
         item
     }
+}
+
+/// The `RateLimit-Policy` item of a limit another party holds (global mode's service): `q`
+/// hits per `w` seconds, and the request's hits when more than one.
+pub fn quota_item(policy: &str, q: u64, w: u64, hits: u64) -> String {
+    with_hits(format!("{};q={q};w={w}", sf_string(policy)), hits)
 }
 
 /// Whole seconds, rounded up.

@@ -14,24 +14,32 @@
 //!    took is given back and the answer is 429 with `Retry-After` and the `RateLimit` fields;
 //! 4. a concurrency limit's request is held until its stream ends: released at log time, or
 //!    when Envoy destroys the stream's context if that comes first.
+//!
+//! In global mode steps 3 and 4 are the rate limit service's: the applied limits' descriptors go
+//! to it in one gRPC call (`global`), the request waits for the answer, and the answer (or the
+//! failure mode, when there is none in time) decides.
 
 pub mod algorithm;
 pub mod config;
 pub mod descriptor;
+pub mod global;
 pub mod headers;
 pub mod table;
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use gatewasm::matcher::RequestParts;
 use gatewasm::metrics::{series_name, LocalCounter, Metrics};
-use gatewasm::{ConfigErrors, Flow, HttpFilter, LocalReply, Plugin, Root, Stream};
+use gatewasm::{
+    ConfigErrors, Flow, GrpcCall, GrpcError, GrpcResult, HttpFilter, LocalReply, Plugin, Root, Stream,
+};
 use sha2::{Digest, Sha256};
 
 use crate::algorithm::{Algorithm, Decision, MICROS};
-use crate::config::{Config, Limit, ResponseHeaders};
+use crate::config::{Config, FailureMode, Global, Limit, ResponseHeaders};
 use crate::descriptor::RequestValues;
 use crate::table::{Eviction, Fingerprint, Table, Untracked};
 
@@ -52,6 +60,12 @@ pub const INVALID_HOST: &str = "rate_limit_invalid_host_total";
 /// the stream's log callback, which Envoy runs however a stream ends; `destroy`: the stream's
 /// context went without it).
 pub const RELEASES: &str = "rate_limit_releases_total";
+/// Global mode: requests the rate limit service did not decide, by reason (`timeout`,
+/// `unavailable`: not reached or said so, `error`: another gRPC error status, `malformed`: an
+/// answer that could not be read) and by what the failure mode did (`allowed`, `denied`).
+pub const SERVICE_FAILURES: &str = "rate_limit_service_failures_total";
+/// The reasons of [`SERVICE_FAILURES`], in the order of `RateLimit::failures`.
+const FAILURE_REASONS: [&str; 4] = ["timeout", "unavailable", "error", "malformed"];
 
 /// The plugin: the compiled configuration, its shared table and its counters.
 pub struct RateLimit {
@@ -70,6 +84,10 @@ pub struct RateLimit {
     released: [LocalCounter; 2],
     /// Whether some rule names hosts: only then is a request whose host cannot be read refused.
     host_rules: bool,
+    /// Global mode's failures, by reason ([`FAILURE_REASONS`]).
+    failures: [LocalCounter; 4],
+    /// Global mode's failures not yet logged.
+    failure_log: Throttle,
 }
 
 /// One limit's identity and counters.
@@ -125,13 +143,20 @@ impl Counted {
         part(b"gatewasm-rate-limit");
         part(rule.as_bytes());
         part(limit.name.as_bytes());
-        part(limit.algorithm.identity().as_bytes());
+        if let Some(algorithm) = &limit.algorithm {
+            part(algorithm.identity().as_bytes());
+        }
         for d in &limit.descriptors {
             part(d.source.identity().as_bytes());
         }
         Self {
             identity,
-            policy_item: headers::policy_item(&limit.policy, &limit.algorithm, limit.hits),
+            // Global mode's limits are the service's: their items come with its answer.
+            policy_item: limit
+                .algorithm
+                .as_ref()
+                .map(|a| headers::policy_item(&limit.policy, a, limit.hits))
+                .unwrap_or_default(),
             allowed: counter("allowed"),
             limited: counter("limited"),
             dry_run_limited: counter("dry_run_limited"),
@@ -166,8 +191,12 @@ impl RateLimit {
     }
 
     fn limit(&self, at: Applied) -> Option<(&Limit, &Counted)> {
-        let limit = self.config.rules.get(at.rule)?.limits.get(at.limit)?;
-        Some((limit, self.limits.get(at.rule)?.get(at.limit)?))
+        self.limit_at(at.rule, at.limit)
+    }
+
+    fn limit_at(&self, rule: usize, limit: usize) -> Option<(&Limit, &Counted)> {
+        let config = self.config.rules.get(rule)?.limits.get(limit)?;
+        Some((config, self.limits.get(rule)?.get(limit)?))
     }
 
     fn count_change<T>(&self, changed: &table::Changed<T>) {
@@ -197,8 +226,9 @@ impl RateLimit {
     /// for a concurrency request that ended.
     fn give_back(&self, at: Applied, now: u64) {
         let Some((limit, _)) = self.limit(at) else { return };
+        let Some(algorithm) = &limit.algorithm else { return };
         let result = self.table.change(&self.root, &at.fingerprint, now, |state| {
-            (limit.algorithm.give_back(state, now, limit.hits), ())
+            (algorithm.give_back(state, now, limit.hits), ())
         });
         match result {
             Ok(changed) => self.count_change(&changed),
@@ -206,14 +236,42 @@ impl RateLimit {
         }
     }
 
-    /// Logs a dry-run refusal: at most one line a second per limit, with the count since.
-    fn log_dry_run(&self, limit: &Limit, counted: &Counted, fingerprint: &Fingerprint, now: u64) {
+    /// Logs a dry-run refusal: at most one line a second per limit, with the count since (and,
+    /// in local mode, the counter's short id).
+    fn log_dry_run(&self, limit: &Limit, counted: &Counted, fingerprint: Option<&Fingerprint>, now: u64) {
         if let Some(since) = counted.dry_run_log.note(now) {
+            let counter = fingerprint.map(|f| format!(" (last counter {})", f.short())).unwrap_or_default();
             log::info!(
-                "rate_limit: dry run: {} would have refused {since} request(s) since the last line (last counter {})",
+                "rate_limit: dry run: {} would have refused {since} request(s) since the last line{counter}",
                 limit.policy,
-                fingerprint.short()
             );
+        }
+    }
+
+    /// A global decision the service did not make: counted, logged at most once a second, and
+    /// settled by the failure mode.
+    fn service_failed(&self, global: &Global, error: &Failure, now: u64) -> Flow {
+        let reason = error.reason();
+        if let Some(counter) = self.failures.get(reason) {
+            counter.inc();
+        }
+        if let Some(since) = self.failure_log.note(now) {
+            log::warn!(
+                "rate_limit: the rate limit service ({}) did not decide {since} request(s) since the last line, last: {error}; {}",
+                global.cluster,
+                match global.failure_mode {
+                    FailureMode::Allow => "let through (failure_mode allow)",
+                    FailureMode::Deny => "refused (failure_mode deny)",
+                }
+            );
+        }
+        match global.failure_mode {
+            FailureMode::Allow => Flow::Continue,
+            FailureMode::Deny => Flow::Reply(LocalReply::new(
+                500,
+                "service_error",
+                "the rate limit service could not decide: request refused",
+            )),
         }
     }
 }
@@ -233,8 +291,15 @@ impl Plugin for RateLimit {
         let eviction = |state: &str| metrics.local_counter(&series_name(EVICTIONS, &[("state", state)]));
         let untracked = |reason: &str| metrics.local_counter(&series_name(UNTRACKED, &[("reason", reason)]));
         let table = Table::new(&config.domain, config.max_keys);
-        match table.create(root) {
-            Ok(created) => log::info!(
+        match config.global.as_ref().map_or_else(|| table.create(root).map(Some), |_| Ok(None)) {
+            Ok(None) => log::info!(
+                "rate_limit: {} rule(s), {} limit(s); global mode: domain {} on the rate limit service at cluster {}",
+                config.rules.len(),
+                config.rules.iter().map(|r| r.limits.len()).sum::<usize>(),
+                config.domain,
+                config.global.as_ref().map_or("", |g| g.cluster.as_str()),
+            ),
+            Ok(Some(created)) => log::info!(
                 "rate_limit: {} rule(s), {} limit(s); domain {}: {} shared bucket(s) of {} counters ({created} created here)",
                 config.rules.len(),
                 config.rules.iter().map(|r| r.limits.len()).sum::<usize>(),
@@ -247,6 +312,13 @@ impl Plugin for RateLimit {
             ),
         }
         let host_rules = config.rules.iter().any(|r| !r.matcher.hosts.is_empty());
+        let failed = match config.global.as_ref().map(|g| g.failure_mode) {
+            Some(FailureMode::Deny) => "denied",
+            _ => "allowed",
+        };
+        let failures = FAILURE_REASONS.map(|reason| {
+            metrics.local_counter(&series_name(SERVICE_FAILURES, &[("reason", reason), ("result", failed)]))
+        });
         Ok(RateLimit {
             limits,
             evicted_idle: eviction("idle"),
@@ -259,12 +331,20 @@ impl Plugin for RateLimit {
             table,
             root: root.clone(),
             host_rules,
+            failures,
+            failure_log: Throttle::default(),
             config,
         })
     }
 
     fn new_filter(self: &Rc<Self>) -> Limiter {
-        Limiter { plugin: Rc::clone(self), held: Vec::new(), response: None }
+        Limiter {
+            plugin: Rc::clone(self),
+            held: Vec::new(),
+            asked: Vec::new(),
+            response: None,
+            service_headers: Vec::new(),
+        }
     }
 }
 
@@ -281,7 +361,11 @@ struct Applied {
 pub struct Limiter {
     plugin: Rc<RateLimit>,
     held: Vec<Applied>,
+    /// Global mode: the limits (rule, limit) whose descriptors the pending call sent, in order.
+    asked: Vec<(usize, usize)>,
     response: Option<(String, String)>,
+    /// Global mode: headers the service asked for on the client's response.
+    service_headers: Vec<(String, String)>,
 }
 
 impl Limiter {
@@ -301,13 +385,15 @@ impl Limiter {
     }
 }
 
-/// The limits that apply to `request`, each with its counter.
-fn applied(
+/// Visits the limits that apply to `request` (every matching rule's limits whose descriptor
+/// values can all be read): `visit(rule, limit, its configuration and counters, the values)`.
+fn each_applied(
     plugin: &RateLimit,
     stream: &Stream,
     request: &gatewasm::Request,
     host: Option<&str>,
-) -> Vec<Applied> {
+    mut visit: impl FnMut(usize, usize, &Limit, &Counted, &[Cow<'_, [u8]>]),
+) {
     let parts = RequestParts {
         method: request.method(),
         host,
@@ -325,7 +411,6 @@ fn applied(
             })
             .clone()
     };
-    let mut out = Vec::new();
     for (r, rule) in plugin.config.rules.iter().enumerate() {
         if !rule.matcher.matches(&parts) {
             continue;
@@ -335,12 +420,202 @@ fn applied(
             let read: Option<Vec<_>> =
                 limit.descriptors.iter().map(|d| d.source.value(&values, &mut read_remote)).collect();
             if let Some(read) = read {
-                let fingerprint = counted.fingerprint(read.iter().map(|v| v.as_ref()));
-                out.push(Applied { rule: r, limit: l, fingerprint });
+                visit(r, l, limit, counted, &read);
             }
         }
     }
+}
+
+/// The limits that apply to `request`, each with its counter (local mode).
+fn applied(
+    plugin: &RateLimit,
+    stream: &Stream,
+    request: &gatewasm::Request,
+    host: Option<&str>,
+) -> Vec<Applied> {
+    let mut out = Vec::new();
+    each_applied(plugin, stream, request, host, |rule, limit, _, counted, values| {
+        let fingerprint = counted.fingerprint(values.iter().map(|v| v.as_ref()));
+        out.push(Applied { rule, limit, fingerprint });
+    });
     out
+}
+
+/// Why global mode has no decision from the service.
+#[derive(Debug)]
+enum Failure {
+    /// The call failed or was refused.
+    Grpc(GrpcError),
+    /// The answer could not be read.
+    Malformed(global::Malformed),
+}
+
+impl Failure {
+    /// Its index in [`FAILURE_REASONS`].
+    fn reason(&self) -> usize {
+        match self {
+            Failure::Grpc(GrpcError::Timeout) => 0,
+            Failure::Grpc(GrpcError::UnknownCluster | GrpcError::Dispatch(_) | GrpcError::Unavailable(_)) => {
+                1
+            }
+            Failure::Grpc(GrpcError::Status(_)) => 2,
+            Failure::Grpc(GrpcError::Malformed | GrpcError::TooLarge { .. }) | Failure::Malformed(_) => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Grpc(GrpcError::UnknownCluster) => f.write_str("no such cluster"),
+            Failure::Grpc(GrpcError::Dispatch(status)) => write!(f, "the call was refused ({status:?})"),
+            Failure::Grpc(GrpcError::Timeout) => f.write_str("timed out"),
+            Failure::Grpc(GrpcError::Unavailable(message)) => write!(f, "unavailable: {message}"),
+            Failure::Grpc(GrpcError::Status(status)) => {
+                write!(f, "gRPC status {}: {}", status.code, status.message)
+            }
+            Failure::Grpc(GrpcError::Malformed) => f.write_str("a malformed gRPC answer"),
+            Failure::Grpc(GrpcError::TooLarge { size }) => write!(f, "an answer of {size} bytes"),
+            Failure::Malformed(why) => write!(f, "an answer that is not a RateLimitResponse: {}", why.0),
+        }
+    }
+}
+
+/// The host's wall clock in microseconds since the epoch.
+fn now_micros(stream: &Stream) -> Option<u64> {
+    let now = stream.now()?.duration_since(UNIX_EPOCH).ok()?;
+    Some(u64::try_from(now.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl Limiter {
+    /// Global mode: sends the applied limits' descriptors to the service and holds the request
+    /// for its answer.
+    fn ask_service(
+        &mut self,
+        stream: &mut Stream,
+        request: &gatewasm::Request,
+        host: Option<&str>,
+        global: &Global,
+    ) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        let mut message = global::RequestBuilder::new(&plugin.config.domain);
+        let mut asked = Vec::new();
+        each_applied(&plugin, stream, request, host, |rule, limit, config, _, values| {
+            let entries = config.descriptors.iter().zip(values).map(|(d, v)| (d.key.as_str(), v.as_ref()));
+            message.descriptor(entries, config.hits);
+            asked.push((rule, limit));
+        });
+        if asked.is_empty() {
+            return Flow::Continue;
+        }
+        let mut call =
+            GrpcCall::new(global.cluster.as_str(), global::SERVICE, global::METHOD, message.encode());
+        call.timeout = Duration::from_millis(global.timeout_ms);
+        match stream.dispatch_grpc(&call) {
+            Ok(()) => {
+                self.asked = asked;
+                Flow::Pause
+            }
+            Err(error) => {
+                plugin.service_failed(global, &Failure::Grpc(error), now_micros(stream).unwrap_or(0))
+            }
+        }
+    }
+
+    /// Global mode: what the service's answer to the limits in `asked` means for the request.
+    fn decide(&mut self, stream: &mut Stream, asked: &[(usize, usize)], answer: global::Answer) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        let mut policies: Vec<String> = Vec::new();
+        let mut items: Vec<String> = Vec::new();
+        let mut refused: Option<(usize, usize, Option<u64>)> = None;
+        let mut dry_run_refused = false;
+        let mut allowed: Vec<(usize, usize)> = Vec::with_capacity(asked.len());
+        let now = || now_micros(stream).unwrap_or(0);
+        for (i, &(r, l)) in asked.iter().enumerate() {
+            let Some((limit, counted)) = plugin.limit_at(r, l) else {
+                continue;
+            };
+            let status = answer.statuses.get(i);
+            if let Some((status, service_limit, window)) =
+                status.and_then(|s| s.limit.and_then(|sl| sl.window.map(|w| (s, sl, w))))
+            {
+                policies.push(headers::quota_item(
+                    &limit.policy,
+                    u64::from(service_limit.requests_per_unit),
+                    window,
+                    limit.hits,
+                ));
+                items.push(headers::limit_item(
+                    &limit.policy,
+                    &Decision {
+                        allowed: !status.over,
+                        write: None,
+                        remaining: u64::from(status.remaining),
+                        reset_after: status.reset_after,
+                    },
+                ));
+            }
+            // Without statuses to read one by one, the overall code stands for every limit.
+            let over = status.map_or(answer.over, |s| s.over);
+            if !over {
+                allowed.push((r, l));
+            } else if limit.dry_run {
+                counted.dry_run_limited.inc();
+                dry_run_refused = true;
+                plugin.log_dry_run(limit, counted, None, now());
+            } else if refused.is_none() {
+                refused = Some((r, l, status.and_then(|s| s.reset_after)));
+            }
+        }
+        // An overall OVER_LIMIT with no enforced limit over it (statuses that disagree with it):
+        // refused, as Envoy's filter reads the overall code, unless only dry-run limits are over.
+        if refused.is_none() && answer.over && !dry_run_refused {
+            refused = asked
+                .iter()
+                .find(|&&(r, l)| plugin.limit_at(r, l).is_some_and(|(limit, _)| !limit.dry_run))
+                .map(|&(r, l)| (r, l, None));
+        }
+        if let Some((r, l, reset_after)) = refused {
+            let Some((limit, counted)) = plugin.limit_at(r, l) else {
+                return Flow::Continue;
+            };
+            counted.limited.inc();
+            log::debug!("rate_limit: {} refused a request (the rate limit service said so)", limit.policy);
+            let retry_after = reset_after.map_or(1, |after| headers::seconds(after).max(1));
+            let mut reply = LocalReply::new(
+                429,
+                "too_many_requests",
+                format!("too many requests: limit {} reached, retry in {retry_after} s", limit.policy),
+            )
+            .header(headers::RETRY_AFTER, retry_after.to_string());
+            if !policies.is_empty() {
+                reply = reply
+                    .header(headers::POLICY, policies.join(", "))
+                    .header(headers::RATELIMIT, items.join(", "));
+            }
+            for (name, value) in answer.response_headers {
+                reply = reply.header(name, value);
+            }
+            return Flow::Reply(reply);
+        }
+        for &(r, l) in &allowed {
+            if let Some((_, counted)) = plugin.limit_at(r, l) {
+                counted.allowed.inc();
+            }
+        }
+        let headers = stream.request_headers();
+        for (name, value) in &answer.request_headers {
+            if headers.set(name, value).is_err() {
+                log::debug!("rate_limit: a request header from the rate limit service could not be set");
+            }
+        }
+        if !items.is_empty() && (dry_run_refused || plugin.config.response_headers == ResponseHeaders::Always)
+        {
+            self.response = Some((policies.join(", "), items.join(", ")));
+        }
+        self.service_headers = answer.response_headers;
+        Flow::Continue
+    }
 }
 
 impl HttpFilter for Limiter {
@@ -355,15 +630,17 @@ impl HttpFilter for Limiter {
             plugin.invalid_host.inc();
             return Flow::Reply(LocalReply::invalid_host());
         }
+        if let Some(global) = &plugin.config.global {
+            return self.ask_service(stream, &request, host.as_deref(), global);
+        }
         let applied = applied(&plugin, stream, &request, host.as_deref());
         if applied.is_empty() {
             return Flow::Continue;
         }
-        let Some(now) = stream.now().and_then(|t| t.duration_since(UNIX_EPOCH).ok()) else {
+        let Some(now) = now_micros(stream) else {
             log::warn!("rate_limit: the host has no clock: request let through uncounted");
             return Flow::Continue;
         };
-        let now = u64::try_from(now.as_micros()).unwrap_or(u64::MAX);
 
         let mut taken: Vec<Applied> = Vec::with_capacity(applied.len());
         let mut items: Vec<String> = Vec::with_capacity(applied.len());
@@ -371,8 +648,9 @@ impl HttpFilter for Limiter {
         let mut dry_run_refused = false;
         for &at in &applied {
             let Some((limit, counted)) = plugin.limit(at) else { continue };
+            let Some(algorithm) = &limit.algorithm else { continue };
             let changed = plugin.table.change(&plugin.root, &at.fingerprint, now, |state| {
-                let decision = limit.algorithm.take(state, now, limit.hits);
+                let decision = algorithm.take(state, now, limit.hits);
                 (decision.write, decision)
             });
             let decision = match changed {
@@ -391,7 +669,7 @@ impl HttpFilter for Limiter {
             } else if limit.dry_run {
                 counted.dry_run_limited.inc();
                 dry_run_refused = true;
-                plugin.log_dry_run(limit, counted, &at.fingerprint, now);
+                plugin.log_dry_run(limit, counted, Some(&at.fingerprint), now);
             } else {
                 refused = Some((at, decision));
                 break;
@@ -419,7 +697,7 @@ impl HttpFilter for Limiter {
                 at.fingerprint.short()
             );
             let fallback = match limit.algorithm {
-                Algorithm::Concurrency { retry_after, .. } => retry_after,
+                Some(Algorithm::Concurrency { retry_after, .. }) => retry_after,
                 _ => 1,
             };
             let retry_after = headers::retry_after(&decision, fallback);
@@ -437,7 +715,7 @@ impl HttpFilter for Limiter {
         for &at in &taken {
             let Some((limit, counted)) = plugin.limit(at) else { continue };
             counted.allowed.inc();
-            if matches!(limit.algorithm, Algorithm::Concurrency { .. }) {
+            if matches!(limit.algorithm, Some(Algorithm::Concurrency { .. })) {
                 self.held.push(at);
             }
         }
@@ -448,7 +726,30 @@ impl HttpFilter for Limiter {
         Flow::Continue
     }
 
+    fn on_grpc_result(&mut self, stream: &mut Stream, result: GrpcResult) -> Flow {
+        let asked = std::mem::take(&mut self.asked);
+        let plugin = Rc::clone(&self.plugin);
+        let Some(global) = &plugin.config.global else { return Flow::Continue };
+        let answer = result
+            .map_err(Failure::Grpc)
+            .and_then(|bytes| global::decode(&bytes, asked.len()).map_err(Failure::Malformed));
+        match answer {
+            Ok(answer) => self.decide(stream, &asked, answer),
+            Err(failure) => plugin.service_failed(global, &failure, now_micros(stream).unwrap_or(0)),
+        }
+    }
+
     fn on_response_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
+        if !self.service_headers.is_empty() {
+            let headers = stream.response_headers();
+            for (name, value) in std::mem::take(&mut self.service_headers) {
+                if headers.add(&name, &value).is_err() {
+                    log::debug!(
+                        "rate_limit: a response header from the rate limit service could not be added"
+                    );
+                }
+            }
+        }
         if let Some((policy, limits)) = self.response.take() {
             let headers = stream.response_headers();
             if headers
@@ -826,5 +1127,243 @@ mod tests {
         // ...another domain counts apart.
         let other = on(&host, &config("internal", 2));
         assert_eq!(status(&send(&other, "/", &[])), 200);
+    }
+
+    mod global_mode {
+        use gatewasm::testing::GrpcAnswer;
+        use prost::Message as _;
+
+        use super::*;
+        use crate::global::proto;
+
+        const GLOBAL: &str = r#"{"mode": "global", "domain": "edge",
+            "global": {"cluster": "rls", "timeout_ms": 25},
+            "rules": [
+              {"name": "api", "match": {"prefix": "/api/"},
+               "limits": [{"name": "per-key", "descriptors": [{"constant": "api"}, {"header": "x-api-key", "key": "api_key"}]},
+                          {"name": "per-ip", "descriptors": ["client_address"], "hits_addend": 2}]},
+              {"name": "shadow", "dry_run": true, "match": {"prefix": "/api/"},
+               "limits": [{"name": "all", "descriptors": [{"constant": "all"}]}]}
+            ]}"#;
+
+        fn status(code: i32, per_minute: u32, remaining: u32, reset: i64) -> proto::DescriptorStatus {
+            proto::DescriptorStatus {
+                code,
+                current_limit: Some(proto::RateLimit { requests_per_unit: per_minute, unit: 2 }),
+                limit_remaining: remaining,
+                duration_until_reset: Some(proto::Duration { seconds: reset, nanos: 0 }),
+            }
+        }
+
+        fn answer(overall: i32, statuses: Vec<proto::DescriptorStatus>) -> proto::RateLimitResponse {
+            proto::RateLimitResponse { overall_code: overall, statuses, ..Default::default() }
+        }
+
+        fn reply(a: &proto::RateLimitResponse) -> GrpcAnswer {
+            GrpcAnswer::message(a.encode_to_vec())
+        }
+
+        fn ask(gw: &Harness<RateLimit>) -> FakeStream<RateLimit> {
+            let mut s = gw.stream();
+            s.set_property(&["source", "address"], "10.1.2.3:5555");
+            let action = s.request_headers(
+                &[
+                    (":method", "GET"),
+                    (":authority", "api.example.com"),
+                    (":path", "/api/items"),
+                    ("x-api-key", "k1"),
+                ],
+                true,
+            );
+            assert_eq!(action, Action::Pause, "the request waits for the service");
+            s
+        }
+
+        fn counter(gw: &mut Harness<RateLimit>, name: &str) -> Option<u64> {
+            gw.tick();
+            gw.host().counter(name)
+        }
+
+        #[test]
+        fn the_applied_limits_go_to_the_service_as_one_request() {
+            let gw = gateway(GLOBAL);
+            let s = ask(&gw);
+            let call = s.grpc_call().unwrap();
+            assert_eq!(
+                (call.cluster.as_str(), call.service.as_str(), call.method.as_str()),
+                ("rls", "envoy.service.ratelimit.v3.RateLimitService", "ShouldRateLimit")
+            );
+            assert_eq!(call.timeout, Duration::from_millis(25));
+            let sent = proto::RateLimitRequest::decode(call.message.as_slice()).unwrap();
+            assert_eq!(sent.domain, "edge");
+            let entries: Vec<Vec<(String, String)>> = sent
+                .descriptors
+                .iter()
+                .map(|d| d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect())
+                .collect();
+            let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+            assert_eq!(
+                entries,
+                vec![
+                    vec![pair("generic_key", "api"), pair("api_key", "k1")],
+                    vec![pair("remote_address", "10.1.2.3")],
+                    vec![pair("generic_key", "all")],
+                ]
+            );
+            let hits: Vec<Option<u64>> =
+                sent.descriptors.iter().map(|d| d.hits_addend.as_ref().map(|h| h.value)).collect();
+            assert_eq!(hits, vec![None, Some(2), None]);
+            // No rule matches: nothing is asked.
+            let mut other = gw.stream();
+            let action =
+                other.request_headers(&[(":method", "GET"), (":authority", "a"), (":path", "/health")], true);
+            assert_eq!(action, Action::Continue);
+            assert!(other.grpc_call().is_none());
+        }
+
+        #[test]
+        fn an_over_limit_answer_is_a_429_with_the_services_numbers() {
+            let mut gw = gateway(GLOBAL);
+            let mut s = ask(&gw);
+            let mut a = answer(2, vec![status(1, 100, 7, 30), status(2, 10, 0, 42), status(1, 1000, 5, 10)]);
+            a.response_headers_to_add = vec![proto::HeaderValue {
+                key: "x-quota".into(),
+                value: "gold".into(),
+                raw_value: Vec::new(),
+            }];
+            s.answer_grpc(&reply(&a));
+            let r = s.reply().unwrap();
+            assert_eq!((r.status, r.details.as_str()), (429, "rate_limit_too_many_requests"));
+            assert_eq!(r.header("retry-after"), Some("42"));
+            assert_eq!(
+                r.header("ratelimit-policy"),
+                Some(
+                    r#""api.per-key";q=100;w=60, "api.per-ip";q=10;w=60;gatewasm-hits=2, "shadow.all";q=1000;w=60"#
+                )
+            );
+            assert_eq!(
+                r.header("ratelimit"),
+                Some(r#""api.per-key";r=7;t=30, "api.per-ip";r=0;t=42, "shadow.all";r=5;t=10"#)
+            );
+            assert_eq!(r.header("x-quota"), Some("gold"));
+            assert!(!r.body_text().contains("k1") && !r.body_text().contains("10.1.2.3"));
+            assert_eq!(
+                counter(&mut gw, "rate_limit_requests_total;rule=api;limit=per-ip;result=limited"),
+                Some(1)
+            );
+            assert_eq!(
+                counter(&mut gw, "rate_limit_requests_total;rule=api;limit=per-key;result=allowed"),
+                Some(0)
+            );
+        }
+
+        #[test]
+        fn an_ok_answer_lets_the_request_through_with_the_services_headers() {
+            let mut gw = gateway(GLOBAL);
+            let mut s = ask(&gw);
+            let mut a = answer(1, vec![status(1, 100, 7, 30), status(1, 10, 3, 42), status(1, 1000, 5, 10)]);
+            a.request_headers_to_add = vec![proto::HeaderValue {
+                key: "x-ratelimit-tier".into(),
+                value: "b".into(),
+                raw_value: Vec::new(),
+            }];
+            a.response_headers_to_add = vec![proto::HeaderValue {
+                key: "x-quota".into(),
+                value: "gold".into(),
+                raw_value: Vec::new(),
+            }];
+            s.answer_grpc(&reply(&a));
+            assert!(s.reply().is_none());
+            assert_eq!(s.resumed().len(), 1, "the request goes on");
+            assert_eq!(s.request_header("x-ratelimit-tier").as_deref(), Some("b"));
+            s.response_headers(&[(":status", "200")], true);
+            assert_eq!(s.response_header("x-quota").as_deref(), Some("gold"));
+            assert_eq!(s.response_header("ratelimit"), None, "response_headers is `limited`");
+            for limit in ["per-key", "per-ip"] {
+                let name = format!("rate_limit_requests_total;rule=api;limit={limit};result=allowed");
+                assert_eq!(counter(&mut gw, &name), Some(1), "{limit}");
+            }
+        }
+
+        #[test]
+        fn a_dry_run_limit_over_its_limit_only_counts_and_adds_the_fields() {
+            let mut gw = gateway(GLOBAL);
+            let mut s = ask(&gw);
+            s.answer_grpc(&reply(&answer(
+                2,
+                vec![status(1, 100, 7, 30), status(1, 10, 3, 42), status(2, 1000, 0, 10)],
+            )));
+            assert!(s.reply().is_none(), "only the dry-run limit is over");
+            s.response_headers(&[(":status", "200")], true);
+            assert_eq!(
+                s.response_header("ratelimit").as_deref(),
+                Some(r#""api.per-key";r=7;t=30, "api.per-ip";r=3;t=42, "shadow.all";r=0;t=10"#)
+            );
+            assert_eq!(
+                counter(&mut gw, "rate_limit_requests_total;rule=shadow;limit=all;result=dry_run_limited"),
+                Some(1)
+            );
+            // Without statuses, an overall OVER_LIMIT refuses (as Envoy reads it).
+            let mut s = ask(&gw);
+            s.answer_grpc(&reply(&answer(2, Vec::new())));
+            let r = s.reply().unwrap();
+            assert_eq!((r.status, r.header("retry-after")), (429, Some("1")));
+            assert_eq!(r.header("ratelimit-policy"), None, "no numbers to give");
+            // An overall OK without statuses lets it through.
+            let mut s = ask(&gw);
+            s.answer_grpc(&reply(&answer(1, Vec::new())));
+            assert!(s.reply().is_none());
+        }
+
+        #[test]
+        fn failures_follow_the_failure_mode_and_are_counted() {
+            let cases = [
+                (GrpcAnswer::timeout(), "timeout"),
+                (GrpcAnswer::unavailable(), "unavailable"),
+                (GrpcAnswer::status(7, "no"), "error"),
+                (GrpcAnswer::malformed(), "malformed"),
+                (GrpcAnswer::message(b"\x0a\x05ab".to_vec()), "malformed"),
+            ];
+            for (mode, result) in [("allow", "allowed"), ("deny", "denied")] {
+                let config = GLOBAL.replace(
+                    r#""timeout_ms": 25"#,
+                    &format!(r#""timeout_ms": 25, "failure_mode": "{mode}""#),
+                );
+                let mut gw = gateway(&config);
+                for (answer, _) in &cases {
+                    let mut s = ask(&gw);
+                    s.answer_grpc(answer);
+                    match mode {
+                        "allow" => assert!(s.reply().is_none() && s.resumed().len() == 1, "{answer:?}"),
+                        _ => {
+                            let r = s.reply().unwrap();
+                            assert_eq!(
+                                (r.status, r.details.as_str()),
+                                (500, "rate_limit_service_error"),
+                                "{answer:?}"
+                            );
+                        }
+                    }
+                }
+                for (reason, n) in [("timeout", 1), ("unavailable", 1), ("error", 1), ("malformed", 2)] {
+                    let name = format!("{SERVICE_FAILURES};reason={reason};result={result}");
+                    assert_eq!(counter(&mut gw, &name), Some(n), "{name}");
+                }
+            }
+            // A cluster Envoy does not know: refused at dispatch, settled at once.
+            let host = Rc::new(FakeHost::new());
+            host.set_clusters(&["other"]);
+            let mut gw = on(&host, GLOBAL);
+            let mut s = gw.stream();
+            let action = s.request_headers(
+                &[(":method", "GET"), (":authority", "a"), (":path", "/api/x"), ("x-api-key", "k")],
+                true,
+            );
+            assert_eq!(action, Action::Continue);
+            assert_eq!(
+                counter(&mut gw, &format!("{SERVICE_FAILURES};reason=unavailable;result=allowed")),
+                Some(1)
+            );
+        }
     }
 }

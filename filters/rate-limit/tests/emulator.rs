@@ -191,8 +191,76 @@ fn bad_config_is_refused_with_every_field_named() {
         "`colour`: unknown field",
         r#"`global.failure_mode` = "closed": must be "allow" or "deny""#,
         r#"`rules[0].limits[0].descriptors[0]` = "cookie": unknown descriptor"#,
-        r#"`mode` = "global": not yet supported"#,
     ] {
         assert!(logs.contains(needle), "{needle} not in {logs}");
     }
+}
+
+/// Global mode's call and answers in the emulator, the messages Envoy's own types
+/// (`envoy-types`) encode and decode.
+#[test]
+fn global_mode_asks_the_service_and_follows_its_answer() {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+        rate_limit::Unit, Code, DescriptorStatus, RateLimit,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+    use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+    use gatewasm_emulator::GrpcResponse;
+    use prost::Message as _;
+
+    let emu = build(
+        &json!({"mode": "global", "domain": "edge", "global": {"cluster": "rls", "timeout_ms": 40},
+                "rules": [{"name": "api", "limits": [{"name": "per-ip", "descriptors": ["client_address"]}]}]}),
+        None,
+        Some("192.0.2.7:4000"),
+    );
+    let mut s = emu.stream();
+    let headers =
+        [(":method", "GET"), (":path", "/api/a"), (":authority", "api.example.com"), (":scheme", "http")];
+    assert_eq!(s.request_headers(&headers, true).unwrap(), Action::Pause);
+    let calls = emu.grpc_calls();
+    let call = &calls[0];
+    assert_eq!(
+        (call.service.as_str(), call.method.as_str()),
+        ("envoy.service.ratelimit.v3.RateLimitService", "ShouldRateLimit")
+    );
+    assert_eq!(call.timeout, Some(Duration::from_millis(40)));
+    let sent = RateLimitRequest::decode(call.message.as_slice()).unwrap();
+    assert_eq!(sent.domain, "edge");
+    assert_eq!(
+        (sent.descriptors[0].entries[0].key.as_str(), sent.descriptors[0].entries[0].value.as_str()),
+        ("remote_address", "192.0.2.7")
+    );
+    let over = RateLimitResponse {
+        overall_code: Code::OverLimit as i32,
+        statuses: vec![DescriptorStatus {
+            code: Code::OverLimit as i32,
+            current_limit: Some(RateLimit {
+                requests_per_unit: 3,
+                unit: Unit::Second as i32,
+                ..Default::default()
+            }),
+            limit_remaining: 0,
+            duration_until_reset: Some(ProtoDuration { seconds: 0, nanos: 300_000_000 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    emu.respond_grpc_call(call.token, &GrpcResponse::message(&over.encode_to_vec())).unwrap();
+    let reply = s.local_reply().expect("429");
+    assert_eq!(reply.status, 429);
+    assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
+    assert_eq!(header(&reply.headers, "ratelimit-policy"), Some(r#""api.per-ip";q=3;w=1"#));
+    assert_eq!(header(&reply.headers, "ratelimit"), Some(r#""api.per-ip";r=0;t=1"#));
+
+    // The service is late: Envoy's timeout, and the request goes on (failure_mode allow).
+    let mut s = emu.stream();
+    s.request_headers(&headers, true).unwrap();
+    assert!(s.request_paused());
+    emu.advance_clock(Duration::from_millis(40)).unwrap();
+    assert!(!s.request_paused() && s.local_reply().is_none());
+    emu.advance_clock(Duration::from_secs(1)).unwrap();
+    assert_eq!(emu.metric("rate_limit_service_failures_total;reason=timeout;result=allowed"), Some(1));
+    assert_eq!(emu.metric("rate_limit_requests_total;rule=api;limit=per-ip;result=limited"), Some(1));
+    assert!(emu.logged("did not decide 1 request(s)"), "{:?}", emu.logs());
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use gatewasm_envoy::bench::{run_wrk, WrkOptions};
 use gatewasm_envoy::{
-    for_each_target, ClosedPort, Cluster, Envoy, EnvoyBuilder, HttpFilter, Reply, Request, ScriptedUpstream,
-    Target, NATIVE_REFUSAL, UPSTREAM_CLUSTER,
+    for_each_target, ClosedPort, Cluster, EchoUpstream, Envoy, EnvoyBuilder, HttpFilter, Reply, Request,
+    ScriptedUpstream, Target, NATIVE_REFUSAL, UPSTREAM_CLUSTER,
 };
 use serde_json::{json, Value};
 
@@ -25,7 +25,13 @@ for_each_target!(
     the_client_address_is_envoys_trusted_one_or_a_forwarded_hop,
     bad_config_is_refused_with_the_field_named,
     two_workers_under_load_count_every_request_exactly_once,
+    two_gateways_share_one_global_limit_through_the_service_and_redis,
 );
+
+// The rate limit service and Redis as the service's own tests start them (in-process service,
+// a Redis of the test's own on a free loopback port).
+#[path = "../../../ratelimit-service/tests/support/mod.rs"]
+mod support;
 
 /// Turns the filter's `;label=value` pairs into Prometheus labels on the Wasm target (the native
 /// target has real labels).
@@ -265,10 +271,9 @@ fn bad_config_is_refused_with_the_field_named(target: Target) {
         .find(|l| l.contains("rate_limit: invalid plugin configuration"))
         .unwrap_or_else(|| panic!("no configuration error in Envoy's log:\n{log}"));
     for needle in [
-        "(3 errors)",
+        "(2 errors)",
         r#"`global.failure_mode` = "open": must be "allow" or "deny""#,
         r#"`rules[0].limits[0].descriptors[0].header` = "x api": not a valid HTTP header name"#,
-        r#"`mode` = "global": not yet supported"#,
     ] {
         assert!(line.contains(needle), "missing {needle:?} in {line}");
     }
@@ -382,4 +387,139 @@ fn standalone_example_is_valid_and_shown_in_the_readme() {
         serde_json::from_str(&readme[start..start + readme[start..].find("```").unwrap()]).unwrap();
     let value = example.split("value: |\n").nth(1).unwrap().split("vm_config").next().unwrap();
     assert_eq!(serde_json::from_str::<Value>(value).unwrap(), json);
+}
+
+/// Global mode across two gateway replicas: two Envoys, each with the filter, one rate limit
+/// service counting in Redis. One limit is shared (requests to either gateway count against it),
+/// Redis stopped mid-run makes the service fail at once and each gateway follows its failure
+/// mode (the `deny` one answering as Envoy's own `ratelimit` filter with `failure_mode_deny`
+/// does, checked on a third Envoy), a stalled Redis makes the call time out, and the limit comes
+/// back with Redis.
+fn two_gateways_share_one_global_limit_through_the_service_and_redis(target: Target) {
+    const LIMITS: &str = r#"{"domain": "edge", "descriptors": [
+        {"key": "api_key", "rate_limit": {"unit": "minute", "requests_per_unit": 5}}]}"#;
+    let mut redis = support::Redis::start();
+    let service = support::RunningService::start(LIMITS, Some(&redis.url()), false);
+    // The service gives Redis 300 ms (`support::STORE_TIMEOUT`) before it answers UNAVAILABLE:
+    // the `allow` gateway waits longer than that, the `deny` one less.
+    let config = |failure_mode: &str, timeout_ms: u64| {
+        json!({"mode": "global", "domain": "edge",
+               "global": {"cluster": "ratelimit", "timeout_ms": timeout_ms, "failure_mode": failure_mode},
+               "response_headers": "always",
+               "rules": [{"name": "api", "match": {"prefix": "/api/"},
+                          "limits": [{"name": "per-key", "descriptors": [{"header": "x-api-key", "key": "api_key"}]}]}]})
+    };
+    let gateway = |failure_mode: &str, timeout_ms: u64| {
+        EnvoyBuilder::new()
+            .filter(filter(target, &config(failure_mode, timeout_ms)))
+            .cluster(Cluster::new("ratelimit", service.addr).http2())
+            .direct_response(200, "ok")
+            .bootstrap_patch(stats_tags())
+            .start()
+            .unwrap()
+    };
+    let (open, closed) = (gateway("allow", 3_000), gateway("deny", 50));
+    let get = |envoy: &Envoy, key: &str| {
+        envoy
+            .send(&Request::get("/api/items").header("x-api-key", key).timeout(Duration::from_secs(10)))
+            .unwrap()
+    };
+
+    // Five a minute for key k1, counted across both gateways.
+    let statuses: Vec<u16> =
+        (0..8).map(|i| get(if i % 2 == 0 { &open } else { &closed }, "k1").status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429], "{}", open.log_tail(30));
+    let allowed = get(&open, "k2");
+    assert_eq!(allowed.status, 200, "another key, another counter");
+    assert_eq!(allowed.header("ratelimit-policy"), Some(r#""api.per-key";q=5;w=60"#));
+    assert_eq!(allowed.header("ratelimit").map(|r| r.starts_with(r#""api.per-key";r=4;t="#)), Some(true));
+    let limited = get(&closed, "k1");
+    assert_eq!(limited.status, 429);
+    let body = limited.json().unwrap();
+    assert_eq!(
+        body["message"].as_str().map(|m| m.starts_with("too many requests: limit api.per-key reached")),
+        Some(true)
+    );
+    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(limited.header("ratelimit").map(|r| r.starts_with(r#""api.per-key";r=0;t="#)), Some(true));
+    assert_eq!(decisions(&open, "api", "per-key", "allowed", 4), Some(4));
+    assert_eq!(decisions(&closed, "api", "per-key", "limited", 3), Some(3));
+
+    // Redis gone: the service says UNAVAILABLE; one gateway lets requests through, the other
+    // refuses them (after its own timeout, or the service's answer if that comes first).
+    redis.stop();
+    let echo = EchoUpstream::start().unwrap();
+    let native_deny = EnvoyBuilder::new()
+        .raw_filter(json!({
+            "name": "envoy.filters.http.ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                "domain": "edge", "timeout": "0.1s", "failure_mode_deny": true,
+                "rate_limit_service": {"transport_api_version": "V3",
+                                       "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}}}}}))
+        .cluster(Cluster::new("ratelimit", service.addr).http2())
+        // Route actions need a forwarding route, not a direct response.
+        .upstream(echo.addr())
+        .route_patch(json!({"route": {"rate_limits": [{"actions": [
+            {"request_headers": {"header_name": "x-api-key", "descriptor_key": "api_key"}}]}]}}))
+        .start()
+        .unwrap();
+    let envoys_own = get(&native_deny, "k3").status;
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(get(&open, "k1").status, 200, "failure_mode allow");
+        let refused = get(&closed, "k1");
+        assert_eq!(refused.status, envoys_own, "failure_mode deny answers as Envoy's own filter");
+        assert_eq!(refused.status, 500);
+        assert!(refused.text().contains("\"code\":\"service_error\""), "{}", refused.text());
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    let failures = |envoy: &Envoy, reason: &str, result: &str, at_least: u64| {
+        series(
+            envoy,
+            "rate_limit_service_failures_total",
+            &[("reason", reason), ("result", result)],
+            at_least,
+        )
+    };
+    assert_eq!(failures(&open, "unavailable", "allowed", 3), Some(3));
+    // Past its 50 ms the `deny` gateway's call ends by Envoy's timer or by the service's own
+    // answer to the deadline it was sent (tonic answers CANCELLED, counted as `error`).
+    let denied = |reason: &str| failures(&closed, reason, "denied", 0).unwrap_or(0);
+    let all_denied = || ["timeout", "unavailable", "error"].map(denied).iter().sum::<u64>();
+    let eventually = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while all_denied() < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        all_denied()
+    };
+    assert_eq!(eventually(3), 3);
+
+    // Back, empty: the limit counts again from zero, shared as before.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&open, "k4").header("ratelimit").is_none() {
+        assert!(Instant::now() < deadline, "no recovery in 15 s: {}", open.log_tail(30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let statuses: Vec<u16> =
+        (0..6).map(|i| get(if i % 2 == 0 { &closed } else { &open }, "k5").status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+
+    // Redis stalled: the service waits 300 ms for it; the `deny` gateway's 50 ms decides first,
+    // the `allow` gateway gets the service's UNAVAILABLE.
+    // (Failures of the recovery above are counted too: take the count once it has reached Envoy.)
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (open_before, closed_before) =
+        (failures(&open, "unavailable", "allowed", 0).unwrap_or(0), all_denied());
+    redis.pause();
+    let started = Instant::now();
+    assert_eq!(get(&closed, "k5").status, 500);
+    assert_eq!(get(&open, "k5").status, 200);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    redis.resume();
+    assert_eq!(failures(&open, "unavailable", "allowed", open_before + 1), Some(open_before + 1));
+    assert_eq!(eventually(closed_before + 1), closed_before + 1);
 }
