@@ -26,6 +26,7 @@ for_each_target!(
     bad_config_is_refused_with_the_field_named,
     two_workers_under_load_count_every_request_exactly_once,
     two_gateways_share_one_global_limit_through_the_service_and_redis,
+    two_gateways_under_load_allow_exactly_the_global_limit,
 );
 
 // The rate limit service and Redis as the service's own tests start them (in-process service,
@@ -283,14 +284,15 @@ fn bad_config_is_refused_with_the_field_named(target: Target) {
     }
 }
 
+/// One load test at a time (two would share the two cores).
+static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The proof that counters shared through compare-and-swap lose no update: two workers and wrk
 /// with many connections on one counter for a few seconds. First every request is allowed and
 /// counted (a write each, both workers writing one bucket): the counter must hold exactly the
 /// number of requests Envoy answered. Then a limit of 1,000: every request is answered allowed
 /// or limited, and exactly 1,000 are allowed.
 fn two_workers_under_load_count_every_request_exactly_once(target: Target) {
-    // One load test at a time (the Wasm and the native one would share the two cores).
-    static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _alone = LOAD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     const LIMIT: u64 = 1_000;
     const BIG: u64 = 100_000_000;
@@ -522,4 +524,69 @@ fn two_gateways_share_one_global_limit_through_the_service_and_redis(target: Tar
     redis.resume();
     assert_eq!(failures(&open, "unavailable", "allowed", open_before + 1), Some(open_before + 1));
     assert_eq!(eventually(closed_before + 1), closed_before + 1);
+}
+
+/// Global mode under load: wrk on two gateways at once, one limit in the rate limit service
+/// (Redis). Every request is answered allowed (200) or limited (429), none fails (the `deny`
+/// failure mode would show a failure as a 500), and exactly the limit is allowed across both.
+fn two_gateways_under_load_allow_exactly_the_global_limit(target: Target) {
+    let _alone = LOAD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    const LIMIT: u64 = 500;
+    let redis = support::Redis::start();
+    let limits = format!(
+        r#"{{"domain": "load", "descriptors": [{{"key": "generic_key", "value": "all",
+            "rate_limit": {{"unit": "day", "requests_per_unit": {LIMIT}}}}}]}}"#
+    );
+    let service = support::RunningService::start(&limits, Some(&redis.url()), false);
+    let config = json!({"mode": "global", "domain": "load",
+        "global": {"cluster": "ratelimit", "timeout_ms": 5_000, "failure_mode": "deny"},
+        "rules": [{"name": "load", "limits": [{"name": "all", "descriptors": [{"constant": "all"}]}]}]});
+    let gateways: Vec<Envoy> = (0..2)
+        .map(|_| {
+            EnvoyBuilder::new()
+                .filter(filter(target, &config))
+                .cluster(Cluster::new("ratelimit", service.addr).http2())
+                .direct_response(200, "ok")
+                .bootstrap_patch(stats_tags())
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = gateways
+            .iter()
+            .map(|envoy| {
+                scope.spawn(move || {
+                    let options =
+                        WrkOptions { threads: 1, connections: 8, duration_secs: 3, cpus: None, script: None };
+                    run_wrk(&envoy.url("/load"), &options).unwrap()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let stat =
+        |envoy: &Envoy, name: &str| envoy.stat(&format!("http.ingress_http.{name}")).unwrap().unwrap_or(0);
+    let sum = |name: &str| gateways.iter().map(|e| stat(e, name)).sum::<u64>();
+    let (ok, limited, failed, total) = (
+        sum("downstream_rq_2xx"),
+        sum("downstream_rq_4xx"),
+        sum("downstream_rq_5xx"),
+        sum("downstream_rq_total"),
+    );
+    eprintln!("{target:?}: global limit {LIMIT} on two gateways: wrk {results:?}; 2xx {ok}, 4xx {limited}, 5xx {failed}, total {total}");
+    assert!(results.iter().map(|r| r.requests).sum::<u64>() > 2 * LIMIT, "not enough load: {results:?}");
+    // Requests in flight when wrk stopped (one per connection at most) were started, never answered.
+    assert!(
+        ok + limited <= total && total <= ok + limited + 16,
+        "every request answered was allowed or limited"
+    );
+    assert!(results.iter().map(|r| r.requests).sum::<u64>() <= ok + limited, "{results:?}");
+    assert_eq!(failed, 0, "no decision failed");
+    assert_eq!(ok, LIMIT, "exactly the limit was allowed across both gateways");
+    for envoy in &gateways {
+        let allowed = stat(envoy, "downstream_rq_2xx");
+        assert!(allowed > 0, "both gateways took part");
+        assert_eq!(decisions(envoy, "load", "all", "allowed", allowed), Some(allowed));
+    }
 }
