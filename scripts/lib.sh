@@ -118,6 +118,13 @@ build_bridge() {
     (cd "$ROOT" && cargo build --release -p gatewasm-kafka-bridge)
 }
 
+# build_ratelimit: the rate limit service (release) the global-mode benchmark starts beside Envoy
+# (its scenario's preflight runs in the tests).
+build_ratelimit() {
+    log "building the rate limit service"
+    (cd "$ROOT" && cargo build --release -p gatewasm-ratelimit)
+}
+
 TANSU_VERSION="0.6.0"
 # ensure_tansu: the Kafka-protocol broker the access-log tests produce to (memory storage, on
 # loopback). Built from crates.io once (about ten minutes) and kept in ~/.cargo/bin.

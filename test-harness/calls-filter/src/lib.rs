@@ -3,14 +3,18 @@
 //! a filter with the same calls, it separates what the host crossings cost from the filter's own
 //! work (the Wasm floor, the noop filter, is the row with no call at all).
 //!
-//! Configuration: `{"request_headers": [op, ...], "callout_answer": [op, ...], "log": [op, ...]}`,
-//! ops run in order when the request headers arrive, when a callout answers, and at the end of
-//! the stream. An op is `pairs` (read every request header), `response_pairs`, `answer_pairs`
+//! Configuration: `{"request_headers": [op, ...], "callout_answer": [op, ...],
+//! "response_headers": [op, ...], "log": [op, ...]}`, ops run in order when the request headers
+//! arrive, when a callout answers, when the response headers arrive, and at the end of the
+//! stream. An op is `pairs` (read every request header), `response_pairs`, `answer_pairs`
 //! (read every header of the callout's answer), `get:NAME` (read one request header),
-//! `replace:NAME=VALUE` (set a request header), `remove:NAME`, `time` (read the clock),
-//! `property:a.b` (read an attribute) or `callout:CLUSTER:PATH` (send `GET PATH` to `CLUSTER`
-//! with `content-length: 0`, 1 s timeout, and hold the request until the answer, after which
-//! the `callout_answer` ops run and the request resumes).
+//! `replace:NAME=VALUE` (set a request header), `response_replace:NAME=VALUE` (set a response
+//! header), `remove:NAME`, `time` (read the clock), `property:a.b` (read an attribute),
+//! `shared:KEY:SIZE` (read shared-data entry KEY and write it back at the version read, as a
+//! compare-and-swap update does; a missing entry is written with SIZE zero bytes) or
+//! `callout:CLUSTER:PATH` (send `GET PATH` to `CLUSTER` with `content-length: 0`, 1 s timeout,
+//! and hold the request until the answer, after which the `callout_answer` ops run and the
+//! request resumes).
 
 // `proxy_wasm::main!` defines the undocumented `_initialize` export.
 #![allow(missing_docs)]
@@ -38,6 +42,8 @@ enum Op {
     Get(String),
     Replace(String, String),
     Remove(String),
+    ResponseReplace(String, String),
+    Shared(String, usize),
     Time,
     Property(Vec<String>),
     Callout { cluster: String, path: String },
@@ -56,6 +62,16 @@ impl Op {
                 Op::Replace(k.to_string(), v.to_string())
             }
             "remove" => Op::Remove(arg.to_string()),
+            "response_replace" => {
+                let (k, v) =
+                    arg.split_once('=').ok_or_else(|| format!("`{text}`: response_replace:NAME=VALUE"))?;
+                Op::ResponseReplace(k.to_string(), v.to_string())
+            }
+            "shared" => {
+                let (key, size) = arg.rsplit_once(':').ok_or_else(|| format!("`{text}`: shared:KEY:SIZE"))?;
+                let size = size.parse().map_err(|_| format!("`{text}`: SIZE is a number of bytes"))?;
+                Op::Shared(key.to_string(), size)
+            }
             "time" => Op::Time,
             "property" => Op::Property(arg.split('.').map(str::to_string).collect()),
             "callout" => {
@@ -77,6 +93,13 @@ impl Op {
             Op::Get(name) => drop(Abi.header(req, name)),
             Op::Replace(name, value) => drop(Abi.set_header(req, name, value.as_bytes())),
             Op::Remove(name) => drop(Abi.remove_header(req, name)),
+            Op::ResponseReplace(name, value) => {
+                let _ = Abi.set_header(MapType::HttpResponseHeaders, name, value.as_bytes());
+            }
+            Op::Shared(key, size) => match hostcalls::get_shared_data(key) {
+                Ok((Some(value), cas)) => drop(hostcalls::set_shared_data(key, Some(&value), cas)),
+                _ => drop(hostcalls::set_shared_data(key, Some(&vec![0; *size]), None)),
+            },
             Op::Time => drop(hostcalls::get_current_time()),
             Op::Property(path) => {
                 let segments: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -105,6 +128,8 @@ struct RawConfig {
     #[serde(default)]
     callout_answer: Vec<String>,
     #[serde(default)]
+    response_headers: Vec<String>,
+    #[serde(default)]
     log: Vec<String>,
 }
 
@@ -112,6 +137,7 @@ struct RawConfig {
 struct Ops {
     request_headers: Vec<Op>,
     callout_answer: Vec<Op>,
+    response_headers: Vec<Op>,
     log: Vec<Op>,
 }
 
@@ -134,12 +160,17 @@ impl RootContext for Root {
             }
         };
         let parse = |ops: &[String]| ops.iter().map(|o| Op::parse(o)).collect::<Result<Vec<_>, _>>();
-        match (parse(&raw.request_headers), parse(&raw.callout_answer), parse(&raw.log)) {
-            (Ok(request_headers), Ok(callout_answer), Ok(log)) => {
-                self.0 = Rc::new(Ops { request_headers, callout_answer, log });
+        match (
+            parse(&raw.request_headers),
+            parse(&raw.callout_answer),
+            parse(&raw.response_headers),
+            parse(&raw.log),
+        ) {
+            (Ok(request_headers), Ok(callout_answer), Ok(response_headers), Ok(log)) => {
+                self.0 = Rc::new(Ops { request_headers, callout_answer, response_headers, log });
                 true
             }
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
                 log_error(&format!("calls_filter: {e}"));
                 false
             }
@@ -181,6 +212,13 @@ impl HttpContext for Stream {
         } else {
             Action::Continue
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for op in &self.0.response_headers {
+            op.run();
+        }
+        Action::Continue
     }
 
     fn on_log(&mut self) {

@@ -62,6 +62,11 @@ pub struct Scenario {
     /// loopback port and is an Envoy cluster of that name in the scenario's rows.
     #[serde(default)]
     pub processes: Vec<ProcessSpec>,
+    /// Every row (bare and floors too) forwards to a local upstream answering 200 `ok` instead
+    /// of answering with a direct response: for filters that act only on routes to a cluster
+    /// (Envoy's `ratelimit` skips direct responses).
+    #[serde(default)]
+    pub upstream: bool,
 }
 
 /// A local program a scenario's filters call out to, started by the bench.
@@ -78,6 +83,9 @@ pub struct ProcessSpec {
     /// Arguments; `{addr}` becomes the `127.0.0.1:<port>` it must listen on.
     #[serde(default)]
     pub args: Vec<String>,
+    /// The cluster speaks HTTP/2 (a gRPC service).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 impl ProcessSpec {
@@ -333,7 +341,8 @@ impl Scenario {
             // Kept in `children` at once, so an error below still stops what already started.
             match process.start() {
                 Ok(child) => {
-                    clusters.push(Cluster::new(process.cluster.clone(), child.addr()));
+                    let cluster = Cluster::new(process.cluster.clone(), child.addr());
+                    clusters.push(if process.http2 { cluster.http2() } else { cluster });
                     children.push(child);
                 }
                 Err(err) => {

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use gatewasm_envoy::bench::{
     median, process_cpu, run_wrk, Row, Scenario, Skipped, WrkOptions, WrkResult, BARE,
 };
-use gatewasm_envoy::{envoy_binary, workspace_root, HCM_STAT_PREFIX};
+use gatewasm_envoy::{envoy_binary, workspace_root, FixedUpstream, Reply, HCM_STAT_PREFIX};
 
 const USAGE: &str = "\
 gatewasm-bench [options]
@@ -140,14 +140,16 @@ fn measure(
         cpus: pin.then(|| vec![1]),
         script: scenario.wrk_script.as_ref().map(|s| workspace_root().join(s)),
     };
+    // One upstream for every row of a scenario that forwards (kept until the rounds end).
+    let upstream =
+        if scenario.upstream { Some(FixedUpstream::start(Reply::status(200).body("ok"))?) } else { None };
     for round in 1..=options.rounds {
         for (row, row_results) in rows.iter().zip(results.iter_mut()) {
-            let mut builder = row
-                .builder()
-                .direct_response(200, "ok")
-                .concurrency(1)
-                .log_level("warning")
-                .component_log_level(None);
+            let backend = match &upstream {
+                Some(upstream) => row.builder().upstream(upstream.addr()),
+                None => row.builder().direct_response(200, "ok"),
+            };
+            let mut builder = backend.concurrency(1).log_level("warning").component_log_level(None);
             if pin {
                 builder = builder.cpu_affinity(vec![0]);
             }
