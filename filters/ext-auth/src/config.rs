@@ -732,6 +732,50 @@ mod tests {
     }
 
     #[test]
+    fn the_grpc_service_replaces_the_http_one() {
+        let s = parse(
+            br#"{"grpc_service": {"cluster": "authz", "timeout_ms": 300,
+                "initial_metadata": [{"name": "X-Tenant", "value": "a"}]},
+                "with_request_body": {"max_bytes": 10, "pack_as_bytes": true}}"#,
+        )
+        .unwrap();
+        assert_eq!((s.cluster.as_str(), s.timeout), ("authz", Duration::from_millis(300)));
+        assert_eq!(s.grpc, Some(GrpcSettings { metadata: vec![("x-tenant".into(), "a".into())] }));
+        assert!(s.all_request_headers, "every header, as Envoy's gRPC check sends them");
+        assert!(s.body.unwrap().pack_as_bytes);
+        assert!(parse(br#"{"cluster": "auth"}"#).unwrap().grpc.is_none());
+
+        let errs = errors_of(
+            r#"{"cluster": "auth", "timeout_ms": 100, "path_prefix": "/x", "authority": "a",
+                "headers_to_add": [{"name": "x-a", "value": "1"}], "allowed_statuses": [200],
+                "grpc_service": {"cluster": "", "timeout_ms": 0,
+                    "initial_metadata": [{"name": "grpc-timeout", "value": "1"}, {"name": "x-b", "value": "a\nb"}]}}"#,
+        );
+        for field in [
+            "cluster",
+            "timeout_ms",
+            "path_prefix",
+            "authority",
+            "headers_to_add",
+            "allowed_statuses",
+            "grpc_service.cluster",
+            "grpc_service.timeout_ms",
+            "grpc_service.initial_metadata[0].name",
+            "grpc_service.initial_metadata[1].value",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(&format!("`{field}`"))),
+                "no error for {field} in {errs:?}"
+            );
+        }
+        let errs =
+            errors_of(r#"{"cluster": "auth", "with_request_body": {"max_bytes": 1, "pack_as_bytes": true}}"#);
+        assert!(errs[0].starts_with("`with_request_body.pack_as_bytes`"), "{errs:?}");
+        let errs = errors_of(r#"{"grpc_service": {"cluster": "a", "bogus": 1}}"#);
+        assert!(errs[0].contains("bogus"), "{errs:?}");
+    }
+
+    #[test]
     fn type_errors_stop_with_a_path() {
         let errs = errors_of(r#"{"cluster": "a", "timeout_ms": "fast"}"#);
         assert_eq!(errs.len(), 1);

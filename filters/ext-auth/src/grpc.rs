@@ -504,3 +504,249 @@ pub fn size_after<'a>(
 pub fn encode(check: &CheckRequest) -> Vec<u8> {
     check.encode_to_vec()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use std::time::Duration;
+
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::service::auth::v3 as auth;
+    use gatewasm::GrpcStatus;
+
+    use super::*;
+    use crate::config::parse;
+
+    fn settings() -> Settings {
+        parse(
+            br#"{"grpc_service": {"cluster": "authz"}, "allowed_upstream_headers": ["x-admin-id", "x-admin-email"],
+                "allowed_client_headers_on_success": ["x-session"]}"#,
+        )
+        .unwrap()
+    }
+
+    /// The filter's encoding, read back with Envoy's own generated types: every field where
+    /// Envoy's `ext_authz` puts it.
+    #[test]
+    fn the_check_request_is_envoys_attribute_context() {
+        let s = settings();
+        let headers = [
+            (":method", "POST"),
+            (":path", "/a?b=1"),
+            (":authority", "shop.example.com"),
+            (":scheme", "https"),
+            ("x-request-id", "r1"),
+            ("x-tenant", "a"),
+            ("x-tenant", "b"),
+            ("x-admin-id", "forged"),
+            ("x-envoy-auth-partial-body", "forged"),
+        ];
+        let connection = Connection {
+            source: Some("[::1]:40000".into()),
+            destination: Some("10.0.0.1:10000".into()),
+            protocol: Some("HTTP/2".into()),
+            now: Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
+        };
+        let mut check = check_request(&s, headers.iter().copied(), connection);
+        attach_body(&mut check, b"body".to_vec(), true, false);
+        let decoded = auth::CheckRequest::decode(encode(&check).as_slice()).unwrap();
+        let attributes = decoded.attributes.unwrap();
+        let address =
+            |peer: Option<auth::attribute_context::Peer>| match peer.unwrap().address.unwrap().address {
+                Some(core::address::Address::SocketAddress(a)) => (a.address, a.port_specifier),
+                other => panic!("{other:?}"),
+            };
+        use core::socket_address::PortSpecifier::PortValue;
+        assert_eq!(address(attributes.source), ("::1".to_string(), Some(PortValue(40000))));
+        assert_eq!(address(attributes.destination), ("10.0.0.1".to_string(), Some(PortValue(10000))));
+        let request = attributes.request.unwrap();
+        let time = request.time.unwrap();
+        assert_eq!((time.seconds, time.nanos), (1_700_000_000, 5));
+        let http = request.http.unwrap();
+        assert_eq!(
+            (&*http.id, &*http.method, &*http.path, &*http.host, &*http.scheme, &*http.protocol),
+            ("r1", "POST", "/a?b=1", "shop.example.com", "https", "HTTP/2")
+        );
+        assert_eq!(http.body, "body");
+        assert!(http.raw_body.is_empty());
+        let mut names: Vec<&str> = http.headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                ":authority",
+                ":method",
+                ":path",
+                ":scheme",
+                "x-envoy-auth-partial-body",
+                "x-request-id",
+                "x-tenant"
+            ],
+            "the client's copies of identity headers and of the partial-body mark are gone"
+        );
+        assert_eq!(http.headers["x-tenant"], "a,b");
+        assert_eq!(http.headers["x-envoy-auth-partial-body"], "true");
+
+        let mut packed = check_request(&s, headers.iter().copied(), Connection::default());
+        attach_body(&mut packed, b"\xffraw".to_vec(), false, true);
+        let http = auth::CheckRequest::decode(encode(&packed).as_slice())
+            .unwrap()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .unwrap();
+        assert_eq!(http.raw_body, b"\xffraw");
+        assert_eq!(http.headers["x-envoy-auth-partial-body"], "false");
+    }
+
+    /// Only the listed headers with `default_request_headers: false` (pseudo-headers always).
+    #[test]
+    fn a_header_list_limits_the_map() {
+        let s = parse(
+            br#"{"grpc_service": {"cluster": "authz"}, "default_request_headers": false,
+                "allowed_request_headers": ["authorization"]}"#,
+        )
+        .unwrap();
+        let headers = [(":path", "/"), ("authorization", "t"), ("cookie", "c")];
+        let check = check_request(&s, headers.iter().copied(), Connection::default());
+        let http = check.attributes.unwrap().request.unwrap().http.unwrap();
+        assert_eq!(http.headers.keys().collect::<Vec<_>>(), [":path", "authorization"]);
+    }
+
+    #[allow(deprecated)] // `append` is what Envoy 1.40 reads.
+    fn option(key: &str, value: &str, append: Option<bool>) -> core::HeaderValueOption {
+        core::HeaderValueOption {
+            header: Some(core::HeaderValue { key: key.into(), value: value.into(), ..Default::default() }),
+            append: append.map(|value| envoy_types::pb::google::protobuf::BoolValue { value }),
+            ..Default::default()
+        }
+    }
+
+    fn answer(response: &auth::CheckResponse) -> GrpcResult {
+        Ok(response.encode_to_vec())
+    }
+
+    fn status(code: i32) -> Option<envoy_types::pb::google::rpc::Status> {
+        Some(envoy_types::pb::google::rpc::Status { code, ..Default::default() })
+    }
+
+    /// An OK answer's changes, from a `CheckResponse` Envoy's types encode.
+    #[test]
+    fn an_ok_answer_changes_only_what_is_allowed() {
+        let s = settings();
+        let ok = auth::OkHttpResponse {
+            headers: vec![
+                option("X-Admin-Id", "1", None),
+                option("x-admin-email", "a@b", Some(false)),
+                option("x-admin-email", "c@d", Some(true)),
+                option("x-other", "o", None),
+            ],
+            headers_to_remove: vec!["x-debug".into(), ":path".into(), "Host".into()],
+            response_headers_to_add: vec![
+                option("x-session", "s1", None),
+                option("x-session", "s2", Some(false)),
+                option("set-cookie", "no", None),
+            ],
+            query_parameters_to_remove: vec!["q".into()],
+            ..Default::default()
+        };
+        let response = auth::CheckResponse {
+            status: status(0),
+            http_response: Some(auth::check_response::HttpResponse::OkResponse(ok)),
+            ..Default::default()
+        };
+        let GrpcDecision::Allow(changes) = decide(&s, &answer(&response)) else { panic!("not allowed") };
+        let change =
+            |name: &str, value: &str, op| HeaderChange { name: name.into(), value: value.into(), op };
+        assert_eq!(
+            changes.upstream,
+            [
+                change("x-admin-id", "1", HeaderOp::Set),
+                change("x-admin-email", "a@b", HeaderOp::Set),
+                change("x-admin-email", "c@d", HeaderOp::AppendIfExists),
+            ]
+        );
+        assert_eq!(changes.remove, ["x-debug"]);
+        assert_eq!(
+            changes.client,
+            [change("x-session", "s1", HeaderOp::Add), change("x-session", "s2", HeaderOp::Set)]
+        );
+        // No status at all is OK too.
+        let bare = auth::CheckResponse::default();
+        assert_eq!(decide(&s, &answer(&bare)), GrpcDecision::Allow(Changes::default()));
+    }
+
+    #[test]
+    fn a_denial_carries_its_status_allowed_headers_and_body() {
+        let s = parse(br#"{"grpc_service": {"cluster": "authz"}, "max_denied_body_bytes": 4}"#).unwrap();
+        let denied = auth::DeniedHttpResponse {
+            status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: 401 }),
+            headers: vec![
+                option("WWW-Authenticate", "Bearer", None),
+                option("content-type", "text/plain", None),
+                option("x-internal", "secret", None),
+            ],
+            body: "no token".into(),
+        };
+        let response = auth::CheckResponse {
+            status: status(7),
+            http_response: Some(auth::check_response::HttpResponse::DeniedResponse(denied)),
+            ..Default::default()
+        };
+        let GrpcDecision::Deny(reply) = decide(&s, &answer(&response)) else { panic!("not denied") };
+        assert_eq!((reply.status, reply.code), (401, "denied"));
+        assert_eq!(reply.raw_body.as_deref(), Some(&b"no t"[..]), "cut at max_denied_body_bytes");
+        assert_eq!(
+            reply.headers,
+            [("www-authenticate".into(), "Bearer".into()), ("content-type".into(), "text/plain".into())]
+        );
+        // A denial without a DeniedHttpResponse: 403, nothing else.
+        let bare = auth::CheckResponse { status: status(16), ..Default::default() };
+        let GrpcDecision::Deny(reply) = decide(&s, &answer(&bare)) else { panic!("not denied") };
+        assert_eq!((reply.status, reply.raw_body.as_deref()), (403, Some(&b""[..])));
+    }
+
+    #[test]
+    fn failures_and_unreadable_answers_are_errors() {
+        let s = settings();
+        assert_eq!(decide(&s, &Err(GrpcError::Timeout)), GrpcDecision::Error { timeout: true });
+        for e in [
+            GrpcError::UnknownCluster,
+            GrpcError::Unavailable("down".into()),
+            GrpcError::Status(GrpcStatus { code: 13, message: "boom".into() }),
+            GrpcError::Malformed,
+            GrpcError::TooLarge { size: 1 << 30 },
+        ] {
+            assert_eq!(decide(&s, &Err(e.clone())), GrpcDecision::Error { timeout: false }, "{e:?}");
+        }
+        assert_eq!(decide(&s, &Ok(vec![0xff, 0xff])), GrpcDecision::Error { timeout: false });
+        let error = CheckResponse {
+            status: Some(RpcStatus { code: 13, message: String::new() }),
+            error_response: Some(DeniedHttpResponse::default()),
+            ..Default::default()
+        };
+        assert_eq!(decide(&s, &Ok(error.encode_to_vec())), GrpcDecision::Error { timeout: false });
+    }
+
+    /// The request as Envoy counts it after the changes: set replaces, append grows a line (or
+    /// does nothing), add adds, removed names are gone.
+    #[test]
+    fn size_after_applies_each_operation() {
+        let request: &[(&[u8], &[u8])] = &[(b":path", b"/"), (b"x-admin-id", b"999"), (b"x-debug", b"1")];
+        let change =
+            |name: &str, value: &str, op| HeaderChange { name: name.into(), value: value.into(), op };
+        let changes = Changes {
+            upstream: vec![
+                change("x-a", "1", HeaderOp::Set),
+                change("x-a", "22", HeaderOp::AppendIfExists),
+                change("x-b", "1", HeaderOp::AppendIfExists),
+                change("x-c", "1", HeaderOp::Add),
+                change("x-c", "2", HeaderOp::Add),
+            ],
+            remove: vec!["x-debug".into()],
+            client: Vec::new(),
+        };
+        let strip = vec!["x-admin-id".to_string()];
+        assert_eq!(size_after(request.iter().copied(), &strip, &changes), (4, 6 + (3 + 4) + (3 + 1) * 2));
+    }
+}

@@ -1022,4 +1022,117 @@ mod tests {
     }
 
     const PARTIAL_BODY_HEADER: &str = config::PARTIAL_BODY;
+
+    const GRPC: &str = r#"{
+        "grpc_service": {"cluster": "authz", "timeout_ms": 300, "initial_metadata": [{"name": "x-tenant", "value": "t1"}]},
+        "allowed_upstream_headers": ["x-admin-id"],
+        "allowed_client_headers_on_success": ["x-session"]
+    }"#;
+
+    /// An OK `CheckResponse` setting `x-admin-id` and, on the response, `x-session`.
+    fn grpc_ok() -> Vec<u8> {
+        use prost::Message as _;
+        let header = |key: &str, value: &str| grpc::HeaderValueOption {
+            header: Some(grpc::HeaderValue { key: key.into(), value: value.into() }),
+            append: None,
+            append_action: 0,
+        };
+        grpc::CheckResponse {
+            status: Some(grpc::RpcStatus { code: 0, message: String::new() }),
+            ok_response: Some(grpc::OkHttpResponse {
+                headers: vec![header("x-admin-id", "1"), header("x-other", "o")],
+                response_headers_to_add: vec![header("x-session", "s1")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn grpc_checks_allow_deny_and_fail_as_configured() {
+        use gatewasm::testing::GrpcAnswer;
+        use prost::Message as _;
+
+        let mut gw = gateway(GRPC);
+        let mut s = gw.stream();
+        s.set_property(&["source", "address"], "10.1.2.3:5555");
+        let request = get("/orders", &[("x-admin-id", "999"), ("authorization", "Bearer t")]);
+        assert_eq!(s.request_headers(&request, true), Action::Pause);
+        assert_eq!(s.request_header("x-admin-id"), None, "the client's copy is removed at once");
+        assert!(s.callout().is_none());
+        let call = s.grpc_call().unwrap();
+        assert_eq!(
+            (call.cluster.as_str(), call.service.as_str(), call.method.as_str()),
+            ("authz", grpc::SERVICE, "Check")
+        );
+        assert_eq!(call.timeout, Duration::from_millis(300));
+        assert_eq!(call.metadata("x-tenant"), Some(&b"t1"[..]));
+        let check = grpc::CheckRequest::decode(call.message.as_slice()).unwrap();
+        let attributes = check.attributes.unwrap();
+        let source = attributes.source.unwrap().address.unwrap().socket_address.unwrap();
+        assert_eq!((source.address.as_str(), source.port_value), ("10.1.2.3", 5555));
+        let http = attributes.request.unwrap().http.unwrap();
+        assert_eq!((http.method.as_str(), http.path.as_str()), ("GET", "/orders"));
+        assert_eq!(http.headers.get("authorization").map(String::as_str), Some("Bearer t"));
+        assert!(!http.headers.contains_key("x-admin-id"));
+
+        s.answer_grpc(&GrpcAnswer::message(grpc_ok()));
+        assert_eq!(s.resumed().len(), 1);
+        assert_eq!(s.request_header("x-admin-id").as_deref(), Some("1"));
+        assert_eq!(s.request_header("x-other"), None, "not in allowed_upstream_headers");
+        s.response_headers(&[(":status", "200")], true);
+        assert_eq!(s.response_header("x-session").as_deref(), Some("s1"));
+        assert_eq!(checks(&mut gw, "allowed"), Some(1));
+
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        let denied = grpc::CheckResponse {
+            status: Some(grpc::RpcStatus { code: 7, message: String::new() }),
+            ..Default::default()
+        };
+        s.answer_grpc(&GrpcAnswer::message(denied.encode_to_vec()));
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (403, "ext_auth_denied"));
+
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer_grpc(&GrpcAnswer::timeout());
+        assert_eq!(s.reply().unwrap().details, "ext_auth_auth_timeout");
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer_grpc(&GrpcAnswer::status(13, "boom"));
+        assert_eq!(s.reply().unwrap().details, "ext_auth_auth_error");
+        assert_eq!(checks(&mut gw, "denied"), Some(1));
+        assert_eq!(gw.host().counter(&format!("{CHECKS};result=error")), Some(1));
+
+        // An unknown cluster fails at once; with failure_mode_allow the request goes on, marked.
+        let host = FakeHost::new();
+        host.set_clusters(&["other"]);
+        let open = GRPC.replace(
+            "\"allowed_upstream_headers\"",
+            "\"failure_mode_allow\": true, \"allowed_upstream_headers\"",
+        );
+        let gw = Harness::<ExtAuth>::with_host(host, &open).unwrap();
+        let mut s = gw.stream();
+        assert_eq!(s.request_headers(&get("/", &[]), true), Action::Continue);
+        assert_eq!(s.request_header(FAILURE_MODE_ALLOWED).as_deref(), Some("true"));
+    }
+
+    #[test]
+    fn a_grpc_check_waits_for_the_body() {
+        use prost::Message as _;
+        let gw = gateway(&GRPC.replace("\"allowed_upstream_headers\"", "\"with_request_body\": {\"max_bytes\": 4, \"allow_partial\": true}, \"allowed_upstream_headers\""));
+        let mut s = gw.stream();
+        assert_eq!(
+            s.request_headers(&[(":method", "POST"), (":path", "/u"), (":authority", "h")], false),
+            Action::Pause
+        );
+        assert!(s.grpc_call().is_none());
+        assert_eq!(s.request_body(b"abcdef", false), Action::Pause);
+        let check = grpc::CheckRequest::decode(s.grpc_call().unwrap().message.as_slice()).unwrap();
+        let http = check.attributes.unwrap().request.unwrap().http.unwrap();
+        assert_eq!(http.body, b"abcd");
+        assert_eq!(http.headers.get(PARTIAL_BODY_HEADER).map(String::as_str), Some("true"));
+    }
 }
