@@ -98,6 +98,7 @@ pub fn carries_non_text<'a>(
         match std::str::from_utf8(name) {
             Ok(":path") => true,
             Ok(":authority") => settings.authority.is_none(),
+            Ok(name) if settings.grpc.is_some() => crate::grpc::forwarded(settings, name),
             Ok(name) => forwarded(settings, name),
             // Envoy's codec refuses such names; the check would never carry one.
             Err(_) => false,

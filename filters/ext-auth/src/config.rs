@@ -67,9 +67,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The plugin configuration.
 #[derive(Debug, Deserialize, Default)]
 pub struct RawConfig {
-    /// Envoy cluster of the auth service (in Istio: `outbound|PORT||HOST`). Required.
+    /// Envoy cluster of the HTTP auth service (in Istio: `outbound|PORT||HOST`). Required unless
+    /// `grpc_service` is given.
     #[serde(default)]
     pub cluster: String,
+    /// Ask a gRPC auth service (Envoy's `envoy.service.auth.v3.Authorization/Check`) instead of
+    /// an HTTP one: exactly one of `cluster` and `grpc_service`.
+    pub grpc_service: Option<RawGrpcService>,
     /// `:authority` of the check request. Default: the client request's own, as Envoy sends it.
     pub authority: Option<String>,
     /// Give up on the auth service after this many milliseconds (default 200, at most 60000).
@@ -146,6 +150,20 @@ pub struct RawHeader {
     pub value: String,
 }
 
+/// The gRPC auth service.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpcService {
+    /// Envoy cluster of the gRPC auth service (HTTP/2). Required.
+    #[serde(default)]
+    pub cluster: String,
+    /// Give up after this many milliseconds (default 200, at most 60000).
+    pub timeout_ms: Option<u64>,
+    /// Metadata (request headers) sent with every check, as Envoy's `initial_metadata`.
+    #[serde(default)]
+    pub initial_metadata: Vec<RawHeader>,
+}
+
 /// Request body buffering.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +174,9 @@ pub struct RawBody {
     /// Send the first `max_bytes` of a longer body (marked partial) instead of answering 413.
     #[serde(default)]
     pub allow_partial: bool,
+    /// gRPC mode: send the body in `raw_body` (bytes) instead of `body` (a string).
+    #[serde(default)]
+    pub pack_as_bytes: bool,
 }
 
 /// One rule.
@@ -207,13 +228,26 @@ pub struct BodySettings {
     pub max_bytes: usize,
     /// Send a cut body instead of answering 413.
     pub allow_partial: bool,
+    /// gRPC mode: the body goes in `raw_body`.
+    pub pack_as_bytes: bool,
+}
+
+/// The gRPC mode's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpcSettings {
+    /// Initial metadata of every check (lower-case names).
+    pub metadata: Vec<(String, String)>,
 }
 
 /// The configuration as the request path uses it.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Auth service cluster.
+    /// Auth service cluster (HTTP or gRPC).
     pub cluster: String,
+    /// The gRPC mode, when on.
+    pub grpc: Option<GrpcSettings>,
+    /// gRPC mode: every client header goes into the check (`default_request_headers`).
+    pub all_request_headers: bool,
     /// Fixed `:authority`, or the client's.
     pub authority: Option<String>,
     /// Callout timeout.
@@ -283,19 +317,26 @@ pub fn parse(bytes: &[u8]) -> Result<Settings, ConfigErrors> {
 
 /// Compiles a parsed configuration, recording every problem in `errors`.
 pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
-    if raw.cluster.is_empty() {
-        errors.add_field("cluster", "required: the Envoy cluster of the auth service");
-    } else if raw.cluster.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        errors.add("cluster", &raw.cluster, "a cluster name has no spaces or control characters");
+    let grpc = raw.grpc_service.as_ref().map(|g| grpc_service(errors, raw, g));
+    if raw.grpc_service.is_none() {
+        check_cluster(
+            errors,
+            "cluster",
+            &raw.cluster,
+            "required: the Envoy cluster of the auth service (or give `grpc_service`)",
+        );
     }
     if let Some(a) = &raw.authority {
         if a.is_empty() || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)) {
             errors.add("authority", a, "must be a host name or address, optionally with a port");
         }
     }
-    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    let (timeout_field, timeout_ms) = match &raw.grpc_service {
+        Some(g) => ("grpc_service.timeout_ms", g.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+        None => ("timeout_ms", raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+    };
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-        errors.add("timeout_ms", timeout_ms, format!("must be 1 to {MAX_TIMEOUT_MS}"));
+        errors.add(timeout_field, timeout_ms, format!("must be 1 to {MAX_TIMEOUT_MS}"));
     }
     if !raw.path_prefix.is_empty()
         && (!raw.path_prefix.starts_with('/')
@@ -310,7 +351,8 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
     }
 
     let mut request_headers = NameSet::default();
-    if raw.default_request_headers.unwrap_or(true) {
+    let all_request_headers = grpc.is_some() && raw.default_request_headers.unwrap_or(true);
+    if grpc.is_none() && raw.default_request_headers.unwrap_or(true) {
         for name in DEFAULT_REQUEST_HEADERS {
             request_headers.insert(name);
         }
@@ -336,7 +378,14 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
                 format!("must be 1 to {MAX_BODY_BYTES} (Envoy's default buffer limit)"),
             );
         }
-        BodySettings { max_bytes: b.max_bytes, allow_partial: b.allow_partial }
+        if b.pack_as_bytes && grpc.is_none() {
+            errors.add_field("with_request_body.pack_as_bytes", "only meaningful with `grpc_service`");
+        }
+        BodySettings {
+            max_bytes: b.max_bytes,
+            allow_partial: b.allow_partial,
+            pack_as_bytes: b.pack_as_bytes,
+        }
     });
 
     let allowed_statuses = raw.allowed_statuses.clone().unwrap_or_else(|| vec![200]);
@@ -407,7 +456,12 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
     let mut strip = upstream.exact.clone();
     strip.push(FAILURE_MODE_ALLOWED.to_string());
     Settings {
-        cluster: raw.cluster.clone(),
+        cluster: match &raw.grpc_service {
+            Some(g) => g.cluster.clone(),
+            None => raw.cluster.clone(),
+        },
+        grpc,
+        all_request_headers,
         authority: raw.authority.clone(),
         timeout: Duration::from_millis(timeout_ms),
         path_prefix: raw.path_prefix.clone(),
@@ -430,6 +484,66 @@ pub fn compile(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         max_request_headers_count,
         max_request_headers_kb,
     }
+}
+
+/// Checks a cluster name given in `field`.
+fn check_cluster(errors: &mut ConfigErrors, field: &str, cluster: &str, missing: &str) {
+    if cluster.is_empty() {
+        errors.add_field(field, missing);
+    } else if cluster.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        errors.add(field, cluster, "a cluster name has no spaces or control characters");
+    }
+}
+
+/// The gRPC mode's settings; the HTTP service's own fields are refused beside it, each named.
+fn grpc_service(errors: &mut ConfigErrors, raw: &RawConfig, g: &RawGrpcService) -> GrpcSettings {
+    check_cluster(
+        errors,
+        "grpc_service.cluster",
+        &g.cluster,
+        "required: the Envoy cluster of the gRPC auth service",
+    );
+    let http_only: [(&str, bool, &str); 6] = [
+        (
+            "cluster",
+            !raw.cluster.is_empty(),
+            "give either `cluster` (an HTTP auth service) or `grpc_service`, not both",
+        ),
+        ("timeout_ms", raw.timeout_ms.is_some(), "with `grpc_service`, give `grpc_service.timeout_ms`"),
+        (
+            "path_prefix",
+            !raw.path_prefix.is_empty(),
+            "HTTP auth services only: a gRPC check has no path of its own",
+        ),
+        ("authority", raw.authority.is_some(), "HTTP auth services only"),
+        (
+            "headers_to_add",
+            !raw.headers_to_add.is_empty(),
+            "with `grpc_service`, give `grpc_service.initial_metadata`",
+        ),
+        (
+            "allowed_statuses",
+            raw.allowed_statuses.is_some(),
+            "HTTP auth services only: a gRPC answer allows with status OK",
+        ),
+    ];
+    for (field, given, why) in http_only {
+        if given {
+            errors.add_field(field, why);
+        }
+    }
+    let mut metadata = Vec::new();
+    for (i, h) in g.initial_metadata.iter().enumerate() {
+        let at = format!("grpc_service.initial_metadata[{i}]");
+        let name = h.name.to_ascii_lowercase();
+        config::check_header_name(errors, format!("{at}.name"), &h.name);
+        if is_reserved(&name) || name.starts_with("grpc-") || name == "content-type" || name == PARTIAL_BODY {
+            errors.add(format!("{at}.name"), &h.name, "set by the gRPC client or by Envoy: cannot be sent");
+        }
+        config::check_header_value(errors, format!("{at}.value"), &h.value);
+        metadata.push((name, h.value.clone()));
+    }
+    GrpcSettings { metadata }
 }
 
 /// Adds the names of `list` (field `at`) to `set`, lower-cased; `name*` is a prefix when
@@ -515,7 +629,7 @@ mod tests {
         assert!(s.request_headers.contains("x-auth-user"));
         assert_eq!(s.upstream_headers, ["x-qotm-session", "x-admin-id", "x-admin-email"]);
         assert_eq!(s.strip, ["x-qotm-session", "x-admin-id", "x-admin-email", FAILURE_MODE_ALLOWED]);
-        assert_eq!(s.body, Some(BodySettings { max_bytes: 4096, allow_partial: true }));
+        assert_eq!(s.body, Some(BodySettings { max_bytes: 4096, allow_partial: true, pack_as_bytes: false }));
         assert_eq!(s.rules.len(), 1);
         assert_eq!(s.rules[0].name, "health");
         assert_eq!(s.rules[0].matcher.methods, ["GET"]);
@@ -615,6 +729,50 @@ mod tests {
         assert_eq!(decide("/public", &[("x-probe", "lb-1")]), Action::Skip);
         assert_eq!(decide("/public/a", &[("x-probe", "1")]), Action::Check);
         assert_eq!(decide("/private", &[("x-probe", "lb-1")]), Action::Check);
+    }
+
+    #[test]
+    fn the_grpc_service_replaces_the_http_one() {
+        let s = parse(
+            br#"{"grpc_service": {"cluster": "authz", "timeout_ms": 300,
+                "initial_metadata": [{"name": "X-Tenant", "value": "a"}]},
+                "with_request_body": {"max_bytes": 10, "pack_as_bytes": true}}"#,
+        )
+        .unwrap();
+        assert_eq!((s.cluster.as_str(), s.timeout), ("authz", Duration::from_millis(300)));
+        assert_eq!(s.grpc, Some(GrpcSettings { metadata: vec![("x-tenant".into(), "a".into())] }));
+        assert!(s.all_request_headers, "every header, as Envoy's gRPC check sends them");
+        assert!(s.body.unwrap().pack_as_bytes);
+        assert!(parse(br#"{"cluster": "auth"}"#).unwrap().grpc.is_none());
+
+        let errs = errors_of(
+            r#"{"cluster": "auth", "timeout_ms": 100, "path_prefix": "/x", "authority": "a",
+                "headers_to_add": [{"name": "x-a", "value": "1"}], "allowed_statuses": [200],
+                "grpc_service": {"cluster": "", "timeout_ms": 0,
+                    "initial_metadata": [{"name": "grpc-timeout", "value": "1"}, {"name": "x-b", "value": "a\nb"}]}}"#,
+        );
+        for field in [
+            "cluster",
+            "timeout_ms",
+            "path_prefix",
+            "authority",
+            "headers_to_add",
+            "allowed_statuses",
+            "grpc_service.cluster",
+            "grpc_service.timeout_ms",
+            "grpc_service.initial_metadata[0].name",
+            "grpc_service.initial_metadata[1].value",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(&format!("`{field}`"))),
+                "no error for {field} in {errs:?}"
+            );
+        }
+        let errs =
+            errors_of(r#"{"cluster": "auth", "with_request_body": {"max_bytes": 1, "pack_as_bytes": true}}"#);
+        assert!(errs[0].starts_with("`with_request_body.pack_as_bytes`"), "{errs:?}");
+        let errs = errors_of(r#"{"grpc_service": {"cluster": "a", "bogus": 1}}"#);
+        assert!(errs[0].contains("bogus"), "{errs:?}");
     }
 
     #[test]

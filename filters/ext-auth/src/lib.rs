@@ -19,6 +19,7 @@
 
 pub mod check;
 pub mod config;
+pub mod grpc;
 pub mod rules;
 
 use std::cell::Cell;
@@ -27,12 +28,13 @@ use std::time::{Duration, SystemTime};
 
 use gatewasm::metrics::{Histogram, LocalCounter, Metrics};
 use gatewasm::{
-    Callout, CalloutError, CalloutResult, ConfigErrors, Flow, HeaderSnapshot, HttpFilter, LocalReply, Plugin,
-    Request, Root, Stream,
+    Callout, CalloutError, CalloutResult, ConfigErrors, Flow, GrpcCall, GrpcError, GrpcResult,
+    HeaderSnapshot, HttpFilter, LocalReply, Plugin, Request, Root, Stream,
 };
 
 use crate::check::{ClientRequest, Decision};
 use crate::config::{Action, Settings, FAILURE_MODE_ALLOWED};
+use crate::grpc::{GrpcDecision, HeaderOp};
 
 /// Counter family of check outcomes; the `result` label is `allowed`, `denied`, `error` or
 /// `timeout` (timeouts are not also counted as errors).
@@ -136,7 +138,13 @@ impl Plugin for ExtAuth {
     }
 
     fn new_filter(self: &Rc<Self>) -> ExtAuthFilter {
-        ExtAuthFilter { plugin: Rc::clone(self), state: State::Start, buffered: 0, request: None }
+        ExtAuthFilter {
+            plugin: Rc::clone(self),
+            state: State::Start,
+            buffered: 0,
+            request: None,
+            sent_at: None,
+        }
     }
 
     fn tick_period(&self) -> Option<Duration> {
@@ -163,17 +171,32 @@ impl Plugin for ExtAuth {
     }
 }
 
+/// A check built and not yet sent.
+enum Check {
+    /// To an HTTP auth service.
+    Http(Callout<'static>),
+    /// To a gRPC auth service.
+    Grpc(grpc::CheckRequest),
+}
+
+/// A header for the client's response, from an allowing answer (the value as the auth service
+/// wrote it).
+struct ClientHeader {
+    name: String,
+    value: Vec<u8>,
+    op: HeaderOp,
+}
+
 /// Where a stream is.
 enum State {
     /// Nothing decided yet.
     Start,
-    /// Buffering the body before the check; the check request is built.
-    Buffering(Box<Callout<'static>>),
+    /// Buffering the body before the check; the check is built.
+    Buffering(Box<Check>),
     /// The check is in flight: hold everything.
     Checking,
-    /// Allowed or skipped; headers still to add to the client's response (values as the auth
-    /// service wrote them).
-    Passed(Vec<(String, Vec<u8>)>),
+    /// Allowed or skipped; headers still to change on the client's response.
+    Passed(Vec<ClientHeader>),
     /// Answered locally (denied, failed or too large).
     Done,
 }
@@ -187,6 +210,9 @@ pub struct ExtAuthFilter {
     /// The request as it arrived (the headers the check was built from, kept rather than read
     /// again): an allowing answer's changes are measured against Envoy's header limits with it.
     request: Option<Rc<Request>>,
+    /// When a gRPC check went out, with `duration_histogram` (an HTTP callout is timed by the
+    /// SDK).
+    sent_at: Option<SystemTime>,
 }
 
 impl ExtAuthFilter {
@@ -204,6 +230,43 @@ impl ExtAuthFilter {
                 log::warn!("ext_auth: cannot call cluster {}: {e:?}", call.cluster);
                 self.failed(stream, false)
             }
+        }
+    }
+
+    /// Sends a gRPC check.
+    fn send_grpc(&mut self, stream: &mut Stream, check: &grpc::CheckRequest) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        let settings = &plugin.settings;
+        let mut call =
+            GrpcCall::new(settings.cluster.as_str(), grpc::SERVICE, grpc::METHOD, grpc::encode(check));
+        call.timeout = settings.timeout;
+        // A denial's body is bounded by `max_denied_body_bytes`; the rest of the answer is small.
+        call.max_response_bytes =
+            settings.max_denied_body_bytes.saturating_add(gatewasm::grpc::DEFAULT_MAX_RESPONSE_BYTES);
+        if let Some(g) = &settings.grpc {
+            call.metadata =
+                g.metadata.iter().map(|(n, v)| (n.as_str().into(), v.as_bytes().into())).collect();
+        }
+        if plugin.duration.is_some() {
+            self.sent_at = stream.now();
+        }
+        match stream.dispatch_grpc(&call) {
+            Ok(()) => {
+                self.state = State::Checking;
+                Flow::Pause
+            }
+            Err(e) => {
+                log::warn!("ext_auth: cannot call cluster {}: {e:?}", settings.cluster);
+                self.failed(stream, false)
+            }
+        }
+    }
+
+    /// Sends a check built earlier.
+    fn send_check(&mut self, stream: &mut Stream, check: &Check) -> Flow {
+        match check {
+            Check::Http(call) => self.send(stream, call),
+            Check::Grpc(request) => self.send_grpc(stream, request),
         }
     }
 
@@ -228,10 +291,11 @@ impl ExtAuthFilter {
 
     /// Sends the buffered check with the first `min(size, max)` body bytes.
     fn send_with_body(&mut self, stream: &mut Stream, size: usize, end_of_stream: bool) -> Flow {
-        let State::Buffering(mut call) = std::mem::replace(&mut self.state, State::Start) else {
+        let State::Buffering(mut check) = std::mem::replace(&mut self.state, State::Start) else {
             return Flow::Continue;
         };
-        let max = self.settings().body.map_or(0, |b| b.max_bytes);
+        let (max, pack_as_bytes) =
+            self.settings().body.map_or((0, false), |b| (b.max_bytes, b.pack_as_bytes));
         let want = size.min(max);
         let body = if want == 0 {
             Vec::new()
@@ -245,8 +309,107 @@ impl ExtAuthFilter {
                 }
             }
         };
-        check::attach_body(&mut call, body, size > max || !end_of_stream);
-        self.send(stream, &call)
+        let partial = size > max || !end_of_stream;
+        match check.as_mut() {
+            Check::Http(call) => check::attach_body(call, body, partial),
+            Check::Grpc(request) => grpc::attach_body(request, body, partial, pack_as_bytes),
+        }
+        self.send_check(stream, &check)
+    }
+}
+
+impl ExtAuthFilter {
+    /// Holds the headers and lets the body reach the filter; `check` goes out with the body.
+    fn wait_for_body(&mut self, stream: &mut Stream, check: Check) -> Flow {
+        let plugin = &self.plugin;
+        if !plugin.body_seen.get() && plugin.waiting_since.get().is_none() {
+            plugin.waiting_since.set(stream.now());
+        }
+        self.state = State::Buffering(Box::new(check));
+        stream.let_body_through();
+        Flow::Pause
+    }
+
+    /// Applies a gRPC answer's decision.
+    fn grpc_decided(&mut self, stream: &mut Stream, decision: GrpcDecision) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        let settings = &plugin.settings;
+        match decision {
+            GrpcDecision::Allow(changes) => {
+                let (count, bytes) = if changes.upstream.is_empty() {
+                    (0, 0)
+                } else {
+                    let request = self.request.iter().flat_map(|r| r.headers().iter_bytes());
+                    grpc::size_after(request, &settings.strip, &changes)
+                };
+                if count > settings.max_request_headers_count
+                    || bytes > settings.max_request_headers_kb.saturating_mul(1024)
+                {
+                    log::info!(
+                        "ext_auth: the answer's headers take the request to {count} headers, {bytes} bytes"
+                    );
+                    plugin.counters.error.inc();
+                    self.state = State::Done;
+                    return Flow::Reply(check::too_many_headers_reply(settings));
+                }
+                let request = stream.request_headers();
+                for change in &changes.upstream {
+                    if let Err(status) = apply(&request, &change.name, change.value.as_bytes(), change.op) {
+                        // As on HTTP: every identity the answer gave, or none of the request.
+                        log::warn!("ext_auth: setting {} upstream failed: {status:?}", change.name);
+                        plugin.counters.error.inc();
+                        self.state = State::Done;
+                        return Flow::Reply(check::error_reply(settings, false));
+                    }
+                }
+                for name in &changes.remove {
+                    if let Err(status) = request.remove(name) {
+                        log::warn!("ext_auth: removing {name} failed: {status:?}");
+                    }
+                }
+                plugin.counters.allowed.inc();
+                self.state = State::Passed(
+                    changes
+                        .client
+                        .into_iter()
+                        .map(|c| ClientHeader { name: c.name, value: c.value.into_bytes(), op: c.op })
+                        .collect(),
+                );
+                Flow::Continue
+            }
+            GrpcDecision::Deny(reply) => {
+                plugin.counters.denied.inc();
+                self.state = State::Done;
+                Flow::Reply(reply)
+            }
+            GrpcDecision::Error { timeout } => self.failed(stream, timeout),
+        }
+    }
+}
+
+/// A property's text; `None` when absent or not UTF-8.
+fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Changes header `name` of `map` as `op` says, as Envoy applies a `HeaderValueOption`.
+fn apply(
+    map: &gatewasm::HeaderMap<'_>,
+    name: &str,
+    value: &[u8],
+    op: HeaderOp,
+) -> Result<(), gatewasm::proxy_wasm::types::Status> {
+    match op {
+        HeaderOp::Set => map.set_bytes(name, value),
+        HeaderOp::Add => map.add_bytes(name, value),
+        HeaderOp::AppendIfExists => match map.get_bytes(name) {
+            Some(mut joined) => {
+                joined.push(b',');
+                joined.extend_from_slice(value);
+                map.set_bytes(name, &joined)
+            }
+            None => Ok(()),
+        },
     }
 }
 
@@ -284,6 +447,22 @@ impl HttpFilter for ExtAuthFilter {
             self.state = State::Done;
             return Flow::Reply(check::not_text_reply());
         }
+        // Upgrades (WebSocket) have no body to wait for, as in Envoy.
+        let wait_for_body = settings.body.is_some() && !end_of_stream && !seen.upgrade;
+        if settings.grpc.is_some() {
+            let connection = grpc::Connection {
+                source: text(stream.property(&["source", "address"])),
+                destination: text(stream.property(&["destination", "address"])),
+                protocol: text(stream.property(&["request", "protocol"])),
+                now: stream.now(),
+            };
+            let check = grpc::check_request(settings, headers.iter(), connection);
+            self.request = Some(request);
+            if wait_for_body {
+                return self.wait_for_body(stream, Check::Grpc(check));
+            }
+            return self.send_grpc(stream, &check);
+        }
         let call = check::request(
             settings,
             ClientRequest {
@@ -293,15 +472,10 @@ impl HttpFilter for ExtAuthFilter {
                 headers: headers.iter(),
             },
         );
-        // Upgrades (WebSocket) have no body to wait for, as in Envoy.
-        if settings.body.is_some() && !end_of_stream && !seen.upgrade {
-            if !plugin.body_seen.get() && plugin.waiting_since.get().is_none() {
-                plugin.waiting_since.set(stream.now());
-            }
-            self.state = State::Buffering(Box::new(call.into_owned()));
+        if wait_for_body {
+            let check = Check::Http(call.into_owned());
             self.request = Some(request);
-            stream.let_body_through();
-            return Flow::Pause;
+            return self.wait_for_body(stream, check);
         }
         let flow = self.send(stream, &call);
         drop(call);
@@ -385,7 +559,15 @@ impl HttpFilter for ExtAuthFilter {
                 }
                 plugin.counters.allowed.inc();
                 self.state = State::Passed(
-                    allow.client.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_vec())).collect(),
+                    allow
+                        .client
+                        .iter()
+                        .map(|(n, v)| ClientHeader {
+                            name: (*n).to_owned(),
+                            value: v.to_vec(),
+                            op: HeaderOp::Add,
+                        })
+                        .collect(),
                 );
                 Flow::Continue
             }
@@ -403,12 +585,28 @@ impl HttpFilter for ExtAuthFilter {
         }
     }
 
+    fn on_grpc_result(&mut self, stream: &mut Stream, result: GrpcResult) -> Flow {
+        let plugin = Rc::clone(&self.plugin);
+        if let (Some(histogram), Some(sent), Some(now)) = (&plugin.duration, self.sent_at, stream.now()) {
+            let elapsed = now.duration_since(sent).unwrap_or_default();
+            histogram.record(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+        }
+        if let Err(e) = &result {
+            log::debug!("ext_auth: the gRPC check failed: {e:?}");
+            if matches!(e, GrpcError::TooLarge { .. }) {
+                log::warn!("ext_auth: the auth service's answer is over the bound: {e:?}");
+            }
+        }
+        let decision = grpc::decide(&plugin.settings, &result);
+        self.grpc_decided(stream, decision)
+    }
+
     fn on_response_headers(&mut self, stream: &mut Stream, _end_of_stream: bool) -> Flow {
         if let State::Passed(client) = &mut self.state {
             let response = stream.response_headers();
-            for (name, value) in client.drain(..) {
-                if let Err(status) = response.add_bytes(&name, &value) {
-                    log::warn!("ext_auth: adding {name} to the response failed: {status:?}");
+            for header in client.drain(..) {
+                if let Err(status) = apply(&response, &header.name, &header.value, header.op) {
+                    log::warn!("ext_auth: adding {} to the response failed: {status:?}", header.name);
                 }
             }
         }
@@ -824,4 +1022,117 @@ mod tests {
     }
 
     const PARTIAL_BODY_HEADER: &str = config::PARTIAL_BODY;
+
+    const GRPC: &str = r#"{
+        "grpc_service": {"cluster": "authz", "timeout_ms": 300, "initial_metadata": [{"name": "x-tenant", "value": "t1"}]},
+        "allowed_upstream_headers": ["x-admin-id"],
+        "allowed_client_headers_on_success": ["x-session"]
+    }"#;
+
+    /// An OK `CheckResponse` setting `x-admin-id` and, on the response, `x-session`.
+    fn grpc_ok() -> Vec<u8> {
+        use prost::Message as _;
+        let header = |key: &str, value: &str| grpc::HeaderValueOption {
+            header: Some(grpc::HeaderValue { key: key.into(), value: value.into() }),
+            append: None,
+            append_action: 0,
+        };
+        grpc::CheckResponse {
+            status: Some(grpc::RpcStatus { code: 0, message: String::new() }),
+            ok_response: Some(grpc::OkHttpResponse {
+                headers: vec![header("x-admin-id", "1"), header("x-other", "o")],
+                response_headers_to_add: vec![header("x-session", "s1")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn grpc_checks_allow_deny_and_fail_as_configured() {
+        use gatewasm::testing::GrpcAnswer;
+        use prost::Message as _;
+
+        let mut gw = gateway(GRPC);
+        let mut s = gw.stream();
+        s.set_property(&["source", "address"], "10.1.2.3:5555");
+        let request = get("/orders", &[("x-admin-id", "999"), ("authorization", "Bearer t")]);
+        assert_eq!(s.request_headers(&request, true), Action::Pause);
+        assert_eq!(s.request_header("x-admin-id"), None, "the client's copy is removed at once");
+        assert!(s.callout().is_none());
+        let call = s.grpc_call().unwrap();
+        assert_eq!(
+            (call.cluster.as_str(), call.service.as_str(), call.method.as_str()),
+            ("authz", grpc::SERVICE, "Check")
+        );
+        assert_eq!(call.timeout, Duration::from_millis(300));
+        assert_eq!(call.metadata("x-tenant"), Some(&b"t1"[..]));
+        let check = grpc::CheckRequest::decode(call.message.as_slice()).unwrap();
+        let attributes = check.attributes.unwrap();
+        let source = attributes.source.unwrap().address.unwrap().socket_address.unwrap();
+        assert_eq!((source.address.as_str(), source.port_value), ("10.1.2.3", 5555));
+        let http = attributes.request.unwrap().http.unwrap();
+        assert_eq!((http.method.as_str(), http.path.as_str()), ("GET", "/orders"));
+        assert_eq!(http.headers.get("authorization").map(String::as_str), Some("Bearer t"));
+        assert!(!http.headers.contains_key("x-admin-id"));
+
+        s.answer_grpc(&GrpcAnswer::message(grpc_ok()));
+        assert_eq!(s.resumed().len(), 1);
+        assert_eq!(s.request_header("x-admin-id").as_deref(), Some("1"));
+        assert_eq!(s.request_header("x-other"), None, "not in allowed_upstream_headers");
+        s.response_headers(&[(":status", "200")], true);
+        assert_eq!(s.response_header("x-session").as_deref(), Some("s1"));
+        assert_eq!(checks(&mut gw, "allowed"), Some(1));
+
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        let denied = grpc::CheckResponse {
+            status: Some(grpc::RpcStatus { code: 7, message: String::new() }),
+            ..Default::default()
+        };
+        s.answer_grpc(&GrpcAnswer::message(denied.encode_to_vec()));
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.details.as_str()), (403, "ext_auth_denied"));
+
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer_grpc(&GrpcAnswer::timeout());
+        assert_eq!(s.reply().unwrap().details, "ext_auth_auth_timeout");
+        let mut s = gw.stream();
+        s.request_headers(&get("/", &[]), true);
+        s.answer_grpc(&GrpcAnswer::status(13, "boom"));
+        assert_eq!(s.reply().unwrap().details, "ext_auth_auth_error");
+        assert_eq!(checks(&mut gw, "denied"), Some(1));
+        assert_eq!(gw.host().counter(&format!("{CHECKS};result=error")), Some(1));
+
+        // An unknown cluster fails at once; with failure_mode_allow the request goes on, marked.
+        let host = FakeHost::new();
+        host.set_clusters(&["other"]);
+        let open = GRPC.replace(
+            "\"allowed_upstream_headers\"",
+            "\"failure_mode_allow\": true, \"allowed_upstream_headers\"",
+        );
+        let gw = Harness::<ExtAuth>::with_host(host, &open).unwrap();
+        let mut s = gw.stream();
+        assert_eq!(s.request_headers(&get("/", &[]), true), Action::Continue);
+        assert_eq!(s.request_header(FAILURE_MODE_ALLOWED).as_deref(), Some("true"));
+    }
+
+    #[test]
+    fn a_grpc_check_waits_for_the_body() {
+        use prost::Message as _;
+        let gw = gateway(&GRPC.replace("\"allowed_upstream_headers\"", "\"with_request_body\": {\"max_bytes\": 4, \"allow_partial\": true}, \"allowed_upstream_headers\""));
+        let mut s = gw.stream();
+        assert_eq!(
+            s.request_headers(&[(":method", "POST"), (":path", "/u"), (":authority", "h")], false),
+            Action::Pause
+        );
+        assert!(s.grpc_call().is_none());
+        assert_eq!(s.request_body(b"abcdef", false), Action::Pause);
+        let check = grpc::CheckRequest::decode(s.grpc_call().unwrap().message.as_slice()).unwrap();
+        let http = check.attributes.unwrap().request.unwrap().http.unwrap();
+        assert_eq!(http.body, b"abcd");
+        assert_eq!(http.headers.get(PARTIAL_BODY_HEADER).map(String::as_str), Some("true"));
+    }
 }
