@@ -1,25 +1,33 @@
 //! gatewasm: panic-free building blocks for proxy-wasm HTTP filters, on top of the `proxy-wasm`
-//! crate.
+//! crate. The same filter source builds as a proxy-wasm module (`wasm32-wasip1`) and as a native
+//! Envoy dynamic module (the host target, `lib<crate>.so`); the SDK hides which.
+//!
+//! This page is the reference: what runs when, what each callback's answer means, and what a
+//! filter can reach. The SDK's README (`sdk/README.md`) has the configuration, matching, metrics
+//! and deployment details that concern a gateway's operator as much as a filter's author.
+//! `cargo doc -p gatewasm-sdk --open` builds and opens these pages.
+//!
+//! # Shape of a filter
 //!
 //! A filter is two types:
 //! - a [`Plugin`]: the parsed, validated configuration and any state shared by all streams of a
-//!   VM (one per Envoy worker), built once in `on_configure`;
-//! - an [`HttpFilter`]: per-request state, created for each stream with an `Rc` of the plugin.
+//!   VM (one per Envoy worker), built once by [`Plugin::configure`];
+//! - an [`HttpFilter`]: per-request state, created for each stream by [`Plugin::new_filter`]
+//!   with an `Rc` of the plugin.
 //!
-//! [`export!`] wires them to the ABI. The SDK then
-//! - rejects bad configuration in `on_configure`, logging every problem with its field, so Envoy
-//!   refuses the filter instead of running it half-configured;
-//! - hands each callback a handle to what it may touch: [`Stream`] for a request (headers,
-//!   bodies, properties, callouts), [`Root`] for the plugin (metrics, shared data, background
-//!   callouts, the clock); every host call goes through them, and none can panic;
+//! [`export!`] wires them to the host. The SDK then
+//! - rejects bad configuration when the plugin is configured, logging every problem with its
+//!   field, so Envoy refuses the filter instead of running it half-configured;
+//! - hands each callback a handle to what it may touch: [`Stream`] for a request, [`Root`] for
+//!   the plugin; every host call goes through them, and none can panic;
 //! - reads the request with one host call however many parts a filter looks at
 //!   ([`Stream::request`]);
 //! - sends local replies of one JSON shape ([`LocalReply`]);
-//! - runs HTTP callouts ([`Stream::dispatch`]) and unary gRPC calls ([`Stream::dispatch_grpc`])
-//!   and resumes or replies when they answer;
+//! - runs HTTP callouts and unary gRPC calls and resumes or replies when they answer;
 //! - flushes [`metrics::LocalCounter`]s on its own tick;
 //! - runs the same callbacks on a fake host in unit tests ([`testing`]);
-//! - logs through the `log` crate, and logs a panic at critical before the VM aborts.
+//! - logs through the `log` crate, and logs a panic at critical (natively it also answers the
+//!   request 500 and goes on serving).
 //!
 //! ```no_run
 //! use std::rc::Rc;
@@ -48,6 +56,148 @@
 //! gatewasm::export!(Greeting);
 //! # fn main() {}
 //! ```
+//!
+//! # `HttpFilter` callbacks
+//!
+//! Every callback has a default that does nothing and returns [`Flow::Continue`], so a filter
+//! implements only those it needs. They run in this order on one stream, each at most once
+//! except the body callbacks:
+//!
+//! | callback | runs when |
+//! |---|---|
+//! | [`on_request_headers`](HttpFilter::on_request_headers) | the request headers arrived; `end_of_stream` when the request has no body |
+//! | [`on_request_body`](HttpFilter::on_request_body) | a chunk of request body arrived (once per chunk); `body_size` is what is buffered so far, read it with [`Stream::request_body`] |
+//! | [`on_request_trailers`](HttpFilter::on_request_trailers) | the request trailers arrived (only a request that has them) |
+//! | [`on_response_headers`](HttpFilter::on_response_headers) | the response headers arrived, from upstream or from a local reply (see below) |
+//! | [`on_response_body`](HttpFilter::on_response_body) | a chunk of response body arrived; read it with [`Stream::response_body`] |
+//! | [`on_callout`](HttpFilter::on_callout) | a callout sent with [`Stream::dispatch`] answered, failed or timed out |
+//! | [`on_grpc_result`](HttpFilter::on_grpc_result) | a gRPC call sent with [`Stream::dispatch_grpc`] answered, failed or timed out |
+//! | [`on_log`](HttpFilter::on_log) | the stream is complete (access-log time): request, response and properties are final; it returns nothing |
+//!
+//! Each callback but `on_log` returns a [`Flow`], what the stream does next:
+//!
+//! | `Flow` | from a headers, body or trailers callback | from `on_callout` / `on_grpc_result` |
+//! |---|---|---|
+//! | [`Continue`](Flow::Continue) | the request or response goes on to the next filter | the SDK resumes the half of the stream that was paused |
+//! | [`Pause`](Flow::Pause) | a headers callback holds the stream until a callout or gRPC call answers (return it only with one pending); a body callback holds the body and has Envoy buffer it, so the next body callback sees everything so far | the stream stays paused: the filter sent another call |
+//! | [`Reply`](Flow::Reply) | the SDK sends the [`LocalReply`]; from a request callback the request never goes upstream | the same, for the request (or response) that waited |
+//!
+//! A paused headers callback holds the body as well, so a body callback cannot let the
+//! request go on before the call it waits for has answered; a filter that must read the body
+//! before deciding calls [`Stream::let_body_through`] there. After a reply,
+//! [`Stream::replied`] is true for the rest of the stream.
+//!
+//! **A filter's own local reply and its response callbacks.** A local reply passes through the
+//! encode half of Envoy's filter chain. On proxy-wasm, Envoy 1.40 runs the replying filter's own
+//! `on_response_headers` (and `on_response_body`) for it, as for any response
+//! (`Context::encodeHeaders` has no guard for it); check [`Stream::replied`] there to tell the
+//! filter's own answer from upstream's. As a native Envoy dynamic module it does not:
+//! `DynamicModuleHttpFilter::encodeHeaders` returns at once once the module has sent a local
+//! reply, so the replying filter sees no response callback for it (only `on_log`).
+//! header-rewrite's Envoy tests show both. Responses from upstream or from Envoy's router (a
+//! `direct_response`, a 503 without a healthy upstream) reach the response callbacks on both
+//! targets.
+//!
+//! # `Plugin` callbacks
+//!
+//! | item | runs when |
+//! |---|---|
+//! | [`NAME`](Plugin::NAME) | names the plugin in logs, in response code details (`<name>_<code>`) and, natively, as the `filter_name` that selects it |
+//! | [`configure`](Plugin::configure) | once per configuration, in the root context, never on the request path: parse the JSON ([`config::parse`] / [`config::parse_with`]) and define metrics through the [`Root`]. `Err` refuses the configuration: every error is logged and Envoy refuses the filter |
+//! | [`new_filter`](Plugin::new_filter) | once per stream, for its [`HttpFilter`] |
+//! | [`tick_period`](Plugin::tick_period) / [`on_tick`](Plugin::on_tick) | periodic work (refreshing keys, flushing batches) on every VM on proxy-wasm, on the main thread's instance only natively ([`Root::ticks`]) |
+//! | [`on_callout`](Plugin::on_callout) / [`on_grpc_result`](Plugin::on_grpc_result) | a call sent with [`Root::dispatch`] / [`Root::dispatch_grpc`] answered, with the id the dispatch returned |
+//! | [`on_done`](Plugin::on_done) | the host removes the plugin: `true` lets it go at once, `false` finishes work first and then calls [`Root::done`] (not native: Envoy does not wait for a module) |
+//!
+//! The plugin is shared by every stream of its VM through an `Rc`: state its callbacks change
+//! lives in `Cell`/`RefCell` fields.
+//!
+//! # `Root` and `Stream`: what a filter can reach
+//!
+//! [`Root`] is the plugin's handle, given to `configure` and every plugin callback and reachable
+//! from each stream ([`Stream::root`]); a cheap clone:
+//! - [`Root::metrics`]: counters, gauges, histograms, labelled families (define them in
+//!   `configure` and keep the handles);
+//! - [`Root::shared_data`] / [`Root::set_shared_data`]: data shared by every VM of the module,
+//!   with compare-and-swap versions;
+//! - [`Root::dispatch`] / [`Root::dispatch_grpc`]: background calls, at most
+//!   [`MAX_ROOT_CALLOUTS`] in flight;
+//! - [`Root::now`], [`Root::unix_seconds`], [`Root::since`]: the host's clock;
+//! - [`Root::property`], [`Root::ticks`], [`Root::queue_push`] / [`Root::queue_drain`] (work a
+//!   native worker leaves for the ticking instance), [`Root::done`].
+//!
+//! [`Stream`] is one request's handle, given to every [`HttpFilter`] callback:
+//! - [`Stream::request`]: the request (method, host, path, query, cookies, headers) read with
+//!   one host call and kept for the rest of the callback;
+//! - [`Stream::request_headers`], [`Stream::response_headers`] and the trailers: a
+//!   [`HeaderMap`] to read or change (`get`, `get_bytes`, `snapshot`, `set`, `add`, `remove`,
+//!   and their byte forms);
+//! - [`Stream::request_body`] / [`Stream::response_body`]: the body buffered so far;
+//! - [`Stream::dispatch`] / [`Stream::dispatch_grpc`]: one HTTP callout and one gRPC call at a
+//!   time, answered in the filter's `on_callout` / `on_grpc_result`, cancelled with the stream;
+//!   [`Stream::callout_elapsed`] and [`Stream::callout_body`] there;
+//! - [`Stream::property`] (Envoy's attributes: `["response", "code"]`, ...),
+//!   [`Stream::foreign_function`], [`Stream::now`], [`Stream::let_body_through`],
+//!   [`Stream::replied`], [`Stream::root`].
+//!
+//! # Callouts and gRPC calls
+//!
+//! An HTTP callout is a [`Callout`] (cluster, method, path, authority, headers, body, timeout,
+//! a bound on the answer's size); its answer is a [`CalloutResult`]: a [`CalloutResponse`]
+//! (status, headers, body) or a [`CalloutError`] (`Timeout`, `Failed`, `Dispatch`). A gRPC call
+//! is a [`GrpcCall`] (cluster, service, method, metadata, the serialized request message); its
+//! answer is a [`GrpcResult`]: the response message's bytes or a [`GrpcError`]. The SDK carries
+//! bytes only, so no protobuf library lands in a module that does not want one. The same answer
+//! gives the same result on both targets; [`callout`] and [`grpc`] say how each of Envoy's
+//! failures is reported. A stream's call is sent with [`Stream::dispatch`] or
+//! [`Stream::dispatch_grpc`] from a callback that then returns [`Flow::Pause`]; the answer's
+//! callback returns the next [`Flow`]. A plugin's background call is sent with [`Root::dispatch`]
+//! or [`Root::dispatch_grpc`] and answered in [`Plugin::on_callout`] or
+//! [`Plugin::on_grpc_result`] with its [`CalloutId`].
+//!
+//! # Metrics
+//!
+//! [`metrics::Metrics`] (from [`Root::metrics`]) defines each metric once, in `configure`:
+//! [`counter`](metrics::Metrics::counter), [`gauge`](metrics::Metrics::gauge),
+//! [`histogram`](metrics::Metrics::histogram), [`local_counter`](metrics::Metrics::local_counter)
+//! (counted in the VM, flushed by the SDK every [`metrics::FLUSH_PERIOD`]: no host call per
+//! request), and labelled [`family`](metrics::Metrics::family) /
+//! [`shared_family`](metrics::Metrics::shared_family) with a hard cap on their series (per VM,
+//! or over every VM with a [`metrics::SharedCap`]). Labels become Prometheus labels (the
+//! [`metrics`] module shows the Envoy `stats_tags` they need on proxy-wasm; natively they are
+//! real labels). A metric the host refuses to define is logged once and counts nothing.
+//!
+//! # Configuration
+//!
+//! [`config::parse`] reads the JSON configuration into a typed struct, reports every unknown
+//! field with its JSON path and stops at the first type error, naming its path and the value
+//! (`` `rules[0].limits[1].token_bucket.rate`: invalid type: string "fast", expected u64 ``);
+//! [`config::Validate`] (or the build step of [`config::parse_with`]) records every further
+//! problem with its field and value. [`matcher`] compiles the request conditions every filter
+//! with rules shares.
+//!
+//! # Testing
+//!
+//! [`testing::Harness`] configures a plugin on a [`testing::FakeHost`] through the SDK's own
+//! root and stream contexts, so a native unit test drives the filter's real callbacks:
+//! [`Harness::stream`](testing::Harness::stream) starts a request whose events
+//! ([`request_headers`](testing::FakeStream::request_headers),
+//! [`answer`](testing::FakeStream::answer), ...) return the host [`testing::Action`], and whose
+//! accessors show what the filter did ([`reply`](testing::FakeStream::reply),
+//! [`callout`](testing::FakeStream::callout), headers, metrics, host calls counted). The fake
+//! host answers as Envoy does where a filter can tell; what only Envoy can show stays in the
+//! emulator and Envoy tests.
+//!
+//! # Targets
+//!
+//! `cargo build --release --target wasm32-wasip1 -p <crate>` gives the proxy-wasm module,
+//! `cargo build --release -p <crate>` the native Envoy dynamic module. Natively each worker
+//! thread gets its own plugin instance (as each gets a VM on proxy-wasm), every hook catches a
+//! panic and answers that request 500, and the differences left are listed in the SDK's README
+//! ("Two targets").
+
+// Every public item is documented: this page and its items are the SDK's reference.
+#![warn(missing_docs)]
 
 #[cfg(feature = "bundle")]
 pub mod bundle;
@@ -175,7 +325,8 @@ pub trait HttpFilter: 'static {
         Flow::Continue
     }
 
-    /// Response headers arrived from upstream (or from a local reply).
+    /// Response headers arrived from upstream, or from a local reply: on proxy-wasm also the
+    /// filter's own ([`Stream::replied`] tells), natively not (see the crate docs).
     fn on_response_headers(&mut self, stream: &mut Stream, end_of_stream: bool) -> Flow {
         Flow::Continue
     }

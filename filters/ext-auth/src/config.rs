@@ -779,6 +779,6 @@ mod tests {
     fn type_errors_stop_with_a_path() {
         let errs = errors_of(r#"{"cluster": "a", "timeout_ms": "fast"}"#);
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].contains("invalid type"), "{errs:?}");
+        assert!(errs[0].contains("`timeout_ms`: invalid type: string \"fast\""), "{errs:?}");
     }
 }

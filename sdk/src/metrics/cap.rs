@@ -62,7 +62,7 @@ impl SharedCap {
 
     /// Whether the label set `key` (its label values, joined so that two sets never share a
     /// key) is admitted, admitting it when there is room. False when the cap is full, when the
-    /// host has no shared data, or after [`CAS_RETRIES`] lost races on the count (a later call
+    /// host has no shared data, or after a bounded number of lost races on the count (a later call
     /// tries again). Costs one shared-data read for a set another VM admitted, two reads and two
     /// writes to admit one, and one read once the cap is full.
     pub fn admit(&self, key: &str) -> bool {

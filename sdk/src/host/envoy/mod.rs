@@ -3,7 +3,7 @@
 //! proxy-wasm module.
 //!
 //! - [`abi`]: the SDK's own bindings to Envoy's callbacks, resolved when Envoy loads the module;
-//! - [`EnvoyHost`]: the [`Host`] over those callbacks. "The current stream" is the stream whose
+//! - `EnvoyHost`: the [`Host`] over those callbacks. "The current stream" is the stream whose
 //!   hook is running on this thread (a thread-local the hooks set); effects that make Envoy call
 //!   back into the same stream (a local reply, resuming it) are deferred until the filter's
 //!   callback has returned, as a Wasm host defers them until the VM returns;
