@@ -19,7 +19,7 @@
 //! | no cluster of that name | the call is refused at once | [`GrpcError::UnknownCluster`] |
 //! | the cluster has no healthy endpoint, or anything else that fails the call as it is sent | refused at once | [`GrpcError::Dispatch`] |
 //! | the timeout passed | `UNAVAILABLE` (14), `upstream request timeout` | [`GrpcError::Timeout`] |
-//! | the service answered `DEADLINE_EXCEEDED` (4) | 4 | [`GrpcError::Timeout`] |
+//! | the service answered `DEADLINE_EXCEEDED` (4), or `CANCELLED` (1): a server gives up on a call when the deadline it was sent (`grpc-timeout`) passes, and tonic says so with `CANCELLED`, often before Envoy's own timer fires (the client, which sent the deadline, never cancels) | 4 or 1 | [`GrpcError::Timeout`] |
 //! | connection refused or reset before an answer, a cluster not speaking HTTP/2 | 14, `upstream connect error or disconnect/reset before headers. ...` | [`GrpcError::Unavailable`] |
 //! | the service answered `UNAVAILABLE` | 14 and its message | [`GrpcError::Unavailable`] |
 //! | the service answered another error status | that status and its `grpc-message` | [`GrpcError::Status`] |
@@ -151,7 +151,8 @@ pub enum GrpcError {
     /// stream, too many plugin calls in flight, a cluster without a healthy endpoint): the
     /// host's status.
     Dispatch(Status),
-    /// No answer before the timeout (Envoy's), or the service answered `DEADLINE_EXCEEDED`.
+    /// No answer before the timeout (Envoy's), or the service answered `DEADLINE_EXCEEDED` or
+    /// `CANCELLED` (how a server reports the deadline it was sent passing).
     Timeout,
     /// The service could not be reached (connection refused or reset before an answer, a
     /// cluster not speaking HTTP/2), or answered `UNAVAILABLE`: the message says which.
@@ -234,7 +235,9 @@ impl Pending {
 pub(crate) fn classify(status: u32, raw_message: &[u8]) -> GrpcError {
     let message = decode_message(raw_message);
     match status {
-        code::DEADLINE_EXCEEDED => GrpcError::Timeout,
+        // A server answers a call past the deadline it was sent (`grpc-timeout`) with one of
+        // these (tonic: `CANCELLED`, "Timeout expired"), racing Envoy's own timer.
+        code::DEADLINE_EXCEEDED | code::CANCELLED => GrpcError::Timeout,
         code::UNAVAILABLE if message == ENVOY_TIMEOUT_MESSAGE => GrpcError::Timeout,
         code::UNAVAILABLE => GrpcError::Unavailable(message),
         code::INTERNAL | code::UNKNOWN if message.is_empty() => GrpcError::Malformed,
@@ -392,6 +395,7 @@ mod tests {
         assert_eq!(wasm(14, b"upstream request timeout{response_timeout}"), GrpcError::Timeout);
         assert_eq!(classify(14, b"upstream request timeout"), GrpcError::Timeout);
         assert_eq!(wasm(4, b"too slow{via_upstream}"), GrpcError::Timeout);
+        assert_eq!(wasm(1, b"Timeout expired{via_upstream}"), GrpcError::Timeout);
         assert_eq!(wasm(14, b"redis down{via_upstream}"), GrpcError::Unavailable("redis down".into()));
         assert_eq!(wasm(13, b"via_upstream"), GrpcError::Malformed);
         assert_eq!(wasm(13, b""), GrpcError::Malformed);
