@@ -343,9 +343,13 @@ fn two_workers_under_load_count_every_request_exactly_once(target: Target) {
     );
     eprintln!("{target:?}: a limit of {LIMIT}: wrk {wrk:?}; Envoy 2xx {ok}, 4xx {limited}, total {total}");
     assert!(wrk.requests > 2 * LIMIT, "not enough load to go over the limit: {wrk:?}");
-    assert_eq!(ok + limited, total, "every request was allowed or limited");
-    // wrk leaves out what was in flight when it stopped (one per connection) and what it timed out.
+    // wrk leaves out what was in flight when it stopped (one per connection) and what it timed
+    // out; Envoy counts those as started, never answered.
     let unseen = 32 + wrk.socket_errors;
+    assert!(
+        ok + limited <= total && total <= ok + limited + unseen,
+        "every request answered was allowed or limited"
+    );
     assert!(wrk.requests <= total && total <= wrk.requests + unseen, "wrk {wrk:?} vs Envoy {total}");
     let untracked = ["full", "contention", "host"]
         .iter()

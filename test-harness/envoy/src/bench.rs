@@ -80,7 +80,8 @@ pub struct ProcessSpec {
     /// Cargo package that builds `command` (named in the error when it is missing).
     #[serde(default)]
     pub package: Option<String>,
-    /// Arguments; `{addr}` becomes the `127.0.0.1:<port>` it must listen on.
+    /// Arguments; `{addr}` becomes the `127.0.0.1:<port>` it must listen on, `{root}` the
+    /// workspace root (for files of the scenario, whatever the directory the bench runs in).
     #[serde(default)]
     pub args: Vec<String>,
     /// The cluster speaks HTTP/2 (a gRPC service).
@@ -92,7 +93,10 @@ impl ProcessSpec {
     /// Starts the program and waits until it accepts connections.
     fn start(&self) -> anyhow::Result<LocalProcess> {
         let build = self.package.as_deref().map(|p| format!("cargo build --release -p {p}"));
-        LocalProcess::start(&workspace_root().join(&self.command), &self.args, build.as_deref(), None)
+        let root = workspace_root();
+        let args: Vec<String> =
+            self.args.iter().map(|a| a.replace("{root}", &root.to_string_lossy())).collect();
+        LocalProcess::start(&root.join(&self.command), &args, build.as_deref(), None)
     }
 }
 
