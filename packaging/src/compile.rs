@@ -31,7 +31,7 @@ pub fn module_path(filter: &Filter) -> PathBuf {
 /// `cargo build --release` of every native module that `./scripts/test` runs too, so the `.so`
 /// shipped is the one the tests ran. The error names that script and the package's own build.
 pub fn native_path(filter: &Filter) -> anyhow::Result<PathBuf> {
-    gatewasm_paths::native_module(filter.name).map_err(|missing| {
+    gatewasm_paths::built_native_module(filter.name).map_err(|missing| {
         anyhow::anyhow!("{missing} (`./scripts/package` builds every native module in one cargo invocation)")
     })
 }

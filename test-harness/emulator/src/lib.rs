@@ -72,15 +72,17 @@ pub fn host_call_counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<Str
     pairs.iter().map(|(name, count)| (name.to_string(), *count)).collect()
 }
 
-/// Where the tests of this workspace find built modules: `$GATEWASM_WASM_DIR`, else
-/// `<target>/wasm32-wasip1/release` with the target directory from `$CARGO_TARGET_DIR` or
-/// `<workspace>/target` (the rule the Envoy runner and packaging follow too). Fails (never
-/// skips) with the build command when the module is missing.
+/// The built module of a package of the crate being tested (`gatewasm_paths`: this workspace's,
+/// or a filter crate's outside it, found from `$CARGO_MANIFEST_DIR`): `$GATEWASM_WASM_DIR`, else
+/// `<target>/wasm32-wasip1/release` of that crate's target directory (the rule the Envoy runner
+/// and packaging follow too). A module missing or older than its sources is built first
+/// (`cargo build --release --target wasm32-wasip1 -p <package>`, once per process, under a lock
+/// parallel test processes share); a failed build is an error naming the command and why.
 pub fn wasm_path(name: &str) -> Result<std::path::PathBuf, Error> {
     gatewasm_paths::wasm_module(name).map_err(|missing| Error::Load(missing.to_string()))
 }
 
-/// A builder for the workspace package's built module (found by [`wasm_path`]) with `config` as
+/// A builder for the package's module (found, and built when needed, by [`wasm_path`]) with `config` as
 /// its plugin configuration: what a filter's tests start from before adding their clusters,
 /// clock, properties or log level.
 pub fn for_module(package: &str, config: impl AsRef<[u8]>) -> Result<EmulatorBuilder, Error> {

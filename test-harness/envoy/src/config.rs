@@ -222,8 +222,9 @@ pub enum Target {
 
 impl Target {
     /// The filter entry for `package`'s module on this target, serving plugin `name` (the
-    /// Wasm plugin name and the native `filter_name`) with `configuration`. Errors, naming the
-    /// build command, when the module is not built.
+    /// Wasm plugin name and the native `filter_name`) with `configuration`. The module is built
+    /// first when missing or older than its sources (`gatewasm_paths`: once per process, under
+    /// a lock parallel tests share); errors name the build command and why when it cannot be.
     pub fn filter(self, package: &str, name: &str, configuration: &Value) -> anyhow::Result<HttpFilter> {
         Ok(match self {
             Target::Wasm => {

@@ -16,20 +16,20 @@ use crate::config::{Backend, BootstrapSpec, Cluster, HttpFilter, WasmFilter};
 /// Lines of Envoy's log shown when a start fails or a test panics.
 const LOG_TAIL_LINES: usize = 60;
 
-/// The workspace root.
+/// This repository's root (Envoy in `.venv`, example configurations), whichever crate is tested.
 pub fn workspace_root() -> PathBuf {
     gatewasm_paths::workspace_root()
 }
 
-/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root), else
-/// `<workspace>/target`.
+/// Cargo's target directory for the crate being tested (`gatewasm_paths::Layout::current`).
 pub fn target_dir() -> PathBuf {
     gatewasm_paths::target_dir()
 }
 
 /// Path of a release `wasm32-wasip1` artifact (`file_name`, e.g. `noop_filter.wasm`) of the
-/// workspace package `package`, where the emulator finds it too (`$GATEWASM_WASM_DIR`, else
-/// `<target>/wasm32-wasip1/release`). Errors, naming the build command, when it is not built.
+/// package `package`, where the emulator finds it too (`$GATEWASM_WASM_DIR`, else
+/// `<target>/wasm32-wasip1/release`), built first when missing or stale. Errors, naming the
+/// build command and why, when it cannot be built.
 pub fn wasm_artifact(file_name: &str, package: &str) -> anyhow::Result<PathBuf> {
     Ok(gatewasm_paths::wasm_file(file_name, package)?)
 }
