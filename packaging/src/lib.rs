@@ -9,6 +9,7 @@ pub mod compile;
 pub mod image;
 pub mod manifests;
 pub mod registry;
+pub mod ship;
 
 use sha2::{Digest as _, Sha256};
 

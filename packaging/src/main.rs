@@ -9,9 +9,8 @@ use gatewasm_pack::compile::{self, WasmOpt, DEFAULT_OPT_LEVEL};
 use gatewasm_pack::image::{Format, Image, MODULE_SHA256_ANNOTATION};
 use gatewasm_pack::manifests;
 use gatewasm_pack::registry::{self, Credentials, Target, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
-use gatewasm_pack::{
-    check_module, check_native_module, sha256_hex, sha256sum_line, shipped, Filter, BUNDLE, SHIPPED,
-};
+use gatewasm_pack::ship::Shipping;
+use gatewasm_pack::{sha256_hex, shipped, Filter, BUNDLE, SHIPPED};
 
 const USAGE: &str = "\
 gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push them.
@@ -124,16 +123,17 @@ fn out_dir(o: &Options) -> PathBuf {
 }
 
 fn tag(o: &Options) -> anyhow::Result<String> {
-    let tag = o.tag.clone().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
-    // OCI distribution spec tag grammar: [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}
-    let ok = !tag.is_empty()
-        && tag.len() <= 128
-        && !tag.starts_with(['.', '-'])
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !ok {
-        bail!("--tag {tag:?} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-]*, at most 128 characters)");
+    gatewasm_pack::ship::check_tag(o.tag.clone().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()))
+}
+
+fn shipping<'a>(o: &'a Options, out: &'a Path, tag: &'a str) -> Shipping<'a> {
+    Shipping {
+        out,
+        tag,
+        format: o.format,
+        wasm_opt: o.wasm_opt,
+        opt_level: o.opt_level.as_deref().unwrap_or(DEFAULT_OPT_LEVEL),
     }
-    Ok(tag)
 }
 
 fn selected(o: &Options) -> anyhow::Result<Vec<Filter>> {
@@ -163,78 +163,31 @@ fn package(o: &Options) -> anyhow::Result<()> {
             format!("reading {} (build it: {})", path.display(), gatewasm_paths::build_command(f.name))
         })?;
         package_one(o, f.name, &module, &path, &tag)?;
-        if let Some(file) = f.native_file() {
-            package_native(o, f, &file)?;
+        if f.native {
+            package_native(o, f, &tag)?;
         }
     }
     Ok(())
 }
 
-/// Copies a filter's native module to `DIR/lib<name>.so` and writes its sha256 next to it, as
-/// the line `sha256sum -c` reads.
-fn package_native(o: &Options, f: &Filter, file: &str) -> anyhow::Result<()> {
+/// Copies a filter's native module, as built, to `DIR/lib<name>.so` with its sha256 next to it.
+fn package_native(o: &Options, f: &Filter, tag: &str) -> anyhow::Result<()> {
     let path = compile::native_path(f)?;
-    let module = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    check_native_module(&module, &path.display().to_string())?;
     let out = out_dir(o);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let dest = out.join(file);
-    std::fs::write(&dest, &module).with_context(|| format!("writing {}", dest.display()))?;
-    let sum = out.join(format!("{file}.sha256"));
-    std::fs::write(&sum, sha256sum_line(&module, file))
-        .with_context(|| format!("writing {}", sum.display()))?;
-    println!("  native module    {} ({} bytes, from {})", dest.display(), module.len(), path.display());
-    println!("  native sha256    {}  ({})", sha256_hex(&module), sum.display());
-    println!(
-        "                   -> the module loader's check (envoyfilter-native.yaml, Envoy Gateway's EnvoyProxy); \
-         Envoy `module.remote.sha256`"
-    );
-    Ok(())
+    shipping(o, &out, tag).native(f.name, &path)
 }
 
 fn package_file(o: &Options) -> anyhow::Result<()> {
     let module_path = o.module.clone().context("file: give the module path (see --help)")?;
     let name = o.name.clone().context("file: --name NAME is required")?;
-    if name.is_empty()
-        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    {
-        bail!("--name {name:?}: use lower-case letters, digits, '.', '_' and '-' (an image name)");
-    }
+    gatewasm_pack::ship::check_name(&name)?;
     let module = std::fs::read(&module_path).with_context(|| format!("reading {}", module_path.display()))?;
     package_one(o, &name, &module, &module_path, &tag(o)?)
 }
 
 fn package_one(o: &Options, name: &str, module: &[u8], source: &Path, tag: &str) -> anyhow::Result<()> {
-    check_module(module, &source.display().to_string())?;
     let out = out_dir(o);
-    let level = o.opt_level.as_deref().unwrap_or(DEFAULT_OPT_LEVEL);
-    let scratch = out.join(".wasm-opt").join(name);
-    let (module, optimized) = compile::optimize(module, o.wasm_opt, level, &scratch)?;
-    let _ = std::fs::remove_dir_all(out.join(".wasm-opt"));
-    let image = Image::build(name, &module, o.format)?;
-    let layout = out.join(name);
-    image.write_layout(&layout, tag)?;
-    let module_file = out.join(format!("{name}.wasm"));
-    std::fs::write(&module_file, &module).with_context(|| format!("writing {}", module_file.display()))?;
-    let module_sha = sha256_hex(&module);
-    let digest = image.digest();
-    let digest_hex = digest.trim_start_matches("sha256:");
-    println!(
-        "{name}: {}; module {}",
-        o.format,
-        optimized
-            .map_or_else(|| "as cargo built it (no wasm-opt)".to_owned(), |v| format!("optimised by {v}"))
-    );
-    println!("  layout           {} (tag {tag})", layout.display());
-    println!("  module           {} ({} bytes)", module_file.display(), module.len());
-    println!("  module sha256    {module_sha}");
-    println!(
-        "                   -> Envoy `remote` code source sha256; WasmPlugin spec.sha256 for http(s):// URLs"
-    );
-    println!("  manifest digest  {digest}");
-    println!("                   -> WasmPlugin spec.sha256 for oci:// URLs: {digest_hex}");
-    println!("                      (or pin the URL: oci://<registry>/{name}@{digest})");
-    Ok(())
+    shipping(o, &out, tag).module(name, module, source)
 }
 
 fn registry_arg(o: &Options, command: &str) -> anyhow::Result<String> {

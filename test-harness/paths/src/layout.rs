@@ -60,8 +60,15 @@ impl std::error::Error for LayoutError {}
 impl Layout {
     /// The layout of the workspace holding `dir` (a crate's directory, or any directory below
     /// it), from `cargo metadata --no-deps` run there. `$CARGO_TARGET_DIR` is honoured; a
-    /// relative value is taken from `base`, the directory cargo runs in (see [`resolve_target_dir`]).
+    /// relative value is taken from `base`, the directory cargo runs in: what a tool that runs
+    /// cargo itself passes.
     pub fn discover(dir: &Path, base: &Path) -> Result<Layout, LayoutError> {
+        Layout::discover_from(dir, base, None)
+    }
+
+    /// [`Layout::discover`] for a process cargo started (`exe`: this executable), where a
+    /// relative `$CARGO_TARGET_DIR` is found above the executable ([`resolve_target_dir`]).
+    fn discover_from(dir: &Path, base: &Path, exe: Option<&Path>) -> Result<Layout, LayoutError> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(&cargo)
             .args(["metadata", "--no-deps", "--format-version", "1"])
@@ -78,12 +85,11 @@ impl Layout {
         }
         let metadata: Metadata = serde_json::from_slice(&out.stdout)
             .map_err(|e| LayoutError(format!("reading `cargo metadata` of {}: {e}", dir.display())))?;
-        let exe = std::env::current_exe().ok();
         let target_dir = resolve_target_dir(
             &metadata.target_directory,
             base,
             std::env::var_os("CARGO_TARGET_DIR").as_deref(),
-            exe.as_deref(),
+            exe,
         );
         Ok(Layout { workspace_root: metadata.workspace_root, target_dir, packages: metadata.packages })
     }
@@ -100,7 +106,8 @@ impl Layout {
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(|| cwd.clone());
-            Layout::discover(&crate_dir, &cwd).unwrap_or_else(|_| Layout::repository())
+            let exe = std::env::current_exe().ok();
+            Layout::discover_from(&crate_dir, &cwd, exe.as_deref()).unwrap_or_else(|_| Layout::repository())
         })
     }
 
