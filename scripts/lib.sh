@@ -17,7 +17,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # Warns (does not stop) when the disk holding target/ has less free space than a clean build
 # and test run needs: the linker then dies with a bus error deep into the build, which says
 # nothing about why.
-NEEDED_DISK_GIB=7
+NEEDED_DISK_GIB=8
 check_disk() {
     local free_kib
     free_kib=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
