@@ -319,6 +319,21 @@ impl ExtAuthFilter {
 }
 
 impl ExtAuthFilter {
+    /// The reply when an allowing answer's headers take the request (`count` headers, `bytes`
+    /// bytes) over Envoy's header limits; `None` within them.
+    fn over_header_limits(&mut self, count: usize, bytes: usize) -> Option<Flow> {
+        let settings = &self.plugin.settings;
+        if count <= settings.max_request_headers_count
+            && bytes <= settings.max_request_headers_kb.saturating_mul(1024)
+        {
+            return None;
+        }
+        log::info!("ext_auth: the answer's headers take the request to {count} headers, {bytes} bytes");
+        self.plugin.counters.error.inc();
+        self.state = State::Done;
+        Some(Flow::Reply(check::too_many_headers_reply(settings)))
+    }
+
     /// Holds the headers and lets the body reach the filter; `check` goes out with the body.
     fn wait_for_body(&mut self, stream: &mut Stream, check: Check) -> Flow {
         let plugin = &self.plugin;
@@ -342,15 +357,8 @@ impl ExtAuthFilter {
                     let request = self.request.iter().flat_map(|r| r.headers().iter_bytes());
                     grpc::size_after(request, &settings.strip, &changes)
                 };
-                if count > settings.max_request_headers_count
-                    || bytes > settings.max_request_headers_kb.saturating_mul(1024)
-                {
-                    log::info!(
-                        "ext_auth: the answer's headers take the request to {count} headers, {bytes} bytes"
-                    );
-                    plugin.counters.error.inc();
-                    self.state = State::Done;
-                    return Flow::Reply(check::too_many_headers_reply(settings));
+                if let Some(reply) = self.over_header_limits(count, bytes) {
+                    return reply;
                 }
                 let request = stream.request_headers();
                 for change in &changes.upstream {
@@ -538,15 +546,8 @@ impl HttpFilter for ExtAuthFilter {
                     let request = self.request.iter().flat_map(|r| r.headers().iter_bytes());
                     check::size_after(request, &settings.strip, &allow)
                 };
-                if count > settings.max_request_headers_count
-                    || bytes > settings.max_request_headers_kb.saturating_mul(1024)
-                {
-                    log::info!(
-                        "ext_auth: the answer's headers take the request to {count} headers, {bytes} bytes"
-                    );
-                    plugin.counters.error.inc();
-                    self.state = State::Done;
-                    return Flow::Reply(check::too_many_headers_reply(settings));
+                if let Some(reply) = self.over_header_limits(count, bytes) {
+                    return reply;
                 }
                 if let Err((name, status)) = apply_upstream(stream, &allow) {
                     // The upstream must get every identity the answer gave, or none of the
