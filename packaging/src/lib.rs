@@ -32,7 +32,7 @@ impl Filter {
     /// The file name of its native module, `lib<name with _>.so` (what cargo writes, and what
     /// Envoy's `dynamic_module_config.name` looks for); `None` for a Wasm-only module.
     pub fn native_file(&self) -> Option<String> {
-        self.native.then(|| format!("lib{}.so", gatewasm_paths::native_module_name(self.name)))
+        self.native.then(|| ship::native_file(self.name))
     }
 }
 

@@ -1,16 +1,14 @@
 //! `gatewasm-pack`: package the shipped filters as OCI images and push them. Run `--help`.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use gatewasm_pack::compile::{self, WasmOpt, DEFAULT_OPT_LEVEL};
-use gatewasm_pack::image::{Format, Image, MODULE_SHA256_ANNOTATION};
+use gatewasm_pack::image::Format;
 use gatewasm_pack::manifests;
-use gatewasm_pack::registry::{self, Credentials, Target, PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV};
-use gatewasm_pack::ship::Shipping;
-use gatewasm_pack::{sha256_hex, shipped, Filter, BUNDLE, SHIPPED};
+use gatewasm_pack::ship::{self, Push, Render, Shipping};
+use gatewasm_pack::{shipped, Filter, BUNDLE, SHIPPED};
 
 const USAGE: &str = "\
 gatewasm-pack: package proxy-wasm filters as reproducible OCI images and push them.
@@ -193,67 +191,37 @@ fn package_one(o: &Options, name: &str, module: &[u8], source: &Path, tag: &str)
 fn registry_arg(o: &Options, command: &str) -> anyhow::Result<String> {
     let registry = o
         .registry
-        .clone()
+        .as_deref()
         .with_context(|| format!("{command}: --registry HOST[:PORT][/PATH] is required"))?;
-    let registry = registry.trim_end_matches('/').to_owned();
-    let path_has_colon = registry.split_once('/').is_some_and(|(_, path)| path.contains(':'));
-    if registry.is_empty() || registry.contains("://") || registry.contains('@') || path_has_colon {
-        bail!("--registry {registry:?}: give HOST[:PORT][/PATH] without a scheme, tag or digest");
-    }
-    Ok(registry)
+    ship::check_registry(registry)
 }
 
 fn manifests(o: &Options) -> anyhow::Result<()> {
     let registry = registry_arg(o, "manifests")?;
     let filters = selected(o)?;
     let out = out_dir(o);
-    let source = compile::workspace_root().join(manifests::MANIFESTS_DIR);
-    let dest = out.join("istio");
+    let root = compile::workspace_root();
+    let source = root.join(manifests::MANIFESTS_DIR);
+    let default_tag = tag(o)?;
+    let render = Render {
+        out: &out,
+        registry: &registry,
+        tag: o.tag.as_deref(),
+        default_tag: &default_tag,
+        command: "gatewasm-pack manifests",
+        root: &root,
+    };
+    let dest = render.dest();
     let mut rendered = Vec::new();
     for f in &filters {
-        let (image, layout_tag) = Image::read_layout(&out.join(f.name))
-            .with_context(|| format!("{}: reading its layout (run `gatewasm-pack package` first)", f.name))?;
-        let tag = match (&o.tag, layout_tag) {
-            (Some(_), _) | (None, None) => tag(o)?,
-            (None, Some(t)) => t,
-        };
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&image.manifest.data).context("parsing the image manifest")?;
-        let module_sha256 = manifest
-            .pointer(&format!("/annotations/{}", MODULE_SHA256_ANNOTATION.replace('/', "~1")))
-            .and_then(serde_json::Value::as_str)
-            .with_context(|| format!("{}: the image manifest has no {MODULE_SHA256_ANNOTATION}", f.name))?;
-        let native_sha256: Vec<(&str, String)> =
-            if f.native { vec![(f.name, packaged_native_sha256(&out, f)?)] } else { Vec::new() };
-        let r = manifests::Rendering {
-            registry: &registry,
-            tag: &tag,
-            manifest_digest: image.digest().trim_start_matches("sha256:"),
-            module_sha256,
-            native_sha256: &native_sha256,
-        };
-        let files =
-            manifests::RENDERED_FILES.iter().chain(if f.native { manifests::NATIVE_FILES } else { &[] });
-        let mut images = format!("the digests of the image in {}", out.join(f.name).display());
-        if let Some(file) = f.native_file() {
-            images.push_str(&format!(" and of {}", out.join(file).display()));
-        }
-        for file in files {
-            render_file(&source, &dest, f.name, file, &r, &images)?;
-        }
-        println!("{}: {}", f.name, dest.join(f.name).display());
-        println!("  WasmPlugin       url: oci://{registry}/{}:{tag}", f.name);
-        println!("                   sha256: {}  (manifest digest)", r.manifest_digest);
-        println!("  TrafficExtension wasm.url and wasm.sha256: the same");
-        println!("  EnvoyFilter      sha256: {module_sha256}  (module)");
+        let r = render
+            .filter(f.name, &source.join(f.name), env!("CARGO_PKG_VERSION"), f.native)
+            .context("run `gatewasm-pack package` first")?;
         if f.name == BUNDLE {
             println!(
                 "                   vm_id: {BUNDLE}-{}  (the same in the five)",
-                manifests::vm_id_suffix(module_sha256)
+                manifests::vm_id_suffix(&r.module_sha256)
             );
-        }
-        for (_, sha) in &native_sha256 {
-            println!("  native loader    sha256: {sha}  (native module, native-loader.yaml)");
         }
         rendered.push(f.name);
     }
@@ -262,29 +230,24 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
     if o.filters.is_empty() {
         let mut natives = Vec::new();
         for f in filters.iter().filter(|f| f.native) {
-            natives.push((f.name, packaged_native_sha256(&out, f)?));
+            natives.push((f.name, ship::packaged_native_sha256(&out, f.name)?));
         }
         let r = manifests::Rendering {
             registry: &registry,
-            tag: &tag(o)?,
+            tag: &default_tag,
             manifest_digest: "",
             module_sha256: "",
             native_sha256: &natives,
         };
         let what = format!("the native modules in {}", out.display());
+        let folder = source.join(manifests::ENVOY_GATEWAY_DIR);
         for file in manifests::ENVOY_GATEWAY_FILES {
-            render_file(&source, &dest, manifests::ENVOY_GATEWAY_DIR, file, &r, &what)?;
+            render.file(&folder, manifests::ENVOY_GATEWAY_DIR, file, env!("CARGO_PKG_VERSION"), &r, &what)?;
         }
         println!("{}: {}", manifests::ENVOY_GATEWAY_DIR, dest.join(manifests::ENVOY_GATEWAY_DIR).display());
         println!("  EnvoyProxy       the native modules' sha256s in its init containers");
     }
-    let server = source.join("module-server");
-    let server_out = dest.join("module-server");
-    std::fs::create_dir_all(&server_out).with_context(|| format!("creating {}", server_out.display()))?;
-    for file in ["module-server.yaml", "kustomization.yaml"] {
-        std::fs::copy(server.join(file), server_out.join(file))
-            .with_context(|| format!("copying {}", server.join(file).display()))?;
-    }
+    render.module_server(&source)?;
     let mut kustomization = String::from(
         "# kubectl apply -k: every rendered filter as a WasmPlugin (written by gatewasm-pack manifests).\n\
          apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
@@ -310,43 +273,6 @@ fn manifests(o: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sha256 of the native module `package` wrote for `f` in `out`.
-fn packaged_native_sha256(out: &Path, f: &Filter) -> anyhow::Result<String> {
-    let file = f.native_file().with_context(|| format!("{}: has no native module", f.name))?;
-    let path = out.join(file);
-    let module = std::fs::read(&path).with_context(|| {
-        format!("{}: reading {} (run `gatewasm-pack package` first)", f.name, path.display())
-    })?;
-    Ok(sha256_hex(&module))
-}
-
-/// Renders `source/<folder>/<file>` into `dest/<folder>/<file>` with `r`, under a header that
-/// says where the values come from (`values`).
-fn render_file(
-    source: &Path,
-    dest: &Path,
-    folder: &str,
-    file: &str,
-    r: &manifests::Rendering<'_>,
-    values: &str,
-) -> anyhow::Result<()> {
-    let from = source.join(folder).join(file);
-    let to = dest.join(folder);
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    let text =
-        std::fs::read_to_string(&from).with_context(|| format!("{folder}: reading {}", from.display()))?;
-    let header = format!(
-        "# {}/{folder}/{file}, written by `gatewasm-pack manifests` with registry {}, tag {}\n\
-         # and {values} (edit the committed file, not this one).\n",
-        manifests::MANIFESTS_DIR,
-        r.registry,
-        r.tag,
-    );
-    let text = manifests::render(&text, folder, env!("CARGO_PKG_VERSION"), r, &header)
-        .with_context(|| format!("rendering {}", from.display()))?;
-    std::fs::write(to.join(file), text).with_context(|| format!("writing {}", to.join(file).display()))
-}
-
 fn push(o: &Options) -> anyhow::Result<()> {
     let registry = registry_arg(o, "push")?;
     let names: Vec<String> = if o.filters.is_empty() {
@@ -354,39 +280,17 @@ fn push(o: &Options) -> anyhow::Result<()> {
     } else {
         o.filters.clone()
     };
-    let password = if o.password_stdin {
-        let mut p = String::new();
-        std::io::stdin().read_to_string(&mut p).context("--password-stdin: reading the password")?;
-        Some(p.trim_end_matches(['\n', '\r']).to_owned())
-    } else {
-        std::env::var(PASSWORD_ENV).ok()
+    let default_tag = tag(o)?;
+    let push = Push {
+        registry: &registry,
+        tag: o.tag.as_deref(),
+        default_tag: &default_tag,
+        plain_http: o.plain_http,
+        credentials: ship::credentials(o.username.clone(), o.password_stdin)?,
     };
-    let username = o.username.clone().or_else(|| std::env::var(USERNAME_ENV).ok());
-    let credentials = Credentials::resolve(username, password, std::env::var(TOKEN_ENV).ok())?;
     let out = out_dir(o);
     for name in &names {
-        let layout = out.join(name);
-        let (image, layout_tag) =
-            Image::read_layout(&layout).with_context(|| format!("--filter {name:?}: reading its layout"))?;
-        let tag = match (&o.tag, layout_tag) {
-            (Some(_), _) | (None, None) => tag(o)?,
-            (None, Some(t)) => t,
-        };
-        let target = Target {
-            reference: format!("{registry}/{name}:{tag}"),
-            plain_http: o.plain_http,
-            credentials: credentials.clone(),
-        };
-        let pushed = registry::push_blocking(&image, &target)?;
-        let hex = pushed.manifest_digest.trim_start_matches("sha256:");
-        println!(
-            "pushed {} ({} blobs uploaded, {} already there)",
-            pushed.reference, pushed.uploaded, pushed.already_present
-        );
-        println!("  manifest digest  {}", pushed.manifest_digest);
-        println!("  WasmPlugin       url: oci://{}", pushed.reference);
-        println!("                   sha256: {hex}");
-        println!("  pinned           oci://{registry}/{name}@{}", pushed.manifest_digest);
+        push.layout(&out, name).with_context(|| format!("--filter {name:?}"))?;
     }
     println!("Istio manifests with these images: gatewasm-pack manifests --registry {registry}");
     Ok(())

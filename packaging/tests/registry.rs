@@ -6,114 +6,18 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::{assert_success, pack_ok, pack_with, require_tool, shipped_modules, untar_gz};
+use gatewasm_envoy::registry::Registry;
 use gatewasm_pack::image::{
     Format, Image, IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
     WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
 };
 use gatewasm_pack::registry::{push_blocking, Credentials, Target, PASSWORD_ENV, USERNAME_ENV};
 use serde_json::Value;
-
-/// A `docker-registry` process with its own config; stopped and its storage removed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Starts a registry; with `user`, basic auth from an htpasswd file (bcrypt) holding that
-    /// user and password.
-    fn start(user: Option<(&str, &str)>) -> Registry {
-        require_tool("docker-registry", "docker-registry");
-        let mut last_log = String::new();
-        for _attempt in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let mut config = format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: gatewasm-test-only\n",
-                dir.path().join("data").display()
-            );
-            if let Some((name, password)) = user {
-                let hash = bcrypt::hash(password, 4).unwrap();
-                std::fs::write(dir.path().join("htpasswd"), format!("{name}:{hash}\n")).unwrap();
-                config += &format!(
-                    "auth:\n  htpasswd:\n    realm: gatewasm-test\n    path: {}\n",
-                    dir.path().join("htpasswd").display()
-                );
-            }
-            let config_path = dir.path().join("config.yml");
-            std::fs::write(&config_path, config).unwrap();
-            let log_path = dir.path().join("registry.log");
-            let log = std::fs::File::create(&log_path).unwrap();
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting docker-registry: {e}"));
-            let mut registry = Registry { child, port, dir };
-            if registry.wait_ready() {
-                return registry;
-            }
-            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            // Drop stops it; retry on another port (the free port may have been taken meanwhile).
-        }
-        panic!("docker-registry did not become ready; its log:\n{last_log}");
-    }
-
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if let Some(status) = http_status(self.port, "/v2/") {
-                return status == 200 || status == 401;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Status code of a plain GET on the loopback registry, if it answers.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
-}
 
 /// Runs skopeo with `args`; returns stdout, failing with both streams.
 fn skopeo(args: &[&str]) -> Vec<u8> {
@@ -176,7 +80,7 @@ fn out_path(dir: &tempfile::TempDir) -> PathBuf {
 #[test]
 fn push_every_image_pull_back_with_skopeo_and_push_again() {
     require_tool("skopeo", "skopeo");
-    let registry = Registry::start(None);
+    let registry = Registry::start(None).unwrap();
     let work = tempfile::tempdir().unwrap();
     let out = out_path(&work);
     let out_s = out.to_str().unwrap();
@@ -228,7 +132,7 @@ fn push_every_image_pull_back_with_skopeo_and_push_again() {
 fn basic_auth_push_and_pull_and_wrong_password_fails() {
     require_tool("skopeo", "skopeo");
     let password = "s3cret-Pa55word";
-    let registry = Registry::start(Some(("gatewasm", password)));
+    let registry = Registry::start(Some(("gatewasm", password))).unwrap();
     let work = tempfile::tempdir().unwrap();
     let out = out_path(&work);
     let out_s = out.to_str().unwrap();

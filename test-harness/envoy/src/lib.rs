@@ -23,6 +23,7 @@ mod client;
 mod config;
 mod grpc_upstream;
 mod process;
+pub mod registry;
 mod runner;
 mod upstream;
 

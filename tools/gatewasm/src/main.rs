@@ -12,7 +12,8 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use gatewasm_pack::compile::{WasmOpt, DEFAULT_OPT_LEVEL};
 use gatewasm_pack::image::Format;
-use gatewasm_pack::ship::{check_tag, Shipping};
+use gatewasm_pack::manifests::{MANIFESTS_DIR, NATIVE_FILES};
+use gatewasm_pack::ship::{check_registry, check_tag, credentials, native_file, Push, Render, Shipping};
 use gatewasm_paths::{Kind, Layout, Package};
 
 /// Scaffold, build, test and package proxy-wasm filters written on the gatewasm SDK.
@@ -78,6 +79,57 @@ enum Cmd {
         #[command(flatten)]
         select: Select,
     },
+    /// Push the image layout `package` wrote (`<out>/<name>/`) to a registry as
+    /// `<registry>/<name>:<tag>`; print the digest a WasmPlugin pins.
+    Push {
+        #[command(flatten)]
+        image: Published,
+        /// Plain HTTP, for a registry on this machine.
+        #[arg(long)]
+        plain_http: bool,
+        /// Basic-auth user (or `$GATEWASM_REGISTRY_USERNAME`); the password from
+        /// `--password-stdin` or `$GATEWASM_REGISTRY_PASSWORD`; a bearer token from
+        /// `$GATEWASM_REGISTRY_TOKEN` instead. Never printed.
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Write the crate's Istio manifests (its `istio/` folder; for this repository's filters,
+    /// `istio-envoyfilters/<name>/`) to `<out>/istio/<name>/` with the registry, the tag and the
+    /// digests of what `package` wrote: WasmPlugin and TrafficExtension carry the image's
+    /// manifest digest, EnvoyFilter the module's sha256, the native forms the native module's.
+    Manifests {
+        #[command(flatten)]
+        image: Published,
+        #[command(flatten)]
+        select: Select,
+    },
+}
+
+/// Where a packaged image is, and where it is (or goes) in a registry.
+#[derive(clap::Args)]
+struct Published {
+    /// The registry: `HOST[:PORT][/PATH]`, without a scheme.
+    #[arg(long)]
+    registry: String,
+    /// Where `package` wrote the image (default `<target>/oci`); manifests go to `<out>/istio/`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The tag (default: the layout's own, the crate's version).
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+impl Published {
+    /// The checked registry and the output directory of `layout`.
+    fn resolve(&self, layout: &Layout) -> anyhow::Result<(String, PathBuf)> {
+        let registry = check_registry(&self.registry)?;
+        Ok((registry, self.out.clone().unwrap_or_else(|| layout.target_dir.join("oci"))))
+    }
 }
 
 /// Which package a command works on.
@@ -136,7 +188,65 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Push { image, plain_http, username, password_stdin, select } => {
+            let (layout, package) = selected(&select)?;
+            let (registry, out) = image.resolve(&layout)?;
+            let push = Push {
+                registry: &registry,
+                tag: image.tag.as_deref(),
+                default_tag: &package.version,
+                plain_http,
+                credentials: credentials(username, password_stdin)?,
+            };
+            push.layout(&out, &package.name).context("run `gatewasm package` first")?;
+            println!("Istio manifests with this image: gatewasm manifests --registry {registry}");
+            Ok(())
+        }
+        Cmd::Manifests { image, select } => {
+            let (layout, package) = selected(&select)?;
+            let (registry, out) = image.resolve(&layout)?;
+            manifests(&layout, &package, &out, &registry, image.tag.as_deref())
+        }
     }
+}
+
+/// Renders the package's manifests: its own `istio/` folder, else this repository's
+/// `istio-envoyfilters/<name>/` when the package is one of this workspace's filters. The native
+/// forms are rendered when `package` wrote the native module.
+fn manifests(
+    layout: &Layout,
+    package: &Package,
+    out: &Path,
+    registry: &str,
+    tag: Option<&str>,
+) -> anyhow::Result<()> {
+    let own = package.dir().join("istio");
+    let repository = layout.workspace_root.join(MANIFESTS_DIR).join(&package.name);
+    let (source, root) = if own.is_dir() {
+        (own, package.dir())
+    } else if repository.is_dir() {
+        (repository, layout.workspace_root.as_path())
+    } else {
+        bail!("{}: no Istio manifests in {} (`gatewasm new` writes them there)", package.name, own.display());
+    };
+    let native = out.join(native_file(&package.name)).is_file();
+    let render =
+        Render { out, registry, tag, default_tag: &package.version, command: "gatewasm manifests", root };
+    let rendered = render
+        .filter(&package.name, &source, &package.version, native)
+        .context("run `gatewasm package` first")?;
+    if !native {
+        println!("  (no native forms: {} was not packaged)", out.join(native_file(&package.name)).display());
+    }
+    // The EnvoyFilter and native forms fetch modules from this checkout's module server.
+    let fetched =
+        ["envoyfilter.yaml"].iter().chain(NATIVE_FILES).any(|f| rendered.files.iter().any(|r| r == f));
+    if fetched {
+        render.module_server(&scaffold::checkout().join(MANIFESTS_DIR))?;
+        println!("  module server    {}", render.dest().join("module-server").display());
+    }
+    println!("apply: kubectl apply -k {}", rendered.dir.display());
+    Ok(())
 }
 
 fn new(dir: &Path, name: Option<String>) -> anyhow::Result<()> {

@@ -13,6 +13,9 @@ const FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../template/src/lib.rs")),
     ("tests/emulator.rs", include_str!("../template/tests/emulator.rs")),
     ("tests/envoy.rs", include_str!("../template/tests/envoy.rs")),
+    ("istio/wasmplugin.yaml", include_str!("../template/istio/wasmplugin.yaml")),
+    ("istio/trafficextension.yaml", include_str!("../template/istio/trafficextension.yaml")),
+    ("istio/kustomization.yaml", include_str!("../template/istio/kustomization.yaml")),
 ];
 
 /// This checkout's root: the SDK and the harness the new crate depends on by path.
