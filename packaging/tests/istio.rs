@@ -14,7 +14,8 @@ use std::process::Command;
 use common::manifests::{
     assert_each_refused, check_requests, expectations, filters, manifests_dir, module_server,
     native_module_bytes, one_doc, run_loader, run_native, start_services, str_at, with_loader_sha256,
-    with_module_dir, yaml_docs, yaml_docs_str, yaml_files, BrokenCase, CrdSchemas, Expect, MODULE_MOUNT,
+    with_module_dir, yaml_docs, yaml_docs_str, yaml_files, yaml_files_in, BrokenCase, CrdSchemas, Expect,
+    MODULE_MOUNT,
 };
 use gatewasm_envoy::{Cluster, EchoUpstream, Envoy, EnvoyBuilder, Request, STRIP_MODULE_STAT_PREFIX};
 use gatewasm_pack::compile::workspace_root;
@@ -274,6 +275,36 @@ fn every_manifest_matches_istio_crd_schemas() {
         }
     }
     assert!(checked >= KINDS.len() * filters().len(), "{checked} manifests checked");
+}
+
+/// The Istio manifests `gatewasm new` writes into a crate (tools/gatewasm/template/istio/, the
+/// crate's name put in) match the CRDs too, and name the placeholders `gatewasm manifests` fills.
+#[test]
+fn the_scaffolds_manifests_match_istio_crd_schemas() {
+    let validator = Validator::new();
+    let template = workspace_root().join("tools/gatewasm/template/istio");
+    let mut checked = Vec::new();
+    for path in yaml_files_in(&template) {
+        let text = std::fs::read_to_string(&path).unwrap().replace("{{name}}", "tenant-guard");
+        assert!(!text.contains("{{"), "{}: a placeholder other than {{{{name}}}}", path.display());
+        for doc in yaml_docs_str(&text).unwrap() {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+            if !KINDS.contains(&kind.as_str()) {
+                continue;
+            }
+            let errors = validator.errors(&doc);
+            assert!(errors.is_empty(), "{}: {kind}:\n{}", path.display(), errors.join("\n"));
+            assert!(
+                text.contains(&format!("oci://{PLACEHOLDER_REGISTRY}/tenant-guard:0.1.0\n")),
+                "{}",
+                path.display()
+            );
+            assert!(text.contains(MANIFEST_DIGEST_MARK), "{}", path.display());
+            checked.push(kind);
+        }
+    }
+    checked.sort();
+    assert_eq!(checked, ["TrafficExtension", "WasmPlugin"]);
 }
 
 /// Attaches a manifest to the Gateway API Gateway `gw` by `targetRefs`.
