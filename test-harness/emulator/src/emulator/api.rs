@@ -226,6 +226,18 @@ impl Emulator {
         })
     }
 
+    /// How long until this VM's next tick or callout timeout, if it has one (the gateway
+    /// interleaves the clocks of its modules with it).
+    pub(crate) fn next_event(&self) -> Option<Duration> {
+        self.with(|i| {
+            let st = i.store.data();
+            let http = st.http_calls.values().filter_map(|c| c.deadline);
+            let grpc = st.grpc_calls.values().filter_map(|c| c.deadline);
+            let next = http.chain(grpc).chain(st.next_tick).min()?;
+            Some(Duration::from_nanos(next.saturating_sub(st.monotonic_ns)))
+        })
+    }
+
     /// The current emulated wall-clock time.
     pub fn now(&self) -> SystemTime {
         self.with(|i| UNIX_EPOCH + Duration::from_nanos(i.store.data().realtime_ns))
@@ -517,6 +529,35 @@ impl Stream {
             let _ = i.ensure_created(id);
             if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
                 s.properties.insert(path.key(), value.as_ref().to_vec());
+            }
+        })
+    }
+
+    /// Sets `response.code_details` for this stream: what Envoy's stream info says of a
+    /// response another filter (or Envoy itself) produced.
+    pub(crate) fn set_code_details(&self, details: &str) {
+        self.with(|i, id| {
+            let _ = i.ensure_created(id);
+            if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
+                s.code_details = Some(details.to_string());
+            }
+        })
+    }
+
+    /// Gives the log phase Envoy's access-log view: the request headers as the connection
+    /// manager holds them after every filter, and the response headers the client got (one
+    /// map for the whole chain in Envoy; one copy per VM here). Creates the context when the
+    /// filter never saw the request, as Envoy does for logging.
+    pub(crate) fn set_log_view(&self, request: &[(String, String)], response: Option<&[(String, String)]>) {
+        self.with(|i, id| {
+            let _ = i.ensure_created(id);
+            if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
+                s.req.headers = HeaderMap::from_pairs(request, true);
+                s.req.headers_seen = true;
+                if let Some(response) = response {
+                    s.resp.headers = HeaderMap::from_pairs(response, false);
+                    s.resp.headers_seen = true;
+                }
             }
         })
     }
