@@ -331,8 +331,19 @@ fn check_access_log(gw: &mut impl DemoGateway) -> anyhow::Result<()> {
     }
 }
 
-/// Counters from Envoy's `/stats/prometheus` text: `(name, labels, value)` for each sample line.
-pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, u64)> {
+/// One sample of Envoy's `/stats/prometheus` text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The series name.
+    pub name: String,
+    /// Its labels, in the order Envoy printed them.
+    pub labels: Vec<(String, String)>,
+    /// Its value (counters and gauges; other samples are skipped).
+    pub value: u64,
+}
+
+/// The integer samples of Envoy's `/stats/prometheus` text.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else { continue };
@@ -341,7 +352,7 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, u64)>
             Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}').unwrap_or(rest))),
             None => (series, Vec::new()),
         };
-        out.push((name.to_string(), labels, value));
+        out.push(Sample { name: name.to_string(), labels, value });
     }
     out
 }
@@ -390,9 +401,9 @@ mod tests {
         let text = "# TYPE x counter\nhello_requests_total{method=\"GET\"} 13\nplain 2\nq{path=\"/a,\\\"b\",code=\"200\"} 1\n";
         let samples = parse_prometheus(text);
         assert_eq!(samples.len(), 3);
-        assert!(same_labels(&samples[0].1, &[("method", "GET")]));
-        assert_eq!(samples[0].2, 13);
-        assert_eq!(samples[1], ("plain".to_string(), Vec::new(), 2));
-        assert!(same_labels(&samples[2].1, &[("code", "200"), ("path", "/a,\"b")]));
+        assert!(same_labels(&samples[0].labels, &[("method", "GET")]));
+        assert_eq!(samples[0].value, 13);
+        assert_eq!(samples[1], Sample { name: "plain".to_string(), labels: Vec::new(), value: 2 });
+        assert!(same_labels(&samples[2].labels, &[("code", "200"), ("path", "/a,\"b")]));
     }
 }

@@ -83,8 +83,8 @@ impl DemoGateway for EnvoyDemo<'_> {
         let scrape = self.envoy.admin_get("/stats/prometheus")?;
         Ok(parse_prometheus(&scrape)
             .into_iter()
-            .find(|(n, l, _)| n == name && same_labels(l, labels))
-            .map(|(_, _, value)| value))
+            .find(|s| s.name == name && same_labels(&s.labels, labels))
+            .map(|s| s.value))
     }
 
     fn access_log(&mut self) -> anyhow::Result<Vec<serde_json::Value>> {

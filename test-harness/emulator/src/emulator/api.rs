@@ -548,10 +548,18 @@ impl Stream {
     /// manager holds them after every filter, and the response headers the client got (one
     /// map for the whole chain in Envoy; one copy per VM here). Creates the context when the
     /// filter never saw the request, as Envoy does for logging.
-    pub(crate) fn set_log_view(&self, request: &[(String, String)], response: Option<&[(String, String)]>) {
+    /// `upstream_answered`: the route's upstream answered (the `upstream.*` properties then
+    /// answer for every filter, as Envoy's one stream info does).
+    pub(crate) fn set_log_view(
+        &self,
+        request: &[(String, String)],
+        response: Option<&[(String, String)]>,
+        upstream_answered: bool,
+    ) {
         self.with(|i, id| {
             let _ = i.ensure_created(id);
             if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
+                s.upstream_answered = upstream_answered;
                 s.req.headers = HeaderMap::from_pairs(request, true);
                 s.req.headers_seen = true;
                 if let Some(response) = response {

@@ -13,6 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// A response after the encoder filters: headers (`:status` among them), body, who made it.
+type Encoded = (Vec<(String, String)>, Vec<u8>, Source);
+
 /// Answers the requests a route's upstream or a cluster receives.
 pub type HttpHandler = Box<dyn FnMut(&UpstreamRequest) -> Reply>;
 
@@ -426,8 +429,11 @@ impl Gateway {
         }
     }
 
-    /// Filter `i`'s request path: headers (end of stream when there is no body), then the body
-    /// in one chunk, then the clock until it lets them go.
+    /// Filter `i`'s request path: headers (end of stream when there is no body), then the body,
+    /// then the clock until it lets them go. Envoy's HTTP/1.1 codec hands a body over as its
+    /// data without end of stream, then an empty end of stream (the probe, with
+    /// `content-length: 3` and chunked alike: `body_cb=3,false | body_cb=0,true` in every
+    /// filter).
     fn decode(
         &mut self,
         i: usize,
@@ -437,7 +443,8 @@ impl Gateway {
     ) -> Result<()> {
         stream.request_headers(&refs(headers), body.is_empty())?;
         if !body.is_empty() {
-            stream.request_body(body, true)?;
+            stream.request_body(body, false)?;
+            stream.request_body(&[], true)?;
         }
         self.settle(i, stream, Side::Request)
     }
@@ -487,6 +494,9 @@ impl Gateway {
         }
         let name = |g: &Gateway, i: usize| g.filters.get(i).map(|f| f.name.clone()).unwrap_or_default();
         // What goes into the encoder filters before `from` (exclusive), and who made it.
+        // The probe: once the router sent the request, `upstream.address` answers in every
+        // filter's log phase, even when the route timed out or a filter replaced the answer.
+        let upstream_answered = stop.is_none();
         let (response, response_body, source, from) = match stop {
             None => {
                 let upstream = UpstreamRequest::from_map(
@@ -528,17 +538,17 @@ impl Gateway {
             }
             Some(Stop::Reset(i)) => {
                 let source = Source::Reset { filter: name(self, i) };
-                self.log_all(&mut streams, &headers, None, None)?;
+                self.log_all(&mut streams, &headers, None, None, false)?;
                 return Ok(Response { status: 0, headers: Vec::new(), body: Vec::new(), source });
             }
         };
         let (response, response_body, source) =
             self.encode(&mut streams, from, response, response_body, source)?;
         let (status, client_headers) = hcm_response_headers(&response, &http_date(self.now()));
-        let client_headers = with_content_length(client_headers, &response_body);
+        let client_headers = with_content_length(client_headers, status, &response_body);
         let mut logged = vec![(":status".to_string(), status.to_string())];
         logged.extend(client_headers.iter().cloned());
-        self.log_all(&mut streams, &headers, Some(&logged), details(&source))?;
+        self.log_all(&mut streams, &headers, Some(&logged), details(&source), upstream_answered)?;
         Ok(Response { status, headers: client_headers, body: response_body, source })
     }
 
@@ -552,7 +562,7 @@ impl Gateway {
         mut headers: Vec<(String, String)>,
         mut body: Vec<u8>,
         mut source: Source,
-    ) -> Result<(Vec<(String, String)>, Vec<u8>, Source)> {
+    ) -> Result<Encoded> {
         for j in (0..from).rev() {
             let Some(stream) = streams.get_mut(j) else { continue };
             if self.filters.get(j).is_none_or(|f| f.emu.failure().is_some()) {
@@ -562,12 +572,16 @@ impl Gateway {
                 stream.set_code_details(&d);
             }
             let eos = body.is_empty();
-            let r = stream.response_headers(&refs(&headers), eos).and_then(|_| {
-                if eos {
-                    Ok(crate::Action::Continue)
-                } else {
-                    stream.response_body(&body, true)
+            // An upstream's body comes as the request's does from the HTTP/1.1 codec: its data,
+            // then an empty end of stream (the probe: `body=2,false`, then `body=0,true`); a
+            // local reply's in one piece with the end of stream.
+            let from_codec = source == Source::Upstream;
+            let r = stream.response_headers(&refs(&headers), eos).and_then(|_| match (eos, from_codec) {
+                (true, _) => Ok(crate::Action::Continue),
+                (false, true) => {
+                    stream.response_body(&body, false).and_then(|_| stream.response_body(&[], true))
                 }
+                (false, false) => stream.response_body(&body, true),
             });
             tolerate(r.map(|_| ()))?;
             self.settle(j, stream, Side::Response)?;
@@ -601,12 +615,13 @@ impl Gateway {
         request: &[(String, String)],
         response: Option<&[(String, String)]>,
         details: Option<String>,
+        upstream_answered: bool,
     ) -> Result<()> {
         for (f, stream) in self.filters.iter().zip(streams.iter_mut()) {
             if f.emu.failure().is_some() {
                 continue;
             }
-            stream.set_log_view(request, response);
+            stream.set_log_view(request, response, upstream_answered);
             if let Some(d) = &details {
                 stream.set_code_details(d);
             }

@@ -309,9 +309,14 @@ pub(crate) fn hcm_response_headers(headers: &[(String, String)], date: &str) -> 
     (status, out)
 }
 
-/// The codec's `content-length` for a body without one.
-pub(crate) fn with_content_length(mut headers: Vec<(String, String)>, body: &[u8]) -> Vec<(String, String)> {
-    if first(&headers, "content-length").is_none() {
+/// The codec's `content-length` for a body without one; none on a 204 (the probe: a bodiless
+/// local reply got `content-length: 0` with 403 and 503, nothing with 204).
+pub(crate) fn with_content_length(
+    mut headers: Vec<(String, String)>,
+    status: u16,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    if status != 204 && first(&headers, "content-length").is_none() {
         headers.push(("content-length".to_string(), body.len().to_string()));
     }
     headers
@@ -319,28 +324,7 @@ pub(crate) fn with_content_length(mut headers: Vec<(String, String)>, body: &[u8
 
 /// An IMF-fixdate (`Mon, 07 Dec 2026 09:00:31 GMT`), as Envoy's `date` header.
 pub(crate) fn http_date(time: std::time::SystemTime) -> String {
-    let secs = time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize % 7];
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month_name = months.get((month - 1) as usize).copied().unwrap_or("Jan");
-    format!(
-        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} GMT",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    httpdate::fmt_http_date(time)
 }
 
 /// Request ids as Envoy generates them: random UUID v4 (`8-4-4-4-12` lower-case hex, version

@@ -126,7 +126,7 @@ fn get_property(st: &HostState, raw: &[u8]) -> std::result::Result<Vec<u8>, u32>
     };
     let down = &st.downstream;
     let upstream = down.upstream.as_ref();
-    let answered = s.code_details.as_deref() == Some("via_upstream");
+    let answered = s.upstream_answered || s.code_details.as_deref() == Some("via_upstream");
     match parts.as_slice() {
         ["request" | "response" | "connection" | "source" | "destination" | "upstream" | "xds"
         | "filter_state"] => Err(status::SERIALIZATION_FAILURE),

@@ -152,6 +152,9 @@ pub(crate) struct StreamState {
     /// `response.code_details`: `via_upstream` for a response the test gave, the module's
     /// details for its local reply.
     pub code_details: Option<String>,
+    /// The route's upstream answered this stream's request, whatever the client finally got
+    /// (a gateway sets it for every filter; a lone emulator knows it from `via_upstream`).
+    pub upstream_answered: bool,
 }
 
 /// The downstream connection every stream arrives on, as Envoy's stream info describes it:
