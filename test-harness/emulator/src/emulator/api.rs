@@ -291,7 +291,7 @@ impl Emulator {
         self.with(|i| i.store.data().metrics.values().cloned().collect())
     }
 
-    /// Sets a property for every context (see [`EmulatorBuilder::property`]).
+    /// Sets a property for every context (see [`crate::EmulatorBuilder::property`]).
     pub fn set_property(&self, path: impl PropertyPath, value: impl AsRef<[u8]>) {
         self.with(|i| {
             i.store.data_mut().properties.insert(path.key(), value.as_ref().to_vec());
