@@ -326,8 +326,8 @@ fn envoy_upstream_view(r: &gatewasm_envoy::Received) -> Vec<(String, String)> {
     r.headers.iter().map(|(n, v)| (n.clone(), scrub_text(v))).collect()
 }
 
-const PROPS: &str = "prop:request.scheme;prop:request.protocol;prop:request.host;prop:request.method;prop:request.path;prop:request.id;prop:xds.cluster_name;prop:xds.route_name;prop:xds.virtual_host_name;prop:xds.listener_direction;prop:connection.mtls;prop:destination.address;prop:request.total_size";
-const LOG_PROPS: &str = "prop:response.code;prop:response.code_details;prop:upstream.address;prop:request.path;prop:response.headers.x-up";
+const PROPS: &str = "prop:request.scheme;prop:request.protocol;prop:request.host;prop:request.method;prop:request.path;prop:request.url_path;prop:request.query;prop:request.id;prop:request.headers.x-mixed-case;prop:request.headers.x-request-id;prop:request.size;prop:request.total_size;prop:xds.cluster_name;prop:xds.route_name;prop:xds.virtual_host_name;prop:xds.listener_direction;prop:xds.route_metadata;prop:connection.mtls;prop:connection.requested_server_name;prop:destination.address;prop:destination.port;prop:upstream.address;prop:response.code";
+const LOG_PROPS: &str = "prop:response.code;prop:response.code_details;prop:upstream.address;prop:upstream.port;prop:upstream.request_attempt_count;prop:request.path;prop:request.id;prop:request.headers.x-chain;prop:response.headers.x-up;prop:response.headers.server;prop:response.size;prop:response.flags;prop:xds.cluster_name";
 
 #[test]
 fn the_chain_runs_as_envoy_runs_it() {

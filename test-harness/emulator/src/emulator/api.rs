@@ -533,6 +533,16 @@ impl Stream {
         })
     }
 
+    /// Sets `response.flags` for this stream (Envoy's response flags, e.g. 4 for a route
+    /// timeout).
+    pub(crate) fn set_response_flags(&self, flags: u64) {
+        self.with(|i, id| {
+            if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
+                s.response_flags = flags;
+            }
+        })
+    }
+
     /// Sets `response.code_details` for this stream: what Envoy's stream info says of a
     /// response another filter (or Envoy itself) produced.
     pub(crate) fn set_code_details(&self, details: &str) {
@@ -545,7 +555,7 @@ impl Stream {
     }
 
     /// Gives the log phase Envoy's access-log view: the request headers as the connection
-    /// manager holds them after every filter, and the response headers the client got (one
+    /// manager holds them after every filter, and the response the client got (one
     /// map for the whole chain in Envoy; one copy per VM here). Creates the context when the
     /// filter never saw the request, as Envoy does for logging.
     /// `upstream_answered`: the route's upstream answered (the `upstream.*` properties then
@@ -553,7 +563,7 @@ impl Stream {
     pub(crate) fn set_log_view(
         &self,
         request: &[(String, String)],
-        response: Option<&[(String, String)]>,
+        response: Option<(&[(String, String)], &[u8])>,
         upstream_answered: bool,
     ) {
         self.with(|i, id| {
@@ -562,9 +572,12 @@ impl Stream {
                 s.upstream_answered = upstream_answered;
                 s.req.headers = HeaderMap::from_pairs(request, true);
                 s.req.headers_seen = true;
-                if let Some(response) = response {
-                    s.resp.headers = HeaderMap::from_pairs(response, false);
+                if let Some((headers, body)) = response {
+                    s.resp.headers = HeaderMap::from_pairs(headers, false);
                     s.resp.headers_seen = true;
+                    // `response.size`: what went to the client (the probe: 6 for a
+                    // response-path reply's `teapot` in a filter that never saw it).
+                    s.resp.forwarded = body.to_vec();
                 }
             }
         })

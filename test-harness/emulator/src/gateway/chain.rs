@@ -26,6 +26,9 @@ pub type GrpcHandler = Box<dyn FnMut(&GrpcCall) -> (GrpcResponse, Duration)>;
 /// The runner's route timeout (`gatewasm_envoy::BootstrapSpec::route_timeout`).
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Envoy's `UpstreamRequestTimeout` response flag.
+const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
+
 /// The route's cluster, as the runner names it.
 const UPSTREAM_CLUSTER: &str = "upstream";
 
@@ -477,6 +480,13 @@ impl Gateway {
                 break;
             }
             tolerate(self.decode(i, stream, &headers, &body))?;
+            // Envoy's filters share one header map: what this filter changed stays, also when
+            // it answers, resets or traps (the probe: `a,b` in `x-chain` in the log phase after
+            // `b` answered).
+            let now = stream.request_headers_now();
+            if !now.is_empty() {
+                headers = now;
+            }
             if let Some(reason) = failed(self) {
                 stop = Some(Stop::Failed(i, reason));
                 break;
@@ -489,7 +499,6 @@ impl Gateway {
                 stop = Some(Stop::LocalReply(i));
                 break;
             }
-            headers = stream.request_headers_now();
             body = stream.request_body_now();
         }
         let name = |g: &Gateway, i: usize| g.filters.get(i).map(|f| f.name.clone()).unwrap_or_default();
@@ -548,7 +557,13 @@ impl Gateway {
         let client_headers = with_content_length(client_headers, status, &response_body);
         let mut logged = vec![(":status".to_string(), status.to_string())];
         logged.extend(client_headers.iter().cloned());
-        self.log_all(&mut streams, &headers, Some(&logged), details(&source), upstream_answered)?;
+        self.log_all(
+            &mut streams,
+            &headers,
+            Some((&logged, &response_body)),
+            details(&source),
+            upstream_answered,
+        )?;
         Ok(Response { status, headers: client_headers, body: response_body, source })
     }
 
@@ -613,7 +628,7 @@ impl Gateway {
         &mut self,
         streams: &mut [Stream],
         request: &[(String, String)],
-        response: Option<&[(String, String)]>,
+        response: Option<(&[(String, String)], &[u8])>,
         details: Option<String>,
         upstream_answered: bool,
     ) -> Result<()> {
@@ -624,6 +639,11 @@ impl Gateway {
             stream.set_log_view(request, response, upstream_answered);
             if let Some(d) = &details {
                 stream.set_code_details(d);
+                // The probe: `response.flags` 4 (UpstreamRequestTimeout) after the route timed
+                // out; 0 for local replies and a failed VM's 503.
+                if d == "response_timeout" {
+                    stream.set_response_flags(UPSTREAM_REQUEST_TIMEOUT);
+                }
             }
             tolerate(stream.log())?;
         }

@@ -155,6 +155,8 @@ pub(crate) struct StreamState {
     /// The route's upstream answered this stream's request, whatever the client finally got
     /// (a gateway sets it for every filter; a lone emulator knows it from `via_upstream`).
     pub upstream_answered: bool,
+    /// `response.flags`: Envoy's response flags (a gateway sets them; 0 otherwise).
+    pub response_flags: u64,
 }
 
 /// The downstream connection every stream arrives on, as Envoy's stream info describes it:
