@@ -19,6 +19,9 @@ fn path_key(path: &[&str]) -> Vec<u8> {
     path.join("\0").into_bytes()
 }
 
+/// The response a client got: headers (`:status` among them) and body.
+pub(crate) type ClientResponse<'a> = (&'a [(String, String)], &'a [u8]);
+
 /// A property path: `"request.path"` (dot-separated) or `&["request", "path"]`.
 pub trait PropertyPath {
     /// The NUL-separated form the ABI uses.
@@ -563,7 +566,7 @@ impl Stream {
     pub(crate) fn set_log_view(
         &self,
         request: &[(String, String)],
-        response: Option<(&[(String, String)], &[u8])>,
+        response: Option<ClientResponse<'_>>,
         upstream_answered: bool,
     ) {
         self.with(|i, id| {

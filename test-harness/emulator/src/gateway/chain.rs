@@ -628,7 +628,7 @@ impl Gateway {
         &mut self,
         streams: &mut [Stream],
         request: &[(String, String)],
-        response: Option<(&[(String, String)], &[u8])>,
+        response: Option<crate::emulator::ClientResponse<'_>>,
         details: Option<String>,
         upstream_answered: bool,
     ) -> Result<()> {
