@@ -584,3 +584,26 @@ fn a_filter_that_holds_the_request_with_nothing_pending_is_an_error() {
     let err = gw.send(&gateway::Request::get("/p").header("x-probe-a", "pause")).unwrap_err();
     assert!(err.to_string().contains("probe_a holds the stream"), "{err}");
 }
+
+#[test]
+fn grpc_clusters_answer_unary_calls_after_their_latency() {
+    let wasm = wasm_path("probe-filter").unwrap_or_else(|e| panic!("{e}"));
+    let services = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&services);
+    let mut gw = Gateway::builder()
+        .grpc_cluster("ratelimit", move |call: &gatewasm_emulator::GrpcCall| {
+            seen.borrow_mut().push(format!("{}/{} {:?}", call.service, call.method, call.message));
+            (gatewasm_emulator::GrpcResponse::message(b"pong"), Duration::from_millis(50))
+        })
+        .filter("probe_a", Emulator::load(&wasm).plugin_config("tag=a"))
+        .build()
+        .unwrap();
+    let start = gw.now();
+    let r = gw
+        .send(&gateway::Request::get("/p").header("x-probe-a", "grpc_call:ratelimit,svc.S,Check,1000,ping"))
+        .unwrap();
+    assert_eq!(r.source, Source::Upstream);
+    assert_eq!(r.header("x-probe-results-a"), Some("grpc_call=0,5 | grpcresp=5,0,4"));
+    assert_eq!(*services.borrow(), ["svc.S/Check [112, 105, 110, 103]"]);
+    assert_eq!(gw.now().duration_since(start).unwrap(), Duration::from_millis(50));
+}
