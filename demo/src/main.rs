@@ -4,6 +4,8 @@
 //! `gatewasm-demo` runs until interrupted; `gatewasm-demo --check` sends the printed requests
 //! itself, checks the answers and exits (the test suite runs it, so the README's lines stay true).
 //! `--native` runs the same filters, from the same source, as native Envoy dynamic modules.
+//! The filters' configurations and the checks are in the library (`src/lib.rs`), which
+//! `tests/chain.rs` also runs against the emulator's chain of the same modules.
 
 use std::time::Duration;
 
