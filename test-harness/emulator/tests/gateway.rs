@@ -399,6 +399,22 @@ fn the_chain_runs_as_envoy_runs_it() {
             logging: 4,
             source: |s| *s == Source::Upstream,
         },
+        // An upgrade the route does not allow: Envoy refuses it before any filter, which only
+        // log.
+        Case {
+            name: "upgrade request",
+            method: "GET",
+            path: "/u",
+            headers: vec![
+                ("host", "h"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("x-probe-log-a", LOG_PROPS),
+            ],
+            body: "",
+            logging: 4,
+            source: |s| matches!(s, Source::Envoy { .. }),
+        },
         // A local reply from b's request headers: b's and a's response paths run, c and d's
         // never; every filter logs, in chain order.
         Case {

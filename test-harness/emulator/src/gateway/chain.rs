@@ -472,6 +472,23 @@ impl Gateway {
         let mut headers = hcm_request_headers(&client, &id);
         let mut body = client.body.clone();
         let mut streams: Vec<Stream> = self.filters.iter().map(|f| f.emu.stream()).collect();
+        if is_upgrade(&client) {
+            // The probe (`connection: upgrade`, `upgrade: websocket`; the runner's route allows
+            // no upgrade): 403 with no body before any filter ran; every filter logs.
+            let details = "upgrade_failed".to_string();
+            let (status, client_headers) =
+                hcm_response_headers(&[(":status".to_string(), "403".to_string())], &http_date(self.now()));
+            let client_headers = with_content_length(client_headers, status, &[]);
+            let mut logged = vec![(":status".to_string(), status.to_string())];
+            logged.extend(client_headers.iter().cloned());
+            self.log_all(&mut streams, &headers, Some((&logged, &[])), Some(details.clone()), false)?;
+            return Ok(Response {
+                status,
+                headers: client_headers,
+                body: Vec::new(),
+                source: Source::Envoy { details },
+            });
+        }
         let mut stop = None;
         for (i, stream) in streams.iter_mut().enumerate() {
             let failed = |g: &Gateway| g.filters.get(i).and_then(|f| f.emu.failure());
@@ -649,6 +666,16 @@ impl Gateway {
         }
         self.answer_callouts()
     }
+}
+
+/// An HTTP/1.1 upgrade: an `upgrade` header that `connection` names.
+fn is_upgrade(request: &Request) -> bool {
+    let has = |name: &str| request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    has("upgrade")
+        && request.headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("connection")
+                && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
 }
 
 /// `response.code_details` for what the filters encode: none to set for an upstream's answer
