@@ -141,7 +141,8 @@ fn through_envoy(
     req.push_str(body);
     conn.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).unwrap();
+    // A reset stream closes the connection without an answer (or resets it).
+    let _ = conn.read_to_end(&mut raw);
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let mut lines = head.lines();
@@ -468,6 +469,16 @@ fn the_chain_runs_as_envoy_runs_it() {
             body: "",
             logging: 4,
             source: |s| *s == Source::Upstream,
+        },
+        // b closes the stream: the client gets no answer; every filter logs.
+        Case {
+            name: "a filter resets the stream",
+            method: "GET",
+            path: "/p",
+            headers: vec![("host", "h"), ("x-probe-b", "close:0"), ("x-probe-log-a", LOG_PROPS)],
+            body: "",
+            logging: 4,
+            source: |s| matches!(s, Source::Reset { filter } if filter == "probe_b"),
         },
         // The route timeout: Envoy's 504 through every filter.
         Case {

@@ -563,8 +563,10 @@ impl Gateway {
                 (h, Vec::new(), Source::FailedVm { filter: name(self, i), reason }, i)
             }
             Some(Stop::Reset(i)) => {
+                // The probe (`close:0` from `b`'s request headers): no answer at all; every
+                // filter logs, `response.code_details` `wasm_close_stream`, no response code.
                 let source = Source::Reset { filter: name(self, i) };
-                self.log_all(&mut streams, &headers, None, None, false)?;
+                self.log_all(&mut streams, &headers, None, details(&source), false)?;
                 return Ok(Response { status: 0, headers: Vec::new(), body: Vec::new(), source });
             }
         };
@@ -685,6 +687,6 @@ fn details(source: &Source) -> Option<String> {
         Source::Upstream => None,
         Source::LocalReply { details, .. } | Source::Envoy { details } => Some(details.clone()),
         Source::FailedVm { .. } => Some("wasm_fail_stream".to_string()),
-        Source::Reset { .. } => None,
+        Source::Reset { .. } => Some("wasm_close_stream".to_string()),
     }
 }

@@ -80,7 +80,8 @@ pub enum Source {
         /// `response.code_details`.
         details: String,
     },
-    /// A filter reset the stream (`proxy_close_stream`): the client gets no response.
+    /// A filter reset the stream (`proxy_close_stream`): the client gets no response (details
+    /// `wasm_close_stream`).
     Reset {
         /// The filter's name in the chain.
         filter: String,
