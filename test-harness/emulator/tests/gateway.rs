@@ -601,6 +601,15 @@ fn clusters_answer_after_their_latency_and_ticks_share_one_clock() {
     // A cluster not declared: BadArgument at once, as in Envoy.
     let r = gw.send(&gateway::Request::get("/p").header("x-probe-b", "http_call:nowhere,h,/x,100")).unwrap();
     assert_eq!(r.header("x-probe-results-b"), Some("http_call=2,0"));
+    // The route's cluster: the route's upstream answers (here the default 200).
+    let r = gw
+        .send(
+            &gateway::Request::get("/p")
+                .header("x-probe-b", "http_call:upstream,h,/x,100")
+                .header("x-probe-callresp-b", "get:callresp,:status"),
+        )
+        .unwrap();
+    assert!(r.header("x-probe-results-b").unwrap().ends_with("get=0,'200'"), "{r:?}");
 }
 
 #[test]

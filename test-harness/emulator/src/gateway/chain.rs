@@ -366,8 +366,9 @@ impl Gateway {
         }
     }
 
-    /// Schedules the answers to filter `i`'s new callouts. A call to a cluster whose handler
-    /// speaks the other protocol stays unanswered (its timeout, if any, answers it).
+    /// Schedules the answers to filter `i`'s new callouts (the route's upstream answers calls to
+    /// its cluster, `upstream`). A call to a cluster whose handler speaks the other protocol
+    /// stays unanswered (its timeout, if any, answers it).
     fn take_calls(&mut self, i: usize) {
         let Some(f) = self.filters.get(i) else { return };
         if f.emu.failure().is_some() {
@@ -378,16 +379,16 @@ impl Gateway {
             if !self.handled.insert((i, call.token, false)) {
                 continue;
             }
-            if let Some(Handler::Http(handler)) = self.clusters.get_mut(&call.cluster) {
-                let reply = handler(&UpstreamRequest::from_map(&call.headers, call.body.clone()));
-                let at = self.elapsed + reply.latency;
-                self.scheduled.push(Scheduled {
-                    at,
-                    filter: i,
-                    token: call.token,
-                    answer: Answer::Http(reply),
-                });
-            }
+            let request = UpstreamRequest::from_map(&call.headers, call.body.clone());
+            let reply = match self.clusters.get_mut(&call.cluster) {
+                Some(Handler::Http(handler)) => handler(&request),
+                Some(Handler::Grpc(_)) => continue,
+                // The route's cluster: its upstream answers callouts too.
+                None if call.cluster == UPSTREAM_CLUSTER => (self.route)(&request),
+                None => continue,
+            };
+            let at = self.elapsed + reply.latency;
+            self.scheduled.push(Scheduled { at, filter: i, token: call.token, answer: Answer::Http(reply) });
         }
         for call in grpc {
             if !self.handled.insert((i, call.token, true)) {
