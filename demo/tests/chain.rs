@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use gatewasm_demo::{check, filters, DemoGateway, AUTH_CLUSTER, BRIDGE_CLUSTER};
-use gatewasm_emulator::gateway::{self, Gateway, UpstreamRequest};
+use gatewasm_emulator::gateway::{self, Gateway, Source, UpstreamRequest};
 use gatewasm_emulator::{for_module, LogLevel};
 use gatewasm_envoy::auth_service::{judge, Seen};
 use gatewasm_envoy::{echo_reply, Received, Reply, Request, Response};
@@ -128,4 +128,19 @@ fn the_chain_answers_the_demo_as_envoy_does() {
     let started = std::time::Instant::now();
     check(&mut demo).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("the demo's checks on the emulator's chain: {:?}", started.elapsed());
+}
+
+#[test]
+fn the_chain_says_which_filter_answered() {
+    let mut demo = ChainDemo::start();
+    let mut answered = |path: &str| demo.gw.send(&gateway::Request::get(path)).unwrap().source;
+    let by = |source: &Source| match source {
+        Source::LocalReply { filter, .. } => filter.clone(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(by(&answered("/admin/settings")), "hello");
+    assert_eq!(by(&answered("/jwt/profile")), "jwt_auth");
+    // The auth service's 401, passed on by ext-auth as its local reply.
+    assert_eq!(by(&answered("/nodebackend/")), "ext_auth");
+    assert_eq!(answered("/orders/1"), Source::Upstream);
 }
