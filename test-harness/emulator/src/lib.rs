@@ -30,6 +30,7 @@ pub mod abi;
 pub mod cost;
 mod emulator;
 mod foreign;
+pub mod gateway;
 mod group;
 mod grpc;
 mod host;

@@ -14,6 +14,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use crate::Reply;
+
 /// `Basic` credentials of the seed's one user (`admin@qq.com:123`).
 pub const ADMIN_BASIC: &str = "Basic YWRtaW5AcXEuY29tOjEyMw==";
 /// The token its login hands out.
@@ -97,20 +99,12 @@ impl Drop for AuthService {
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: String,
+fn answer(status: u16, body: impl Into<String>) -> Reply {
+    Reply::status(status).body(body.into())
 }
 
-fn answer(status: u16, body: impl Into<String>) -> Answer {
-    Answer { status, headers: Vec::new(), body: body.into() }
-}
-
-fn json(status: u16, body: &str) -> Answer {
-    let mut a = answer(status, body);
-    a.headers.push(("content-type", "application/json; charset=utf-8".into()));
-    a
+fn json(status: u16, body: &str) -> Reply {
+    answer(status, body).header("content-type", "application/json; charset=utf-8")
 }
 
 /// The token a request carries: cookie `id_token`, bearer, or `?token=` (the seed's order).
@@ -126,49 +120,37 @@ fn token(seen: &Seen) -> Option<String> {
     cookie.or_else(bearer).or_else(query)
 }
 
-async fn judge(seen: &Seen) -> Answer {
+/// What the service answers to `seen` (its delay included: `/extauth/slow` answers after
+/// [`SLOW`]). Public so an emulated cluster can answer as the service does.
+pub fn judge(seen: &Seen) -> Reply {
     let path = seen.path.split('?').next().unwrap_or_default();
     match path {
         "/extauth/login" => {
             if seen.header("authorization") != Some(ADMIN_BASIC) {
                 return json(400, r#"{"message":"Username or password is incorrect"}"#);
             }
-            let mut a = json(
+            json(
                 201,
                 &format!(
                     r#"{{"admin":{{"name":"Admin","email":"admin@qq.com","id":1}},"id_token":"{ADMIN_TOKEN}"}}"#
                 ),
-            );
-            a.headers
-                .push(("set-cookie", format!("id_token={ADMIN_TOKEN}; Max-Age=86400; Path=/; HttpOnly")));
-            a.headers.push(("x-powered-by", "Express".into()));
-            a
+            )
+            .header("set-cookie", &format!("id_token={ADMIN_TOKEN}; Max-Age=86400; Path=/; HttpOnly"))
+            .header("x-powered-by", "Express")
         }
         p if p.starts_with("/extauth/nodebackend") => match token(seen) {
-            Some(t) if t == ADMIN_TOKEN => {
-                let mut a = answer(200, "OK (authenticated)");
-                a.headers.push(("x-admin-id", "1".into()));
-                a.headers.push(("x-admin-email", "admin@qq.com".into()));
-                a.headers.push(("x-powered-by", "Express".into()));
-                a
-            }
+            Some(t) if t == ADMIN_TOKEN => answer(200, "OK (authenticated)")
+                .header("x-admin-id", "1")
+                .header("x-admin-email", "admin@qq.com")
+                .header("x-powered-by", "Express"),
             Some(_) => json(401, r#"{"error":{"msg":"Failed to authenticate token!"}}"#),
-            None => {
-                let mut a = json(401, r#"{"error":{"msg":"No token!"}}"#);
-                a.headers.push(("www-authenticate", "Bearer".into()));
-                a
-            }
+            None => json(401, r#"{"error":{"msg":"No token!"}}"#).header("www-authenticate", "Bearer"),
         },
-        p if p.starts_with("/extauth/slow") => {
-            tokio::time::sleep(SLOW).await;
-            answer(200, "late")
-        }
+        p if p.starts_with("/extauth/slow") => answer(200, "late").delay(SLOW),
         p if p.starts_with("/extauth/boom") => answer(500, "boom: stack trace"),
         p if p.starts_with("/extauth/upload") => {
             if String::from_utf8_lossy(&seen.body).contains("allow") {
-                let mut a = answer(200, "");
-                a.headers.push(("x-admin-id", "1".into()));
-                a
+                answer(200, "").header("x-admin-id", "1")
             } else {
                 answer(403, "forbidden body")
             }
@@ -191,13 +173,19 @@ async fn serve(
     let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     let seen = Seen { method, path, headers, body };
     log.lock().unwrap_or_else(PoisonError::into_inner).push(seen.clone());
-    let a = judge(&seen).await;
+    let a = judge(&seen);
+    if !a.delay.is_zero() {
+        tokio::time::sleep(a.delay).await;
+    }
     let mut resp = hyper::Response::new(Full::new(Bytes::from(a.body)));
     *resp.status_mut() =
         hyper::StatusCode::from_u16(a.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in a.headers {
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
-            resp.headers_mut().append(name, v);
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(&value),
+        ) {
+            resp.headers_mut().append(n, v);
         }
     }
     Ok(resp)

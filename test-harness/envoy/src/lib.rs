@@ -39,7 +39,7 @@ pub use runner::{
     envoy_binary, noop_filter_wasm, target_dir, validate_config_file, wasm_artifact, workspace_root, Envoy,
     EnvoyBuilder, Validation,
 };
-pub use upstream::{ClosedPort, EchoUpstream, FixedUpstream, Received, Reply, ScriptedUpstream};
+pub use upstream::{echo_reply, ClosedPort, EchoUpstream, FixedUpstream, Received, Reply, ScriptedUpstream};
 
 /// Runs one test body once per [`Target`]: `for_each_target!(fn_name)` for a
 /// `fn fn_name(target: Target)` defines the tests `fn_name::wasm` and `fn_name::native`. A case

@@ -200,6 +200,13 @@ async fn serve(
     Ok(response)
 }
 
+/// What the [`EchoUpstream`] answers to `received`: 200, `content-type: application/json`,
+/// `x-echo-upstream: 1` and [`Received::to_echo_json`] as the body. Public so an emulated
+/// upstream can answer as this one does.
+pub fn echo_reply(received: &Received) -> Reply {
+    Reply::json(&received.to_echo_json()).header("x-echo-upstream", "1")
+}
+
 /// Answers every request with 200 and a JSON description of what it received:
 /// `{"method":..,"path":..,"headers":{name: value or [values]},"body":..}`.
 /// Parse it on the client side with [`crate::Response::echo`].
@@ -210,9 +217,7 @@ pub struct EchoUpstream {
 impl EchoUpstream {
     /// Starts the echo upstream on 127.0.0.1 with an ephemeral port.
     pub fn start() -> anyhow::Result<EchoUpstream> {
-        let handler: Handler = Arc::new(|received: Received| {
-            Reply::json(&received.to_echo_json()).header("x-echo-upstream", "1")
-        });
+        let handler: Handler = Arc::new(|received: Received| echo_reply(&received));
         Ok(EchoUpstream { server: Server::start(handler)? })
     }
 

@@ -24,6 +24,13 @@
 //! passes through `on_http_response_headers`, or in the body of a local reply (`reply:CODE` op).
 //! The names of the response headers the filter saw are also reported as `x-probe-resp-seen`.
 //!
+//! A plugin configuration `tag=NAME` makes one instance of several in a chain tell itself apart:
+//! it reads its ops from the same headers with `-NAME` appended (`x-probe-NAME`,
+//! `x-probe-resp-NAME`, ...), reports in `x-probe-results-NAME` / `x-probe-resp-seen-NAME`,
+//! appends `NAME` to the request header `x-chain` when its request headers run and to the
+//! response header `x-chain-resp` when its response headers run (the order the chain ran them),
+//! and logs `probe NAME: on_log` in its log phase.
+//!
 //! Ops that end the request phase: `pause` (return Pause), `reply:CODE[,BODY]` (send a local reply
 //! with the results so far). `http_call:...` and `grpc_call:...` pause the request until the
 //! call answers.
@@ -139,7 +146,7 @@ extern "C" {
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(ProbeRoot { context_id, config: Vec::new() })
+        Box::new(ProbeRoot { context_id, config: Vec::new(), tag: String::new() })
     });
 }}
 
@@ -151,6 +158,8 @@ thread_local! {
 struct ProbeRoot {
     context_id: u32,
     config: Vec<u8>,
+    /// `tag=NAME` in the configuration: this instance's name in a chain (empty: untagged).
+    tag: String,
 }
 
 impl Context for ProbeRoot {}
@@ -163,6 +172,11 @@ impl RootContext for ProbeRoot {
     fn on_configure(&mut self, size: usize) -> bool {
         let (st, data) = get_buffer(7, 0, size);
         self.config = data;
+        self.tag = std::str::from_utf8(&self.config)
+            .ok()
+            .and_then(|c| c.strip_prefix("tag="))
+            .unwrap_or_default()
+            .to_string();
         // A plugin configuration of exactly "reject" is refused, so tests can check that path.
         if self.config == b"reject" {
             log(4, "probe: configuration rejected");
@@ -191,6 +205,7 @@ impl RootContext for ProbeRoot {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Probe {
             context_id,
+            tag: self.tag.clone(),
             results: Vec::new(),
             body_ops: String::new(),
             resp_ops: String::new(),
@@ -205,6 +220,8 @@ impl RootContext for ProbeRoot {
 
 struct Probe {
     context_id: u32,
+    /// The instance's tag (see the crate documentation); empty when untagged.
+    tag: String,
     results: Vec<String>,
     body_ops: String,
     resp_ops: String,
@@ -669,7 +686,31 @@ impl Probe {
     }
 
     fn header(&self, name: &str) -> String {
-        self.get_http_request_header(name).unwrap_or_default()
+        self.get_http_request_header(&self.named(name)).unwrap_or_default()
+    }
+
+    /// `name`, or `name-TAG` for a tagged instance.
+    fn named(&self, name: &str) -> String {
+        if self.tag.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}-{}", self.tag)
+        }
+    }
+
+    /// Appends this instance's tag to `header` in map `map` (a tagged instance only).
+    fn mark(&self, map: u32, header: &str) {
+        if !self.tag.is_empty() {
+            unsafe {
+                proxy_add_header_map_value(
+                    map,
+                    header.as_ptr(),
+                    header.len(),
+                    self.tag.as_ptr(),
+                    self.tag.len(),
+                );
+            }
+        }
     }
 }
 
@@ -704,6 +745,7 @@ impl HttpContext for Probe {
         self.grpcresp_ops = self.header("x-probe-grpcresp");
         self.log_ops = self.header("x-probe-log");
         self.respbody_ops = self.header("x-probe-respbody");
+        self.mark(0, "x-chain");
         match self.run(&ops) {
             Flow::Go => Action::Continue,
             Flow::Pause | Flow::Stop => Action::Pause,
@@ -729,8 +771,9 @@ impl HttpContext for Probe {
         self.run(&ops);
         let seen = format!("{st}:{}", names.join(","));
         let results = self.results.join(" | ");
-        let k = "x-probe-results";
-        let k2 = "x-probe-resp-seen";
+        let k = self.named("x-probe-results");
+        let k2 = self.named("x-probe-resp-seen");
+        self.mark(2, "x-chain-resp");
         unsafe {
             proxy_add_header_map_value(2, k.as_ptr(), k.len(), results.as_ptr(), results.len());
             proxy_add_header_map_value(2, k2.as_ptr(), k2.len(), seen.as_ptr(), seen.len());
@@ -750,6 +793,9 @@ impl HttpContext for Probe {
     }
 
     fn on_log(&mut self) {
+        if !self.tag.is_empty() {
+            log(2, &format!("probe {}: on_log", self.tag));
+        }
         log(2, &format!("probe: on_log ctx={} results={}", self.context_id, self.results.join(" | ")));
         let ops = std::mem::take(&mut self.log_ops);
         if !ops.is_empty() {

@@ -19,6 +19,9 @@ fn path_key(path: &[&str]) -> Vec<u8> {
     path.join("\0").into_bytes()
 }
 
+/// The response a client got: headers (`:status` among them) and body.
+pub(crate) type ClientResponse<'a> = (&'a [(String, String)], &'a [u8]);
+
 /// A property path: `"request.path"` (dot-separated) or `&["request", "path"]`.
 pub trait PropertyPath {
     /// The NUL-separated form the ABI uses.
@@ -226,6 +229,18 @@ impl Emulator {
         })
     }
 
+    /// How long until this VM's next tick or callout timeout, if it has one (the gateway
+    /// interleaves the clocks of its modules with it).
+    pub(crate) fn next_event(&self) -> Option<Duration> {
+        self.with(|i| {
+            let st = i.store.data();
+            let http = st.http_calls.values().filter_map(|c| c.deadline);
+            let grpc = st.grpc_calls.values().filter_map(|c| c.deadline);
+            let next = http.chain(grpc).chain(st.next_tick).min()?;
+            Some(Duration::from_nanos(next.saturating_sub(st.monotonic_ns)))
+        })
+    }
+
     /// The current emulated wall-clock time.
     pub fn now(&self) -> SystemTime {
         self.with(|i| UNIX_EPOCH + Duration::from_nanos(i.store.data().realtime_ns))
@@ -279,7 +294,7 @@ impl Emulator {
         self.with(|i| i.store.data().metrics.values().cloned().collect())
     }
 
-    /// Sets a property for every context (see [`EmulatorBuilder::property`]).
+    /// Sets a property for every context (see [`crate::EmulatorBuilder::property`]).
     pub fn set_property(&self, path: impl PropertyPath, value: impl AsRef<[u8]>) {
         self.with(|i| {
             i.store.data_mut().properties.insert(path.key(), value.as_ref().to_vec());
@@ -517,6 +532,56 @@ impl Stream {
             let _ = i.ensure_created(id);
             if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
                 s.properties.insert(path.key(), value.as_ref().to_vec());
+            }
+        })
+    }
+
+    /// Sets `response.flags` for this stream (Envoy's response flags, e.g. 4 for a route
+    /// timeout).
+    pub(crate) fn set_response_flags(&self, flags: u64) {
+        self.with(|i, id| {
+            if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
+                s.response_flags = flags;
+            }
+        })
+    }
+
+    /// Sets `response.code_details` for this stream: what Envoy's stream info says of a
+    /// response another filter (or Envoy itself) produced.
+    pub(crate) fn set_code_details(&self, details: &str) {
+        self.with(|i, id| {
+            let _ = i.ensure_created(id);
+            if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
+                s.code_details = Some(details.to_string());
+            }
+        })
+    }
+
+    /// Gives the log phase Envoy's access-log view: the request headers as the connection
+    /// manager holds them after every filter, and the response the client got (one
+    /// map for the whole chain in Envoy; one copy per VM here). Creates the context when the
+    /// filter never saw the request, as Envoy does for logging.
+    /// `upstream_answered`: the route's upstream answered (the `upstream.*` properties then
+    /// answer for every filter, as Envoy's one stream info does).
+    pub(crate) fn set_log_view(
+        &self,
+        request: &[(String, String)],
+        response: Option<ClientResponse<'_>>,
+        upstream_answered: bool,
+    ) {
+        self.with(|i, id| {
+            let _ = i.ensure_created(id);
+            if let Some(s) = i.store.data_mut().streams.get_mut(&id) {
+                s.upstream_answered = upstream_answered;
+                s.req.headers = HeaderMap::from_pairs(request, true);
+                s.req.headers_seen = true;
+                if let Some((headers, body)) = response {
+                    s.resp.headers = HeaderMap::from_pairs(headers, false);
+                    s.resp.headers_seen = true;
+                    // `response.size`: what went to the client (the probe: 6 for a
+                    // response-path reply's `teapot` in a filter that never saw it).
+                    s.resp.forwarded = body.to_vec();
+                }
             }
         })
     }

@@ -122,6 +122,11 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Whether a property was set (the gateway gives defaults only where the test did not).
+    pub(crate) fn has_property(&self, path: impl PropertyPath) -> bool {
+        self.properties.contains_key(&path.key())
+    }
+
     /// The host log level: what `proxy_get_log_level` returns and the lowest level recorded.
     /// Default `Trace` (everything); Envoy's default is `Info`.
     pub fn log_level(mut self, level: LogLevel) -> Self {

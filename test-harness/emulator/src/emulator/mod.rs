@@ -6,6 +6,7 @@ mod builder;
 mod driver;
 mod modules;
 
+pub(crate) use api::ClientResponse;
 pub use api::{Emulator, PropertyPath, Stream};
 pub use builder::EmulatorBuilder;
 pub use modules::{engine, load_module, load_module_bytes};

@@ -126,7 +126,7 @@ fn get_property(st: &HostState, raw: &[u8]) -> std::result::Result<Vec<u8>, u32>
     };
     let down = &st.downstream;
     let upstream = down.upstream.as_ref();
-    let answered = s.code_details.as_deref() == Some("via_upstream");
+    let answered = s.upstream_answered || s.code_details.as_deref() == Some("via_upstream");
     match parts.as_slice() {
         ["request" | "response" | "connection" | "source" | "destination" | "upstream" | "xds"
         | "filter_state"] => Err(status::SERIALIZATION_FAILURE),
@@ -174,7 +174,7 @@ fn get_property(st: &HostState, raw: &[u8]) -> std::result::Result<Vec<u8>, u32>
         ["request", "total_size"] => int((s.bytes_received + req.map(byte_size).unwrap_or(0)) as i64),
         ["response", "code"] => int(response_code().ok_or(NF)? as i64),
         ["response", "code_details"] => s.code_details.clone().map(String::into_bytes).ok_or(NF),
-        ["response", "flags"] => int(0),
+        ["response", "flags"] => int(s.response_flags as i64),
         // Trailers first, then headers, then the HTTP status mapped to a gRPC one (Envoy's
         // getGrpcStatus): a plain 200 answers 2 (Unknown).
         ["response", "grpc_status"] => match grpc_status_of(resp_trailers).or_else(|| grpc_status_of(resp)) {

@@ -152,6 +152,11 @@ pub(crate) struct StreamState {
     /// `response.code_details`: `via_upstream` for a response the test gave, the module's
     /// details for its local reply.
     pub code_details: Option<String>,
+    /// The route's upstream answered this stream's request, whatever the client finally got
+    /// (a gateway sets it for every filter; a lone emulator knows it from `via_upstream`).
+    pub upstream_answered: bool,
+    /// `response.flags`: Envoy's response flags (a gateway sets them; 0 otherwise).
+    pub response_flags: u64,
 }
 
 /// The downstream connection every stream arrives on, as Envoy's stream info describes it:
