@@ -15,10 +15,7 @@ use gatewasm_emulator::{for_module, LogLevel};
 use gatewasm_envoy::auth_service::{judge, Seen};
 use gatewasm_envoy::{echo_reply, Received, Reply, Request, Response};
 
-/// The Kafka bridge's produce API (request parsing, answers), as its server uses it.
-#[path = "../../kafka-bridge/src/api.rs"]
-#[allow(dead_code, missing_docs)]
-mod bridge_api;
+use gatewasm_kafka_bridge::api as bridge_api;
 
 fn reply(r: Reply) -> gateway::Reply {
     gateway::Reply { status: r.status, headers: r.headers, body: r.body, latency: r.delay }

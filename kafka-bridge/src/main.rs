@@ -14,7 +14,6 @@
 //!
 //! See `README.md` for every option.
 
-mod api;
 mod remember;
 mod server;
 mod sink;
@@ -25,6 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use gatewasm_kafka_bridge::api;
 
 use crate::sink::{KafkaSettings, Sink};
 
