@@ -31,7 +31,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a filter crate in DIR (a new or empty directory): a small filter on the SDK, its
-    /// README, unit, emulator and Envoy tests, an envoy.yaml, and the profiles modules need.
+    /// README, unit, emulator and Envoy tests, an envoy.yaml, its Istio manifests (`istio/`),
+    /// and the profiles modules need.
     New {
         /// Where to create it.
         dir: PathBuf,
