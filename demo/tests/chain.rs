@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gatewasm_demo::{check, filters, DemoGateway, AUTH_CLUSTER, BRIDGE_CLUSTER};
 use gatewasm_emulator::gateway::{self, Gateway, Source, UpstreamRequest};
-use gatewasm_emulator::{for_module, LogLevel};
+use gatewasm_emulator::{for_module, load_modules, wasm_path, LogLevel};
 use gatewasm_envoy::auth_service::{judge, Seen};
 use gatewasm_envoy::{echo_reply, Received, Reply, Request, Response};
 
@@ -74,7 +74,12 @@ impl ChainDemo {
                 reply(judge(&seen))
             })
             .cluster(BRIDGE_CLUSTER, move |req: &UpstreamRequest| bridge(req, &log));
-        for f in filters() {
+        let filters = filters();
+        // The seven modules compile at once (each on a core of its own), then load from the cache.
+        let paths: Vec<_> =
+            filters.iter().map(|f| wasm_path(f.package).unwrap_or_else(|e| panic!("{e}"))).collect();
+        load_modules(&paths).unwrap_or_else(|e| panic!("{e}"));
+        for f in filters {
             let module = for_module(f.package, f.config.to_string()).unwrap_or_else(|e| panic!("{e}"));
             builder = builder.filter(f.name, module.log_level(LogLevel::Warn));
         }

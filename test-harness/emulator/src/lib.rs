@@ -37,7 +37,9 @@ mod host;
 pub mod wasi;
 
 pub use abi::{Action, LogLevel, MetricType};
-pub use emulator::{engine, load_module, load_module_bytes, Emulator, EmulatorBuilder, PropertyPath, Stream};
+pub use emulator::{
+    engine, load_module, load_module_bytes, load_modules, Emulator, EmulatorBuilder, PropertyPath, Stream,
+};
 pub use group::Group;
 pub use grpc::{grpc_frame, GrpcResponse};
 pub use host::{GrpcCall, HttpCall, LocalReply, LogEntry, Metric};

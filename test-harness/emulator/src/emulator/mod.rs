@@ -9,4 +9,4 @@ mod modules;
 pub(crate) use api::ClientResponse;
 pub use api::{Emulator, PropertyPath, Stream};
 pub use builder::EmulatorBuilder;
-pub use modules::{engine, load_module, load_module_bytes};
+pub use modules::{engine, load_module, load_module_bytes, load_modules};

@@ -3,7 +3,7 @@
 use crate::Error;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 use wasmtime::{Engine, Module};
 
@@ -21,20 +21,47 @@ enum CacheKey {
     Bytes(u64, usize),
 }
 
-fn cache() -> &'static Mutex<HashMap<CacheKey, Module>> {
-    static CACHE: OnceLock<Mutex<HashMap<CacheKey, Module>>> = OnceLock::new();
+/// One slot per module: the map's lock is held only to find the slot, the slot's lock while its
+/// module compiles, so different modules compile at once (on several test threads, or from
+/// [`load_modules`]) while a second load of the same module waits for the first compile instead
+/// of repeating it.
+type Slot = Arc<Mutex<Option<Module>>>;
+
+fn cache() -> &'static Mutex<HashMap<CacheKey, Slot>> {
+    static CACHE: OnceLock<Mutex<HashMap<CacheKey, Slot>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 fn cached(key: CacheKey, load: impl FnOnce() -> Result<Module>) -> Result<Module> {
-    // Compiling under the lock makes parallel tests wait for one compile instead of repeating it.
-    let mut map = cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(m) = map.get(&key) {
+    // A poisoned lock only means a test panicked while holding it; the data is still usable.
+    let slot = {
+        let mut map = cache().lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(key).or_default())
+    };
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(m) = slot.as_ref() {
         return Ok(m.clone());
     }
     let m = load()?;
-    map.insert(key, m.clone());
+    *slot = Some(m.clone());
     Ok(m)
+}
+
+/// Compiles the modules at `paths` into the cache at once, one thread each (Cranelift compiles a
+/// module on one core), so that the [`crate::Emulator::load`]s after it find them compiled: what
+/// a test that starts several modules (a [`crate::gateway::Gateway`]) calls first. The first
+/// failure is returned.
+pub fn load_modules(paths: &[std::path::PathBuf]) -> Result<()> {
+    std::thread::scope(|scope| {
+        let loads: Vec<_> = paths.iter().map(|p| scope.spawn(move || load_module(p).map(drop))).collect();
+        for load in loads {
+            match load.join() {
+                Ok(result) => result?,
+                Err(_) => return Err(Error::Load("a module's compile thread panicked".to_string())),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Compiles (or takes from the process-wide cache) the module at `path`. The cache key includes
