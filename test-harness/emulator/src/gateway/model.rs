@@ -347,16 +347,10 @@ impl RequestIds {
         z ^ (z >> 31)
     }
 
+    /// A version 4 UUID, as Envoy generates them, from the next 16 bytes of the sequence.
     pub(crate) fn next_id(&mut self) -> String {
-        let (a, b) = (self.next_u64(), self.next_u64());
-        format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0x0fff,
-            0x8000 | ((b >> 48) & 0x3fff),
-            b & 0xffff_ffff_ffff
-        )
+        let bytes = (u128::from(self.next_u64()) << 64 | u128::from(self.next_u64())).to_be_bytes();
+        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
     }
 }
 
